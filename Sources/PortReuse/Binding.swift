@@ -1,0 +1,53 @@
+import SystemPackage
+
+extension SocketHandle {
+    /// socket, the policy's options, IPV6_V6ONLY, bind: the one path every bound socket of PortReuse takes.
+    /// A failed bind comes back diagnosed (who holds the port, a privileged port, an address not on this machine).
+    static func bound(
+        to address: SocketAddress, transport: Transport, policy: SharingPolicy, dualStack: Bool
+    ) throws(PortReuseError) -> SocketHandle {
+        if dualStack && address.family != .ipv6 {
+            throw PortReuseError(.bind, address: address.label(transport), diagnosis: .dualStackNeedsIPv6)
+        }
+        let descriptor = try retryingInterrupts(.socket, address.label(transport)) { Sys.socket(address.family, transport) }
+        let handle = SocketHandle(adopting: descriptor)
+        try handle.enable(SharingTable.current.options(policy, transport))
+        if address.family == .ipv6 {
+            try handle.setOption(Sys.ipv6Level, Sys.ipv6Only, dualStack ? 0 : 1, label: "IPV6_V6ONLY")
+        }
+        do {
+            try address.withSockAddr { (pointer, length) throws(PortReuseError) in
+                _ = try retryingInterrupts(.bind, address.label(transport)) { Sys.bind(descriptor, pointer, length) }
+            }
+        } catch {
+            throw error.diagnosingBind(address, transport: transport, policy: policy)
+        }
+        return handle
+    }
+}
+
+extension PortReuseError {
+    /// Adds what can be found out about a failed bind.
+    func diagnosingBind(_ address: SocketAddress, transport: Transport, policy: SharingPolicy) -> PortReuseError {
+        var error = self
+        switch errno {
+        case .addressInUse?:
+            error.diagnosis = .portInUse(PortInUse.explain(address, transport: transport, policy: policy))
+        case .permissionDenied?, .notPermitted?:
+            let first = KernelTables.firstUnprivilegedPort()
+            if Int(address.port) < first && address.port != 0 {
+                error.diagnosis = .privilegedPort(port: address.port, firstUnprivileged: first)
+            }
+        case .addressNotAvailable?:
+            error.diagnosis = .addressNotLocal(address.ip)
+        default:
+            break
+        }
+        return error
+    }
+}
+
+extension SocketAddress {
+    /// `tcp:127.0.0.1:8080`: the address with its transport, as errors show it.
+    func label(_ transport: Transport) -> String { "\(transport.rawValue):\(self)" }
+}

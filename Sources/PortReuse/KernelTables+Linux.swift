@@ -1,0 +1,262 @@
+#if os(Linux)
+import Glibc
+
+/// Linux: the kernel's socket tables (/proc/net), the processes that hold each socket (/proc/PID/fd) and
+/// their sockets' options (a `pidfd_getfd` duplicate, closed at once).
+enum KernelTables {
+    static func holders(
+        transport: Transport, port: UInt16?, states: Set<PortHolder.State>? = nil, withProcesses: Bool, withOptions: Bool
+    ) -> [PortHolder] {
+        var found: [PortHolder] = []
+        let files = transport == .tcp ? ["/proc/net/tcp", "/proc/net/tcp6"] : ["/proc/net/udp", "/proc/net/udp6"]
+        for file in files {
+            guard let text = readFile(file) else { continue }
+            parseTable(text, transport: transport, port: port, states: states, into: &found)
+        }
+        var users: [UInt32: String?] = [:]
+        for index in found.indices {
+            guard let uid = found[index].uid else { continue }
+            if users[uid] == nil { users[uid] = userName(uid) }
+            found[index].user = users[uid] ?? nil
+        }
+        if withProcesses { attachProcesses(&found, withOptions: withOptions) }
+        return found
+    }
+
+    // MARK: /proc/net/{tcp,udp}[6]
+
+    /// One line: `sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...`, addresses in hex as the
+    /// kernel keeps them in memory (so the parsed words are already in network byte order).
+    static func parseTable(
+        _ text: [UInt8], transport: Transport, port wanted: UInt16?, states: Set<PortHolder.State>?, into found: inout [PortHolder]
+    ) {
+        var lineStart = text.firstIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? text.count  // skip the header
+        var fields: [Range<Int>] = []
+        fields.reserveCapacity(12)
+        while lineStart < text.count {
+            let lineEnd = text[lineStart...].firstIndex(of: UInt8(ascii: "\n")) ?? text.count
+            defer { lineStart = lineEnd + 1 }
+            fields.removeAll(keepingCapacity: true)
+            var index = lineStart
+            while index < lineEnd && fields.count < 10 {
+                while index < lineEnd && text[index] == UInt8(ascii: " ") { index += 1 }
+                let start = index
+                while index < lineEnd && text[index] != UInt8(ascii: " ") { index += 1 }
+                if start < index { fields.append(start..<index) }
+            }
+            guard fields.count >= 10,
+                let local = parseEndpoint(text[fields[1]]),
+                wanted == nil || local.port == wanted,
+                let stateCode = parseHex(text[fields[3]]),
+                let state = state(stateCode, transport: transport),
+                states == nil || states!.contains(state),
+                let remote = parseEndpoint(text[fields[2]]),
+                let uid = parseDecimal(text[fields[7]]),
+                let inode = parseDecimal(text[fields[9]])
+            else { continue }
+            let queues = text[fields[4]]
+            let colon = queues.firstIndex(of: UInt8(ascii: ":")) ?? queues.endIndex
+            let receiveQueue = colon < queues.endIndex ? parseHex(queues[(colon + 1)...]) ?? 0 : 0
+            found.append(PortHolder(
+                transport: transport, localAddress: local,
+                remoteAddress: remote.port == 0 && remote.ip.isUnspecified ? nil : remote,
+                state: state, uid: state == .timeWait ? nil : UInt32(uid), user: nil, inode: inode,
+                receiveQueue: Int(receiveQueue), processes: [], options: nil))
+        }
+    }
+
+    static func state(_ code: UInt64, transport: Transport) -> PortHolder.State? {
+        switch code {
+        case 0x01: .established
+        case 0x02: .synSent
+        case 0x03: .synReceived
+        case 0x04: .finWait1
+        case 0x05: .finWait2
+        case 0x06: .timeWait
+        case 0x07: .unconnected
+        case 0x08: .closeWait
+        case 0x09: .lastAck
+        case 0x0A: .listen
+        case 0x0B: .closing
+        default: nil
+        }
+    }
+
+    /// `0100007F:1F90` (IPv4) or 32 hex digits then `:PORT` (IPv6): each 8-digit word is a 32-bit value in
+    /// host order whose memory bytes are the address bytes.
+    static func parseEndpoint(_ field: ArraySlice<UInt8>) -> SocketAddress? {
+        guard let colon = field.firstIndex(of: UInt8(ascii: ":")),
+            let port = parseHex(field[(colon + 1)...]), port <= 0xFFFF
+        else { return nil }
+        let hex = field[..<colon]
+        switch hex.count {
+        case 8:
+            guard let word = parseHex(hex) else { return nil }
+            return SocketAddress(ip: IPAddress(storage: .v4(UInt32(word))), port: UInt16(port))
+        case 32:
+            var words: [UInt32] = []
+            var start = hex.startIndex
+            while start < hex.endIndex {
+                guard let word = parseHex(hex[start..<(start + 8)]) else { return nil }
+                words.append(UInt32(word))
+                start += 8
+            }
+            let bytes = words.withUnsafeBytes { Array($0) }
+            return SocketAddress(ip: IPAddress(ipv6: bytes), port: UInt16(port))
+        default:
+            return nil
+        }
+    }
+
+    static func parseHex(_ digits: ArraySlice<UInt8>) -> UInt64? {
+        guard !digits.isEmpty, digits.count <= 16 else { return nil }
+        var value: UInt64 = 0
+        for digit in digits {
+            let nibble: UInt8
+            switch digit {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibble = digit - UInt8(ascii: "0")
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): nibble = digit - UInt8(ascii: "A") + 10
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibble = digit - UInt8(ascii: "a") + 10
+            default: return nil
+            }
+            value = value << 4 | UInt64(nibble)
+        }
+        return value
+    }
+
+    static func parseDecimal(_ digits: ArraySlice<UInt8>) -> UInt64? {
+        guard !digits.isEmpty, digits.count <= 19 else { return nil }
+        var value: UInt64 = 0
+        for digit in digits {
+            guard digit >= UInt8(ascii: "0"), digit <= UInt8(ascii: "9") else { return nil }
+            value = value * 10 + UInt64(digit - UInt8(ascii: "0"))
+        }
+        return value
+    }
+
+    // MARK: processes
+
+    /// Fills in the processes of every socket by reading the links in /proc/PID/fd (`socket:[INODE]`).
+    /// Other users' processes are unreadable without root; their sockets keep an empty list.
+    static func attachProcesses(_ found: inout [PortHolder], withOptions: Bool) {
+        var byInode: [UInt64: [Int]] = [:]
+        for (index, holder) in found.enumerated() where holder.inode != 0 {
+            byInode[holder.inode, default: []].append(index)
+        }
+        guard !byInode.isEmpty, let proc = opendir("/proc") else { return }
+        defer { closedir(proc) }
+        var link = [UInt8](repeating: 0, count: 64)
+        while let entry = readdir(proc) {
+            guard let pid = Int32(name(of: entry)), pid > 0 else { continue }
+            guard let fds = opendir("/proc/\(pid)/fd") else { continue }
+            defer { closedir(fds) }
+            var info: (name: String, commandLine: [String])?
+            while let fdEntry = readdir(fds) {
+                let fdName = name(of: fdEntry)
+                guard let fd = Int32(fdName) else { continue }
+                let length = link.withUnsafeMutableBufferPointer { buffer in
+                    buffer.withMemoryRebound(to: CChar.self) { readlinkat(dirfd(fds), fdName, $0.baseAddress!, $0.count) }
+                }
+                // "socket:[12345]"
+                guard length > 9, link[0] == UInt8(ascii: "s"), link[6] == UInt8(ascii: ":"),
+                    let inode = parseDecimal(link[8..<(length - 1)]), let indexes = byInode[inode]
+                else { continue }
+                if info == nil { info = processInfo(pid) }
+                for index in indexes {
+                    found[index].processes.append(PortHolder.Process(pid: pid, descriptor: fd, name: info!.name, commandLine: info!.commandLine))
+                    if withOptions && found[index].options == nil {
+                        found[index].options = readOptions(pid: pid, descriptor: fd)
+                    }
+                }
+            }
+        }
+    }
+
+    private static func name(of entry: UnsafeMutablePointer<dirent>) -> String {
+        withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+    }
+
+    static func processInfo(_ pid: Int32) -> (name: String, commandLine: [String]) {
+        var name = readFile("/proc/\(pid)/comm").map { String(decoding: $0, as: UTF8.self) } ?? "?"
+        if name.hasSuffix("\n") { name.removeLast() }
+        let raw = readFile("/proc/\(pid)/cmdline") ?? []
+        let commandLine = raw.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+        return (name, commandLine.last == "" ? Array(commandLine.dropLast()) : commandLine)
+    }
+
+    // MARK: options of another process's socket
+
+    private typealias PidfdOpen = @convention(c) (Int32, UInt32) -> Int32
+    private typealias PidfdGetfd = @convention(c) (Int32, Int32, UInt32) -> Int32
+    private typealias RawSyscall = @convention(c) (Int, Int, Int, Int) -> Int
+
+    /// glibc 2.36 has wrappers; older ones only the raw system calls (434 and 438 on every architecture).
+    private static let pidfdCalls: (open: @Sendable (Int32) -> Int32, getfd: @Sendable (Int32, Int32) -> Int32)? = {
+        let library = dlopen(nil, RTLD_NOW)
+        if let open = dlsym(library, "pidfd_open"), let getfd = dlsym(library, "pidfd_getfd") {
+            let openCall = unsafeBitCast(open, to: PidfdOpen.self)
+            let getfdCall = unsafeBitCast(getfd, to: PidfdGetfd.self)
+            return ({ openCall($0, 0) }, { getfdCall($0, $1, 0) })
+        }
+        guard let raw = dlsym(library, "syscall") else { return nil }
+        let call = unsafeBitCast(raw, to: RawSyscall.self)
+        return ({ Int32(truncatingIfNeeded: call(434, Int($0), 0, 0)) }, { Int32(truncatingIfNeeded: call(438, Int($0), Int($1), 0)) })
+    }()
+
+    /// Reads SO_REUSEADDR and SO_REUSEPORT from another process's socket through a duplicate of it;
+    /// `nil` when not allowed (no ptrace rights) or not supported (Linux before 5.6).
+    static func readOptions(pid: Int32, descriptor: Int32) -> ReuseOptions? {
+        guard let calls = pidfdCalls else { return nil }
+        let pidfd = calls.open(pid)
+        guard pidfd >= 0 else { return nil }
+        defer { close(pidfd) }
+        let duplicate = calls.getfd(pidfd, descriptor)
+        guard duplicate >= 0 else { return nil }
+        return try? SocketHandle(adopting: duplicate).reuseOptions()
+    }
+
+    // MARK: helpers
+
+    /// The first port an unprivileged process may bind (net.ipv4.ip_unprivileged_port_start).
+    static func firstUnprivilegedPort() -> Int {
+        guard let text = readFile("/proc/sys/net/ipv4/ip_unprivileged_port_start") else { return 1024 }
+        return Int(String(decoding: text, as: UTF8.self).filter(\.isNumber)) ?? 1024
+    }
+
+    static func userName(_ uid: UInt32) -> String? {
+        var entry = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 1024)
+        guard getpwuid_r(uid, &entry, &buffer, buffer.count, &result) == 0, result != nil, let name = entry.pw_name else { return nil }
+        return String(cString: name)
+    }
+
+    /// The whole content of a (proc) file, or `nil` when it cannot be read.
+    static func readFile(_ path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var content: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { return count < 0 && content.isEmpty ? nil : content }
+            content.append(contentsOf: chunk[0..<count])
+        }
+    }
+}
+
+#else
+
+/// Other systems: PortReuse has no socket tables to read there; diagnoses say less.
+enum KernelTables {
+    static func holders(
+        transport: Transport, port: UInt16?, states: Set<PortHolder.State>? = nil, withProcesses: Bool, withOptions: Bool
+    ) -> [PortHolder] { [] }
+
+    static func firstUnprivilegedPort() -> Int { OperatingSystem.current == .windows ? 0 : 1024 }
+}
+#endif

@@ -1,0 +1,80 @@
+/// Why a port could not be bound: who holds it, and what stops this socket from joining them.
+public struct PortInUse: Sendable, Hashable {
+    /// What stops the new socket.
+    public enum Reason: Sendable, Hashable {
+        /// A live socket holds the port and the new socket's policy does not share (no `SO_REUSEPORT`).
+        case policyDoesNotShare(SharingPolicy)
+        /// The new socket set `SO_REUSEPORT` but the holder did not; `certain` when read from the holder's
+        /// socket, else inferred.
+        case holderDidNotShare(certain: Bool)
+        /// The holder runs as another user, and the kernel shares a port only within one user.
+        case otherUser(uid: UInt32, user: String?)
+        /// Only old connections in TIME-WAIT hold it; `reuseAddressSet` tells whether the new socket set
+        /// `SO_REUSEADDR` (then the old socket did not, and the TIME-WAIT sockets keep its options).
+        case timeWait(count: Int, reuseAddressSet: Bool)
+        /// No socket this process can see holds the port.
+        case noVisibleHolder
+    }
+
+    /// The address that could not be bound.
+    public var address: SocketAddress
+    /// The transport.
+    public var transport: Transport
+    /// The sockets that compete for the port (live ones first).
+    public var holders: [PortHolder]
+    /// What stops the new socket.
+    public var reason: Reason
+
+    /// Finds out who holds `address` and why a socket with `options` (from `policy`) cannot join them.
+    public static func explain(_ address: SocketAddress, transport: Transport, policy: SharingPolicy) -> PortInUse {
+        let options = SharingTable.current.options(policy, transport)
+        let competing = PortHolder.find(port: address.port, transport: transport).filter { $0.overlaps(address) }
+        let live = competing.filter(\.state.isLive)
+        let holders = live + competing.filter { !$0.state.isLive }
+        let reason: Reason
+        let ownUID = Sys.effectiveUserID()
+        if live.isEmpty {
+            reason = holders.isEmpty ? .noVisibleHolder : .timeWait(count: holders.count, reuseAddressSet: options.contains(.reuseAddress))
+        } else if !options.contains(.reusePort) {
+            reason = .policyDoesNotShare(policy)
+        } else if let stranger = live.first(where: { $0.uid != nil && $0.uid != ownUID }) {
+            reason = .otherUser(uid: stranger.uid!, user: stranger.user)
+        } else {
+            let known = live.compactMap(\.options)
+            reason = .holderDidNotShare(certain: known.contains { !$0.contains(.reusePort) })
+        }
+        return PortInUse(address: address, transport: transport, holders: holders, reason: reason)
+    }
+
+    /// The explanation as sentences, with what to do.
+    public var sentence: String {
+        let holder = holders.first
+        let heldBy = holder.map { "It is held by \($0.ownerDescription)" } ?? ""
+        let what = holder.map { $0.state == .listen ? "a \(transport) listener" : "a \(transport) socket (\($0.state))" } ?? ""
+        switch reason {
+        case .policyDoesNotShare(let policy):
+            return "\(heldBy), \(what). Policy \(policy) does not share a port with a live socket: stop that process, "
+                + "choose another port, or give both sockets policy shared."
+        case .holderDidNotShare(let certain):
+            return "\(heldBy), \(what) that \(certain ? "did not set" : "probably did not set") SO_REUSEPORT; a port is "
+                + "shared only when every socket on it sets it. Start that program with policy shared too (one you "
+                + "cannot change: `portreuse run`), or choose another port."
+        case .otherUser(let uid, let user):
+            return "\(heldBy), \(what) of \(user.map { "user \($0) (uid \(uid))" } ?? "uid \(uid)"), while this process runs as "
+                + "uid \(Sys.effectiveUserID()). \(OperatingSystem.current) shares a port with SO_REUSEPORT only among "
+                + "sockets of the same user: run both as one user, or choose another port."
+        case .timeWait(let count, let reuseAddressSet):
+            let connections = "\(count) old connection\(count == 1 ? "" : "s") in TIME-WAIT"
+            if reuseAddressSet {
+                return "Only \(connections) hold it, and they keep the options of the socket that made them, which did "
+                    + "not set SO_REUSEADDR: wait for them to expire (about 60 s), and give the server policy restartable "
+                    + "so that its next restart binds at once."
+            }
+            return "Only \(connections) hold it: policy restartable (SO_REUSEADDR) binds at once, or wait for them "
+                + "to expire (about 60 s)."
+        case .noVisibleHolder:
+            return "No socket that this process can see holds it (it may have just closed, or live in another network "
+                + "namespace): try again, or run `portreuse who \(address.port)`."
+        }
+    }
+}

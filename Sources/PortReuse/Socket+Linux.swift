@@ -1,0 +1,70 @@
+#if os(Linux) || os(Android)
+import Glibc
+
+/// Linux: the socket calls under the names every platform file gives them (shared POSIX parts live in
+/// Socket+POSIX.swift).
+enum Sys {
+    static let operatingSystem = OperatingSystem.linux
+
+    static func socketType(_ transport: Transport) -> Int32 {
+        Int32(transport == .tcp ? SOCK_STREAM.rawValue : SOCK_DGRAM.rawValue)
+    }
+
+    /// A new socket, close-on-exec from birth.
+    static func socket(_ family: AddressFamily, _ transport: Transport) -> Descriptor {
+        Glibc.socket(Sys.family(family), socketType(transport) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    }
+
+    /// accept4 with SOCK_CLOEXEC, so that a connection never leaks into a child started at the same moment.
+    /// Glibc's module map hides accept4 (it needs _GNU_SOURCE), so it is looked up once.
+    static func accept(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Descriptor {
+        accept4(s, a, l, Int32(SOCK_CLOEXEC.rawValue))
+    }
+
+    private typealias Accept4 = @convention(c) (Int32, UnsafeMutablePointer<sockaddr>?, UnsafeMutablePointer<socklen_t>?, Int32) -> Int32
+    private static let accept4: Accept4 = unsafeBitCast(dlsym(dlopen(nil, RTLD_NOW), "accept4")!, to: Accept4.self)
+
+    /// MSG_NOSIGNAL: a peer that went away is an error, not a SIGPIPE.
+    static func send(_ s: Descriptor, _ buffer: UnsafeRawBufferPointer) -> Int {
+        Glibc.send(s, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL))
+    }
+
+    static func sendto(_ s: Descriptor, _ buffer: UnsafeRawBufferPointer, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int {
+        Glibc.sendto(s, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL), a, l)
+    }
+
+    static func close(_ s: Descriptor) -> Int32 { Glibc.close(s) }
+    static func bind(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { Glibc.bind(s, a, l) }
+    static func connect(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { Glibc.connect(s, a, l) }
+    static func listen(_ s: Descriptor, _ backlog: Int32) -> Int32 { Glibc.listen(s, backlog) }
+    static func shutdownWrite(_ s: Descriptor) -> Int32 { Glibc.shutdown(s, Int32(SHUT_WR)) }
+
+    static func getsockname(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 {
+        Glibc.getsockname(s, a, l)
+    }
+
+    static func getpeername(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 {
+        Glibc.getpeername(s, a, l)
+    }
+
+    static func setsockopt(_ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeRawPointer, _ length: socklen_t) -> Int32 {
+        Glibc.setsockopt(s, level, name, value, length)
+    }
+
+    static func getsockopt(
+        _ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeMutableRawPointer, _ length: UnsafeMutablePointer<socklen_t>
+    ) -> Int32 {
+        Glibc.getsockopt(s, level, name, value, length)
+    }
+
+    static func recv(_ s: Descriptor, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
+        Glibc.recv(s, buffer.baseAddress, buffer.count, 0)
+    }
+
+    static func recvfrom(
+        _ s: Descriptor, _ buffer: UnsafeMutableRawBufferPointer, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>
+    ) -> Int {
+        Glibc.recvfrom(s, buffer.baseAddress, buffer.count, 0, a, l)
+    }
+}
+#endif

@@ -1,0 +1,173 @@
+#if os(Windows)
+import WinSDK
+
+/// A socket as the operating system names it: a Winsock SOCKET on Windows.
+public typealias SocketDescriptor = SOCKET
+
+/// Windows (Winsock 2): the socket calls and constants under the names every platform file gives them.
+/// Written for Windows and not compiled by the Linux CI; its policy table is tested as data.
+enum Sys {
+    typealias Descriptor = SocketDescriptor
+    static let invalidDescriptor: Descriptor = INVALID_SOCKET
+    static let operatingSystem = OperatingSystem.windows
+    static let defaultBacklog: Int32 = SOMAXCONN
+
+    /// Winsock needs WSAStartup once per process before any socket call.
+    private static let started: Bool = {
+        var data = WSADATA()
+        return WSAStartup(0x0202, &data) == 0
+    }()
+
+    static func lastError() -> Int32 { WSAGetLastError() }
+    static func family(_ family: AddressFamily) -> Int32 { family == .ipv4 ? AF_INET : AF_INET6 }
+    static func socketType(_ transport: Transport) -> Int32 { transport == .tcp ? SOCK_STREAM : SOCK_DGRAM }
+
+    static let inProgress = WSAEWOULDBLOCK
+    static let interrupted = WSAEINTR
+    static let solSocket = SOL_SOCKET
+    static let socketError = SO_ERROR
+    static let socketTypeOption = SO_TYPE
+    static let acceptConnections = SO_ACCEPTCONN
+    static let ipv6Level = Int32(IPPROTO_IPV6.rawValue)
+    static let ipv6Only = IPV6_V6ONLY
+
+    static func constant(for option: ReuseOptions) -> (level: Int32, name: Int32)? {
+        switch option {
+        case .reuseAddress: (SOL_SOCKET, SO_REUSEADDR)
+        case .exclusiveAddressUse: (SOL_SOCKET, ~SO_REUSEADDR)  // SO_EXCLUSIVEADDRUSE
+        default: nil
+        }
+    }
+
+    /// A new socket that child processes do not inherit.
+    static func socket(_ family: AddressFamily, _ transport: Transport) -> Descriptor {
+        guard started else { return INVALID_SOCKET }
+        return WSASocketW(Sys.family(family), socketType(transport), 0, nil, 0, DWORD(WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT))
+    }
+
+    static func close(_ s: Descriptor) -> Int32 { closesocket(s) }
+    static func bind(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { WinSDK.bind(s, a, l) }
+    static func connect(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { WinSDK.connect(s, a, l) }
+    static func listen(_ s: Descriptor, _ backlog: Int32) -> Int32 { WinSDK.listen(s, backlog) }
+    static func shutdownWrite(_ s: Descriptor) -> Int32 { WinSDK.shutdown(s, SD_SEND) }
+
+    static func accept(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Descriptor {
+        WinSDK.accept(s, a, l)
+    }
+
+    static func getsockname(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 {
+        WinSDK.getsockname(s, a, l)
+    }
+
+    static func getpeername(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 {
+        WinSDK.getpeername(s, a, l)
+    }
+
+    static func setsockopt(_ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeRawPointer, _ length: socklen_t) -> Int32 {
+        WinSDK.setsockopt(s, level, name, value.assumingMemoryBound(to: CChar.self), length)
+    }
+
+    static func getsockopt(
+        _ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeMutableRawPointer, _ length: UnsafeMutablePointer<socklen_t>
+    ) -> Int32 {
+        WinSDK.getsockopt(s, level, name, value.assumingMemoryBound(to: CChar.self), length)
+    }
+
+    static func send(_ s: Descriptor, _ buffer: UnsafeRawBufferPointer) -> Int {
+        Int(WinSDK.send(s, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(buffer.count), 0))
+    }
+
+    static func sendto(_ s: Descriptor, _ buffer: UnsafeRawBufferPointer, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int {
+        Int(WinSDK.sendto(s, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(buffer.count), 0, a, l))
+    }
+
+    static func recv(_ s: Descriptor, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
+        Int(WinSDK.recv(s, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(buffer.count), 0))
+    }
+
+    static func recvfrom(
+        _ s: Descriptor, _ buffer: UnsafeMutableRawBufferPointer, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>
+    ) -> Int {
+        Int(WinSDK.recvfrom(s, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(buffer.count), 0, a, l))
+    }
+
+    static func setBlocking(_ s: Descriptor, _ blocking: Bool) -> Int32 {
+        var nonBlocking: u_long = blocking ? 0 : 1
+        return ioctlsocket(s, FIONBIO, &nonBlocking)
+    }
+
+    static func wait(_ s: Descriptor, forWriting: Bool, milliseconds: Int32) -> Int32 {
+        var entry = WSAPOLLFD(fd: s, events: Int16(forWriting ? POLLOUT : POLLIN), revents: 0)
+        return WSAPoll(&entry, 1, milliseconds)
+    }
+
+    /// sockaddr_in and sockaddr_in6 have the same layout as on Linux; Winsock spells the address unions
+    /// differently, so the fields are written by offset.
+    static func makeSockAddr(_ address: SocketAddress) -> (sockaddr_storage, socklen_t) {
+        var storage = sockaddr_storage()
+        let length: Int
+        withUnsafeMutableBytes(of: &storage) { bytes in
+            bytes.storeBytes(of: address.port.bigEndian, toByteOffset: 2, as: UInt16.self)
+            switch address.ip.storage {
+            case .v4(let raw):
+                bytes.storeBytes(of: UInt16(AF_INET), toByteOffset: 0, as: UInt16.self)
+                bytes.storeBytes(of: raw, toByteOffset: 4, as: UInt32.self)
+            case .v6(let high, let low, let scope):
+                bytes.storeBytes(of: UInt16(AF_INET6), toByteOffset: 0, as: UInt16.self)
+                bytes.storeBytes(of: high, toByteOffset: 8, as: UInt64.self)
+                bytes.storeBytes(of: low, toByteOffset: 16, as: UInt64.self)
+                bytes.storeBytes(of: scope, toByteOffset: 24, as: UInt32.self)
+            }
+        }
+        length = address.family == .ipv4 ? 16 : 28
+        return (storage, socklen_t(length))
+    }
+
+    static func readSockAddr(_ storage: sockaddr_storage) -> SocketAddress? {
+        withUnsafeBytes(of: storage) { bytes -> SocketAddress? in
+            let port = UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+            switch Int32(bytes.loadUnaligned(as: UInt16.self)) {
+            case AF_INET:
+                return SocketAddress(ip: IPAddress(storage: .v4(bytes.loadUnaligned(fromByteOffset: 4, as: UInt32.self))), port: port)
+            case AF_INET6:
+                let ip = IPAddress(storage: .v6(
+                    bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self),
+                    bytes.loadUnaligned(fromByteOffset: 16, as: UInt64.self),
+                    scope: bytes.loadUnaligned(fromByteOffset: 24, as: UInt32.self)))
+                return SocketAddress(ip: ip, port: port)
+            default:
+                return nil
+            }
+        }
+    }
+
+    static func resolve(name: String, family: AddressFamily?, transport: Transport) throws(PortReuseError) -> [IPAddress] {
+        guard started else { throw PortReuseError(.resolve, address: name, diagnosis: .unknownHost(name: name, reason: "WSAStartup failed")) }
+        var hints = ADDRINFOA()
+        hints.ai_family = family.map(Sys.family) ?? AF_UNSPEC
+        hints.ai_socktype = socketType(transport)
+        var list: UnsafeMutablePointer<ADDRINFOA>?
+        let status = getaddrinfo(name, nil, &hints, &list)
+        guard status == 0 else {
+            throw PortReuseError(.resolve, address: name, diagnosis: .unknownHost(name: name, reason: "getaddrinfo error \(status)"))
+        }
+        defer { freeaddrinfo(list) }
+        var found: [IPAddress] = []
+        var entry = list
+        while let current = entry {
+            if let address = current.pointee.ai_addr {
+                var storage = sockaddr_storage()
+                withUnsafeMutableBytes(of: &storage) {
+                    $0.copyMemory(from: UnsafeRawBufferPointer(start: address, count: Int(current.pointee.ai_addrlen)))
+                }
+                if let socketAddress = readSockAddr(storage) { found.append(socketAddress.ip) }
+            }
+            entry = current.pointee.ai_next
+        }
+        return found
+    }
+
+    /// Windows has no numeric user ids; port sharing there is not per user anyway.
+    static func effectiveUserID() -> UInt32 { 0 }
+}
+#endif

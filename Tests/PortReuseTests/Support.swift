@@ -1,0 +1,121 @@
+import Foundation
+import Glibc
+import PortReuse
+import Testing
+
+/// Whether the tests run as root (needed to start a socket as user nobody).
+let isRoot = geteuid() == 0
+
+/// The system interpreter, readable by every user (the first python3 on PATH may live in root's home).
+let systemPython = "/usr/bin/python3"
+
+/// A child process for a test: started at once, killed and reaped when the test drops it.
+final class Child: @unchecked Sendable {
+    let process = Process()
+    private let output = Pipe()
+    private let input = Pipe()
+    private var buffer: [UInt8] = []
+
+    /// Starts `arguments[0]` with the rest as arguments; stdout is readable with `line(timeout:)`.
+    init(_ arguments: [String], environment: [String: String]? = nil) throws {
+        process.executableURL = URL(fileURLWithPath: arguments[0])
+        process.arguments = Array(arguments.dropFirst())
+        if let environment { process.environment = environment }
+        process.standardOutput = output
+        process.standardInput = input
+        try process.run()
+    }
+
+    /// A Python script, run as user nobody when `asNobody` (needs root). Every script must bound its own life.
+    convenience init(python script: String, asNobody: Bool = false) throws {
+        let command = (asNobody ? ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : []) + [systemPython, "-c", script]
+        try self.init(command)
+    }
+
+    /// The next line of the child's stdout, or `nil` if none came within `timeout` seconds.
+    func line(timeout: Double = 10) -> String? {
+        let deadline = Date().addingTimeInterval(timeout)
+        let fd = output.fileHandleForReading.fileDescriptor
+        while true {
+            if let newline = buffer.firstIndex(of: 10) {
+                let line = String(decoding: buffer[..<newline], as: UTF8.self)
+                buffer.removeSubrange(...newline)
+                return line
+            }
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0 else { return nil }
+            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&entry, 1, Int32(left * 1000)) > 0 else { return nil }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let count = read(fd, &chunk, chunk.count)
+            guard count > 0 else { return nil }
+            buffer += chunk[0..<count]
+        }
+    }
+
+    /// The next line as a port number (what `pythonHolder` prints); fails the test when none comes.
+    func port(timeout: Double = 10) throws -> UInt16 {
+        try #require(line(timeout: timeout).flatMap { UInt16($0) }, "the child printed no port")
+    }
+
+    /// Writes a line to the child's stdin.
+    func send(_ text: String) {
+        input.fileHandleForWriting.write(Data((text + "\n").utf8))
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+}
+
+/// A port that is free right now on 127.0.0.1 for TCP (the kernel's choice, released at once).
+func freePort(_ transport: Transport = .tcp) throws -> UInt16 {
+    switch transport {
+    case .tcp: try Listener(tcp: "127.0.0.1:0", policy: .exclusive).localAddress.port
+    case .udp: try DatagramSocket(udp: "127.0.0.1:0", policy: .exclusive).localAddress.port
+    }
+}
+
+/// Leaves a TIME-WAIT socket on the listener's port: the server side closes first.
+func leaveTimeWait(on listener: Listener) throws {
+    let client = try Connection.dial(to: SocketAddress(ip: .loopbackIPv4, port: listener.localAddress.port), policy: .exclusive, timeout: .seconds(5))
+    let server = try #require(try listener.accept(timeout: .seconds(5)))
+    server.close()
+    _ = try client.receive(timeout: .seconds(5))  // the FIN
+    client.close()
+}
+
+/// A raw TCP listener with exactly the given options, for facts about sockets that PortReuse's policies
+/// never make; the caller closes the descriptor.
+func rawListener(port: UInt16, reuseAddress: Bool, reusePort: Bool) -> (Int32, Int32) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var one: Int32 = 1
+    if reuseAddress { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4) }
+    if reusePort { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, 4) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = port.bigEndian
+    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    let result = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard result == 0 else { let code = errno; close(fd); return (-1, code) }
+    listen(fd, 16)
+    return (fd, 0)
+}
+
+/// Python that binds a socket, prints its port, and lives until stdin closes or 30 s pass.
+func pythonHolder(kind: String, address: String = "127.0.0.1", port: UInt16 = 0, reuseAddress: Bool = false, reusePort: Bool = false, listen: Bool = true) -> String {
+    """
+    import socket, signal, sys
+    signal.alarm(30)
+    s = socket.socket(socket.AF_INET, socket.SOCK_\(kind))
+    if \(reuseAddress ? "True" : "False"): s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if \(reusePort ? "True" : "False"): s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("\(address)", \(port)))
+    if \(listen && kind == "STREAM" ? "True" : "False"): s.listen(16)
+    print(s.getsockname()[1], flush=True)
+    sys.stdin.readline()
+    """
+}
