@@ -25,6 +25,14 @@ let package = Package(
             ]
         ),
         .testTarget(name: "PortReuseTests", dependencies: ["PortReuse"]),
+
+        // The README's quick start, compiled and run by the tests so that it stays true.
+        .executableTarget(name: "quickstart", dependencies: ["PortReuse"], path: "Examples/quickstart"),
+
+        // Benchmarks: plain executables that print ratios measured side by side in one run.
+        // swift run -c release socket-bench
+        .target(name: "CBaseline", path: "Benchmarks/CBaseline"),
+        .executableTarget(name: "socket-bench", dependencies: ["PortReuse", "CBaseline"], path: "Benchmarks/socket-bench"),
     ],
     swiftLanguageModes: [.v6]
 )

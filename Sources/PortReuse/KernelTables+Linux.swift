@@ -182,8 +182,11 @@ enum KernelTables {
         var name = readFile("/proc/\(pid)/comm").map { String(decoding: $0, as: UTF8.self) } ?? "?"
         if name.hasSuffix("\n") { name.removeLast() }
         let raw = readFile("/proc/\(pid)/cmdline") ?? []
-        let commandLine = raw.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
-        return (name, commandLine.last == "" ? Array(commandLine.dropLast()) : commandLine)
+        var commandLine = raw.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+        if commandLine.last == "" { commandLine.removeLast() }
+        // comm is cut at 15 bytes; the program's file name is whole (unless it rewrote its argv, as nginx does).
+        if let program = commandLine.first?.split(separator: "/").last, program.hasPrefix(name) { name = String(program) }
+        return (name, commandLine)
     }
 
     // MARK: options of another process's socket

@@ -59,8 +59,8 @@ public struct PortInUse: Sendable, Hashable {
             return "\(heldBy), \(what) that \(certain ? "did not set" : "probably did not set") SO_REUSEPORT; a port is "
                 + "shared only when every socket on it sets it. Start that program with policy shared too (one you "
                 + "cannot change: `portreuse run`), or choose another port."
-        case .otherUser(let uid, let user):
-            return "\(heldBy), \(what) of \(user.map { "user \($0) (uid \(uid))" } ?? "uid \(uid)"), while this process runs as "
+        case .otherUser(let uid, _):
+            return "\(heldBy), \(what) of uid \(uid), while this process runs as "
                 + "uid \(Sys.effectiveUserID()). \(OperatingSystem.current) shares a port with SO_REUSEPORT only among "
                 + "sockets of the same user: run both as one user, or choose another port."
         case .timeWait(let count, let reuseAddressSet):

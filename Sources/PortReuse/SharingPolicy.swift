@@ -31,6 +31,16 @@ public enum SharingPolicy: String, Sendable, Hashable, CaseIterable, CustomStrin
 
     public var description: String { rawValue }
 
+    /// One line on what the policy allows, for help texts.
+    public var summary: String {
+        switch self {
+        case .restartable: "restart at once; no second live socket (default)"
+        case .shared: "many live sockets, same user only, balanced"
+        case .exclusive: "nobody else may bind; restarts wait for TIME-WAIT"
+        case .unsafeAnyUser: "any local user may bind too: hijackable"
+        }
+    }
+
     /// The policy a socket gets when the caller names none.
     public static let `default` = SharingPolicy.restartable
 }

@@ -9,15 +9,19 @@ struct PortReuseCommand: ParsableCommand {
         commandName: "portreuse",
         abstract: "Share a TCP or UDP port between processes, and restart servers without dropping a connection.",
         discussion: """
-            Policies (the same names as the PortReuse library):
-              restartable      rebind at once after a restart (SO_REUSEADDR on TCP); the default
-              shared           several live sockets on one port, same user only (SO_REUSEPORT)
-              exclusive        nobody else may bind the port
-              unsafe-any-user  any local user may bind the port too (SO_REUSEADDR on UDP): hijackable
+            Policies (--policy; the same names as in the PortReuse library):
+            \(SharingPolicy.allCases.map { "  \($0.rawValue.padding(16)) \($0.summary)" }.joined(separator: "\n"))
 
-            Addresses: \(Address.acceptedForms).
+            Addresses: 8080, :8080, 127.0.0.1:8080, [::1]:8080, localhost:8080,
+            each optionally after a network: tcp, tcp4, tcp6, udp, udp4, udp6
+            (udp:[::1]:53).
             """,
         version: version,
         subcommands: []
     )
+}
+
+extension String {
+    /// The string padded with spaces to `width` characters.
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
 }

@@ -119,3 +119,29 @@ func pythonHolder(kind: String, address: String = "127.0.0.1", port: UInt16 = 0,
     sys.stdin.readline()
     """
 }
+
+/// The folder of the built products (the test binary's own folder): executables such as `portreuse` and
+/// `quickstart` land there.
+let productsFolder: String = {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    let path = String(decoding: buffer[0..<max(length, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+}()
+
+/// The package's root folder.
+let packageRoot: String = {
+    let file = #filePath
+    return file.components(separatedBy: "/Tests/")[0]
+}()
+
+/// Runs a program to its end (at most `timeout` seconds) and returns its exit status and stdout.
+func run(_ arguments: [String], timeout: Double = 60, environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
+    let child = try Child(arguments, environment: environment)
+    var lines: [String] = []
+    let deadline = Date().addingTimeInterval(timeout)
+    while let line = child.line(timeout: max(0, deadline.timeIntervalSinceNow)) { lines.append(line) }
+    if child.process.isRunning { kill(child.process.processIdentifier, SIGKILL) }
+    child.process.waitUntilExit()
+    return (child.process.terminationStatus, lines.joined(separator: "\n"))
+}
