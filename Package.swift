@@ -24,7 +24,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "PortReuseTests", dependencies: ["PortReuse"]),
+        .target(name: "TestSupport", dependencies: ["PortReuse"], path: "Tests/TestSupport"),
+        .testTarget(name: "PortReuseTests", dependencies: ["PortReuse", "TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["PortReuse", "TestSupport"]),
 
         // The README's quick start, compiled and run by the tests so that it stays true.
         .executableTarget(name: "quickstart", dependencies: ["PortReuse"], path: "Examples/quickstart"),

@@ -1,4 +1,5 @@
 import PortReuse
+import TestSupport
 import Testing
 
 @Suite("Addresses")

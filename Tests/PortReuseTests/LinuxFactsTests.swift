@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import TestSupport
 import Testing
 
 /// The Linux rows of DESIGN.md's platform table, pinned against this kernel.

@@ -1,4 +1,5 @@
 import PortReuse
+import TestSupport
 import Testing
 
 @Suite("Sharing tables (every platform's, as data)")

@@ -1,5 +1,6 @@
 import Glibc
 @testable import PortReuse
+import TestSupport
 import Testing
 
 @Suite("Sockets")

@@ -3,21 +3,24 @@ import Glibc
 import PortReuse
 import Testing
 
+// What the test targets share: child processes, free ports, the built products. Every wait is bounded and
+// every process a test starts is killed and reaped when the test drops it.
+
 /// Whether the tests run as root (needed to start a socket as user nobody).
-let isRoot = geteuid() == 0
+public let isRoot = geteuid() == 0
 
 /// The system interpreter, readable by every user (the first python3 on PATH may live in root's home).
-let systemPython = "/usr/bin/python3"
+public let systemPython = "/usr/bin/python3"
 
 /// A child process for a test: started at once, killed and reaped when the test drops it.
-final class Child: @unchecked Sendable {
-    let process = Process()
+public final class Child: @unchecked Sendable {
+    public let process = Process()
     private let output = Pipe()
     private let input = Pipe()
     private var buffer: [UInt8] = []
 
     /// Starts `arguments[0]` with the rest as arguments; stdout is readable with `line(timeout:)`.
-    init(_ arguments: [String], environment: [String: String]? = nil) throws {
+    public init(_ arguments: [String], environment: [String: String]? = nil) throws {
         process.executableURL = URL(fileURLWithPath: arguments[0])
         process.arguments = Array(arguments.dropFirst())
         if let environment { process.environment = environment }
@@ -27,13 +30,13 @@ final class Child: @unchecked Sendable {
     }
 
     /// A Python script, run as user nobody when `asNobody` (needs root). Every script must bound its own life.
-    convenience init(python script: String, asNobody: Bool = false) throws {
+    public convenience init(python script: String, asNobody: Bool = false) throws {
         let command = (asNobody ? ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : []) + [systemPython, "-c", script]
         try self.init(command)
     }
 
     /// The next line of the child's stdout, or `nil` if none came within `timeout` seconds.
-    func line(timeout: Double = 10) -> String? {
+    public func line(timeout: Double = 10) -> String? {
         let deadline = Date().addingTimeInterval(timeout)
         let fd = output.fileHandleForReading.fileDescriptor
         while true {
@@ -54,12 +57,12 @@ final class Child: @unchecked Sendable {
     }
 
     /// The next line as a port number (what `pythonHolder` prints); fails the test when none comes.
-    func port(timeout: Double = 10) throws -> UInt16 {
+    public func port(timeout: Double = 10) throws -> UInt16 {
         try #require(line(timeout: timeout).flatMap { UInt16($0) }, "the child printed no port")
     }
 
     /// Writes a line to the child's stdin.
-    func send(_ text: String) {
+    public func send(_ text: String) {
         input.fileHandleForWriting.write(Data((text + "\n").utf8))
     }
 
@@ -70,7 +73,7 @@ final class Child: @unchecked Sendable {
 }
 
 /// A port that is free right now on 127.0.0.1 for TCP (the kernel's choice, released at once).
-func freePort(_ transport: Transport = .tcp) throws -> UInt16 {
+public func freePort(_ transport: Transport = .tcp) throws -> UInt16 {
     switch transport {
     case .tcp: try Listener(tcp: "127.0.0.1:0", policy: .exclusive).localAddress.port
     case .udp: try DatagramSocket(udp: "127.0.0.1:0", policy: .exclusive).localAddress.port
@@ -78,7 +81,7 @@ func freePort(_ transport: Transport = .tcp) throws -> UInt16 {
 }
 
 /// Leaves a TIME-WAIT socket on the listener's port: the server side closes first.
-func leaveTimeWait(on listener: Listener) throws {
+public func leaveTimeWait(on listener: Listener) throws {
     let client = try Connection.dial(to: SocketAddress(ip: .loopbackIPv4, port: listener.localAddress.port), policy: .exclusive, timeout: .seconds(5))
     let server = try #require(try listener.accept(timeout: .seconds(5)))
     server.close()
@@ -88,7 +91,7 @@ func leaveTimeWait(on listener: Listener) throws {
 
 /// A raw TCP listener with exactly the given options, for facts about sockets that PortReuse's policies
 /// never make; the caller closes the descriptor.
-func rawListener(port: UInt16, reuseAddress: Bool, reusePort: Bool) -> (Int32, Int32) {
+public func rawListener(port: UInt16, reuseAddress: Bool, reusePort: Bool) -> (Int32, Int32) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var one: Int32 = 1
     if reuseAddress { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4) }
@@ -106,7 +109,7 @@ func rawListener(port: UInt16, reuseAddress: Bool, reusePort: Bool) -> (Int32, I
 }
 
 /// Python that binds a socket, prints its port, and lives until stdin closes or 30 s pass.
-func pythonHolder(kind: String, address: String = "127.0.0.1", port: UInt16 = 0, reuseAddress: Bool = false, reusePort: Bool = false, listen: Bool = true) -> String {
+public func pythonHolder(kind: String, address: String = "127.0.0.1", port: UInt16 = 0, reuseAddress: Bool = false, reusePort: Bool = false, listen: Bool = true) -> String {
     """
     import socket, signal, sys
     signal.alarm(30)
@@ -122,7 +125,7 @@ func pythonHolder(kind: String, address: String = "127.0.0.1", port: UInt16 = 0,
 
 /// The folder of the built products (the test binary's own folder): executables such as `portreuse` and
 /// `quickstart` land there.
-let productsFolder: String = {
+public let productsFolder: String = {
     var buffer = [CChar](repeating: 0, count: 4096)
     let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
     let path = String(decoding: buffer[0..<max(length, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -130,13 +133,13 @@ let productsFolder: String = {
 }()
 
 /// The package's root folder.
-let packageRoot: String = {
+public let packageRoot: String = {
     let file = #filePath
     return file.components(separatedBy: "/Tests/")[0]
 }()
 
 /// Runs a program to its end (at most `timeout` seconds) and returns its exit status and stdout.
-func run(_ arguments: [String], timeout: Double = 60, environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
+public func run(_ arguments: [String], timeout: Double = 60, environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
     let child = try Child(arguments, environment: environment)
     var lines: [String] = []
     let deadline = Date().addingTimeInterval(timeout)
