@@ -30,6 +30,12 @@ let package = Package(
 
         // The README's quick start, compiled and run by the tests so that it stays true.
         .executableTarget(name: "quickstart", dependencies: ["PortReuse"], path: "Examples/quickstart"),
+        // A tiny HTTP server that runs under `portreuse up`, systemd or alone (tests, benchmarks, README).
+        .executableTarget(
+            name: "hello",
+            dependencies: ["PortReuse", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/hello"
+        ),
 
         // Benchmarks: plain executables that print ratios measured side by side in one run.
         // swift run -c release socket-bench

@@ -96,13 +96,15 @@ public final class Connection: SocketOwner {
 
     /// Receives up to `maxLength` bytes, waiting at most `timeout` (forever when `nil`). An empty result means
     /// the peer closed its end. The corresponding C function is `recv`.
-    public func receive(maxLength: Int = 65_536, timeout: Duration? = nil) throws(PortReuseError) -> [UInt8] {
-        if let timeout, try !handle.wait(forWriting: false, timeout: timeout, .receive) {
+    ///
+    /// - Parameter retryOnInterrupt: when false, a signal ends the wait with an `EINTR` error.
+    public func receive(maxLength: Int = 65_536, timeout: Duration? = nil, retryOnInterrupt: Bool = true) throws(PortReuseError) -> [UInt8] {
+        if let timeout, try !handle.wait(forWriting: false, timeout: timeout, .receive, retryOnInterrupt: retryOnInterrupt) {
             throw PortReuseError(.receive, address: remoteAddress.label(.tcp), diagnosis: .timedOut(seconds: timeout.seconds))
         }
         let descriptor = try handle.live(.receive)
         var buffer = [UInt8](repeating: 0, count: maxLength)
-        let (count, code) = buffer.withUnsafeMutableBytes { bytes in retryingInterrupts { Sys.recv(descriptor, bytes) } }
+        let (count, code) = buffer.withUnsafeMutableBytes { bytes in retryingInterrupts(retry: retryOnInterrupt) { Sys.recv(descriptor, bytes) } }
         guard code == 0 else { throw PortReuseError(.receive, address: remoteAddress.label(.tcp), errno: Errno(rawValue: code)) }
         return Array(buffer.prefix(count))
     }

@@ -70,14 +70,18 @@ public final class DatagramSocket: SocketOwner {
 
     /// Receives one datagram, waiting at most `timeout` (forever when `nil`); `nil` when none came in time.
     /// The corresponding C function is `recvfrom`.
-    public func receive(maxLength: Int = 65_536, timeout: Duration? = nil) throws(PortReuseError) -> (bytes: [UInt8], sender: SocketAddress)? {
-        if let timeout, try !handle.wait(forWriting: false, timeout: timeout, .receive) { return nil }
+    ///
+    /// - Parameter retryOnInterrupt: when false, a signal ends the wait with an `EINTR` error.
+    public func receive(
+        maxLength: Int = 65_536, timeout: Duration? = nil, retryOnInterrupt: Bool = true
+    ) throws(PortReuseError) -> (bytes: [UInt8], sender: SocketAddress)? {
+        if let timeout, try !handle.wait(forWriting: false, timeout: timeout, .receive, retryOnInterrupt: retryOnInterrupt) { return nil }
         let descriptor = try handle.live(.receive)
         var buffer = [UInt8](repeating: 0, count: maxLength)
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let (count, code) = buffer.withUnsafeMutableBytes { bytes in
-            retryingInterrupts {
+            retryingInterrupts(retry: retryOnInterrupt) {
                 withUnsafeMutablePointer(to: &storage) {
                     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Sys.recvfrom(descriptor, bytes, $0, &length) }
                 }

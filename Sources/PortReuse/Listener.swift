@@ -76,11 +76,14 @@ public final class Listener: SocketOwner {
     }
 
     /// Waits for a connection and accepts it. The corresponding C function is `accept4` (`accept` elsewhere).
-    public func accept() throws(PortReuseError) -> Connection {
+    ///
+    /// - Parameter retryOnInterrupt: when false, a signal ends the wait with an `EINTR` error (`.interrupted`),
+    ///   so that a server can stop accepting on SIGTERM.
+    public func accept(retryOnInterrupt: Bool = true) throws(PortReuseError) -> Connection {
         let descriptor = try handle.live(.accept)
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let connection = try retryingInterrupts(.accept, localAddress.label(.tcp)) {
+        let connection = try retryingInterrupts(.accept, localAddress.label(.tcp), retry: retryOnInterrupt) {
             withUnsafeMutablePointer(to: &storage) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Sys.accept(descriptor, $0, &length) }
             }
@@ -90,6 +93,11 @@ public final class Listener: SocketOwner {
     }
 
     /// Accepts a connection if one arrives within `timeout`; `nil` otherwise.
+    ///
+    /// A listener that other processes share (policy `shared`, or inherited by socket activation) may lose
+    /// the connection it was woken for to another process; a blocking listener then waits for the next one.
+    /// The file status flags (`O_NONBLOCK`) of an inherited listener belong to every process that holds it,
+    /// so PortReuse never changes them.
     public func accept(timeout: Duration) throws(PortReuseError) -> Connection? {
         guard try handle.wait(forWriting: false, timeout: timeout, .accept) else { return nil }
         return try accept()

@@ -69,7 +69,7 @@ extension Errno {
         (.addressFamilyNotSupported, "EAFNOSUPPORT"), (.tooManyOpenFiles, "EMFILE"), (.noSuchFileOrDirectory, "ENOENT"),
         (.connectionReset, "ECONNRESET"), (.networkUnreachable, "ENETUNREACH"), (.noRouteToHost, "EHOSTUNREACH"),
         (.protocolNotAvailable, "ENOPROTOOPT"), (.noSuchProcess, "ESRCH"), (.brokenPipe, "EPIPE"),
-        (.resourceTemporarilyUnavailable, "EAGAIN"), (.socketIsConnected, "EISCONN"), (.socketNotConnected, "ENOTCONN"),
+        (.resourceTemporarilyUnavailable, "EAGAIN"), (.interrupted, "EINTR"), (.socketIsConnected, "EISCONN"), (.socketNotConnected, "ENOTCONN"),
     ]
 
     /// The C name of this error, such as `EADDRINUSE`, or `errno N` for the rare ones.

@@ -9,6 +9,12 @@ enum Sys {
 
     static func socketType(_ transport: Transport) -> Int32 { transport == .tcp ? SOCK_STREAM : SOCK_DGRAM }
 
+    static func unixDatagramSocket() -> Descriptor {
+        let s = Darwin.socket(AF_UNIX, SOCK_DGRAM, 0)
+        if s >= 0 { prepare(s) }
+        return s
+    }
+
     /// A new socket, close-on-exec and without SIGPIPE (Darwin has neither SOCK_CLOEXEC nor MSG_NOSIGNAL).
     static func socket(_ family: AddressFamily, _ transport: Transport) -> Descriptor {
         let s = Darwin.socket(Sys.family(family), socketType(transport), 0)

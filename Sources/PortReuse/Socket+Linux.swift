@@ -10,6 +10,10 @@ enum Sys {
         Int32(transport == .tcp ? SOCK_STREAM.rawValue : SOCK_DGRAM.rawValue)
     }
 
+    static func unixDatagramSocket() -> Descriptor {
+        Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    }
+
     /// A new socket, close-on-exec from birth.
     static func socket(_ family: AddressFamily, _ transport: Transport) -> Descriptor {
         Glibc.socket(Sys.family(family), socketType(transport) | Int32(SOCK_CLOEXEC.rawValue), 0)

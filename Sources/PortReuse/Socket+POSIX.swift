@@ -132,5 +132,47 @@ extension Sys {
 
     /// The effective user id of this process.
     static func effectiveUserID() -> UInt32 { geteuid() }
+
+    /// Sends one datagram to a unix datagram socket named by a path, or by `@name` for Linux's abstract
+    /// namespace (how `NOTIFY_SOCKET` names it). Returns 0, or the error code.
+    static func sendUnixDatagram(_ bytes: [UInt8], to path: String) -> Int32 {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        var pathBytes = Array(path.utf8)
+        if pathBytes.first == UInt8(ascii: "@") { pathBytes[0] = 0 }
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        guard !pathBytes.isEmpty, pathBytes.count < capacity else { return ENAMETOOLONG }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: pathBytes) }
+        let length = socklen_t(MemoryLayout<sockaddr_un>.offset(of: \.sun_path)! + pathBytes.count + (pathBytes[0] == 0 ? 0 : 1))
+        let fd = unixDatagramSocket()
+        guard fd >= 0 else { return errno }
+        defer { _ = close(fd) }
+        let sent = bytes.withUnsafeBytes { buffer in
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, buffer, $0, length) }
+            }
+        }
+        return sent < 0 ? errno : 0
+    }
+
+    /// Marks a descriptor close-on-exec. The corresponding C function is `fcntl(F_SETFD)`.
+    static func setCloseOnExec(_ descriptor: Descriptor) -> Int32 {
+        let flags = fcntl(descriptor, F_GETFD)
+        guard flags >= 0 else { return -1 }
+        return fcntl(descriptor, F_SETFD, flags | FD_CLOEXEC)
+    }
+
+    static func processID() -> Int32 { getpid() }
+
+    static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+
+    static func unsetEnvironment(_ name: String) { unsetenv(name) }
+
+    /// CLOCK_MONOTONIC in microseconds, as systemd's MONOTONIC_USEC wants it.
+    static func monotonicMicroseconds() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) * 1_000_000 + UInt64(time.tv_nsec) / 1000
+    }
 }
 #endif

@@ -169,5 +169,19 @@ enum Sys {
 
     /// Windows has no numeric user ids; port sharing there is not per user anyway.
     static func effectiveUserID() -> UInt32 { 0 }
+
+    /// systemd's protocols do not exist on Windows: readiness notification is unsupported there.
+    static func sendUnixDatagram(_ bytes: [UInt8], to path: String) -> Int32 { WSAEOPNOTSUPP }
+
+    /// Winsock sockets are created non-inheritable (WSA_FLAG_NO_HANDLE_INHERIT) already.
+    static func setCloseOnExec(_ descriptor: Descriptor) -> Int32 { 0 }
+
+    static func processID() -> Int32 { Int32(bitPattern: GetCurrentProcessId()) }
+
+    static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+
+    static func unsetEnvironment(_ name: String) { _ = _putenv_s(name, "") }
+
+    static func monotonicMicroseconds() -> UInt64 { UInt64(GetTickCount64()) * 1000 }
 }
 #endif

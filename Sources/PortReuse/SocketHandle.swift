@@ -140,8 +140,11 @@ public final class SocketHandle: Sendable {
         }
     }
 
-    /// Waits until the socket is readable (or writable); false when `timeout` passed first.
-    func wait(forWriting: Bool, timeout: Duration?, _ operation: PortReuseError.Operation) throws(PortReuseError) -> Bool {
+    /// Waits until the socket is readable (or writable); false when `timeout` passed first. A signal ends the
+    /// wait with an EINTR error unless `retryOnInterrupt`.
+    func wait(
+        forWriting: Bool, timeout: Duration?, _ operation: PortReuseError.Operation, retryOnInterrupt: Bool = true
+    ) throws(PortReuseError) -> Bool {
         let descriptor = try live(operation)
         let milliseconds = timeout.map { Int32(clamping: $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) } ?? -1
         while true {
@@ -149,7 +152,7 @@ public final class SocketHandle: Sendable {
             if result > 0 { return true }
             if result == 0 { return false }
             let code = Sys.lastError()
-            if code != Sys.interrupted { throw PortReuseError(operation, errno: Errno(rawValue: code)) }
+            if code != Sys.interrupted || !retryOnInterrupt { throw PortReuseError(operation, errno: Errno(rawValue: code)) }
         }
     }
 }
@@ -158,9 +161,9 @@ public final class SocketHandle: Sendable {
 /// a failure becomes a ``PortReuseError`` that names the operation and the address.
 @inline(__always)
 func retryingInterrupts<T: FixedWidthInteger>(
-    _ operation: PortReuseError.Operation, _ address: @autoclosure () -> String?, _ call: () -> T
+    _ operation: PortReuseError.Operation, _ address: @autoclosure () -> String?, retry: Bool = true, _ call: () -> T
 ) throws(PortReuseError) -> T {
-    let (result, code) = retryingInterrupts(call)
+    let (result, code) = retryingInterrupts(retry: retry, call)
     guard code == 0 else { throw PortReuseError(operation, address: address(), errno: Errno(rawValue: code)) }
     return result
 }
@@ -168,12 +171,12 @@ func retryingInterrupts<T: FixedWidthInteger>(
 /// The same without throwing, for closures of APIs that only rethrow untyped errors: the result, and the
 /// error code when it failed (0 when it did not).
 @inline(__always)
-func retryingInterrupts<T: FixedWidthInteger>(_ call: () -> T) -> (T, Int32) {
+func retryingInterrupts<T: FixedWidthInteger>(retry: Bool = true, _ call: () -> T) -> (T, Int32) {
     while true {
         let result = call()
         if result != T(truncatingIfNeeded: -1) { return (result, 0) }
         let code = Sys.lastError()
-        if code != Sys.interrupted { return (result, code) }
+        if code != Sys.interrupted || !retry { return (result, code) }
     }
 }
 
