@@ -7,6 +7,8 @@ let package = Package(
     products: [
         .library(name: "PortReuse", targets: ["PortReuse"]),
         .executable(name: "portreuse", targets: ["portreuse"]),
+        // The LD_PRELOAD shim of `portreuse run`, libCReuseShim.so, built next to the portreuse executable.
+        .library(name: "CReuseShim", type: .dynamic, targets: ["CReuseShim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -23,6 +25,15 @@ let package = Package(
                 "PortReuse",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+        // C only, and linked without the Swift runtime: it is loaded into programs that know nothing of Swift.
+        // The Swift driver links every product with swiftrt.o and libswiftCore; -nostartfiles drops the
+        // first, -static-stdlib the second, --as-needed the libraries nothing here calls (a test reads the
+        // NEEDED entries). unsafeFlags are fine here: no other package depends on this target.
+        .target(
+            name: "CReuseShim",
+            exclude: ["link"],
+            linkerSettings: [.unsafeFlags(["-nostartfiles", "-static-stdlib", "-L", Context.packageDirectory + "/Sources/CReuseShim/link"])]
         ),
         .target(name: "TestSupport", dependencies: ["PortReuse"], path: "Tests/TestSupport"),
         .testTarget(name: "PortReuseTests", dependencies: ["PortReuse", "TestSupport"]),
