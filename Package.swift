@@ -26,14 +26,19 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        // C only, and linked without the Swift runtime: it is loaded into programs that know nothing of Swift.
-        // The Swift driver links every product with swiftrt.o and libswiftCore; -nostartfiles drops the
-        // first, -static-stdlib the second, --as-needed the libraries nothing here calls (a test reads the
-        // NEEDED entries). unsafeFlags are fine here: no other package depends on this target.
+        // C only, and linked against libc alone: it is loaded into programs that know nothing of Swift.
+        // SwiftPM links every product with swiftrt.o and libswiftCore; -nostartfiles drops the first,
+        // -static-stdlib turns the second into archives nothing pulls in, and the empty libstdc++.a and libm.a
+        // in Sources/CReuseShim/link shadow the shared libstdc++ and libm that -static-stdlib still names
+        // (a test reads the NEEDED entries). unsafeFlags are fine here: no other package depends on this target.
         .target(
             name: "CReuseShim",
             exclude: ["link"],
-            linkerSettings: [.unsafeFlags(["-nostartfiles", "-static-stdlib", "-L", Context.packageDirectory + "/Sources/CReuseShim/link"])]
+            linkerSettings: [
+                .unsafeFlags(
+                    ["-nostartfiles", "-static-stdlib", "-L", Context.packageDirectory + "/Sources/CReuseShim/link"],
+                    .when(platforms: [.linux]))
+            ]
         ),
         .target(name: "TestSupport", dependencies: ["PortReuse"], path: "Tests/TestSupport"),
         .testTarget(name: "PortReuseTests", dependencies: ["PortReuse", "TestSupport"]),
@@ -46,6 +51,8 @@ let package = Package(
         // swift run -c release socket-bench
         .target(name: "CBaseline", path: "Benchmarks/CBaseline"),
         .executableTarget(name: "socket-bench", dependencies: ["PortReuse", "CBaseline"], path: "Benchmarks/socket-bench"),
+        // swift build -c release --product CReuseShim && swift run -c release shim-bench
+        .executableTarget(name: "shim-bench", dependencies: ["PortReuse", "CBaseline"], path: "Benchmarks/shim-bench"),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -75,6 +75,11 @@ EXPORT int portreuse_shim_policy_options(const char *policy, int socket_type) {
     }
 }
 
+// Everything below interposes through glibc's dynamic loader (LD_PRELOAD, RTLD_NEXT). On macOS the
+// equivalent would be DYLD_INSERT_LIBRARIES with a __DATA,__interpose section: not built here, so that
+// the package still builds there (the README says what it would take).
+#if defined(__linux__)
+
 // MARK: - Configuration, read once
 
 // An address and/or a port to bind, from a pair of variables (BIND_ADDR and BIND_PORT, for example).
@@ -553,3 +558,4 @@ EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
     return next_bind(fd, bound, bound_length);
 }
 
+#endif // __linux__
