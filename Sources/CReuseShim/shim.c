@@ -1,10 +1,10 @@
 // The LD_PRELOAD shim of `portreuse run`: makes an unmodified program's sockets share their port, rebind at
-// once after a restart, or bind another address.
+// once after a restart, bind another address, or leave from a chosen source address and port.
 //
 // Rules this file keeps, because it runs inside programs it knows nothing about:
 // - It never breaks its host. A bad setting is reported once on stderr and then treated as absent.
 // - It only touches AF_INET and AF_INET6 sockets of type SOCK_STREAM or SOCK_DGRAM; everything else goes
-//   straight to the next bind (other preloaded libraries, then libc).
+//   straight to the next bind/connect/sendto/sendmsg (other preloaded libraries, then libc).
 // - No allocation and no locking on the call path: the configuration is read once (pthread_once, run from
 //   the constructor) and read-only afterwards; "said once" flags are atomic exchanges.
 // - errno is what the program would see without the shim: saved on entry, restored before the real call.
@@ -100,18 +100,30 @@ static struct {
     int transparent;           // IP_TRANSPARENT / IPV6_TRANSPARENT before bind
     int verbose;
     struct endpoint bind_to;   // rewrites the address of bind()
-    int bind_active;
+    struct endpoint source;    // binds unbound sockets before connect(), sendto(), sendmsg()
+    int bind_active, source_active;
     int stderr_usable;         // fd 2 was open at start; its identity, to check before each message
     dev_t stderr_device;
     ino_t stderr_inode;
 } config;
 
 typedef int (*bind_function)(int, const struct sockaddr *, socklen_t);
+typedef int (*connect_function)(int, const struct sockaddr *, socklen_t);
+typedef ssize_t (*sendto_function)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+typedef ssize_t (*sendmsg_function)(int, const struct msghdr *, int);
 
 // Used only when dlsym cannot find the next definition (it always can with a dynamic libc).
 static int syscall_bind(int fd, const struct sockaddr *a, socklen_t l) { return (int)syscall(SYS_bind, fd, a, l); }
+static int syscall_connect(int fd, const struct sockaddr *a, socklen_t l) { return (int)syscall(SYS_connect, fd, a, l); }
+static ssize_t syscall_sendto(int fd, const void *b, size_t n, int f, const struct sockaddr *a, socklen_t l) {
+    return syscall(SYS_sendto, fd, b, n, f, a, l);
+}
+static ssize_t syscall_sendmsg(int fd, const struct msghdr *m, int f) { return syscall(SYS_sendmsg, fd, m, f); }
 
 static bind_function next_bind = syscall_bind;
+static connect_function next_connect = syscall_connect;
+static sendto_function next_sendto = syscall_sendto;
+static sendmsg_function next_sendmsg = syscall_sendmsg;
 
 // MARK: - Messages: one line each, formatted on the stack, written with one write(2)
 
@@ -212,7 +224,8 @@ static void emit(struct line *line) {
 // Whether to say something that is said once per process (every time with PORTREUSE_VERBOSE=1).
 static int say(int *said) { return config.verbose || __atomic_exchange_n(said, 1, __ATOMIC_RELAXED) == 0; }
 
-static int said_udp_reuseaddr, said_reuseport_failed, said_transparent_failed, said_bind_skipped;
+static int said_udp_reuseaddr, said_reuseport_failed, said_transparent_failed, said_bind_skipped,
+    said_source_skipped, said_source_failed;
 
 // MARK: - Parsing the environment (once, at load)
 
@@ -302,7 +315,7 @@ static int read_address(const char *name, struct endpoint *endpoint) {
             report_bad(name, value,
                        percent ? "not an IPv6 address with a known interface after %"
                                : "not an IP address (the shim takes numeric addresses such as 127.0.0.1 or ::1; "
-                                 "portreuse run --bind also resolves host names)");
+                                 "portreuse run --bind/--source also resolve host names)");
             return 0;
         }
         endpoint->family = AF_INET6;
@@ -327,6 +340,9 @@ static void load(void) {
 
     void *found;
     if ((found = dlsym(RTLD_NEXT, "bind"))) next_bind = (bind_function)found;
+    if ((found = dlsym(RTLD_NEXT, "connect"))) next_connect = (connect_function)found;
+    if ((found = dlsym(RTLD_NEXT, "sendto"))) next_sendto = (sendto_function)found;
+    if ((found = dlsym(RTLD_NEXT, "sendmsg"))) next_sendmsg = (sendmsg_function)found;
 
     struct stat error_output;
     if (fstat(STDERR_FILENO, &error_output) == 0) {
@@ -371,12 +387,17 @@ static void load(void) {
     config.options[1] = datagram;
     config.transparent = read_boolean("IP_TRANSPARENT") == 1;
 
-    // Addresses: our own pair wins over bindp's.
-    if (!read_endpoint(&config.bind_to, "PORTREUSE_BIND_ADDR", "PORTREUSE_BIND_PORT"))
-        read_endpoint(&config.bind_to, "BIND_ADDR", "BIND_PORT");
+    // Addresses: bindp's pair applies to bind() and to connect(); our own pairs to one each, and win.
+    struct endpoint bindp;
+    int has_bindp = read_endpoint(&bindp, "BIND_ADDR", "BIND_PORT");
+    if (!read_endpoint(&config.bind_to, "PORTREUSE_BIND_ADDR", "PORTREUSE_BIND_PORT") && has_bindp)
+        config.bind_to = bindp;
+    if (!read_endpoint(&config.source, "PORTREUSE_SOURCE_ADDR", "PORTREUSE_SOURCE_PORT") && has_bindp)
+        config.source = bindp;
 
     int bind_has_options = stream || datagram || config.udp_reuseaddr_refused || config.transparent;
     config.bind_active = bind_has_options || config.bind_to.has_address || config.bind_to.has_port;
+    config.source_active = config.source.has_address || config.source.has_port;
 
     errno = saved;
 }
@@ -405,6 +426,11 @@ static socklen_t length_of(sa_family_t family) {
 }
 
 static int is_mapped(const struct in6_addr *address) { return IN6_IS_ADDR_V4MAPPED(address); }
+
+// Whether a peer address on an IPv6 socket is IPv4: AF_INET (Linux maps it for UDP) or ::ffff:a.b.c.d.
+static int peer_is_ipv4(const struct sockaddr *peer) {
+    return peer->sa_family == AF_INET || is_mapped(&((const struct sockaddr_in6 *)peer)->sin6_addr);
+}
 
 // Sets the policy's options (and IP_TRANSPARENT) on a socket about to be bound; returns the options set.
 static int set_options(int fd, sa_family_t family, int kind) {
@@ -445,14 +471,16 @@ static int set_options(int fd, sa_family_t family, int kind) {
     return options;
 }
 
-// Puts the endpoint's address and/or port into `target`, an address of the socket's family. Returns NULL, or
-// why the endpoint's address cannot apply to this socket (then `target` is unchanged and the call goes
-// through as the program made it).
+// Puts the endpoint's address and/or port into `target`, an address of the socket's family. `peer` is the
+// destination of a connect()/sendto()/sendmsg(), or NULL for bind(). Returns NULL, or why the endpoint's
+// address cannot apply to this socket (then the call goes through as the program made it).
 //
 // IPv4 on an IPv6 socket becomes the IPv4-mapped address (::ffff:a.b.c.d), which is what a dual-stack
-// socket uses for IPv4; it is skipped on an IPV6_V6ONLY socket, where it cannot work. An IPv4-mapped
-// address on an IPv4 socket becomes the plain IPv4 address.
-static const char *apply_endpoint(const struct endpoint *endpoint, int fd, struct sockaddr_storage *target) {
+// socket uses for IPv4; it is skipped where it cannot work: an IPV6_V6ONLY socket, or a connection that
+// goes to an address of the other IP version. An IPv4-mapped address on an IPv4 socket becomes the plain
+// IPv4 address.
+static const char *apply_endpoint(const struct endpoint *endpoint, int fd, struct sockaddr_storage *target,
+                                  const struct sockaddr *peer) {
     if (target->ss_family == AF_INET) {
         struct sockaddr_in *in = (struct sockaddr_in *)target;
         struct in_addr address = in->sin_addr;
@@ -478,7 +506,10 @@ static const char *apply_endpoint(const struct endpoint *endpoint, int fd, struc
             memcpy(&address.s6_addr[12], &endpoint->v4, 4);
             scope = 0;
         }
-        if (is_mapped(&address)) {
+        if (peer && peer_is_ipv4(peer) != is_mapped(&address))
+            return is_mapped(&address) ? "it is an IPv4 address and the connection goes to an IPv6 address"
+                                       : "it is an IPv6 address and the connection goes to an IPv4 address";
+        if (!peer && is_mapped(&address)) {
             int only = 0;
             socklen_t length = sizeof only;
             if (getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &only, &length) == 0 && only)
@@ -508,6 +539,79 @@ static void say_skipped(const char *call, const struct endpoint *endpoint, const
     emit(&line);
 }
 
+// Binds a socket that the program did not bind to the source endpoint, before it connects or sends to
+// `peer`. `send_flags` are those of sendto()/sendmsg(), -1 for connect(). Returns 0 when the call may go on
+// (bound, or left alone), -1 with errno set when the bind failed.
+static int bind_source(const char *call, int fd, const struct sockaddr *peer, int send_flags) {
+    struct sockaddr_storage source;
+    socklen_t length = sizeof source;
+    if (getsockname(fd, (struct sockaddr *)&source, &length) != 0 || !is_inet(source.ss_family)) return 0;
+    // Bound already: by the program (an address, a port, or both), by a connect in progress, or by us.
+    if (source.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&source;
+        if (in->sin_port != 0 || in->sin_addr.s_addr != htonl(INADDR_ANY)) return 0;
+    } else {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&source;
+        if (in6->sin6_port != 0 || !IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr)) return 0;
+    }
+    int type = 0, kind = socket_kind(fd, &type);
+    if (kind < 0) return 0;
+    // sendto/sendmsg on a stream socket only connects with TCP Fast Open.
+    if (kind == 0 && send_flags != -1 && !(send_flags & MSG_FASTOPEN)) return 0;
+
+    const char *skipped = apply_endpoint(&config.source, fd, &source, peer);
+    if (skipped) {
+        if (say(&said_source_skipped)) say_skipped(call, &config.source, peer, skipped);
+        return 0;
+    }
+    int options = set_options(fd, source.ss_family, kind);
+    // With an address but no port, let connect() choose the port per 4-tuple, as it does unbound.
+    static const int one = 1;
+    if (kind == 0 && !config.source.has_port)
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+
+    if (next_bind(fd, (const struct sockaddr *)&source, length_of(source.ss_family)) != 0) {
+        int code = errno;
+        if (say(&said_source_failed)) {
+            struct line line;
+            start(&line);
+            put(&line, call);
+            put(&line, " to ");
+            put_address(&line, peer);
+            put(&line, " fails: the source ");
+            put_address(&line, (const struct sockaddr *)&source);
+            put(&line, " could not be bound: ");
+            put_error(&line, code);
+            emit(&line);
+        }
+        errno = code;
+        return -1;
+    }
+    if (config.verbose) {
+        struct line line;
+        start(&line);
+        put(&line, call);
+        put(&line, " fd ");
+        put_number(&line, (unsigned long)fd);
+        put(&line, " to ");
+        put_address(&line, peer);
+        put(&line, " from ");
+        put_address(&line, (const struct sockaddr *)&source);
+        put(&line, ", options ");
+        put_options(&line, options);
+        emit(&line);
+    }
+    return 0;
+}
+
+// Whether a destination is one the source setting applies to: a whole AF_INET or AF_INET6 address (the
+// kernel takes an IPv6 address without its last field, sin6_scope_id, as RFC 2133 defined it).
+static int wants_source(const struct sockaddr *peer, socklen_t length) {
+    if (!config.source_active || peer == NULL || length < sizeof(sa_family_t)) return 0;
+    if (peer->sa_family == AF_INET) return length >= sizeof(struct sockaddr_in);
+    return peer->sa_family == AF_INET6 && length >= offsetof(struct sockaddr_in6, sin6_scope_id);
+}
+
 // MARK: - The interposed calls
 
 EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
@@ -528,7 +632,7 @@ EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
     const struct sockaddr *bound = address;
     socklen_t bound_length = length;
     if (config.bind_to.has_address || config.bind_to.has_port) {
-        const char *skipped = apply_endpoint(&config.bind_to, fd, &copy);
+        const char *skipped = apply_endpoint(&config.bind_to, fd, &copy, NULL);
         if (skipped) {
             if (say(&said_bind_skipped)) say_skipped("bind", &config.bind_to, address, skipped);
         } else {
@@ -556,6 +660,37 @@ EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
     }
     errno = saved;
     return next_bind(fd, bound, bound_length);
+}
+
+EXPORT int connect(int fd, const struct sockaddr *address, socklen_t length) {
+    ensure_loaded();
+    if (wants_source(address, length)) {
+        int saved = errno;
+        if (bind_source("connect", fd, address, -1) != 0) return -1;
+        errno = saved;
+    }
+    return next_connect(fd, address, length);
+}
+
+EXPORT ssize_t sendto(int fd, const void *buffer, size_t size, int flags, const struct sockaddr *address,
+                      socklen_t length) {
+    ensure_loaded();
+    if (wants_source(address, length)) {
+        int saved = errno;
+        if (bind_source("sendto", fd, address, flags) != 0) return -1;
+        errno = saved;
+    }
+    return next_sendto(fd, buffer, size, flags, address, length);
+}
+
+EXPORT ssize_t sendmsg(int fd, const struct msghdr *message, int flags) {
+    ensure_loaded();
+    if (message != NULL && wants_source((const struct sockaddr *)message->msg_name, message->msg_namelen)) {
+        int saved = errno;
+        if (bind_source("sendmsg", fd, (const struct sockaddr *)message->msg_name, flags) != 0) return -1;
+        errno = saved;
+    }
+    return next_sendmsg(fd, message, flags);
 }
 
 #endif // __linux__

@@ -3,7 +3,8 @@ import Glibc
 import PortReuse
 
 /// `portreuse run`: starts an unmodified program with the LD_PRELOAD shim, which sets the sharing policy's
-/// socket options before each of its binds (and can move its binds elsewhere).
+/// socket options before each of its binds, can move its binds elsewhere, and can make its outgoing
+/// connections leave from a chosen source address and port.
 ///
 /// The program replaces portreuse (`execve`), so its stdin, stdout, stderr, signals, process id and exit
 /// status are its own by construction.
@@ -11,13 +12,14 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a program unchanged, with its sockets sharing their port (LD_PRELOAD shim).",
         usage: """
-            portreuse run [--policy <policy>] [--bind <address>] [--transparent] [--verbose] [--] <command> [<argument> ...]
+            portreuse run [--policy <policy>] [--bind <address>] [--source <address>] [--transparent] [--verbose] [--] <command> [<argument> ...]
             portreuse run --print-library
             """,
         discussion: """
             The shim (\(ShimLibrary.fileName), found next to the portreuse executable) sets the policy's \
             socket options before every bind() of the program's IPv4 and IPv6 sockets, so that programs you \
-            cannot change share a port, or bind again at once after a restart. Unix sockets and everything else \
+            cannot change share a port, or bind again at once after a restart; with --source, their \
+            connections leave from the address and port you choose. Unix sockets and everything else \
             are left alone, and options the program sets itself are kept. Child processes inherit the shim.
 
             Examples:
@@ -28,6 +30,8 @@ struct Run: ParsableCommand {
                 portreuse run --policy restartable -- ./server
               Move a program to another address and port:
                 portreuse run --bind 127.0.0.1:9000 -- python3 -m http.server 8000
+              Make connections leave from a chosen source address and port:
+                portreuse run --source 127.0.0.1:5000 -- curl http://127.0.0.1:8000/
               The shim without portreuse (bindp's variable names work):
                 LD_PRELOAD=$(portreuse run --print-library) REUSE_PORT=1 ./server
 
@@ -51,6 +55,17 @@ struct Run: ParsableCommand {
             valueName: "address"),
         transform: { try ShimEndpoint.parse($0) })
     var bindTo: ShimEndpoint?
+
+    @Option(
+        help: ArgumentHelp(
+            "Make outgoing connections leave from this address and/or port.",
+            discussion: """
+                ADDR:PORT, ADDR, [IPv6] or :PORT. Applies to sockets the program did not bind itself, before \
+                connect() (TCP and UDP, blocking or not) and before sendto()/sendmsg() on UDP.
+                """,
+            valueName: "address"),
+        transform: { try ShimEndpoint.parse($0) })
+    var source: ShimEndpoint?
 
     @Flag(help: "Set IP_TRANSPARENT on bound sockets (bind non-local addresses, TPROXY); needs CAP_NET_ADMIN.")
     var transparent = false
@@ -81,7 +96,7 @@ struct Run: ParsableCommand {
     }
 
     var shim: ShimConfiguration {
-        ShimConfiguration(policy: policy, bind: bindTo, transparent: transparent, verbose: verbose)
+        ShimConfiguration(policy: policy, bind: bindTo, source: source, transparent: transparent, verbose: verbose)
     }
 
     func run() throws {

@@ -9,6 +9,9 @@ struct ShimConfiguration: Sendable {
     var policy: SharingPolicy = .shared
     /// Rewrites the address and/or port of every bind (`PORTREUSE_BIND_ADDR`, `PORTREUSE_BIND_PORT`).
     var bind: ShimEndpoint?
+    /// Binds sockets the program did not bind to this address and/or port before connect(), or before
+    /// sendto()/sendmsg() on UDP (`PORTREUSE_SOURCE_ADDR`, `PORTREUSE_SOURCE_PORT`).
+    var source: ShimEndpoint?
     /// Sets IP_TRANSPARENT (IPV6_TRANSPARENT on IPv6 sockets) before bind (`IP_TRANSPARENT`).
     var transparent = false
     /// One line on stderr per call the shim changes (`PORTREUSE_VERBOSE`).
@@ -17,6 +20,7 @@ struct ShimConfiguration: Sendable {
     /// Every variable the shim reads: bindp's names and ours.
     static let shimVariables = [
         "PORTREUSE_POLICY", "PORTREUSE_VERBOSE", "PORTREUSE_BIND_ADDR", "PORTREUSE_BIND_PORT",
+        "PORTREUSE_SOURCE_ADDR", "PORTREUSE_SOURCE_PORT",
         "REUSE_ADDR", "REUSE_PORT", "BIND_ADDR", "BIND_PORT", "IP_TRANSPARENT",
     ]
 
@@ -25,6 +29,8 @@ struct ShimConfiguration: Sendable {
         var result = [("PORTREUSE_POLICY", policy.rawValue)]
         if let ip = bind?.ip { result.append(("PORTREUSE_BIND_ADDR", ip.description)) }
         if let port = bind?.port { result.append(("PORTREUSE_BIND_PORT", String(port))) }
+        if let ip = source?.ip { result.append(("PORTREUSE_SOURCE_ADDR", ip.description)) }
+        if let port = source?.port, port != 0 { result.append(("PORTREUSE_SOURCE_PORT", String(port))) }
         if transparent { result.append(("IP_TRANSPARENT", "1")) }
         if verbose { result.append(("PORTREUSE_VERBOSE", "1")) }
         return result
@@ -33,7 +39,7 @@ struct ShimConfiguration: Sendable {
     /// The environment for a program: `inherited` (`NAME=value` entries, in order) without any variable the
     /// shim reads, so that this configuration is the whole of it, then this configuration's variables, and
     /// the shim first in LD_PRELOAD, before whatever was preloaded already (never replacing it).
-    /// `dropped` names the inherited shim variables that were left out.
+    /// `dropped` names the inherited shim variables that were left out, sorted.
     func environment(_ inherited: [String], library: ShimLibrary) throws(CommandFailure) -> (entries: [String], dropped: [String]) {
         // ld.so splits LD_PRELOAD at spaces and colons: a path with either cannot be preloaded.
         guard !library.path.contains(" "), !library.path.contains(":") else {
@@ -57,7 +63,7 @@ struct ShimConfiguration: Sendable {
         entries += variables.map { "\($0.name)=\($0.value)" }
         let others = preloaded.filter { $0 != library.path }.map(String.init)
         entries.append("LD_PRELOAD=" + ([library.path] + others).joined(separator: ":"))
-        return (entries, dropped)
+        return (entries, dropped.sorted())
     }
 
     /// This process's environment, as `NAME=value` entries.
@@ -72,7 +78,7 @@ struct ShimConfiguration: Sendable {
     }
 }
 
-/// An IP address and/or a port for the shim: what `--bind` rewrites.
+/// An IP address and/or a port for the shim: what `--bind` rewrites, and where `--source` connects from.
 struct ShimEndpoint: Sendable, Hashable, CustomStringConvertible {
     /// The address, or `nil` to keep the program's.
     var ip: IPAddress?

@@ -160,7 +160,7 @@ struct RunTests {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let (other, own) = (folder + "/id-nobody", folder + "/id-root")
-        for file in [other, own] { try FileManager.default.copyItem(atPath: "/usr/bin/id", toPath: file) }
+        for file in [other, own] { try copyExecutable("/usr/bin/id", to: file) }
         chown(other, 65534, 65534)
         chmod(other, 0o4755)
         chmod(own, 0o4755)
@@ -241,7 +241,7 @@ struct RunTests {
             environment: inherited)
         #expect(shown.status == 0)
         #expect(shown.output == "\(shimLibrary.resolvingSymlinks):\(libc)\nunset unset shared 1 yes\n")
-        #expect(shown.stderr.contains("left out inherited REUSE_PORT, BIND_PORT"))
+        #expect(shown.stderr.contains("left out inherited BIND_PORT, REUSE_PORT (the flags say it all)"))
 
         // Run inside another portreuse run: the shim is not preloaded twice.
         let nested = try capture([portreuse, "run", "--", portreuse, "run", "--", "/bin/sh", "-c", "echo $LD_PRELOAD"])
@@ -255,13 +255,13 @@ struct RunTests {
         #expect(printed.output == shimLibrary.resolvingSymlinks + "\n")
 
         let folder = try TemporaryFolder()
-        try FileManager.default.copyItem(atPath: portreuse, toPath: folder.path + "/portreuse")
+        try copyExecutable(portreuse, to: folder.path + "/portreuse")
         let alone = try capture([folder.path + "/portreuse", "run", "--print-library"])
         #expect(alone.status == 1)
         #expect(alone.stderr.contains("libCReuseShim.so is not next to the portreuse executable (\(folder.path))"))
         #expect(alone.stderr.contains("swift build -c release --product CReuseShim"))
 
-        try FileManager.default.copyItem(atPath: shimLibrary, toPath: folder.path + "/libCReuseShim.so")
+        try copyExecutable(shimLibrary, to: folder.path + "/libCReuseShim.so")
         let together = try capture([folder.path + "/portreuse", "run", "--print-library"])
         #expect(together.output == folder.path + "/libCReuseShim.so\n")
         let works = try capture([folder.path + "/portreuse", "run", "--", systemPython, "-c", optionProbe])
@@ -293,7 +293,7 @@ struct RunTests {
         let triple = URL(fileURLWithPath: productsFolder).deletingLastPathComponent().lastPathComponent
         let bin = package.path + "/.build/\(triple)/debug"
         try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: portreuse, toPath: bin + "/portreuse")
+        try copyExecutable(portreuse, to: bin + "/portreuse")
 
         let first = try capture([bin + "/portreuse", "run", "--print-library"], timeout: 300)
         #expect(first.status == 0, "\(first.stderr)")

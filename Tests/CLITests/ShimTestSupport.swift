@@ -167,12 +167,16 @@ final class TemporaryFolder {
         path = String(cString: made).resolvingSymlinks
     }
 
-    /// Writes a file (made executable with `executable`) and returns its path.
+    /// Writes a file (made executable with `executable`) through a close-on-exec descriptor (see
+    /// `copyExecutable`) and returns its path.
     @discardableResult
     func write(_ name: String, _ text: String, executable: Bool = false) throws -> String {
         let file = path + "/" + name
-        try text.write(toFile: file, atomically: true, encoding: .utf8)
-        if executable { chmod(file, 0o755) }
+        let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, executable ? 0o755 : 0o644)
+        guard fd >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        try #require(Glibc.write(fd, bytes, bytes.count) == bytes.count, "short write to \(file)")
         return file
     }
 
@@ -184,6 +188,19 @@ func servedFolder(named name: String) throws -> TemporaryFolder {
     let folder = try TemporaryFolder()
     try folder.write("who", name)
     return folder
+}
+
+/// Copies a file with its mode through close-on-exec descriptors. FileManager's copy writes through one
+/// that is not, and a child that another test starts meanwhile inherits it: exec'ing the copy then fails
+/// with "Text file busy" for as long as that child lives.
+func copyExecutable(_ source: String, to destination: String) throws {
+    let bytes = try #require(FileManager.default.contents(atPath: source), "cannot read \(source)")
+    let mode = try #require(try FileManager.default.attributesOfItem(atPath: source)[.posixPermissions] as? Int)
+    let fd = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode_t(mode))
+    guard fd >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+    defer { close(fd) }
+    let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    try #require(written == bytes.count, "short write to \(destination)")
 }
 
 /// The first of these programs that exists, or `nil`.
