@@ -34,12 +34,15 @@ struct ShimLibrary: Sendable {
                     throw CommandFailure("`\(build.commandLine.joined(separator: " "))` finished but \(besideExecutable) is missing")
                 }
             }
-            return ShimLibrary(path: besideExecutable)
+            return try readable(besideExecutable)
         }
 
         let installFolder = FileSystem.parent(of: folder)
         let candidates = [besideExecutable, installFolder + "/lib/portreuse/" + fileName, installFolder + "/lib/" + fileName]
         guard let found = candidates.first(where: FileSystem.isRegularFile) else {
+            if let blocked = candidates.first(where: { access($0, F_OK) != 0 && errno == EACCES }) {
+                throw unreadable(blocked)
+            }
             throw CommandFailure(
                 """
                 the LD_PRELOAD shim \(fileName) is not next to the portreuse executable (\(folder)), nor in \
@@ -48,7 +51,19 @@ struct ShimLibrary: Sendable {
                 copy both files together.
                 """)
         }
-        return ShimLibrary(path: found)
+        return try readable(found)
+    }
+
+    /// The program runs as this user: ld.so must be able to read the shim, or it only says "ignored".
+    private static func readable(_ path: String) throws(CommandFailure) -> ShimLibrary {
+        guard access(path, R_OK) == 0 else { throw unreadable(path) }
+        return ShimLibrary(path: path)
+    }
+
+    private static func unreadable(_ path: String) -> CommandFailure {
+        CommandFailure(
+            "this user (uid \(getuid())) cannot read the LD_PRELOAD shim \(path): \(FileSystem.errorText()). Make it and "
+                + "the folders above it readable (chmod a+rx), or install portreuse and \(fileName) where every user can read them")
     }
 }
 

@@ -203,6 +203,19 @@ func copyExecutable(_ source: String, to destination: String) throws {
     try #require(written == bytes.count, "short write to \(destination)")
 }
 
+/// A folder that every user can enter, with copies of portreuse and the shim: for programs run as user
+/// nobody, who cannot reach the build folder when the package sits in a private folder (mktemp -d).
+func productsForEveryone() throws -> TemporaryFolder {
+    let folder = try TemporaryFolder()
+    chmod(folder.path, 0o755)
+    try copyExecutable(portreuse, to: folder.path + "/portreuse")
+    try copyExecutable(shimLibrary, to: folder.path + "/libCReuseShim.so")
+    return folder
+}
+
+/// Runs the rest as user nobody (needs root).
+let asNobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
 /// The first of these programs that exists, or `nil`.
 func installed(_ candidates: String...) -> String? {
     candidates.first { FileManager.default.isExecutableFile(atPath: $0) }

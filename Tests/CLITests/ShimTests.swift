@@ -140,8 +140,9 @@ struct ShimTests {
 
     @Test("IP_TRANSPARENT without CAP_NET_ADMIN: one line, errno untouched, the program binds", .enabled(if: isRoot, "needs root to run as user nobody"))
     func transparentWithoutCapability() throws {
-        let nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        let result = try capture(nobody + [systemPython, "-c", Self.errnoProbe], environment: shimmed(["IP_TRANSPARENT": "1"]))
+        let everyone = try productsForEveryone()
+        let variables = ["IP_TRANSPARENT": "1", "LD_PRELOAD": everyone.path + "/libCReuseShim.so"]
+        let result = try capture(asNobody + [systemPython, "-c", Self.errnoProbe], environment: environment(variables))
         #expect(result.output == "success 0 77\nin use -1 98\nbad fd -1 9\n")
         #expect(result.shimLines.count == 1, "said once: \(result.stderr)")
         #expect(result.stderr.contains("IP_TRANSPARENT could not be set: Operation not permitted (EPERM); it needs CAP_NET_ADMIN"))
