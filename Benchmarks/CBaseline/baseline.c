@@ -34,7 +34,10 @@ int c_bind_cycles(uint16_t port, int type, int reuse_options, int iterations) {
     for (int i = 0; i < iterations; i++) {
         int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
         if (fd < 0) return errno;
-        if (((reuse_options & 1) && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) ||
+        int type_seen = 0;
+        socklen_t type_length = sizeof type_seen;
+        if (((reuse_options & 4) && getsockopt(fd, SOL_SOCKET, SO_TYPE, &type_seen, &type_length) != 0) ||
+            ((reuse_options & 1) && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) ||
             ((reuse_options & 2) && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
             bind(fd, (struct sockaddr *)&address, sizeof address) != 0) {
             int code = errno;

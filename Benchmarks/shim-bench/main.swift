@@ -46,19 +46,20 @@ guard access(shim, R_OK) == 0 else {
     exit(1)
 }
 
-/// One way to run the loop: with or without the shim, its variables, and the options the loop sets itself.
+/// One way to run the loop: with or without the shim, its variables, and what the loop does itself before
+/// bind (`c_bind_cycles`' bits: 1 SO_REUSEADDR, 2 SO_REUSEPORT, 4 getsockopt(SO_TYPE)).
 struct Variant {
     var name: String
     var preload: Bool
     var variables: [String] = []
-    var options: ReuseOptions = []
+    var steps: Int32 = 0
 }
 
 /// Runs the loop once in a fresh worker process; nanoseconds per cycle.
 func measure(_ variant: Variant, type: Int32, port: UInt16) -> Double {
     var environment = variant.variables + ["PATH=/usr/bin:/bin"]
     if variant.preload { environment.append("LD_PRELOAD=" + shim) }
-    let argv = [path, "--worker", String(type), String(variant.options.rawValue), String(port), String(iterations)]
+    let argv = [path, "--worker", String(type), String(variant.steps), String(port), String(iterations)]
     var ends: [Int32] = [0, 0]
     precondition(pipe(&ends) == 0)
     var actions = posix_spawn_file_actions_t()
@@ -92,8 +93,9 @@ for (transport, type) in [(Transport.tcp, Int32(SOCK_STREAM.rawValue)), (.udp, I
     let variants = [
         Variant(name: "plain: no shim, no options", preload: false),
         Variant(name: "shim loaded, no variables (passes bind through)", preload: true),
-        Variant(name: "no shim, the program sets shared's options itself", preload: false, options: shared),
+        Variant(name: "no shim, the program sets shared's options itself", preload: false, steps: Int32(shared.rawValue)),
         Variant(name: "shim with PORTREUSE_POLICY=shared sets them", preload: true, variables: ["PORTREUSE_POLICY=shared"]),
+        Variant(name: "no shim, the program asks SO_TYPE and sets the options", preload: false, steps: Int32(shared.rawValue) | 4),
     ]
     var times = Array(repeating: [Double](), count: variants.count)
     for round in 0..<rounds {
@@ -114,4 +116,5 @@ for (transport, type) in [(Transport.tcp, Int32(SOCK_STREAM.rawValue)), (.udp, I
     print("| shim loaded, nothing to do / plain | \(ratio(1, 0)) |")
     print("| shim sets shared's options / the program sets them itself | \(ratio(3, 2)) |")
     print("| shim sets shared's options / plain (includes the options' own cost) | \(ratio(3, 0)) |")
+    print("| shim sets shared's options / the program asks SO_TYPE and sets them (the shim's own work) | \(ratio(3, 4)) |")
 }
