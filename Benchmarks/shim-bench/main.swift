@@ -3,6 +3,7 @@
 // round (the order rotates each round) so that every variant sees the same machine.
 //
 //   swift build -c release --product CReuseShim && swift run -c release shim-bench [iterations-per-round] [rounds]
+import BenchmarkSupport
 import CBaseline
 import Glibc
 import PortReuse
@@ -20,22 +21,8 @@ if arguments.count == 6, arguments[1] == "--worker" {
     exit(0)
 }
 
-func now() -> UInt64 {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
-}
-
-func fixed3(_ value: Double) -> String {
-    let thousandths = Int((value * 1000).rounded())
-    let fraction = String(thousandths % 1000)
-    return "\(thousandths / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction
-}
-
-func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
-
 let iterations = arguments.count > 1 ? Int(arguments[1]) ?? 20_000 : 20_000
-let rounds = arguments.count > 2 ? Int(arguments[2]) ?? 11 : 11
+let rounds = arguments.count > 2 ? Int(arguments[2]) ?? 15 : 15
 
 var executable = [CChar](repeating: 0, count: 4096)
 let length = readlink("/proc/self/exe", &executable, executable.count - 1)

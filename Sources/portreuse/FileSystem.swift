@@ -70,24 +70,16 @@ enum FileSystem {
         return names
     }
 
-    /// Reads at most `count` bytes from the start of a file; `nil` when it cannot be opened.
-    static func readPrefix(_ path: String, count: Int) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes = [UInt8](repeating: 0, count: count)
-        let read = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, 0) }
-        return read >= 0 ? Array(bytes[0..<read]) : nil
-    }
-
-    /// Reads `count` bytes at `offset`; `nil` when the file is shorter or unreadable.
-    static func read(_ path: String, offset: Int, count: Int) -> [UInt8]? {
+    /// Reads `count` bytes at `offset` (fewer when the file ends first, unless `exactly`); `nil` when the file
+    /// cannot be read, or is short and `exactly` is set. The corresponding C function is `pread`.
+    static func read(_ path: String, offset: Int = 0, count: Int, exactly: Bool = false) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var bytes = [UInt8](repeating: 0, count: count)
         let read = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) }
-        return read == count ? bytes : nil
+        guard read >= 0, !exactly || read == count else { return nil }
+        return Array(bytes[0..<read])
     }
 
     /// Calls `body` with a NULL-terminated array of C strings (for `execve` and `posix_spawn`).

@@ -125,7 +125,7 @@ enum ExecutableFormat: Equatable {
     case unreadable
 
     init(_ path: String) {
-        guard let head = FileSystem.readPrefix(path, count: 256) else { self = .unreadable; return }
+        guard let head = FileSystem.read(path, count: 256) else { self = .unreadable; return }
         if head.starts(with: [0x7F, 0x45, 0x4C, 0x46]) {
             self = Self.elf(path, head) ?? .other
         } else if head.starts(with: [0x23, 0x21]) {  // #!
@@ -158,7 +158,7 @@ enum ExecutableFormat: Equatable {
         let entrySize = wide ? number(head[54..<56]) : number(head[42..<44])
         let entries = wide ? number(head[56..<58]) : number(head[44..<46])
         guard entrySize >= (wide ? 56 : 32), entries <= 4096,
-            let table = FileSystem.read(path, offset: headerTable, count: entrySize * entries)
+            let table = FileSystem.read(path, offset: headerTable, count: entrySize * entries, exactly: true)
         else { return nil }
         for index in 0..<entries {
             let entry = table[(index * entrySize)..<((index + 1) * entrySize)]
@@ -166,7 +166,7 @@ enum ExecutableFormat: Equatable {
             guard number(entry[start..<start + 4]) == 3 else { continue }  // PT_INTERP
             let offset = wide ? number(entry[start + 8..<start + 16]) : number(entry[start + 4..<start + 8])
             let size = wide ? number(entry[start + 32..<start + 40]) : number(entry[start + 16..<start + 20])
-            let name = FileSystem.read(path, offset: offset, count: min(size, 4096)) ?? []
+            let name = FileSystem.read(path, offset: offset, count: min(size, 4096), exactly: true) ?? []
             return .dynamicELF(interpreter: String(decoding: name.prefix { $0 != 0 }, as: UTF8.self))
         }
         return .staticELF
