@@ -7,6 +7,8 @@ let package = Package(
     products: [
         .library(name: "PortReuse", targets: ["PortReuse"]),
         .executable(name: "portreuse", targets: ["portreuse"]),
+        // The LD_PRELOAD shim of `portreuse run`, libCReuseShim.so, built next to the portreuse executable.
+        .library(name: "CReuseShim", type: .dynamic, targets: ["CReuseShim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -22,6 +24,20 @@ let package = Package(
             dependencies: [
                 "PortReuse",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // C only, and linked against libc alone: it is loaded into programs that know nothing of Swift.
+        // SwiftPM links every product with swiftrt.o and libswiftCore; -nostartfiles drops the first,
+        // -static-stdlib turns the second into archives nothing pulls in, and the empty libstdc++.a and libm.a
+        // in Sources/CReuseShim/link shadow the shared libstdc++ and libm that -static-stdlib still names
+        // (a test reads the NEEDED entries). unsafeFlags are fine here: no other package depends on this target.
+        .target(
+            name: "CReuseShim",
+            exclude: ["link"],
+            linkerSettings: [
+                .unsafeFlags(
+                    ["-nostartfiles", "-static-stdlib", "-L", Context.packageDirectory + "/Sources/CReuseShim/link"],
+                    .when(platforms: [.linux]))
             ]
         ),
         .target(name: "TestSupport", dependencies: ["PortReuse"], path: "Tests/TestSupport"),
@@ -40,7 +56,10 @@ let package = Package(
         // Benchmarks: plain executables that print ratios measured side by side in one run.
         // swift run -c release socket-bench
         .target(name: "CBaseline", path: "Benchmarks/CBaseline"),
-        .executableTarget(name: "socket-bench", dependencies: ["PortReuse", "CBaseline"], path: "Benchmarks/socket-bench"),
+        .target(name: "BenchmarkSupport", path: "Benchmarks/BenchmarkSupport"),
+        .executableTarget(name: "socket-bench", dependencies: ["PortReuse", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/socket-bench"),
+        // swift build -c release --product CReuseShim && swift run -c release shim-bench
+        .executableTarget(name: "shim-bench", dependencies: ["PortReuse", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/shim-bench"),
     ],
     swiftLanguageModes: [.v6]
 )

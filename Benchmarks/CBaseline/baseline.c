@@ -24,3 +24,27 @@ int c_listen_cycles(uint16_t port, int iterations) {
     }
     return 0;
 }
+
+int c_bind_cycles(uint16_t port, int type, int reuse_options, int iterations) {
+    struct sockaddr_in address = {0};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int one = 1;
+    for (int i = 0; i < iterations; i++) {
+        int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
+        if (fd < 0) return errno;
+        int type_seen = 0;
+        socklen_t type_length = sizeof type_seen;
+        if (((reuse_options & 4) && getsockopt(fd, SOL_SOCKET, SO_TYPE, &type_seen, &type_length) != 0) ||
+            ((reuse_options & 1) && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) ||
+            ((reuse_options & 2) && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+            bind(fd, (struct sockaddr *)&address, sizeof address) != 0) {
+            int code = errno;
+            close(fd);
+            return code;
+        }
+        close(fd);
+    }
+    return 0;
+}

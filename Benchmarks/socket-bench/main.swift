@@ -2,29 +2,13 @@
 // interleaved round by round in one run so that both see the same machine.
 //
 //   swift run -c release socket-bench [iterations-per-round] [rounds]
+import BenchmarkSupport
 import CBaseline
 import Glibc
 import PortReuse
 
 let iterations = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 20_000 : 20_000
 let rounds = CommandLine.arguments.count > 2 ? Int(CommandLine.arguments[2]) ?? 15 : 15
-
-func now() -> UInt64 {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
-}
-
-func fixed3(_ value: Double) -> String {
-    let thousandths = Int((value * 1000).rounded())
-    let fraction = String(thousandths % 1000)
-    return "\(thousandths / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction
-}
-
-func median(_ values: [Double]) -> Double {
-    let sorted = values.sorted()
-    return sorted[sorted.count / 2]
-}
 
 let port = try Listener(tcp: "127.0.0.1:0", policy: .exclusive).localAddress.port
 let address = SocketAddress(ip: .loopbackIPv4, port: port)

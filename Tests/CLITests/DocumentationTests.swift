@@ -24,6 +24,19 @@ struct DocumentationTests {
         #expect(output.contains("address already in use (EADDRINUSE). It is held by quickstart"))
     }
 
+    @Test("the README's table of shim variables names every variable the shim reads")
+    func shimVariables() throws {
+        let source = try String(contentsOfFile: packageRoot + "/Sources/CReuseShim/shim.c", encoding: .utf8)
+        let reads = source.split(separator: "\n").filter { $0.contains("variable(\"") || $0.contains("read_boolean(\"") || $0.contains("read_endpoint(&") }
+        let names = Set(reads.flatMap { line in
+            line.split(separator: "\"").enumerated().filter { $0.offset % 2 == 1 }.map(\.element)
+                .filter { $0.count > 3 && $0.allSatisfy { $0.isUppercase || $0 == "_" } }.map(String.init)
+        })
+        #expect(names.count >= 9, "found \(names.sorted())")
+        let section = try #require(readme.components(separatedBy: "## `portreuse run`").dropFirst().first?.components(separatedBy: "\n## ").first)
+        for name in names { #expect(section.contains("`\(name)`"), "\(name) is read by the shim but not in the README") }
+    }
+
     @Test("portreuse --help and --version work")
     func help() throws {
         let (status, output) = try run([productsFolder + "/portreuse", "--help"])

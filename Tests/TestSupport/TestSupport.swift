@@ -19,11 +19,13 @@ public final class Child: @unchecked Sendable {
     private let input = Pipe()
     private var buffer: [UInt8] = []
 
-    /// Starts `arguments[0]` with the rest as arguments; stdout is readable with `line(timeout:)`.
-    public init(_ arguments: [String], environment: [String: String]? = nil) throws {
+    /// Starts `arguments[0]` with the rest as arguments; stdout is readable with `line(timeout:)`. Its stderr
+    /// is the test's, or /dev/null with `discardingStandardError` (servers that log every request).
+    public init(_ arguments: [String], environment: [String: String]? = nil, discardingStandardError: Bool = false) throws {
         process.executableURL = URL(fileURLWithPath: arguments[0])
         process.arguments = Array(arguments.dropFirst())
         if let environment { process.environment = environment }
+        if discardingStandardError { process.standardError = FileHandle.nullDevice }
         process.standardOutput = output
         process.standardInput = input
         try process.run()

@@ -6,4 +6,10 @@
 /// Returns 0, or the errno of the first failure.
 int c_listen_cycles(uint16_t port, int iterations);
 
+/// socket(type) + the options in `reuse_options` (1: SO_REUSEADDR, 2: SO_REUSEPORT, 4: first ask the
+/// socket's type with getsockopt(SO_TYPE), as the shim does) + bind(127.0.0.1:port) + close, `iterations`
+/// times, in plain C; the bind goes through whatever LD_PRELOAD interposes.
+/// Returns 0, or the errno of the first failure.
+int c_bind_cycles(uint16_t port, int type, int reuse_options, int iterations);
+
 #endif

@@ -1,0 +1,696 @@
+// The LD_PRELOAD shim of `portreuse run`: makes an unmodified program's sockets share their port, rebind at
+// once after a restart, bind another address, or leave from a chosen source address and port.
+//
+// Rules this file keeps, because it runs inside programs it knows nothing about:
+// - It never breaks its host. A bad setting is reported once on stderr and then treated as absent.
+// - It only touches AF_INET and AF_INET6 sockets of type SOCK_STREAM or SOCK_DGRAM; everything else goes
+//   straight to the next bind/connect/sendto/sendmsg (other preloaded libraries, then libc).
+// - No allocation and no locking on the call path: the configuration is read once (pthread_once, run from
+//   the constructor) and read-only afterwards; "said once" flags are atomic exchanges.
+// - errno is what the program would see without the shim: saved on entry, restored before the real call.
+// - Memory the program passed in is never written: a rewritten address is a copy.
+// - It never writes to stdout. Messages go to the stderr the program started with, and not at all once
+//   fd 2 refers to something else (a daemon that closed it and reused the number for a socket).
+// - It never clears an option the program set itself: it only adds what the policy asks for.
+#define _GNU_SOURCE
+#include "CReuseShim.h"
+
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+#ifndef IPV6_TRANSPARENT
+#define IPV6_TRANSPARENT 75
+#endif
+
+#define EXPORT __attribute__((visibility("default")))
+
+// MARK: - The policy table
+
+// A copy of the Linux rows of SharingTable (Sources/PortReuse/SharingTable.swift); a test compares the two
+// through portreuse_shim_policy_options. TCP and UDP differ: SO_REUSEADDR on UDP lets any user take the
+// port's datagrams, so only unsafe-any-user sets it there.
+struct policy_row {
+    const char *name;
+    int stream;   // SOCK_STREAM (TCP)
+    int datagram; // SOCK_DGRAM (UDP)
+};
+
+enum { REUSEADDR = PORTREUSE_SHIM_REUSEADDR, REUSEPORT = PORTREUSE_SHIM_REUSEPORT };
+
+static const struct policy_row policy_rows[] = {
+    {"restartable", REUSEADDR, 0},
+    {"shared", REUSEADDR | REUSEPORT, REUSEPORT},
+    {"exclusive", 0, 0},
+    {"unsafe-any-user", REUSEADDR | REUSEPORT, REUSEADDR | REUSEPORT},
+};
+
+static const struct policy_row *find_policy(const char *name) {
+    for (size_t i = 0; i < sizeof policy_rows / sizeof policy_rows[0]; i++)
+        if (strcmp(policy_rows[i].name, name) == 0) return &policy_rows[i];
+    return NULL;
+}
+
+EXPORT int portreuse_shim_policy_options(const char *policy, int socket_type) {
+    const struct policy_row *row = policy ? find_policy(policy) : NULL;
+    if (row == NULL) return -1;
+    switch (socket_type) {
+    case SOCK_STREAM: return row->stream;
+    case SOCK_DGRAM: return row->datagram;
+    default: return -1;
+    }
+}
+
+// Everything below interposes through glibc's dynamic loader (LD_PRELOAD, RTLD_NEXT). On macOS the
+// equivalent would be DYLD_INSERT_LIBRARIES with a __DATA,__interpose section: not built here, so that
+// the package still builds there (the README says what it would take).
+#if defined(__linux__)
+
+// MARK: - Configuration, read once
+
+// An address and/or a port to bind, from a pair of variables (BIND_ADDR and BIND_PORT, for example).
+struct endpoint {
+    const char *address_variable, *port_variable; // where the values came from, for messages
+    const char *address_text;                     // the value as written, for messages
+    int has_address, family;                      // AF_INET or AF_INET6
+    struct in_addr v4;
+    struct in6_addr v6;
+    uint32_t scope;
+    int has_port;
+    uint16_t port; // host order
+};
+
+static struct {
+    int options[2];            // per socket kind (0: SOCK_STREAM, 1: SOCK_DGRAM): REUSEADDR | REUSEPORT
+    int udp_reuseaddr_refused; // REUSE_ADDR=1 without unsafe-any-user: UDP sockets do not get SO_REUSEADDR
+    int transparent;           // IP_TRANSPARENT / IPV6_TRANSPARENT before bind
+    int verbose;
+    struct endpoint bind_to;   // rewrites the address of bind()
+    struct endpoint source;    // binds unbound sockets before connect(), sendto(), sendmsg()
+    int bind_active, source_active;
+    int stderr_usable;         // fd 2 was open at start; its identity, to check before each message
+    dev_t stderr_device;
+    ino_t stderr_inode;
+} config;
+
+typedef int (*bind_function)(int, const struct sockaddr *, socklen_t);
+typedef int (*connect_function)(int, const struct sockaddr *, socklen_t);
+typedef ssize_t (*sendto_function)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+typedef ssize_t (*sendmsg_function)(int, const struct msghdr *, int);
+
+// Used only when dlsym cannot find the next definition (it always can with a dynamic libc).
+static int syscall_bind(int fd, const struct sockaddr *a, socklen_t l) { return (int)syscall(SYS_bind, fd, a, l); }
+static int syscall_connect(int fd, const struct sockaddr *a, socklen_t l) { return (int)syscall(SYS_connect, fd, a, l); }
+static ssize_t syscall_sendto(int fd, const void *b, size_t n, int f, const struct sockaddr *a, socklen_t l) {
+    return syscall(SYS_sendto, fd, b, n, f, a, l);
+}
+static ssize_t syscall_sendmsg(int fd, const struct msghdr *m, int f) { return syscall(SYS_sendmsg, fd, m, f); }
+
+static bind_function next_bind = syscall_bind;
+static connect_function next_connect = syscall_connect;
+static sendto_function next_sendto = syscall_sendto;
+static sendmsg_function next_sendmsg = syscall_sendmsg;
+
+// MARK: - Messages: one line each, formatted on the stack, written with one write(2)
+
+struct line {
+    char text[512];
+    size_t used;
+};
+
+static void put(struct line *line, const char *text) {
+    while (text && *text && line->used < sizeof line->text - 2) line->text[line->used++] = *text++;
+}
+
+static void put_number(struct line *line, unsigned long value) {
+    char digits[24];
+    size_t count = 0;
+    do {
+        digits[count++] = (char)('0' + value % 10);
+        value /= 10;
+    } while (value && count < sizeof digits);
+    while (count && line->used < sizeof line->text - 2) line->text[line->used++] = digits[--count];
+}
+
+// A value from the environment, quoted, cut at 40 characters, with control and non-ASCII bytes as '?'.
+static void put_value(struct line *line, const char *value) {
+    put(line, "\"");
+    size_t count = 0;
+    for (; value[count] && count < 40; count++) {
+        unsigned char c = (unsigned char)value[count];
+        char printable[2] = {(c < 0x20 || c >= 0x7f) ? '?' : (char)c, 0};
+        put(line, printable);
+    }
+    put(line, value[count] ? "...\"" : "\"");
+}
+
+// 127.0.0.1:80 or [::1]:80.
+static void put_address(struct line *line, const struct sockaddr *address) {
+    char text[INET6_ADDRSTRLEN + 1] = "?";
+    if (address->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)address;
+        inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+        put(line, text);
+        put(line, ":");
+        put_number(line, ntohs(in->sin_port));
+    } else {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)address;
+        inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
+        put(line, "[");
+        put(line, text);
+        put(line, "]:");
+        put_number(line, ntohs(in6->sin6_port));
+    }
+}
+
+static void put_options(struct line *line, int options) {
+    if (options == 0) put(line, "none");
+    if (options & REUSEADDR) put(line, "SO_REUSEADDR");
+    if ((options & REUSEADDR) && (options & REUSEPORT)) put(line, "+");
+    if (options & REUSEPORT) put(line, "SO_REUSEPORT");
+}
+
+// "Address already in use (EADDRINUSE)": untranslated, never allocates.
+static void put_error(struct line *line, int code) {
+    const char *description = strerrordesc_np(code), *name = strerrorname_np(code);
+    put(line, description ? description : "error");
+    put(line, " (");
+    if (name) put(line, name);
+    else put_number(line, (unsigned long)code);
+    put(line, ")");
+}
+
+// Every line starts with who speaks: the shim, inside which program (children inherit LD_PRELOAD).
+static void start(struct line *line) {
+    line->used = 0;
+    put(line, "portreuse shim (");
+    put(line, program_invocation_short_name ? program_invocation_short_name : "?");
+    put(line, "[");
+    put_number(line, (unsigned long)getpid());
+    put(line, "]): ");
+}
+
+static void emit(struct line *line) {
+    int saved = errno;
+    struct stat now;
+    if (config.stderr_usable && fstat(STDERR_FILENO, &now) == 0 && now.st_dev == config.stderr_device &&
+        now.st_ino == config.stderr_inode) {
+        line->text[line->used++] = '\n';
+        size_t written = 0;
+        while (written < line->used) {
+            ssize_t count = write(STDERR_FILENO, line->text + written, line->used - written);
+            if (count > 0) written += (size_t)count;
+            else if (count < 0 && errno == EINTR) continue;
+            else break;
+        }
+    }
+    errno = saved;
+}
+
+// Whether to say something that is said once per process (every time with PORTREUSE_VERBOSE=1).
+static int say(int *said) { return config.verbose || __atomic_exchange_n(said, 1, __ATOMIC_RELAXED) == 0; }
+
+static int said_udp_reuseaddr, said_reuseport_failed, said_transparent_failed, said_bind_skipped,
+    said_source_skipped, said_source_failed;
+
+// MARK: - Parsing the environment (once, at load)
+
+static void report_bad(const char *variable, const char *value, const char *why) {
+    struct line line;
+    start(&line);
+    put(&line, variable);
+    put(&line, "=");
+    put_value(&line, value);
+    put(&line, " is ignored: ");
+    put(&line, why);
+    emit(&line);
+}
+
+// The value of a variable, or NULL when it is unset or empty (an empty value means "not set").
+static const char *variable(const char *name) {
+    const char *value = getenv(name);
+    return (value && *value) ? value : NULL;
+}
+
+static int equals_ignoring_case(const char *a, const char *b) {
+    for (; *a && *b; a++, b++) {
+        char x = (*a >= 'A' && *a <= 'Z') ? (char)(*a + 32) : *a, y = (*b >= 'A' && *b <= 'Z') ? (char)(*b + 32) : *b;
+        if (x != y) return 0;
+    }
+    return *a == *b;
+}
+
+// 1 or 0 for a valid boolean (1/0, true/false, yes/no, on/off), -1 when unset or bad (reported).
+static int read_boolean(const char *name) {
+    const char *value = variable(name);
+    if (value == NULL) return -1;
+    static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {"0", "false", "no", "off"};
+    for (int i = 0; i < 4; i++) {
+        if (equals_ignoring_case(value, yes[i])) return 1;
+        if (equals_ignoring_case(value, no[i])) return 0;
+    }
+    report_bad(name, value, "expected 1 or 0 (also true/false, yes/no, on/off)");
+    return -1;
+}
+
+static int read_port(const char *name, uint16_t *port) {
+    const char *value = variable(name);
+    if (value == NULL) return 0;
+    unsigned long number = 0;
+    size_t digits = 0;
+    for (; value[digits] >= '0' && value[digits] <= '9' && digits < 6; digits++)
+        number = number * 10 + (unsigned long)(value[digits] - '0');
+    if (value[digits] != 0 || number > 65535) {
+        report_bad(name, value, "not a port number (0 to 65535)");
+        return 0;
+    }
+    *port = (uint16_t)number;
+    return 1;
+}
+
+// A numeric IPv4 or IPv6 address, IPv6 optionally in brackets and with a %scope (interface name or index).
+// The shim never resolves host names: it runs inside the program, on its bind path.
+static int read_address(const char *name, struct endpoint *endpoint) {
+    const char *value = variable(name);
+    if (value == NULL) return 0;
+    char text[INET6_ADDRSTRLEN + IF_NAMESIZE + 4];
+    size_t length = strlen(value);
+    if (length >= sizeof text) {
+        report_bad(name, value, "not an IP address (too long)");
+        return 0;
+    }
+    memcpy(text, value, length + 1);
+    char *literal = text;
+    if (literal[0] == '[' && length > 2 && literal[length - 1] == ']') {
+        literal[length - 1] = 0;
+        literal++;
+    }
+    if (inet_pton(AF_INET, literal, &endpoint->v4) == 1) {
+        endpoint->family = AF_INET;
+    } else {
+        char *percent = strchr(literal, '%');
+        uint32_t scope = 0;
+        if (percent) {
+            *percent = 0;
+            const char *zone = percent + 1;
+            char *end = NULL;
+            unsigned long number = strtoul(zone, &end, 10);
+            scope = (*zone && end && *end == 0) ? (uint32_t)number : if_nametoindex(zone);
+        }
+        if (inet_pton(AF_INET6, literal, &endpoint->v6) != 1 || (percent && scope == 0)) {
+            report_bad(name, value,
+                       percent ? "not an IPv6 address with a known interface after %"
+                               : "not an IP address (the shim takes numeric addresses such as 127.0.0.1 or ::1; "
+                                 "portreuse run --bind/--source also resolve host names)");
+            return 0;
+        }
+        endpoint->family = AF_INET6;
+        endpoint->scope = scope;
+    }
+    endpoint->address_text = value;
+    return 1;
+}
+
+// Reads an address variable and a port variable into an endpoint; returns whether either was valid.
+static int read_endpoint(struct endpoint *endpoint, const char *address_variable, const char *port_variable) {
+    memset(endpoint, 0, sizeof *endpoint);
+    endpoint->address_variable = address_variable;
+    endpoint->port_variable = port_variable;
+    endpoint->has_address = read_address(address_variable, endpoint);
+    endpoint->has_port = read_port(port_variable, &endpoint->port);
+    return endpoint->has_address || endpoint->has_port;
+}
+
+static void load(void) {
+    int saved = errno;
+
+    void *found;
+    if ((found = dlsym(RTLD_NEXT, "bind"))) next_bind = (bind_function)found;
+    if ((found = dlsym(RTLD_NEXT, "connect"))) next_connect = (connect_function)found;
+    if ((found = dlsym(RTLD_NEXT, "sendto"))) next_sendto = (sendto_function)found;
+    if ((found = dlsym(RTLD_NEXT, "sendmsg"))) next_sendmsg = (sendmsg_function)found;
+
+    struct stat error_output;
+    if (fstat(STDERR_FILENO, &error_output) == 0) {
+        config.stderr_usable = 1;
+        config.stderr_device = error_output.st_dev;
+        config.stderr_inode = error_output.st_ino;
+    }
+
+    config.verbose = read_boolean("PORTREUSE_VERBOSE") == 1;
+
+    // Options: the policy's row, then bindp's REUSE_ADDR / REUSE_PORT, which override one option each.
+    int stream = 0, datagram = 0, unsafe = 0;
+    const char *policy_name = variable("PORTREUSE_POLICY");
+    if (policy_name) {
+        const struct policy_row *row = find_policy(policy_name);
+        if (row) {
+            stream = row->stream;
+            datagram = row->datagram;
+            unsafe = strcmp(row->name, "unsafe-any-user") == 0;
+        } else {
+            report_bad("PORTREUSE_POLICY", policy_name, "expected restartable, shared, exclusive or unsafe-any-user");
+        }
+    }
+    int reuse_address = read_boolean("REUSE_ADDR"), reuse_port = read_boolean("REUSE_PORT");
+    if (reuse_address == 1) {
+        stream |= REUSEADDR;
+        // SO_REUSEADDR on UDP lets any local user bind the port and take its datagrams: only when asked in words.
+        if (unsafe) datagram |= REUSEADDR;
+        else config.udp_reuseaddr_refused = 1;
+    } else if (reuse_address == 0) {
+        stream &= ~REUSEADDR;
+        datagram &= ~REUSEADDR;
+    }
+    if (reuse_port == 1) {
+        stream |= REUSEPORT;
+        datagram |= REUSEPORT;
+    } else if (reuse_port == 0) {
+        stream &= ~REUSEPORT;
+        datagram &= ~REUSEPORT;
+    }
+    config.options[0] = stream;
+    config.options[1] = datagram;
+    config.transparent = read_boolean("IP_TRANSPARENT") == 1;
+
+    // Addresses: bindp's pair applies to bind() and to connect(); our own pairs to one each, and win.
+    struct endpoint bindp;
+    int has_bindp = read_endpoint(&bindp, "BIND_ADDR", "BIND_PORT");
+    if (!read_endpoint(&config.bind_to, "PORTREUSE_BIND_ADDR", "PORTREUSE_BIND_PORT") && has_bindp)
+        config.bind_to = bindp;
+    if (!read_endpoint(&config.source, "PORTREUSE_SOURCE_ADDR", "PORTREUSE_SOURCE_PORT") && has_bindp)
+        config.source = bindp;
+
+    int bind_has_options = stream || datagram || config.udp_reuseaddr_refused || config.transparent;
+    config.bind_active = bind_has_options || config.bind_to.has_address || config.bind_to.has_port;
+    config.source_active = config.source.has_address || config.source.has_port;
+
+    errno = saved;
+}
+
+static pthread_once_t loaded = PTHREAD_ONCE_INIT;
+
+// Reads the configuration before main(); pthread_once also covers a library whose constructor binds a
+// socket before this one has run.
+__attribute__((constructor)) static void load_at_start(void) { pthread_once(&loaded, load); }
+
+static inline void ensure_loaded(void) { pthread_once(&loaded, load); }
+
+// MARK: - Socket helpers
+
+static int is_inet(sa_family_t family) { return family == AF_INET || family == AF_INET6; }
+
+// 0 for SOCK_STREAM, 1 for SOCK_DGRAM, -1 for anything else (or not a socket).
+static int socket_kind(int fd, int *type) {
+    socklen_t length = sizeof *type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, type, &length) != 0) return -1;
+    return *type == SOCK_STREAM ? 0 : *type == SOCK_DGRAM ? 1 : -1;
+}
+
+static socklen_t length_of(sa_family_t family) {
+    return family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+}
+
+static int is_mapped(const struct in6_addr *address) { return IN6_IS_ADDR_V4MAPPED(address); }
+
+// Whether a peer address on an IPv6 socket is IPv4: AF_INET (Linux maps it for UDP) or ::ffff:a.b.c.d.
+static int peer_is_ipv4(const struct sockaddr *peer) {
+    return peer->sa_family == AF_INET || is_mapped(&((const struct sockaddr_in6 *)peer)->sin6_addr);
+}
+
+// Sets the policy's options (and IP_TRANSPARENT) on a socket about to be bound; returns the options set.
+static int set_options(int fd, sa_family_t family, int kind) {
+    static const int one = 1;
+    int options = config.options[kind];
+    if (options & REUSEADDR) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if ((options & REUSEPORT) && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 &&
+        say(&said_reuseport_failed)) {
+        struct line line;
+        start(&line);
+        put(&line, "SO_REUSEPORT could not be set: ");
+        put_error(&line, errno);
+        put(&line, "; the socket is bound without it");
+        emit(&line);
+    }
+    if (kind == 1 && config.udp_reuseaddr_refused && say(&said_udp_reuseaddr)) {
+        struct line line;
+        start(&line);
+        put(&line, "REUSE_ADDR=1 is not applied to UDP sockets: SO_REUSEADDR on UDP lets any local user bind the "
+                   "port and take its datagrams; set PORTREUSE_POLICY=unsafe-any-user if that is what you want");
+        emit(&line);
+    }
+    if (config.transparent) {
+        int level = family == AF_INET ? IPPROTO_IP : IPPROTO_IPV6;
+        int name = family == AF_INET ? IP_TRANSPARENT : IPV6_TRANSPARENT;
+        if (setsockopt(fd, level, name, &one, sizeof one) != 0 && say(&said_transparent_failed)) {
+            struct line line;
+            start(&line);
+            put(&line, family == AF_INET ? "IP_TRANSPARENT" : "IPV6_TRANSPARENT");
+            put(&line, " could not be set: ");
+            put_error(&line, errno);
+            put(&line, errno == EPERM ? "; it needs CAP_NET_ADMIN (run as root, or grant the capability); "
+                                        "the socket is bound without it"
+                                      : "; the socket is bound without it");
+            emit(&line);
+        }
+    }
+    return options;
+}
+
+// Puts the endpoint's address and/or port into `target`, an address of the socket's family. `peer` is the
+// destination of a connect()/sendto()/sendmsg(), or NULL for bind(). Returns NULL, or why the endpoint's
+// address cannot apply to this socket (then the call goes through as the program made it).
+//
+// IPv4 on an IPv6 socket becomes the IPv4-mapped address (::ffff:a.b.c.d), which is what a dual-stack
+// socket uses for IPv4; it is skipped where it cannot work: an IPV6_V6ONLY socket, or a connection that
+// goes to an address of the other IP version. An IPv4-mapped address on an IPv4 socket becomes the plain
+// IPv4 address.
+static const char *apply_endpoint(const struct endpoint *endpoint, int fd, struct sockaddr_storage *target,
+                                  const struct sockaddr *peer) {
+    if (target->ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)target;
+        struct in_addr address = in->sin_addr;
+        if (endpoint->has_address) {
+            if (endpoint->family == AF_INET) address = endpoint->v4;
+            else if (is_mapped(&endpoint->v6)) memcpy(&address, &endpoint->v6.s6_addr[12], 4);
+            else return "it is an IPv6 address and this is an IPv4 socket";
+        }
+        in->sin_addr = address;
+        if (endpoint->has_port) in->sin_port = htons(endpoint->port);
+        return NULL;
+    }
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)target;
+    struct in6_addr address = in6->sin6_addr;
+    uint32_t scope = in6->sin6_scope_id;
+    if (endpoint->has_address) {
+        if (endpoint->family == AF_INET6) {
+            address = endpoint->v6;
+            scope = endpoint->scope;
+        } else {
+            memset(&address, 0, sizeof address);
+            address.s6_addr[10] = address.s6_addr[11] = 0xff;
+            memcpy(&address.s6_addr[12], &endpoint->v4, 4);
+            scope = 0;
+        }
+        if (peer && peer_is_ipv4(peer) != is_mapped(&address))
+            return is_mapped(&address) ? "it is an IPv4 address and the connection goes to an IPv6 address"
+                                       : "it is an IPv6 address and the connection goes to an IPv4 address";
+        if (!peer && is_mapped(&address)) {
+            int only = 0;
+            socklen_t length = sizeof only;
+            if (getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &only, &length) == 0 && only)
+                return "it is an IPv4 address and this IPv6 socket is IPv6-only (IPV6_V6ONLY)";
+        }
+    }
+    in6->sin6_addr = address;
+    in6->sin6_scope_id = scope;
+    if (endpoint->has_port) in6->sin6_port = htons(endpoint->port);
+    return NULL;
+}
+
+static void say_skipped(const char *call, const struct endpoint *endpoint, const struct sockaddr *address,
+                        const char *why) {
+    struct line line;
+    start(&line);
+    put(&line, endpoint->address_variable);
+    put(&line, "=");
+    put_value(&line, endpoint->address_text ? endpoint->address_text : "");
+    put(&line, " not applied to ");
+    put(&line, call);
+    put(&line, " ");
+    put_address(&line, address);
+    put(&line, ": ");
+    put(&line, why);
+    put(&line, config.verbose ? "" : " (said once)");
+    emit(&line);
+}
+
+// Binds a socket that the program did not bind to the source endpoint, before it connects or sends to
+// `peer`. `send_flags` are those of sendto()/sendmsg(), -1 for connect(). Returns 0 when the call may go on
+// (bound, or left alone), -1 with errno set when the bind failed.
+static int bind_source(const char *call, int fd, const struct sockaddr *peer, int send_flags) {
+    struct sockaddr_storage source;
+    socklen_t length = sizeof source;
+    if (getsockname(fd, (struct sockaddr *)&source, &length) != 0 || !is_inet(source.ss_family)) return 0;
+    // Bound already: by the program (an address, a port, or both), by a connect in progress, or by us.
+    if (source.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&source;
+        if (in->sin_port != 0 || in->sin_addr.s_addr != htonl(INADDR_ANY)) return 0;
+    } else {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&source;
+        if (in6->sin6_port != 0 || !IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr)) return 0;
+    }
+    int type = 0, kind = socket_kind(fd, &type);
+    if (kind < 0) return 0;
+    // sendto/sendmsg on a stream socket only connects with TCP Fast Open.
+    if (kind == 0 && send_flags != -1 && !(send_flags & MSG_FASTOPEN)) return 0;
+
+    const char *skipped = apply_endpoint(&config.source, fd, &source, peer);
+    if (skipped) {
+        if (say(&said_source_skipped)) say_skipped(call, &config.source, peer, skipped);
+        return 0;
+    }
+    int options = set_options(fd, source.ss_family, kind);
+    // With an address but no port, let connect() choose the port per 4-tuple, as it does unbound.
+    static const int one = 1;
+    if (kind == 0 && !config.source.has_port)
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+
+    if (next_bind(fd, (const struct sockaddr *)&source, length_of(source.ss_family)) != 0) {
+        int code = errno;
+        if (say(&said_source_failed)) {
+            struct line line;
+            start(&line);
+            put(&line, call);
+            put(&line, " to ");
+            put_address(&line, peer);
+            put(&line, " fails: the source ");
+            put_address(&line, (const struct sockaddr *)&source);
+            put(&line, " could not be bound: ");
+            put_error(&line, code);
+            emit(&line);
+        }
+        errno = code;
+        return -1;
+    }
+    if (config.verbose) {
+        struct line line;
+        start(&line);
+        put(&line, call);
+        put(&line, " fd ");
+        put_number(&line, (unsigned long)fd);
+        put(&line, " to ");
+        put_address(&line, peer);
+        put(&line, " from ");
+        put_address(&line, (const struct sockaddr *)&source);
+        put(&line, ", options ");
+        put_options(&line, options);
+        emit(&line);
+    }
+    return 0;
+}
+
+// Whether a destination is one the source setting applies to: a whole AF_INET or AF_INET6 address (the
+// kernel takes an IPv6 address without its last field, sin6_scope_id, as RFC 2133 defined it).
+static int wants_source(const struct sockaddr *peer, socklen_t length) {
+    if (!config.source_active || peer == NULL || length < sizeof(sa_family_t)) return 0;
+    if (peer->sa_family == AF_INET) return length >= sizeof(struct sockaddr_in);
+    return peer->sa_family == AF_INET6 && length >= offsetof(struct sockaddr_in6, sin6_scope_id);
+}
+
+// MARK: - The interposed calls
+
+EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
+    ensure_loaded();
+    if (!config.bind_active || address == NULL || length < sizeof(sa_family_t) || !is_inet(address->sa_family) ||
+        length > sizeof(struct sockaddr_storage))
+        return next_bind(fd, address, length);
+    int saved = errno;
+    int type = 0, kind = socket_kind(fd, &type);
+    if (kind < 0) {
+        errno = saved;
+        return next_bind(fd, address, length);
+    }
+
+    struct sockaddr_storage copy;
+    memset(&copy, 0, sizeof copy);
+    memcpy(&copy, address, length);
+    const struct sockaddr *bound = address;
+    socklen_t bound_length = length;
+    if (config.bind_to.has_address || config.bind_to.has_port) {
+        const char *skipped = apply_endpoint(&config.bind_to, fd, &copy, NULL);
+        if (skipped) {
+            if (say(&said_bind_skipped)) say_skipped("bind", &config.bind_to, address, skipped);
+        } else {
+            bound = (const struct sockaddr *)&copy;
+            if (bound_length < length_of(copy.ss_family)) bound_length = length_of(copy.ss_family);
+        }
+    }
+    int options = set_options(fd, address->sa_family, kind);
+
+    if (config.verbose) {
+        struct line line;
+        start(&line);
+        put(&line, "bind fd ");
+        put_number(&line, (unsigned long)fd);
+        put(&line, kind == 0 ? " (TCP) " : " (UDP) ");
+        put_address(&line, address);
+        if (bound != address) {
+            put(&line, " -> ");
+            put_address(&line, bound);
+        }
+        put(&line, ", options ");
+        put_options(&line, options);
+        if (config.transparent) put(&line, ", IP_TRANSPARENT");
+        emit(&line);
+    }
+    errno = saved;
+    return next_bind(fd, bound, bound_length);
+}
+
+EXPORT int connect(int fd, const struct sockaddr *address, socklen_t length) {
+    ensure_loaded();
+    if (wants_source(address, length)) {
+        int saved = errno;
+        if (bind_source("connect", fd, address, -1) != 0) return -1;
+        errno = saved;
+    }
+    return next_connect(fd, address, length);
+}
+
+EXPORT ssize_t sendto(int fd, const void *buffer, size_t size, int flags, const struct sockaddr *address,
+                      socklen_t length) {
+    ensure_loaded();
+    if (wants_source(address, length)) {
+        int saved = errno;
+        if (bind_source("sendto", fd, address, flags) != 0) return -1;
+        errno = saved;
+    }
+    return next_sendto(fd, buffer, size, flags, address, length);
+}
+
+EXPORT ssize_t sendmsg(int fd, const struct msghdr *message, int flags) {
+    ensure_loaded();
+    if (message != NULL && wants_source((const struct sockaddr *)message->msg_name, message->msg_namelen)) {
+        int saved = errno;
+        if (bind_source("sendmsg", fd, (const struct sockaddr *)message->msg_name, flags) != 0) return -1;
+        errno = saved;
+    }
+    return next_sendmsg(fd, message, flags);
+}
+
+#endif // __linux__

@@ -1,0 +1,183 @@
+import Glibc
+
+/// A program to start with the shim preloaded: found through PATH as a shell finds it, and checked for
+/// what would keep the dynamic loader from loading the shim into it.
+struct Program {
+    /// The command as the user wrote it (the program's `argv[0]`).
+    let name: String
+    /// The file that runs.
+    let path: String
+
+    /// Finds `name` as `execvp` and shells do: a name with a `/` is a path, anything else is looked up in
+    /// each folder of `searchPath` (an empty entry is the current folder). Not found exits 127, found but
+    /// not executable 126, as in shells.
+    static func find(_ name: String, searchPath: String?) throws(CommandFailure) -> Program {
+        if name.contains("/") {
+            guard FileSystem.status(name) != nil else { throw CommandFailure("\(name): no such file", exitCode: 127) }
+            guard FileSystem.isRegularFile(name), access(name, X_OK) == 0 else {
+                throw CommandFailure("\(name) is not an executable file (check its mode: chmod +x \(name))", exitCode: 126)
+            }
+            return Program(name: name, path: name)
+        }
+        guard !name.isEmpty else { throw CommandFailure("the command is empty", exitCode: 127) }
+        let folders = (searchPath ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: false)
+        var notExecutable: String?
+        for folder in folders {
+            let candidate = (folder.isEmpty ? "." : String(folder)) + "/" + name
+            guard FileSystem.isRegularFile(candidate) else { continue }
+            if access(candidate, X_OK) == 0 { return Program(name: name, path: candidate) }
+            notExecutable = notExecutable ?? candidate
+        }
+        if let notExecutable {
+            throw CommandFailure("\(notExecutable) is not executable (check its mode: chmod +x \(notExecutable))", exitCode: 126)
+        }
+        throw CommandFailure("command not found: \(name) (looked in PATH=\(searchPath ?? "(unset)"))", exitCode: 127)
+    }
+
+    /// Throws, with the reason and what to use instead, when the shim could not reach this program: a
+    /// statically linked executable (no dynamic loader runs), or one the kernel starts in secure mode
+    /// (set-user-ID, set-group-ID, file capabilities), where the loader ignores LD_PRELOAD. Follows `#!`
+    /// lines to their interpreter, and `#!/usr/bin/env NAME` to NAME.
+    func checkShimReaches(searchPath: String?) throws(CommandFailure) {
+        try Self.check(path, for: name, searchPath: searchPath, depth: 0)
+    }
+
+    private static let instead =
+        "Use `portreuse up` instead, which opens the port itself and hands it to the program by socket "
+        + "activation (LISTEN_FDS), or make the program set SO_REUSEPORT itself."
+
+    private static func check(_ path: String, for command: String, searchPath: String?, depth: Int) throws(CommandFailure) {
+        let via = path == command ? path : "\(path) (run for \(command))"
+        if let reason = secureExecution(path) {
+            throw CommandFailure(
+                "\(via) \(reason), so the kernel starts it in secure mode and the dynamic loader ignores LD_PRELOAD: "
+                    + "the shim cannot reach it. Run it as the user it switches to, or a copy without that bit. " + instead,
+                exitCode: 126)
+        }
+        switch ExecutableFormat(path) {
+        case .unreadable, .dynamicELF:
+            return  // an unreadable (execute-only) file cannot be checked: let it run
+        case .staticELF:
+            throw CommandFailure(
+                "\(via) is statically linked (its ELF header names no interpreter, such as Go binaries and static "
+                    + "musl builds), so no dynamic loader runs and LD_PRELOAD cannot load the shim into it. " + instead,
+                exitCode: 126)
+        case .other:
+            throw CommandFailure("\(via) is neither an ELF executable nor a script with a #! line", exitCode: 126)
+        case .script(let interpreter, let argument):
+            guard depth < 4 else { throw CommandFailure("\(via): too many levels of #! interpreters", exitCode: 126) }
+            guard FileSystem.isRegularFile(interpreter) else {
+                throw CommandFailure("\(via) starts with #!\(interpreter), which does not exist", exitCode: 126)
+            }
+            try check(interpreter, for: command, searchPath: searchPath, depth: depth + 1)
+            // #!/usr/bin/env NAME: env finds NAME through PATH and execs it, with LD_PRELOAD still set.
+            if interpreter.split(separator: "/").last == "env",
+                let target = argument?.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                    .first(where: { !$0.hasPrefix("-") && !$0.contains("=") }),
+                let program = try? Program.find(String(target), searchPath: searchPath)
+            {
+                try check(program.path, for: command, searchPath: searchPath, depth: depth + 1)
+            }
+        }
+    }
+
+    /// Why the kernel would start this file in secure mode (AT_SECURE) for us, or `nil`: set-user-ID to
+    /// another user, set-group-ID to another group, or file capabilities for a user other than root; not
+    /// on a file system mounted nosuid, where the bits do nothing.
+    private static func secureExecution(_ path: String) -> String? {
+        guard let info = FileSystem.status(path) else { return nil }
+        var volume = statvfs()
+        if statvfs(path, &volume) == 0 && volume.f_flag & UInt(ST_NOSUID) != 0 { return nil }
+        if info.st_mode & S_ISUID != 0 && info.st_uid != getuid() {
+            return "is set-user-ID to \(userName(info.st_uid))"
+        }
+        if info.st_mode & S_ISGID != 0 && info.st_gid != getgid() {
+            return "is set-group-ID to \(groupName(info.st_gid))"
+        }
+        if getuid() != 0 && FileSystem.hasFileCapabilities(path) {
+            return "has file capabilities (getcap \(path))"
+        }
+        return nil
+    }
+
+    private static func userName(_ uid: uid_t) -> String {
+        guard let entry = getpwuid(uid), let name = entry.pointee.pw_name else { return "uid \(uid)" }
+        return "\(String(cString: name)) (uid \(uid))"
+    }
+
+    private static func groupName(_ gid: gid_t) -> String {
+        guard let entry = getgrgid(gid), let name = entry.pointee.gr_name else { return "gid \(gid)" }
+        return "\(String(cString: name)) (gid \(gid))"
+    }
+}
+
+/// What kind of executable a file is, read from its first bytes and, for ELF, its program headers.
+enum ExecutableFormat: Equatable {
+    /// ELF with a PT_INTERP program header: the dynamic loader runs and honours LD_PRELOAD.
+    case dynamicELF(interpreter: String)
+    /// ELF without PT_INTERP (static, or static-pie): no loader, no LD_PRELOAD.
+    case staticELF
+    /// A script: `#!INTERPRETER [ARGUMENT]`.
+    case script(interpreter: String, argument: String?)
+    /// Anything else.
+    case other
+    /// The file cannot be read.
+    case unreadable
+
+    init(_ path: String) {
+        guard let head = FileSystem.read(path, count: 256) else { self = .unreadable; return }
+        if head.starts(with: [0x7F, 0x45, 0x4C, 0x46]) {
+            self = Self.elf(path, head) ?? .other
+        } else if head.starts(with: [0x23, 0x21]) {  // #!
+            self = Self.script(head) ?? .other
+        } else {
+            self = .other
+        }
+    }
+
+    /// The kernel's reading of a #! line: the interpreter up to the first blank, then one optional argument.
+    private static func script(_ head: [UInt8]) -> ExecutableFormat? {
+        let line = String(decoding: head.dropFirst(2).prefix { $0 != 10 }, as: UTF8.self)
+        let trimmed = line.drop { $0 == " " || $0 == "\t" }
+        let interpreter = trimmed.prefix { $0 != " " && $0 != "\t" }
+        guard !interpreter.isEmpty else { return nil }
+        let argument = trimmed.dropFirst(interpreter.count).trimmingBlanks()
+        return .script(interpreter: String(interpreter), argument: argument.isEmpty ? nil : String(argument))
+    }
+
+    /// Looks for PT_INTERP among the program headers (ELF32 or ELF64, either byte order).
+    private static func elf(_ path: String, _ head: [UInt8]) -> ExecutableFormat? {
+        guard head.count >= 64, head[4] == 1 || head[4] == 2, head[5] == 1 || head[5] == 2 else { return nil }
+        let wide = head[4] == 2
+        let little = head[5] == 1
+        func number(_ bytes: ArraySlice<UInt8>) -> Int {
+            let ordered = little ? Array(bytes.reversed()) : Array(bytes)
+            return ordered.reduce(0) { $0 << 8 | Int($1) }
+        }
+        let headerTable = wide ? number(head[32..<40]) : number(head[28..<32])
+        let entrySize = wide ? number(head[54..<56]) : number(head[42..<44])
+        let entries = wide ? number(head[56..<58]) : number(head[44..<46])
+        guard entrySize >= (wide ? 56 : 32), entries <= 4096,
+            let table = FileSystem.read(path, offset: headerTable, count: entrySize * entries, exactly: true)
+        else { return nil }
+        for index in 0..<entries {
+            let entry = table[(index * entrySize)..<((index + 1) * entrySize)]
+            let start = entry.startIndex
+            guard number(entry[start..<start + 4]) == 3 else { continue }  // PT_INTERP
+            let offset = wide ? number(entry[start + 8..<start + 16]) : number(entry[start + 4..<start + 8])
+            let size = wide ? number(entry[start + 32..<start + 40]) : number(entry[start + 16..<start + 20])
+            let name = FileSystem.read(path, offset: offset, count: min(size, 4096), exactly: true) ?? []
+            return .dynamicELF(interpreter: String(decoding: name.prefix { $0 != 0 }, as: UTF8.self))
+        }
+        return .staticELF
+    }
+}
+
+extension Substring {
+    /// Without leading and trailing spaces, tabs and carriage returns.
+    func trimmingBlanks() -> Substring {
+        let blank: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" }
+        guard let first = firstIndex(where: { !blank($0) }), let last = lastIndex(where: { !blank($0) }) else { return "" }
+        return self[first...last]
+    }
+}

@@ -1,0 +1,146 @@
+import ArgumentParser
+import Glibc
+import PortReuse
+
+/// `portreuse run`: starts an unmodified program with the LD_PRELOAD shim, which sets the sharing policy's
+/// socket options before each of its binds, can move its binds elsewhere, and can make its outgoing
+/// connections leave from a chosen source address and port.
+///
+/// The program replaces portreuse (`execve`), so its stdin, stdout, stderr, signals, process id and exit
+/// status are its own by construction.
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a program unchanged, with its sockets sharing their port (LD_PRELOAD shim).",
+        usage: """
+            portreuse run [--policy <policy>] [--bind <address>] [--source <address>] [--transparent] [--verbose] [--] <command> [<argument> ...]
+            portreuse run --print-library
+            """,
+        discussion: """
+            The shim (\(ShimLibrary.fileName), found next to the portreuse executable) sets the policy's \
+            socket options before every bind() of the program's IPv4 and IPv6 sockets, so that programs you \
+            cannot change share a port, or bind again at once after a restart; with --source, their \
+            connections leave from the address and port you choose. Unix sockets and everything else \
+            are left alone, and options the program sets itself are kept. Child processes inherit the shim.
+
+            Examples:
+              Two servers on one port; the kernel spreads connections between them:
+                portreuse run -- python3 -m http.server 8000 &
+                portreuse run -- python3 -m http.server 8000 &
+              Restart at once, even while old connections sit in TIME_WAIT:
+                portreuse run --policy restartable -- ./server
+              Move a program to another address and port:
+                portreuse run --bind 127.0.0.1:9000 -- python3 -m http.server 8000
+              Make connections leave from a chosen source address and port:
+                portreuse run --source 127.0.0.1:5000 -- curl http://127.0.0.1:8000/
+              The shim without portreuse (bindp's variable names work):
+                LD_PRELOAD=$(portreuse run --print-library) REUSE_PORT=1 ./server
+
+            The shim cannot reach statically linked programs (Go, static musl) nor set-user-ID, set-group-ID \
+            or file-capability programs (the loader ignores LD_PRELOAD for them): portreuse run refuses them \
+            and says why; `portreuse up` hands such programs a ready socket by socket activation instead.
+
+            Exit status: the program's. Before it starts: 127 when the command is not found, 126 when it \
+            cannot run or the shim cannot reach it, 64 for bad arguments, 1 for anything else.
+            """
+    )
+
+    @Option(help: "The sharing policy of every socket the program binds.")
+    var policy: SharingPolicy = .shared
+
+    @Option(
+        name: .customLong("bind"),
+        help: ArgumentHelp(
+            "Rewrite every bind() to this address and/or port.",
+            discussion: "ADDR:PORT, :PORT or PORT (keep the program's address), ADDR or [IPv6] (keep its port).",
+            valueName: "address"),
+        transform: { try ShimEndpoint.parse($0) })
+    var bindTo: ShimEndpoint?
+
+    @Option(
+        help: ArgumentHelp(
+            "Make outgoing connections leave from this address and/or port.",
+            discussion: """
+                ADDR:PORT, ADDR, [IPv6] or :PORT. Applies to sockets the program did not bind itself, before \
+                connect() (TCP and UDP, blocking or not) and before sendto()/sendmsg() on UDP.
+                """,
+            valueName: "address"),
+        transform: { try ShimEndpoint.parse($0) })
+    var source: ShimEndpoint?
+
+    @Flag(help: "Set IP_TRANSPARENT on bound sockets (bind non-local addresses, TPROXY); needs CAP_NET_ADMIN.")
+    var transparent = false
+
+    @Flag(help: "Say on stderr what the shim does: one line per call it changes.")
+    var verbose = false
+
+    @Flag(help: "Print the path of the shim library and exit (for LD_PRELOAD=... without portreuse).")
+    var printLibrary = false
+
+    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The program and its arguments.", valueName: "command"))
+    var command: [String] = []
+
+    mutating func validate() throws {
+        if command.first == "--" { command.removeFirst() }
+        if printLibrary {
+            guard command.isEmpty else { throw ValidationError("--print-library takes no command") }
+            return
+        }
+        guard let first = command.first else {
+            throw ValidationError("give the program to run, as in: portreuse run -- python3 -m http.server 8000")
+        }
+        // The passthrough capture takes everything from the first unknown flag on, --help included.
+        if ["-h", "--help", "-help"].contains(first) { throw CleanExit.helpRequest(Self.self) }
+        if first.hasPrefix("-") {
+            throw ValidationError("unknown option '\(first)' (put the program after --, as in: portreuse run -- PROGRAM \(first))")
+        }
+    }
+
+    var shim: ShimConfiguration {
+        ShimConfiguration(policy: policy, bind: bindTo, source: source, transparent: transparent, verbose: verbose)
+    }
+
+    func run() throws {
+        try CommandFailure.reporting {
+            let library = try ShimLibrary.locate()
+            if printLibrary {
+                print(library.path)
+                return
+            }
+            let searchPath = getenv("PATH").map { String(cString: $0) }
+            let program = try Program.find(command[0], searchPath: searchPath)
+            try program.checkShimReaches(searchPath: searchPath)
+            if transparent && !Self.hasNetAdmin() {
+                throw CommandFailure(
+                    "--transparent needs CAP_NET_ADMIN, which this process lacks: run as root, or give the capability "
+                        + "(for example: sudo setpriv --inh-caps +net_admin --ambient-caps +net_admin ... portreuse run ...)")
+            }
+            let (environment, dropped) = try shim.environment(ShimConfiguration.currentEnvironment(), library: library)
+            if verbose {
+                let settings = shim.variables.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
+                let note = dropped.isEmpty ? "" : "; left out inherited \(dropped.joined(separator: ", ")) (the flags say it all)"
+                FileSystem.printError("portreuse run: \(program.path) with \(library.path), \(settings)\(note)")
+            }
+            try Self.replaceProcess(with: program, arguments: command, environment: environment)
+        }
+    }
+
+    /// Whether CAP_NET_ADMIN (bit 12) is in this process's effective set, read from /proc/self/status.
+    static func hasNetAdmin() -> Bool {
+        guard let status = FileSystem.read("/proc/self/status", count: 8192) else { return false }
+        let line = String(decoding: status, as: UTF8.self).split(separator: "\n").first { $0.hasPrefix("CapEff:") }
+        guard let hex = line?.split(separator: "\t").last, let mask = UInt64(hex, radix: 16) else { return false }
+        return mask & (1 << 12) != 0
+    }
+
+    /// `execve`: the program takes this process's place. Returns only by throwing.
+    static func replaceProcess(with program: Program, arguments: [String], environment: [String]) throws(CommandFailure) {
+        fflush(nil)  // what print() buffered must not be lost with this process image
+        let code = FileSystem.withCStrings(arguments) { argv in
+            FileSystem.withCStrings(environment) { envp in
+                execve(program.path, argv, envp)
+                return errno
+            }
+        }
+        throw CommandFailure("cannot start \(program.path): \(FileSystem.errorText(code))", exitCode: code == ENOENT ? 127 : 126)
+    }
+}
