@@ -28,6 +28,23 @@ public struct PortHolder: Sendable, Hashable {
         public var name: String
         /// The command line, one argument an element; empty when unreadable.
         public var commandLine: [String]
+        /// The process's effective user id, which may differ from the socket's owner (a server that binds as
+        /// root and then runs its workers as another user); `nil` when unreadable.
+        public var uid: UInt32?
+        /// The name of that user, when the system knows the uid.
+        public var user: String?
+
+        /// The command line as one line of text, arguments with spaces or quotes in single quotes; the short
+        /// name when the command line is unreadable (a zombie, or a kernel thread).
+        public var commandText: String {
+            guard !commandLine.isEmpty else { return "[\(name)]" }
+            return commandLine.map { argument in
+                guard argument.isEmpty || argument.contains(where: { " \t\n'\"\\$`".contains($0) }) else { return argument }
+                var quoted = "'"
+                for character in argument { quoted += character == "'" ? "'\\''" : String(character) }
+                return quoted + "'"
+            }.joined(separator: " ")
+        }
     }
 
     /// The transport.

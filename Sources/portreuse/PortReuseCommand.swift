@@ -17,7 +17,7 @@ struct PortReuseCommand: ParsableCommand {
             (udp:[::1]:53).
             """,
         version: version,
-        subcommands: []
+        subcommands: [Who.self]
     )
 }
 
