@@ -35,6 +35,8 @@ let package = Package(
         // swift run -c release socket-bench
         .target(name: "CBaseline", path: "Benchmarks/CBaseline"),
         .executableTarget(name: "socket-bench", dependencies: ["PortReuse", "CBaseline"], path: "Benchmarks/socket-bench"),
+        // swift build -c release && .build/release/who-bench
+        .executableTarget(name: "who-bench", path: "Benchmarks/who-bench"),
     ],
     swiftLanguageModes: [.v6]
 )

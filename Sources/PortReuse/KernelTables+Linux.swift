@@ -1,19 +1,16 @@
 #if os(Linux)
 import Glibc
 
-/// Linux: the kernel's socket tables (/proc/net), the processes that hold each socket (/proc/PID/fd) and
-/// their sockets' options (a `pidfd_getfd` duplicate, closed at once).
+/// Linux: the kernel's socket tables (netlink sock_diag, as `ss` reads them; /proc/net where sock_diag is
+/// refused), the processes that hold each socket (/proc/PID/fd) and their sockets' options (a `pidfd_getfd`
+/// duplicate, closed at once).
 enum KernelTables {
     static func holders(
         transport: Transport, port: UInt16?, states: Set<PortHolder.State>? = nil, withProcesses: Bool, withOptions: Bool,
         processStates: Set<PortHolder.State>? = nil
     ) -> [PortHolder] {
-        var found: [PortHolder] = []
-        let files = transport == .tcp ? ["/proc/net/tcp", "/proc/net/tcp6"] : ["/proc/net/udp", "/proc/net/udp6"]
-        for file in files {
-            guard let text = readFile(file) else { continue }
-            parseTable(text, transport: transport, port: port, states: states, into: &found)
-        }
+        var found = SocketDiagnostics.holders(transport: transport, port: port, states: states)
+            ?? procNetHolders(transport: transport, port: port, states: states)
         var users: [UInt32: String?] = [:]
         for index in found.indices {
             guard let uid = found[index].uid else { continue }
@@ -21,6 +18,18 @@ enum KernelTables {
             found[index].user = users[uid] ?? nil
         }
         if withProcesses { attachProcesses(&found, states: processStates, withOptions: withOptions) }
+        return found
+    }
+
+    /// The sockets from the text tables in /proc/net: what `ss` also falls back to where sock_diag is missing
+    /// (a kernel without the inet_diag or udp_diag module). They list no TCP socket that is bound but not listening.
+    static func procNetHolders(transport: Transport, port: UInt16?, states: Set<PortHolder.State>?) -> [PortHolder] {
+        var found: [PortHolder] = []
+        let files = transport == .tcp ? ["/proc/net/tcp", "/proc/net/tcp6"] : ["/proc/net/udp", "/proc/net/udp6"]
+        for file in files {
+            guard let text = readFile(file) else { continue }
+            parseTable(text, transport: transport, port: port, states: states, into: &found)
+        }
         return found
     }
 

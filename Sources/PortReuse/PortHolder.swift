@@ -34,12 +34,30 @@ public struct PortHolder: Sendable, Hashable {
         /// The name of that user, when the system knows the uid.
         public var user: String?
 
-        /// The command line as one line of text, arguments with spaces or quotes in single quotes; the short
-        /// name when the command line is unreadable (a zombie, or a kernel thread).
+        /// The command line as one line of text, as a shell would take it back: arguments with spaces or quotes
+        /// in single quotes, arguments with control characters (a newline) in `$'…'` with escapes; the short name
+        /// in brackets when the command line is unreadable (a zombie, or a kernel thread).
         public var commandText: String {
             guard !commandLine.isEmpty else { return "[\(name)]" }
             return commandLine.map { argument in
-                guard argument.isEmpty || argument.contains(where: { " \t\n'\"\\$`".contains($0) }) else { return argument }
+                if argument.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
+                    var quoted = "$'"
+                    for scalar in argument.unicodeScalars {
+                        switch scalar {
+                        case "\n": quoted += "\\n"
+                        case "\t": quoted += "\\t"
+                        case "\r": quoted += "\\r"
+                        case "'": quoted += "\\'"
+                        case "\\": quoted += "\\\\"
+                        case _ where scalar.value < 0x20 || scalar.value == 0x7F:
+                            let hex = String(scalar.value, radix: 16)
+                            quoted += "\\x" + (hex.count == 1 ? "0" : "") + hex
+                        default: quoted.unicodeScalars.append(scalar)
+                        }
+                    }
+                    return quoted + "'"
+                }
+                guard argument.isEmpty || argument.contains(where: { " '\"\\$`;&|<>()*?[]#~!{}".contains($0) }) else { return argument }
                 var quoted = "'"
                 for character in argument { quoted += character == "'" ? "'\\''" : String(character) }
                 return quoted + "'"
