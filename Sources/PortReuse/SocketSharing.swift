@@ -138,7 +138,16 @@ public struct SocketSharing: Sendable, Hashable {
         let usersText = users.isEmpty ? owner
             : users.count == 1 ? (users[0].hasPrefix("uid ") ? users[0] : "user \(users[0])")
             : "users " + users.joined(separator: ", ")
-        let holders = pids >= 2 ? "\(pids) processes of \(usersText)" : pids == 0 && group.count >= 2 ? "\(group.count) sockets of \(owner)" : nil
+        let holders: String?
+        if pids >= 2 {
+            holders = "\(pids) processes of \(usersText)"
+        } else if group.count >= 2, let process = processes.first {
+            holders = "\(group.count) sockets of one process (\(process.name), pid \(process.pid), \(usersText))"
+        } else if group.count >= 2 {
+            holders = "\(group.count) sockets of \(owner)"
+        } else {
+            holders = nil
+        }
 
         let unknown: String
         switch socket.transport {

@@ -147,8 +147,8 @@ struct Who: ParsableCommand {
             throw BadInput(message: error.description)
         }
         guard address.port != 0 else {
-            throw BadInput(message: "invalid address \"\(target)\": port 0 asks the kernel to choose a port; "
-                + "nothing holds it. Give the port to look at, as in \(target.dropLast())8080.")
+            throw BadInput(message: "invalid address \"\(target)\": port 0 asks the kernel to choose a port, and nothing "
+                + "holds it; give the port to look at. Accepted forms: \(Address.acceptedForms).")
         }
         var addresses: [SocketAddress] = []
         if address.host != .unspecified {
