@@ -85,7 +85,6 @@ let script = """
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server
         listener.close()
         ends = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
-        print("client ready", flush=True)
         signal.pause()
         os._exit(0)
     accepted = [listener.accept()[0] for _ in range(n)]

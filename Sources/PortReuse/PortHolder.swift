@@ -1,6 +1,6 @@
 /// A socket bound to a local port, as the kernel reports it, with the processes that hold it open.
 ///
-/// Read from the kernel's socket tables (on Linux /proc/net/{tcp,tcp6,udp,udp6}) and from /proc/PID/fd,
+/// Read from the kernel's socket tables (on Linux netlink sock_diag, or /proc/net/{tcp,tcp6,udp,udp6}) and /proc/PID/fd,
 /// never from another tool's output. Where this process may (root, or ptrace rights over the holder), the
 /// holder's reuse options are read from a duplicate of its socket (`pidfd_getfd`), which touches no traffic.
 public struct PortHolder: Sendable, Hashable {
