@@ -193,6 +193,23 @@ struct WhoTests {
         #expect(output.contains(message), "\(output)")
     }
 
+    @Test("colour on a terminal only, and never with NO_COLOR")
+    func colour() throws {
+        let listener = try Listener(tcp: "127.0.0.1:0")
+        // script(1) runs the command on a pseudo-terminal.
+        let command = ["/usr/bin/script", "-qec", "\(portreuse) who tcp:\(listener.localAddress.port)", "/dev/null"]
+        var environment = ProcessInfo.processInfo.environment
+        environment["TERM"] = "xterm"
+        environment["NO_COLOR"] = nil
+        let onTerminal = try run(command, environment: environment)
+        #expect(onTerminal.status == 0)
+        #expect(onTerminal.output.contains("\u{1B}[1mTCP 127.0.0.1:\(listener.localAddress.port)\u{1B}[0m"))
+        environment["NO_COLOR"] = "1"
+        let plain = try run(command, environment: environment)
+        #expect(plain.output.contains("TCP 127.0.0.1:\(listener.localAddress.port)  LISTEN"))
+        #expect(!plain.output.contains("\u{1B}["))
+    }
+
     @Test("--help documents the exit statuses, the JSON schema and --probe-udp")
     func help() throws {
         let (status, output) = try run([portreuse, "who", "--help"])
