@@ -34,16 +34,13 @@ extension Address {
     }
 
     private static func udpAvailability(_ address: SocketAddress, policy: SharingPolicy, holders: [PortHolder]) -> Availability {
-        let report = PortInUse.explain(address, transport: .udp, policy: policy)
-        if case .otherUser = report.reason, !SharingTable.current.row(policy, .udp).otherUsersMayJoin { return .inUse(report) }
-        let wanted = SharingTable.current.options(policy, .udp)
-        let known = holders.compactMap(\.options)
-        guard known.count == holders.count else {
+        let table = SharingTable.current
+        let answers = holders.map { table.admits(table.options(policy, .udp), uid: Sys.effectiveUserID(), beside: $0) }
+        if answers.contains(false) { return .inUse(PortInUse.explain(address, transport: .udp, policy: policy)) }
+        if answers.contains(nil) {
             return .unknown("live UDP sockets hold port \(address.port) and their options cannot be read (run as root); "
                 + "a probe bind could take one of their datagrams, so none was made")
         }
-        // Joining needs SO_REUSEPORT on every socket, or SO_REUSEADDR on every socket.
-        let joinable = known.allSatisfy { ($0.contains(.reusePort) && wanted.contains(.reusePort)) || ($0.contains(.reuseAddress) && wanted.contains(.reuseAddress)) }
-        return joinable ? .available : .inUse(report)
+        return .available
     }
 }

@@ -1,25 +1,35 @@
 #if os(Linux)
 import Glibc
 
-/// Linux: the kernel's socket tables (/proc/net), the processes that hold each socket (/proc/PID/fd) and
-/// their sockets' options (a `pidfd_getfd` duplicate, closed at once).
+/// Linux: the kernel's socket tables (netlink sock_diag, as `ss` reads them; /proc/net where sock_diag is
+/// refused), the processes that hold each socket (/proc/PID/fd) and their sockets' options (a `pidfd_getfd`
+/// duplicate, closed at once).
 enum KernelTables {
     static func holders(
-        transport: Transport, port: UInt16?, states: Set<PortHolder.State>? = nil, withProcesses: Bool, withOptions: Bool
+        transport: Transport, port: UInt16?, states: Set<PortHolder.State>? = nil, withProcesses: Bool, withOptions: Bool,
+        processStates: Set<PortHolder.State>? = nil
     ) -> [PortHolder] {
-        var found: [PortHolder] = []
-        let files = transport == .tcp ? ["/proc/net/tcp", "/proc/net/tcp6"] : ["/proc/net/udp", "/proc/net/udp6"]
-        for file in files {
-            guard let text = readFile(file) else { continue }
-            parseTable(text, transport: transport, port: port, states: states, into: &found)
-        }
+        var found = SocketDiagnostics.holders(transport: transport, port: port, states: states)
+            ?? procNetHolders(transport: transport, port: port, states: states)
         var users: [UInt32: String?] = [:]
         for index in found.indices {
             guard let uid = found[index].uid else { continue }
             if users[uid] == nil { users[uid] = userName(uid) }
             found[index].user = users[uid] ?? nil
         }
-        if withProcesses { attachProcesses(&found, withOptions: withOptions) }
+        if withProcesses { attachProcesses(&found, states: processStates, withOptions: withOptions) }
+        return found
+    }
+
+    /// The sockets from the text tables in /proc/net: what `ss` also falls back to where sock_diag is missing
+    /// (a kernel without the inet_diag or udp_diag module). They list no TCP socket that is bound but not listening.
+    static func procNetHolders(transport: Transport, port: UInt16?, states: Set<PortHolder.State>?) -> [PortHolder] {
+        var found: [PortHolder] = []
+        let files = transport == .tcp ? ["/proc/net/tcp", "/proc/net/tcp6"] : ["/proc/net/udp", "/proc/net/udp6"]
+        for file in files {
+            guard let text = readFile(file) else { continue }
+            parseTable(text, transport: transport, port: port, states: states, into: &found)
+        }
         return found
     }
 
@@ -124,7 +134,7 @@ enum KernelTables {
         return value
     }
 
-    static func parseDecimal(_ digits: ArraySlice<UInt8>) -> UInt64? {
+    static func parseDecimal<Digits: Collection<UInt8>>(_ digits: Digits) -> UInt64? {
         guard !digits.isEmpty, digits.count <= 19 else { return nil }
         var value: UInt64 = 0
         for digit in digits {
@@ -136,49 +146,78 @@ enum KernelTables {
 
     // MARK: processes
 
-    /// Fills in the processes of every socket by reading the links in /proc/PID/fd (`socket:[INODE]`).
+    /// Fills in the processes of the sockets in `states` (all when `nil`) by reading the links in /proc/PID/fd
+    /// (`socket:[INODE]`), and the options of each such socket through its first process.
     /// Other users' processes are unreadable without root; their sockets keep an empty list.
-    static func attachProcesses(_ found: inout [PortHolder], withOptions: Bool) {
+    ///
+    /// This reads every descriptor of every process, so it avoids allocating per descriptor, and it leaves a
+    /// process's folder early once that process has shown every wanted socket.
+    static func attachProcesses(_ found: inout [PortHolder], states: Set<PortHolder.State>? = nil, withOptions: Bool) {
         var byInode: [UInt64: [Int]] = [:]
-        for (index, holder) in found.enumerated() where holder.inode != 0 {
+        for (index, holder) in found.enumerated() where holder.inode != 0 && (states?.contains(holder.state) ?? true) {
             byInode[holder.inode, default: []].append(index)
         }
         guard !byInode.isEmpty, let proc = opendir("/proc") else { return }
         defer { closedir(proc) }
-        var link = [UInt8](repeating: 0, count: 64)
+        let procFD = dirfd(proc)
+        var users: [UInt32: String?] = [:]
+        var seen = Set<UInt64>()
+        let link = UnsafeMutablePointer<CChar>.allocate(capacity: 64)
+        defer { link.deallocate() }
         while let entry = readdir(proc) {
-            guard let pid = Int32(name(of: entry)), pid > 0 else { continue }
-            guard let fds = opendir("/proc/\(pid)/fd") else { continue }
+            guard let pid = decimalName(entry), pid > 0, pid <= Int32.max else { continue }
+            let fdFolder = openat(procFD, "\(pid)/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard fdFolder >= 0 else { continue }
+            guard let fds = fdopendir(fdFolder) else { close(fdFolder); continue }
             defer { closedir(fds) }
-            var info: (name: String, commandLine: [String])?
+            var info: (name: String, commandLine: [String], uid: UInt32?)?
+            seen.removeAll(keepingCapacity: true)
             while let fdEntry = readdir(fds) {
-                let fdName = name(of: fdEntry)
-                guard let fd = Int32(fdName) else { continue }
-                let length = link.withUnsafeMutableBufferPointer { buffer in
-                    buffer.withMemoryRebound(to: CChar.self) { readlinkat(dirfd(fds), fdName, $0.baseAddress!, $0.count) }
+                guard let fd = decimalName(fdEntry) else { continue }
+                let length = withUnsafePointer(to: &fdEntry.pointee.d_name) { name in
+                    name.withMemoryRebound(to: CChar.self, capacity: 256) { readlinkat(dirfd(fds), $0, link, 64) }
                 }
                 // "socket:[12345]"
-                guard length > 9, link[0] == UInt8(ascii: "s"), link[6] == UInt8(ascii: ":"),
-                    let inode = parseDecimal(link[8..<(length - 1)]), let indexes = byInode[inode]
+                guard length > 9, link[0] == CChar(UInt8(ascii: "s")), link[6] == CChar(UInt8(ascii: ":")),
+                    let inode = link.withMemoryRebound(to: UInt8.self, capacity: length, { parseDecimal(UnsafeBufferPointer(start: $0 + 8, count: length - 9)) }),
+                    let indexes = byInode[inode]
                 else { continue }
-                if info == nil { info = processInfo(pid) }
+                if info == nil { info = processInfo(pid: Int32(pid)) }
+                let user: String? = info!.uid.flatMap { uid in
+                    if users[uid] == nil { users[uid] = userName(uid) }
+                    return users[uid] ?? nil
+                }
                 for index in indexes {
-                    found[index].processes.append(PortHolder.Process(pid: pid, descriptor: fd, name: info!.name, commandLine: info!.commandLine))
+                    found[index].processes.append(PortHolder.Process(
+                        pid: Int32(pid), descriptor: Int32(fd), name: info!.name, commandLine: info!.commandLine,
+                        uid: info!.uid, user: user))
                     if withOptions && found[index].options == nil {
-                        found[index].options = readOptions(pid: pid, descriptor: fd)
+                        found[index].options = readOptions(pid: Int32(pid), descriptor: Int32(fd))
                     }
                 }
+                seen.insert(inode)
+                if seen.count == byInode.count { break }
             }
         }
     }
 
-    private static func name(of entry: UnsafeMutablePointer<dirent>) -> String {
-        withUnsafeBytes(of: entry.pointee.d_name) { raw in
-            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+    /// The number a /proc entry is named by (a pid, a descriptor), or `nil` for any other name.
+    private static func decimalName(_ entry: UnsafeMutablePointer<dirent>) -> Int? {
+        withUnsafeBytes(of: &entry.pointee.d_name) { raw in
+            var value = 0
+            var index = 0
+            while index < raw.count && index < 10 && raw[index] != 0 {
+                let digit = raw[index]
+                guard digit >= UInt8(ascii: "0"), digit <= UInt8(ascii: "9") else { return nil }
+                value = value * 10 + Int(digit - UInt8(ascii: "0"))
+                index += 1
+            }
+            return index == 0 || (index < raw.count && raw[index] != 0) ? nil : value
         }
     }
 
-    static func processInfo(_ pid: Int32) -> (name: String, commandLine: [String]) {
+    /// The short name, the command line and the effective uid of a process, from /proc/PID/{comm,cmdline,status}.
+    static func processInfo(pid: Int32) -> (name: String, commandLine: [String], uid: UInt32?) {
         var name = readFile("/proc/\(pid)/comm").map { String(decoding: $0, as: UTF8.self) } ?? "?"
         if name.hasSuffix("\n") { name.removeLast() }
         let raw = readFile("/proc/\(pid)/cmdline") ?? []
@@ -186,7 +225,13 @@ enum KernelTables {
         if commandLine.last == "" { commandLine.removeLast() }
         // comm is cut at 15 bytes; the program's file name is whole (unless it rewrote its argv, as nginx does).
         if let program = commandLine.first?.split(separator: "/").last, program.hasPrefix(name) { name = String(program) }
-        return (name, commandLine)
+        // "Uid:\treal\teffective\tsaved\tfs"
+        var uid: UInt32?
+        if let status = readFile("/proc/\(pid)/status"), let line = status.split(separator: UInt8(ascii: "\n")).first(where: { $0.starts(with: Array("Uid:".utf8)) }) {
+            let numbers = line.dropFirst(4).split { $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: " ") }
+            if numbers.count >= 2, let effective = parseDecimal(numbers[1]), effective <= UInt64(UInt32.max) { uid = UInt32(effective) }
+        }
+        return (name, commandLine, uid)
     }
 
     // MARK: options of another process's socket
@@ -257,7 +302,8 @@ enum KernelTables {
 /// Other systems: PortReuse has no socket tables to read there; diagnoses say less.
 enum KernelTables {
     static func holders(
-        transport: Transport, port: UInt16?, states: Set<PortHolder.State>? = nil, withProcesses: Bool, withOptions: Bool
+        transport: Transport, port: UInt16?, states: Set<PortHolder.State>? = nil, withProcesses: Bool, withOptions: Bool,
+        processStates: Set<PortHolder.State>? = nil
     ) -> [PortHolder] { [] }
 
     static func firstUnprivilegedPort() -> Int { OperatingSystem.current == .windows ? 0 : 1024 }

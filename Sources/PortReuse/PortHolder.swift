@@ -1,6 +1,6 @@
 /// A socket bound to a local port, as the kernel reports it, with the processes that hold it open.
 ///
-/// Read from the kernel's socket tables (on Linux /proc/net/{tcp,tcp6,udp,udp6}) and from /proc/PID/fd,
+/// Read from the kernel's socket tables (on Linux netlink sock_diag, or /proc/net/{tcp,tcp6,udp,udp6}) and /proc/PID/fd,
 /// never from another tool's output. Where this process may (root, or ptrace rights over the holder), the
 /// holder's reuse options are read from a duplicate of its socket (`pidfd_getfd`), which touches no traffic.
 public struct PortHolder: Sendable, Hashable {
@@ -28,6 +28,41 @@ public struct PortHolder: Sendable, Hashable {
         public var name: String
         /// The command line, one argument an element; empty when unreadable.
         public var commandLine: [String]
+        /// The process's effective user id, which may differ from the socket's owner (a server that binds as
+        /// root and then runs its workers as another user); `nil` when unreadable.
+        public var uid: UInt32?
+        /// The name of that user, when the system knows the uid.
+        public var user: String?
+
+        /// The command line as one line of text, as a shell would take it back: arguments with spaces or quotes
+        /// in single quotes, arguments with control characters (a newline) in `$'…'` with escapes; the short name
+        /// in brackets when the command line is unreadable (a zombie, or a kernel thread).
+        public var commandText: String {
+            guard !commandLine.isEmpty else { return "[\(name)]" }
+            return commandLine.map { argument in
+                if argument.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
+                    var quoted = "$'"
+                    for scalar in argument.unicodeScalars {
+                        switch scalar {
+                        case "\n": quoted += "\\n"
+                        case "\t": quoted += "\\t"
+                        case "\r": quoted += "\\r"
+                        case "'": quoted += "\\'"
+                        case "\\": quoted += "\\\\"
+                        case _ where scalar.value < 0x20 || scalar.value == 0x7F:
+                            let hex = String(scalar.value, radix: 16)
+                            quoted += "\\x" + (hex.count == 1 ? "0" : "") + hex
+                        default: quoted.unicodeScalars.append(scalar)
+                        }
+                    }
+                    return quoted + "'"
+                }
+                guard argument.isEmpty || argument.contains(where: { " '\"\\$`;&|<>()*?[]#~!{}".contains($0) }) else { return argument }
+                var quoted = "'"
+                for character in argument { quoted += character == "'" ? "'\\''" : String(character) }
+                return quoted + "'"
+            }.joined(separator: " ")
+        }
     }
 
     /// The transport.

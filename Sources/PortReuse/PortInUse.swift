@@ -20,30 +20,45 @@ public struct PortInUse: Sendable, Hashable {
     public var address: SocketAddress
     /// The transport.
     public var transport: Transport
-    /// The sockets that compete for the port (live ones first).
+    /// The sockets that compete for the port: the one in the way first, then the other live ones, then
+    /// TIME-WAIT ones.
     public var holders: [PortHolder]
+    /// How the socket in the way shares (``SocketSharing``), when a live socket is in the way.
+    public var sharing: SocketSharing?
     /// What stops the new socket.
     public var reason: Reason
 
-    /// Finds out who holds `address` and why a socket with `options` (from `policy`) cannot join them.
+    /// Finds out who holds `address` and why a socket with the options of `policy`, created by this process,
+    /// cannot join them: the first live socket that the platform's rule (``SharingTable/admits(_:uid:beside:)``)
+    /// says does not admit it is the one in the way.
     public static func explain(_ address: SocketAddress, transport: Transport, policy: SharingPolicy) -> PortInUse {
-        let options = SharingTable.current.options(policy, transport)
-        let competing = PortHolder.find(port: address.port, transport: transport).filter { $0.overlaps(address) }
-        let live = competing.filter(\.state.isLive)
-        let holders = live + competing.filter { !$0.state.isLive }
-        let reason: Reason
+        let table = SharingTable.current
+        let options = table.options(policy, transport)
         let ownUID = Sys.effectiveUserID()
-        if live.isEmpty {
-            reason = holders.isEmpty ? .noVisibleHolder : .timeWait(count: holders.count, reuseAddressSet: options.contains(.reuseAddress))
-        } else if !options.contains(.reusePort) {
-            reason = .policyDoesNotShare(policy)
-        } else if let stranger = live.first(where: { $0.uid != nil && $0.uid != ownUID }) {
-            reason = .otherUser(uid: stranger.uid!, user: stranger.user)
-        } else {
-            let known = live.compactMap(\.options)
-            reason = .holderDidNotShare(certain: known.contains { !$0.contains(.reusePort) })
+        let report = PortReport.find(port: address.port, transport: transport, competingWith: [address], probes: [], processesOfConnections: true)
+        let live = report.sockets.map(\.holder) + report.connections.filter(\.state.isLive)
+        let timeWait = report.connections.filter { !$0.state.isLive }
+        let answers = live.map { table.admits(options, uid: ownUID, beside: $0) }
+        let blocking = answers.firstIndex(of: false) ?? answers.firstIndex(of: nil) ?? (live.isEmpty ? nil : 0)
+
+        guard let blocking else {
+            let reason: Reason = timeWait.isEmpty ? .noVisibleHolder : .timeWait(count: timeWait.count, reuseAddressSet: options.contains(.reuseAddress))
+            return PortInUse(address: address, transport: transport, holders: timeWait, sharing: nil, reason: reason)
         }
-        return PortInUse(address: address, transport: transport, holders: holders, reason: reason)
+        let holder = live[blocking]
+        let reason: Reason
+        if !options.contains(.reusePort) {
+            reason = .policyDoesNotShare(policy)
+        } else if let uid = holder.uid, uid != ownUID {
+            reason = .otherUser(uid: uid, user: holder.user)
+        } else {
+            reason = .holderDidNotShare(certain: answers[blocking] == false)
+        }
+        var others = live
+        others.remove(at: blocking)
+        return PortInUse(
+            address: address, transport: transport, holders: [holder] + others + timeWait,
+            sharing: report.sockets.first { $0.holder == holder }?.sharing, reason: reason)
     }
 
     /// The explanation as sentences, with what to do.
@@ -53,7 +68,8 @@ public struct PortInUse: Sendable, Hashable {
         let what = holder.map { $0.state == .listen ? "a \(transport) listener" : "a \(transport) socket (\($0.state))" } ?? ""
         switch reason {
         case .policyDoesNotShare(let policy):
-            return "\(heldBy), \(what). Policy \(policy) does not share a port with a live socket: stop that process, "
+            let verdict = sharing.map { ": \($0.verdict)" } ?? ""
+            return "\(heldBy), \(what)\(verdict). Policy \(policy) does not share a port with a live socket: stop that process, "
                 + "choose another port, or give both sockets policy shared."
         case .holderDidNotShare(let certain):
             return "\(heldBy), \(what) that \(certain ? "did not set" : "probably did not set") SO_REUSEPORT; a port is "
