@@ -377,8 +377,6 @@ final class Supervisor {
         case .auto where generation.heardFrom: return false
         case .auto, .probe:
             guard now >= generation.nextProbe else { return false }
-            if let notify = generation.notify { handle(messages: notify.take(), from: generation) }  // READY=1 first, if sent
-            if generation.phase != .starting || configuration.readiness == .auto && generation.heardFrom { return false }
             generation.nextProbe = now + (canLook ? 10_000_000 : 200_000_000)
             return probe(generation)
         }
@@ -395,6 +393,9 @@ final class Supervisor {
         }
         guard let first = sockets.first(where: { $0.transport == .tcp }) ?? sockets.first else { return true }
         if canLook && !GenerationProbe.isWaiting(group: generation.pid, on: first.inode) { return false }
+        // A program that says READY=1 says it before it waits for connections: read it now, so that auto uses it.
+        if let notify = generation.notify { handle(messages: notify.take(), from: generation) }
+        if generation.phase != .starting || configuration.readiness == .auto && generation.heardFrom { return false }
         guard first.transport == .tcp else { return canLook }  // UDP: waiting in recv on it is as far as one can see
         let others = generations.filter { $0 !== generation && $0.exit == nil && ($0.phase == .ready || $0.phase == .draining) }.map(\.pid)
         return GenerationProbe.connectionIsAccepted(listener: first.address, pausing: others, timeout: 100_000_000)

@@ -56,19 +56,20 @@ struct Up: ParsableCommand {
         name: .customLong("listen"),
         help: ArgumentHelp(
             "A socket to hold and hand over: [NAME=]ADDR, as in 8080, 127.0.0.1:8080, web=[::1]:443, udp:0.0.0.0:53.",
-            discussion: "Repeat for several. NAME goes into LISTEN_FDNAMES (default: unknown).", valueName: "address"))
+            discussion: "Repeat for several. NAME goes into LISTEN_FDNAMES (default: unknown).", valueName: "address"),
+        transform: { try ListenSpec(parsing: $0) })
     var listen: [ListenSpec] = []
 
-    @Option(help: ArgumentHelp("How to know a generation is ready: auto, notify, probe or delay:SECONDS.", valueName: "mode"))
+    @Option(help: ArgumentHelp("How to know a generation is ready: auto, notify, probe or delay:SECONDS.", valueName: "mode"), transform: { try ReadinessMode(parsing: $0) })
     var ready: ReadinessMode = .auto
 
-    @Option(help: ArgumentHelp("How long a new generation may take to become ready.", valueName: "duration"))
+    @Option(help: ArgumentHelp("How long a new generation may take to become ready.", valueName: "duration"), transform: { try Seconds(parsing: $0, option: "--ready-timeout") })
     var readyTimeout = Seconds(60)
 
-    @Option(help: ArgumentHelp("How long an old generation may drain after the stop signal before SIGKILL.", valueName: "duration"))
+    @Option(help: ArgumentHelp("How long an old generation may drain after the stop signal before SIGKILL.", valueName: "duration"), transform: { try Seconds(parsing: $0, option: "--grace") })
     var grace = Seconds(30)
 
-    @Option(help: ArgumentHelp("The signal that asks a generation to stop (TERM, INT, QUIT, WINCH, …).", valueName: "signal"))
+    @Option(help: ArgumentHelp("The signal that asks a generation to stop (TERM, INT, QUIT, WINCH, …).", valueName: "signal"), transform: { try SignalName(parsing: $0) })
     var stopSignal = SignalName(SIGTERM)
 
     @Option(help: ArgumentHelp("Write up's pid here (and its status to PATH.status) for --reload, --status and --upgrade.", valueName: "path"))

@@ -3,7 +3,7 @@ import Glibc
 import PortReuse
 
 /// `--listen [NAME=]ADDR`: a socket `up` opens once and hands to every generation.
-struct ListenSpec: ExpressibleByArgument, Hashable, Sendable, CustomStringConvertible {
+struct ListenSpec: Hashable, Sendable, CustomStringConvertible {
     /// The name in `LISTEN_FDNAMES` (`unknown` when none is given, as systemd does).
     var name: String
     /// The address; TCP unless it says `udp:`.
@@ -12,8 +12,6 @@ struct ListenSpec: ExpressibleByArgument, Hashable, Sendable, CustomStringConver
     static let defaultName = "unknown"
 
     var transport: Transport { address.network?.transport ?? .tcp }
-
-    init?(argument: String) { try? self.init(parsing: argument) }
 
     init(parsing text: String) throws {
         var name = Self.defaultName, rest = Substring(text)
@@ -40,7 +38,7 @@ struct ListenSpec: ExpressibleByArgument, Hashable, Sendable, CustomStringConver
 }
 
 /// `--ready`: how `up` learns that a generation serves.
-enum ReadinessMode: ExpressibleByArgument, Hashable, Sendable, CustomStringConvertible {
+enum ReadinessMode: Hashable, Sendable, CustomStringConvertible {
     /// Notify if the child sends anything on NOTIFY_SOCKET, else probe.
     case auto
     /// Wait for `READY=1` on NOTIFY_SOCKET.
@@ -49,8 +47,6 @@ enum ReadinessMode: ExpressibleByArgument, Hashable, Sendable, CustomStringConve
     case probe
     /// Wait a fixed time.
     case delay(Double)
-
-    init?(argument: String) { try? self.init(parsing: argument) }
 
     init(parsing text: String) throws {
         switch text {
@@ -76,12 +72,10 @@ enum ReadinessMode: ExpressibleByArgument, Hashable, Sendable, CustomStringConve
 }
 
 /// A duration in seconds: `30`, `1.5`, `30s`, `500ms`, `2m`.
-struct Seconds: ExpressibleByArgument, Hashable, Sendable, CustomStringConvertible {
+struct Seconds: Hashable, Sendable, CustomStringConvertible {
     var value: Double
 
     init(_ value: Double) { self.value = value }
-
-    init?(argument: String) { try? self.init(parsing: argument, option: "duration") }
 
     init(parsing text: String, option: String) throws {
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60)]
@@ -105,7 +99,7 @@ struct Seconds: ExpressibleByArgument, Hashable, Sendable, CustomStringConvertib
 }
 
 /// A signal by name (`TERM`, `SIGTERM`, `term`) or number.
-struct SignalName: ExpressibleByArgument, Hashable, Sendable, CustomStringConvertible {
+struct SignalName: Hashable, Sendable, CustomStringConvertible {
     var number: Int32
 
     static let table: [(String, Int32)] = [
@@ -114,8 +108,6 @@ struct SignalName: ExpressibleByArgument, Hashable, Sendable, CustomStringConver
     ]
 
     init(_ number: Int32) { self.number = number }
-
-    init?(argument: String) { try? self.init(parsing: argument) }
 
     init(parsing text: String) throws {
         var name = text.uppercased()
