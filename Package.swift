@@ -64,6 +64,8 @@ let package = Package(
         .executableTarget(name: "shim-bench", dependencies: ["PortReuse", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/shim-bench"),
         // swift build -c release && .build/release/who-bench
         .executableTarget(name: "who-bench", dependencies: ["BenchmarkSupport"], path: "Benchmarks/who-bench"),
+        // swift build -c release && .build/release/reload-bench
+        .executableTarget(name: "reload-bench", dependencies: ["PortReuse", "BenchmarkSupport"], path: "Benchmarks/reload-bench"),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -11,7 +11,7 @@ enum Sys {
 
     static func unixDatagramSocket() -> Descriptor {
         let s = Darwin.socket(AF_UNIX, SOCK_DGRAM, 0)
-        if s >= 0 { prepare(s) }
+        if s >= 0 { prepare(s); _ = setBlocking(s, false) }  // sd_notify never waits for a slow supervisor
         return s
     }
 

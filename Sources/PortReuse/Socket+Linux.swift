@@ -10,8 +10,9 @@ enum Sys {
         Int32(transport == .tcp ? SOCK_STREAM.rawValue : SOCK_DGRAM.rawValue)
     }
 
+    /// A non-blocking unix datagram socket for sd_notify: a supervisor that does not read must never stall us.
     static func unixDatagramSocket() -> Descriptor {
-        Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
     }
 
     /// A new socket, close-on-exec from birth.
