@@ -18,11 +18,12 @@ struct Listen: ParsableCommand {
             The first line says what was bound and joined, and on which interface (and why that one); then one \
             line per datagram: the sender, the length, and the text (escaped) or, for bytes that are not UTF-8, \
             hexadecimal. With --json, each line is one JSON object:
-              {"event": "listening", "kind": "multicast" or "broadcast", "group": "239.1.2.3:5000",
-               "bound": the bound address, "interface": {"name", "index", "reason"} or null,
+              {"event": "listening", "kind": "multicast" or "broadcast",
+               "group": "239.1.2.3:5000", "bound": the bound address,
+               "interface": {"name", "index", "reason"} or null,
                "policy": "shared", "options": ["SO_REUSEPORT"]}
-              {"event": "datagram", "from": "10.0.0.5:40000", "bytes": 5, "text": "hello" or null
-               when not UTF-8, "hex": "68656c6c6f"}
+              {"event": "datagram", "from": "10.0.0.5:40000", "bytes": 5,
+               "text": "hello" (null when not UTF-8), "hex": "68656c6c6f"}
 
             Policies: shared (the default) lets receivers of your user share the port (SO_REUSEPORT on Linux \
             and BSD); unsafe-any-user adds SO_REUSEADDR, to share it with programs that set only SO_REUSEADDR \
@@ -36,7 +37,8 @@ struct Listen: ParsableCommand {
               portreuse listen udp://239.1.2.3:5000 --interface eth0 --count 1 --timeout 10
               portreuse listen 'udp://[ff15::1234]:5000' --json
               portreuse listen udp://255.255.255.255:9999
-              portreuse listen udp://239.1.2.3:5000 --policy unsafe-any-user   # beside a program that sets SO_REUSEADDR
+              portreuse listen udp://239.1.2.3:5000 --policy unsafe-any-user
+                (beside programs that set only SO_REUSEADDR)
             Send to them with `portreuse send udp://239.1.2.3:5000 hello`.
             """)
 
@@ -50,7 +52,7 @@ struct Listen: ParsableCommand {
         discussion: "Default: the interface of the route to the group, which the first line names."))
     var interface: String?
 
-    @Option(help: "Who else may receive on the port: shared, unsafe-any-user or exclusive (see below).")
+    @Option(help: "Who else may receive on the port: shared, unsafe-any-user or exclusive (see above).")
     var policy: SharingPolicy = .shared
 
     @Option(help: "Stop after this many datagrams.")

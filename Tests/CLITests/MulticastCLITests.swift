@@ -114,3 +114,20 @@ private func runCapturingError(_ arguments: [String]) throws -> (Int32, String) 
     process.waitUntilExit()
     return (process.terminationStatus, String(decoding: data, as: UTF8.self))
 }
+
+@Suite("portreuse listen and send: help")
+struct MulticastHelpTests {
+    @Test("--help teaches: examples, exit statuses, the hijack trade-off, the JSON lines")
+    func help() throws {
+        let listen = try run([portreuse, "listen", "--help"])
+        #expect(listen.status == 0)
+        for text in ["portreuse listen udp://239.1.2.3:5000", "Exit status", "\"event\": \"datagram\"", "unsafe-any-user", "binds the group address"] {
+            #expect(listen.output.contains(text), "listen --help lacks \(text)")
+        }
+        let send = try run([portreuse, "send", "--help"])
+        #expect(send.status == 0)
+        for text in ["portreuse send udp://239.1.2.3:5000 hello", "SO_BROADCAST", "--hops", "--no-loopback"] {
+            #expect(send.output.contains(text), "send --help lacks \(text)")
+        }
+    }
+}
