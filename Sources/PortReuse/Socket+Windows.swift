@@ -118,9 +118,9 @@ enum Sys {
                 let index = adapter.pointee.IfIndex != 0 ? adapter.pointee.IfIndex : adapter.pointee.Ipv6IfIndex
                 var interface = NetworkInterface(
                     name: name, index: UInt32(index), isUp: adapter.pointee.OperStatus == IfOperStatusUp,
-                    isLoopback: adapter.pointee.IfType == IF_TYPE_SOFTWARE_LOOPBACK,
+                    isLoopback: adapter.pointee.IfType == IFTYPE(IF_TYPE_SOFTWARE_LOOPBACK),
                     supportsMulticast: adapter.pointee.Flags & ULONG(IP_ADAPTER_NO_MULTICAST) == 0,
-                    supportsBroadcast: adapter.pointee.IfType != IF_TYPE_SOFTWARE_LOOPBACK)
+                    supportsBroadcast: adapter.pointee.IfType != IFTYPE(IF_TYPE_SOFTWARE_LOOPBACK))
                 var unicast = adapter.pointee.FirstUnicastAddress
                 while let address = unicast {
                     unicast = address.pointee.Next

@@ -70,6 +70,21 @@ struct MulticastCLITests {
         #expect(text.output.contains("multicast group 239.1.2.3, one receiver"), "\(text.output)")
         #expect(text.output.contains("takes none from it"))
         #expect(text.output.contains("of another user: yes"))
+
+        // Broadcast receivers: the same story on a subnet's broadcast address.
+        let broadcast = try (0..<2).map { _ in
+            try Child(namespace.command([portreuse, "listen", "udp://\(NetworkNamespace.broadcast):\(port + 2)", "--timeout", "20"]))
+        }
+        for listener in broadcast { #expect(try #require(listener.line()).hasPrefix("listening on broadcast address")) }
+        let broadcastReport = try run(namespace.command([portreuse, "who", "udp:\(port + 2)", "--json"]))
+        let broadcastDocument = try #require(try JSONSerialization.jsonObject(with: Data(broadcastReport.output.utf8)) as? [String: Any])
+        let broadcastSockets = try #require((broadcastDocument["ports"] as? [[String: Any]])?.first?["sockets"] as? [[String: Any]])
+        #expect(broadcastSockets.count == 2)
+        for socket in broadcastSockets {
+            let sharing = try #require(socket["sharing"] as? [String: Any])
+            #expect(sharing["group"] as? String == "broadcast")
+            #expect((sharing["verdict"] as? String)?.hasPrefix("broadcast address \(NetworkNamespace.broadcast), shared by 2 processes") == true, "\(sharing)")
+        }
     }
 
     @Test("bad groups, unknown interfaces and bad options are clear errors with status 64")
