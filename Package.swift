@@ -24,10 +24,13 @@ let package = Package(
             name: "portreuse",
             dependencies: [
                 "PortReuse",
+                "DemoServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The tiny HTTP server of Examples/hello and of `portreuse demo`'s workers (portreuse demo-worker).
+        .target(name: "DemoServer", dependencies: ["PortReuse"]),
         // C only, and linked against libc alone: it is loaded into programs that know nothing of Swift.
         // SwiftPM links every product with swiftrt.o and libswiftCore; -nostartfiles drops the first,
         // -static-stdlib turns the second into archives nothing pulls in, and the empty libstdc++.a and libm.a
@@ -51,7 +54,7 @@ let package = Package(
         // A tiny HTTP server that runs under `portreuse up`, systemd or alone (tests, benchmarks, README).
         .executableTarget(
             name: "hello",
-            dependencies: ["PortReuse", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["PortReuse", "DemoServer", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Examples/hello"
         ),
 

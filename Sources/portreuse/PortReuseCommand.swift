@@ -17,7 +17,7 @@ struct PortReuseCommand: ParsableCommand {
             (udp:[::1]:53).
             """,
         version: version,
-        subcommands: [Up.self, Run.self, Who.self, Listen.self, Send.self]
+        subcommands: [Demo.self, Up.self, Run.self, Who.self, Listen.self, Send.self, DemoWorker.self]
     )
 }
 

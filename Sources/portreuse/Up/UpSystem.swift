@@ -110,12 +110,18 @@ enum Spawner {
 
     /// Starts `arguments` (the first is the executable's path) in a process group of its own, with
     /// `descriptors` as 3, 4, …, stdin from /dev/null, stdout and stderr shared with `up`, default signal
-    /// actions and an empty signal mask. Returns its pid.
-    static func spawn(_ arguments: [String], environment: [String], descriptors: [Int32], setListenPID: Bool) throws(CommandFailure) -> pid_t {
+    /// actions and an empty signal mask. Returns its pid. With `output`, its stdout and stderr go there instead.
+    static func spawn(
+        _ arguments: [String], environment: [String], descriptors: [Int32], setListenPID: Bool, output: Int32? = nil
+    ) throws(CommandFailure) -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
+        if let output {
+            posix_spawn_file_actions_adddup2(&actions, output, STDOUT_FILENO)
+            posix_spawn_file_actions_adddup2(&actions, output, STDERR_FILENO)
+        }
         for (index, descriptor) in descriptors.enumerated() {
             posix_spawn_file_actions_adddup2(&actions, descriptor, 3 + Int32(index))
         }

@@ -1,0 +1,179 @@
+// The tiny HTTP server behind `Examples/hello` and `portreuse demo-worker`: one accepting thread, a few
+// serving threads, an answer per request, and a graceful drain on SIGTERM or SIGINT (stop accepting, answer
+// the connections already accepted, return). Written over pthreads so that the CLI does not load Foundation.
+import PortReuse
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Set by SIGTERM and SIGINT; the accept loop checks it after every interrupted accept.
+private let stopRequested = Atomic<Bool>(false)
+
+/// The signal handler: only an atomic store, which is async-signal-safe.
+private func requestStop(_ signal: Int32) { stopRequested.store(true, ordering: .relaxed) }
+
+/// A server that answers every HTTP request with one line of text and closes the connection, and drains on
+/// SIGTERM or SIGINT. Create it before any other thread: it starts its serving threads with those signals
+/// blocked, so that only the calling (accepting) thread takes them and its `accept` returns `EINTR`.
+public final class DemoServer: Sendable {
+    private let queue: ConnectionQueue
+    private let label: String
+
+    /// Starts `threads` serving threads and installs the stop handler (SIGTERM, SIGINT, without SA_RESTART).
+    ///
+    /// - Parameters:
+    ///   - label: the name in the log lines on stderr (`hello`, `portreuse demo-worker`).
+    ///   - threads: how many connections are answered at once.
+    ///   - requestMilliseconds: how long each request takes, to play a slow handler.
+    ///   - answer: the body of every answer.
+    public init(label: String, threads: Int, requestMilliseconds: Int = 0, answer: @escaping @Sendable () -> String) {
+        self.label = label
+        let queue = ConnectionQueue(requestMilliseconds: requestMilliseconds, answer: answer)
+        self.queue = queue
+        var blocked = sigset_t()
+        sigemptyset(&blocked)
+        sigaddset(&blocked, SIGTERM)
+        sigaddset(&blocked, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &blocked, nil)
+        for _ in 0..<max(1, threads) { startThread { queue.serve() } }
+        var action = sigaction()
+        #if canImport(Glibc)
+        action.__sigaction_handler.sa_handler = requestStop
+        #else
+        action.__sigaction_u.__sa_handler = requestStop
+        #endif
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = 0
+        sigaction(SIGTERM, &action, nil)
+        sigaction(SIGINT, &action, nil)
+        pthread_sigmask(SIG_UNBLOCK, &blocked, nil)
+    }
+
+    /// Accepts connections until SIGTERM or SIGINT, then says STOPPING=1, closes this process's reference to
+    /// the listener (other processes that share it keep serving), answers what it accepted (at most 30 s)
+    /// and returns.
+    public func serve(_ listener: Listener) throws(PortReuseError) {
+        log("pid \(getpid()) serving on \(listener.localAddress)")
+        while !stopRequested.load(ordering: .relaxed) {
+            let connection: Connection
+            do {
+                connection = try listener.accept(retryOnInterrupt: false)
+            } catch {
+                // A plain catch: `catch let e as PortReuseError where …` around this typed-throws call
+                // crashes the Swift 6.3 compiler.
+                if error.errno == .interrupted { continue }  // SIGTERM or SIGINT: look at the flag
+                throw error
+            }
+            queue.push(connection)
+        }
+        _ = try? Readiness.notify(.stopping)
+        listener.close()
+        queue.finish()
+        log("pid \(getpid()) drained and stopped")
+    }
+
+    /// Writes `LABEL: TEXT` on stderr.
+    public func log(_ text: String) {
+        let bytes = Array("\(label): \(text)\n".utf8)
+        _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+/// Starts a detached thread that runs `body`.
+private func startThread(_ body: @escaping @Sendable () -> Void) {
+    final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    #if canImport(Glibc)
+    var thread = pthread_t()
+    #else
+    var thread: pthread_t?
+    #endif
+    let created = pthread_create(&thread, nil, { pointer in
+        Unmanaged<Box>.fromOpaque(pointer!).takeRetainedValue().body()
+        return nil
+    }, box)
+    if created == 0 {
+        #if canImport(Glibc)
+        pthread_detach(thread)
+        #else
+        if let thread { pthread_detach(thread) }
+        #endif
+    } else {
+        Unmanaged<Box>.fromOpaque(box).release()
+    }
+}
+
+/// Accepted connections waiting for a serving thread (a mutex and a condition variable).
+private final class ConnectionQueue: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var waiting: [Connection] = []
+    private var busy = 0
+    private var finished = false
+    private let requestMilliseconds: Int
+    private let answer: @Sendable () -> String
+
+    init(requestMilliseconds: Int, answer: @escaping @Sendable () -> String) {
+        self.requestMilliseconds = requestMilliseconds
+        self.answer = answer
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
+    }
+
+    func push(_ connection: Connection) {
+        pthread_mutex_lock(mutex)
+        waiting.append(connection)
+        pthread_cond_broadcast(condition)
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Waits (at most 30 s) until every accepted connection has been answered.
+    func finish() {
+        pthread_mutex_lock(mutex)
+        finished = true
+        pthread_cond_broadcast(condition)
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        deadline.tv_sec += 30
+        while !waiting.isEmpty || busy > 0 {
+            if pthread_cond_timedwait(condition, mutex, &deadline) == ETIMEDOUT { break }
+        }
+        pthread_mutex_unlock(mutex)
+    }
+
+    func serve() {
+        while true {
+            pthread_mutex_lock(mutex)
+            while waiting.isEmpty && !finished { pthread_cond_wait(condition, mutex) }
+            if waiting.isEmpty { pthread_mutex_unlock(mutex); return }
+            let connection = waiting.removeFirst()
+            busy += 1
+            pthread_mutex_unlock(mutex)
+            respond(connection)
+            pthread_mutex_lock(mutex)
+            busy -= 1
+            pthread_cond_broadcast(condition)
+            pthread_mutex_unlock(mutex)
+        }
+    }
+
+    private func respond(_ connection: Connection) {
+        defer { connection.close() }
+        var request: [UInt8] = []
+        while request.count < 16_384, !request.ends(with: [13, 10, 13, 10]) {
+            guard let chunk = try? connection.receive(timeout: .seconds(10)), !chunk.isEmpty else { return }
+            request += chunk
+        }
+        if requestMilliseconds > 0 { usleep(useconds_t(requestMilliseconds) * 1000) }
+        let body = answer()
+        try? connection.send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
+    }
+}
+
+extension Array where Element == UInt8 {
+    fileprivate func ends(with suffix: [UInt8]) -> Bool { count >= suffix.count && Array(self[(count - suffix.count)...]) == suffix }
+}

@@ -1,0 +1,159 @@
+import Glibc
+import PortReuse
+import Synchronization
+
+/// Set by SIGINT, SIGTERM and SIGHUP while the demo runs; every wait of the demo looks at it.
+private let interruptRequested = Atomic<Int32>(0)
+
+private func requestInterrupt(_ signal: Int32) { interruptRequested.store(signal, ordering: .relaxed) }
+
+/// Ctrl-C (or SIGTERM, SIGHUP): the demo stops what it started and exits 130.
+struct DemoInterrupted: Error {
+    var signal: Int32
+}
+
+/// The processes and files the demo starts and creates, and the guarantee that they all go: every process
+/// is started in a process group of its own (so that Ctrl-C on the terminal reaches only the demo, which
+/// then stops them in order), and `stopAll()` stops and reaps each one with bounded waits.
+final class DemoProcesses {
+    /// The demo's private folder (logs, pid file, notify socket), removed at the end.
+    let folder: String
+    /// Where the workers and `up` write their stdout and stderr.
+    let logPath: String
+    let executable: String
+    let notify: NotifyReceiver
+    private let log: Int32
+    private let environment: [String]
+    /// Started and not yet reaped: pid and what it is.
+    private(set) var running: [(pid: pid_t, what: String)] = []
+    /// Process groups to kill if their parent (`up`) had to be killed.
+    var orphanGroups: Set<pid_t> = []
+
+    init() throws(CommandFailure) {
+        executable = try FileSystem.currentExecutable()
+        let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+        var template = Array("\(base)/portreuse-demo.XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw CommandFailure("cannot create a folder in \(base): \(FileSystem.errorText())") }
+        folder = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        logPath = folder + "/processes.log"
+        log = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard log >= 0 else { throw CommandFailure("cannot create \(logPath): \(FileSystem.errorText())") }
+        notify = try NotifyReceiver(path: folder + "/notify.sock")
+        // The children get our environment without anything that would make them someone else's service.
+        let dropped = ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", UpState.variable]
+        var entries: [String] = []
+        var pointer = environ
+        while let entry = pointer.pointee {
+            let text = String(cString: entry)
+            if !dropped.contains(where: { text.hasPrefix($0 + "=") }) { entries.append(text) }
+            pointer += 1
+        }
+        environment = entries
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = requestInterrupt
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = SA_RESTART
+        for signal in [SIGINT, SIGTERM, SIGHUP] { sigaction(signal, &action, nil) }
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// Throws ``DemoInterrupted`` once Ctrl-C (SIGINT), SIGTERM or SIGHUP arrived.
+    static func checkInterrupted() throws(DemoInterrupted) {
+        let signal = interruptRequested.load(ordering: .relaxed)
+        if signal != 0 { throw DemoInterrupted(signal: signal) }
+    }
+
+    /// Sleeps `seconds`, waking every 20 ms to look for Ctrl-C.
+    static func pause(_ seconds: Double) throws(DemoInterrupted) {
+        let deadline = Clock.now + UInt64(max(0, seconds) * 1e9)
+        while Clock.now < deadline {
+            try checkInterrupted()
+            usleep(useconds_t(min(20_000, (deadline - min(deadline, Clock.now)) / 1000 + 1)))
+        }
+        try checkInterrupted()
+    }
+
+    /// Starts this executable with `arguments` (in a process group of its own, stdout and stderr to the
+    /// log); with `notifying`, NOTIFY_SOCKET names the demo's receiver.
+    func start(_ arguments: [String], what: String, notifying: Bool) throws(CommandFailure) -> pid_t {
+        let environment = environment + (notifying ? ["NOTIFY_SOCKET=\(notify.path)"] : [])
+        let pid = try Spawner.spawn([executable] + arguments, environment: environment, descriptors: [], setListenPID: false, output: log)
+        running.append((pid, what))
+        return pid
+    }
+
+    /// The exit status of `pid` if it has exited (and reaps it), else `nil`.
+    func exited(_ pid: pid_t) -> ExitStatus? {
+        var status: Int32 = 0
+        guard waitpid(pid, &status, WNOHANG) == pid else { return nil }
+        running.removeAll { $0.pid == pid }
+        return ExitStatus(raw: status)
+    }
+
+    /// Waits until `count` READY=1 messages came, at most `timeout` seconds; fails when one of `pids` exits.
+    func waitForReady(count: Int, of pids: [pid_t], timeout: Double) throws -> Void {
+        var ready = 0
+        let deadline = Clock.now + UInt64(timeout * 1e9)
+        while ready < count {
+            try Self.checkInterrupted()
+            ready += notify.take().filter { $0 == "READY=1" }.count
+            if ready >= count { return }
+            for pid in pids {
+                if let status = exited(pid) {
+                    throw CommandFailure("a worker (pid \(pid)) ended before it was ready: \(status).\n\(logTail())")
+                }
+            }
+            guard Clock.now < deadline else {
+                throw CommandFailure("\(count - ready) of \(count) workers were not ready within \(Int(timeout)) s.\n\(logTail())")
+            }
+            var entry = pollfd(fd: notify.descriptor, events: Int16(POLLIN), revents: 0)
+            _ = poll(&entry, 1, 20)
+        }
+    }
+
+    /// Asks `pid`'s process group to stop (`signal`), waits at most `timeout` seconds, then kills the group
+    /// and reaps it. Returns the exit status, and whether it had to be killed.
+    @discardableResult
+    func stop(_ pid: pid_t, signal: Int32 = SIGTERM, timeout: Double) -> (status: ExitStatus, killed: Bool) {
+        kill(-pid, signal)
+        kill(pid, signal)  // in case it left its group
+        let deadline = Clock.now + UInt64(timeout * 1e9)
+        while Clock.now < deadline {
+            if let status = exited(pid) { return (status, false) }
+            usleep(5_000)
+        }
+        kill(-pid, SIGKILL)
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        running.removeAll { $0.pid == pid }
+        return (ExitStatus(raw: status), true)
+    }
+
+    /// Stops every process still running, newest first (`up` before anything else), and removes the folder
+    /// unless `keepingLog`.
+    func stopAll(keepingLog: Bool) {
+        for (pid, _) in running.reversed() {
+            if stop(pid, timeout: 8).killed {
+                for group in orphanGroups { kill(-group, SIGKILL) }
+            }
+        }
+        close(log)
+        unlink(notify.path)
+        close(notify.descriptor)
+        let pidFiles = FileSystem.list(folder)
+        if keepingLog {
+            for name in pidFiles where name != "processes.log" { unlink(folder + "/" + name) }
+        } else {
+            for name in pidFiles { unlink(folder + "/" + name) }
+            rmdir(folder)
+        }
+    }
+
+    /// The last lines of the processes' log, for an error message.
+    func logTail(lines count: Int = 12) -> String {
+        let bytes = FileSystem.read(logPath, count: 1 << 20) ?? []
+        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").suffix(count)
+        return lines.isEmpty ? "(the processes wrote nothing to \(logPath))" : "Their log (\(logPath)):\n" + lines.joined(separator: "\n")
+    }
+}

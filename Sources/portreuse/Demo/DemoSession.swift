@@ -1,0 +1,314 @@
+import Glibc
+import PortReuse
+
+/// One run of the demo: the four parts, in order, printing as it goes (unless --json).
+struct DemoSession {
+    let options: Demo
+    let processes: DemoProcesses
+    let style = Style.standardOutput
+    let progress = isatty(2) == 1
+    let started = Clock.now
+
+    init(options: Demo, processes: DemoProcesses) {
+        self.options = options
+        self.processes = processes
+    }
+
+    /// Prints text (not with --json).
+    func say(_ text: String = "") {
+        guard !options.json else { return }
+        print(text)
+        fflush(nil)
+    }
+
+    func heading(_ text: String) {
+        say()
+        say(style.bold(text))
+    }
+
+    func run() throws -> DemoFigures {
+        say(style.bold("portreuse demo") + ": \(options.workers) workers, \(String(format1: options.seconds)) s of load per phase, "
+            + "\(options.restarts) restarts per style, \(options.clients) clients, all on 127.0.0.1")
+        let pain = try self.pain()
+        try DemoProcesses.checkInterrupted()
+        let sharing = try self.sharing()
+        heading("3. Zero downtime: \(options.restarts) restarts under load")
+        let up = try restartsThroughUp()
+        let naive = try naiveRestarts()
+        say()
+        say(table(up: up, naive: naive))
+        return DemoFigures(pain: pain, sharing: sharing, up: up, naive: naive, elapsed: Double(Clock.now - started) / 1e9)
+    }
+
+    // MARK: 1. The pain
+
+    /// A listener of `policy` serves one connection and closes it first (so it waits in TIME-WAIT on the
+    /// listener's port); then the listener closes, and a new one of the same policy binds the port again.
+    private func restart(policy: SharingPolicy) throws -> (port: UInt16, timeWait: Int, rebind: DemoFigures.Rebind) {
+        let listener = try Listener(tcp: "127.0.0.1:0", policy: policy)
+        let port = listener.localAddress.port
+        let client = try Connection.dial(to: listener.localAddress, policy: .exclusive, timeout: .seconds(5))
+        guard let server = try listener.accept(timeout: .seconds(5)) else {
+            throw CommandFailure("the demo's own listener on \(listener.localAddress) accepted nothing within 5 s")
+        }
+        server.close()  // the server closes first: its end waits in TIME-WAIT
+        _ = try client.receive(timeout: .seconds(5))  // the FIN
+        client.close()
+        listener.close()
+        let timeWait = PortReport.find(port: port, transport: .tcp).connectionCounts.timeWait
+        do {
+            let again = try Listener(tcp: "127.0.0.1:\(port)", policy: policy)
+            again.close()
+            return (port, timeWait, .init(rebound: true, error: nil))
+        } catch {
+            return (port, timeWait, .init(rebound: false, error: error))
+        }
+    }
+
+    private func pain() throws -> DemoFigures.Pain {
+        heading("1. The pain: a restart while old connections sit in TIME-WAIT")
+        let exclusive = try restart(policy: .exclusive)
+        say("A server on 127.0.0.1:\(exclusive.port) without reuse options (policy exclusive) answered a client and closed")
+        say("the connection first, so it waits in TIME-WAIT for 60 s (\(exclusive.timeWait) on the port now). The server restarts:")
+        say()
+        if exclusive.rebind.rebound {
+            say("  " + style.yellow("bind succeeded") + " (this kernel let it rebind; on most systems it fails)")
+        } else {
+            let text = exclusive.rebind.error.map { "\($0)" } ?? "failed"
+            say("  " + style.red("bind fails: ") + text.split(separator: "\n").joined(separator: "\n  "))
+        }
+        let restartable = try restart(policy: .restartable)
+        say()
+        say("The same with policy restartable (SO_REUSEADDR on the old and the new socket), on 127.0.0.1:\(restartable.port):")
+        say()
+        if restartable.rebind.rebound {
+            say("  " + style.green("bind succeeds at once") + ", TIME-WAIT or not: Listener(tcp: \"127.0.0.1:\(restartable.port)\") uses it by default")
+        } else {
+            say("  " + style.red("bind fails: ") + (restartable.rebind.error.map { "\($0)" } ?? "failed"))
+        }
+        return DemoFigures.Pain(
+            port: exclusive.port, timeWait: exclusive.timeWait, exclusive: exclusive.rebind,
+            restartablePort: restartable.port, restartable: restartable.rebind)
+    }
+
+    // MARK: 2. Sharing
+
+    private func freePort() throws -> UInt16 {
+        let listener = try Listener(tcp: "127.0.0.1:0", policy: .exclusive)
+        defer { listener.close() }
+        return listener.localAddress.port
+    }
+
+    private func sharing() throws -> DemoFigures.Sharing {
+        heading("2. Sharing: \(options.workers) worker processes on one port (policy shared: SO_REUSEADDR + SO_REUSEPORT)")
+        let port = try freePort()
+        let address = SocketAddress(ip: .loopbackIPv4, port: port)
+        var pids: [pid_t] = []
+        for number in 1...options.workers {
+            pids.append(try processes.start(
+                ["demo-worker", "--listen", "127.0.0.1:\(port)", "--policy", "shared", "--name", "\(number)"],
+                what: "worker \(number)", notifying: true))
+        }
+        try processes.waitForReady(count: options.workers, of: pids, timeout: 15)
+        say("\(options.workers) processes each bound 127.0.0.1:\(port) with SO_REUSEPORT and listen; each connection goes to one")
+        say("of them, chosen by the kernel from a hash of the connection. \(options.clients) clients, \(String(format1: options.seconds)) s:")
+        let load = DemoLoad(address: address, clients: options.clients, label: "sharing", seconds: options.seconds, progress: progress)
+        do {
+            try DemoProcesses.pause(options.seconds)
+        } catch {
+            _ = load.stop()
+            throw error
+        }
+        let figures = load.stop()
+        let whoText = who(port: port)
+        for pid in pids { processes.stop(pid, timeout: 5) }
+
+        var workers: [(name: String, pid: pid_t, connections: Int)] = []
+        for (number, pid) in zip(1...options.workers, pids) {
+            let connections = figures.answers["worker \(number) pid \(pid)"] ?? 0
+            workers.append(("\(number)", pid, connections))
+        }
+        let counts = workers.map(\.connections)
+        let maxOverMin = Double(counts.max() ?? 0) / Double(max(1, counts.min() ?? 0))
+        say()
+        let widest = max(1, counts.max() ?? 1)
+        let barWidth = 40
+        let pidWidth = workers.map { String($0.pid).count }.max() ?? 0
+        for worker in workers {
+            let length = worker.connections * barWidth / widest
+            let bar = String(repeating: style.enabled ? "█" : "#", count: max(worker.connections > 0 ? 1 : 0, length))
+            say("  worker \(worker.name.padding(2)) pid \(String(worker.pid).padding(pidWidth))  \(style.green(bar.padding(barWidth)))  \(worker.connections)")
+        }
+        say()
+        say("\(figures.sent) requests, \(figures.failed) failed; busiest / quietest worker: \(String(format2: maxOverMin))")
+        say()
+        say("What `portreuse who tcp:127.0.0.1:\(port)` said while they ran:")
+        say()
+        say(whoText.split(separator: "\n", omittingEmptySubsequences: false).map { $0.isEmpty ? "" : "  " + $0 }.joined(separator: "\n"))
+        return DemoFigures.Sharing(port: port, load: figures, workers: workers, maxOverMin: maxOverMin, whoText: whoText)
+    }
+
+    /// What `portreuse who tcp:127.0.0.1:PORT` prints, from the same code.
+    private func who(port: UInt16) -> String {
+        let address = SocketAddress(ip: .loopbackIPv4, port: port)
+        let query = Who.Query(text: "tcp:127.0.0.1:\(port)", transports: [.tcp], port: port, family: nil, addresses: [address])
+        let report = PortReport.find(port: port, transport: .tcp, competingWith: [address], probes: [.tcp])
+        return WhoOutput(query: query, reports: [report], probeUDP: false).text(style: style)
+    }
+
+    // MARK: 3. Zero downtime
+
+    private func restartsThroughUp() throws -> DemoFigures.Restarts {
+        let port = try freePort()
+        let pidFile = processes.folder + "/up.pid"
+        let statusPath = UpStatus.path(forPIDFile: pidFile)
+        let up = try processes.start(
+            ["up", "--listen", "127.0.0.1:\(port)", "--pid-file", pidFile, "--ready", "notify", "--grace", "5", "--",
+             processes.executable, "demo-worker", "--name", "up"],
+            what: "portreuse up", notifying: false)
+        var status = try waitForStatus(statusPath, up: up, timeout: 15, what: "the first generation to be ready") { status in
+            status.generations.contains { $0.state == Supervisor.Phase.ready.rawValue } ? status : nil
+        }
+        say("portreuse up --listen 127.0.0.1:\(port) -- portreuse demo-worker: up holds the socket and hands it to each")
+        say("generation; on SIGHUP the new one starts beside the old one, which stops only once the new one is ready.")
+        let load = DemoLoad(address: SocketAddress(ip: .loopbackIPv4, port: port), clients: options.clients,
+            label: "portreuse up", seconds: options.seconds, progress: progress)
+        var times: [Double] = []
+        var failedReloads = 0
+        do {
+            let interval = options.seconds / Double(options.restarts + 1)
+            for round in 1...options.restarts {
+                try DemoProcesses.pause(interval * Double(round) - load.elapsed)
+                load.note.withLock { $0 = "reload \(round) of \(options.restarts)" }
+                let newest = status.generations.map(\.number).max() ?? 0
+                for generation in status.generations { processes.orphanGroups.insert(generation.pid) }
+                kill(up, SIGHUP)
+                let outcome: UpStatus.Reload = try waitForStatus(statusPath, up: up, timeout: 20, what: "reload \(round)") { status in
+                    guard !status.reloadPending, !status.generations.contains(where: { $0.state == "starting" }) else { return nil }
+                    return status.reloads.last { $0.generation > newest }
+                }
+                if outcome.result == "ready" { times.append(outcome.seconds * 1000) } else { failedReloads += 1 }
+                status = UpStatus.read(from: statusPath) ?? status
+                for generation in status.generations { processes.orphanGroups.insert(generation.pid) }
+            }
+            try DemoProcesses.pause(options.seconds - load.elapsed)
+        } catch {
+            _ = load.stop()
+            throw error
+        }
+        let figures = load.stop()
+        processes.stop(up, timeout: 10)
+        let pids = Set(figures.answers.keys.compactMap { $0.split(separator: " ").last.map(String.init) })
+        say("  up: \(figures.sent) requests, \(figures.failed) failed, served by \(pids.count) generations")
+        return DemoFigures.Restarts(
+            style: "portreuse up (SIGHUP)", load: figures, restarts: options.restarts, failedRestarts: failedReloads,
+            milliseconds: times, servedBy: pids.count)
+    }
+
+    /// Reads up's status file every 20 ms until `done` gives a value; fails when up exits or after `timeout`.
+    private func waitForStatus<T>(_ path: String, up: pid_t, timeout: Double, what: String, until done: (UpStatus) -> T?) throws -> T {
+        let deadline = Clock.now + UInt64(timeout * 1e9)
+        while Clock.now < deadline {
+            try DemoProcesses.checkInterrupted()
+            if let status = UpStatus.read(from: path), let value = done(status) { return value }
+            if let exit = processes.exited(up) {
+                throw CommandFailure("portreuse up ended (\(exit)) while the demo waited for \(what).\n\(processes.logTail())")
+            }
+            usleep(20_000)
+        }
+        throw CommandFailure("portreuse up did not report \(what) within \(Int(timeout)) s.\n\(processes.logTail())")
+    }
+
+    private func naiveRestarts() throws -> DemoFigures.Restarts {
+        let port = try freePort()
+        let arguments = ["demo-worker", "--listen", "127.0.0.1:\(port)", "--policy", "restartable", "--name", "naive"]
+        var current = try processes.start(arguments, what: "naive worker", notifying: true)
+        try processes.waitForReady(count: 1, of: [current], timeout: 15)
+        say("Naive: stop the worker (it drains, as a good server does), then start the new one on 127.0.0.1:\(port)")
+        say("(policy restartable, so the bind works at once); meanwhile nothing listens.")
+        let load = DemoLoad(address: SocketAddress(ip: .loopbackIPv4, port: port), clients: options.clients,
+            label: "naive restarts", seconds: options.seconds, progress: progress)
+        var times: [Double] = []
+        do {
+            let interval = options.seconds / Double(options.restarts + 1)
+            for round in 1...options.restarts {
+                try DemoProcesses.pause(interval * Double(round) - load.elapsed)
+                load.note.withLock { $0 = "restart \(round) of \(options.restarts)" }
+                let stopping = Clock.now
+                processes.stop(current, timeout: 5)
+                current = try processes.start(arguments, what: "naive worker", notifying: true)
+                try processes.waitForReady(count: 1, of: [current], timeout: 15)
+                times.append(Double(Clock.now - stopping) / 1e6)
+            }
+            try DemoProcesses.pause(options.seconds - load.elapsed)
+        } catch {
+            _ = load.stop()
+            throw error
+        }
+        let figures = load.stop()
+        processes.stop(current, timeout: 5)
+        say("  naive: \(figures.sent) requests, \(figures.failed) failed" + (figures.errors.isEmpty ? "" : " (\(figures.errorsText))"))
+        return DemoFigures.Restarts(
+            style: "naive stop-then-start", load: figures, restarts: options.restarts, failedRestarts: 0,
+            milliseconds: times, servedBy: options.restarts + 1)
+    }
+
+    private func table(up: DemoFigures.Restarts, naive: DemoFigures.Restarts) -> String {
+        let rows = [
+            ["style", "restarts", "requests sent", "failed", "per restart"],
+            [up.style, "\(up.restarts)", "\(up.load.sent)", "\(up.load.failed)", "ready in \(milliseconds(median(up.milliseconds)))"],
+            [naive.style, "\(naive.restarts)", "\(naive.load.sent)", "\(naive.load.failed)", "down for \(milliseconds(median(naive.milliseconds)))"],
+        ]
+        let widths = (0..<5).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        return rows.enumerated().map { index, row in
+            var cells = zip(row, widths).map { $0.padding($1) }
+            if index == 1 { cells[3] = up.load.failed == 0 ? style.green(cells[3]) : style.red(cells[3]) }
+            if index == 2 { cells[3] = naive.load.failed == 0 ? cells[3] : style.red(cells[3]) }
+            let line = String(Substring(cells.joined(separator: "  ")).trimmingBlanks())
+            return "  " + (index == 0 ? style.dim(line) : line)
+        }.joined(separator: "\n")
+    }
+
+    // MARK: 4. Summary
+
+    func summary(_ figures: DemoFigures) -> String {
+        let up = figures.up, naive = figures.naive
+        var lines = ["", style.bold("4. Summary")]
+        lines.append("- restart without reuse options: "
+            + (figures.pain.exclusive.rebound ? "rebound" : "\(figures.pain.exclusive.error?.errno?.symbol ?? "failed")")
+            + "; with policy restartable: " + (figures.pain.restartable.rebound ? "rebound at once" : "failed"))
+        lines.append("- \(options.workers) workers shared one port: \(figures.sharing.load.succeeded) connections, "
+            + "busiest / quietest \(String(format2: figures.sharing.maxOverMin))")
+        lines.append("- \(up.restarts) restarts through portreuse up: \(up.load.failed) of \(up.load.sent) requests failed"
+            + (up.failedRestarts > 0 ? ", \(up.failedRestarts) reloads failed" : ""))
+        lines.append("- \(naive.restarts) naive restarts: \(naive.load.failed) of \(naive.load.sent) requests failed")
+        lines.append("- \(String(format1: figures.elapsed)) s in all")
+        lines.append(figures.passed ? style.green("Zero downtime: no request lost.") : style.red("portreuse up lost requests: see above."))
+        lines.append("")
+        lines.append(style.bold("Next") + ":")
+        lines.append("  portreuse up --listen 127.0.0.1:8080 -- ./server    serve, then kill -HUP to restart losing nothing")
+        lines.append("  portreuse run --policy shared -- ./server           share a port without changing the program")
+        lines.append("  portreuse who 8080                                  who holds a port, and could you bind it")
+        lines.append("  portreuse --help, and the README: the library, the policies, systemd")
+        return lines.joined(separator: "\n")
+    }
+
+    private func median(_ values: [Double]) -> Double? {
+        guard !values.isEmpty else { return nil }
+        return values.sorted()[values.count / 2]
+    }
+
+    private func milliseconds(_ value: Double?) -> String {
+        value.map { "\(Int($0.rounded())) ms (median)" } ?? "-"
+    }
+}
+
+extension String {
+    /// A number with two decimals: 1.05.
+    init(format2 value: Double) {
+        guard value.isFinite else { self = "-"; return }
+        let hundredths = Int((value * 100).rounded())
+        let fraction = abs(hundredths % 100)
+        self = "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
+    }
+}

@@ -1,0 +1,39 @@
+import ArgumentParser
+import DemoServer
+import Glibc
+import PortReuse
+
+/// `portreuse demo-worker` (hidden): the worker processes of `portreuse demo`, a tiny HTTP server that
+/// answers every request with "worker NAME pid PID". It takes its listener from socket activation (under
+/// `portreuse up`) or binds one itself with --policy, says READY=1 when NOTIFY_SOCKET is set, and drains on
+/// SIGTERM. `swift run portreuse demo` builds only this executable, so the demo's workers are this binary.
+struct DemoWorker: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo-worker",
+        abstract: "A tiny HTTP server for portreuse demo: answers \"worker NAME pid PID\" and drains on SIGTERM.",
+        shouldDisplay: false)
+
+    @Option(help: "The address to bind when not socket-activated.")
+    var listen = "127.0.0.1:8080"
+
+    @Option(help: "The sharing policy when it binds by itself.")
+    var policy = SharingPolicy.restartable
+
+    @Option(help: "The name in each answer.")
+    var name = "1"
+
+    @Option(help: "Threads that answer connections.")
+    var threads = 4
+
+    func validate() throws {
+        guard (1...64).contains(threads) else { throw ValidationError("--threads \(threads): give 1 to 64") }
+    }
+
+    func run() throws {
+        // Before any other thread: the server starts its threads with SIGTERM and SIGINT blocked.
+        let server = DemoServer(label: "portreuse demo-worker \(name)", threads: threads) { [name] in "worker \(name) pid \(getpid())\n" }
+        let listener = try Listener.activated(orBind: listen, policy: policy)
+        try Readiness.notify(.ready, .status("worker \(name) serving on \(listener.localAddress)"))
+        try server.serve(listener)
+    }
+}
