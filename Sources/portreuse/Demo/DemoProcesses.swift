@@ -53,7 +53,13 @@ final class DemoProcesses {
         action.__sigaction_handler.sa_handler = requestInterrupt
         sigemptyset(&action.sa_mask)
         action.sa_flags = SA_RESTART
-        for signal in [SIGINT, SIGTERM, SIGHUP] { sigaction(signal, &action, nil) }
+        var unblocked = sigset_t()
+        sigemptyset(&unblocked)
+        for signal in [SIGINT, SIGTERM, SIGHUP] {
+            sigaction(signal, &action, nil)
+            sigaddset(&unblocked, signal)
+        }
+        sigprocmask(SIG_UNBLOCK, &unblocked, nil)  // a parent (a test runner's thread) may have blocked them
         signal(SIGPIPE, SIG_IGN)
     }
 

@@ -1,0 +1,117 @@
+import Foundation
+import Glibc
+import PortReuse
+import TestSupport
+import Testing
+
+/// `portreuse demo`, run whole with small settings: the figures it prints, its text when piped, bad input,
+/// and Ctrl-C stopping everything it started.
+@Suite("portreuse demo")
+struct DemoTests {
+    let portreuse = productsFolder + "/portreuse"
+
+    /// The parsed `--json` line.
+    private func object(_ text: String) throws -> [String: Any] {
+        let line = try #require(text.split(separator: "\n").last.map(String.init))
+        return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not JSON: \(text)")
+    }
+
+    @Test("--json: every worker got connections, the restarts through up lost nothing, the naive ones are counted")
+    func figures() throws {
+        let (status, output) = try run([portreuse, "demo", "--workers", "3", "--seconds", "1.5", "--restarts", "2", "--clients", "4", "--json"], timeout: 60)
+        #expect(status == 0, "\(output)")
+        let figures = try object(output)
+        #expect(figures["schema"] as? String == "portreuse.demo/1")
+        #expect(figures["passed"] as? Bool == true)
+
+        let pain = try #require(figures["pain"] as? [String: Any])
+        let exclusive = try #require(pain["exclusive"] as? [String: Any])
+        #expect(exclusive["rebound"] as? Bool == false)
+        #expect(exclusive["errno"] as? String == "EADDRINUSE")
+        #expect((exclusive["error"] as? String)?.contains("TIME-WAIT") == true)
+        #expect((pain["restartable"] as? [String: Any])?["rebound"] as? Bool == true)
+
+        let sharing = try #require(figures["sharing"] as? [String: Any])
+        let workers = try #require(sharing["workers"] as? [[String: Any]])
+        #expect(workers.count == 3)
+        for worker in workers { #expect((worker["connections"] as? Int ?? 0) > 0, "\(worker)") }
+        #expect(Set(workers.compactMap { $0["pid"] as? Int }).count == 3)
+        #expect(sharing["failed"] as? Int == 0)
+
+        let zeroDowntime = try #require(figures["zeroDowntime"] as? [String: Any])
+        let up = try #require(zeroDowntime["up"] as? [String: Any])
+        #expect((up["sent"] as? Int ?? 0) > 0)
+        #expect(up["failed"] as? Int == 0, "\(up)")
+        #expect(up["reloadsFailed"] as? Int == 0)
+        #expect((up["reloadMilliseconds"] as? [Int])?.count == 2)
+        #expect((up["servedBy"] as? Int ?? 0) >= 2, "the new generations must have served too: \(up)")
+        let naive = try #require(zeroDowntime["naive"] as? [String: Any])
+        #expect((naive["sent"] as? Int ?? 0) > 0)
+        #expect(naive["failed"] is Int)
+        #expect(naive["errors"] is [String: Any])
+        #expect((naive["downMilliseconds"] as? [Int])?.count == 2)
+    }
+
+    @Test("piped, the demo prints plain text: the four parts, a bar per worker, who's report, the table")
+    func plainText() throws {
+        let (status, output) = try run([portreuse, "demo", "--workers", "2", "--seconds", "1", "--restarts", "1", "--clients", "4"], timeout: 60)
+        #expect(status == 0, "\(output)")
+        #expect(!output.contains("\u{1B}"), "escape codes in piped output")
+        for text in ["1. The pain", "address already in use (EADDRINUSE)", "2. Sharing", "shared by 2 processes of user",
+                     "3. Zero downtime", "portreuse up (SIGHUP)", "naive stop-then-start", "4. Summary", "no request lost"] {
+            #expect(output.contains(text), "missing \"\(text)\" in:\n\(output)")
+        }
+        #expect(output.split(separator: "\n").filter { $0.hasPrefix("  worker ") && $0.contains("#") }.count == 2, "\(output)")
+    }
+
+    @Test("bad input names the option and the accepted range, exits 64, starts nothing", arguments: [
+        (["--workers", "0"], "--workers 0: give 1 to 32"),
+        (["--seconds", "0"], "--seconds 0.0: give 0.5 to 60"),
+        (["--restarts", "100"], "--restarts 100: give 1 to 50"),
+    ])
+    func badInput(arguments: [String], message: String) throws {
+        let (status, output) = try run(["/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", portreuse, "demo"] + arguments)
+        #expect(status == 64)
+        #expect(output.contains(message), "\(output)")
+    }
+
+    @Test("Ctrl-C stops the workers it started and exits 130")
+    func interrupted() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("demo-test-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let log = folder + "/out"
+        let pid = try spawn([portreuse, "demo", "--workers", "2", "--seconds", "20"], log: log)
+        var reaped = false
+        defer { if !reaped { kill(pid, SIGKILL); waitpid(pid, nil, 0) } }
+        // Wait until the workers are up: "2 processes each bound 127.0.0.1:PORT".
+        var port: String?
+        for _ in 0..<300 where port == nil {
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            port = text.components(separatedBy: "each bound 127.0.0.1:").dropFirst().first?.prefix { $0.isNumber }.description
+            if port == nil { usleep(50_000) }
+        }
+        let found = try #require(port, "the demo never started its workers")
+        let workers = processes(containing: "127.0.0.1:\(found)")
+        #expect(workers.count == 2, "\(workers)")
+        kill(pid, SIGINT)
+        var status: Int32 = 0
+        for _ in 0..<300 where !reaped {
+            if waitpid(pid, &status, WNOHANG) == pid { reaped = true } else { usleep(50_000) }
+        }
+        #expect(reaped, "the demo did not exit within 15 s of SIGINT")
+        #expect((status >> 8) & 0xFF == 130)
+        #expect(processes(containing: "127.0.0.1:\(found)").isEmpty, "workers left behind")
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("interrupted by SIGINT; stopped everything it started"), "\(text)")
+    }
+
+    /// Pids whose command line contains `text` (the demo's workers name their port).
+    private func processes(containing text: String) -> [Int32] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in
+            guard let pid = Int32(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { return nil }
+            let line = String(decoding: data.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+            return line.contains("demo-worker") && line.contains(text) ? pid : nil
+        }
+    }
+}
