@@ -62,6 +62,18 @@ struct DemoTests {
             #expect(output.contains(text), "missing \"\(text)\" in:\n\(output)")
         }
         #expect(output.split(separator: "\n").filter { $0.hasPrefix("  worker ") && $0.contains("#") }.count == 2, "\(output)")
+
+        // The README's sample run has the same parts, in the same words.
+        let readme = try String(contentsOfFile: packageRoot + "/README.md", encoding: .utf8)
+        let section = try #require(readme.components(separatedBy: "## `portreuse demo`").dropFirst().first?.components(separatedBy: "\n## ").first)
+        let sample = try #require(section.components(separatedBy: "```text\n").dropFirst().first?.components(separatedBy: "```").first)
+        let headings = sample.split(separator: "\n").filter { $0.first?.isNumber == true && $0.dropFirst().hasPrefix(". ") }
+        #expect(headings.count == 4, "\(sample)")
+        for heading in headings {
+            let words = heading.split(separator: ":").first.map(String.init) ?? ""
+            #expect(output.contains(words), "the README's sample says \"\(heading)\", the demo no longer does")
+        }
+        for text in ["swift run portreuse demo", "--workers", "--seconds", "--json"] { #expect(section.contains(text)) }
     }
 
     @Test("bad input names the option and the accepted range, exits 64, starts nothing", arguments: [

@@ -190,17 +190,12 @@ func servedFolder(named name: String) throws -> TemporaryFolder {
     return folder
 }
 
-/// Copies a file with its mode through close-on-exec descriptors. FileManager's copy writes through one
-/// that is not, and a child that another test starts meanwhile inherits it: exec'ing the copy then fails
-/// with "Text file busy" for as long as that child lives.
+/// Copies a file with its mode in a `cp` process of its own, so that the copy is never open for writing in
+/// this (test) process: a child that another test spawns meanwhile would inherit that descriptor from clone
+/// to exec, even a close-on-exec one, and exec'ing the copy would then fail with "Text file busy".
 func copyExecutable(_ source: String, to destination: String) throws {
-    let bytes = try #require(FileManager.default.contents(atPath: source), "cannot read \(source)")
-    let mode = try #require(try FileManager.default.attributesOfItem(atPath: source)[.posixPermissions] as? Int)
-    let fd = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode_t(mode))
-    guard fd >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
-    defer { close(fd) }
-    let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    try #require(written == bytes.count, "short write to \(destination)")
+    let copied = try capture(["/bin/cp", "--preserve=mode", source, destination])
+    try #require(copied.status == 0, "cp \(source) \(destination): \(copied.stderr)")
 }
 
 /// A folder that every user can enter, with copies of portreuse and the shim: for programs run as user
