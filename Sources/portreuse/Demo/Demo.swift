@@ -15,16 +15,16 @@ struct Demo: ParsableCommand {
             when it ends or on Ctrl-C. Its worker processes are this executable (a hidden demo-worker command: \
             a tiny HTTP server that answers "worker NAME pid PID").
 
-              1. The pain: a listener without reuse options (policy exclusive) serves a connection and closes it \
+            1. The pain: a listener without reuse options (policy exclusive) serves a connection and closes it \
             first, so it waits in TIME-WAIT; the restarted server's bind fails with the real error. The same \
             with policy restartable (SO_REUSEADDR) rebinds at once.
-              2. Sharing: --workers processes listen on one port with policy shared (SO_REUSEPORT); the demo \
+            2. Sharing: --workers processes listen on one port with policy shared (SO_REUSEPORT); the demo \
             sends load for --seconds and draws how many connections each worker got, then shows what \
             `portreuse who` says about the port.
-              3. Zero downtime: load for --seconds while `portreuse up` restarts the worker --restarts times \
+            3. Zero downtime: load for --seconds while `portreuse up` restarts the worker --restarts times \
             (SIGHUP: the new one starts beside the old one on the same socket); then the same with a naive \
             stop-then-start. A table of requests sent and failed per style.
-              4. A summary, and what to run next.
+            4. A summary, and what to run next.
 
             A progress line runs on stderr when it is a terminal; colour only on a terminal and never with \
             NO_COLOR. Plain text when piped.

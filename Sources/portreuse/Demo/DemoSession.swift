@@ -28,7 +28,7 @@ struct DemoSession {
 
     func run() throws -> DemoFigures {
         say(style.bold("portreuse demo") + ": \(options.workers) workers, \(String(format1: options.seconds)) s of load per phase, "
-            + "\(options.restarts) restarts per style, \(options.clients) clients, all on 127.0.0.1")
+            + "\(options.restarts) restart\(options.restarts == 1 ? "" : "s") per style, \(options.clients) clients, all on 127.0.0.1")
         let pain = try self.pain()
         try DemoProcesses.checkInterrupted()
         let sharing = try self.sharing()
