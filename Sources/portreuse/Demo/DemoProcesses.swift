@@ -28,6 +28,7 @@ final class DemoProcesses {
     private(set) var running: [(pid: pid_t, what: String)] = []
     /// Process groups to kill if their parent (`up`) had to be killed.
     var orphanGroups: Set<pid_t> = []
+    private var stopped = false
 
     init() throws(CommandFailure) {
         executable = try FileSystem.currentExecutable()
@@ -137,8 +138,10 @@ final class DemoProcesses {
     }
 
     /// Stops every process still running, newest first (`up` before anything else), and removes the folder
-    /// unless `keepingLog`.
+    /// unless `keepingLog`. Only the first call does anything.
     func stopAll(keepingLog: Bool) {
+        guard !stopped else { return }
+        stopped = true
         for (pid, _) in running.reversed() {
             if stop(pid, timeout: 8).killed {
                 for group in orphanGroups { kill(-group, SIGKILL) }
