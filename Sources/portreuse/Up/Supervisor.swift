@@ -270,8 +270,9 @@ final class Supervisor {
         reloadPending = false
         restartAt = nil
         _ = try? Readiness.notify(.stopping, .status("stopping"))
-        logger.info("stopping (\(reason)): \(SignalName(configuration.stopSignal)) to \(generations.count) generation(s), killed if still running in \(Seconds(configuration.grace))")
-        for generation in generations where generation.phase == .ready || generation.phase == .starting {
+        let running = generations.filter { $0.phase == .ready || $0.phase == .starting }
+        logger.info("stopping (\(reason)): \(SignalName(configuration.stopSignal)) to \(running.count) generation(s), killed if still running in \(Seconds(configuration.grace))")
+        for generation in running {
             generation.phase = .draining
             generation.deadline = Clock.now + UInt64(configuration.grace * 1e9)
             kill(generation.mainProcess, configuration.stopSignal)

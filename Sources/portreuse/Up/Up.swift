@@ -115,7 +115,9 @@ struct Up: ParsableCommand {
         if case .delay(let seconds) = ready, seconds >= readyTimeout.value {
             throw ValidationError("--ready delay:\(Seconds(seconds)) must be shorter than --ready-timeout \(readyTimeout)")
         }
-        if reuseport && listen.isEmpty { throw ValidationError("--reuseport needs the --listen addresses the program binds, to see when it is ready") }
+        if reuseport && (listen.isEmpty || listen.contains { $0.address.port == 0 }) {
+            throw ValidationError("--reuseport needs the --listen addresses the program binds (with their ports), to see when a generation listens")
+        }
     }
 
     func run() throws {
