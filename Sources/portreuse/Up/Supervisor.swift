@@ -249,7 +249,7 @@ final class Supervisor {
 
     private func beginReload() {
         _ = try? Readiness.notify(.reloading, .status("reloading"))
-        startGeneration(reason: generations.contains { $0.phase == .ready } ? "reload" : "restart")
+        startGeneration(reason: "reload")
     }
 
     private func record(_ generation: Generation, result: String) {
@@ -453,6 +453,7 @@ final class Supervisor {
             generation.statusText = saved.statusText
             generation.mainPID = saved.mainPID
             generation.killed = saved.killed
+            generation.exit = saved.exit.map(ExitStatus.init(raw:))
             return generation
         }
         logger.info("upgraded: \(UpState.executablePath) runs with \(generations.count) generation(s) and \(sockets.count) socket(s)")
