@@ -170,6 +170,30 @@ struct UpProductionTests {
     }
 }
 
+extension UpProductionTests {
+    @Test("an upgrade to a binary that does not run is refused; the running up carries on and still reloads")
+    func failedUpgrade() throws {
+        let folder = try TemporaryFolder()
+        let copy = folder.path + "/portreuse"
+        #expect(try capture(["/bin/cp", portreuse, copy]).status == 0)
+        let pid = try spawn([copy, "up", "--pid-file", folder.path + "/up.pid", "--listen", "127.0.0.1:0", "--", hello], log: folder.path + "/up.log")
+        let up = UpProcess(pid: pid, folder: folder)
+        let pidFile = up.pidFile
+        let ready = try #require(up.waitForStatus { !$0.serving.isEmpty })
+        // A broken release lands at the same path (renamed over it, as package managers do).
+        try folder.write("broken", "#!/bin/sh\nexit 1\n", executable: true)
+        #expect(rename(folder.path + "/broken", copy) == 0)
+        let upgrade = try capture([portreuse, "up", "--upgrade", "--pid-file", pidFile], timeout: 60)
+        #expect(upgrade.status == 1)
+        #expect(upgrade.stderr.contains("upgrade failed"), "\(upgrade.stderr)")
+        #expect(up.logText.contains("--version did not succeed"), "\(up.logText)")
+        #expect(kill(pid, 0) == 0, "the old up still runs")
+        #expect(up.status?.serving.map(\.pid) == ready.serving.map(\.pid))
+        kill(pid, SIGHUP)
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [2] } != nil, "\(up.logText)")
+    }
+}
+
 /// A unix datagram socket that receives sd_notify messages, as systemd's NOTIFY_SOCKET does.
 final class UnixDatagramReceiver {
     let descriptor: Int32
