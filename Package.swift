@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "PortReuse", targets: ["PortReuse"]),
+        // SwiftNIO servers on PortReuse sockets: a policy for ServerBootstrap, one listener per event loop, adoption.
+        .library(name: "PortReuseNIO", targets: ["PortReuseNIO"]),
         .executable(name: "portreuse", targets: ["portreuse"]),
         // The LD_PRELOAD shim of `portreuse run`, libCReuseShim.so, built next to the portreuse executable.
         .library(name: "CReuseShim", type: .dynamic, targets: ["CReuseShim"]),
@@ -13,11 +15,21 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
     ],
     targets: [
         .target(
             name: "PortReuse",
             dependencies: [.product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // NIO lives here, never in PortReuse: the core library stays light.
+        .target(
+            name: "PortReuseNIO",
+            dependencies: [
+                "PortReuse",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .executableTarget(
             name: "portreuse",
@@ -43,6 +55,14 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["PortReuse"], path: "Tests/TestSupport"),
         .testTarget(name: "PortReuseTests", dependencies: ["PortReuse", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["PortReuse", "TestSupport"]),
+        .testTarget(
+            name: "PortReuseNIOTests",
+            dependencies: [
+                "PortReuseNIO", "TestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
 
         // The README's quick start, compiled and run by the tests so that it stays true.
         .executableTarget(name: "quickstart", dependencies: ["PortReuse"], path: "Examples/quickstart"),
@@ -51,6 +71,18 @@ let package = Package(
             name: "hello",
             dependencies: ["PortReuse", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Examples/hello"
+        ),
+        // The same hello on SwiftNIO with PortReuseNIO: one listener per event loop, or adopted from `portreuse up`.
+        .executableTarget(
+            name: "nio-hello",
+            dependencies: [
+                "PortReuseNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/nio-hello"
         ),
 
         // Benchmarks: plain executables that print ratios measured side by side in one run.
