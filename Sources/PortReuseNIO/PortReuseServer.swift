@@ -107,7 +107,9 @@ public struct PortReuseServer: Sendable {
     /// SwiftNIO makes each socket non-blocking, and that flag is shared by every process that holds the socket.
     /// `steering` applies only when it binds by itself.
     ///
-    /// - Throws: ``PortReuseError`` when the activation variables are malformed or the socket cannot be bound.
+    /// - Throws: ``PortReuseError`` when the activation variables are malformed, when this process was
+    ///   activated but none of its sockets is a listening TCP socket (of that name), or when the socket cannot
+    ///   be bound.
     public static func activated(
         named name: String? = nil,
         orBind address: String,
@@ -124,6 +126,19 @@ public struct PortReuseServer: Sendable {
             if name == nil { break }  // no name: the first listening socket, as Listener.activated takes it
         }
         guard !adopted.isEmpty else {
+            let handed = try SocketActivation.sockets()
+            if !handed.isEmpty {
+                // Activated, but with nothing this server can serve: binding by itself would race the supervisor's socket.
+                let list = handed.map { socket in
+                    let kind = socket.isListening ? "a listening TCP socket" : socket.transport.map { "a \($0) socket that is not listening" } ?? "not a TCP or UDP socket"
+                    return "\(socket.descriptor) (\(socket.name)): \(kind)"
+                }.joined(separator: "; ")
+                throw PortReuseError(.activation, diagnosis: .unusableDescriptor(reason:
+                    "socket activation handed over \(handed.count) descriptor\(handed.count == 1 ? "" : "s") (\(list)), but none is "
+                        + (name.map { "a listening TCP socket named \"\($0)\"" } ?? "a listening TCP socket")
+                        + ": give the supervisor a TCP listen address (portreuse up --listen, ListenStream= in systemd)"
+                        + (name == nil ? "." : " with that name (FileDescriptorName=, NAME= in --listen NAME=ADDR).")))
+            }
             return try await bind(tcp: address, policy: policy, layout: layout, group: group, backlog: backlog,
                 steering: steering, configure: configure)
         }
