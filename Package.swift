@@ -94,6 +94,9 @@ let package = Package(
         .executableTarget(name: "shim-bench", dependencies: ["PortReuse", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/shim-bench"),
         // swift build -c release && .build/release/who-bench
         .executableTarget(name: "who-bench", dependencies: ["BenchmarkSupport"], path: "Benchmarks/who-bench"),
+        // apt-get install wrk nginx-light; swift build -c release --product nio-hello
+        // swift build -c release --product nio-bench && .build/release/nio-bench
+        .executableTarget(name: "nio-bench", dependencies: ["BenchmarkSupport"], path: "Benchmarks/nio-bench"),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -3,8 +3,8 @@
 // One SO_REUSEPORT listener per event loop (or one listener for all loops, --layout single), taken from socket
 // activation (`portreuse up`, systemd, `systemd-socket-activate`) when there is one, bound otherwise. It says
 // READY=1 once it serves, answers every request with "hello from NAME pid PID", and on SIGTERM or SIGINT stops
-// accepting, lets each connection finish its request (keep-alive connections close after their answer) and
-// exits 0.
+// accepting, answers the connections it accepted (idle keep-alive ones close at once, the others after their
+// answer) and exits 0.
 //
 //   swift run nio-hello --listen 127.0.0.1:8080
 //   systemd-socket-activate -l 127.0.0.1:8080 .build/debug/nio-hello
@@ -94,16 +94,12 @@ struct NIOHello: AsyncParsableCommand {
         do {
             server = try await PortReuseServer.activated(
                 named: socketName, orBind: listen, policy: policy, layout: layout, group: group, steering: steering
-            ) { bootstrap in
-                bootstrap
-                    .childChannelOption(.allowRemoteHalfClosure, value: true)
-                    .childChannelInitializer { channel in
-                        state.accepted(channel)
-                        return channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                            try channel.pipeline.syncOperations.addHandler(HelloHandler(answer: answer))
-                        }
-                    }
+            ) { channel in
+                state.accepted(channel)
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(HelloHandler(answer: answer))
+                }
             }
         } catch {
             try? await group.shutdownGracefully()
@@ -112,7 +108,7 @@ struct NIOHello: AsyncParsableCommand {
         let origin = server.isActivated ? "activated" : "bound"
         try Readiness.notify(.ready, .status("serving on \(server.localAddress)"))
         print("nio-hello: pid \(getpid()) serving on \(server.localAddress) (\(origin), \(server.layout), "
-            + "\(server.channels.count) listener\(server.channels.count == 1 ? "" : "s"), \(threads) loops)")
+            + "\(server.listenerCount) listener\(server.listenerCount == 1 ? "" : "s"), \(threads) loops)")
         fflush(nil)  // stdout may be a pipe: the line must leave now
 
         await stop.wait()
@@ -169,11 +165,16 @@ final class ServerState: Sendable {
 
     var perLoop: [Int] { counts.withLock { $0 } }
 
-    /// Asks every open connection to finish its request and close (NIOHTTP1 closes an idle one at once), then
-    /// waits until all have closed or `limit` passed.
+    /// Set when the server stops: every answer from then on says `Connection: close`.
+    let draining = Atomic<Bool>(false)
+
+    /// Stops keep-alive: idle connections that were served close now, the others after their next answer
+    /// (a connection accepted just before the stop still gets its request answered); then waits until all
+    /// have closed or `limit` passed.
     func drain(within limit: Duration) async {
+        draining.store(true, ordering: .relaxed)
         for channel in open.withLock({ Array($0.values) }) {
-            channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
+            channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(Drain()) }
         }
         let clock = ContinuousClock()
         let deadline = clock.now + limit
@@ -182,6 +183,9 @@ final class ServerState: Sendable {
         }
     }
 }
+
+/// The event that tells each connection's handler that the server stops.
+struct Drain {}
 
 /// What every request gets.
 struct Answer: Sendable {
@@ -205,6 +209,14 @@ final class HelloHandler: ChannelInboundHandler {
 
     /// The head of the request in flight.
     private var pending: HTTPRequestHead?
+    /// Requests answered on this connection.
+    private var served = 0
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // An idle keep-alive connection closes at once; one that has not sent its first request yet is answered.
+        if event is Drain, pending == nil, served > 0 { context.close(promise: nil) }
+        context.fireUserInboundEventTriggered(event)
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -215,14 +227,16 @@ final class HelloHandler: ChannelInboundHandler {
         case .end:
             guard let head = pending else { return }
             pending = nil
+            served += 1
             let body = answer.body(for: head.uri)
+            let keepAlive = head.isKeepAlive && !answer.state.draining.load(ordering: .relaxed)
             var headers = HTTPHeaders([("Content-Type", "text/plain"), ("Content-Length", "\(body.utf8.count)")])
-            if !head.isKeepAlive { headers.add(name: "Connection", value: "close") }
+            if !keepAlive { headers.add(name: "Connection", value: "close") }
             let response = HTTPResponseHead(version: head.version, status: .ok, headers: headers)
             context.write(wrapOutboundOut(.head(response)), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
             let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-            if !head.isKeepAlive {
+            if !keepAlive {
                 let channel = context.channel
                 done.whenComplete { _ in channel.close(promise: nil) }
             }

@@ -11,10 +11,8 @@ import PortReuse
 ///
 /// ```swift
 /// let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-/// let server = try await PortReuseServer.activated(orBind: "0.0.0.0:8080", group: group) { bootstrap in
-///     bootstrap.childChannelInitializer { channel in
-///         channel.pipeline.configureHTTPServerPipeline().flatMap { channel.pipeline.addHandler(Hello()) }
-///     }
+/// let server = try await PortReuseServer.activated(orBind: "0.0.0.0:8080", group: group) { channel in
+///     channel.pipeline.configureHTTPServerPipeline().flatMap { channel.pipeline.addHandler(Hello()) }
 /// }
 /// try Readiness.notify(.ready)
 /// try await server.closeFuture.get()
@@ -33,8 +31,14 @@ public struct PortReuseServer: Sendable {
         public var description: String { rawValue }
     }
 
-    /// The server channels, one per listening socket, in the order of the group's event loops.
+    /// SwiftNIO's server channels, one per listening socket that this process bound, in the order of the
+    /// group's event loops. Sockets handed over by socket activation have none: PortReuseNIO accepts from
+    /// them itself (see ``activated(named:orBind:policy:layout:group:backlog:steering:childChannelInitializer:)``).
     public let channels: [any Channel]
+    /// The accept loops of handed-over sockets.
+    private let acceptors: [SharedSocketAcceptor]
+    /// How many listening sockets this server accepts from.
+    public var listenerCount: Int { channels.count + acceptors.count }
     /// The address the listeners are bound to, with the port the kernel chose when 0 was asked.
     public let localAddress: PortReuse.SocketAddress
     /// How the listeners map to the loops.
@@ -42,8 +46,8 @@ public struct PortReuseServer: Sendable {
     /// Whether the listening sockets came from socket activation rather than from binding.
     public let isActivated: Bool
 
-    /// Binds the listeners of `layout` on `address` and serves them with bootstraps that `configure` completes
-    /// (child channel initializer, options).
+    /// Binds the listeners of `layout` on `address` and serves each with a SwiftNIO `ServerBootstrap` whose
+    /// accepted channels `childChannelInitializer` sets up.
     ///
     /// - Parameters:
     ///   - address: `8080`, `0.0.0.0:8080`, `[::]:0`, `localhost:8080`, optionally after `tcp:`, `tcp4:` or
@@ -55,7 +59,7 @@ public struct PortReuseServer: Sendable {
     ///   - backlog: the accept queue length of each listener; `SOMAXCONN` by default.
     ///   - dualStack: for an IPv6 address, accept IPv4 connections too.
     ///   - steering: Linux only: how to steer connections to loops by CPU (see ``CPUSteering``); none by default.
-    ///   - configure: completes each bootstrap; it must not change the bootstrap's groups.
+    ///   - childChannelInitializer: sets up each accepted connection's pipeline, on the connection's loop.
     /// - Throws: ``PortReuseError`` for an invalid address, a policy that cannot share, or a port that cannot be
     ///   bound (it names the holder); SwiftNIO's errors when a channel cannot be registered. Listeners bound
     ///   before a failure are closed.
@@ -67,7 +71,7 @@ public struct PortReuseServer: Sendable {
         backlog: Int32? = nil,
         dualStack: Bool = false,
         steering: CPUSteering = .none,
-        configure: @escaping @Sendable (ServerBootstrap) -> ServerBootstrap = { $0 }
+        childChannelInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) async throws -> PortReuseServer {
         let loops = Array(group.makeIterator())
         let count = layout == .listenerPerLoop ? loops.count : 1
@@ -93,19 +97,21 @@ public struct PortReuseServer: Sendable {
             throw error
         }
         return try await serve(listeners, layout: layout, group: group, backlog: backlog ?? Listening.defaultBacklog,
-            activated: false, configure: configure)
+            childChannelInitializer: childChannelInitializer)
     }
 
     /// Serves the listening sockets that socket activation handed over (named `name`, or every listening one),
-    /// or, when this process was not activated, binds them as ``bind(tcp:policy:layout:group:backlog:dualStack:steering:configure:)``
+    /// or, when this process was not activated, binds them as ``bind(tcp:policy:layout:group:backlog:dualStack:steering:childChannelInitializer:)``
     /// does. One line for a server that runs under `portreuse up`, under systemd, and alone.
     ///
     /// A supervisor usually hands over one socket, which it keeps open across reloads so that no queued
-    /// connection is lost: that socket is accepted on one loop and its connections are spread over the group
-    /// (``Layout/singleListener``, whatever `layout` says; ``layout`` tells which one was used). Several
-    /// `SO_REUSEPORT` sockets of one `name` are spread across the loops with ``Layout/listenerPerLoop``.
-    /// SwiftNIO makes each socket non-blocking, and that flag is shared by every process that holds the socket.
-    /// `steering` applies only when it binds by itself.
+    /// connection is lost, and every generation of the server accepts from it. PortReuseNIO accepts from such
+    /// a socket with a loop of its own, which takes "another process was quicker" (`EAGAIN`) in its stride,
+    /// and hands the connections to the event loops in turn (``Layout/singleListener``, whatever `layout`
+    /// says; ``layout`` tells which one was used). Several `SO_REUSEPORT` sockets of one `name` are spread
+    /// across the loops with ``Layout/listenerPerLoop``. The socket is made non-blocking, as SwiftNIO makes
+    /// every socket it serves; that flag is shared by every process that holds the socket. `steering`
+    /// applies only when it binds by itself.
     ///
     /// - Throws: ``PortReuseError`` when the activation variables are malformed, when this process was
     ///   activated but none of its sockets is a listening TCP socket (of that name), or when the socket cannot
@@ -118,7 +124,7 @@ public struct PortReuseServer: Sendable {
         group: MultiThreadedEventLoopGroup,
         backlog: Int32? = nil,
         steering: CPUSteering = .none,
-        configure: @escaping @Sendable (ServerBootstrap) -> ServerBootstrap = { $0 }
+        childChannelInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) async throws -> PortReuseServer {
         var adopted: [Listener] = []
         while adopted.count < 1024, let listener = try SocketActivation.listener(named: name) {
@@ -140,21 +146,31 @@ public struct PortReuseServer: Sendable {
                         + (name == nil ? "." : " with that name (FileDescriptorName=, NAME= in --listen NAME=ADDR).")))
             }
             return try await bind(tcp: address, policy: policy, layout: layout, group: group, backlog: backlog,
-                steering: steering, configure: configure)
+                steering: steering, childChannelInitializer: childChannelInitializer)
         }
-        // One socket shared by several loops of this process would wake them all for each connection, and
-        // SwiftNIO asserts (in debug builds) that a readable listener yields one: a single socket is accepted
-        // on one loop and its connections are spread over the group.
+        // A handed-over socket is shared with the supervisor and with the other generations of this server:
+        // PortReuseNIO's own accept loop serves it (see SharedSocketAcceptor for why not SwiftNIO's).
+        let loops = Array(group.makeIterator())
         let actual: Layout = adopted.count > 1 ? layout : .singleListener
-        return try await serve(adopted, layout: actual, group: group, backlog: backlog ?? Listening.defaultBacklog,
-            activated: true, configure: configure)
+        var acceptors: [SharedSocketAcceptor] = []
+        do {
+            for (index, listener) in adopted.enumerated() {
+                let targets = actual == .listenerPerLoop ? [loops[index % loops.count]] : loops
+                acceptors.append(try SharedSocketAcceptor(listener, loops: targets, childChannelInitializer: childChannelInitializer))
+            }
+        } catch {
+            adopted.forEach { $0.close() }
+            acceptors.forEach { $0.close() }
+            throw error
+        }
+        return PortReuseServer(channels: [], acceptors: acceptors, localAddress: adopted[0].localAddress, layout: actual, isActivated: true)
     }
 
     /// Hands each listener to a bootstrap: with one listener per loop, listener i accepts and serves on loop
     /// i modulo the loop count; a single listener accepts on one loop and spreads connections over the group.
     private static func serve(
-        _ listeners: [Listener], layout: Layout, group: MultiThreadedEventLoopGroup, backlog: Int32, activated: Bool,
-        configure: @escaping @Sendable (ServerBootstrap) -> ServerBootstrap
+        _ listeners: [Listener], layout: Layout, group: MultiThreadedEventLoopGroup, backlog: Int32,
+        childChannelInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) async throws -> PortReuseServer {
         let loops = Array(group.makeIterator())
         let address = listeners[0].localAddress
@@ -169,24 +185,28 @@ public struct PortReuseServer: Sendable {
                 case .singleListener:
                     bootstrap = ServerBootstrap(group: group)
                 }
-                channels.append(try await configure(bootstrap).serve(listener, backlog: backlog).get())
+                channels.append(try await bootstrap.childChannelInitializer(childChannelInitializer).serve(listener, backlog: backlog).get())
             }
         } catch {
             listeners.forEach { $0.close() }  // those not yet handed to SwiftNIO
             for channel in channels { try? await channel.close() }
             throw error
         }
-        return PortReuseServer(channels: channels, localAddress: address, layout: layout, isActivated: activated)
+        return PortReuseServer(channels: channels, acceptors: [], localAddress: address, layout: layout, isActivated: false)
     }
 
     /// Completes when every listener has closed.
     public var closeFuture: EventLoopFuture<Void> {
-        EventLoopFuture.andAllComplete(channels.map(\.closeFuture), on: channels[0].eventLoop)
+        let futures = channels.map(\.closeFuture) + acceptors.map(\.closeFuture)
+        return EventLoopFuture.andAllComplete(futures, on: futures[0].eventLoop)
     }
 
-    /// Stops accepting: closes every listener. Connections already accepted stay open; a supervisor's copy
-    /// of an activated socket stays open too, so the next generation keeps the queue.
+    /// Stops accepting: closes this process's descriptor of every listener and waits until they are closed.
+    /// Connections already accepted stay open; a supervisor's copy of an activated socket stays open too, so
+    /// the next generation keeps the queue.
     public func close() async {
         for channel in channels { try? await channel.close() }
+        acceptors.forEach { $0.close() }
+        for acceptor in acceptors { try? await acceptor.closeFuture.get() }
     }
 }

@@ -69,9 +69,7 @@ struct PortReuseNIOTests {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 4)
         defer { group.shutdownGracefully { _ in } }
         let counter = PerLoop(group)
-        let server = try await PortReuseServer.bind(tcp: "127.0.0.1:0", group: group) { bootstrap in
-            bootstrap.childChannelInitializer { greet($0, counter) }
-        }
+        let server = try await PortReuseServer.bind(tcp: "127.0.0.1:0", group: group) { greet($0, counter) }
         #expect(server.channels.count == 4)
         #expect(server.layout == .listenerPerLoop)
         // Each listener sits on its own loop and is a separate socket with SO_REUSEPORT.
@@ -93,9 +91,7 @@ struct PortReuseNIOTests {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 3)
         defer { group.shutdownGracefully { _ in } }
         let counter = PerLoop(group)
-        let server = try await PortReuseServer.bind(tcp: "127.0.0.1:0", policy: .restartable, layout: .singleListener, group: group) {
-            $0.childChannelInitializer { greet($0, counter) }
-        }
+        let server = try await PortReuseServer.bind(tcp: "127.0.0.1:0", policy: .restartable, layout: .singleListener, group: group) { greet($0, counter) }
         #expect(server.channels.count == 1)
         _ = try connect(30, port: server.localAddress.port)
         #expect(await counter.wait(for: 30) == [10, 10, 10])
@@ -108,7 +104,7 @@ struct PortReuseNIOTests {
         defer { group.shutdownGracefully { _ in } }
         let port = try freePort()
         let error = await #expect(throws: PortReuseError.self) {
-            _ = try await PortReuseServer.bind(tcp: "127.0.0.1:\(port)", policy: .restartable, group: group)
+            _ = try await PortReuseServer.bind(tcp: "127.0.0.1:\(port)", policy: .restartable, group: group) { $0.eventLoop.makeSucceededVoidFuture() }
         }
         #expect(error?.description.contains("needs SO_REUSEPORT, which the restartable policy does not set: use the shared policy") == true)
         // Nothing was left bound: the port is still free for an exclusive socket.
@@ -157,7 +153,7 @@ struct PortReuseNIOTests {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         defer { group.shutdownGracefully { _ in } }
         let error = await #expect(throws: PortReuseError.self) {
-            _ = try await PortReuseServer.bind(tcp: "127.0.0.1:\(port)", group: group)
+            _ = try await PortReuseServer.bind(tcp: "127.0.0.1:\(port)", group: group) { $0.eventLoop.makeSucceededVoidFuture() }
         }
         #expect(error?.errno == .addressInUse)
         #expect(error?.description.contains("of uid 65534") == true, "\(String(describing: error))")
@@ -229,6 +225,20 @@ struct PortReuseNIOTests {
         #expect(server.process.terminationStatus == 0)
     }
 
+    @Test("a reload on one handed-over socket: two generations of nio-hello overlap, and no request fails")
+    func reloadWithoutFailures() throws {
+        // The supervisor (as `portreuse up` does it): one listener, kept open; generation 1 serves it, then
+        // generation 2 starts on the same socket, says READY=1, and generation 1 gets SIGTERM and drains.
+        // Four clients make requests on new connections all along.
+        let supervisor = try Child([systemPython, "-c", reloadScript, productsFolder + "/nio-hello"])
+        let line = try #require(supervisor.line(timeout: 60))
+        let words = line.split(separator: " ")
+        let figures = Dictionary(uniqueKeysWithValues: stride(from: 0, to: words.count - 1, by: 2).map { (String(words[$0]), String(words[$0 + 1])) })
+        #expect(figures["failed"] == "0", "\(line)")
+        #expect((Int(figures["gen1"] ?? "") ?? 0) > 0 && (Int(figures["gen2"] ?? "") ?? 0) > 0, "both generations served: \(line)")
+        #expect(line.hasSuffix("exit 0 0"), "both generations exited 0 (generation 1 drained): \(line)")
+    }
+
     @Test("nio-hello alone binds one listener per loop")
     func exampleBindsItself() throws {
         let port = try freePort()
@@ -255,14 +265,14 @@ struct PortReuseNIOTests {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         defer { group.shutdownGracefully { _ in } }
         let counter = PerLoop(group)
-        let server = try await PortReuseServer.bind(tcp: "127.0.0.1:0", group: group, steering: steering) {
-            $0.childChannelInitializer { greet($0, counter) }
-        }
+        let server = try await PortReuseServer.bind(tcp: "127.0.0.1:0", group: group, steering: steering) { greet($0, counter) }
         #expect(try connect(20, port: server.localAddress.port).allSatisfy { $0 == "hello" })
         #expect(await counter.wait(for: 20).reduce(0, +) == 20)
         await server.close()
         await #expect(throws: PortReuseError.self) {
-            _ = try await PortReuseServer.bind(tcp: "127.0.0.1:0", layout: .singleListener, group: group, steering: steering)
+            _ = try await PortReuseServer.bind(tcp: "127.0.0.1:0", layout: .singleListener, group: group, steering: steering) {
+                $0.eventLoop.makeSucceededVoidFuture()
+            }
         }
     }
 }
@@ -313,3 +323,51 @@ final class NotifySocket {
         unlink(path)
     }
 }
+
+/// A supervisor in Python that hands one listening socket to two overlapping generations (argv[1]) by the
+/// socket activation protocol, with four clients running, and prints the outcome in one line.
+let reloadScript = #"""
+import ctypes, os, socket, subprocess, signal, sys, time, threading, http.client
+signal.alarm(60)
+libc = ctypes.CDLL(None)
+hello = sys.argv[1]
+lst = socket.socket(); lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+lst.bind(("127.0.0.1", 0)); lst.listen(4096)
+port = lst.getsockname()[1]
+path = "/tmp/portreuse-nio-reload-%d" % os.getpid()
+ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ns.bind(path); ns.settimeout(20)
+def start(name):
+    env = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="web", NOTIFY_SOCKET=path)
+    fd = lst.fileno()
+    p = subprocess.Popen(["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"', hello, "--name", name, "--threads", "2"],
+        env=env, close_fds=False, preexec_fn=lambda: (libc.prctl(1, 9), os.set_inheritable(3, True) if fd == 3 else os.dup2(fd, 3)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while b"READY=1" not in ns.recv(4096): pass
+    return p
+results = {"ok": 0, "failed": 0}
+names = {}
+lock = threading.Lock()
+stop = threading.Event()
+def load():
+    while not stop.is_set():
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", "/"); body = c.getresponse().read().decode(); c.close()
+            name = body.split()[2]
+            with lock: names[name] = names.get(name, 0) + 1; results["ok"] += 1
+        except Exception as e:
+            with lock: results["failed"] += 1
+            pass
+g1 = start("gen1")
+threads = [threading.Thread(target=load) for _ in range(4)]
+for t in threads: t.start()
+time.sleep(0.7)
+g2 = start("gen2")
+time.sleep(0.3)
+g1.send_signal(signal.SIGTERM); g1.wait(timeout=20)
+time.sleep(0.7)
+stop.set()
+for t in threads: t.join()
+g2.send_signal(signal.SIGTERM); g2.wait(timeout=20)
+os.unlink(path)
+print("ok", results["ok"], "failed", results["failed"], "gen1", names.get("gen1", 0), "gen2", names.get("gen2", 0), "exit", g1.returncode, g2.returncode, flush=True)
+"""#
