@@ -1,6 +1,5 @@
-// nio-hello with one listener shared by all event loops, with one SO_REUSEPORT listener per loop (plain, and
-// with CPU steering), and nginx with `listen ... reuseport` as the reference, side by side in one run on
-// loopback. Load from wrk: a keep-alive run (requests per second, p99) and a run with `Connection: close`
+// nio-hello with one listener shared by all event loops and with one SO_REUSEPORT listener per loop, and
+// nginx with `listen ... reuseport` as the reference, side by side in one run on loopback. Load from wrk: a keep-alive run (requests per second, p99) and a run with `Connection: close`
 // (a new connection per request: connections per second, p99, and how evenly the connections spread over
 // the loops or workers, max/min). Rounds interleave the servers, in a different order each round.
 //
@@ -182,8 +181,6 @@ func wrkRun(port: Int, connections: Int, close: Bool, seconds: Int = seconds) ->
 let servers = [
     nio("(a) NIO, one listener for all loops", ["--layout", "single"]),
     nio("(b) NIO, one SO_REUSEPORT listener per loop", ["--layout", "per-loop"]),
-    nio("(b') per loop + SO_INCOMING_CPU, pinned loops", ["--layout", "per-loop", "--steering", "incoming-cpu"]),
-    nio("(b'') per loop + reuseport CBPF cpu % n", ["--layout", "per-loop", "--steering", "reuseport-cbpf"]),
     nginxServer,
 ]
 
@@ -248,6 +245,4 @@ func ratio(_ results: [Measured], _ numerator: Int, _ denominator: Int, _ value:
 say("")
 say("median of per-round ratios | keep-alive req/s | close conn/s")
 say("(b) per loop / (a) one listener | \(ratio(results, 1, 0, \.keepAlive)) | \(ratio(results, 1, 0, \.close))")
-say("(b') SO_INCOMING_CPU / (b) | \(ratio(results, 2, 1, \.keepAlive)) | \(ratio(results, 2, 1, \.close))")
-say("(b'') CBPF / (b) | \(ratio(results, 3, 1, \.keepAlive)) | \(ratio(results, 3, 1, \.close))")
 say("(b) per loop / nginx | \(ratio(results, 1, nginxIndex, \.keepAlive)) | \(ratio(results, 1, nginxIndex, \.close))")

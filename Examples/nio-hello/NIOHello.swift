@@ -66,15 +66,6 @@ struct NIOHello: AsyncParsableCommand {
     @Option(help: "Event loops (threads); the number of CPUs by default.")
     var threads = System.coreCount
 
-    @Option(help: "Linux: steer connections to loops by CPU: none, incoming-cpu or reuseport-cbpf (pins the loops).",
-        transform: { text in
-            guard let steering = CPUSteering(rawValue: text) else {
-                throw ValidationError("unknown steering \"\(text)\": use none, incoming-cpu or reuseport-cbpf")
-            }
-            return steering
-        })
-    var steering = CPUSteering.none
-
     @Option(help: "The name in each answer.")
     var name = "nio-hello"
 
@@ -93,7 +84,7 @@ struct NIOHello: AsyncParsableCommand {
         let server: PortReuseServer
         do {
             server = try await PortReuseServer.activated(
-                named: socketName, orBind: listen, policy: policy, layout: layout, group: group, steering: steering
+                named: socketName, orBind: listen, policy: policy, layout: layout, group: group
             ) { channel in
                 state.accepted(channel)
                 return channel.eventLoop.makeCompletedFuture {

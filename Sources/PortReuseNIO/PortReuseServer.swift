@@ -33,7 +33,7 @@ public struct PortReuseServer: Sendable {
 
     /// SwiftNIO's server channels, one per listening socket that this process bound, in the order of the
     /// group's event loops. Sockets handed over by socket activation have none: PortReuseNIO accepts from
-    /// them itself (see ``activated(named:orBind:policy:layout:group:backlog:steering:childChannelInitializer:)``).
+    /// them itself (see ``activated(named:orBind:policy:layout:group:backlog:childChannelInitializer:)``).
     public let channels: [any Channel]
     /// The accept loops of handed-over sockets.
     private let acceptors: [SharedSocketAcceptor]
@@ -58,7 +58,6 @@ public struct PortReuseServer: Sendable {
     ///   - group: the event loops; each gets a listener with ``Layout/listenerPerLoop``.
     ///   - backlog: the accept queue length of each listener; `SOMAXCONN` by default.
     ///   - dualStack: for an IPv6 address, accept IPv4 connections too.
-    ///   - steering: Linux only: how to steer connections to loops by CPU (see ``CPUSteering``); none by default.
     ///   - childChannelInitializer: sets up each accepted connection's pipeline, on the connection's loop.
     /// - Throws: ``PortReuseError`` for an invalid address, a policy that cannot share, or a port that cannot be
     ///   bound (it names the holder); SwiftNIO's errors when a channel cannot be registered. Listeners bound
@@ -70,7 +69,6 @@ public struct PortReuseServer: Sendable {
         group: MultiThreadedEventLoopGroup,
         backlog: Int32? = nil,
         dualStack: Bool = false,
-        steering: CPUSteering = .none,
         childChannelInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) async throws -> PortReuseServer {
         let loops = Array(group.makeIterator())
@@ -80,10 +78,6 @@ public struct PortReuseServer: Sendable {
                 "one listener per event loop (\(count) loops) needs SO_REUSEPORT, which the \(policy) policy does not set: "
                     + "use the shared policy, or the single-listener layout."))
         }
-        if steering != .none && count < 2 {
-            throw PortReuseError(.bind, address: address, diagnosis: .other(
-                "CPU steering chooses between the listeners of several loops: use the per-loop layout with more than one loop."))
-        }
         var listeners: [Listener] = []
         do {
             let first = try Listener(tcp: address, policy: policy, backlog: backlog, dualStack: dualStack)
@@ -91,7 +85,6 @@ public struct PortReuseServer: Sendable {
             for _ in 1..<max(count, 1) {
                 listeners.append(try Listener(address: first.localAddress, policy: policy, backlog: backlog, dualStack: dualStack))
             }
-            try await steering.apply(to: listeners, loops: loops)
         } catch {
             listeners.forEach { $0.close() }
             throw error
@@ -100,8 +93,9 @@ public struct PortReuseServer: Sendable {
             childChannelInitializer: childChannelInitializer)
     }
 
-    /// Serves the listening sockets that socket activation handed over (named `name`, or every listening one),
-    /// or, when this process was not activated, binds them as ``bind(tcp:policy:layout:group:backlog:dualStack:steering:childChannelInitializer:)``
+    /// Serves the listening sockets that socket activation handed over (every one named `name`, or the first
+    /// listening one when `name` is `nil`),
+    /// or, when this process was not activated, binds them as ``bind(tcp:policy:layout:group:backlog:dualStack:childChannelInitializer:)``
     /// does. One line for a server that runs under `portreuse up`, under systemd, and alone.
     ///
     /// A supervisor usually hands over one socket, which it keeps open across reloads so that no queued
@@ -110,8 +104,7 @@ public struct PortReuseServer: Sendable {
     /// and hands the connections to the event loops in turn (``Layout/singleListener``, whatever `layout`
     /// says; ``layout`` tells which one was used). Several `SO_REUSEPORT` sockets of one `name` are spread
     /// across the loops with ``Layout/listenerPerLoop``. The socket is made non-blocking, as SwiftNIO makes
-    /// every socket it serves; that flag is shared by every process that holds the socket. `steering`
-    /// applies only when it binds by itself.
+    /// every socket it serves; that flag is shared by every process that holds the socket.
     ///
     /// - Throws: ``PortReuseError`` when the activation variables are malformed, when this process was
     ///   activated but none of its sockets is a listening TCP socket (of that name), or when the socket cannot
@@ -123,7 +116,6 @@ public struct PortReuseServer: Sendable {
         layout: Layout = .listenerPerLoop,
         group: MultiThreadedEventLoopGroup,
         backlog: Int32? = nil,
-        steering: CPUSteering = .none,
         childChannelInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) async throws -> PortReuseServer {
         var adopted: [Listener] = []
@@ -146,7 +138,7 @@ public struct PortReuseServer: Sendable {
                         + (name == nil ? "." : " with that name (FileDescriptorName=, NAME= in --listen NAME=ADDR).")))
             }
             return try await bind(tcp: address, policy: policy, layout: layout, group: group, backlog: backlog,
-                steering: steering, childChannelInitializer: childChannelInitializer)
+                childChannelInitializer: childChannelInitializer)
         }
         // A handed-over socket is shared with the supervisor and with the other generations of this server:
         // PortReuseNIO's own accept loop serves it (see SharedSocketAcceptor for why not SwiftNIO's).

@@ -258,23 +258,6 @@ struct PortReuseNIOTests {
         #expect(result.output.contains("portreuse up --listen"))
         #expect(!result.output.contains("serving on"))
     }
-
-    @Test("steering by CPU: both kinds still reach every listener and refuse a single listener",
-        arguments: [CPUSteering.incomingCPU, .reuseportCBPF])
-    func steering(_ steering: CPUSteering) async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        defer { group.shutdownGracefully { _ in } }
-        let counter = PerLoop(group)
-        let server = try await PortReuseServer.bind(tcp: "127.0.0.1:0", group: group, steering: steering) { greet($0, counter) }
-        #expect(try connect(20, port: server.localAddress.port).allSatisfy { $0 == "hello" })
-        #expect(await counter.wait(for: 20).reduce(0, +) == 20)
-        await server.close()
-        await #expect(throws: PortReuseError.self) {
-            _ = try await PortReuseServer.bind(tcp: "127.0.0.1:0", layout: .singleListener, group: group, steering: steering) {
-                $0.eventLoop.makeSucceededVoidFuture()
-            }
-        }
-    }
 }
 
 /// Counts the datagrams that reach a channel, by its loop.
