@@ -88,7 +88,8 @@ struct NIOHello: AsyncParsableCommand {
             ) { channel in
                 state.accepted(channel)
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    // No pipelining assistance: HelloHandler answers each request as it ends, so answers keep the order.
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: false)
                     try channel.pipeline.syncOperations.addHandler(HelloHandler(answer: answer))
                 }
             }
@@ -178,15 +179,33 @@ final class ServerState: Sendable {
 /// The event that tells each connection's handler that the server stops.
 struct Drain {}
 
-/// What every request gets.
+/// What every request gets: the greeting is made once, and each answer shares its bytes.
 struct Answer: Sendable {
-    let name: String
     let state: ServerState
     let stats: Bool
+    let greeting: ByteBuffer
+    let headers: HTTPHeaders
+    let closingHeaders: HTTPHeaders
 
-    func body(for uri: String) -> String {
-        if stats && uri == "/stats" { return state.perLoop.map(String.init).joined(separator: " ") + "\n" }
-        return "hello from \(name) pid \(getpid())\n"
+    init(name: String, state: ServerState, stats: Bool) {
+        self.state = state
+        self.stats = stats
+        greeting = ByteBuffer(string: "hello from \(name) pid \(getpid())\n")
+        headers = Self.headers(length: greeting.readableBytes, closing: false)
+        closingHeaders = Self.headers(length: greeting.readableBytes, closing: true)
+    }
+
+    static func headers(length: Int, closing: Bool) -> HTTPHeaders {
+        HTTPHeaders([("Content-Type", "text/plain"), ("Content-Length", "\(length)")] + (closing ? [("Connection", "close")] : []))
+    }
+
+    /// The headers and the body for a request.
+    func response(for uri: String, closing: Bool) -> (HTTPHeaders, ByteBuffer) {
+        if stats && uri == "/stats" {
+            let body = ByteBuffer(string: state.perLoop.map(String.init).joined(separator: " ") + "\n")
+            return (Self.headers(length: body.readableBytes, closing: closing), body)
+        }
+        return (closing ? closingHeaders : headers, greeting)
     }
 }
 
@@ -219,13 +238,10 @@ final class HelloHandler: ChannelInboundHandler {
             guard let head = pending else { return }
             pending = nil
             served += 1
-            let body = answer.body(for: head.uri)
             let keepAlive = head.isKeepAlive && !answer.state.draining.load(ordering: .relaxed)
-            var headers = HTTPHeaders([("Content-Type", "text/plain"), ("Content-Length", "\(body.utf8.count)")])
-            if !keepAlive { headers.add(name: "Connection", value: "close") }
-            let response = HTTPResponseHead(version: head.version, status: .ok, headers: headers)
-            context.write(wrapOutboundOut(.head(response)), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+            let (headers, body) = answer.response(for: head.uri, closing: !keepAlive)
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
             if !keepAlive {
                 let channel = context.channel
