@@ -15,6 +15,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
     ],
     targets: [
@@ -36,6 +37,7 @@ let package = Package(
             dependencies: [
                 "PortReuse",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // C only, and linked against libc alone: it is loaded into programs that know nothing of Swift.
@@ -94,6 +96,8 @@ let package = Package(
         .executableTarget(name: "shim-bench", dependencies: ["PortReuse", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/shim-bench"),
         // swift build -c release && .build/release/who-bench
         .executableTarget(name: "who-bench", dependencies: ["BenchmarkSupport"], path: "Benchmarks/who-bench"),
+        // swift build -c release && .build/release/reload-bench
+        .executableTarget(name: "reload-bench", dependencies: ["PortReuse", "BenchmarkSupport"], path: "Benchmarks/reload-bench"),
         // apt-get install wrk nginx-light; swift build -c release --product nio-hello
         // swift build -c release --product nio-bench && .build/release/nio-bench
         .executableTarget(name: "nio-bench", dependencies: ["BenchmarkSupport"], path: "Benchmarks/nio-bench"),

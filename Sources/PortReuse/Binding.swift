@@ -3,18 +3,22 @@ import SystemPackage
 extension SocketHandle {
     /// socket, the policy's options, IPV6_V6ONLY, bind: the one path every bound socket of PortReuse takes.
     /// A failed bind comes back diagnosed (who holds the port, a privileged port, an address not on this machine).
+    /// `options` replaces the policy's row (multicast and broadcast receivers read their own row); `prepare`
+    /// sets further options before the bind.
     static func bound(
-        to address: SocketAddress, transport: Transport, policy: SharingPolicy, dualStack: Bool
+        to address: SocketAddress, transport: Transport, policy: SharingPolicy, dualStack: Bool,
+        options: ReuseOptions? = nil, prepare: (SocketHandle) throws(PortReuseError) -> Void = { _ in }
     ) throws(PortReuseError) -> SocketHandle {
         if dualStack && address.family != .ipv6 {
             throw PortReuseError(.bind, address: address.label(transport), diagnosis: .dualStackNeedsIPv6)
         }
         let descriptor = try retryingInterrupts(.socket, address.label(transport)) { Sys.socket(address.family, transport) }
         let handle = SocketHandle(adopting: descriptor)
-        try handle.enable(SharingTable.current.options(policy, transport))
+        try handle.enable(options ?? SharingTable.current.options(policy, transport))
         if address.family == .ipv6 {
             try handle.setOption(Sys.ipv6Level, Sys.ipv6Only, dualStack ? 0 : 1, label: "IPV6_V6ONLY")
         }
+        try prepare(handle)
         do {
             try address.withSockAddr { (pointer, length) throws(PortReuseError) in
                 _ = try retryingInterrupts(.bind, address.label(transport)) { Sys.bind(descriptor, pointer, length) }

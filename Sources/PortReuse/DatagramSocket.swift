@@ -44,6 +44,13 @@ public final class DatagramSocket: SocketOwner {
         self.policy = policy
     }
 
+    /// Wraps a socket that was bound here (a multicast or broadcast receiver's).
+    init(handle: SocketHandle, localAddress: SocketAddress, policy: SharingPolicy) {
+        self.handle = handle
+        self.localAddress = localAddress
+        self.policy = policy
+    }
+
     /// Takes ownership of a bound UDP socket that this process received. Throws, and leaves the descriptor
     /// open and unowned, when it is not an IPv4/IPv6 UDP socket.
     public init(adopting descriptor: SocketDescriptor) throws(PortReuseError) {

@@ -6,6 +6,8 @@ public struct PortReuseError: Error, Sendable, CustomStringConvertible {
     /// The operation that failed; for system calls, the call.
     public enum Operation: Sendable, Hashable, CustomStringConvertible {
         case parse, resolve, socket, bind, listen, accept, connect, send, receive, localAddress, adopt, activation, notify
+        /// Reading the interfaces (`getifaddrs`) or choosing one.
+        case interfaces
         /// `setsockopt` with the option's C name.
         case setOption(String)
         /// `getsockopt` with the option's C name.
@@ -26,6 +28,7 @@ public struct PortReuseError: Error, Sendable, CustomStringConvertible {
             case .adopt: "adopt"
             case .activation: "socket activation"
             case .notify: "sd_notify"
+            case .interfaces: "interfaces"
             case .setOption(let name): "setsockopt \(name)"
             case .getOption(let name): "getsockopt \(name)"
             }
@@ -102,6 +105,15 @@ public enum Diagnosis: Sendable, Hashable {
     case timedOut(seconds: Double)
     /// The descriptor is not what the operation needs; `reason` says what it is.
     case unusableDescriptor(reason: String)
+    /// A multicast receiver was given an address that is not a multicast group.
+    case notMulticastGroup(IPAddress)
+    /// A receiver was given an IPv4 address that is neither a multicast group nor a broadcast address here;
+    /// `broadcastAddresses` lists the subnets' broadcast addresses there are.
+    case notGroupAddress(IPAddress, broadcastAddresses: [IPAddress])
+    /// A broadcast receiver was given an address that is not a broadcast address here; `known` lists those there are.
+    case notBroadcastAddress(IPAddress, known: [IPAddress])
+    /// No interface has this name, index or address; `known` lists the names there are.
+    case unknownInterface(given: String, known: [String])
     /// Anything else, said in words.
     case other(String)
 
@@ -135,6 +147,20 @@ public enum Diagnosis: Sendable, Hashable {
             return "no answer within \(seconds) s."
         case .unusableDescriptor(let reason):
             return reason
+        case .notMulticastGroup(let ip):
+            return "\(ip) is not a multicast group address: IPv4 groups are 224.0.0.0 to 239.255.255.255 (239.0.0.0/8 "
+                + "is for an organisation's own use, as in 239.1.2.3:5000), IPv6 groups start with ff (ff15::1234 is "
+                + "site-local, ff02:: link-local, as in [ff15::1234]:5000)."
+        case .notGroupAddress(let ip, let known):
+            return "\(ip) is neither a multicast group nor a broadcast address: multicast groups are 224.0.0.0 to "
+                + "239.255.255.255 (as in 239.1.2.3:5000; IPv6 groups start with ff, as in [ff15::1234]:5000), broadcast "
+                + "addresses are 255.255.255.255" + known.map { ", \($0)" }.joined() + "."
+        case .notBroadcastAddress(let ip, let known):
+            return "\(ip) is not a broadcast address here: give 255.255.255.255 or the broadcast address of an "
+                + "interface's subnet" + (known.isEmpty ? " (no interface has one)." : " (\(known.map(\.description).joined(separator: ", ")))." )
+        case .unknownInterface(let given, let known):
+            return "no interface is named \"\(given)\" or has that index or address; "
+                + (known.isEmpty ? "this machine has none." : "the interfaces here are \(known.joined(separator: ", ")) (see `ip link`).")
         case .other(let text):
             return text
         }

@@ -51,7 +51,8 @@ public enum Readiness {
     }
 
     /// Sends the states in one datagram to `NOTIFY_SOCKET`. Returns false, and does nothing, when the variable
-    /// is unset (no supervisor listens); throws when it is set but the message cannot be delivered.
+    /// is unset (no supervisor listens); throws when it is set but the message cannot be delivered, also when
+    /// the supervisor's queue is full (it never blocks, as `sd_notify` does not wait for a slow reader).
     /// The corresponding C function is `sd_notify`.
     @discardableResult
     public static func notify(_ states: State...) throws(PortReuseError) -> Bool {

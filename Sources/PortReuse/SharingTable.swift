@@ -59,10 +59,28 @@ public struct SharingTable: Sendable {
         public var note: String?
     }
 
+    /// How receivers of a multicast group or of a broadcast address share their port: several sockets, each of
+    /// which gets every datagram sent to the group (the kernel copies it to each), unlike ``SharingPolicy/shared``
+    /// unicast sockets, between which it spreads datagrams. ``GroupReceiver`` reads it for the policy
+    /// ``SharingPolicy/shared``; the other policies keep their UDP rows.
+    public struct GroupRow: Sendable, Hashable {
+        /// The options set to 1 before `bind` on every receiver; every other option stays 0.
+        public var options: ReuseOptions
+        /// Whether receivers bind the group (or broadcast) address itself rather than the wildcard address: then a
+        /// unicast datagram to the port never reaches them, and a socket bound beside them takes nothing from them.
+        public var bindsGroupAddress: Bool
+        /// Whether a process of another (non-root) user could bind a receiver beside these.
+        public var otherUsersMayJoin: Bool
+        /// What a user should know: the hijack trade-off on this system.
+        public var note: String
+    }
+
     /// The system this table describes.
     public let system: OperatingSystem
     /// Every policy for both transports.
     public let rows: [Row]
+    /// Multicast and broadcast receivers that share a port (policy ``SharingPolicy/shared``).
+    public let groupReceivers: GroupRow
 
     /// The row for a policy and a transport.
     public func row(_ policy: SharingPolicy, _ transport: Transport) -> Row {
@@ -75,6 +93,13 @@ public struct SharingTable: Sendable {
     /// The options to set for a policy and a transport.
     public func options(_ policy: SharingPolicy, _ transport: Transport) -> ReuseOptions {
         row(policy, transport).options
+    }
+
+    /// The options of a multicast or broadcast receiver: ``groupReceivers`` for ``SharingPolicy/shared``, the
+    /// policy's UDP row for every other policy (``SharingPolicy/unsafeAnyUser`` joins receivers of any user that set
+    /// `SO_REUSEADDR`, as most multicast programs do).
+    public func groupReceiverOptions(_ policy: SharingPolicy) -> ReuseOptions {
+        policy == .shared ? groupReceivers.options : options(policy, .udp)
     }
 
     /// The table of the system this program runs on.
@@ -108,7 +133,11 @@ public struct SharingTable: Sendable {
             note: "Linux never lets another user's TCP socket share a live listener: this is the same as shared"),
         Row(policy: .unsafeAnyUser, transport: .udp, options: [.reuseAddress, .reusePort], otherUsersMayJoin: true,
             note: udpHijack),
-    ])
+    ], groupReceivers: GroupRow(
+        options: [.reusePort], bindsGroupAddress: true, otherUsersMayJoin: false,
+        note: "every receiver bound to the group address with SO_REUSEPORT gets every datagram of the group, and only "
+            + "the same user may join (SO_REUSEADDR would admit any user); receivers of programs that set only "
+            + "SO_REUSEADDR cannot bind beside them: use policy unsafe-any-user to join those"))
 
     /// macOS, FreeBSD and the other BSDs. `SO_REUSEPORT` lets live sockets share; the kernel refuses a
     /// different non-root user, except when both bind the wildcard address and the holder set `SO_REUSEPORT`.
@@ -126,7 +155,11 @@ public struct SharingTable: Sendable {
         Row(policy: .unsafeAnyUser, transport: .tcp, options: [.reuseAddress, .reusePort], otherUsersMayJoin: true),
         Row(policy: .unsafeAnyUser, transport: .udp, options: [.reuseAddress, .reusePort], otherUsersMayJoin: true,
             note: udpHijack),
-    ])
+    ], groupReceivers: GroupRow(
+        options: [.reusePort], bindsGroupAddress: true, otherUsersMayJoin: false,
+        note: "every receiver bound to the group address with SO_REUSEPORT gets every datagram of the group "
+            + "(on a multicast address BSD treats SO_REUSEADDR as SO_REUSEPORT); another user may join only "
+            + "when both bind the wildcard address"))
 
     /// Windows. `SO_REUSEADDR` lets any process of any user bind over a socket; `SO_EXCLUSIVEADDRUSE` stops it.
     public static let windows = SharingTable(system: .windows, rows: [
@@ -141,5 +174,9 @@ public struct SharingTable: Sendable {
         Row(policy: .exclusive, transport: .udp, options: [.exclusiveAddressUse], otherUsersMayJoin: false),
         Row(policy: .unsafeAnyUser, transport: .tcp, options: [.reuseAddress], otherUsersMayJoin: true),
         Row(policy: .unsafeAnyUser, transport: .udp, options: [.reuseAddress], otherUsersMayJoin: true, note: udpHijack),
-    ])
+    ], groupReceivers: GroupRow(
+        options: [.reuseAddress], bindsGroupAddress: false, otherUsersMayJoin: true,
+        note: "Windows binds receivers to the wildcard address (it refuses a multicast or broadcast address) and "
+            + "cannot restrict SO_REUSEADDR to one user: any process can bind the port too and take the unicast "
+            + "datagrams sent to it"))
 }

@@ -11,7 +11,7 @@ enum Sys {
 
     static func unixDatagramSocket() -> Descriptor {
         let s = Darwin.socket(AF_UNIX, SOCK_DGRAM, 0)
-        if s >= 0 { prepare(s) }
+        if s >= 0 { prepare(s); _ = setBlocking(s, false) }  // sd_notify never waits for a slow supervisor
         return s
     }
 
@@ -69,6 +69,29 @@ enum Sys {
     static func recv(_ s: Descriptor, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
         Darwin.recv(s, buffer.baseAddress, buffer.count, 0)
     }
+
+    // Multicast and broadcast: the same names in every platform file.
+    static let interfaceUp = IFF_UP
+    static let interfaceLoopback = IFF_LOOPBACK
+    static let interfaceMulticast = IFF_MULTICAST
+    static let interfaceBroadcast = IFF_BROADCAST
+    static let ipv6JoinGroup = IPV6_JOIN_GROUP
+    static let ipv6LeaveGroup = IPV6_LEAVE_GROUP
+
+    /// BSD takes a u_char for the IPv4 multicast TTL and loop options.
+    static func ipv4MulticastByte(_ value: UInt8) -> UInt8 { value }
+
+    /// ip_mreq names the interface by its IPv4 address; an interface without one cannot join an IPv4 group.
+    static func ipv4Membership(group: UInt32, on interface: NetworkInterface, join: Bool) -> RawOption? {
+        guard case .v4(let local)? = interface.address(.ipv4)?.storage else { return nil }
+        let request = ip_mreq(imr_multiaddr: in_addr(s_addr: group), imr_interface: in_addr(s_addr: local))
+        return RawOption(
+            level: IPPROTO_IP, name: join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP,
+            label: join ? "IP_ADD_MEMBERSHIP" : "IP_DROP_MEMBERSHIP", value: request)
+    }
+
+    /// BSD delivers only the groups a socket joined: nothing to switch off.
+    static func onlyJoinedGroups(_ family: AddressFamily) -> RawOption? { nil }
 
     static func recvfrom(
         _ s: Descriptor, _ buffer: UnsafeMutableRawBufferPointer, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import SystemPackage
 
 #if canImport(Glibc) || canImport(Darwin)
 /// A socket as the operating system names it: a file descriptor on Linux, macOS and the BSDs.
@@ -128,6 +129,99 @@ extension Sys {
             entry = current.pointee.ai_next
         }
         return found
+    }
+
+    /// The interfaces, with their flags and addresses. The corresponding C function is `getifaddrs`.
+    static func interfaces() throws(PortReuseError) -> [NetworkInterface] {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { throw PortReuseError(.interfaces, errno: Errno(rawValue: errno)) }
+        defer { freeifaddrs(list) }
+        var found: [NetworkInterface] = []
+        var entry = list
+        while let current = entry {
+            entry = current.pointee.ifa_next
+            let name = String(cString: current.pointee.ifa_name)
+            let flags = UInt32(current.pointee.ifa_flags)
+            if !found.contains(where: { $0.name == name }) {
+                let index = if_nametoindex(name)
+                guard index != 0 else { continue }
+                found.append(NetworkInterface(
+                    name: name, index: index, isUp: flags & UInt32(interfaceUp) != 0, isLoopback: flags & UInt32(interfaceLoopback) != 0,
+                    supportsMulticast: flags & UInt32(interfaceMulticast) != 0, supportsBroadcast: flags & UInt32(interfaceBroadcast) != 0))
+            }
+            let position = found.firstIndex { $0.name == name }!
+            if let address = socketAddress(current.pointee.ifa_addr) {
+                found[position].addresses.append(address.ip)
+                // The kernel routes the subnet's last address as broadcast whatever `brd` says (and many setups, such
+                // as `ip addr add 10.0.0.1/24`, set none), so it is computed from the netmask.
+                if case .v4(let raw) = address.ip.storage, flags & UInt32(interfaceBroadcast) != 0,
+                    case .v4(let mask)? = socketAddress(current.pointee.ifa_netmask)?.ip.storage,
+                    UInt32(bigEndian: mask).nonzeroBitCount < 31
+                {
+                    let broadcast = IPAddress(storage: .v4(raw | ~mask))
+                    if !found[position].broadcastAddresses.contains(broadcast) { found[position].broadcastAddresses.append(broadcast) }
+                }
+            }
+        }
+        return found
+    }
+
+    /// An AF_INET or AF_INET6 address that the system points to; `nil` for any other family or none.
+    private static func socketAddress(_ pointer: UnsafeMutablePointer<sockaddr>?) -> SocketAddress? {
+        guard let pointer else { return nil }
+        let family = Int32(pointer.pointee.sa_family)
+        let length = family == AF_INET ? MemoryLayout<sockaddr_in>.size : family == AF_INET6 ? MemoryLayout<sockaddr_in6>.size : 0
+        guard length > 0 else { return nil }
+        var storage = sockaddr_storage()
+        withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: pointer, count: length)) }
+        return readSockAddr(storage)
+    }
+
+    /// The option that joins (or leaves) `group` on `interface`: `IP_ADD_MEMBERSHIP`/`IP_DROP_MEMBERSHIP` with
+    /// the interface's IPv4 address for IPv4, `IPV6_JOIN_GROUP`/`IPV6_LEAVE_GROUP` with its index for IPv6.
+    static func membership(_ group: IPAddress, on interface: NetworkInterface, join: Bool) -> RawOption? {
+        switch group.storage {
+        case .v4(let raw):
+            return ipv4Membership(group: raw, on: interface, join: join)
+        case .v6:
+            var request = ipv6_mreq()
+            withUnsafeMutableBytes(of: &request.ipv6mr_multiaddr) { $0.copyBytes(from: group.bytes) }
+            request.ipv6mr_interface = interface.index
+            return RawOption(
+                level: Int32(IPPROTO_IPV6), name: join ? ipv6JoinGroup : ipv6LeaveGroup,
+                label: join ? "IPV6_JOIN_GROUP" : "IPV6_LEAVE_GROUP", value: request)
+        }
+    }
+
+    /// `IP_MULTICAST_TTL` or `IPV6_MULTICAST_HOPS`: how many routers a multicast datagram may cross.
+    static func multicastHops(_ family: AddressFamily, _ hops: UInt8) -> RawOption {
+        family == .ipv4
+            ? RawOption(level: Int32(IPPROTO_IP), name: IP_MULTICAST_TTL, label: "IP_MULTICAST_TTL", value: ipv4MulticastByte(hops))
+            : RawOption(level: Int32(IPPROTO_IPV6), name: IPV6_MULTICAST_HOPS, label: "IPV6_MULTICAST_HOPS", value: Int32(hops))
+    }
+
+    /// `IP_MULTICAST_LOOP` or `IPV6_MULTICAST_LOOP`: whether this host's own receivers get what it sends.
+    static func multicastLoopback(_ family: AddressFamily, _ on: Bool) -> RawOption {
+        family == .ipv4
+            ? RawOption(level: Int32(IPPROTO_IP), name: IP_MULTICAST_LOOP, label: "IP_MULTICAST_LOOP", value: ipv4MulticastByte(on ? 1 : 0))
+            : RawOption(level: Int32(IPPROTO_IPV6), name: IPV6_MULTICAST_LOOP, label: "IPV6_MULTICAST_LOOP", value: UInt32(on ? 1 : 0))
+    }
+
+    /// `IP_MULTICAST_IF` (the interface's IPv4 address) or `IPV6_MULTICAST_IF` (its index): where multicast
+    /// datagrams leave. `nil` for an IPv4 socket when the interface has no IPv4 address.
+    static func multicastInterface(_ family: AddressFamily, _ interface: NetworkInterface) -> RawOption? {
+        switch family {
+        case .ipv4:
+            guard case .v4(let raw)? = interface.address(.ipv4)?.storage else { return nil }
+            return RawOption(level: Int32(IPPROTO_IP), name: IP_MULTICAST_IF, label: "IP_MULTICAST_IF", value: in_addr(s_addr: raw))
+        case .ipv6:
+            return RawOption(level: Int32(IPPROTO_IPV6), name: IPV6_MULTICAST_IF, label: "IPV6_MULTICAST_IF", value: interface.index)
+        }
+    }
+
+    /// `SO_BROADCAST`: lets the socket send to a broadcast address.
+    static func broadcast(_ on: Bool) -> RawOption {
+        RawOption(level: SOL_SOCKET, name: SO_BROADCAST, label: "SO_BROADCAST", value: Int32(on ? 1 : 0))
     }
 
     /// The effective user id of this process.

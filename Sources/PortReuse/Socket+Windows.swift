@@ -91,6 +91,103 @@ enum Sys {
         Int(WinSDK.recvfrom(s, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(buffer.count), 0, a, l))
     }
 
+    // Multicast and broadcast: the same names as in Socket+POSIX.swift. Winsock's option structures are
+    // written as tuples of the same layout, which avoids spelling IN_ADDR's unions.
+
+    /// The adapters, with their state and addresses. The corresponding C function is `GetAdaptersAddresses`.
+    static func interfaces() throws(PortReuseError) -> [NetworkInterface] {
+        var size: ULONG = 16_384
+        var buffer: [UInt8] = []
+        var status: ULONG = ULONG(ERROR_BUFFER_OVERFLOW)
+        for _ in 0..<3 where status == ULONG(ERROR_BUFFER_OVERFLOW) {
+            buffer = [UInt8](repeating: 0, count: Int(size))
+            status = buffer.withUnsafeMutableBytes {
+                GetAdaptersAddresses(ULONG(AF_UNSPEC), ULONG(GAA_FLAG_SKIP_ANYCAST | GAA_FLAG_SKIP_DNS_SERVER), nil,
+                    $0.baseAddress!.assumingMemoryBound(to: IP_ADAPTER_ADDRESSES.self), &size)
+            }
+        }
+        guard status == ULONG(ERROR_SUCCESS) else {
+            throw PortReuseError(.interfaces, diagnosis: .other("GetAdaptersAddresses failed with error \(status)."))
+        }
+        var found: [NetworkInterface] = []
+        buffer.withUnsafeMutableBytes { bytes in
+            var entry: UnsafeMutablePointer<IP_ADAPTER_ADDRESSES>? = bytes.baseAddress!.assumingMemoryBound(to: IP_ADAPTER_ADDRESSES.self)
+            while let adapter = entry {
+                entry = adapter.pointee.Next
+                let name = String(decodingCString: adapter.pointee.FriendlyName, as: UTF16.self)
+                let index = adapter.pointee.IfIndex != 0 ? adapter.pointee.IfIndex : adapter.pointee.Ipv6IfIndex
+                var interface = NetworkInterface(
+                    name: name, index: UInt32(index), isUp: adapter.pointee.OperStatus == IfOperStatusUp,
+                    isLoopback: adapter.pointee.IfType == IFTYPE(IF_TYPE_SOFTWARE_LOOPBACK),
+                    supportsMulticast: adapter.pointee.Flags & ULONG(IP_ADAPTER_NO_MULTICAST) == 0,
+                    supportsBroadcast: adapter.pointee.IfType != IFTYPE(IF_TYPE_SOFTWARE_LOOPBACK))
+                var unicast = adapter.pointee.FirstUnicastAddress
+                while let address = unicast {
+                    unicast = address.pointee.Next
+                    guard let pointer = address.pointee.Address.lpSockaddr else { continue }
+                    let length = Int(address.pointee.Address.iSockaddrLength)
+                    var storage = sockaddr_storage()
+                    withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: pointer, count: min(length, $0.count))) }
+                    guard let ip = readSockAddr(storage)?.ip else { continue }
+                    interface.addresses.append(ip)
+                    let prefix = Int(address.pointee.OnLinkPrefixLength)
+                    if case .v4(let raw) = ip.storage, prefix < 31, interface.supportsBroadcast {
+                        let mask = prefix == 0 ? UInt32(0) : UInt32.max << UInt32(32 - prefix)
+                        interface.broadcastAddresses.append(IPAddress(storage: .v4(raw | ~mask.bigEndian)))
+                    }
+                }
+                found.append(interface)
+            }
+        }
+        return found
+    }
+
+    /// IP_ADD_MEMBERSHIP/IP_DROP_MEMBERSHIP (ip_mreq: the group and the interface's IPv4 address) or
+    /// IPV6_ADD_MEMBERSHIP/IPV6_DROP_MEMBERSHIP (ipv6_mreq: the group and the interface index).
+    static func membership(_ group: IPAddress, on interface: NetworkInterface, join: Bool) -> RawOption? {
+        switch group.storage {
+        case .v4(let raw):
+            guard case .v4(let local)? = interface.address(.ipv4)?.storage else { return nil }
+            return RawOption(
+                level: Int32(IPPROTO_IP.rawValue), name: join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP,
+                label: join ? "IP_ADD_MEMBERSHIP" : "IP_DROP_MEMBERSHIP", value: (raw, local))
+        case .v6(let high, let low, _):
+            return RawOption(
+                level: Int32(IPPROTO_IPV6.rawValue), name: join ? IPV6_ADD_MEMBERSHIP : IPV6_DROP_MEMBERSHIP,
+                label: join ? "IPV6_ADD_MEMBERSHIP" : "IPV6_DROP_MEMBERSHIP", value: (high, low, interface.index))
+        }
+    }
+
+    static func multicastHops(_ family: AddressFamily, _ hops: UInt8) -> RawOption {
+        family == .ipv4
+            ? RawOption(level: Int32(IPPROTO_IP.rawValue), name: IP_MULTICAST_TTL, label: "IP_MULTICAST_TTL", value: DWORD(hops))
+            : RawOption(level: Int32(IPPROTO_IPV6.rawValue), name: IPV6_MULTICAST_HOPS, label: "IPV6_MULTICAST_HOPS", value: DWORD(hops))
+    }
+
+    /// On Windows the loop option applies to the receiving socket.
+    static func multicastLoopback(_ family: AddressFamily, _ on: Bool) -> RawOption {
+        family == .ipv4
+            ? RawOption(level: Int32(IPPROTO_IP.rawValue), name: IP_MULTICAST_LOOP, label: "IP_MULTICAST_LOOP", value: DWORD(on ? 1 : 0))
+            : RawOption(level: Int32(IPPROTO_IPV6.rawValue), name: IPV6_MULTICAST_LOOP, label: "IPV6_MULTICAST_LOOP", value: DWORD(on ? 1 : 0))
+    }
+
+    static func multicastInterface(_ family: AddressFamily, _ interface: NetworkInterface) -> RawOption? {
+        switch family {
+        case .ipv4:
+            guard case .v4(let raw)? = interface.address(.ipv4)?.storage else { return nil }
+            return RawOption(level: Int32(IPPROTO_IP.rawValue), name: IP_MULTICAST_IF, label: "IP_MULTICAST_IF", value: raw)
+        case .ipv6:
+            return RawOption(level: Int32(IPPROTO_IPV6.rawValue), name: IPV6_MULTICAST_IF, label: "IPV6_MULTICAST_IF", value: DWORD(interface.index))
+        }
+    }
+
+    static func broadcast(_ on: Bool) -> RawOption {
+        RawOption(level: SOL_SOCKET, name: SO_BROADCAST, label: "SO_BROADCAST", value: DWORD(on ? 1 : 0))
+    }
+
+    /// Windows delivers only the groups a socket joined: nothing to switch off.
+    static func onlyJoinedGroups(_ family: AddressFamily) -> RawOption? { nil }
+
     static func setBlocking(_ s: Descriptor, _ blocking: Bool) -> Int32 {
         var nonBlocking: u_long = blocking ? 0 : 1
         return ioctlsocket(s, FIONBIO, &nonBlocking)

@@ -15,6 +15,21 @@ public struct ActivatedSocket: Sendable, Hashable {
     public let localAddress: SocketAddress?
     /// Whether it is a listening TCP socket.
     public let isListening: Bool
+
+    /// What an inherited descriptor is, read from the socket itself, without taking ownership of it (for a
+    /// supervisor that passes descriptors on). The corresponding C calls are `getsockopt(SO_TYPE)`,
+    /// `getsockname` and `getsockopt(SO_ACCEPTCONN)`.
+    public init(describing descriptor: SocketDescriptor, name: String) {
+        let probe = SocketHandle(adopting: descriptor)
+        defer { _ = probe.takeDescriptor() }
+        let transport = try? probe.transport()
+        let address = try? probe.localAddress()
+        self.descriptor = descriptor
+        self.name = name
+        self.transport = address == nil ? nil : transport
+        self.localAddress = address
+        self.isListening = transport == .tcp && (try? probe.option(Sys.solSocket, Sys.acceptConnections, label: "SO_ACCEPTCONN")) == 1
+    }
 }
 
 /// The receiving end of systemd socket activation: the sockets a supervisor opened for this process.
@@ -67,19 +82,8 @@ public enum SocketActivation {
                 throw PortReuseError(.activation, errno: Errno(rawValue: Sys.lastError()),
                     diagnosis: .other("LISTEN_FDS=\(count) names descriptor \(descriptor), which is not open."))
             }
-            return describe(descriptor, name: names[index])
+            return ActivatedSocket(describing: descriptor, name: names[index])
         }
-    }
-
-    /// What an inherited descriptor is, without taking ownership of it.
-    static func describe(_ descriptor: SocketDescriptor, name: String) -> ActivatedSocket {
-        let probe = SocketHandle(adopting: descriptor)
-        defer { _ = probe.takeDescriptor() }
-        let transport = try? probe.transport()
-        let address = try? probe.localAddress()
-        let listening = transport == .tcp && (try? probe.option(Sys.solSocket, Sys.acceptConnections, label: "SO_ACCEPTCONN")) == 1
-        return ActivatedSocket(
-            descriptor: descriptor, name: name, transport: address == nil ? nil : transport, localAddress: address, isListening: listening)
     }
 
     /// Adopts the first not yet adopted socket that matches; each socket is adopted at most once.

@@ -29,17 +29,32 @@ public struct SocketSharing: Sendable, Hashable {
     public var source: Source
     /// The verdict in words.
     public var verdict: String
+    /// Whether the socket is bound to a multicast group or an IPv4 broadcast address (`nil`: a unicast or
+    /// wildcard address). Such a socket receives only the datagrams sent to that address, and the kernel gives
+    /// each of them to every socket bound there: a socket bound beside it takes nothing from it.
+    public var groupKind: GroupReceiver.Kind?
 
     /// Whether another user could take this socket's traffic: another user may bind beside it (on Linux, a UDP
-    /// socket with `SO_REUSEADDR`; on Windows, any socket without `SO_EXCLUSIVEADDRUSE`).
-    public var hijackable: Bool { otherUsersMayJoin == true }
+    /// socket with `SO_REUSEADDR`; on Windows, any socket without `SO_EXCLUSIVEADDRUSE`), and the socket is not
+    /// bound to a group address, where a newcomer gets copies of the datagrams rather than the datagrams.
+    public var hijackable: Bool { otherUsersMayJoin == true && groupKind == nil }
 
     /// An answer from its parts.
-    public init(sameUserMayJoin: Bool?, otherUsersMayJoin: Bool?, source: Source, verdict: String) {
+    public init(sameUserMayJoin: Bool?, otherUsersMayJoin: Bool?, source: Source, verdict: String, groupKind: GroupReceiver.Kind? = nil) {
         self.sameUserMayJoin = sameUserMayJoin
         self.otherUsersMayJoin = otherUsersMayJoin
         self.source = source
         self.verdict = verdict
+        self.groupKind = groupKind
+    }
+
+    /// Whether a socket bound to `address` receives a group's datagrams only: a multicast group, or an IPv4
+    /// broadcast address of `interfaces` (read when `nil` and needed).
+    static func groupKind(of address: SocketAddress, transport: Transport, interfaces: [NetworkInterface]? = nil) -> GroupReceiver.Kind? {
+        guard transport == .udp, !address.ip.isUnspecified else { return nil }
+        if address.ip.isMulticast { return .multicast }
+        if address.family == .ipv4 && !address.ip.isLoopback && address.ip.isBroadcast(among: interfaces) { return .broadcast }
+        return nil
     }
 
     /// The sharing of `socket`, a listening or bound socket, among `bound`: every live listening or bound socket
@@ -95,10 +110,11 @@ public struct SocketSharing: Sendable, Hashable {
             }
         }
         let group = bound.filter { $0.state.isLive && $0.localAddress == socket.localAddress }
+        let kind = groupKind(of: socket.localAddress, transport: socket.transport)
         let verdict = Self.verdict(
             socket, group: group.isEmpty ? [socket] : group, sameUser: sameUser, otherUsers: otherUsers,
-            probed: probes, table: table, ownUID: ownUID)
-        return SocketSharing(sameUserMayJoin: sameUser, otherUsersMayJoin: otherUsers, source: source, verdict: verdict)
+            probed: probes, table: table, ownUID: ownUID, kind: kind)
+        return SocketSharing(sameUserMayJoin: sameUser, otherUsersMayJoin: otherUsers, source: source, verdict: verdict, groupKind: kind)
     }
 
     /// Whether a new socket of `uid` (`nil`: a stranger), setting every option that could help it, would be
@@ -119,10 +135,10 @@ public struct SocketSharing: Sendable, Hashable {
 
     private static func verdict(
         _ socket: PortHolder, group: [PortHolder], sameUser: Bool?, otherUsers: Bool?, probed: PortReport.Probes,
-        table: SharingTable, ownUID: UInt32
+        table: SharingTable, ownUID: UInt32, kind: GroupReceiver.Kind?
     ) -> String {
         let owner = socket.user.map { "user \($0)" } ?? socket.uid.map { "uid \($0)" } ?? "an unknown user"
-        if otherUsers == true {
+        if otherUsers == true && kind == nil {
             if socket.transport == .udp && table.system != .windows {
                 return "UDP socket bound with SO_REUSEADDR: any local user can bind this port and receive its datagrams"
             }
@@ -157,6 +173,24 @@ public struct SocketSharing: Sendable, Hashable {
             unknown = "its options cannot be read (run as root\(socket.uid == 0 || socket.uid == nil ? "" : " or as \(owner)"))"
         case .udp:
             unknown = "its options cannot be read without root, and a probe bind could take one of its datagrams"
+        }
+        if let kind {
+            let ip = socket.localAddress.ip
+            let what = kind == .multicast ? "multicast group \(ip)" : "broadcast address \(ip)"
+            let gets = group.count >= 2 ? "each gets every datagram sent to \(ip)" : "it gets every datagram sent to \(ip)"
+            let joining: String
+            switch (otherUsers, sameUser) {
+            case (true?, _):
+                joining = "a socket of any user can bind beside it (SO_REUSEADDR) and get copies of the same datagrams, "
+                    + "but takes none from it (bound to the group address, it gets no unicast datagrams to steal)"
+            case (_, true?):
+                joining = "another receiver of \(owner) can join (SO_REUSEPORT)"
+            case (_, false?):
+                joining = group.count >= 2 ? "no new receiver can join now" : "no other receiver can join (exclusive)"
+            case (_, nil):
+                joining = "whether another receiver of \(owner) can join is unknown: \(unknown)"
+            }
+            return "\(what), " + (holders.map { "shared by \($0)" } ?? "one receiver") + ": \(gets); \(joining)"
         }
         switch (holders, sameUser) {
         case (let holders?, true?):

@@ -17,7 +17,7 @@ struct PortReuseCommand: ParsableCommand {
             (udp:[::1]:53).
             """,
         version: version,
-        subcommands: [Run.self, Who.self]
+        subcommands: [Up.self, Run.self, Who.self, Listen.self, Send.self]
     )
 }
 

@@ -24,7 +24,7 @@ struct Who: ParsableCommand {
 
             Everything is read from the kernel: its socket tables, /proc/PID/fd, and a duplicate of each holder's socket (pidfd_getfd) for its exact options, which touches no traffic. That needs root (or the holder's user). Without it, who shows what it can see and says what is hidden, and learns how a TCP socket of your own user shares from a probe: a socket bound beside it that never listens, so it receives nothing, closed at once. A UDP probe cannot be that safe: a UDP socket receives as soon as it is bound, so a probe beside a SO_REUSEPORT group may be handed one of the group's datagrams, and one beside a SO_REUSEADDR socket takes every datagram while it exists. So who makes UDP probes only with --probe-udp.
 
-            Where a port can be hijacked (another user binds it and receives its traffic): on a UDP socket that set SO_REUSEADDR, since Linux checks no user for it. SO_REUSEPORT groups admit only sockets of the same user, and on Linux no other user can join a live TCP socket.
+            Where a port can be hijacked (another user binds it and receives its traffic): on a UDP socket that set SO_REUSEADDR, since Linux checks no user for it, unless the socket is bound to a multicast group or broadcast address: it then receives only datagrams sent to that address, of which every socket bound there gets a copy, so a socket bound beside it takes nothing from it (who says so, and does not call it hijackable). SO_REUSEPORT groups admit only sockets of the same user, and on Linux no other user can join a live TCP socket.
 
             Addresses: \(Address.acceptedForms). A port alone means TCP and UDP at every address; tcp4, tcp6, udp4 and udp6 keep one IP version; an address keeps the sockets that compete with a socket bound to it (the same address, or a wildcard on either side).
 
@@ -71,7 +71,10 @@ struct Who: ParsableCommand {
                                  "otherUsersMayJoin": bool or null,
                                  "hijackable": bool,
                                  "source": "options", "probe" or "rules",
-                                 "verdict": string}
+                                 "verdict": string,
+                                 "group": "multicast" or "broadcast" when
+                                 bound to such an address (every socket
+                                 there gets each datagram), else null}
 
             Examples:
               portreuse who 8080                 TCP and UDP port 8080
@@ -372,7 +375,7 @@ struct WhoOutput {
                     ("sharing", .object([
                         ("sameUserMayJoin", bool(sharing.sameUserMayJoin)), ("otherUsersMayJoin", bool(sharing.otherUsersMayJoin)),
                         ("hijackable", .bool(sharing.hijackable)), ("source", .string(sharing.source.rawValue)),
-                        ("verdict", .string(sharing.verdict)),
+                        ("verdict", .string(sharing.verdict)), ("group", string(sharing.groupKind?.rawValue)),
                     ])),
                 ])
             }

@@ -240,7 +240,7 @@ struct WhoTests {
                 "processesHidden", "processes", "sharing",
             ]),
             ("process", process, ["pid", "fd", "name", "uid", "user", "commandLine"]),
-            ("sharing", sharing(socket), ["sameUserMayJoin", "otherUsersMayJoin", "hijackable", "source", "verdict"]),
+            ("sharing", sharing(socket), ["sameUserMayJoin", "otherUsersMayJoin", "hijackable", "source", "verdict", "group"]),
         ]
         let help = try run([portreuse, "who", "--help"]).output
         let readme = try String(contentsOfFile: packageRoot + "/README.md", encoding: .utf8)

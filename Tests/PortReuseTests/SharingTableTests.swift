@@ -67,6 +67,27 @@ struct SharingTableTests {
         #expect(try datagram.reuseOptions() == SharingTable.linux.options(policy, .udp))
     }
 
+    @Test("multicast and broadcast receivers: Linux and BSD bind the group with SO_REUSEPORT; Windows the wildcard with SO_REUSEADDR")
+    func groupReceivers() {
+        for table in [SharingTable.linux, .darwin] {
+            #expect(table.groupReceivers.options == [.reusePort], "\(table.system)")
+            #expect(table.groupReceivers.bindsGroupAddress, "\(table.system)")
+            #expect(!table.groupReceivers.otherUsersMayJoin, "\(table.system)")
+            #expect(!table.groupReceivers.options.contains(.reuseAddress), "never SO_REUSEADDR on UDP unless asked")
+        }
+        let windows = SharingTable.windows.groupReceivers
+        #expect(windows.options == [.reuseAddress])
+        #expect(!windows.bindsGroupAddress)
+        #expect(windows.otherUsersMayJoin)
+        #expect(windows.note.contains("any process"))
+        for system in OperatingSystem.allCases {
+            let table = SharingTable.table(for: system)
+            #expect(table.groupReceiverOptions(.shared) == table.groupReceivers.options)
+            #expect(table.groupReceiverOptions(.exclusive) == table.options(.exclusive, .udp))
+            #expect(table.groupReceiverOptions(.unsafeAnyUser) == table.options(.unsafeAnyUser, .udp))
+        }
+    }
+
     @Test("option names")
     func names() {
         #expect(ReuseOptions([.reuseAddress, .reusePort]).description == "SO_REUSEADDR+SO_REUSEPORT")

@@ -150,3 +150,77 @@ public func run(_ arguments: [String], timeout: Double = 60, environment: [Strin
     child.process.waitUntilExit()
     return (child.process.terminationStatus, lines.joined(separator: "\n"))
 }
+
+/// A network namespace of its own for a test, so that multicast, broadcast and routes never touch the host's
+/// network: loopback up, and a veth pair `d0`/`d1` with `d0` at 10.9.0.1/24 and fd00::1/64, a route for IPv4
+/// multicast (224.0.0.0/4) on `d0`. An `unshare -n` shell holds it and dies with this value (or when the test
+/// process goes, as its stdin closes); the namespace dies with its last process and socket. Needs root.
+public final class NetworkNamespace: @unchecked Sendable {
+    /// The IPv4 address of `d0`.
+    public static let address = "10.9.0.1"
+    /// The broadcast address of `d0`'s subnet.
+    public static let broadcast = "10.9.0.255"
+    /// The IPv6 address of `d0`.
+    public static let address6 = "fd00::1"
+
+    private let holder: Child
+    /// The process that holds the namespace.
+    public let pid: Int32
+
+    public init() throws {
+        let script = """
+            set -e
+            ip link set lo up
+            ip link add d0 type veth peer name d1
+            ip link set d1 up
+            ip link set d0 up
+            ip addr add \(Self.address)/24 dev d0
+            ip -6 addr add \(Self.address6)/64 dev d0 nodad
+            ip route add 224.0.0.0/4 dev d0
+            echo ready
+            read -r _ || true
+            """
+        holder = try Child(["/usr/bin/unshare", "-n", "/bin/sh", "-c", script])
+        pid = holder.process.processIdentifier
+        let ready = holder.line(timeout: 10)
+        try #require(ready == "ready", "the network namespace was not set up (unshare -n, ip link add type veth)")
+    }
+
+    /// `arguments` run inside the namespace (through nsenter).
+    public func command(_ arguments: [String]) -> [String] {
+        ["/usr/bin/nsenter", "--net=/proc/\(pid)/ns/net", "--"] + arguments
+    }
+
+    /// Runs `body` on a thread of its own that entered the namespace (setns), and waits for it. Sockets made
+    /// there stay in the namespace, and may be used from any thread afterwards.
+    public func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
+        let box = ResultBox<T>()
+        let path = "/proc/\(pid)/ns/net"
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            defer { done.signal() }
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { box.result = .failure(NamespaceError(message: "open \(path): errno \(errno)")); return }
+            defer { close(fd) }
+            guard NetworkNamespace.setns(fd, NetworkNamespace.newNetwork) == 0 else { box.result = .failure(NamespaceError(message: "setns: errno \(errno)")); return }
+            box.result = Result { try body() }
+        }
+        thread.start()
+        done.wait()
+        return try box.result!.get()
+    }
+
+    // Glibc's module map hides setns (it needs _GNU_SOURCE), so it is looked up once.
+    private typealias SetNS = @convention(c) (Int32, Int32) -> Int32
+    private static let setns: SetNS = unsafeBitCast(dlsym(dlopen(nil, RTLD_NOW), "setns")!, to: SetNS.self)
+    private static let newNetwork: Int32 = 0x4000_0000  // CLONE_NEWNET
+
+    private final class ResultBox<T>: @unchecked Sendable {
+        var result: Result<T, any Error>?
+    }
+
+    struct NamespaceError: Error, CustomStringConvertible {
+        var message: String
+        var description: String { message }
+    }
+}

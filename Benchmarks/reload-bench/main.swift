@@ -1,0 +1,294 @@
+// Restarts under load, four ways, in one run: 32 clients keep sending short HTTP requests to the hello
+// example while it is restarted 20 times per style; the table counts requests sent and failed, and the p99
+// latency, per style.
+//
+//   swift build -c release && .build/release/reload-bench [restarts] [clients]
+//
+// Styles: naive stop-then-start; SO_REUSEPORT overlap (start the new server, then stop the old one) with
+// net.ipv4.tcp_migrate_req=0 and =1; `portreuse up` (SIGHUP). Everything runs inside a network namespace of
+// its own (`unshare -n`, re-executed automatically; needs root), so the sysctl and the ports are private.
+// Also measured, under the same load, between up's reloads: hello's own start-up (spawn to READY=1, binding
+// by itself) against up's reload time (SIGHUP to up's READY=1), both read from a NOTIFY_SOCKET of this
+// benchmark.
+import BenchmarkSupport
+import Glibc
+import PortReuse
+import Synchronization
+
+let restarts = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 20 : 20
+let clients = CommandLine.arguments.count > 2 ? Int(CommandLine.arguments[2]) ?? 32 : 32
+
+func fail(_ message: String) -> Never {
+    FileDescriptorOutput.error("reload-bench: \(message)")
+    exit(1)
+}
+
+enum FileDescriptorOutput {
+    static func error(_ text: String) { let bytes = Array((text + "\n").utf8); _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) } }
+    static func say(_ text: String) { let bytes = Array((text + "\n").utf8); _ = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) } }
+}
+let say = FileDescriptorOutput.say
+
+/// The folder of this executable: `portreuse` and `hello` are built beside it.
+let folder: String = {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    let path = String(decoding: buffer[0..<max(length, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+}()
+let hello = folder + "/hello"
+let portreuse = folder + "/portreuse"
+
+// MARK: A network namespace of our own
+
+if getenv("RELOAD_BENCH_IN_NAMESPACE") == nil {
+    guard geteuid() == 0 else { fail("needs root for a network namespace of its own (unshare -n)") }
+    for tool in [hello, portreuse] where access(tool, X_OK) != 0 { fail("\(tool) is missing: swift build -c release") }
+    setenv("RELOAD_BENCH_IN_NAMESPACE", "1", 1)
+    let arguments = ["/usr/bin/unshare", "-n", "/bin/sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""] + CommandLine.arguments
+    let argv = arguments.map { strdup($0) } + [nil]
+    execv(arguments[0], argv)
+    fail("cannot run unshare: \(String(cString: strerror(errno)))")
+}
+
+func sysctl(_ name: String, _ value: String) {
+    let path = "/proc/sys/" + name.replacingDots()
+    let fd = open(path, O_WRONLY)
+    guard fd >= 0 else { fail("cannot set \(name): \(String(cString: strerror(errno)))") }
+    _ = value.withCString { write(fd, $0, strlen($0)) }
+    close(fd)
+}
+
+extension String {
+    func replacingDots() -> String { String(map { $0 == "." ? "/" : $0 }) }
+}
+
+// MARK: Processes
+
+/// The benchmark's own NOTIFY_SOCKET: READY=1 from hello (alone) or from up.
+let notifyPath = "/tmp/reload-bench-\(getpid()).sock"
+let notify: Int32 = {
+    unlink(notifyPath)
+    let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(notifyPath.utf8)) }
+    let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+    guard bound == 0 else { fail("cannot bind \(notifyPath)") }
+    return fd
+}()
+
+/// Waits (at most `timeout` s) for a notify message containing `text`.
+func waitForNotify(_ text: String, timeout: Double = 30) -> Bool {
+    let deadline = now() + UInt64(timeout * 1e9)
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while now() < deadline {
+        var entry = pollfd(fd: notify, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, 100) > 0 else { continue }
+        let count = recv(notify, &buffer, buffer.count, 0)
+        if count > 0 && String(decoding: buffer[0..<count], as: UTF8.self).contains(text) { return true }
+    }
+    return false
+}
+
+func start(_ arguments: [String]) -> pid_t {
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)  // the servers' logs
+    var pid = pid_t()
+    let environment = ["NOTIFY_SOCKET=\(notifyPath)", "PATH=/usr/bin:/bin"]
+    let argv = arguments.map { strdup($0) } + [nil]
+    let envp = environment.map { strdup($0) } + [nil]
+    defer { (argv + envp).forEach { free($0) } }
+    guard posix_spawn(&pid, arguments[0], &actions, &attributes, argv, envp) == 0 else { fail("cannot start \(arguments[0])") }
+    return pid
+}
+
+func stopAndWait(_ pid: pid_t) {
+    kill(pid, SIGTERM)
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+}
+
+// MARK: Load
+
+final class Load: @unchecked Sendable {
+    let address: SocketAddress
+    let running = Atomic<Bool>(true)
+    let lock = Mutex<(sent: Int, failed: Int, latencies: [UInt64], errors: [String: Int])>((0, 0, [], [:]))
+    var threads: [pthread_t] = []
+
+    init(_ address: SocketAddress) { self.address = address }
+
+    func client() {
+        var latencies: [UInt64] = []
+        var sent = 0, failed = 0
+        var errors: [String: Int] = [:]
+        let request = Array("GET / HTTP/1.0\r\nHost: bench\r\n\r\n".utf8)
+        while running.load(ordering: .relaxed) {
+            let started = now()
+            sent += 1
+            do {
+                let connection = try Connection.dial(to: address, policy: .exclusive, timeout: .seconds(5))
+                try connection.send(request)
+                let response = try connection.receiveAll(timeout: .seconds(5))
+                connection.close()
+                guard response.starts(with: Array("HTTP/1.1 200".utf8)) else { throw PortReuseError(.receive, diagnosis: .other("empty or bad response")) }
+                latencies.append(now() - started)
+            } catch {
+                failed += 1
+                let word = (error as? PortReuseError)?.errno.map { $0.symbol } ?? "bad response"
+                errors[word, default: 0] += 1
+                usleep(1000)  // a client that failed tries again a millisecond later, not in a tight loop
+            }
+        }
+        lock.withLock {
+            $0.sent += sent
+            $0.failed += failed
+            $0.latencies += latencies
+            $0.errors.merge(errors, uniquingKeysWith: +)
+        }
+    }
+
+    func start() {
+        for _ in 0..<clients {
+            var thread = pthread_t()
+            let box = Unmanaged.passRetained(self)
+            pthread_create(&thread, nil, { pointer in
+                let load = Unmanaged<Load>.fromOpaque(pointer!).takeRetainedValue()
+                load.client()
+                return nil
+            }, box.toOpaque())
+            threads.append(thread)
+        }
+    }
+
+    func stop() -> (sent: Int, failed: Int, p99: Double, errors: [String: Int]) {
+        running.store(false, ordering: .relaxed)
+        for thread in threads { pthread_join(thread, nil) }
+        return lock.withLock { result in
+            let sorted = result.latencies.sorted()
+            let p99 = sorted.isEmpty ? 0 : Double(sorted[min(sorted.count - 1, sorted.count * 99 / 100)]) / 1e6
+            return (result.sent, result.failed, p99, result.errors)
+        }
+    }
+}
+
+func freePort() -> UInt16 {
+    guard let listener = try? Listener(tcp: "127.0.0.1:0", policy: .exclusive) else { fail("no free port") }
+    return listener.localAddress.port
+}
+
+func waitUntilAccepting(_ address: SocketAddress) {
+    for _ in 0..<500 {
+        if let connection = try? Connection.dial(to: address, policy: .exclusive, timeout: .seconds(1)) {
+            connection.close()
+            return
+        }
+        usleep(10_000)
+    }
+    fail("nothing accepts on \(address)")
+}
+
+let pause: useconds_t = 150_000  // between restarts: the load runs against a settled server too
+
+struct Row {
+    var style: String
+    var sent: Int
+    var failed: Int
+    var p99: Double
+    var errors: [String: Int]
+}
+
+func measure(_ style: String, setUp: (SocketAddress) -> Void, restart: (SocketAddress) -> Void, tearDown: () -> Void) -> Row {
+    let address = SocketAddress(ip: .loopbackIPv4, port: freePort())
+    setUp(address)
+    waitUntilAccepting(address)
+    let load = Load(address)
+    load.start()
+    usleep(pause)
+    for round in 1...restarts {
+        restart(address)
+        usleep(pause)
+        FileDescriptorOutput.error("\r\(style): restart \(round)/\(restarts)   ")
+    }
+    let result = load.stop()
+    tearDown()
+    FileDescriptorOutput.error("")
+    return Row(style: style, sent: result.sent, failed: result.failed, p99: result.p99, errors: result.errors)
+}
+
+// MARK: The styles
+
+var rows: [Row] = []
+var current: pid_t = 0
+
+rows.append(measure("naive stop-then-start", setUp: { address in
+    current = start([hello, "--listen", "\(address)", "--no-notify"])
+}, restart: { address in
+    stopAndWait(current)
+    current = start([hello, "--listen", "\(address)", "--no-notify"])
+    waitUntilAccepting(address)
+}, tearDown: { stopAndWait(current) }))
+
+for migrate in ["0", "1"] {
+    sysctl("net.ipv4.tcp_migrate_req", migrate)
+    rows.append(measure("SO_REUSEPORT overlap, tcp_migrate_req=\(migrate)", setUp: { address in
+        current = start([hello, "--listen", "\(address)", "--policy", "shared"])
+        _ = waitForNotify("READY=1")
+    }, restart: { address in
+        let next = start([hello, "--listen", "\(address)", "--policy", "shared"])
+        guard waitForNotify("READY=1") else { fail("hello did not become ready") }
+        stopAndWait(current)
+        current = next
+    }, tearDown: { stopAndWait(current) }))
+}
+sysctl("net.ipv4.tcp_migrate_req", "0")
+
+/// hello's own start-up, under the same load: spawn to READY=1, binding a port of its own.
+func helloStartup() -> Double {
+    let started = now()
+    let pid = start([hello, "--listen", "127.0.0.1:0"])
+    guard waitForNotify("READY=1") else { fail("hello did not become ready") }
+    let elapsed = Double(now() - started) / 1e6
+    stopAndWait(pid)
+    return elapsed
+}
+
+var reloadTimes: [Double] = []
+var startupTimes: [Double] = []
+rows.append(measure("portreuse up (SIGHUP)", setUp: { address in
+    current = start([portreuse, "up", "--listen", "\(address)", "--", hello])
+    guard waitForNotify("READY=1") else { fail("portreuse up did not become ready") }
+}, restart: { _ in
+    let started = now()
+    kill(current, SIGHUP)
+    guard waitForNotify("READY=1") else { fail("the reload did not finish") }
+    reloadTimes.append(Double(now() - started) / 1e6)
+    usleep(pause / 2)
+    startupTimes.append(helloStartup())
+}, tearDown: { stopAndWait(current) }))
+unlink(notifyPath)
+
+// MARK: The table
+
+say("")
+say("\(clients) clients, \(restarts) restarts per style, loopback in a network namespace of its own")
+say("")
+say("| style | requests sent | failed | p99 latency ms | failures |")
+say("|---|---|---|---|---|")
+for row in rows {
+    let errors = row.errors.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+    say("| \(row.style) | \(row.sent) | \(row.failed) | \(fixed(row.p99, 1)) | \(errors.isEmpty ? "-" : errors) |")
+}
+let reload = median(reloadTimes), startup = median(startupTimes)
+say("")
+say("| median of \(restarts) | ms |")
+say("|---|---|")
+say("| hello's own start-up under the same load (spawn to READY=1) | \(fixed(startup, 1)) |")
+say("| up's reload (SIGHUP to READY=1 of the new generation) | \(fixed(reload, 1)) |")
+say("| difference | \(fixed(reload - startup, 1)) |")

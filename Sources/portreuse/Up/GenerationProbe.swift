@@ -1,0 +1,160 @@
+import Glibc
+import PortReuse
+
+/// How `up --ready probe` learns that a new generation serves, on Linux.
+///
+/// First a cheap look that never touches traffic: is a thread of the generation blocked waiting for one of
+/// up's sockets, in `accept`, `epoll_wait` (on an epoll set that holds the socket), `poll` or `select` (with
+/// the socket among the descriptors), or `recv` for UDP? (`/proc/PID/task/TID/syscall`, `/proc/PID/fdinfo`,
+/// and for poll/select the descriptor set read from `/proc/PID/mem`.) Then the proof the issue asks for:
+/// a connection to the listener, accepted by the new generation. During the proof the other generations are
+/// paused (SIGSTOP, a millisecond or two; connections queue meanwhile and nothing is refused), because the
+/// kernel wakes the longest waiter first and would give the probe to the old generation.
+enum GenerationProbe {
+    /// The system calls a serving process waits in, by number on this architecture.
+    enum Wait {
+        case accept(descriptor: Int32)
+        case epoll(descriptor: Int32)
+        case poll(array: UInt64, count: Int)
+        case select(count: Int, readSet: UInt64)
+        case receive(descriptor: Int32)
+    }
+
+    /// What a thread waits for, from its system call number and arguments (`/proc/PID/task/TID/syscall`).
+    static func wait(_ number: Int, _ arguments: [UInt64]) -> Wait? {
+        let descriptor = Int32(truncatingIfNeeded: arguments[0])
+        #if arch(x86_64)
+        switch number {
+        case 43, 288: return .accept(descriptor: descriptor)  // accept, accept4
+        case 232, 281, 441: return .epoll(descriptor: descriptor)  // epoll_wait, epoll_pwait, epoll_pwait2
+        case 7, 271: return .poll(array: arguments[0], count: Int(arguments[1]))  // poll, ppoll
+        case 23, 270: return .select(count: Int(arguments[0]), readSet: arguments[1])  // select, pselect6
+        case 45, 47, 299: return .receive(descriptor: descriptor)  // recvfrom, recvmsg, recvmmsg
+        default: return nil
+        }
+        #elseif arch(arm64)
+        switch number {
+        case 202, 242: return .accept(descriptor: descriptor)
+        case 22, 441: return .epoll(descriptor: descriptor)
+        case 73: return .poll(array: arguments[0], count: Int(arguments[1]))
+        case 72: return .select(count: Int(arguments[0]), readSet: arguments[1])
+        case 207, 212, 243: return .receive(descriptor: descriptor)
+        default: return nil
+        }
+        #else
+        return nil
+        #endif
+    }
+
+    #if arch(x86_64) || arch(arm64)
+    static let architectureKnown = true
+    #else
+    static let architectureKnown = false
+    #endif
+
+    /// The processes of a process group (a generation: its leader and every worker it forked).
+    static func processes(inGroup group: pid_t) -> [pid_t] {
+        FileSystem.list("/proc").compactMap { entry -> pid_t? in
+            guard let pid = pid_t(entry), let stat = FileSystem.read("/proc/\(entry)/stat", count: 512) else { return nil }
+            // pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so count from the last ')'.
+            guard let close = stat.lastIndex(of: UInt8(ascii: ")")) else { return nil }
+            let fields = stat[(close + 1)...].split(separator: UInt8(ascii: " "))
+            guard fields.count > 2, let pgrp = pid_t(String(decoding: fields[2], as: UTF8.self)) else { return nil }
+            return pgrp == group ? pid : nil
+        }
+    }
+
+    /// Whether the /proc files the first look needs are there (not in every container).
+    static var canLook: Bool { architectureKnown && FileSystem.read("/proc/self/syscall", count: 16) != nil }
+
+    /// Whether a thread of a process in `group` is blocked waiting for the socket with inode `inode`.
+    static func isWaiting(group: pid_t, on inode: UInt64) -> Bool {
+        processes(inGroup: group).contains { pid in
+            FileSystem.list("/proc/\(pid)/task").contains { task in
+                guard let line = FileSystem.read("/proc/\(pid)/task/\(task)/syscall", count: 256) else { return false }
+                let fields = String(decoding: line, as: UTF8.self).split(separator: " ")
+                let arguments = fields.dropFirst().prefix(6).map { UInt64($0.dropFirst(2), radix: 16) ?? 0 }
+                guard let number = fields.first.flatMap({ Int($0) }), arguments.count == 6, let wait = wait(number, arguments) else { return false }
+                return isWaiting(pid: pid, wait, on: inode)
+            }
+        }
+    }
+
+    private static func isWaiting(pid: pid_t, _ wait: Wait, on inode: UInt64) -> Bool {
+        switch wait {
+        case .accept(let descriptor), .receive(let descriptor):
+            return socketInode(pid: pid, descriptor: descriptor) == inode
+        case .epoll(let descriptor):
+            // fdinfo of an epoll set: one "tfd: N events: … ino:HEX sdev:…" line per watched file.
+            guard let info = FileSystem.read("/proc/\(pid)/fdinfo/\(descriptor)", count: 65_536) else { return false }
+            let wanted = "ino:" + String(inode, radix: 16)
+            return String(decoding: info, as: UTF8.self).split(separator: "\n").contains {
+                $0.hasPrefix("tfd:") && $0.split(separator: " ").contains { $0 == wanted }
+            }
+        case .poll(let array, let count):
+            guard count > 0, count <= 65_536, let bytes = readMemory(pid: pid, at: array, count: count * 8) else { return false }
+            return (0..<count).contains { index in
+                let entry = bytes[(index * 8)..<(index * 8 + 8)]
+                let descriptor = entry.prefix(4).reversed().reduce(Int32(0)) { $0 << 8 | Int32($1) }
+                let events = Int16(entry[entry.startIndex + 4]) | Int16(entry[entry.startIndex + 5]) << 8
+                return events & Int16(POLLIN) != 0 && socketInode(pid: pid, descriptor: descriptor) == inode
+            }
+        case .select(let count, let readSet):
+            guard count > 0, count <= 65_536, readSet != 0, let bits = readMemory(pid: pid, at: readSet, count: (count + 7) / 8) else { return false }
+            return (0..<count).contains { (descriptor: Int) -> Bool in
+                let isSet = bits[descriptor / 8] & UInt8(1 << (descriptor % 8)) != 0
+                return isSet && socketInode(pid: pid, descriptor: Int32(descriptor)) == inode
+            }
+        }
+    }
+
+    /// The inode of the socket a process has at `descriptor`, from the `socket:[INODE]` link.
+    static func socketInode(pid: pid_t, descriptor: Int32) -> UInt64? {
+        var buffer = [CChar](repeating: 0, count: 64)
+        let length = readlink("/proc/\(pid)/fd/\(descriptor)", &buffer, buffer.count - 1)
+        guard length > 8 else { return nil }
+        let text = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard text.hasPrefix("socket:["), text.hasSuffix("]") else { return nil }
+        return UInt64(text.dropFirst(8).dropLast())
+    }
+
+    /// The inode of one of our own sockets.
+    static func inode(of descriptor: Int32) -> UInt64 {
+        var info = stat()
+        return fstat(descriptor, &info) == 0 ? UInt64(info.st_ino) : 0
+    }
+
+    private static func readMemory(pid: pid_t, at address: UInt64, count: Int) -> [UInt8]? {
+        FileSystem.read("/proc/\(pid)/mem", offset: Int(bitPattern: UInt(address)), count: count, exactly: true)
+    }
+
+    /// The proof: connects to `listener` and waits (at most `timeout` nanoseconds) until the connection is
+    /// accepted, that is until the kernel's socket for its server side has an inode (a queued connection has
+    /// none; `accept` gives it a file). `pause` groups are stopped meanwhile and always continued.
+    static func connectionIsAccepted(listener: SocketAddress, pausing groups: [pid_t], timeout: UInt64) -> Bool {
+        for group in groups { kill(-group, SIGSTOP) }
+        defer { for group in groups { kill(-group, SIGCONT) } }
+        let target = SocketAddress(ip: listener.ip.isUnspecified ? (listener.family == .ipv4 ? .loopbackIPv4 : .loopbackIPv6) : listener.ip, port: listener.port)
+        guard let probe = try? Connection.dial(to: target, timeout: .milliseconds(Int(timeout / 1_000_000))) else { return false }
+        let local = probe.localAddress
+        defer { probe.close() }
+        let deadline = Clock.now + timeout
+        while Clock.now < deadline {
+            let serverSide = PortHolder.find(port: listener.port, transport: .tcp, processes: false, options: false).first {
+                $0.remoteAddress?.port == local.port && $0.state != .listen
+            }
+            if let serverSide, serverSide.inode != 0 { return true }
+            usleep(500)
+        }
+        return false
+    }
+}
+
+/// The monotonic clock in nanoseconds.
+enum Clock {
+    static var now: UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    }
+}

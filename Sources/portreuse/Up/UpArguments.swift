@@ -1,0 +1,126 @@
+import ArgumentParser
+import Glibc
+import PortReuse
+
+/// `--listen [NAME=]ADDR`: a socket `up` opens once and hands to every generation.
+struct ListenSpec: Hashable, Sendable, CustomStringConvertible {
+    /// The name in `LISTEN_FDNAMES` (`unknown` when none is given, as systemd does).
+    var name: String
+    /// The address; TCP unless it says `udp:`.
+    var address: Address
+
+    static let defaultName = "unknown"
+
+    var transport: Transport { address.network?.transport ?? .tcp }
+
+    init(parsing text: String) throws {
+        var name = Self.defaultName, rest = Substring(text)
+        // NAME=ADDR; an address never contains '='.
+        if let equals = text.firstIndex(of: "=") {
+            name = String(text[..<equals])
+            rest = text[text.index(after: equals)...]
+            guard !name.isEmpty, name.count <= 255,
+                name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) })
+            else {
+                throw ValidationError(
+                    "--listen \(text): the name '\(name)' must be 1 to 255 letters, digits, '-', '_' or '.' (it goes into LISTEN_FDNAMES)")
+            }
+        }
+        do {
+            address = try Address(String(rest))
+        } catch {
+            throw ValidationError("--listen \(text): \(error)")
+        }
+        self.name = name
+    }
+
+    var description: String { name == Self.defaultName ? "\(address)" : "\(name)=\(address)" }
+}
+
+/// `--ready`: how `up` learns that a generation serves.
+enum ReadinessMode: Hashable, Sendable, CustomStringConvertible {
+    /// Notify if the child sends anything on NOTIFY_SOCKET, else probe.
+    case auto
+    /// Wait for `READY=1` on NOTIFY_SOCKET.
+    case notify
+    /// Wait until a connection to the first TCP listener is accepted by the new generation.
+    case probe
+    /// Wait a fixed time.
+    case delay(Double)
+
+    init(parsing text: String) throws {
+        switch text {
+        case "auto": self = .auto
+        case "notify": self = .notify
+        case "probe": self = .probe
+        default:
+            guard text.hasPrefix("delay:") else {
+                throw ValidationError("--ready \(text): expected auto, notify, probe or delay:SECONDS (as in delay:2 or delay:500ms)")
+            }
+            self = .delay(try Seconds(parsing: String(text.dropFirst(6)), option: "--ready delay").value)
+        }
+    }
+
+    var description: String {
+        switch self {
+        case .auto: "auto"
+        case .notify: "notify"
+        case .probe: "probe"
+        case .delay(let seconds): "delay:\(Seconds(seconds))"
+        }
+    }
+}
+
+/// A duration in seconds: `30`, `1.5`, `30s`, `500ms`, `2m`.
+struct Seconds: Hashable, Sendable, CustomStringConvertible {
+    var value: Double
+
+    init(_ value: Double) { self.value = value }
+
+    init(parsing text: String, option: String) throws {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60)]
+        var number = Substring(text), scale = 1.0
+        for (suffix, factor) in units where text.hasSuffix(suffix) {
+            number = text.dropLast(suffix.count)
+            scale = factor
+            break
+        }
+        guard let value = Double(number), value.isFinite, value >= 0, value * scale <= 86_400 else {
+            throw ValidationError("\(option) \(text): expected a duration such as 30, 1.5, 30s, 500ms or 2m (at most a day)")
+        }
+        self.value = value * scale
+    }
+
+    var nanoseconds: UInt64 { UInt64(value * 1e9) }
+
+    var description: String {
+        value < 1 && value > 0 ? "\(Int((value * 1000).rounded()))ms" : (value == value.rounded() ? "\(Int(value))s" : "\(value)s")
+    }
+}
+
+/// A signal by name (`TERM`, `SIGTERM`, `term`) or number.
+struct SignalName: Hashable, Sendable, CustomStringConvertible {
+    var number: Int32
+
+    static let table: [(String, Int32)] = [
+        ("HUP", SIGHUP), ("INT", SIGINT), ("QUIT", SIGQUIT), ("KILL", SIGKILL), ("USR1", SIGUSR1), ("USR2", SIGUSR2),
+        ("TERM", SIGTERM), ("WINCH", SIGWINCH), ("CONT", SIGCONT), ("STOP", SIGSTOP), ("ALRM", SIGALRM), ("PWR", SIGPWR),
+    ]
+
+    init(_ number: Int32) { self.number = number }
+
+    init(parsing text: String) throws {
+        var name = text.uppercased()
+        if name.hasPrefix("SIG") { name = String(name.dropFirst(3)) }
+        if let found = Self.table.first(where: { $0.0 == name }) {
+            number = found.1
+        } else if let value = Int32(text), value > 0, value < 65 {
+            number = value
+        } else {
+            throw ValidationError(
+                "--stop-signal \(text): not a signal; use a name such as TERM, INT, QUIT, USR1, WINCH, or a number from 1 to 64")
+        }
+    }
+
+    var description: String { Self.table.first { $0.1 == number }.map { "SIG" + $0.0 } ?? "signal \(number)" }
+}

@@ -1,0 +1,113 @@
+import FoundationEssentials
+import Glibc
+
+/// The `--reload`, `--status` and `--upgrade` side of `portreuse up`: talks to a running `up` through its
+/// pid file (signals) and its status file (what happened).
+struct UpClient {
+    let pidFile: String
+    /// How long to wait for a reload to finish.
+    let timeout: Double
+
+    static func readPID(_ path: String) -> pid_t? {
+        guard let bytes = FileSystem.read(path, count: 64) else { return nil }
+        return pid_t(String(decoding: bytes, as: UTF8.self).split(separator: "\n").first?.trimmingBlanks() ?? "")
+    }
+
+    func run(reload: Bool, status: Bool, json: Bool) throws(CommandFailure) {
+        guard let pid = Self.readPID(pidFile) else {
+            throw CommandFailure("cannot read a pid from \(pidFile): is portreuse up running with --pid-file \(pidFile)?")
+        }
+        guard kill(pid, 0) == 0 || errno == EPERM else {
+            throw CommandFailure("\(pidFile) names pid \(pid), which is not running (a stale pid file: portreuse up is not running)")
+        }
+        let statusPath = UpStatus.path(forPIDFile: pidFile)
+        guard let before = UpStatus.read(from: statusPath) else { throw CommandFailure("cannot read \(statusPath), which the running up writes") }
+        if status {
+            if json {
+                print(String(decoding: FileSystem.read(statusPath, count: 1 << 22) ?? [], as: UTF8.self), terminator: "")
+            } else {
+                print(Self.describe(before))
+            }
+        } else if reload {
+            try self.reload(pid: pid, before: before, statusPath: statusPath)
+        } else {
+            try upgrade(pid: pid, before: before, statusPath: statusPath)
+        }
+    }
+
+    private func reload(pid: pid_t, before: UpStatus, statusPath: String) throws(CommandFailure) {
+        let newest = before.generations.map(\.number).max() ?? 0
+        guard kill(pid, SIGHUP) == 0 else { throw CommandFailure("cannot signal pid \(pid): \(FileSystem.errorText())") }
+        let outcome: UpStatus.Reload = try wait(statusPath) { status in
+            guard !status.reloadPending, !status.generations.contains(where: { $0.state == "starting" }) else { return nil }
+            return status.reloads.last { $0.generation > newest }
+        }
+        let generation = "generation \(outcome.generation)"
+        if outcome.result == "ready" {
+            print("reloaded: \(generation) ready in \(Self.seconds(outcome.seconds))")
+        } else {
+            throw CommandFailure("reload failed: \(generation) \(outcome.result.dropFirst("failed: ".count)); the previous generation keeps serving")
+        }
+    }
+
+    private func upgrade(pid: pid_t, before: UpStatus, statusPath: String) throws(CommandFailure) {
+        guard kill(pid, SIGUSR2) == 0 else { throw CommandFailure("cannot signal pid \(pid): \(FileSystem.errorText())") }
+        let after: UpStatus = try wait(statusPath) { status in
+            status.upgrades > before.upgrades || status.upgradeFailures > before.upgradeFailures ? status : nil
+        }
+        guard after.upgrades > before.upgrades else {
+            throw CommandFailure("upgrade failed: the new binary did not start (see up's log); the running up carries on")
+        }
+        print("upgraded: portreuse up (pid \(pid)) runs the new binary; \(after.generations.count) generation(s) kept")
+    }
+
+    /// Reads the status file every 20 ms until `done` gives a value, at most `timeout` + 10 s.
+    private func wait<T>(_ path: String, until done: (UpStatus) -> T?) throws(CommandFailure) -> T {
+        let deadline = Clock.now + UInt64((timeout + 10) * 1e9)
+        while Clock.now < deadline {
+            if let status = UpStatus.read(from: path), let value = done(status) { return value }
+            usleep(20_000)
+        }
+        throw CommandFailure("no answer from portreuse up within \(Seconds(timeout + 10)) (see its log)")
+    }
+
+    static func seconds(_ value: Double) -> String {
+        value < 10 ? "\(Int((value * 1000).rounded())) ms" : "\(Int(value.rounded())) s"
+    }
+
+    static func age(_ value: Double) -> String {
+        switch value {
+        case ..<120: "\(Int(value)) s"
+        case ..<7200: "\(Int(value / 60)) min"
+        default: "\(Int(value / 3600)) h \(Int(value.truncatingRemainder(dividingBy: 3600) / 60)) min"
+        }
+    }
+
+    /// The human form of `--status`.
+    static func describe(_ status: UpStatus) -> String {
+        let now = Supervisor.wallClock()
+        var lines = ["portreuse up (pid \(status.pid)), running \(age(now - status.startedAt)): \(status.command.joined(separator: " "))"]
+        if status.stopping { lines.append("stopping") }
+        let sockets = status.sockets.enumerated().map { "\($1.name)=\($1.transport):\($1.address) (fd \(3 + $0))" }
+        lines.append("sockets: " + (sockets.isEmpty ? "none (--reuseport)" : sockets.joined(separator: ", ")))
+        let rows = [["generation", "pid", "state", "age", "ready after", "status"]] + status.generations.map { generation in
+            [String(generation.number), String(generation.pid), generation.state, age(generation.ageSeconds),
+             generation.readySeconds.map(seconds) ?? "-", generation.status ?? ""]
+        }
+        let widths = (0..<6).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            lines.append(String(Substring(zip(row, widths).map { $0.padding($1) }.joined(separator: "  ")).trimmingBlanks()))
+        }
+        let draining = status.generations.filter { $0.state == "draining" }.count
+        if draining > 0 { lines.append("\(draining) generation(s) draining") }
+        if status.reloadPending { lines.append("a reload is pending (requested while a generation was starting)") }
+        let failed = status.reloads.filter { $0.result != "ready" }.count
+        if let last = status.reloads.last {
+            lines.append("reloads: \(status.reloads.count) recorded, \(failed) failed; last: generation \(last.generation) \(last.result) after \(seconds(last.seconds))")
+        } else {
+            lines.append("reloads: none yet")
+        }
+        if status.upgrades + status.upgradeFailures > 0 { lines.append("upgrades in place: \(status.upgrades), failed: \(status.upgradeFailures)") }
+        return lines.joined(separator: "\n")
+    }
+}

@@ -1,0 +1,198 @@
+import Foundation
+import Glibc
+import PortReuse
+import Synchronization
+import TestSupport
+import Testing
+
+/// `portreuse up` in production: bursts of reloads, slow drains, systemd's notify protocol and sockets,
+/// UDP, and upgrading up itself.
+@Suite("portreuse up in production")
+struct UpProductionTests {
+    @Test("5 reloads in one second under load: nothing lost, coalesced, one serving generation at the end")
+    func burstOfReloads() throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello, "--startup-ms", "100"])
+        let address = try up.servingAddress()
+        let load = HTTPLoad(address, clients: 8)
+        for _ in 0..<5 {
+            up.signal(SIGHUP)
+            usleep(200_000)
+        }
+        let end = try #require(up.waitForStatus { !$0.reloadPending && $0.generations.count == 1 && $0.serving.first?.number ?? 0 > 1 && !$0.generations.contains { $0.state == "starting" } }, "\(up.logText)")
+        let (answered, failures) = load.stop()
+        #expect(failures.isEmpty, "\(failures.count) failed of \(answered + failures.count): \(failures.prefix(3))")
+        #expect(answered > 50)
+        // The first SIGHUP starts generation 2; those that arrive while a generation starts make one more reload.
+        #expect(end.serving[0].number >= 3 && end.serving[0].number <= 6, "\(up.logText)")
+        #expect(up.logText.contains("one more reload follows once it is ready"))
+        #expect(up.stop() == 0)
+    }
+
+    @Test("a slow old generation finishes its long request while two more reloads happen")
+    func slowDrainAcrossTwoReloads() throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--grace", "30", "--", hello, "--request-ms", "2500"])
+        let address = try up.servingAddress()
+        let first = try #require(up.status?.serving.first?.pid)
+        let answer = Mutex<String?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            answer.withLock { $0 = (try? httpGet(address)) ?? "failed" }
+            done.signal()
+        }
+        usleep(300_000)  // the request is accepted by generation 1
+        up.signal(SIGHUP)
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [2] } != nil)
+        up.signal(SIGHUP)
+        let during = up.waitForStatus { $0.serving.map(\.number) == [3] }
+        #expect(during?.generations.contains { $0.number == 1 && $0.state == "draining" } == true, "generation 1 still drains: \(up.logText)")
+        #expect(done.wait(timeout: .now() + 20) == .success)
+        #expect(answer.withLock { $0 } == "hello from hello pid \(first)\n")
+        #expect(up.waitForStatus { $0.generations.count == 1 } != nil)
+        #expect(up.logText.contains("generation 1 (pid \(first)) exited (exit status 0)"), "\(up.logText)")
+        #expect(up.stop() == 0)
+    }
+
+    @Test("under systemd: READY, RELOADING with MONOTONIC_USEC, READY, STOPPING, exactly as documented")
+    func notifyProtocol() throws {
+        let folder = try TemporaryFolder()
+        let path = folder.path + "/notify.sock"
+        let receiver = try UnixDatagramReceiver(path: path)
+        var environment = ProcessInfo.processInfo.environment
+        environment["NOTIFY_SOCKET"] = path
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello], environment: environment, folder: folder)
+        _ = try up.servingAddress()
+        let one = try #require(up.status?.serving.first?.pid)
+        #expect(receiver.next() == "READY=1\nSTATUS=serving: generation 1 (pid \(one))")
+        up.signal(SIGHUP)
+        let reloading = try #require(receiver.next())
+        let lines = reloading.split(separator: "\n")
+        #expect(lines.count == 3 && lines[0] == "RELOADING=1" && lines[1].hasPrefix("MONOTONIC_USEC=") && lines[2] == "STATUS=reloading", "\(reloading)")
+        let usec = try #require(UInt64(lines[1].dropFirst("MONOTONIC_USEC=".count)))
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        #expect(usec <= UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000)
+        let two = try #require(up.waitForStatus { $0.serving.map(\.number) == [2] }?.serving.first?.pid)
+        #expect(receiver.next() == "READY=1\nSTATUS=serving: generation 2 (pid \(two)), 1 draining")
+        #expect(up.stop() == 0)
+        #expect(receiver.next() == "STOPPING=1\nSTATUS=stopping")
+        #expect(receiver.next() == "STATUS=stopped")
+        #expect(receiver.next(timeout: 0.3) == nil, "nothing else")
+    }
+
+    @Test("under systemd-socket-activate: up uses the socket it is handed instead of opening its own",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-socket-activate"), "systemd-socket-activate is not installed"))
+    func socketsFromSystemd() throws {
+        let port = try freePort()
+        let up = try UpProcess(
+            ["--listen", "127.0.0.1:\(port)", "--", hello, "--name", "via-systemd"],
+            launcher: ["/usr/bin/systemd-socket-activate", "-l", "127.0.0.1:\(port)", "--fdname=web"])
+        var answer = ""
+        for _ in 0..<200 where answer.isEmpty {  // systemd-socket-activate starts up on the first connection
+            answer = (try? httpGet(SocketAddress(ip: .loopbackIPv4, port: port))) ?? ""
+            if answer.isEmpty { usleep(50_000) }
+        }
+        #expect(answer.hasPrefix("hello from via-systemd pid"), "\(up.logText)")
+        #expect(up.logText.contains("holding web=tcp:127.0.0.1:\(port)"), "the name comes from systemd: \(up.logText)")
+        #expect(up.stop() == 0)
+    }
+
+    static let udpCounter = """
+        import os, signal, socket, sys
+        sock = socket.fromfd(3, socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(0.05)
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+        signal.alarm(300)
+        out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ready.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+        while not stop:
+            try:
+                data = sock.recv(64)
+            except socket.timeout:
+                continue
+            os.write(out, data + b"\\n")
+        """
+
+    @Test("UDP: a numbered stream across 10 reloads; every datagram that reached the socket is read")
+    func udpAcrossReloads() throws {
+        let folder = try TemporaryFolder()
+        let received = folder.path + "/received"
+        let up = try UpProcess(["--listen", "udp:127.0.0.1:0", "--ready", "notify", "--", systemPython, "-c", Self.udpCounter, received], folder: folder)
+        let address = try up.servingAddress()
+        let sender = try DatagramSocket(udp: "127.0.0.1:0")
+        let total = 3000
+        let sent = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            for number in 0..<total {
+                try? sender.send(Array("\(number)".utf8), to: address)
+                usleep(1000)
+            }
+            sent.signal()
+        }
+        for number in 2...11 {
+            up.signal(SIGHUP)
+            #expect(up.waitForStatus { $0.serving.map(\.number) == [number] } != nil, "\(up.logText)")
+        }
+        #expect(sent.wait(timeout: .now() + 60) == .success)
+        var numbers = Set<Int>()
+        let deadline = Date().addingTimeInterval(10)
+        while numbers.count < total && Date() < deadline {
+            numbers = Set(((try? String(contentsOfFile: received, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int($0) })
+            usleep(50_000)
+        }
+        #expect(numbers.count == total, "lost \(total - numbers.count) of \(total) datagrams across 10 reloads")
+        #expect(up.stop() == 0)
+    }
+
+    @Test("up upgrades itself in place under load: no failed request, same up pid, the program keeps its pid")
+    func upgradeInPlace() throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello])
+        let address = try up.servingAddress()
+        let before = try #require(up.status)
+        let load = HTTPLoad(address, clients: 8)
+        #expect(up.waitForStatus { _ in load.count > 50 } != nil)
+        let upgrade = try capture([portreuse, "up", "--upgrade", "--pid-file", up.pidFile], timeout: 60)
+        #expect(upgrade.status == 0, "\(upgrade.stderr)\n\(up.logText)")
+        #expect(upgrade.output.hasPrefix("upgraded: portreuse up (pid \(up.pid)) runs the new binary"))
+        let after = try #require(up.waitForStatus { $0.upgrades == 1 })
+        #expect(after.pid == before.pid)
+        #expect(after.serving.map(\.pid) == before.serving.map(\.pid), "the program was not restarted")
+        let count = load.count
+        #expect(up.waitForStatus { _ in load.count > count + 50 } != nil)
+        // The upgraded up still reloads: it took over the sockets and the generations.
+        up.signal(SIGHUP)
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [2] && $0.generations.count == 1 } != nil, "\(up.logText)")
+        let (answered, failures) = load.stop()
+        #expect(failures.isEmpty, "\(failures.count) failed of \(answered + failures.count): \(failures.prefix(3))")
+        #expect(up.logText.contains("upgraded:"))
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+}
+
+/// A unix datagram socket that receives sd_notify messages, as systemd's NOTIFY_SOCKET does.
+final class UnixDatagramReceiver {
+    let descriptor: Int32
+
+    init(path: String) throws {
+        descriptor = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard bound == 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+    }
+
+    /// The next message, or nil after `timeout` seconds.
+    func next(timeout: Double = 20) -> String? {
+        var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        guard poll(&entry, 1, Int32(timeout * 1000)) > 0 else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let count = recv(descriptor, &buffer, buffer.count, 0)
+        return count > 0 ? String(decoding: buffer[0..<count], as: UTF8.self) : nil
+    }
+
+    deinit { close(descriptor) }
+}
