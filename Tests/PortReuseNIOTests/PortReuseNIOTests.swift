@@ -239,6 +239,37 @@ struct PortReuseNIOTests {
         #expect(line.hasSuffix("exit 0 0"), "both generations exited 0 (generation 1 drained): \(line)")
     }
 
+    @Test("nio-hello under portreuse up: two reloads while four clients run, and no request fails")
+    func reloadUnderUp() throws {
+        let portreuse = productsFolder + "/portreuse"
+        try #require(FileManager.default.isExecutableFile(atPath: portreuse), "portreuse is not built")
+        let port = try freePort()
+        let pidFile = NSTemporaryDirectory() + "portreuse-nio-up-\(getpid())-\(port).pid"
+        defer { unlink(pidFile) }
+        let up = try Child([portreuse, "up", "--listen", "127.0.0.1:\(port)", "--pid-file", pidFile, "--",
+            productsFolder + "/nio-hello", "--name", "gen"], discardingStandardError: true)
+        var first: String?
+        for _ in 0..<100 where first == nil {
+            first = try? httpGet(port: port, path: "/")
+            if first == nil { usleep(100_000) }
+        }
+        #expect(first?.contains("hello from gen pid") == true)
+        let load = try Child([systemPython, "-c", loadScript, "\(port)", "4"])
+        usleep(800_000)
+        for generation in 2...3 {
+            let reload = try run([portreuse, "up", "--reload", "--pid-file", pidFile], timeout: 30)
+            #expect(reload.status == 0)
+            #expect(reload.output.contains("reloaded: generation \(generation) ready"), "\(reload.output)")
+            usleep(500_000)
+        }
+        let line = try #require(load.line(timeout: 30))
+        #expect(line.hasPrefix("ok ") && line.contains(" failed 0 "), "\(line)")
+        #expect(line.hasSuffix(" servers 3"), "every generation served: \(line)")
+        kill(up.process.processIdentifier, SIGTERM)
+        up.process.waitUntilExit()
+        #expect(up.process.terminationStatus == 0)
+    }
+
     @Test("nio-hello alone binds one listener per loop")
     func exampleBindsItself() throws {
         let port = try freePort()
@@ -353,4 +384,25 @@ for t in threads: t.join()
 g2.send_signal(signal.SIGTERM); g2.wait(timeout=20)
 os.unlink(path)
 print("ok", results["ok"], "failed", results["failed"], "gen1", names.get("gen1", 0), "gen2", names.get("gen2", 0), "exit", g1.returncode, g2.returncode, flush=True)
+"""#
+
+/// Four clients that make requests on new connections to 127.0.0.1:argv[1] for argv[2] seconds, then print
+/// `ok N failed M servers K` (K: the distinct pids that answered).
+let loadScript = #"""
+import http.client, signal, sys, threading, time
+signal.alarm(60)
+port = int(sys.argv[1]); stop = time.time() + float(sys.argv[2])
+ok = [0]; failed = [0]; pids = set(); lock = threading.Lock()
+def run():
+    while time.time() < stop:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", "/"); body = c.getresponse().read().decode(); c.close()
+            with lock: ok[0] += 1; pids.add(body.split()[-1])
+        except Exception:
+            with lock: failed[0] += 1
+threads = [threading.Thread(target=run) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("ok %d failed %d servers %d" % (ok[0], failed[0], len(pids)), flush=True)
 """#
