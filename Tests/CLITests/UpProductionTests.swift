@@ -11,19 +11,21 @@ import Testing
 struct UpProductionTests {
     @Test("5 reloads in one second under load: nothing lost, coalesced, one serving generation at the end")
     func burstOfReloads() throws {
-        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello, "--startup-ms", "100"])
+        // Each generation takes 400 ms to start, and the SIGHUPs come 100 ms apart: all but the first arrive
+        // while generation 2 starts.
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello, "--startup-ms", "400"])
         let address = try up.servingAddress()
         let load = HTTPLoad(address, clients: 8)
         for _ in 0..<5 {
             up.signal(SIGHUP)
-            usleep(200_000)
+            usleep(100_000)
         }
         let end = try #require(up.waitForStatus { !$0.reloadPending && $0.generations.count == 1 && $0.serving.first?.number ?? 0 > 1 && !$0.generations.contains { $0.state == "starting" } }, "\(up.logText)")
         let (answered, failures) = load.stop()
         #expect(failures.isEmpty, "\(failures.count) failed of \(answered + failures.count): \(failures.prefix(3))")
         #expect(answered > 50)
         // The first SIGHUP starts generation 2; those that arrive while a generation starts make one more reload.
-        #expect(end.serving[0].number >= 3 && end.serving[0].number <= 6, "\(up.logText)")
+        #expect(end.serving[0].number == 3 || end.serving[0].number == 4, "\(up.logText)")
         #expect(up.logText.contains("one more reload follows once it is ready"))
         #expect(up.stop() == 0)
     }
