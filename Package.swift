@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "PortReuse", targets: ["PortReuse"]),
+        // SwiftNIO servers on PortReuse sockets: a policy for ServerBootstrap, one listener per event loop, adoption.
+        .library(name: "PortReuseNIO", targets: ["PortReuseNIO"]),
         .executable(name: "portreuse", targets: ["portreuse"]),
         // The LD_PRELOAD shim of `portreuse run`, libCReuseShim.so, built next to the portreuse executable.
         .library(name: "CReuseShim", type: .dynamic, targets: ["CReuseShim"]),
@@ -14,11 +16,21 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
     ],
     targets: [
         .target(
             name: "PortReuse",
             dependencies: [.product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // NIO lives here, never in PortReuse: the core library stays light.
+        .target(
+            name: "PortReuseNIO",
+            dependencies: [
+                "PortReuse",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .executableTarget(
             name: "portreuse",
@@ -48,6 +60,14 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["PortReuse"], path: "Tests/TestSupport"),
         .testTarget(name: "PortReuseTests", dependencies: ["PortReuse", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["PortReuse", "TestSupport"]),
+        .testTarget(
+            name: "PortReuseNIOTests",
+            dependencies: [
+                "PortReuseNIO", "TestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
 
         // The README's quick start, compiled and run by the tests so that it stays true.
         .executableTarget(name: "quickstart", dependencies: ["PortReuse"], path: "Examples/quickstart"),
@@ -56,6 +76,18 @@ let package = Package(
             name: "hello",
             dependencies: ["PortReuse", "DemoServer", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Examples/hello"
+        ),
+        // The same hello on SwiftNIO with PortReuseNIO: one listener per event loop, or adopted from `portreuse up`.
+        .executableTarget(
+            name: "nio-hello",
+            dependencies: [
+                "PortReuseNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/nio-hello"
         ),
 
         // Benchmarks: plain executables that print ratios measured side by side in one run.
@@ -69,6 +101,9 @@ let package = Package(
         .executableTarget(name: "who-bench", dependencies: ["BenchmarkSupport"], path: "Benchmarks/who-bench"),
         // swift build -c release && .build/release/reload-bench
         .executableTarget(name: "reload-bench", dependencies: ["PortReuse", "BenchmarkSupport"], path: "Benchmarks/reload-bench"),
+        // apt-get install wrk nginx-light; swift build -c release --product nio-hello
+        // swift build -c release --product nio-bench && .build/release/nio-bench
+        .executableTarget(name: "nio-bench", dependencies: ["BenchmarkSupport"], path: "Benchmarks/nio-bench"),
     ],
     swiftLanguageModes: [.v6]
 )

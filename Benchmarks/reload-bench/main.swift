@@ -29,13 +29,7 @@ enum FileDescriptorOutput {
 }
 let say = FileDescriptorOutput.say
 
-/// The folder of this executable: `portreuse` and `hello` are built beside it.
-let folder: String = {
-    var buffer = [CChar](repeating: 0, count: 4096)
-    let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-    let path = String(decoding: buffer[0..<max(length, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    return String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-}()
+let folder = executableFolder
 let hello = folder + "/hello"
 let portreuse = folder + "/portreuse"
 

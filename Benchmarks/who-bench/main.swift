@@ -25,13 +25,7 @@ func say(_ text: String) {
 }
 
 
-/// The folder of this executable: `portreuse` is built beside it.
-let folder: String = {
-    var buffer = [CChar](repeating: 0, count: 4096)
-    let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-    let path = String(decoding: buffer[0..<max(length, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    return String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-}()
+let folder = executableFolder
 let portreuse = folder + "/portreuse"
 guard access(portreuse, X_OK) == 0 else { fail("\(portreuse) is missing: run `swift build -c release` first") }
 let candidates = ["/usr/bin/ss", "/bin/ss", "/usr/sbin/ss", "/sbin/ss"]

@@ -105,6 +105,24 @@ public enum SocketActivation {
         try adopt(named: name, where: \.isListening) { (descriptor) throws(PortReuseError) in try Listener(adopting: descriptor) }
     }
 
+    /// The error for a process that socket activation handed sockets to, none of which it can serve (none is
+    /// `wanted`, of that `name`); `nil` when this process was not activated, and may bind by itself. Binding by
+    /// itself beside the supervisor's socket would race it, so the ``Listener/activated(named:orBind:policy:)``
+    /// family throws this instead.
+    public static func nothingToServe(named name: String?, wanted: String) throws(PortReuseError) -> PortReuseError? {
+        let handed = try sockets()
+        guard !handed.isEmpty else { return nil }
+        let list = handed.map { socket in
+            let kind = socket.isListening ? "a listening TCP socket" : socket.transport.map { "a \($0) socket that is not listening" } ?? "not a TCP or UDP socket"
+            return "\(socket.descriptor) (\(socket.name)): \(kind)"
+        }.joined(separator: "; ")
+        return PortReuseError(.activation, diagnosis: .unusableDescriptor(reason:
+            "socket activation handed over \(handed.count) descriptor\(handed.count == 1 ? "" : "s") (\(list)), but none is "
+                + wanted + (name.map { " named \"\($0)\"" } ?? "")
+                + ": give the supervisor such an address (portreuse up --listen [NAME=]ADDR, ListenStream= or ListenDatagram= in systemd)"
+                + (name == nil ? "." : ", with that name (NAME= in --listen, FileDescriptorName= in systemd).")))
+    }
+
     /// The activated UDP socket named `name` (the first one when `nil`), adopted as a ``DatagramSocket``.
     public static func datagramSocket(named name: String? = nil) throws(PortReuseError) -> DatagramSocket? {
         try adopt(named: name, where: { $0.transport == .udp }) { (descriptor) throws(PortReuseError) in try DatagramSocket(adopting: descriptor) }
@@ -114,11 +132,13 @@ public enum SocketActivation {
 extension Listener {
     /// The listener handed over by socket activation (named `name`, or the first), or, when this process was
     /// not activated, a new listener on `address` with `policy`: one line for a server that runs under
-    /// `portreuse up`, under systemd, and alone.
+    /// `portreuse up`, under systemd, and alone. Throws when sockets were handed over but none is a listening
+    /// TCP socket of that name (see ``SocketActivation/nothingToServe(named:wanted:)``).
     public static func activated(
         named name: String? = nil, orBind address: String, policy: SharingPolicy = .default
     ) throws(PortReuseError) -> Listener {
         if let listener = try SocketActivation.listener(named: name) { return listener }
+        if let error = try SocketActivation.nothingToServe(named: name, wanted: "a listening TCP socket") { throw error }
         return try Listener(tcp: address, policy: policy)
     }
 }
@@ -129,6 +149,7 @@ extension DatagramSocket {
         named name: String? = nil, orBind address: String, policy: SharingPolicy = .default
     ) throws(PortReuseError) -> DatagramSocket {
         if let socket = try SocketActivation.datagramSocket(named: name) { return socket }
+        if let error = try SocketActivation.nothingToServe(named: name, wanted: "a UDP socket") { throw error }
         return try DatagramSocket(udp: address, policy: policy)
     }
 }

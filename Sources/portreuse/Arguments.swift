@@ -16,3 +16,15 @@ extension Address {
         try Address(text)
     }
 }
+
+extension NetworkInterface {
+    /// Validates an `--interface` option (a name, an index or an address), with the library's reason.
+    static func checkOption(_ interface: String?) throws {
+        guard let interface else { return }
+        do {
+            _ = try NetworkInterface.find(interface)
+        } catch {
+            throw ValidationError("--interface \(interface): \(error.diagnosis?.sentence ?? error.description)")
+        }
+    }
+}

@@ -98,13 +98,7 @@ struct Listen: ParsableCommand {
                 throw ValidationError("--interface \(interface): a broadcast address names its subnet, so a broadcast receiver takes no interface.")
             }
         }
-        if let interface {
-            do {
-                _ = try NetworkInterface.find(interface)
-            } catch {
-                throw ValidationError("--interface \(interface): \(error.diagnosis?.sentence ?? error.description)")
-            }
-        }
+        try NetworkInterface.checkOption(interface)
     }
 
     func run() throws {

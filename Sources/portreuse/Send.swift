@@ -60,13 +60,7 @@ struct Send: ParsableCommand {
             throw ValidationError("\"\(destination)\" names no destination: give an address and a port, as in udp://239.1.2.3:5000.")
         }
         guard address.port != 0 else { throw ValidationError("\"\(destination)\": port 0 cannot be sent to; give the receivers' port.") }
-        if let interface {
-            do {
-                _ = try NetworkInterface.find(interface)
-            } catch {
-                throw ValidationError("--interface \(interface): \(error.diagnosis?.sentence ?? error.description)")
-            }
-        }
+        try NetworkInterface.checkOption(interface)
     }
 
     func run() throws {

@@ -61,6 +61,14 @@ final class UpProcess: @unchecked Sendable {
     let pidFile: String
     private var exitStatus: Int32?
 
+    /// An `up` started by the test itself (from a copy of the binary, say).
+    init(pid: pid_t, folder: TemporaryFolder) {
+        self.folder = folder
+        self.pid = pid
+        log = folder.path + "/up.log"
+        pidFile = folder.path + "/up.pid"
+    }
+
     /// `launcher` goes before `portreuse up` (as in systemd-socket-activate, which then execs up).
     init(_ arguments: [String], environment: [String: String]? = nil, folder: TemporaryFolder? = nil, launcher: [String] = []) throws {
         self.folder = try folder ?? TemporaryFolder()

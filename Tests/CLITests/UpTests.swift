@@ -195,3 +195,26 @@ struct UpTests {
         #expect(answer == "hello from activated pid \(pid)\n", "it serves on the activated socket, not on --listen")
     }
 }
+
+@Suite("portreuse up --reuseport")
+struct UpReusePortTests {
+    @Test("a program that binds by itself overlaps its generations on SO_REUSEPORT under the shim; up warns about tcp_migrate_req")
+    func reusePortFallback() throws {
+        let folder = try TemporaryFolder()
+        let port = try freePort()
+        let up = try UpProcess(
+            ["--reuseport", "--listen", "127.0.0.1:\(port)", "--", systemPython, "-u", "-m", "http.server", String(port), "--bind", "127.0.0.1",
+             "--directory", folder.path],
+            folder: folder)
+        #expect(up.waitForLog("ready after"), "\(up.logText)")
+        #expect(up.logText.contains("(listening)"))
+        let address = SocketAddress(ip: .loopbackIPv4, port: port)
+        _ = try httpGet(address)  // a directory listing
+        up.signal(SIGHUP)  // the second generation binds beside the first: without the shim it could not
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [2] && $0.generations.count == 1 } != nil, "\(up.logText)")
+        _ = try httpGet(address)
+        let migrate = (try? String(contentsOfFile: "/proc/sys/net/ipv4/tcp_migrate_req", encoding: .utf8)) ?? ""
+        #expect(up.logText.contains("net.ipv4.tcp_migrate_req=0") == migrate.hasPrefix("0"))
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+}

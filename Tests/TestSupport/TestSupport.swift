@@ -177,6 +177,11 @@ public final class NetworkNamespace: @unchecked Sendable {
             ip addr add \(Self.address)/24 dev d0
             ip -6 addr add \(Self.address6)/64 dev d0 nodad
             ip route add 224.0.0.0/4 dev d0
+            # The veth's carrier and IPv6's local route come up asynchronously: wait (at most 5 s) for both.
+            i=0
+            until ip link show d0 | grep -q LOWER_UP && ip -6 route show table local | grep -q "local \(Self.address6) "; do
+                i=$((i + 1)); [ "$i" -lt 100 ] || break; sleep 0.05
+            done
             echo ready
             read -r _ || true
             """

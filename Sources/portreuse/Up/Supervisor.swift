@@ -249,7 +249,7 @@ final class Supervisor {
 
     private func beginReload() {
         _ = try? Readiness.notify(.reloading, .status("reloading"))
-        startGeneration(reason: generations.contains { $0.phase == .ready } ? "reload" : "restart")
+        startGeneration(reason: "reload")
     }
 
     private func record(_ generation: Generation, result: String) {
@@ -270,8 +270,9 @@ final class Supervisor {
         reloadPending = false
         restartAt = nil
         _ = try? Readiness.notify(.stopping, .status("stopping"))
-        logger.info("stopping (\(reason)): \(SignalName(configuration.stopSignal)) to \(generations.count) generation(s), killed if still running in \(Seconds(configuration.grace))")
-        for generation in generations where generation.phase == .ready || generation.phase == .starting {
+        let running = generations.filter { $0.phase == .ready || $0.phase == .starting }
+        logger.info("stopping (\(reason)): \(SignalName(configuration.stopSignal)) to \(running.count) generation(s), killed if still running in \(Seconds(configuration.grace))")
+        for generation in running {
             generation.phase = .draining
             generation.deadline = Clock.now + UInt64(configuration.grace * 1e9)
             kill(generation.mainProcess, configuration.stopSignal)
@@ -452,6 +453,7 @@ final class Supervisor {
             generation.statusText = saved.statusText
             generation.mainPID = saved.mainPID
             generation.killed = saved.killed
+            generation.exit = saved.exit.map(ExitStatus.init(raw:))
             return generation
         }
         logger.info("upgraded: \(UpState.executablePath) runs with \(generations.count) generation(s) and \(sockets.count) socket(s)")

@@ -34,11 +34,16 @@ struct Up: ParsableCommand {
             uses notify when the program sends anything, else probe.
 
             Examples:
-              portreuse up --listen 127.0.0.1:8080 -- python3 server.py
-              portreuse up --listen web=0.0.0.0:80 --listen admin=127.0.0.1:9000 --pid-file /run/app.pid -- ./app
-              portreuse up --listen 8000 -- gunicorn app:app          # gunicorn reads LISTEN_FDS itself
-              kill -HUP $(cat /run/app.pid)                           # or: portreuse up --reload --pid-file /run/app.pid
-              portreuse up --reuseport --listen 8080 -- ./server-that-binds-itself
+              Serve; the program gets 127.0.0.1:8080 as descriptor 3:
+                portreuse up --listen 127.0.0.1:8080 --pid-file /tmp/app.pid -- python3 server.py
+              Reload with no failed request, and wait for the outcome:
+                portreuse up --reload --pid-file /tmp/app.pid     (or: kill -HUP PID)
+              Named sockets, TCP and UDP:
+                portreuse up --listen web=0.0.0.0:80 --listen dns=udp:0.0.0.0:53 -- ./app
+              gunicorn reads LISTEN_FDS itself:
+                portreuse up --listen 8000 -- gunicorn app:app
+              What runs now:
+                portreuse up --status --pid-file /tmp/app.pid
 
             --reuseport is for programs that bind by themselves and cannot take sockets: each generation runs \
             under the `portreuse run` shim with SO_REUSEPORT and the generations overlap. The kernel then \
@@ -115,7 +120,9 @@ struct Up: ParsableCommand {
         if case .delay(let seconds) = ready, seconds >= readyTimeout.value {
             throw ValidationError("--ready delay:\(Seconds(seconds)) must be shorter than --ready-timeout \(readyTimeout)")
         }
-        if reuseport && listen.isEmpty { throw ValidationError("--reuseport needs the --listen addresses the program binds, to see when it is ready") }
+        if reuseport && (listen.isEmpty || listen.contains { $0.address.port == 0 }) {
+            throw ValidationError("--reuseport needs the --listen addresses the program binds (with their ports), to see when a generation listens")
+        }
     }
 
     func run() throws {
