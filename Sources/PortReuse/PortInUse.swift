@@ -80,13 +80,13 @@ public struct PortInUse: Sendable, Hashable {
                 + "uid \(Sys.effectiveUserID()). \(OperatingSystem.current) shares a port with SO_REUSEPORT only among "
                 + "sockets of the same user: run both as one user, or choose another port."
         case .timeWait(let count, let reuseAddressSet):
-            let connections = "\(count) old connection\(count == 1 ? "" : "s") in TIME-WAIT"
+            let connections = count == 1 ? "1 old connection in TIME-WAIT holds" : "\(count) old connections in TIME-WAIT hold"
             if reuseAddressSet {
-                return "Only \(connections) hold it, and they keep the options of the socket that made them, which did "
+                return "Only \(connections) it, and they keep the options of the socket that made them, which did "
                     + "not set SO_REUSEADDR: wait for them to expire (about 60 s), and give the server policy restartable "
                     + "so that its next restart binds at once."
             }
-            return "Only \(connections) hold it: policy restartable (SO_REUSEADDR) binds at once, or wait for them "
+            return "Only \(connections) it: policy restartable (SO_REUSEADDR) binds at once, or wait for them "
                 + "to expire (about 60 s)."
         case .noVisibleHolder:
             return "No socket that this process can see holds it (it may have just closed, or live in another network "
