@@ -434,7 +434,9 @@ final class WorldReadableCopy {
         folder = String(cString: try #require(created))
         path = folder + "/" + (program.split(separator: "/").last.map(String.init) ?? "program")
         chmod(folder, 0o755)
-        try FileManager.default.copyItem(atPath: program, toPath: path)
+        // cp in a process of its own: a copy written here could leak its write descriptor into a child
+        // that a parallel test spawns, and exec of the copy would then fail with "Text file busy".
+        try copyExecutable(program, to: path)
         chmod(path, 0o755)
     }
 
