@@ -188,10 +188,16 @@ final class Supervisor {
         "serving: generation \(generation.number) (pid \(generation.pid))" + (draining > 0 ? ", \(draining) draining" : "")
     }
 
-    private func drain(_ generation: Generation) {
-        generation.phase = .draining
+    /// Moves a generation to `phase`, asks its main process to stop (unless it has exited already) and starts
+    /// its grace period, after which `tick` kills its process group.
+    private func askToStop(_ generation: Generation, phase: Phase) {
+        generation.phase = phase
         generation.deadline = Clock.now + UInt64(configuration.grace * 1e9)
-        kill(generation.mainProcess, configuration.stopSignal)
+        if generation.exit == nil { kill(generation.mainProcess, configuration.stopSignal) }
+    }
+
+    private func drain(_ generation: Generation) {
+        askToStop(generation, phase: .draining)
         let draining = generations.filter { $0.phase == .draining }.count
         logger.info(
             "\(generation.label) draining: sent \(SignalName(configuration.stopSignal)), killed if still running in \(Seconds(configuration.grace)) (\(draining) draining)")
@@ -200,9 +206,7 @@ final class Supervisor {
 
     /// A generation that will not serve: stop it, and tell what keeps serving.
     private func fail(_ generation: Generation, _ reason: String) {
-        generation.phase = .failed
-        generation.deadline = Clock.now + UInt64(configuration.grace * 1e9)
-        if generation.exit == nil { kill(generation.mainProcess, configuration.stopSignal) }
+        askToStop(generation, phase: .failed)
         failuresInARow += 1
         if generation.reason == "reload" { record(generation, result: "failed: \(reason)") }
         if let serving = generations.first(where: { $0.phase == .ready }) {
@@ -272,11 +276,7 @@ final class Supervisor {
         _ = try? Readiness.notify(.stopping, .status("stopping"))
         let running = generations.filter { $0.phase == .ready || $0.phase == .starting }
         logger.info("stopping (\(reason)): \(SignalName(configuration.stopSignal)) to \(running.count) generation(s), killed if still running in \(Seconds(configuration.grace))")
-        for generation in running {
-            generation.phase = .draining
-            generation.deadline = Clock.now + UInt64(configuration.grace * 1e9)
-            kill(generation.mainProcess, configuration.stopSignal)
-        }
+        for generation in running { askToStop(generation, phase: .draining) }
         statusDirty = true
     }
 
@@ -295,8 +295,7 @@ final class Supervisor {
                 fail(generation, "exited before it was ready (\(exit))")
             case .ready:
                 logger.error("\(generation.label) exited unexpectedly (\(exit))")
-                generation.phase = .failed
-                generation.deadline = Clock.now + UInt64(configuration.grace * 1e9)
+                askToStop(generation, phase: .failed)
                 kill(-generation.pid, configuration.stopSignal)  // its workers, if any, must not serve on
                 failuresInARow += 1
                 afterFailure()
