@@ -21,8 +21,11 @@ let package = Package(
     targets: [
         .target(
             name: "PortReuse",
-            dependencies: [.product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["CPortReuseSystem", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // The system calls Glibc's module map hides (accept4, pipe2, pidfd_*, prctl, setns, seccomp, …), declared
+        // with their real types; the only code compiled with _GNU_SOURCE. Reached through PortReuse's System layer.
+        .target(name: "CPortReuseSystem"),
         // NIO lives here, never in PortReuse: the core library stays light.
         .target(
             name: "PortReuseNIO",

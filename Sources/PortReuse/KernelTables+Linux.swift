@@ -27,7 +27,7 @@ enum KernelTables {
         var found: [PortHolder] = []
         let files = transport == .tcp ? ["/proc/net/tcp", "/proc/net/tcp6"] : ["/proc/net/udp", "/proc/net/udp6"]
         for file in files {
-            guard let text = readFile(file) else { continue }
+            guard let text = Files.read(file) else { continue }
             parseTable(text, transport: transport, port: port, states: states, into: &found)
         }
         return found
@@ -218,16 +218,16 @@ enum KernelTables {
 
     /// The short name, the command line and the effective uid of a process, from /proc/PID/{comm,cmdline,status}.
     static func processInfo(pid: Int32) -> (name: String, commandLine: [String], uid: UInt32?) {
-        var name = readFile("/proc/\(pid)/comm").map { String(decoding: $0, as: UTF8.self) } ?? "?"
+        var name = Files.read("/proc/\(pid)/comm").map { String(decoding: $0, as: UTF8.self) } ?? "?"
         if name.hasSuffix("\n") { name.removeLast() }
-        let raw = readFile("/proc/\(pid)/cmdline") ?? []
+        let raw = Files.read("/proc/\(pid)/cmdline") ?? []
         var commandLine = raw.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
         if commandLine.last == "" { commandLine.removeLast() }
         // comm is cut at 15 bytes; the program's file name is whole (unless it rewrote its argv, as nginx does).
         if let program = commandLine.first?.split(separator: "/").last, program.hasPrefix(name) { name = String(program) }
         // "Uid:\treal\teffective\tsaved\tfs"
         var uid: UInt32?
-        if let status = readFile("/proc/\(pid)/status"), let line = status.split(separator: UInt8(ascii: "\n")).first(where: { $0.starts(with: Array("Uid:".utf8)) }) {
+        if let status = Files.read("/proc/\(pid)/status"), let line = status.split(separator: UInt8(ascii: "\n")).first(where: { $0.starts(with: Array("Uid:".utf8)) }) {
             let numbers = line.dropFirst(4).split { $0 == UInt8(ascii: "\t") || $0 == UInt8(ascii: " ") }
             if numbers.count >= 2, let effective = parseDecimal(numbers[1]), effective <= UInt64(UInt32.max) { uid = UInt32(effective) }
         }
@@ -236,32 +236,10 @@ enum KernelTables {
 
     // MARK: options of another process's socket
 
-    private typealias PidfdOpen = @convention(c) (Int32, UInt32) -> Int32
-    private typealias PidfdGetfd = @convention(c) (Int32, Int32, UInt32) -> Int32
-    private typealias RawSyscall = @convention(c) (Int, Int, Int, Int) -> Int
-
-    /// glibc 2.36 has wrappers; older ones only the raw system calls (434 and 438 on every architecture).
-    private static let pidfdCalls: (open: @Sendable (Int32) -> Int32, getfd: @Sendable (Int32, Int32) -> Int32)? = {
-        let library = dlopen(nil, RTLD_NOW)
-        if let open = dlsym(library, "pidfd_open"), let getfd = dlsym(library, "pidfd_getfd") {
-            let openCall = unsafeBitCast(open, to: PidfdOpen.self)
-            let getfdCall = unsafeBitCast(getfd, to: PidfdGetfd.self)
-            return ({ openCall($0, 0) }, { getfdCall($0, $1, 0) })
-        }
-        guard let raw = dlsym(library, "syscall") else { return nil }
-        let call = unsafeBitCast(raw, to: RawSyscall.self)
-        return ({ Int32(truncatingIfNeeded: call(434, Int($0), 0, 0)) }, { Int32(truncatingIfNeeded: call(438, Int($0), Int($1), 0)) })
-    }()
-
     /// Reads SO_REUSEADDR and SO_REUSEPORT from another process's socket through a duplicate of it;
     /// `nil` when not allowed (no ptrace rights) or not supported (Linux before 5.6).
     static func readOptions(pid: Int32, descriptor: Int32) -> ReuseOptions? {
-        guard let calls = pidfdCalls else { return nil }
-        let pidfd = calls.open(pid)
-        guard pidfd >= 0 else { return nil }
-        defer { close(pidfd) }
-        let duplicate = calls.getfd(pidfd, descriptor)
-        guard duplicate >= 0 else { return nil }
+        guard let duplicate = try? Processes.duplicate(descriptor, ofProcess: pid) else { return nil }
         return try? SocketHandle(adopting: duplicate).reuseOptions()
     }
 
@@ -269,7 +247,7 @@ enum KernelTables {
 
     /// The first port an unprivileged process may bind (net.ipv4.ip_unprivileged_port_start).
     static func firstUnprivilegedPort() -> Int {
-        guard let text = readFile("/proc/sys/net/ipv4/ip_unprivileged_port_start") else { return 1024 }
+        guard let text = Files.read("/proc/sys/net/ipv4/ip_unprivileged_port_start") else { return 1024 }
         return Int(String(decoding: text, as: UTF8.self).filter(\.isNumber)) ?? 1024
     }
 
@@ -279,21 +257,6 @@ enum KernelTables {
         var buffer = [CChar](repeating: 0, count: 1024)
         guard getpwuid_r(uid, &entry, &buffer, buffer.count, &result) == 0, result != nil, let name = entry.pw_name else { return nil }
         return String(cString: name)
-    }
-
-    /// The whole content of a (proc) file, or `nil` when it cannot be read.
-    static func readFile(_ path: String) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var content: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { return count < 0 && content.isEmpty ? nil : content }
-            content.append(contentsOf: chunk[0..<count])
-        }
     }
 }
 

@@ -4,7 +4,7 @@ import Darwin
 /// macOS and the BSDs: the socket calls under the names every platform file gives them (shared POSIX parts
 /// live in Socket+POSIX.swift). Written for Darwin and not compiled by the Linux CI; its policy table is
 /// tested as data.
-enum Sys {
+package enum Sys {
     static let operatingSystem = OperatingSystem.darwin
 
     static func socketType(_ transport: Transport) -> Int32 { transport == .tcp ? SOCK_STREAM : SOCK_DGRAM }
@@ -22,7 +22,7 @@ enum Sys {
         return s
     }
 
-    static func accept(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Descriptor {
+    package static func accept(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>?, _ l: UnsafeMutablePointer<socklen_t>?) -> Descriptor {
         let connection = Darwin.accept(s, a, l)
         if connection >= 0 { prepare(connection) }
         return connection
@@ -42,10 +42,10 @@ enum Sys {
         Darwin.sendto(s, buffer.baseAddress, buffer.count, 0, a, l)
     }
 
-    static func close(_ s: Descriptor) -> Int32 { Darwin.close(s) }
+    package static func close(_ s: Descriptor) -> Int32 { Darwin.close(s) }
     static func bind(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { Darwin.bind(s, a, l) }
     static func connect(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { Darwin.connect(s, a, l) }
-    static func listen(_ s: Descriptor, _ backlog: Int32) -> Int32 { Darwin.listen(s, backlog) }
+    package static func listen(_ s: Descriptor, _ backlog: Int32) -> Int32 { Darwin.listen(s, backlog) }
     static func shutdownWrite(_ s: Descriptor) -> Int32 { Darwin.shutdown(s, SHUT_WR) }
 
     static func getsockname(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 {

@@ -1,9 +1,10 @@
 #if os(Linux) || os(Android)
+import CPortReuseSystem
 import Glibc
 
 /// Linux: the socket calls under the names every platform file gives them (shared POSIX parts live in
 /// Socket+POSIX.swift).
-enum Sys {
+package enum Sys {
     static let operatingSystem = OperatingSystem.linux
 
     static func socketType(_ transport: Transport) -> Int32 {
@@ -21,13 +22,9 @@ enum Sys {
     }
 
     /// accept4 with SOCK_CLOEXEC, so that a connection never leaks into a child started at the same moment.
-    /// Glibc's module map hides accept4 (it needs _GNU_SOURCE), so it is looked up once.
-    static func accept(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Descriptor {
-        accept4(s, a, l, Int32(SOCK_CLOEXEC.rawValue))
+    package static func accept(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>?, _ l: UnsafeMutablePointer<socklen_t>?) -> Descriptor {
+        csystem_accept4(s, a, l, Int32(SOCK_CLOEXEC.rawValue))
     }
-
-    private typealias Accept4 = @convention(c) (Int32, UnsafeMutablePointer<sockaddr>?, UnsafeMutablePointer<socklen_t>?, Int32) -> Int32
-    private static let accept4: Accept4 = unsafeBitCast(dlsym(dlopen(nil, RTLD_NOW), "accept4")!, to: Accept4.self)
 
     /// MSG_NOSIGNAL: a peer that went away is an error, not a SIGPIPE.
     static func send(_ s: Descriptor, _ buffer: UnsafeRawBufferPointer) -> Int {
@@ -38,10 +35,10 @@ enum Sys {
         Glibc.sendto(s, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL), a, l)
     }
 
-    static func close(_ s: Descriptor) -> Int32 { Glibc.close(s) }
+    package static func close(_ s: Descriptor) -> Int32 { Glibc.close(s) }
     static func bind(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { Glibc.bind(s, a, l) }
     static func connect(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { Glibc.connect(s, a, l) }
-    static func listen(_ s: Descriptor, _ backlog: Int32) -> Int32 { Glibc.listen(s, backlog) }
+    package static func listen(_ s: Descriptor, _ backlog: Int32) -> Int32 { Glibc.listen(s, backlog) }
     static func shutdownWrite(_ s: Descriptor) -> Int32 { Glibc.shutdown(s, Int32(SHUT_WR)) }
 
     static func getsockname(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 {

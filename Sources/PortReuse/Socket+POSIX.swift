@@ -11,11 +11,11 @@ public typealias SocketDescriptor = Int32
 
 /// What Linux, macOS and the BSDs do alike; each one's own file holds only what differs.
 extension Sys {
-    typealias Descriptor = SocketDescriptor
+    package typealias Descriptor = SocketDescriptor
     static let invalidDescriptor: Descriptor = -1
-    static let defaultBacklog: Int32 = SOMAXCONN
+    package static let defaultBacklog: Int32 = SOMAXCONN
 
-    static func lastError() -> Int32 { errno }
+    package static func lastError() -> Int32 { errno }
 
     static func family(_ family: AddressFamily) -> Int32 { family == .ipv4 ? AF_INET : AF_INET6 }
 
@@ -37,7 +37,7 @@ extension Sys {
         }
     }
 
-    static func setBlocking(_ s: Descriptor, _ blocking: Bool) -> Int32 {
+    package static func setBlocking(_ s: Descriptor, _ blocking: Bool) -> Int32 {
         let flags = fcntl(s, F_GETFL)
         guard flags >= 0 else { return -1 }
         return fcntl(s, F_SETFL, blocking ? flags & ~O_NONBLOCK : flags | O_NONBLOCK)
@@ -48,6 +48,31 @@ extension Sys {
     static func wait(_ s: Descriptor, forWriting: Bool, milliseconds: Int32) -> Int32 {
         var entry = pollfd(fd: s, events: Int16(forWriting ? POLLOUT : POLLIN), revents: 0)
         return poll(&entry, 1, milliseconds)
+    }
+
+    /// What ``waitReadable(_:orWake:)`` saw.
+    package enum Wakeup { case readable, wake, failed }
+
+    /// Waits until `s` is readable, or `wake` is (or was closed); EINTR is retried. The corresponding C
+    /// function is `poll`.
+    package static func waitReadable(_ s: Descriptor, orWake wake: Descriptor) -> Wakeup {
+        var entries = [pollfd(fd: s, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
+        while true {
+            let result = poll(&entries, 2, -1)
+            if result < 0 && errno == EINTR { continue }
+            if result < 0 || entries[0].revents & Int16(POLLNVAL | POLLERR) != 0 { return .failed }
+            return entries[1].revents != 0 ? .wake : .readable
+        }
+    }
+
+    /// Whether a failed accept should be tried again at once (a signal, a connection reset while queued);
+    /// out of descriptors or memory it waits 10 ms first, so that an accept loop does not spin.
+    package static func shouldRetryAccept(_ code: Int32) -> Bool {
+        switch code {
+        case EINTR, ECONNABORTED: return true
+        case EMFILE, ENFILE, ENOBUFS, ENOMEM: usleep(10_000); return false
+        default: return false
+        }
     }
 
     static func makeSockAddr(_ address: SocketAddress) -> (sockaddr_storage, socklen_t) {

@@ -6,11 +6,11 @@ public typealias SocketDescriptor = SOCKET
 
 /// Windows (Winsock 2): the socket calls and constants under the names every platform file gives them.
 /// Written for Windows and not compiled by the Linux CI; its policy table is tested as data.
-enum Sys {
-    typealias Descriptor = SocketDescriptor
+package enum Sys {
+    package typealias Descriptor = SocketDescriptor
     static let invalidDescriptor: Descriptor = INVALID_SOCKET
     static let operatingSystem = OperatingSystem.windows
-    static let defaultBacklog: Int32 = SOMAXCONN
+    package static let defaultBacklog: Int32 = SOMAXCONN
 
     /// Winsock needs WSAStartup once per process before any socket call.
     private static let started: Bool = {
@@ -18,7 +18,7 @@ enum Sys {
         return WSAStartup(0x0202, &data) == 0
     }()
 
-    static func lastError() -> Int32 { WSAGetLastError() }
+    package static func lastError() -> Int32 { WSAGetLastError() }
     static func family(_ family: AddressFamily) -> Int32 { family == .ipv4 ? AF_INET : AF_INET6 }
     static func socketType(_ transport: Transport) -> Int32 { transport == .tcp ? SOCK_STREAM : SOCK_DGRAM }
 
@@ -45,10 +45,10 @@ enum Sys {
         return WSASocketW(Sys.family(family), socketType(transport), 0, nil, 0, DWORD(WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT))
     }
 
-    static func close(_ s: Descriptor) -> Int32 { closesocket(s) }
+    package static func close(_ s: Descriptor) -> Int32 { closesocket(s) }
     static func bind(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { WinSDK.bind(s, a, l) }
     static func connect(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { WinSDK.connect(s, a, l) }
-    static func listen(_ s: Descriptor, _ backlog: Int32) -> Int32 { WinSDK.listen(s, backlog) }
+    package static func listen(_ s: Descriptor, _ backlog: Int32) -> Int32 { WinSDK.listen(s, backlog) }
     static func shutdownWrite(_ s: Descriptor) -> Int32 { WinSDK.shutdown(s, SD_SEND) }
 
     static func accept(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Descriptor {

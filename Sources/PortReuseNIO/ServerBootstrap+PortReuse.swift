@@ -56,12 +56,12 @@ extension ServerBootstrap {
 /// What PortReuseNIO needs of `listen` after SwiftNIO adopted a socket.
 public enum Listening {
     /// The accept queue length PortReuse listens with when none is given: the system maximum, `SOMAXCONN`.
-    public static let defaultBacklog: Int32 = SystemCalls.maximumBacklog
+    public static let defaultBacklog: Int32 = Sys.defaultBacklog
 
     /// Calls `listen` again on a listening socket, which on Linux and BSD only changes its queue length.
     static func restoreBacklog(_ descriptor: SocketDescriptor, _ backlog: Int32, address: PortReuse.SocketAddress) throws {
-        guard SystemCalls.listen(descriptor, backlog) == 0 else {
-            throw PortReuseError(.listen, address: "tcp:\(address)", errno: .init(rawValue: SystemCalls.lastError()))
+        guard Sys.listen(descriptor, backlog) == 0 else {
+            throw PortReuseError(.listen, address: "tcp:\(address)", errno: .init(rawValue: Sys.lastError()))
         }
     }
 }

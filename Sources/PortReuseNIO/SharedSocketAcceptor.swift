@@ -2,6 +2,7 @@ import Dispatch
 import NIOCore
 import NIOPosix
 import PortReuse
+import Synchronization
 
 /// Accepts connections from a listening socket that other processes accept from too (the one socket that
 /// `portreuse up` or systemd hands to every generation of a server), and gives each connection to the next
@@ -16,6 +17,9 @@ final class SharedSocketAcceptor: Sendable {
     /// Completes when the loop has stopped and closed this process's descriptor of the socket.
     let closeFuture: EventLoopFuture<Void>
     private let wake: (read: Int32, write: Int32)
+    /// Set by the first ``close()``: later ones do nothing (the pipe's descriptor number may belong to
+    /// something else by then).
+    private let closed = Mutex(false)
 
     /// Starts accepting at once, handing connections to `loops` in turn. Takes ownership of the listener's descriptor.
     init(
@@ -24,34 +28,40 @@ final class SharedSocketAcceptor: Sendable {
     ) throws(PortReuseError) {
         localAddress = listener.localAddress
         let label = "tcp:\(listener.localAddress)"
-        guard let pipe = SystemCalls.makePipe() else {
-            throw PortReuseError(.adopt, address: label, errno: .init(rawValue: SystemCalls.lastError()),
-                diagnosis: .other("cannot make the pipe that stops the acceptor."))
+        let pipe: (read: Int32, write: Int32)
+        do {
+            pipe = try Files.pipe()
+        } catch {
+            throw PortReuseError(.adopt, address: label, errno: error.errno, diagnosis: .other("cannot make the pipe that stops the acceptor."))
         }
         guard let descriptor = listener.takeDescriptor() else {
-            SystemCalls.closeDescriptor(pipe.read)
-            SystemCalls.closeDescriptor(pipe.write)
+            Files.close(pipe.read)
+            Files.close(pipe.write)
             throw PortReuseError(.adopt, address: label, errno: .badFileDescriptor,
                 diagnosis: .unusableDescriptor(reason: "the listener's descriptor was already taken or closed."))
         }
         // What SwiftNIO does to every socket it serves; the flag is shared by every holder of the socket.
-        _ = SystemCalls.setNonBlocking(descriptor)
+        _ = Sys.setBlocking(descriptor, false)
         wake = pipe
         let promise = loops[0].makePromise(of: Void.self)
         closeFuture = promise.futureResult
         DispatchQueue(label: "PortReuseNIO acceptor \(label)").async {
             Self.run(descriptor, wake: pipe.read, loops: loops, childChannelInitializer: childChannelInitializer)
-            SystemCalls.closeDescriptor(descriptor)
-            SystemCalls.closeDescriptor(pipe.read)
+            Files.close(descriptor)
+            Files.close(pipe.read)
             promise.succeed()
         }
     }
 
     /// Stops accepting and closes this process's descriptor; connections already handed over stay open.
     func close() {
-        var byte: UInt8 = 1
-        _ = SystemCalls.write(wake.write, &byte, 1)
-        SystemCalls.closeDescriptor(wake.write)
+        let first = closed.withLock { closed in
+            defer { closed = true }
+            return !closed
+        }
+        guard first else { return }
+        try? Files.write([1], to: wake.write)
+        Files.close(wake.write)
     }
 
     private static func run(
@@ -60,20 +70,20 @@ final class SharedSocketAcceptor: Sendable {
     ) {
         var next = 0
         while true {
-            switch SystemCalls.waitReadable(descriptor, orWake: wake) {
+            switch Sys.waitReadable(descriptor, orWake: wake) {
             case .wake, .failed:
                 return
             case .readable:
                 // Take what is queued; EAGAIN means another process (or nobody) was quicker.
                 for _ in 0..<256 {
-                    let connection = SystemCalls.accept(descriptor)
+                    let connection = Sys.accept(descriptor, nil, nil)
                     if connection >= 0 {
                         let loop = loops[next % loops.count]
                         next &+= 1
                         _ = ClientBootstrap(group: loop).channelInitializer(childChannelInitializer).withConnectedSocket(connection)
                         continue
                     }
-                    if SystemCalls.shouldRetryAccept(SystemCalls.lastError()) { continue }
+                    if Sys.shouldRetryAccept(Sys.lastError()) { continue }
                     break
                 }
             }

@@ -1,0 +1,96 @@
+#ifndef CPORTREUSESYSTEM_H
+#define CPORTREUSESYSTEM_H
+
+/// The system calls that the Swift code needs and that Glibc's module map hides (they need _GNU_SOURCE, or
+/// glibc has no wrapper for them): declared here with their real types, defined in system.c, which is the
+/// only file compiled with _GNU_SOURCE. Swift reaches them through PortReuse's system layer only.
+///
+/// Every function returns what the C call returns (-1 and errno on failure) unless it says otherwise.
+/// On systems other than Linux each one fails with ENOSYS.
+
+#include <stdint.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+/// `accept4`: accept a connection with SOCK_CLOEXEC/SOCK_NONBLOCK set atomically (`accept` + fcntl elsewhere).
+int csystem_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);
+
+/// `pipe2`: a pipe whose ends get `flags` (O_CLOEXEC, O_NONBLOCK) atomically.
+int csystem_pipe2(int ends[2], int flags);
+
+/// `pidfd_open(pid, 0)`: a descriptor that names the process `pid` and no other, ever (Linux 5.3+).
+int csystem_pidfd_open(pid_t pid);
+
+/// `pidfd_getfd(pidfd, target, 0)`: a duplicate of another process's descriptor (Linux 5.6+, ptrace rights).
+int csystem_pidfd_getfd(int pidfd, int target);
+
+/// `pidfd_send_signal(pidfd, signal, NULL, 0)`: a signal to exactly the process the pidfd names (Linux 5.1+).
+int csystem_pidfd_send_signal(int pidfd, int signal);
+
+/// `prctl(PR_SET_CHILD_SUBREAPER, on)`: orphaned descendants are re-parented to this process.
+int csystem_set_child_subreaper(int on);
+
+/// `prctl(PR_SET_PDEATHSIG, signal)`: this process gets `signal` when the thread that forked it dies.
+int csystem_set_parent_death_signal(int signal);
+
+/// `prctl(PR_SET_NO_NEW_PRIVS, 1)`: execve never grants privileges again (setuid, file capabilities).
+int csystem_set_no_new_privileges(void);
+
+/// `setns(fd, nstype)`: move the calling thread into the namespace `fd` names.
+int csystem_setns(int fd, int nstype);
+
+/// CLONE_NEWNET, for `csystem_setns`.
+int csystem_clone_newnet(void);
+
+/// `getxattr`: the value of an extended attribute (size 0: only its length).
+ssize_t csystem_getxattr(const char *path, const char *name, void *value, size_t size);
+
+/// `posix_spawn_file_actions_addclosefrom_np`: the child closes every descriptor from `from` up (glibc 2.34+;
+/// returns ENOSYS where it is missing, like posix_spawn returns an error code rather than setting errno).
+int csystem_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from);
+
+/// `process_vm_readv` of one range: reads `length` bytes at `address` in process `pid` (ptrace rights).
+/// Returns the number of bytes read.
+ssize_t csystem_read_process_memory(pid_t pid, uint64_t address, void *buffer, size_t length);
+
+// MARK: seccomp user notification (Linux 5.9+ for ADDFD, 5.14 for ADDFD_FLAG_SEND)
+
+/// One intercepted system call, as the kernel reports it (struct seccomp_notif, flattened).
+typedef struct {
+    uint64_t id;
+    uint32_t pid;
+    int32_t syscall;
+    uint32_t arch;
+    uint64_t instruction_pointer;
+    uint64_t args[6];
+} csystem_notification;
+
+/// The system call numbers on this architecture, and the architecture the filter accepts.
+int csystem_syscall_bind(void);
+int csystem_syscall_connect(void);
+int csystem_syscall_sendto(void);
+int csystem_syscall_sendmsg(void);
+uint32_t csystem_audit_arch(void);
+
+/// Installs a seccomp filter on the calling thread that hands the listed system calls of this architecture
+/// to a supervisor (SECCOMP_RET_USER_NOTIF) and allows everything else, after PR_SET_NO_NEW_PRIVS.
+/// Survives execve and is inherited by every child. Returns the notification descriptor (close-on-exec).
+int csystem_seccomp_listen(const int *syscalls, int count);
+
+/// Waits for the next notification (blocking; use poll for readiness). 0, or -1 and errno.
+int csystem_seccomp_receive(int notify_fd, csystem_notification *notification);
+
+/// Whether the notification `id` is still pending (the process did not die, its call was not interrupted).
+/// 0 when it is, -1 and errno (ENOENT) when not.
+int csystem_seccomp_id_valid(int notify_fd, uint64_t id);
+
+/// Answers `id`: with `continue_call` the original call runs as if nothing happened; else it returns
+/// `value` (when `error` is 0) or fails with -`error`... `error` is a positive errno here.
+int csystem_seccomp_respond(int notify_fd, uint64_t id, int continue_call, int64_t value, int error);
+
+/// Puts `source_fd` into the notifying process under the number `target_fd` (replacing what was there),
+/// with O_CLOEXEC when `close_on_exec`. Returns the number it got there.
+int csystem_seccomp_add_fd(int notify_fd, uint64_t id, int source_fd, int target_fd, int close_on_exec);
+
+#endif

@@ -1,0 +1,169 @@
+// The one file compiled with _GNU_SOURCE: what Glibc's module map hides from Swift. See CSystem.h.
+#define _GNU_SOURCE
+#include "CPortReuseSystem.h"
+
+#include <errno.h>
+
+#ifdef __linux__
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+int csystem_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags) { return accept4(fd, address, length, flags); }
+int csystem_pipe2(int ends[2], int flags) { return pipe2(ends, flags); }
+
+// Raw system calls rather than glibc 2.36's wrappers, so that older glibc builds link too.
+int csystem_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+int csystem_pidfd_getfd(int pidfd, int target) { return (int)syscall(SYS_pidfd_getfd, pidfd, target, 0); }
+int csystem_pidfd_send_signal(int pidfd, int signal) { return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0); }
+
+int csystem_set_child_subreaper(int on) { return prctl(PR_SET_CHILD_SUBREAPER, on ? 1 : 0, 0, 0, 0); }
+int csystem_set_parent_death_signal(int signal) { return prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0); }
+int csystem_set_no_new_privileges(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); }
+int csystem_setns(int fd, int nstype) { return setns(fd, nstype); }
+int csystem_clone_newnet(void) { return CLONE_NEWNET; }
+
+ssize_t csystem_getxattr(const char *path, const char *name, void *value, size_t size) { return getxattr(path, name, value, size); }
+
+int csystem_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+#else
+    (void)actions;
+    (void)from;
+    return ENOSYS;
+#endif
+}
+
+ssize_t csystem_read_process_memory(pid_t pid, uint64_t address, void *buffer, size_t length) {
+    struct iovec local = {buffer, length};
+    struct iovec remote = {(void *)(uintptr_t)address, length};
+    return process_vm_readv(pid, &local, 1, &remote, 1, 0);
+}
+
+// MARK: seccomp user notification
+
+int csystem_syscall_bind(void) { return SYS_bind; }
+int csystem_syscall_connect(void) { return SYS_connect; }
+int csystem_syscall_sendto(void) { return SYS_sendto; }
+int csystem_syscall_sendmsg(void) { return SYS_sendmsg; }
+
+uint32_t csystem_audit_arch(void) {
+#if defined(__x86_64__)
+    return AUDIT_ARCH_X86_64;
+#elif defined(__aarch64__)
+    return AUDIT_ARCH_AARCH64;
+#else
+    return 0;
+#endif
+}
+
+int csystem_seccomp_listen(const int *syscalls, int count) {
+    uint32_t arch = csystem_audit_arch();
+    if (arch == 0 || count < 1 || count > 8) {
+        errno = arch == 0 ? ENOSYS : EINVAL;
+        return -1;
+    }
+    // Load arch; not ours -> allow. Load nr; each listed -> notify; else allow.
+    struct sock_filter program[4 + 8 + 2];
+    int n = 0;
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, arch, 1, 0);
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    for (int i = 0; i < count; i++) {
+        // Jump to the notify return (the last instruction) on a match; the allow return sits just before it.
+        int remaining = count - 1 - i;
+        program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)syscalls[i], (uint8_t)(remaining + 1), 0);
+    }
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF);
+    struct sock_fprog filter = {.len = (unsigned short)n, .filter = program};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &filter);
+}
+
+int csystem_seccomp_receive(int notify_fd, csystem_notification *notification) {
+    // The kernel may have a larger struct than these headers: ask for its size once.
+    static struct seccomp_notif_sizes sizes;
+    if (sizes.seccomp_notif == 0 && syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) != 0) return -1;
+    unsigned char buffer[512];
+    if (sizes.seccomp_notif > sizeof buffer) {
+        errno = EOVERFLOW;
+        return -1;
+    }
+    memset(buffer, 0, sizes.seccomp_notif);
+    if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_RECV, buffer) != 0) return -1;
+    struct seccomp_notif *request = (struct seccomp_notif *)buffer;
+    notification->id = request->id;
+    notification->pid = request->pid;
+    notification->syscall = request->data.nr;
+    notification->arch = request->data.arch;
+    notification->instruction_pointer = request->data.instruction_pointer;
+    for (int i = 0; i < 6; i++) notification->args[i] = request->data.args[i];
+    return 0;
+}
+
+int csystem_seccomp_id_valid(int notify_fd, uint64_t id) { return ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id); }
+
+int csystem_seccomp_respond(int notify_fd, uint64_t id, int continue_call, int64_t value, int error) {
+    struct seccomp_notif_resp response;
+    memset(&response, 0, sizeof response);
+    response.id = id;
+    if (continue_call) {
+        response.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+    } else {
+        response.val = error ? 0 : value;
+        response.error = error ? -error : 0;
+    }
+    return ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND, &response);
+}
+
+int csystem_seccomp_add_fd(int notify_fd, uint64_t id, int source_fd, int target_fd, int close_on_exec) {
+    struct seccomp_notif_addfd request;
+    memset(&request, 0, sizeof request);
+    request.id = id;
+    request.flags = SECCOMP_ADDFD_FLAG_SETFD;
+    request.srcfd = (uint32_t)source_fd;
+    request.newfd = (uint32_t)target_fd;
+    request.newfd_flags = close_on_exec ? O_CLOEXEC : 0;
+    return ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_ADDFD, &request);
+}
+
+#else  // Not Linux: nothing here exists.
+
+#define CSYSTEM_MISSING { errno = ENOSYS; return -1; }
+int csystem_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags) CSYSTEM_MISSING
+int csystem_pipe2(int ends[2], int flags) CSYSTEM_MISSING
+int csystem_pidfd_open(pid_t pid) CSYSTEM_MISSING
+int csystem_pidfd_getfd(int pidfd, int target) CSYSTEM_MISSING
+int csystem_pidfd_send_signal(int pidfd, int signal) CSYSTEM_MISSING
+int csystem_set_child_subreaper(int on) CSYSTEM_MISSING
+int csystem_set_parent_death_signal(int signal) CSYSTEM_MISSING
+int csystem_set_no_new_privileges(void) CSYSTEM_MISSING
+int csystem_setns(int fd, int nstype) CSYSTEM_MISSING
+int csystem_clone_newnet(void) { return 0; }
+ssize_t csystem_getxattr(const char *path, const char *name, void *value, size_t size) CSYSTEM_MISSING
+int csystem_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from) { return ENOSYS; }
+ssize_t csystem_read_process_memory(pid_t pid, uint64_t address, void *buffer, size_t length) CSYSTEM_MISSING
+int csystem_syscall_bind(void) { return -1; }
+int csystem_syscall_connect(void) { return -1; }
+int csystem_syscall_sendto(void) { return -1; }
+int csystem_syscall_sendmsg(void) { return -1; }
+uint32_t csystem_audit_arch(void) { return 0; }
+int csystem_seccomp_listen(const int *syscalls, int count) CSYSTEM_MISSING
+int csystem_seccomp_receive(int notify_fd, csystem_notification *notification) CSYSTEM_MISSING
+int csystem_seccomp_id_valid(int notify_fd, uint64_t id) CSYSTEM_MISSING
+int csystem_seccomp_respond(int notify_fd, uint64_t id, int continue_call, int64_t value, int error) CSYSTEM_MISSING
+int csystem_seccomp_add_fd(int notify_fd, uint64_t id, int source_fd, int target_fd, int close_on_exec) CSYSTEM_MISSING
+#endif

@@ -1,0 +1,118 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import CPortReuseSystem
+import SystemPackage
+
+#if canImport(Glibc) || canImport(Darwin)
+/// Files, folders, pipes and descriptors: the few calls PortReuse, the CLI and the tests make, each with one
+/// EINTR and errno path.
+package enum Files {
+    /// The text of an errno value, such as `No such file or directory`. The corresponding C function is `strerror`.
+    package static func errorText(_ code: Int32 = Sys.lastError()) -> String { String(cString: strerror(code)) }
+
+    /// The whole content of a file (a /proc file too), at most `limit` bytes; `nil` when it cannot be read.
+    package static func read(_ path: String, limit: Int = 1 << 26) -> [UInt8]? {
+        guard let fd = try? systemCall("open", { open(path, O_RDONLY | O_CLOEXEC) }) else { return nil }
+        defer { close(fd) }
+        return read(descriptor: fd, limit: limit)
+    }
+
+    /// Reads `count` bytes at `offset` (fewer when the file ends first, unless `exactly`); `nil` when the file
+    /// cannot be read, or is short and `exactly` is set. The corresponding C function is `pread`.
+    package static func read(_ path: String, offset: Int, count: Int, exactly: Bool = false) -> [UInt8]? {
+        guard let fd = try? systemCall("open", { open(path, O_RDONLY | O_CLOEXEC) }) else { return nil }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: count)
+        guard let read = try? systemCall("pread", { bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) } }),
+            !exactly || read == count
+        else { return nil }
+        return Array(bytes[0..<read])
+    }
+
+    /// Reads from `descriptor` until end of file or `limit` bytes; `nil` on an error before any byte.
+    package static func read(descriptor: Int32, limit: Int) -> [UInt8]? {
+        var content: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while content.count < limit {
+            let wanted = min(chunk.count, limit - content.count)
+            guard let count = try? systemCall("read", { chunk.withUnsafeMutableBytes { systemRead(descriptor, $0.baseAddress, wanted) } }) else {
+                return content.isEmpty ? nil : content
+            }
+            if count == 0 { break }
+            content.append(contentsOf: chunk[0..<count])
+        }
+        return content
+    }
+
+    /// Writes all of `bytes` to `descriptor`. The corresponding C function is `write`.
+    package static func write(_ bytes: some Collection<UInt8>, to descriptor: Int32) throws(SystemError) {
+        var rest = Array(bytes)[...]
+        while !rest.isEmpty {
+            let written = try systemCall("write") { rest.withUnsafeBytes { systemWrite(descriptor, $0.baseAddress, $0.count) } }
+            rest = rest.dropFirst(written)
+        }
+    }
+
+    /// `stat` of a path (following symlinks), or `nil`.
+    package static func status(_ path: String) -> stat? {
+        var info = stat()
+        return stat(path, &info) == 0 ? info : nil
+    }
+
+    package static func isRegularFile(_ path: String) -> Bool {
+        guard let info = status(path) else { return false }
+        return info.st_mode & S_IFMT == S_IFREG
+    }
+
+    /// The names in a folder (without `.` and `..`); empty when it cannot be read.
+    package static func list(_ folder: String) -> [String] {
+        guard let directory = opendir(folder) else { return [] }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// The folder that holds `path` (`/` for `/x`; `.` for a bare name).
+    package static func parent(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
+    /// A pipe with both ends close-on-exec (and non-blocking if asked), set atomically where the system can.
+    /// The corresponding C function is `pipe2`.
+    package static func pipe(nonBlocking: Bool = false) throws(SystemError) -> (read: Int32, write: Int32) {
+        var ends: [Int32] = [-1, -1]
+        #if os(Linux)
+        _ = try systemCall("pipe2") { ends.withUnsafeMutableBufferPointer { csystem_pipe2($0.baseAddress!, O_CLOEXEC | (nonBlocking ? O_NONBLOCK : 0)) } }
+        #else
+        _ = try systemCall("pipe") { Darwin.pipe(&ends) }
+        for end in ends {
+            _ = Sys.setCloseOnExec(end)
+            if nonBlocking { _ = Sys.setBlocking(end, false) }
+        }
+        #endif
+        return (ends[0], ends[1])
+    }
+
+    /// Closes a descriptor, once; EINTR is not retried (the descriptor is gone either way on Linux).
+    package static func close(_ descriptor: Int32) { _ = Sys.close(descriptor) }
+
+    /// Calls `body` with a NULL-terminated array of C strings (for `execve` and `posix_spawn`).
+    package static func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
+        let pointers = strings.map { strdup($0) } + [nil]
+        defer { pointers.forEach { free($0) } }
+        return body(pointers)
+    }
+}
+
+// The C functions under names that Files' own `read` and `write` do not shadow.
+@inline(__always) private func systemRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int { read(fd, buffer, count) }
+@inline(__always) private func systemWrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: Int) -> Int { write(fd, buffer, count) }
+#endif

@@ -1,0 +1,164 @@
+#if os(Linux)
+import CPortReuseSystem
+import Glibc
+import SystemPackage
+
+/// Processes on Linux: pidfds, signals, reaping, namespaces, another process's memory. Each function says which
+/// C call it wraps and throws a ``SystemError`` that names it.
+package enum Processes {
+    /// A descriptor naming the process `pid` and no other, ever. The corresponding C call is `pidfd_open`
+    /// (Linux 5.3+).
+    package static func open(_ pid: pid_t) throws(SystemError) -> Int32 {
+        try systemCall("pidfd_open") { csystem_pidfd_open(pid) }
+    }
+
+    /// A duplicate of descriptor `target` of the process `pidfd` names (close-on-exec): the very socket or file,
+    /// shared with that process. Needs ptrace rights over it. The corresponding C call is `pidfd_getfd` (5.6+).
+    package static func duplicate(_ target: Int32, of pidfd: Int32) throws(SystemError) -> Int32 {
+        try systemCall("pidfd_getfd") { csystem_pidfd_getfd(pidfd, target) }
+    }
+
+    /// A duplicate of descriptor `target` of process `pid`; see ``duplicate(_:of:)``.
+    package static func duplicate(_ target: Int32, ofProcess pid: pid_t) throws(SystemError) -> Int32 {
+        let pidfd = try open(pid)
+        defer { Files.close(pidfd) }
+        return try duplicate(target, of: pidfd)
+    }
+
+    /// Sends `signal` to exactly the process `pidfd` names, even if its pid was reused since. The corresponding
+    /// C call is `pidfd_send_signal`.
+    package static func signal(_ pidfd: Int32, _ signal: Int32) throws(SystemError) {
+        _ = try systemCall("pidfd_send_signal") { csystem_pidfd_send_signal(pidfd, signal) }
+    }
+
+    /// Sends `signal` to a process (pid > 0) or a process group (pid < 0). The corresponding C call is `kill`.
+    package static func kill(_ pid: pid_t, _ signal: Int32) throws(SystemError) {
+        _ = try systemCall("kill") { Glibc.kill(pid, signal) }
+    }
+
+    /// Whether any process of group `group` still exists (EPERM: it exists, as another user's).
+    package static func groupExists(_ group: pid_t) -> Bool {
+        Glibc.kill(-group, 0) == 0 || errno == EPERM
+    }
+
+    /// Makes this process the reaper of its orphaned descendants. The corresponding C call is
+    /// `prctl(PR_SET_CHILD_SUBREAPER, 1)`.
+    package static func becomeSubreaper() throws(SystemError) {
+        _ = try systemCall("prctl(PR_SET_CHILD_SUBREAPER)") { csystem_set_child_subreaper(1) }
+    }
+
+    /// Asks the kernel to send `signal` to this process when its parent thread dies. The corresponding C call is
+    /// `prctl(PR_SET_PDEATHSIG)`.
+    package static func setParentDeathSignal(_ signal: Int32) throws(SystemError) {
+        _ = try systemCall("prctl(PR_SET_PDEATHSIG)") { csystem_set_parent_death_signal(signal) }
+    }
+
+    /// Moves the calling thread into the network namespace `descriptor` names. The corresponding C call is
+    /// `setns(fd, CLONE_NEWNET)`.
+    package static func enterNetworkNamespace(_ descriptor: Int32) throws(SystemError) {
+        _ = try systemCall("setns") { csystem_setns(descriptor, csystem_clone_newnet()) }
+    }
+
+    /// Reads `count` bytes at `address` in process `pid` (ptrace rights needed); fewer when the range ends in an
+    /// unmapped page. The corresponding C call is `process_vm_readv`.
+    package static func readMemory(of pid: pid_t, at address: UInt64, count: Int) throws(SystemError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let read = try systemCall("process_vm_readv") {
+            bytes.withUnsafeMutableBytes { csystem_read_process_memory(pid, address, $0.baseAddress, count) }
+        }
+        return Array(bytes[0..<read])
+    }
+
+    /// Whether a file carries file capabilities (the `security.capability` extended attribute, as `getcap`
+    /// shows). The corresponding C call is `getxattr`.
+    package static func hasFileCapabilities(_ path: String) -> Bool {
+        csystem_getxattr(path, "security.capability", nil, 0) > 0
+    }
+
+    /// The real path of this executable, without the " (deleted)" the kernel adds once the file was replaced.
+    /// The corresponding C call is `readlink("/proc/self/exe")`.
+    package static func currentExecutable() throws(SystemError) -> String {
+        let path = try readLink("/proc/self/exe")
+        return path.hasSuffix(" (deleted)") ? String(path.dropLast(10)) : path
+    }
+
+    /// The target of a symbolic link (a /proc/PID/fd entry, say). The corresponding C call is `readlink`.
+    package static func readLink(_ path: String) throws(SystemError) -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = try systemCall("readlink") { readlink(path, &buffer, Int(PATH_MAX)) }
+        return String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Waits for a child to change state: its pid and wait status, or `nil` with `noHang` when none has.
+    /// The corresponding C call is `waitpid`.
+    package static func wait(_ pid: pid_t = -1, noHang: Bool) throws(SystemError) -> (pid: pid_t, status: ExitStatus)? {
+        var status: Int32 = 0
+        let found = try systemCall("waitpid") { waitpid(pid, &status, noHang ? WNOHANG : 0) }
+        return found == 0 ? nil : (found, ExitStatus(raw: status))
+    }
+
+    /// The monotonic clock in nanoseconds (CLOCK_MONOTONIC: it carries on across execve, never jumps).
+    package static var monotonicNanoseconds: UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    }
+
+    /// The wall clock in seconds since 1970 (CLOCK_REALTIME), for what a person reads.
+    package static var wallClockSeconds: Double {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+    }
+}
+
+/// How a process ended, as `waitpid` reports it and a person reads it.
+package struct ExitStatus: Hashable, Sendable, Codable, CustomStringConvertible {
+    /// The wait status from `waitpid`.
+    package var raw: Int32
+
+    package init(raw: Int32) { self.raw = raw }
+
+    /// The signal that killed it, if one did.
+    package var signal: Int32? { raw & 0x7F == 0 ? nil : raw & 0x7F }
+    /// Its exit code (0 when a signal killed it).
+    package var code: Int32 { (raw >> 8) & 0xFF }
+    package var isSuccess: Bool { raw == 0 }
+    /// What a shell reports: the exit code, or 128 + the signal.
+    package var shellStatus: Int32 { signal.map { 128 + $0 } ?? code }
+
+    package var description: String {
+        if let signal { return "killed by \(SignalName(signal))" }
+        return "exit status \(code)"
+    }
+}
+
+/// A signal by number, read and shown by name (`TERM`, `SIGTERM`, `15`).
+package struct SignalName: Hashable, Sendable, CustomStringConvertible {
+    package var number: Int32
+
+    package static let table: [(String, Int32)] = [
+        ("HUP", SIGHUP), ("INT", SIGINT), ("QUIT", SIGQUIT), ("KILL", SIGKILL), ("USR1", SIGUSR1), ("USR2", SIGUSR2),
+        ("TERM", SIGTERM), ("WINCH", SIGWINCH), ("CONT", SIGCONT), ("STOP", SIGSTOP), ("ALRM", SIGALRM), ("PWR", SIGPWR),
+        ("ILL", SIGILL), ("TRAP", SIGTRAP), ("ABRT", SIGABRT), ("BUS", SIGBUS), ("FPE", SIGFPE), ("SEGV", SIGSEGV),
+        ("PIPE", SIGPIPE), ("CHLD", SIGCHLD), ("TSTP", SIGTSTP), ("SYS", SIGSYS),
+    ]
+
+    package init(_ number: Int32) { self.number = number }
+
+    /// A name with or without SIG, in any case, or a number from 1 to 64; `nil` for anything else.
+    package init?(parsing text: String) {
+        var name = text.uppercased()
+        if name.hasPrefix("SIG") { name = String(name.dropFirst(3)) }
+        if let found = Self.table.first(where: { $0.0 == name }) {
+            number = found.1
+        } else if text.allSatisfy(\.isASCII), let value = Int32(text), value > 0, value < 65 {
+            number = value
+        } else {
+            return nil
+        }
+    }
+
+    package var description: String { Self.table.first { $0.1 == number }.map { "SIG" + $0.0 } ?? "signal \(number)" }
+}
+#endif

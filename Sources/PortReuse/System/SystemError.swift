@@ -1,0 +1,44 @@
+import SystemPackage
+
+/// A system call that failed: its name and the errno it left. The one error type of the system layer, which
+/// PortReuseNIO, the CLI's library and the tests share; the library's public API turns it into a
+/// ``PortReuseError`` that names the operation and the address.
+package struct SystemError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The C function, as in `pidfd_getfd`.
+    package var call: String
+    /// What it set errno to (or returned, for calls such as `posix_spawn` that return the code).
+    package var errno: Errno
+
+    package init(_ call: String, _ errno: Errno) {
+        self.call = call
+        self.errno = errno
+    }
+
+    /// `call: No such process`.
+    package var description: String { "\(call): \(errno.description)" }
+}
+
+/// Runs a C call that returns -1 and sets errno when it fails: its value, or a ``SystemError`` naming it.
+/// With `retryOnInterrupt` (the default) a call interrupted by a signal (EINTR) runs again; pass false where
+/// an interruption must reach the caller (a poll loop that reads its signals afterwards).
+/// Modelled on swift-system's `valueOrErrno(retryOnInterrupt:)`.
+@inline(__always)
+package func systemCall<Result: FixedWidthInteger>(
+    _ name: String, retryOnInterrupt: Bool = true, _ body: () -> Result
+) throws(SystemError) -> Result {
+    while true {
+        let result = body()
+        if result != -1 { return result }
+        let code = Errno(rawValue: Sys.lastError())
+        if retryOnInterrupt && code == .interrupted { continue }
+        throw SystemError(name, code)
+    }
+}
+
+/// The same for calls that return the error code itself (0 on success), as `posix_spawn` and the pthread
+/// functions do.
+@inline(__always)
+package func systemCallReturningCode(_ name: String, _ body: () -> Int32) throws(SystemError) {
+    let code = body()
+    if code != 0 { throw SystemError(name, Errno(rawValue: code)) }
+}
