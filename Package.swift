@@ -35,13 +35,25 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
-        .executableTarget(
-            name: "portreuse",
+        // The logic of the portreuse command (the supervisor of `up`, `run`'s shim configuration and program
+        // inspection, `who`'s report, the demo), which the executable, the demo and the tests import.
+        .target(
+            name: "PortReuseTools",
             dependencies: [
                 "PortReuse",
                 "DemoServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The portreuse command: argument parsing and @main (Linux only).
+        .executableTarget(
+            name: "portreuse",
+            dependencies: [
+                "PortReuse",
+                "PortReuseTools",
+                "DemoServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // The tiny HTTP server of Examples/hello and of `portreuse demo`'s workers (portreuse demo-worker).
@@ -62,7 +74,7 @@ let package = Package(
         ),
         .target(name: "TestSupport", dependencies: ["PortReuse"], path: "Tests/TestSupport"),
         .testTarget(name: "PortReuseTests", dependencies: ["PortReuse", "TestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["PortReuse", "TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["PortReuse", "PortReuseTools", "TestSupport"]),
         .testTarget(
             name: "PortReuseNIOTests",
             dependencies: [

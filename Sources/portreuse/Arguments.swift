@@ -1,5 +1,6 @@
 import ArgumentParser
 import PortReuse
+import PortReuseTools
 
 // The library's vocabulary as command-line arguments: `--policy shared` is `.shared`, and an address
 // argument takes every form `Address` parses, failing with the library's error text.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import PortReuse
+import PortReuseTools
 
 /// `portreuse listen`: joins a multicast group (or binds a broadcast address) on a port shared with the group's
 /// other receivers, and prints every datagram that arrives. The library's `GroupReceiver` does the work.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import PortReuse
+import PortReuseTools
 
 @main
 struct PortReuseCommand: ParsableCommand {
@@ -19,9 +20,4 @@ struct PortReuseCommand: ParsableCommand {
         version: version,
         subcommands: [Demo.self, Up.self, Run.self, Who.self, Listen.self, Send.self, DemoWorker.self]
     )
-}
-
-extension String {
-    /// The string padded with spaces to `width` characters.
-    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import PortReuse
+import PortReuseTools
 
 /// `portreuse run`: starts an unmodified program with the LD_PRELOAD shim, which sets the sharing policy's
 /// socket options before each of its binds, can move its binds elsewhere, and can make its outgoing
@@ -118,7 +119,7 @@ struct Run: ParsableCommand {
             if verbose {
                 let settings = shim.variables.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
                 let note = dropped.isEmpty ? "" : "; left out inherited \(dropped.joined(separator: ", ")) (the flags say it all)"
-                FileSystem.printError("portreuse run: \(program.path) with \(library.path), \(settings)\(note)")
+                printError("portreuse run: \(program.path) with \(library.path), \(settings)\(note)")
             }
             try Self.replaceProcess(with: program, arguments: command, environment: environment)
         }
@@ -126,7 +127,7 @@ struct Run: ParsableCommand {
 
     /// Whether CAP_NET_ADMIN (bit 12) is in this process's effective set, read from /proc/self/status.
     static func hasNetAdmin() -> Bool {
-        guard let status = FileSystem.read("/proc/self/status", count: 8192) else { return false }
+        guard let status = Files.read("/proc/self/status", limit: 8192) else { return false }
         let line = String(decoding: status, as: UTF8.self).split(separator: "\n").first { $0.hasPrefix("CapEff:") }
         guard let hex = line?.split(separator: "\t").last, let mask = UInt64(hex, radix: 16) else { return false }
         return mask & (1 << 12) != 0
@@ -135,12 +136,12 @@ struct Run: ParsableCommand {
     /// `execve`: the program takes this process's place. Returns only by throwing.
     static func replaceProcess(with program: Program, arguments: [String], environment: [String]) throws(CommandFailure) {
         fflush(nil)  // what print() buffered must not be lost with this process image
-        let code = FileSystem.withCStrings(arguments) { argv in
-            FileSystem.withCStrings(environment) { envp in
+        let code = Files.withCStrings(arguments) { argv in
+            Files.withCStrings(environment) { envp in
                 execve(program.path, argv, envp)
                 return errno
             }
         }
-        throw CommandFailure("cannot start \(program.path): \(FileSystem.errorText(code))", exitCode: code == ENOENT ? 127 : 126)
+        throw CommandFailure("cannot start \(program.path): \(Files.errorText(code))", exitCode: code == ENOENT ? 127 : 126)
     }
 }

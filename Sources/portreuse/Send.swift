@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import PortReuse
+import PortReuseTools
 
 /// `portreuse send`: sends a datagram to a multicast group, a broadcast address or any UDP address, so that a
 /// group can be checked from the shell (with `portreuse listen` at the other end).

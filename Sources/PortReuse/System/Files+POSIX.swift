@@ -62,6 +62,22 @@ package enum Files {
         return stat(path, &info) == 0 ? info : nil
     }
 
+    /// The modification time in seconds since 1970, or `nil` when the file is missing.
+    package static func modificationTime(_ path: String) -> Double? {
+        #if canImport(Darwin)
+        status(path).map { Double($0.st_mtimespec.tv_sec) + Double($0.st_mtimespec.tv_nsec) / 1e9 }
+        #else
+        status(path).map { Double($0.st_mtim.tv_sec) + Double($0.st_mtim.tv_nsec) / 1e9 }
+        #endif
+    }
+
+    /// Writes `bytes` to a new or truncated file with mode 0644; false on any error.
+    package static func write(_ bytes: [UInt8], toFile path: String) -> Bool {
+        guard let fd = try? systemCall("open", { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }) else { return false }
+        defer { close(fd) }
+        return (try? write(bytes, to: fd)) != nil
+    }
+
     package static func isRegularFile(_ path: String) -> Bool {
         guard let info = status(path) else { return false }
         return info.st_mode & S_IFMT == S_IFREG

@@ -1,12 +1,13 @@
 import ArgumentParser
 import Glibc
 import PortReuse
+import PortReuseTools
 
 /// `portreuse demo`: the whole story in under a minute, on loopback. Why restarts fail (TIME-WAIT), how a
 /// shared port spreads load over worker processes, and a rolling restart under load through `portreuse up`
 /// that loses nothing, beside a naive stop-then-start that does.
 struct Demo: ParsableCommand {
-    static let schema = "portreuse.demo/1"
+    static let schema = DemoFigures.schema
 
     static let configuration = CommandConfiguration(
         abstract: "See in under a minute why restarts fail, how a shared port spreads load, and restarts that lose nothing.",
@@ -81,17 +82,19 @@ struct Demo: ParsableCommand {
         }
     }
 
+    var options: DemoOptions { DemoOptions(workers: workers, seconds: seconds, restarts: restarts, clients: clients, json: json) }
+
     func run() throws {
         try CommandFailure.reporting {
             let processes = try DemoProcesses()
             var finished = false
             defer { processes.stopAll(keepingLog: !finished) }
-            let session = DemoSession(options: self, processes: processes)
+            let session = DemoSession(options: options, processes: processes)
             do {
                 let figures = try session.run()
                 finished = true
                 if json {
-                    print(figures.json(options: self).description)
+                    print(figures.json(options: options).description)
                 } else {
                     session.say(session.summary(figures))
                 }
@@ -100,7 +103,7 @@ struct Demo: ParsableCommand {
             } catch let interrupted as DemoInterrupted {
                 finished = true
                 processes.stopAll(keepingLog: false)
-                FileSystem.printError("\nportreuse demo: interrupted by \(SignalName(interrupted.signal)); stopped everything it started")
+                printError("\nportreuse demo: interrupted by \(SignalName(interrupted.signal)); stopped everything it started")
                 throw ExitCode(130)
             }
         }
@@ -108,80 +111,3 @@ struct Demo: ParsableCommand {
 }
 
 /// The figures of one run.
-struct DemoFigures {
-    struct Rebind {
-        var rebound: Bool
-        var error: PortReuseError?
-    }
-
-    struct Pain {
-        var port: UInt16
-        var timeWait: Int
-        var exclusive: Rebind
-        var restartablePort: UInt16
-        var restartable: Rebind
-    }
-
-    struct Sharing {
-        var port: UInt16
-        var load: DemoLoad.Figures
-        var workers: [(name: String, pid: pid_t, connections: Int)]
-        var maxOverMin: Double
-        var whoText: String
-    }
-
-    struct Restarts {
-        var style: String
-        var load: DemoLoad.Figures
-        var restarts: Int
-        var failedRestarts: Int
-        /// up: SIGHUP to the new generation ready; naive: the old one stopped to the new one ready.
-        var milliseconds: [Double]
-        var servedBy: Int
-    }
-
-    var pain: Pain
-    var sharing: Sharing
-    var up: Restarts
-    var naive: Restarts
-    var elapsed: Double
-
-    var passed: Bool { up.load.failed == 0 && up.failedRestarts == 0 && up.load.succeeded > 0 }
-
-    func json(options: Demo) -> JSON {
-        func number(_ value: Int) -> JSON { .number(Int64(value)) }
-        func rebind(_ value: Rebind) -> JSON {
-            .object([
-                ("rebound", .bool(value.rebound)), ("errno", .optional(value.error?.errno?.symbol, JSON.string)),
-                ("error", .optional(value.error?.description, JSON.string)),
-            ])
-        }
-        func errors(_ load: DemoLoad.Figures) -> JSON { .object(load.errors.sorted { $0.key < $1.key }.map { ($0.key, number($0.value)) }) }
-        func restarts(_ value: Restarts, timesKey: String) -> JSON {
-            .object([
-                ("sent", number(value.load.sent)), ("failed", number(value.load.failed)), ("errors", errors(value.load)),
-                ("restarts", number(value.restarts)), ("reloadsFailed", number(value.failedRestarts)),
-                (timesKey, .array(value.milliseconds.map { number(Int($0.rounded())) })), ("servedBy", number(value.servedBy)),
-            ])
-        }
-        return .object([
-            ("schema", .string(Demo.schema)), ("workers", number(options.workers)), ("loadMilliseconds", number(Int((options.seconds * 1000).rounded()))),
-            ("restarts", number(options.restarts)), ("clients", number(options.clients)),
-            ("elapsedSeconds", .number(Int64(elapsed.rounded()))), ("passed", .bool(passed)),
-            ("pain", .object([
-                ("port", number(Int(pain.port))), ("timeWait", number(pain.timeWait)),
-                ("exclusive", rebind(pain.exclusive)), ("restartable", rebind(pain.restartable)),
-            ])),
-            ("sharing", .object([
-                ("port", number(Int(sharing.port))), ("sent", number(sharing.load.sent)), ("failed", number(sharing.load.failed)),
-                ("workers", .array(sharing.workers.map {
-                    .object([("name", .string($0.name)), ("pid", number(Int($0.pid))), ("connections", number($0.connections))])
-                })),
-                ("maxOverMin", number(sharing.maxOverMin.isFinite ? Int((sharing.maxOverMin * 1000).rounded()) : 0)),
-            ])),
-            ("zeroDowntime", .object([
-                ("up", restarts(up, timesKey: "reloadMilliseconds")), ("naive", restarts(naive, timesKey: "downMilliseconds")),
-            ])),
-        ])
-    }
-}

@@ -2,6 +2,7 @@ import ArgumentParser
 import DemoServer
 import Glibc
 import PortReuse
+import PortReuseTools
 
 /// `portreuse demo-worker` (hidden): the worker processes of `portreuse demo`, a tiny HTTP server that
 /// answers every request with "worker NAME pid PID". It takes its listener from socket activation (under

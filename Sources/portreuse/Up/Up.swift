@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import PortReuse
+import PortReuseTools
 
 /// `portreuse up`: a zero-downtime supervisor. It opens the sockets once, hands them to the program by
 /// systemd socket activation, and on a reload starts the new version beside the old one, switching over
@@ -74,7 +75,7 @@ struct Up: ParsableCommand {
     @Option(help: ArgumentHelp("How long an old generation may drain after the stop signal before SIGKILL.", valueName: "duration"), transform: { try Seconds(parsing: $0, option: "--grace") })
     var grace = Seconds(30)
 
-    @Option(help: ArgumentHelp("The signal that asks a generation to stop (TERM, INT, QUIT, WINCH, …).", valueName: "signal"), transform: { try SignalName(parsing: $0) })
+    @Option(help: ArgumentHelp("The signal that asks a generation to stop (TERM, INT, QUIT, WINCH, …).", valueName: "signal"), transform: { try SignalName.parse($0) })
     var stopSignal = SignalName(SIGTERM)
 
     @Option(help: ArgumentHelp("Write up's pid here (and its status to PATH.status) for --reload, --status and --upgrade.", valueName: "path"))
@@ -232,7 +233,7 @@ struct Up: ParsableCommand {
         let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
         var template = Array("\(base)/portreuse-up.XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else {
-            throw CommandFailure("cannot create a private folder in \(base) for the notify sockets: \(FileSystem.errorText())")
+            throw CommandFailure("cannot create a private folder in \(base) for the notify sockets: \(Files.errorText())")
         }
         return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
@@ -242,16 +243,16 @@ struct Up: ParsableCommand {
         if let other = UpClient.readPID(pidFile), other != getpid(), kill(other, 0) == 0 || errno == EPERM {
             throw CommandFailure("\(pidFile) names pid \(other), which is running: another portreuse up uses this pid file")
         }
-        guard FileSystem.write(Array("\(getpid())\n".utf8), to: pidFile) else {
-            throw CommandFailure("cannot write the pid file \(pidFile): \(FileSystem.errorText())")
+        guard Files.write(Array("\(getpid())\n".utf8), toFile: pidFile) else {
+            throw CommandFailure("cannot write the pid file \(pidFile): \(Files.errorText())")
         }
     }
 
     /// --reuseport: says once when the kernel will reset connections queued on an old generation's socket.
     private static func warnAboutMigration() {
-        guard let text = FileSystem.read("/proc/sys/net/ipv4/tcp_migrate_req", count: 8) else { return }
+        guard let text = Files.read("/proc/sys/net/ipv4/tcp_migrate_req", limit: 8) else { return }
         if String(decoding: text, as: UTF8.self).hasPrefix("0") {
-            FileSystem.printError(
+            printError(
                 "portreuse up: warning: net.ipv4.tcp_migrate_req=0: connections queued on an old generation's socket are reset "
                     + "when it closes. Turn it on with: sysctl -w net.ipv4.tcp_migrate_req=1 (or use socket activation: drop --reuseport)")
         }

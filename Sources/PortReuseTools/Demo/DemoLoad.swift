@@ -5,37 +5,37 @@ import Synchronization
 /// Load for the demo: `clients` threads that each send one short HTTP request per connection to `address`,
 /// a millisecond apart, until stopped, and count what came back. With `progress`, a thread rewrites one line
 /// on stderr every 100 ms.
-final class DemoLoad: @unchecked Sendable {
+package final class DemoLoad: @unchecked Sendable {
     /// What the load saw.
-    struct Figures {
-        var sent = 0
-        var failed = 0
+    package struct Figures {
+        package var sent = 0
+        package var failed = 0
         /// Answers per worker, keyed by the answer's "worker NAME pid PID".
-        var answers: [String: Int] = [:]
+        package var answers: [String: Int] = [:]
         /// Failures per errno symbol (ECONNREFUSED, ECONNRESET, …).
-        var errors: [String: Int] = [:]
+        package var errors: [String: Int] = [:]
 
-        var succeeded: Int { sent - failed }
-        var errorsText: String {
+        package var succeeded: Int { sent - failed }
+        package var errorsText: String {
             errors.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
         }
     }
 
-    let address: SocketAddress
-    let clients: Int
+    package let address: SocketAddress
+    package let clients: Int
     private let running = Atomic<Bool>(true)
     private let sent = Atomic<Int>(0)
     private let failed = Atomic<Int>(0)
     private let figures = Mutex(Figures())
     /// What the progress line says after the counts, such as "restart 2 of 5".
-    let note = Mutex("")
+    package let note = Mutex("")
     private var threads: [pthread_t] = []
     private let started = Clock.now
     private let label: String
     private let planned: Double
     private let progress: Bool
 
-    init(address: SocketAddress, clients: Int, label: String, seconds: Double, progress: Bool) {
+    package init(address: SocketAddress, clients: Int, label: String, seconds: Double, progress: Bool) {
         self.address = address
         self.clients = clients
         self.label = label
@@ -45,7 +45,7 @@ final class DemoLoad: @unchecked Sendable {
         if progress { threads.append(Self.thread { [self] in showProgress() }) }
     }
 
-    var elapsed: Double { Double(Clock.now - started) / 1e9 }
+    package var elapsed: Double { Double(Clock.now - started) / 1e9 }
 
     private func client() {
         var figures = Figures()
@@ -79,7 +79,7 @@ final class DemoLoad: @unchecked Sendable {
 
     /// The body of a `200` answer without its final newline: "worker NAME pid PID"; `nil` for anything else.
     /// (Bytes, not `String`: Swift reads "\r\n" as one character.)
-    static func body(_ response: [UInt8]) -> String? {
+    package static func body(_ response: [UInt8]) -> String? {
         guard response.starts(with: Array("HTTP/1.1 200".utf8)) else { return nil }
         let end: [UInt8] = [13, 10, 13, 10]
         guard let start = (0...max(0, response.count - 4)).first(where: { response[$0..<min(response.count, $0 + 4)].elementsEqual(end) }) else { return nil }
@@ -92,14 +92,14 @@ final class DemoLoad: @unchecked Sendable {
             let failedNow = failed.load(ordering: .relaxed)
             let text = "  \(label): \(String(format1: elapsed)) of \(String(format1: planned)) s, \(clients) clients, "
                 + "\(sent.load(ordering: .relaxed)) requests, \(failedNow) failed" + note.withLock { $0.isEmpty ? "" : ", \($0)" }
-            printErrorRaw("\r\u{1B}[K" + text)
+            printError("\r\u{1B}[K" + text, newline: false)
             usleep(100_000)
         }
-        printErrorRaw("\r\u{1B}[K")
+        printError("\r\u{1B}[K", newline: false)
     }
 
     /// Stops the clients (each finishes its request in flight, at most 7 s) and returns the figures.
-    func stop() -> Figures {
+    package func stop() -> Figures {
         running.store(false, ordering: .relaxed)
         for thread in threads { pthread_join(thread, nil) }
         threads = []
@@ -119,20 +119,14 @@ final class DemoLoad: @unchecked Sendable {
     }
 }
 
-/// Writes text to stderr without a newline.
-func printErrorRaw(_ text: String) {
-    let bytes = Array(text.utf8)
-    _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-}
-
 extension String {
     /// Without leading and trailing `characters`.
-    func trimmingCharacters(in characters: String) -> String {
+    package func trimmingCharacters(in characters: String) -> String {
         String(self.drop { characters.contains($0) }.reversed().drop { characters.contains($0) }.reversed())
     }
 
     /// A number with one decimal: 2.5.
-    init(format1 value: Double) {
+    package init(format1 value: Double) {
         let tenths = Int((value * 10).rounded())
         self = "\(tenths / 10).\(abs(tenths % 10))"
     }

@@ -1,3 +1,4 @@
+import PortReuse
 import Glibc
 
 /// The LD_PRELOAD shim (`libCReuseShim.so`, the C target `CReuseShim`) that `portreuse run` loads into a
@@ -12,34 +13,34 @@ import Glibc
 /// executable sits in a SwiftPM build folder (a `Package.swift` above it), a missing or outdated shim is
 /// built on first use with `swift build --product CReuseShim` and the same configuration and scratch path,
 /// after one line on stderr; anywhere else a missing shim is an error that says how to build it.
-struct ShimLibrary: Sendable {
+package struct ShimLibrary: Sendable {
     /// The file name SwiftPM gives the dynamic product `CReuseShim` on Linux.
-    static let fileName = "libCReuseShim.so"
+    package static let fileName = "libCReuseShim.so"
 
     /// The absolute path of the shim.
-    let path: String
+    package let path: String
 
     /// Finds the shim, building it first when this executable runs from a SwiftPM build folder and the
     /// shim there is missing or older than its sources. `progress` receives one line before a build.
-    static func locate(progress: (String) -> Void = { FileSystem.printError($0) }) throws(CommandFailure) -> ShimLibrary {
-        let executable = try FileSystem.currentExecutable()
-        let folder = FileSystem.parent(of: executable)
+    package static func locate(progress: (String) -> Void = { printError($0) }) throws(CommandFailure) -> ShimLibrary {
+        let executable = try CommandFailure.executable()
+        let folder = Files.parent(of: executable)
         let besideExecutable = folder + "/" + fileName
 
         if let build = SwiftPMBuildFolder(folder) {
             if let reason = build.reasonToBuild(besideExecutable) {
                 progress("portreuse: building the LD_PRELOAD shim (\(reason)): \(build.commandLine.joined(separator: " "))")
                 try build.buildShim()
-                guard FileSystem.isRegularFile(besideExecutable) else {
+                guard Files.isRegularFile(besideExecutable) else {
                     throw CommandFailure("`\(build.commandLine.joined(separator: " "))` finished but \(besideExecutable) is missing")
                 }
             }
             return try readable(besideExecutable)
         }
 
-        let installFolder = FileSystem.parent(of: folder)
+        let installFolder = Files.parent(of: folder)
         let candidates = [besideExecutable, installFolder + "/lib/portreuse/" + fileName, installFolder + "/lib/" + fileName]
-        guard let found = candidates.first(where: FileSystem.isRegularFile) else {
+        guard let found = candidates.first(where: Files.isRegularFile) else {
             if let blocked = candidates.first(where: { access($0, F_OK) != 0 && errno == EACCES }) {
                 throw unreadable(blocked)
             }
@@ -62,30 +63,30 @@ struct ShimLibrary: Sendable {
 
     private static func unreadable(_ path: String) -> CommandFailure {
         CommandFailure(
-            "this user (uid \(getuid())) cannot read the LD_PRELOAD shim \(path): \(FileSystem.errorText()). Make it and "
+            "this user (uid \(getuid())) cannot read the LD_PRELOAD shim \(path): \(Files.errorText()). Make it and "
                 + "the folders above it readable (chmod a+rx), or install portreuse and \(fileName) where every user can read them")
     }
 }
 
 /// The SwiftPM build folder an executable runs from (`ROOT/.build/x86_64-unknown-linux-gnu/debug`, the real
 /// path behind `.build/debug`), and how to build the shim into it.
-struct SwiftPMBuildFolder {
+package struct SwiftPMBuildFolder {
     /// The package root: the nearest folder above with a Package.swift.
-    let packageRoot: String
+    package let packageRoot: String
     /// The scratch path (usually `ROOT/.build`).
-    let scratchPath: String
+    package let scratchPath: String
     /// `debug` or `release`.
-    let configuration: String
+    package let configuration: String
 
     /// Recognises `ROOT/SCRATCH/.../CONFIGURATION`; `nil` for any other folder.
-    init?(_ productsFolder: String) {
+    package init?(_ productsFolder: String) {
         let configuration = String(productsFolder.split(separator: "/").last ?? "")
         guard configuration == "debug" || configuration == "release" else { return nil }
         var child = productsFolder
         for _ in 0..<4 {
-            let parent = FileSystem.parent(of: child)
+            let parent = Files.parent(of: child)
             guard parent != child else { return nil }
-            if FileSystem.isRegularFile(parent + "/Package.swift") {
+            if Files.isRegularFile(parent + "/Package.swift") {
                 (packageRoot, scratchPath, self.configuration) = (parent, child, configuration)
                 return
             }
@@ -94,24 +95,28 @@ struct SwiftPMBuildFolder {
         return nil
     }
 
-    var commandLine: [String] {
+    package var commandLine: [String] {
         ["swift", "build", "--package-path", packageRoot, "--scratch-path", scratchPath, "--configuration", configuration,
          "--product", "CReuseShim"]
     }
 
     /// Why the shim must be built, or `nil` when it is there and newer than its sources.
-    func reasonToBuild(_ library: String) -> String? {
-        guard let built = FileSystem.modificationTime(library) else { return "first use" }
+    package func reasonToBuild(_ library: String) -> String? {
+        guard let built = Files.modificationTime(library) else { return "first use" }
         let sources = packageRoot + "/Sources/CReuseShim"
-        let newer = (FileSystem.list(sources) + FileSystem.list(sources + "/include").map { "include/" + $0 })
+        let newer = (Files.list(sources) + Files.list(sources + "/include").map { "include/" + $0 })
             .filter { $0.hasSuffix(".c") || $0.hasSuffix(".h") }
-            .contains { (FileSystem.modificationTime(sources + "/" + $0) ?? 0) > built }
+            .contains { (Files.modificationTime(sources + "/" + $0) ?? 0) > built }
         return newer ? "its sources changed" : nil
     }
 
     /// Runs `swift build` with its output on stderr: stdout belongs to the program that runs next.
-    func buildShim() throws(CommandFailure) {
-        let status = FileSystem.spawnAndWait(commandLine, stdoutToStderr: true)
+    package func buildShim() throws(CommandFailure) {
+        var spawn = ProcessSpawn(commandLine)
+        spawn.searchPath = true
+        spawn.standardInput = .inherit
+        spawn.standardOutput = .other
+        let status = (try? spawn.start()).flatMap { try? Processes.wait($0, noHang: false)?.status.shellStatus } ?? 127
         guard status == 0 else {
             throw CommandFailure("building the shim failed (`\(commandLine.joined(separator: " "))` exited with \(status))")
         }

@@ -1,6 +1,7 @@
+import PortReuse
 /// A JSON value whose objects keep their keys in the order written, so that documented schemas print in the
 /// documented order, and whose `null`s are written out rather than left away.
-enum JSON: Sendable, CustomStringConvertible {
+package enum JSON: Sendable, CustomStringConvertible {
     case null
     case bool(Bool)
     case number(Int64)
@@ -9,10 +10,10 @@ enum JSON: Sendable, CustomStringConvertible {
     case object([(String, JSON)])
 
     /// An optional value, `null` when absent.
-    static func optional<T>(_ value: T?, _ wrap: (T) -> JSON) -> JSON { value.map(wrap) ?? .null }
+    package static func optional<T>(_ value: T?, _ wrap: (T) -> JSON) -> JSON { value.map(wrap) ?? .null }
 
     /// Compact JSON text on one line (RFC 8259), with the characters that must be escaped escaped.
-    var description: String {
+    package var description: String {
         var text = ""
         write(to: &text)
         return text

@@ -3,17 +3,17 @@ import Glibc
 import PortReuse
 
 /// `--listen [NAME=]ADDR`: a socket `up` opens once and hands to every generation.
-struct ListenSpec: Hashable, Sendable, CustomStringConvertible {
+package struct ListenSpec: Hashable, Sendable, CustomStringConvertible {
     /// The name in `LISTEN_FDNAMES` (`unknown` when none is given, as systemd does).
-    var name: String
+    package var name: String
     /// The address; TCP unless it says `udp:`.
-    var address: Address
+    package var address: Address
 
-    static let defaultName = "unknown"
+    package static let defaultName = "unknown"
 
-    var transport: Transport { address.network?.transport ?? .tcp }
+    package var transport: Transport { address.network?.transport ?? .tcp }
 
-    init(parsing text: String) throws {
+    package init(parsing text: String) throws {
         var name = Self.defaultName, rest = Substring(text)
         // NAME=ADDR; an address never contains '='.
         if let equals = text.firstIndex(of: "=") {
@@ -34,11 +34,11 @@ struct ListenSpec: Hashable, Sendable, CustomStringConvertible {
         self.name = name
     }
 
-    var description: String { name == Self.defaultName ? "\(address)" : "\(name)=\(address)" }
+    package var description: String { name == Self.defaultName ? "\(address)" : "\(name)=\(address)" }
 }
 
 /// `--ready`: how `up` learns that a generation serves.
-enum ReadinessMode: Hashable, Sendable, CustomStringConvertible {
+package enum ReadinessMode: Hashable, Sendable, CustomStringConvertible {
     /// Notify if the child sends anything on NOTIFY_SOCKET, else probe.
     case auto
     /// Wait for `READY=1` on NOTIFY_SOCKET.
@@ -48,7 +48,7 @@ enum ReadinessMode: Hashable, Sendable, CustomStringConvertible {
     /// Wait a fixed time.
     case delay(Double)
 
-    init(parsing text: String) throws {
+    package init(parsing text: String) throws {
         switch text {
         case "auto": self = .auto
         case "notify": self = .notify
@@ -61,7 +61,7 @@ enum ReadinessMode: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    var description: String {
+    package var description: String {
         switch self {
         case .auto: "auto"
         case .notify: "notify"
@@ -72,12 +72,12 @@ enum ReadinessMode: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// A duration in seconds: `30`, `1.5`, `30s`, `500ms`, `2m`.
-struct Seconds: Hashable, Sendable, CustomStringConvertible {
-    var value: Double
+package struct Seconds: Hashable, Sendable, CustomStringConvertible {
+    package var value: Double
 
-    init(_ value: Double) { self.value = value }
+    package init(_ value: Double) { self.value = value }
 
-    init(parsing text: String, option: String) throws {
+    package init(parsing text: String, option: String) throws {
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60)]
         var number = Substring(text), scale = 1.0
         for (suffix, factor) in units where text.hasSuffix(suffix) {
@@ -91,36 +91,21 @@ struct Seconds: Hashable, Sendable, CustomStringConvertible {
         self.value = value * scale
     }
 
-    var nanoseconds: UInt64 { UInt64(value * 1e9) }
+    package var nanoseconds: UInt64 { UInt64(value * 1e9) }
 
-    var description: String {
+    package var description: String {
         value < 1 && value > 0 ? "\(Int((value * 1000).rounded()))ms" : (value == value.rounded() ? "\(Int(value))s" : "\(value)s")
     }
 }
 
 /// A signal by name (`TERM`, `SIGTERM`, `term`) or number.
-struct SignalName: Hashable, Sendable, CustomStringConvertible {
-    var number: Int32
-
-    static let table: [(String, Int32)] = [
-        ("HUP", SIGHUP), ("INT", SIGINT), ("QUIT", SIGQUIT), ("KILL", SIGKILL), ("USR1", SIGUSR1), ("USR2", SIGUSR2),
-        ("TERM", SIGTERM), ("WINCH", SIGWINCH), ("CONT", SIGCONT), ("STOP", SIGSTOP), ("ALRM", SIGALRM), ("PWR", SIGPWR),
-    ]
-
-    init(_ number: Int32) { self.number = number }
-
-    init(parsing text: String) throws {
-        var name = text.uppercased()
-        if name.hasPrefix("SIG") { name = String(name.dropFirst(3)) }
-        if let found = Self.table.first(where: { $0.0 == name }) {
-            number = found.1
-        } else if let value = Int32(text), value > 0, value < 65 {
-            number = value
-        } else {
+extension SignalName {
+    /// `--stop-signal`: a name with or without SIG, or a number from 1 to 64.
+    package static func parse(_ text: String) throws -> SignalName {
+        guard let signal = SignalName(parsing: text) else {
             throw ValidationError(
                 "--stop-signal \(text): not a signal; use a name such as TERM, INT, QUIT, USR1, WINCH, or a number from 1 to 64")
         }
+        return signal
     }
-
-    var description: String { Self.table.first { $0.1 == number }.map { "SIG" + $0.0 } ?? "signal \(number)" }
 }

@@ -2,31 +2,31 @@ import Glibc
 import PortReuse
 
 /// One run of the demo: the four parts, in order, printing as it goes (unless --json).
-struct DemoSession {
-    let options: Demo
-    let processes: DemoProcesses
-    let style = Style.standardOutput
-    let progress = isatty(2) == 1
-    let started = Clock.now
+package struct DemoSession {
+    package let options: DemoOptions
+    package let processes: DemoProcesses
+    package let style = Style.standardOutput
+    package let progress = isatty(2) == 1
+    package let started = Clock.now
 
-    init(options: Demo, processes: DemoProcesses) {
+    package init(options: DemoOptions, processes: DemoProcesses) {
         self.options = options
         self.processes = processes
     }
 
     /// Prints text (not with --json).
-    func say(_ text: String = "") {
+    package func say(_ text: String = "") {
         guard !options.json else { return }
         print(text)
         fflush(nil)
     }
 
-    func heading(_ text: String) {
+    package func heading(_ text: String) {
         say()
         say(style.bold(text))
     }
 
-    func run() throws -> DemoFigures {
+    package func run() throws -> DemoFigures {
         say(style.bold("portreuse demo") + ": \(options.workers) workers, \(String(format1: options.seconds)) s of load per phase, "
             + "\(options.restarts) restart\(options.restarts == 1 ? "" : "s") per style, \(options.clients) clients, all on 127.0.0.1")
         let pain = try self.pain()
@@ -151,7 +151,7 @@ struct DemoSession {
     /// What `portreuse who tcp:127.0.0.1:PORT` prints, from the same code.
     private func who(port: UInt16) -> String {
         let address = SocketAddress(ip: .loopbackIPv4, port: port)
-        let query = Who.Query(text: "tcp:127.0.0.1:\(port)", transports: [.tcp], port: port, family: nil, addresses: [address])
+        let query = WhoQuery(text: "tcp:127.0.0.1:\(port)", transports: [.tcp], port: port, family: nil, addresses: [address])
         let report = PortReport.find(port: port, transport: .tcp, competingWith: [address], probes: [.tcp])
         return WhoOutput(query: query, reports: [report], probeUDP: false).text(style: style)
     }
@@ -271,7 +271,7 @@ struct DemoSession {
 
     // MARK: 4. Summary
 
-    func summary(_ figures: DemoFigures) -> String {
+    package func summary(_ figures: DemoFigures) -> String {
         let up = figures.up, naive = figures.naive
         var lines = ["", style.bold("4. Summary")]
         lines.append("- restart without reuse options: "
@@ -305,7 +305,7 @@ struct DemoSession {
 
 extension String {
     /// A number with two decimals: 1.05.
-    init(format2 value: Double) {
+    package init(format2 value: Double) {
         guard value.isFinite else { self = "-"; return }
         let hundredths = Int((value * 100).rounded())
         let fraction = abs(hundredths % 100)

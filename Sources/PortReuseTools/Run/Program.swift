@@ -1,20 +1,21 @@
+import PortReuse
 import Glibc
 
 /// A program to start with the shim preloaded: found through PATH as a shell finds it, and checked for
 /// what would keep the dynamic loader from loading the shim into it.
-struct Program {
+package struct Program {
     /// The command as the user wrote it (the program's `argv[0]`).
-    let name: String
+    package let name: String
     /// The file that runs.
-    let path: String
+    package let path: String
 
     /// Finds `name` as `execvp` and shells do: a name with a `/` is a path, anything else is looked up in
     /// each folder of `searchPath` (an empty entry is the current folder). Not found exits 127, found but
     /// not executable 126, as in shells.
-    static func find(_ name: String, searchPath: String?) throws(CommandFailure) -> Program {
+    package static func find(_ name: String, searchPath: String?) throws(CommandFailure) -> Program {
         if name.contains("/") {
-            guard FileSystem.status(name) != nil else { throw CommandFailure("\(name): no such file", exitCode: 127) }
-            guard FileSystem.isRegularFile(name), access(name, X_OK) == 0 else {
+            guard Files.status(name) != nil else { throw CommandFailure("\(name): no such file", exitCode: 127) }
+            guard Files.isRegularFile(name), access(name, X_OK) == 0 else {
                 throw CommandFailure("\(name) is not an executable file (check its mode: chmod +x \(name))", exitCode: 126)
             }
             return Program(name: name, path: name)
@@ -24,7 +25,7 @@ struct Program {
         var notExecutable: String?
         for folder in folders {
             let candidate = (folder.isEmpty ? "." : String(folder)) + "/" + name
-            guard FileSystem.isRegularFile(candidate) else { continue }
+            guard Files.isRegularFile(candidate) else { continue }
             if access(candidate, X_OK) == 0 { return Program(name: name, path: candidate) }
             notExecutable = notExecutable ?? candidate
         }
@@ -38,7 +39,7 @@ struct Program {
     /// statically linked executable (no dynamic loader runs), or one the kernel starts in secure mode
     /// (set-user-ID, set-group-ID, file capabilities), where the loader ignores LD_PRELOAD. Follows `#!`
     /// lines to their interpreter, and `#!/usr/bin/env NAME` to NAME.
-    func checkShimReaches(searchPath: String?) throws(CommandFailure) {
+    package func checkShimReaches(searchPath: String?) throws(CommandFailure) {
         try Self.check(path, for: name, searchPath: searchPath, depth: 0)
     }
 
@@ -66,7 +67,7 @@ struct Program {
             throw CommandFailure("\(via) is neither an ELF executable nor a script with a #! line", exitCode: 126)
         case .script(let interpreter, let argument):
             guard depth < 4 else { throw CommandFailure("\(via): too many levels of #! interpreters", exitCode: 126) }
-            guard FileSystem.isRegularFile(interpreter) else {
+            guard Files.isRegularFile(interpreter) else {
                 throw CommandFailure("\(via) starts with #!\(interpreter), which does not exist", exitCode: 126)
             }
             try check(interpreter, for: command, searchPath: searchPath, depth: depth + 1)
@@ -85,7 +86,7 @@ struct Program {
     /// another user, set-group-ID to another group, or file capabilities for a user other than root; not
     /// on a file system mounted nosuid, where the bits do nothing.
     private static func secureExecution(_ path: String) -> String? {
-        guard let info = FileSystem.status(path) else { return nil }
+        guard let info = Files.status(path) else { return nil }
         var volume = statvfs()
         if statvfs(path, &volume) == 0 && volume.f_flag & UInt(ST_NOSUID) != 0 { return nil }
         if info.st_mode & S_ISUID != 0 && info.st_uid != getuid() {
@@ -94,7 +95,7 @@ struct Program {
         if info.st_mode & S_ISGID != 0 && info.st_gid != getgid() {
             return "is set-group-ID to \(groupName(info.st_gid))"
         }
-        if getuid() != 0 && FileSystem.hasFileCapabilities(path) {
+        if getuid() != 0 && Processes.hasFileCapabilities(path) {
             return "has file capabilities (getcap \(path))"
         }
         return nil
@@ -112,7 +113,7 @@ struct Program {
 }
 
 /// What kind of executable a file is, read from its first bytes and, for ELF, its program headers.
-enum ExecutableFormat: Equatable {
+package enum ExecutableFormat: Equatable {
     /// ELF with a PT_INTERP program header: the dynamic loader runs and honours LD_PRELOAD.
     case dynamicELF(interpreter: String)
     /// ELF without PT_INTERP (static, or static-pie): no loader, no LD_PRELOAD.
@@ -124,8 +125,8 @@ enum ExecutableFormat: Equatable {
     /// The file cannot be read.
     case unreadable
 
-    init(_ path: String) {
-        guard let head = FileSystem.read(path, count: 256) else { self = .unreadable; return }
+    package init(_ path: String) {
+        guard let head = Files.read(path, limit: 256) else { self = .unreadable; return }
         if head.starts(with: [0x7F, 0x45, 0x4C, 0x46]) {
             self = Self.elf(path, head) ?? .other
         } else if head.starts(with: [0x23, 0x21]) {  // #!
@@ -158,7 +159,7 @@ enum ExecutableFormat: Equatable {
         let entrySize = wide ? number(head[54..<56]) : number(head[42..<44])
         let entries = wide ? number(head[56..<58]) : number(head[44..<46])
         guard entrySize >= (wide ? 56 : 32), entries <= 4096,
-            let table = FileSystem.read(path, offset: headerTable, count: entrySize * entries, exactly: true)
+            let table = Files.read(path, offset: headerTable, count: entrySize * entries, exactly: true)
         else { return nil }
         for index in 0..<entries {
             let entry = table[(index * entrySize)..<((index + 1) * entrySize)]
@@ -166,7 +167,7 @@ enum ExecutableFormat: Equatable {
             guard number(entry[start..<start + 4]) == 3 else { continue }  // PT_INTERP
             let offset = wide ? number(entry[start + 8..<start + 16]) : number(entry[start + 4..<start + 8])
             let size = wide ? number(entry[start + 32..<start + 40]) : number(entry[start + 16..<start + 20])
-            let name = FileSystem.read(path, offset: offset, count: min(size, 4096), exactly: true) ?? []
+            let name = Files.read(path, offset: offset, count: min(size, 4096), exactly: true) ?? []
             return .dynamicELF(interpreter: String(decoding: name.prefix { $0 != 0 }, as: UTF8.self))
         }
         return .staticELF
@@ -175,7 +176,7 @@ enum ExecutableFormat: Equatable {
 
 extension Substring {
     /// Without leading and trailing spaces, tabs and carriage returns.
-    func trimmingBlanks() -> Substring {
+    package func trimmingBlanks() -> Substring {
         let blank: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" }
         guard let first = firstIndex(where: { !blank($0) }), let last = lastIndex(where: { !blank($0) }) else { return "" }
         return self[first...last]

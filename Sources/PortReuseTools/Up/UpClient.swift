@@ -1,19 +1,25 @@
+import PortReuse
 import FoundationEssentials
 import Glibc
 
 /// The `--reload`, `--status` and `--upgrade` side of `portreuse up`: talks to a running `up` through its
 /// pid file (signals) and its status file (what happened).
-struct UpClient {
-    let pidFile: String
+package struct UpClient {
+    package let pidFile: String
     /// How long to wait for a reload to finish.
-    let timeout: Double
+    package let timeout: Double
 
-    static func readPID(_ path: String) -> pid_t? {
-        guard let bytes = FileSystem.read(path, count: 64) else { return nil }
+    package init(pidFile: String, timeout: Double) {
+        self.pidFile = pidFile
+        self.timeout = timeout
+    }
+
+    package static func readPID(_ path: String) -> pid_t? {
+        guard let bytes = Files.read(path, limit: 64) else { return nil }
         return pid_t(String(decoding: bytes, as: UTF8.self).split(separator: "\n").first?.trimmingBlanks() ?? "")
     }
 
-    func run(reload: Bool, status: Bool, json: Bool) throws(CommandFailure) {
+    package func run(reload: Bool, status: Bool, json: Bool) throws(CommandFailure) {
         guard let pid = Self.readPID(pidFile) else {
             throw CommandFailure("cannot read a pid from \(pidFile): is portreuse up running with --pid-file \(pidFile)?")
         }
@@ -24,7 +30,7 @@ struct UpClient {
         guard let before = UpStatus.read(from: statusPath) else { throw CommandFailure("cannot read \(statusPath), which the running up writes") }
         if status {
             if json {
-                print(String(decoding: FileSystem.read(statusPath, count: 1 << 22) ?? [], as: UTF8.self), terminator: "")
+                print(String(decoding: Files.read(statusPath, limit: 1 << 22) ?? [], as: UTF8.self), terminator: "")
             } else {
                 print(Self.describe(before))
             }
@@ -37,7 +43,7 @@ struct UpClient {
 
     private func reload(pid: pid_t, before: UpStatus, statusPath: String) throws(CommandFailure) {
         let newest = before.generations.map(\.number).max() ?? 0
-        guard kill(pid, SIGHUP) == 0 else { throw CommandFailure("cannot signal pid \(pid): \(FileSystem.errorText())") }
+        guard kill(pid, SIGHUP) == 0 else { throw CommandFailure("cannot signal pid \(pid): \(Files.errorText())") }
         let outcome: UpStatus.Reload = try wait(statusPath) { status in
             guard !status.reloadPending, !status.generations.contains(where: { $0.state == "starting" }) else { return nil }
             return status.reloads.last { $0.generation > newest }
@@ -51,7 +57,7 @@ struct UpClient {
     }
 
     private func upgrade(pid: pid_t, before: UpStatus, statusPath: String) throws(CommandFailure) {
-        guard kill(pid, SIGUSR2) == 0 else { throw CommandFailure("cannot signal pid \(pid): \(FileSystem.errorText())") }
+        guard kill(pid, SIGUSR2) == 0 else { throw CommandFailure("cannot signal pid \(pid): \(Files.errorText())") }
         let after: UpStatus = try wait(statusPath) { status in
             status.upgrades > before.upgrades || status.upgradeFailures > before.upgradeFailures ? status : nil
         }
@@ -71,11 +77,11 @@ struct UpClient {
         throw CommandFailure("no answer from portreuse up within \(Seconds(timeout + 10)) (see its log)")
     }
 
-    static func seconds(_ value: Double) -> String {
+    package static func seconds(_ value: Double) -> String {
         value < 10 ? "\(Int((value * 1000).rounded())) ms" : "\(Int(value.rounded())) s"
     }
 
-    static func age(_ value: Double) -> String {
+    package static func age(_ value: Double) -> String {
         switch value {
         case ..<120: "\(Int(value)) s"
         case ..<7200: "\(Int(value / 60)) min"
@@ -84,7 +90,7 @@ struct UpClient {
     }
 
     /// The human form of `--status`.
-    static func describe(_ status: UpStatus) -> String {
+    package static func describe(_ status: UpStatus) -> String {
         let now = Supervisor.wallClock()
         var lines = ["portreuse up (pid \(status.pid)), running \(age(now - status.startedAt)): \(status.command.joined(separator: " "))"]
         if status.stopping { lines.append("stopping") }

@@ -8,44 +8,59 @@ import PortReuse
 /// `up` holds the sockets for the whole of its life; every generation gets the same ones. A reload starts a
 /// new generation beside the serving one, and only once it is ready does the old one get the stop signal:
 /// old and new share the kernel's accept queue, so no connection is refused or reset at any moment.
-final class Supervisor {
-    struct Configuration {
+package final class Supervisor {
+    package struct Configuration {
         /// The program (its path first) and its arguments.
-        var command: [String]
-        var readiness: ReadinessMode
-        var readyTimeout: Double
-        var grace: Double
-        var stopSignal: Int32
-        var statusPath: String?
+        package var command: [String]
+        package var readiness: ReadinessMode
+        package var readyTimeout: Double
+        package var grace: Double
+        package var stopSignal: Int32
+        package var statusPath: String?
         /// `--reuseport`: the environment that preloads the shim; the generations bind by themselves.
-        var reusePortEnvironment: [String]?
+        package var reusePortEnvironment: [String]?
         /// The ports the generations bind by themselves in `--reuseport` mode.
-        var reusePortListens: [ListenSpec]
+        package var reusePortListens: [ListenSpec]
         /// The original arguments of `up`, for upgrading in place.
-        var arguments: [String]
+        package var arguments: [String]
+
+        package init(
+            command: [String], readiness: ReadinessMode, readyTimeout: Double, grace: Double, stopSignal: Int32, statusPath: String?,
+            reusePortEnvironment: [String]?, reusePortListens: [ListenSpec], arguments: [String]
+        ) {
+            self.command = command
+            self.readiness = readiness
+            self.readyTimeout = readyTimeout
+            self.grace = grace
+            self.stopSignal = stopSignal
+            self.statusPath = statusPath
+            self.reusePortEnvironment = reusePortEnvironment
+            self.reusePortListens = reusePortListens
+            self.arguments = arguments
+        }
     }
 
-    enum Phase: String, Codable { case starting, ready, draining, failed }
+    package enum Phase: String, Codable { case starting, ready, draining, failed }
 
     /// One run of the program.
-    final class Generation {
-        let number: Int
-        let pid: pid_t
-        let reason: String
-        let started: UInt64
-        let startedWall: Double
-        var phase = Phase.starting
-        var readyAfter: UInt64?
-        var heardFrom = false
-        var statusText: String?
-        var mainPID: pid_t?
-        var exit: ExitStatus?
-        var deadline: UInt64
-        var killed = false
-        var nextProbe: UInt64 = 0
-        let notify: NotifyReceiver?
+    package final class Generation {
+        package let number: Int
+        package let pid: pid_t
+        package let reason: String
+        package let started: UInt64
+        package let startedWall: Double
+        package var phase = Phase.starting
+        package var readyAfter: UInt64?
+        package var heardFrom = false
+        package var statusText: String?
+        package var mainPID: pid_t?
+        package var exit: ExitStatus?
+        package var deadline: UInt64
+        package var killed = false
+        package var nextProbe: UInt64 = 0
+        package let notify: NotifyReceiver?
 
-        init(number: Int, pid: pid_t, reason: String, started: UInt64, startedWall: Double, deadline: UInt64, notify: NotifyReceiver?) {
+        package init(number: Int, pid: pid_t, reason: String, started: UInt64, startedWall: Double, deadline: UInt64, notify: NotifyReceiver?) {
             self.number = number
             self.pid = pid
             self.reason = reason
@@ -55,33 +70,33 @@ final class Supervisor {
             self.notify = notify
         }
 
-        var label: String { "generation \(number) (pid \(pid))" }
+        package var label: String { "generation \(number) (pid \(pid))" }
         /// The process the stop signal goes to: MAINPID= if the program named one, else the one we started.
-        var mainProcess: pid_t { mainPID ?? pid }
+        package var mainProcess: pid_t { mainPID ?? pid }
     }
 
-    let configuration: Configuration
-    let sockets: [HeldSocket]
-    let runtimeFolder: String
-    var logger = Logger(label: "portreuse.up") { _ in UpLogHandler() }
-    let signals: SignalPipe
-    var generations: [Generation] = []
-    var nextNumber = 1
-    var reloadPending = false
-    var reloadStarted: UInt64?
-    var stopping = false
-    var exitCode: Int32 = 0
-    var failuresInARow = 0
-    var everReady = false
-    var restartAt: UInt64?
-    var history: [UpStatus.Reload] = []
-    var upgrades = 0
-    var upgradeFailures = 0
-    let startedWall: Double
-    var statusDirty = true
-    let canLook = GenerationProbe.canLook
+    package let configuration: Configuration
+    package let sockets: [HeldSocket]
+    package let runtimeFolder: String
+    package var logger = Logger(label: "portreuse.up") { _ in UpLogHandler() }
+    package let signals: SignalPipe
+    package var generations: [Generation] = []
+    package var nextNumber = 1
+    package var reloadPending = false
+    package var reloadStarted: UInt64?
+    package var stopping = false
+    package var exitCode: Int32 = 0
+    package var failuresInARow = 0
+    package var everReady = false
+    package var restartAt: UInt64?
+    package var history: [UpStatus.Reload] = []
+    package var upgrades = 0
+    package var upgradeFailures = 0
+    package let startedWall: Double
+    package var statusDirty = true
+    package let canLook = GenerationProbe.canLook
 
-    init(configuration: Configuration, sockets: [HeldSocket], runtimeFolder: String, signals: SignalPipe, startedWall: Double) {
+    package init(configuration: Configuration, sockets: [HeldSocket], runtimeFolder: String, signals: SignalPipe, startedWall: Double) {
         self.configuration = configuration
         self.sockets = sockets
         self.runtimeFolder = runtimeFolder
@@ -92,8 +107,8 @@ final class Supervisor {
     // MARK: The loop
 
     /// Runs until every generation is gone after a stop; returns `up`'s exit status.
-    func run(startFirst: Bool) -> Int32 {
-        Spawner.becomeSubreaper()
+    package func run(startFirst: Bool) -> Int32 {
+        try? Processes.becomeSubreaper()
         if startFirst { startGeneration(reason: "start") }
         while true {
             if stopping && generations.isEmpty {
@@ -238,7 +253,7 @@ final class Supervisor {
         logger.warning("no generation serves: restarting in \(Seconds(delay)); connections wait in the accept queue meanwhile")
     }
 
-    static let attemptsBeforeGivingUp = 5
+    package static let attemptsBeforeGivingUp = 5
 
     private func requestReload() {
         guard !stopping else { return logger.info("reload ignored: stopping") }
@@ -401,7 +416,7 @@ final class Supervisor {
         return GenerationProbe.connectionIsAccepted(listener: first.address, pausing: others, timeout: 100_000_000)
     }
 
-    static func groupIsAlive(_ group: pid_t) -> Bool {
+    package static func groupIsAlive(_ group: pid_t) -> Bool {
         kill(-group, 0) == 0 || errno == EPERM
     }
 
@@ -434,7 +449,7 @@ final class Supervisor {
     }
 
     /// Takes the generations over from the previous `up` of this process.
-    func adopt(_ state: UpState) {
+    package func adopt(_ state: UpState) {
         nextNumber = state.nextNumber
         reloadPending = state.reloadPending
         failuresInARow = state.failuresInARow
@@ -480,11 +495,11 @@ final class Supervisor {
         status.write(to: path)
     }
 
-    static func milliseconds(_ nanoseconds: UInt64) -> String {
+    package static func milliseconds(_ nanoseconds: UInt64) -> String {
         nanoseconds >= 10_000_000_000 ? "\(nanoseconds / 1_000_000_000) s" : "\(nanoseconds / 1_000_000) ms"
     }
 
-    static func wallClock() -> Double {
+    package static func wallClock() -> Double {
         var time = timespec()
         clock_gettime(CLOCK_REALTIME, &time)
         return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
@@ -493,7 +508,7 @@ final class Supervisor {
 
 extension ReadinessMode {
     /// Whether READY=1 makes a generation ready.
-    var acceptsNotify: Bool {
+    package var acceptsNotify: Bool {
         switch self {
         case .auto, .notify: true
         case .probe, .delay: false
@@ -503,5 +518,5 @@ extension ReadinessMode {
 
 extension Array where Element == String {
     /// `["KEY", "VALUE"]` as a pair; `["KEY"]` as `(KEY, "")`.
-    var pairOrKey: (String, String) { (first ?? "", count > 1 ? self[1] : "") }
+    package var pairOrKey: (String, String) { (first ?? "", count > 1 ? self[1] : "") }
 }

@@ -10,9 +10,9 @@ import PortReuse
 /// a connection to the listener, accepted by the new generation. During the proof the other generations are
 /// paused (SIGSTOP, a millisecond or two; connections queue meanwhile and nothing is refused), because the
 /// kernel wakes the longest waiter first and would give the probe to the old generation.
-enum GenerationProbe {
+package enum GenerationProbe {
     /// The system calls a serving process waits in, by number on this architecture.
-    enum Wait {
+    package enum Wait {
         case accept(descriptor: Int32)
         case epoll(descriptor: Int32)
         case poll(array: UInt64, count: Int)
@@ -21,7 +21,7 @@ enum GenerationProbe {
     }
 
     /// What a thread waits for, from its system call number and arguments (`/proc/PID/task/TID/syscall`).
-    static func wait(_ number: Int, _ arguments: [UInt64]) -> Wait? {
+    package static func wait(_ number: Int, _ arguments: [UInt64]) -> Wait? {
         let descriptor = Int32(truncatingIfNeeded: arguments[0])
         #if arch(x86_64)
         switch number {
@@ -47,15 +47,15 @@ enum GenerationProbe {
     }
 
     #if arch(x86_64) || arch(arm64)
-    static let architectureKnown = true
+    package static let architectureKnown = true
     #else
-    static let architectureKnown = false
+    package static let architectureKnown = false
     #endif
 
     /// The processes of a process group (a generation: its leader and every worker it forked).
-    static func processes(inGroup group: pid_t) -> [pid_t] {
-        FileSystem.list("/proc").compactMap { entry -> pid_t? in
-            guard let pid = pid_t(entry), let stat = FileSystem.read("/proc/\(entry)/stat", count: 512) else { return nil }
+    package static func processes(inGroup group: pid_t) -> [pid_t] {
+        Files.list("/proc").compactMap { entry -> pid_t? in
+            guard let pid = pid_t(entry), let stat = Files.read("/proc/\(entry)/stat", limit: 512) else { return nil }
             // pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so count from the last ')'.
             guard let close = stat.lastIndex(of: UInt8(ascii: ")")) else { return nil }
             let fields = stat[(close + 1)...].split(separator: UInt8(ascii: " "))
@@ -65,13 +65,13 @@ enum GenerationProbe {
     }
 
     /// Whether the /proc files the first look needs are there (not in every container).
-    static var canLook: Bool { architectureKnown && FileSystem.read("/proc/self/syscall", count: 16) != nil }
+    package static var canLook: Bool { architectureKnown && Files.read("/proc/self/syscall", limit: 16) != nil }
 
     /// Whether a thread of a process in `group` is blocked waiting for the socket with inode `inode`.
-    static func isWaiting(group: pid_t, on inode: UInt64) -> Bool {
+    package static func isWaiting(group: pid_t, on inode: UInt64) -> Bool {
         processes(inGroup: group).contains { pid in
-            FileSystem.list("/proc/\(pid)/task").contains { task in
-                guard let line = FileSystem.read("/proc/\(pid)/task/\(task)/syscall", count: 256) else { return false }
+            Files.list("/proc/\(pid)/task").contains { task in
+                guard let line = Files.read("/proc/\(pid)/task/\(task)/syscall", limit: 256) else { return false }
                 let fields = String(decoding: line, as: UTF8.self).split(separator: " ")
                 let arguments = fields.dropFirst().prefix(6).map { UInt64($0.dropFirst(2), radix: 16) ?? 0 }
                 guard let number = fields.first.flatMap({ Int($0) }), arguments.count == 6, let wait = wait(number, arguments) else { return false }
@@ -86,7 +86,7 @@ enum GenerationProbe {
             return socketInode(pid: pid, descriptor: descriptor) == inode
         case .epoll(let descriptor):
             // fdinfo of an epoll set: one "tfd: N events: … ino:HEX sdev:…" line per watched file.
-            guard let info = FileSystem.read("/proc/\(pid)/fdinfo/\(descriptor)", count: 65_536) else { return false }
+            guard let info = Files.read("/proc/\(pid)/fdinfo/\(descriptor)", limit: 65_536) else { return false }
             let wanted = "ino:" + String(inode, radix: 16)
             return String(decoding: info, as: UTF8.self).split(separator: "\n").contains {
                 $0.hasPrefix("tfd:") && $0.split(separator: " ").contains { $0 == wanted }
@@ -109,7 +109,7 @@ enum GenerationProbe {
     }
 
     /// The inode of the socket a process has at `descriptor`, from the `socket:[INODE]` link.
-    static func socketInode(pid: pid_t, descriptor: Int32) -> UInt64? {
+    package static func socketInode(pid: pid_t, descriptor: Int32) -> UInt64? {
         var buffer = [CChar](repeating: 0, count: 64)
         let length = readlink("/proc/\(pid)/fd/\(descriptor)", &buffer, buffer.count - 1)
         guard length > 8 else { return nil }
@@ -119,19 +119,19 @@ enum GenerationProbe {
     }
 
     /// The inode of one of our own sockets.
-    static func inode(of descriptor: Int32) -> UInt64 {
+    package static func inode(of descriptor: Int32) -> UInt64 {
         var info = stat()
         return fstat(descriptor, &info) == 0 ? UInt64(info.st_ino) : 0
     }
 
     private static func readMemory(pid: pid_t, at address: UInt64, count: Int) -> [UInt8]? {
-        FileSystem.read("/proc/\(pid)/mem", offset: Int(bitPattern: UInt(address)), count: count, exactly: true)
+        Files.read("/proc/\(pid)/mem", offset: Int(bitPattern: UInt(address)), count: count, exactly: true)
     }
 
     /// The proof: connects to `listener` and waits (at most `timeout` nanoseconds) until the connection is
     /// accepted, that is until the kernel's socket for its server side has an inode (a queued connection has
     /// none; `accept` gives it a file). `pause` groups are stopped meanwhile and always continued.
-    static func connectionIsAccepted(listener: SocketAddress, pausing groups: [pid_t], timeout: UInt64) -> Bool {
+    package static func connectionIsAccepted(listener: SocketAddress, pausing groups: [pid_t], timeout: UInt64) -> Bool {
         for group in groups { kill(-group, SIGSTOP) }
         defer { for group in groups { kill(-group, SIGCONT) } }
         let target = SocketAddress(ip: listener.ip.isUnspecified ? (listener.family == .ipv4 ? .loopbackIPv4 : .loopbackIPv6) : listener.ip, port: listener.port)
@@ -151,8 +151,8 @@ enum GenerationProbe {
 }
 
 /// The monotonic clock in nanoseconds.
-enum Clock {
-    static var now: UInt64 {
+package enum Clock {
+    package static var now: UInt64 {
         var time = timespec()
         clock_gettime(CLOCK_MONOTONIC, &time)
         return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)

@@ -8,37 +8,37 @@ private let interruptRequested = Atomic<Int32>(0)
 private func requestInterrupt(_ signal: Int32) { interruptRequested.store(signal, ordering: .relaxed) }
 
 /// Ctrl-C (or SIGTERM, SIGHUP): the demo stops what it started and exits 130.
-struct DemoInterrupted: Error {
-    var signal: Int32
+package struct DemoInterrupted: Error {
+    package var signal: Int32
 }
 
 /// The processes and files the demo starts and creates, and the guarantee that they all go: every process
 /// is started in a process group of its own (so that Ctrl-C on the terminal reaches only the demo, which
 /// then stops them in order), and `stopAll()` stops and reaps each one with bounded waits.
-final class DemoProcesses {
+package final class DemoProcesses {
     /// The demo's private folder (logs, pid file, notify socket), removed at the end.
-    let folder: String
+    package let folder: String
     /// Where the workers and `up` write their stdout and stderr.
-    let logPath: String
-    let executable: String
-    let notify: NotifyReceiver
+    package let logPath: String
+    package let executable: String
+    package let notify: NotifyReceiver
     private let log: Int32
     private let environment: [String]
     /// Started and not yet reaped: pid and what it is.
     private(set) var running: [(pid: pid_t, what: String)] = []
     /// Process groups to kill if their parent (`up`) had to be killed.
-    var orphanGroups: Set<pid_t> = []
+    package var orphanGroups: Set<pid_t> = []
     private var stopped = false
 
-    init() throws(CommandFailure) {
-        executable = try FileSystem.currentExecutable()
+    package init() throws(CommandFailure) {
+        executable = try CommandFailure.executable()
         let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
         var template = Array("\(base)/portreuse-demo.XXXXXX".utf8CString)
-        guard mkdtemp(&template) != nil else { throw CommandFailure("cannot create a folder in \(base): \(FileSystem.errorText())") }
+        guard mkdtemp(&template) != nil else { throw CommandFailure("cannot create a folder in \(base): \(Files.errorText())") }
         folder = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
         logPath = folder + "/processes.log"
         log = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-        guard log >= 0 else { throw CommandFailure("cannot create \(logPath): \(FileSystem.errorText())") }
+        guard log >= 0 else { throw CommandFailure("cannot create \(logPath): \(Files.errorText())") }
         notify = try NotifyReceiver(path: folder + "/notify.sock")
         // The children get our environment without anything that would make them someone else's service.
         let dropped = ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", UpState.variable]
@@ -65,13 +65,13 @@ final class DemoProcesses {
     }
 
     /// Throws ``DemoInterrupted`` once Ctrl-C (SIGINT), SIGTERM or SIGHUP arrived.
-    static func checkInterrupted() throws(DemoInterrupted) {
+    package static func checkInterrupted() throws(DemoInterrupted) {
         let signal = interruptRequested.load(ordering: .relaxed)
         if signal != 0 { throw DemoInterrupted(signal: signal) }
     }
 
     /// Sleeps `seconds`, waking every 20 ms to look for Ctrl-C.
-    static func pause(_ seconds: Double) throws(DemoInterrupted) {
+    package static func pause(_ seconds: Double) throws(DemoInterrupted) {
         let deadline = Clock.now + UInt64(max(0, seconds) * 1e9)
         while Clock.now < deadline {
             try checkInterrupted()
@@ -82,7 +82,7 @@ final class DemoProcesses {
 
     /// Starts this executable with `arguments` (in a process group of its own, stdout and stderr to the
     /// log); with `notifying`, NOTIFY_SOCKET names the demo's receiver.
-    func start(_ arguments: [String], what: String, notifying: Bool) throws(CommandFailure) -> pid_t {
+    package func start(_ arguments: [String], what: String, notifying: Bool) throws(CommandFailure) -> pid_t {
         let environment = environment + (notifying ? ["NOTIFY_SOCKET=\(notify.path)"] : [])
         let pid = try Spawner.spawn([executable] + arguments, environment: environment, descriptors: [], setListenPID: false, output: log)
         running.append((pid, what))
@@ -90,7 +90,7 @@ final class DemoProcesses {
     }
 
     /// The exit status of `pid` if it has exited (and reaps it), else `nil`.
-    func exited(_ pid: pid_t) -> ExitStatus? {
+    package func exited(_ pid: pid_t) -> ExitStatus? {
         var status: Int32 = 0
         guard waitpid(pid, &status, WNOHANG) == pid else { return nil }
         running.removeAll { $0.pid == pid }
@@ -98,7 +98,7 @@ final class DemoProcesses {
     }
 
     /// Waits until `count` READY=1 messages came, at most `timeout` seconds; fails when one of `pids` exits.
-    func waitForReady(count: Int, of pids: [pid_t], timeout: Double) throws -> Void {
+    package func waitForReady(count: Int, of pids: [pid_t], timeout: Double) throws -> Void {
         var ready = 0
         let deadline = Clock.now + UInt64(timeout * 1e9)
         while ready < count {
@@ -121,7 +121,7 @@ final class DemoProcesses {
     /// Asks `pid`'s process group to stop (`signal`), waits at most `timeout` seconds, then kills the group
     /// and reaps it. Returns the exit status, and whether it had to be killed.
     @discardableResult
-    func stop(_ pid: pid_t, signal: Int32 = SIGTERM, timeout: Double) -> (status: ExitStatus, killed: Bool) {
+    package func stop(_ pid: pid_t, signal: Int32 = SIGTERM, timeout: Double) -> (status: ExitStatus, killed: Bool) {
         kill(-pid, signal)
         kill(pid, signal)  // in case it left its group
         let deadline = Clock.now + UInt64(timeout * 1e9)
@@ -139,7 +139,7 @@ final class DemoProcesses {
 
     /// Stops every process still running, newest first (`up` before anything else), and removes the folder
     /// unless `keepingLog`. Only the first call does anything.
-    func stopAll(keepingLog: Bool) {
+    package func stopAll(keepingLog: Bool) {
         guard !stopped else { return }
         stopped = true
         for (pid, _) in running.reversed() {
@@ -150,7 +150,7 @@ final class DemoProcesses {
         close(log)
         unlink(notify.path)
         close(notify.descriptor)
-        let pidFiles = FileSystem.list(folder)
+        let pidFiles = Files.list(folder)
         if keepingLog {
             for name in pidFiles where name != "processes.log" { unlink(folder + "/" + name) }
         } else {
@@ -160,8 +160,8 @@ final class DemoProcesses {
     }
 
     /// The last lines of the processes' log, for an error message.
-    func logTail(lines count: Int = 12) -> String {
-        let bytes = FileSystem.read(logPath, count: 1 << 20) ?? []
+    package func logTail(lines count: Int = 12) -> String {
+        let bytes = Files.read(logPath, limit: 1 << 20) ?? []
         let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").suffix(count)
         return lines.isEmpty ? "(the processes wrote nothing to \(logPath))" : "Their log (\(logPath)):\n" + lines.joined(separator: "\n")
     }

@@ -4,28 +4,36 @@ import PortReuse
 /// What the shim does inside a program, and the environment that says it. The shim reads environment
 /// variables only (documented in the README, section "portreuse run"); this type is the one place where the
 /// CLI writes them.
-struct ShimConfiguration: Sendable {
+package struct ShimConfiguration: Sendable {
     /// The options every AF_INET/AF_INET6 socket gets before bind (`PORTREUSE_POLICY`).
-    var policy: SharingPolicy = .shared
+    package var policy: SharingPolicy = .shared
     /// Rewrites the address and/or port of every bind (`PORTREUSE_BIND_ADDR`, `PORTREUSE_BIND_PORT`).
-    var bind: ShimEndpoint?
+    package var bind: ShimEndpoint?
     /// Binds sockets the program did not bind to this address and/or port before connect(), or before
     /// sendto()/sendmsg() on UDP (`PORTREUSE_SOURCE_ADDR`, `PORTREUSE_SOURCE_PORT`).
-    var source: ShimEndpoint?
+    package var source: ShimEndpoint?
     /// Sets IP_TRANSPARENT (IPV6_TRANSPARENT on IPv6 sockets) before bind (`IP_TRANSPARENT`).
-    var transparent = false
+    package var transparent = false
     /// One line on stderr per call the shim changes (`PORTREUSE_VERBOSE`).
-    var verbose = false
+    package var verbose = false
+
+    package init(policy: SharingPolicy, bind: ShimEndpoint?, source: ShimEndpoint?, transparent: Bool, verbose: Bool) {
+        self.policy = policy
+        self.bind = bind
+        self.source = source
+        self.transparent = transparent
+        self.verbose = verbose
+    }
 
     /// Every variable the shim reads: bindp's names and ours.
-    static let shimVariables = [
+    package static let shimVariables = [
         "PORTREUSE_POLICY", "PORTREUSE_VERBOSE", "PORTREUSE_BIND_ADDR", "PORTREUSE_BIND_PORT",
         "PORTREUSE_SOURCE_ADDR", "PORTREUSE_SOURCE_PORT",
         "REUSE_ADDR", "REUSE_PORT", "BIND_ADDR", "BIND_PORT", "IP_TRANSPARENT",
     ]
 
     /// This configuration as variables, in a fixed order.
-    var variables: [(name: String, value: String)] {
+    package var variables: [(name: String, value: String)] {
         var result = [("PORTREUSE_POLICY", policy.rawValue)]
         if let ip = bind?.ip { result.append(("PORTREUSE_BIND_ADDR", ip.description)) }
         if let port = bind?.port { result.append(("PORTREUSE_BIND_PORT", String(port))) }
@@ -40,7 +48,7 @@ struct ShimConfiguration: Sendable {
     /// shim reads, so that this configuration is the whole of it, then this configuration's variables, and
     /// the shim first in LD_PRELOAD, before whatever was preloaded already (never replacing it).
     /// `dropped` names the inherited shim variables that were left out, sorted.
-    func environment(_ inherited: [String], library: ShimLibrary) throws(CommandFailure) -> (entries: [String], dropped: [String]) {
+    package func environment(_ inherited: [String], library: ShimLibrary) throws(CommandFailure) -> (entries: [String], dropped: [String]) {
         // ld.so splits LD_PRELOAD at spaces and colons: a path with either cannot be preloaded.
         guard !library.path.contains(" "), !library.path.contains(":") else {
             throw CommandFailure(
@@ -67,7 +75,7 @@ struct ShimConfiguration: Sendable {
     }
 
     /// This process's environment, as `NAME=value` entries.
-    static func currentEnvironment() -> [String] {
+    package static func currentEnvironment() -> [String] {
         var entries: [String] = []
         var cursor = environ
         while let entry = cursor.pointee {
@@ -79,16 +87,16 @@ struct ShimConfiguration: Sendable {
 }
 
 /// An IP address and/or a port for the shim: what `--bind` rewrites, and where `--source` connects from.
-struct ShimEndpoint: Sendable, Hashable, CustomStringConvertible {
+package struct ShimEndpoint: Sendable, Hashable, CustomStringConvertible {
     /// The address, or `nil` to keep the program's.
-    var ip: IPAddress?
+    package var ip: IPAddress?
     /// The port, or `nil` to keep the program's.
-    var port: UInt16?
+    package var port: UInt16?
 
     /// Parses `ADDR:PORT`, `:PORT`, `PORT`, `ADDR` or `[IPv6]`, with every address form of `Address`;
     /// a host name (`localhost:8080`) is resolved here, to its first IPv4 address if it has one, since the
     /// shim takes numbers only. Network prefixes (`tcp:`) are refused: the shim applies to both transports.
-    static func parse(_ text: String) throws(CommandFailure) -> ShimEndpoint {
+    package static func parse(_ text: String) throws(CommandFailure) -> ShimEndpoint {
         if let ip = IPAddress(text) { return ShimEndpoint(ip: ip) }
         if text.hasPrefix("["), text.hasSuffix("]"), let ip = IPAddress(String(text.dropFirst().dropLast())) {
             return ShimEndpoint(ip: ip)
@@ -124,7 +132,7 @@ struct ShimEndpoint: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// `127.0.0.1:8080`, `[::1]` (address only) or `:8080` (port only).
-    var description: String {
+    package var description: String {
         switch (ip, port) {
         case (let ip?, let port?): SocketAddress(ip: ip, port: port).description
         case (let ip?, nil): ip.family == .ipv6 ? "[\(ip)]" : ip.description
