@@ -30,7 +30,7 @@ package final class DemoLoad: @unchecked Sendable {
     /// What the progress line says after the counts, such as "restart 2 of 5".
     package let note = Mutex("")
     private var threads: [pthread_t] = []
-    private let started = Clock.now
+    private let started = Processes.monotonicNanoseconds
     private let label: String
     private let planned: Double
     private let progress: Bool
@@ -45,7 +45,7 @@ package final class DemoLoad: @unchecked Sendable {
         if progress { threads.append(Self.thread { [self] in showProgress() }) }
     }
 
-    package var elapsed: Double { Double(Clock.now - started) / 1e9 }
+    package var elapsed: Double { Double(Processes.monotonicNanoseconds - started) / 1e9 }
 
     private func client() {
         var figures = Figures()

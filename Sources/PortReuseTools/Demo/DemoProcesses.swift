@@ -41,7 +41,7 @@ package final class DemoProcesses {
         guard log >= 0 else { throw CommandFailure("cannot create \(logPath): \(Files.errorText())") }
         notify = try NotifyReceiver(path: folder + "/notify.sock")
         // The children get our environment without anything that would make them someone else's service.
-        let dropped = ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", UpState.variable]
+        let dropped = ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", UpgradeHandover.variable]
         var entries: [String] = []
         var pointer = environ
         while let entry = pointer.pointee {
@@ -72,10 +72,10 @@ package final class DemoProcesses {
 
     /// Sleeps `seconds`, waking every 20 ms to look for Ctrl-C.
     package static func pause(_ seconds: Double) throws(DemoInterrupted) {
-        let deadline = Clock.now + UInt64(max(0, seconds) * 1e9)
-        while Clock.now < deadline {
+        let deadline = Processes.monotonicNanoseconds + UInt64(max(0, seconds) * 1e9)
+        while Processes.monotonicNanoseconds < deadline {
             try checkInterrupted()
-            usleep(useconds_t(min(20_000, (deadline - min(deadline, Clock.now)) / 1000 + 1)))
+            usleep(useconds_t(min(20_000, (deadline - min(deadline, Processes.monotonicNanoseconds)) / 1000 + 1)))
         }
         try checkInterrupted()
     }
@@ -100,7 +100,7 @@ package final class DemoProcesses {
     /// Waits until `count` READY=1 messages came, at most `timeout` seconds; fails when one of `pids` exits.
     package func waitForReady(count: Int, of pids: [pid_t], timeout: Double) throws -> Void {
         var ready = 0
-        let deadline = Clock.now + UInt64(timeout * 1e9)
+        let deadline = Processes.monotonicNanoseconds + UInt64(timeout * 1e9)
         while ready < count {
             try Self.checkInterrupted()
             ready += notify.take().filter { $0 == "READY=1" }.count
@@ -110,7 +110,7 @@ package final class DemoProcesses {
                     throw CommandFailure("a worker (pid \(pid)) ended before it was ready: \(status).\n\(logTail())")
                 }
             }
-            guard Clock.now < deadline else {
+            guard Processes.monotonicNanoseconds < deadline else {
                 throw CommandFailure("\(count - ready) of \(count) workers were not ready within \(Int(timeout)) s.\n\(logTail())")
             }
             var entry = pollfd(fd: notify.descriptor, events: Int16(POLLIN), revents: 0)
@@ -124,8 +124,8 @@ package final class DemoProcesses {
     package func stop(_ pid: pid_t, signal: Int32 = SIGTERM, timeout: Double) -> (status: ExitStatus, killed: Bool) {
         kill(-pid, signal)
         kill(pid, signal)  // in case it left its group
-        let deadline = Clock.now + UInt64(timeout * 1e9)
-        while Clock.now < deadline {
+        let deadline = Processes.monotonicNanoseconds + UInt64(timeout * 1e9)
+        while Processes.monotonicNanoseconds < deadline {
             if let status = exited(pid) { return (status, false) }
             usleep(5_000)
         }

@@ -7,7 +7,7 @@ package struct DemoSession {
     package let processes: DemoProcesses
     package let style = Style.standardOutput
     package let progress = isatty(2) == 1
-    package let started = Clock.now
+    package let started = Processes.monotonicNanoseconds
 
     package init(options: DemoOptions, processes: DemoProcesses) {
         self.options = options
@@ -37,7 +37,7 @@ package struct DemoSession {
         let naive = try naiveRestarts()
         say()
         say(table(up: up, naive: naive))
-        return DemoFigures(pain: pain, sharing: sharing, up: up, naive: naive, elapsed: Double(Clock.now - started) / 1e9)
+        return DemoFigures(pain: pain, sharing: sharing, up: up, naive: naive, elapsed: Double(Processes.monotonicNanoseconds - started) / 1e9)
     }
 
     // MARK: 1. The pain
@@ -167,7 +167,7 @@ package struct DemoSession {
              processes.executable, "demo-worker", "--name", "up"],
             what: "portreuse up", notifying: false)
         var status = try waitForStatus(statusPath, up: up, timeout: 15, what: "the first generation to be ready") { status in
-            status.generations.contains { $0.state == Supervisor.Phase.ready.rawValue } ? status : nil
+            status.generations.contains { $0.phase == .ready } ? status : nil
         }
         say("portreuse up --listen 127.0.0.1:\(port) -- portreuse demo-worker: up holds the socket and hands it to each")
         say("generation; on SIGHUP the new one starts beside the old one, which stops only once the new one is ready.")
@@ -180,14 +180,11 @@ package struct DemoSession {
             for round in 1...options.restarts {
                 try DemoProcesses.pause(interval * Double(round) - load.elapsed)
                 load.note.withLock { $0 = "reload \(round) of \(options.restarts)" }
-                let newest = status.generations.map(\.number).max() ?? 0
+                let before = status
                 for generation in status.generations { processes.orphanGroups.insert(generation.pid) }
                 kill(up, SIGHUP)
-                let outcome: UpStatus.Reload = try waitForStatus(statusPath, up: up, timeout: 20, what: "reload \(round)") { status in
-                    guard !status.reloadPending, !status.generations.contains(where: { $0.state == "starting" }) else { return nil }
-                    return status.reloads.last { $0.generation > newest }
-                }
-                if outcome.result == "ready" { times.append(outcome.seconds * 1000) } else { failedReloads += 1 }
+                let outcome = try waitForStatus(statusPath, up: up, timeout: 20, what: "reload \(round)") { $0.outcome(ofReloadAskedAt: before) }
+                if outcome.result == .ready { times.append(outcome.seconds * 1000) } else { failedReloads += 1 }
                 status = UpStatus.read(from: statusPath) ?? status
                 for generation in status.generations { processes.orphanGroups.insert(generation.pid) }
             }
@@ -207,8 +204,8 @@ package struct DemoSession {
 
     /// Reads up's status file every 20 ms until `done` gives a value; fails when up exits or after `timeout`.
     private func waitForStatus<T>(_ path: String, up: pid_t, timeout: Double, what: String, until done: (UpStatus) -> T?) throws -> T {
-        let deadline = Clock.now + UInt64(timeout * 1e9)
-        while Clock.now < deadline {
+        let deadline = Processes.monotonicNanoseconds + UInt64(timeout * 1e9)
+        while Processes.monotonicNanoseconds < deadline {
             try DemoProcesses.checkInterrupted()
             if let status = UpStatus.read(from: path), let value = done(status) { return value }
             if let exit = processes.exited(up) {
@@ -234,11 +231,11 @@ package struct DemoSession {
             for round in 1...options.restarts {
                 try DemoProcesses.pause(interval * Double(round) - load.elapsed)
                 load.note.withLock { $0 = "restart \(round) of \(options.restarts)" }
-                let stopping = Clock.now
+                let stopping = Processes.monotonicNanoseconds
                 processes.stop(current, timeout: 5)
                 current = try processes.start(arguments, what: "naive worker", notifying: true)
                 try processes.waitForReady(count: 1, of: [current], timeout: 15)
-                times.append(Double(Clock.now - stopping) / 1e6)
+                times.append(Double(Processes.monotonicNanoseconds - stopping) / 1e6)
             }
             try DemoProcesses.pause(options.seconds - load.elapsed)
         } catch {

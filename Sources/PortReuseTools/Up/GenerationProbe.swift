@@ -138,8 +138,8 @@ package enum GenerationProbe {
         guard let probe = try? Connection.dial(to: target, timeout: .milliseconds(Int(timeout / 1_000_000))) else { return false }
         let local = probe.localAddress
         defer { probe.close() }
-        let deadline = Clock.now + timeout
-        while Clock.now < deadline {
+        let deadline = Processes.monotonicNanoseconds + timeout
+        while Processes.monotonicNanoseconds < deadline {
             let serverSide = PortHolder.find(port: listener.port, transport: .tcp, processes: false, options: false).first {
                 $0.remoteAddress?.port == local.port && $0.state != .listen
             }
@@ -147,14 +147,5 @@ package enum GenerationProbe {
             usleep(500)
         }
         return false
-    }
-}
-
-/// The monotonic clock in nanoseconds.
-package enum Clock {
-    package static var now: UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
 }

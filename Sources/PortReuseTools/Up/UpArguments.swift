@@ -38,7 +38,7 @@ package struct ListenSpec: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// `--ready`: how `up` learns that a generation serves.
-package enum ReadinessMode: Hashable, Sendable, CustomStringConvertible {
+package enum ReadinessCheck: Hashable, Sendable, CustomStringConvertible {
     /// Notify if the child sends anything on NOTIFY_SOCKET, else probe.
     case auto
     /// Wait for `READY=1` on NOTIFY_SOCKET.

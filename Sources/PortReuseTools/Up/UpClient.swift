@@ -42,23 +42,21 @@ package struct UpClient {
     }
 
     private func reload(pid: pid_t, before: UpStatus, statusPath: String) throws(CommandFailure) {
-        let newest = before.generations.map(\.number).max() ?? 0
+        guard !before.stopping else { throw CommandFailure("portreuse up (pid \(pid)) is stopping: it takes no reload") }
         guard kill(pid, SIGHUP) == 0 else { throw CommandFailure("cannot signal pid \(pid): \(Files.errorText())") }
-        let outcome: UpStatus.Reload = try wait(statusPath) { status in
-            guard !status.reloadPending, !status.generations.contains(where: { $0.state == "starting" }) else { return nil }
-            return status.reloads.last { $0.generation > newest }
-        }
+        let outcome = try wait(statusPath, pid: pid) { $0.outcome(ofReloadAskedAt: before) }
         let generation = "generation \(outcome.generation)"
-        if outcome.result == "ready" {
+        switch outcome.result {
+        case .ready:
             print("reloaded: \(generation) ready in \(Self.seconds(outcome.seconds))")
-        } else {
-            throw CommandFailure("reload failed: \(generation) \(outcome.result.dropFirst("failed: ".count)); the previous generation keeps serving")
+        case .failed:
+            throw CommandFailure("reload failed: \(generation) \(outcome.reason ?? "failed"); the previous generation keeps serving")
         }
     }
 
     private func upgrade(pid: pid_t, before: UpStatus, statusPath: String) throws(CommandFailure) {
         guard kill(pid, SIGUSR2) == 0 else { throw CommandFailure("cannot signal pid \(pid): \(Files.errorText())") }
-        let after: UpStatus = try wait(statusPath) { status in
+        let after: UpStatus = try wait(statusPath, pid: pid) { status in
             status.upgrades > before.upgrades || status.upgradeFailures > before.upgradeFailures ? status : nil
         }
         guard after.upgrades > before.upgrades else {
@@ -67,11 +65,16 @@ package struct UpClient {
         print("upgraded: portreuse up (pid \(pid)) runs the new binary; \(after.generations.count) generation(s) kept")
     }
 
-    /// Reads the status file every 20 ms until `done` gives a value, at most `timeout` + 10 s.
-    private func wait<T>(_ path: String, until done: (UpStatus) -> T?) throws(CommandFailure) -> T {
-        let deadline = Clock.now + UInt64((timeout + 10) * 1e9)
-        while Clock.now < deadline {
-            if let status = UpStatus.read(from: path), let value = done(status) { return value }
+    /// Reads the status file every 20 ms until `done` gives a value, at most `timeout` + 10 s; fails at once
+    /// when `up` stops or exits meanwhile.
+    private func wait<T>(_ path: String, pid: pid_t, until done: (UpStatus) -> T?) throws(CommandFailure) -> T {
+        let deadline = Processes.monotonicNanoseconds + UInt64((timeout + 10) * 1e9)
+        while Processes.monotonicNanoseconds < deadline {
+            if let status = UpStatus.read(from: path) {
+                if let value = done(status) { return value }
+                if status.stopping { throw CommandFailure("portreuse up (pid \(pid)) is stopping: the request will not complete") }
+            }
+            guard kill(pid, 0) == 0 || errno == EPERM else { throw CommandFailure("portreuse up (pid \(pid)) exited before it answered (see its log)") }
             usleep(20_000)
         }
         throw CommandFailure("no answer from portreuse up within \(Seconds(timeout + 10)) (see its log)")
@@ -91,25 +94,25 @@ package struct UpClient {
 
     /// The human form of `--status`.
     package static func describe(_ status: UpStatus) -> String {
-        let now = Supervisor.wallClock()
+        let now = Processes.wallClockSeconds
         var lines = ["portreuse up (pid \(status.pid)), running \(age(now - status.startedAt)): \(status.command.joined(separator: " "))"]
         if status.stopping { lines.append("stopping") }
         let sockets = status.sockets.enumerated().map { "\($1.name)=\($1.transport):\($1.address) (fd \(3 + $0))" }
         lines.append("sockets: " + (sockets.isEmpty ? "none (--reuseport)" : sockets.joined(separator: ", ")))
         let rows = [["generation", "pid", "state", "age", "ready after", "status"]] + status.generations.map { generation in
-            [String(generation.number), String(generation.pid), generation.state, age(generation.ageSeconds),
+            [String(generation.number), String(generation.pid), generation.phase.rawValue, age(max(0, now - generation.startedAt)),
              generation.readySeconds.map(seconds) ?? "-", generation.status ?? ""]
         }
         let widths = (0..<6).map { column in rows.map { $0[column].count }.max() ?? 0 }
         for row in rows {
             lines.append(String(Substring(zip(row, widths).map { $0.padding($1) }.joined(separator: "  ")).trimmingBlanks()))
         }
-        let draining = status.generations.filter { $0.state == "draining" }.count
+        let draining = status.generations.filter { $0.phase == .draining }.count
         if draining > 0 { lines.append("\(draining) generation(s) draining") }
         if status.reloadPending { lines.append("a reload is pending (requested while a generation was starting)") }
-        let failed = status.reloads.filter { $0.result != "ready" }.count
+        let failed = status.reloads.filter { $0.result == .failed }.count
         if let last = status.reloads.last {
-            lines.append("reloads: \(status.reloads.count) recorded, \(failed) failed; last: generation \(last.generation) \(last.result) after \(seconds(last.seconds))")
+            lines.append("reloads: \(status.reloads.count) recorded, \(failed) failed; last: generation \(last.generation) \(last.result.rawValue) after \(seconds(last.seconds))")
         } else {
             lines.append("reloads: none yet")
         }

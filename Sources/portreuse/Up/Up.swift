@@ -66,8 +66,8 @@ struct Up: ParsableCommand {
         transform: { try ListenSpec(parsing: $0) })
     var listen: [ListenSpec] = []
 
-    @Option(help: ArgumentHelp("How to know a generation is ready: auto, notify, probe or delay:SECONDS.", valueName: "mode"), transform: { try ReadinessMode(parsing: $0) })
-    var ready: ReadinessMode = .auto
+    @Option(help: ArgumentHelp("How to know a generation is ready: auto, notify, probe or delay:SECONDS.", valueName: "mode"), transform: { try ReadinessCheck(parsing: $0) })
+    var ready: ReadinessCheck = .auto
 
     @Option(help: ArgumentHelp("How long a new generation may take to become ready.", valueName: "duration"), transform: { try Seconds(parsing: $0, option: "--ready-timeout") })
     var readyTimeout = Seconds(60)
@@ -138,7 +138,7 @@ struct Up: ParsableCommand {
     }
 
     private func serve() throws(CommandFailure) -> Int32 {
-        let inherited = try UpState.inherited()
+        let inherited = try UpgradeHandover.inherited()
         let searchPath = getenv("PATH").map { String(cString: $0) }
         let program = try Program.find(command[0], searchPath: searchPath)
         var reusePortEnvironment: [String]?
@@ -167,7 +167,7 @@ struct Up: ParsableCommand {
                 command: [program.path] + command.dropFirst(), readiness: ready, readyTimeout: readyTimeout.value, grace: grace.value,
                 stopSignal: stopSignal.number, statusPath: pidFile.map(UpStatus.path(forPIDFile:)),
                 reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments),
-            sockets: sockets, runtimeFolder: runtimeFolder, signals: signals, startedWall: inherited?.startedWall ?? Supervisor.wallClock())
+            sockets: sockets, runtimeFolder: runtimeFolder, signals: signals, startedWall: inherited?.startedWall ?? Processes.wallClockSeconds)
         if let inherited {
             supervisor.adopt(inherited)
         } else {

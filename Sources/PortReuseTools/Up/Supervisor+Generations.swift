@@ -1,0 +1,164 @@
+import Glibc
+import PortReuse
+
+/// Starting generations, making them ready, stopping them; the reload and stop requests.
+extension Supervisor {
+    func startGeneration(_ reason: StartReason) {
+        let number = nextNumber
+        nextNumber += 1
+        let now = Processes.monotonicNanoseconds
+        do throws(CommandFailure) {
+            let notify = try NotifyReceiver(path: "\(runtimeFolder)/notify-\(number).sock")
+            let pid = try Spawner.spawn(
+                configuration.command, environment: environment(notifyPath: notify.path),
+                descriptors: sockets.map(\.descriptor), setListenPID: configuration.reusePortEnvironment == nil)
+            var record = GenerationRecord(
+                number: number, pid: pid, reason: reason, startedAt: Processes.wallClockSeconds, startedMonotonic: now,
+                deadline: now + UInt64(configuration.readyTimeout * 1e9))
+            record.notifyPath = notify.path
+            let generation = Generation(record: record, notify: notify)
+            generations.append(generation)
+            logger.info("\(generation.label) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))")
+        } catch {
+            logger.error("cannot start generation \(number): \(error.message)")
+            failures.inARow += 1
+            afterFailure()
+        }
+        statusChanged = true
+    }
+
+    /// The program's environment: ours without the protocol's variables meant for `up` itself, then the
+    /// protocol's for the generation (LISTEN_PID is set by the wrapper, in the program's own process).
+    private func environment(notifyPath: String) -> [String] {
+        let ours = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", UpgradeHandover.variable]
+        var entries = (configuration.reusePortEnvironment ?? ProcessSpawn.currentEnvironment()).filter { entry in
+            !ours.contains { entry.hasPrefix($0 + "=") }
+        }
+        if configuration.reusePortEnvironment == nil {
+            entries.append("LISTEN_FDS=\(sockets.count)")
+            entries.append("LISTEN_FDNAMES=" + sockets.map(\.name).joined(separator: ":"))
+        }
+        entries.append("NOTIFY_SOCKET=\(notifyPath)")
+        return entries
+    }
+
+    func markReady(_ generation: Generation, how: String) {
+        let now = Processes.monotonicNanoseconds
+        generation.phase = .ready
+        generation.record.readySeconds = Double(now - generation.record.startedMonotonic) / 1e9
+        failures.inARow = 0
+        failures.everReady = true
+        logger.info("\(generation.label) ready after \(Self.milliseconds(now - generation.record.startedMonotonic)) (\(how))")
+        for old in generations where old !== generation && old.phase == .ready { drain(old) }
+        if generation.record.reason == .reload { record(generation, .ready, reason: nil) }
+        let draining = generations.filter { $0.phase == .draining }.count
+        _ = try? Readiness.notify(.ready, .status(statusLine(serving: generation, draining: draining)))
+        statusChanged = true
+        if reloadQueued && !state.isStopping {
+            reloadQueued = false
+            logger.info("starting the reload requested while \(generation.label) was starting")
+            beginReload()
+        }
+    }
+
+    func statusLine(serving generation: Generation, draining: Int) -> String {
+        "serving: generation \(generation.number) (pid \(generation.pid))" + (draining > 0 ? ", \(draining) draining" : "")
+    }
+
+    /// Moves a generation to `phase`, asks its main process to stop (unless it has exited already) and starts
+    /// its grace period, after which `tick` kills its process group.
+    func askToStop(_ generation: Generation, phase: GenerationPhase) {
+        generation.phase = generation.record.exit != nil && phase == .draining ? .exiting : phase
+        generation.record.deadline = Processes.monotonicNanoseconds + UInt64(configuration.grace * 1e9)
+        if generation.record.exit == nil { _ = try? Processes.kill(generation.record.mainProcess, configuration.stopSignal) }
+    }
+
+    private func drain(_ generation: Generation) {
+        askToStop(generation, phase: .draining)
+        let draining = generations.filter { $0.phase == .draining }.count
+        logger.info(
+            "\(generation.label) draining: sent \(SignalName(configuration.stopSignal)), killed if still running in \(Seconds(configuration.grace)) (\(draining) draining)")
+        statusChanged = true
+    }
+
+    /// A generation that will not serve: stop it, and tell what keeps serving.
+    func fail(_ generation: Generation, _ reason: String) {
+        askToStop(generation, phase: .failed)
+        failures.inARow += 1
+        if generation.record.reason == .reload { record(generation, .failed, reason: reason) }
+        if let serving = generations.first(where: { $0.phase == .ready }) {
+            logger.error("\(generation.label) \(reason); \(serving.label) keeps serving")
+            _ = try? Readiness.notify(.ready, .status("reload failed: generation \(generation.number) \(reason); " + statusLine(serving: serving, draining: 0)))
+        } else {
+            logger.error("\(generation.label) \(reason)")
+        }
+        statusChanged = true
+        afterFailure()
+        if reloadQueued && !state.isStopping && generations.contains(where: { $0.phase == .ready }) {
+            reloadQueued = false
+            beginReload()
+        }
+    }
+
+    /// After a failed start or a crash: when nothing serves or starts, back off and restart, or give up after
+    /// ``FailureCount/attemptsBeforeGivingUp`` failures in a row of a program that never served.
+    func afterFailure() {
+        guard !state.isStopping, !generations.contains(where: { $0.phase.isLive }) else { return }
+        if failures.shouldGiveUp {
+            logger.critical("the program failed \(failures.inARow) times in a row and never became ready: giving up")
+            stop(because: "giving up", exitCode: 4)
+            return
+        }
+        let delay = failures.backoffSeconds
+        enter(.backingOff(until: Processes.monotonicNanoseconds + UInt64(delay * 1e9)))
+        logger.warning("no generation serves: restarting in \(Seconds(delay)); connections wait in the accept queue meanwhile")
+    }
+
+    func requestReload() {
+        guard !state.isStopping else { return logger.info("reload ignored: stopping") }
+        if let starting = generations.first(where: { $0.phase == .starting }) {
+            if !reloadQueued { logger.info("reload requested while \(starting.label) starts: one more reload follows once it is ready") }
+            reloadQueued = true
+            statusChanged = true
+            return
+        }
+        if case .backingOff = state { enter(.running) }  // a reload is a restart now
+        beginReload()
+    }
+
+    private func beginReload() {
+        _ = try? Readiness.notify(.reloading, .status("reloading"))
+        startGeneration(.reload)
+    }
+
+    private func record(_ generation: Generation, _ result: ReloadResult, reason: String?) {
+        history.append(ReloadRecord(
+            generation: generation.number, startedAt: generation.record.startedAt, result: result, reason: reason,
+            seconds: Double(Processes.monotonicNanoseconds - generation.record.startedMonotonic) / 1e9))
+        if history.count > 20 { history.removeFirst(history.count - 20) }
+    }
+
+    /// Asks every live generation to stop; `up` exits with `exitCode` (or worse) once all are gone. A second
+    /// stop kills them all at once.
+    func stop(because reason: String, exitCode: Int32 = 0) {
+        if case .stopping(let code) = state {
+            logger.warning("\(reason) again: killing every generation now")
+            for generation in generations {
+                _ = try? Processes.kill(-generation.pid, SIGKILL)
+                generation.record.killed = true
+            }
+            enter(.stopping(exitCode: max(code, 1)))
+            return
+        }
+        enter(.stopping(exitCode: exitCode))
+        reloadQueued = false
+        _ = try? Readiness.notify(.stopping, .status("stopping"))
+        let running = generations.filter { $0.phase.isLive }
+        logger.info("stopping (\(reason)): \(SignalName(configuration.stopSignal)) to \(running.count) generation(s), killed if still running in \(Seconds(configuration.grace))")
+        for generation in running { askToStop(generation, phase: .draining) }
+    }
+
+    static func milliseconds(_ nanoseconds: UInt64) -> String {
+        nanoseconds >= 10_000_000_000 ? "\(nanoseconds / 1_000_000_000) s" : "\(nanoseconds / 1_000_000) ms"
+    }
+}

@@ -1,0 +1,43 @@
+import Glibc
+import PortReuse
+
+/// How `up` knows that a starting generation serves (`--ready`).
+extension Supervisor {
+    var readinessWord: String {
+        switch configuration.readiness {
+        case .delay(let seconds): "delay \(Seconds(seconds))"
+        default: configuration.reusePortEnvironment == nil ? "probe: accepted a connection" : "listening"
+        }
+    }
+
+    func isReady(_ generation: Generation, now: UInt64) -> Bool {
+        switch configuration.readiness {
+        case .notify: return false
+        case .delay(let seconds): return now - generation.record.startedMonotonic >= UInt64(seconds * 1e9)
+        case .auto where generation.record.heardFrom: return false
+        case .auto, .probe:
+            guard now >= generation.nextProbe else { return false }
+            generation.nextProbe = now + (canLook ? 10_000_000 : 200_000_000)
+            return probe(generation)
+        }
+    }
+
+    private func probe(_ generation: Generation) -> Bool {
+        if configuration.reusePortEnvironment != nil {
+            let group = Set(GenerationProbe.processes(inGroup: generation.pid))
+            return configuration.reusePortListens.allSatisfy { spec in
+                PortHolder.find(port: spec.address.port, transport: spec.transport, options: false).contains { holder in
+                    (spec.transport == .udp || holder.state == .listen) && holder.processes.contains { group.contains($0.pid) }
+                }
+            }
+        }
+        guard let first = sockets.first(where: { $0.transport == .tcp }) ?? sockets.first else { return true }
+        if canLook && !GenerationProbe.isWaiting(group: generation.pid, on: first.inode) { return false }
+        // A program that says READY=1 says it before it waits for connections: read it now, so that auto uses it.
+        if let notify = generation.notify { handle(messages: notify.take(), from: generation) }
+        if generation.phase != .starting || configuration.readiness == .auto && generation.record.heardFrom { return false }
+        guard first.transport == .tcp else { return canLook }  // UDP: waiting in recv on it is as far as one can see
+        let others = generations.filter { $0 !== generation && $0.record.exit == nil && ($0.phase == .ready || $0.phase == .draining) }.map(\.pid)
+        return GenerationProbe.connectionIsAccepted(listener: first.address, pausing: others, timeout: 100_000_000)
+    }
+}

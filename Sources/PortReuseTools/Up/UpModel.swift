@@ -1,0 +1,137 @@
+import PortReuse
+
+// The vocabulary of `portreuse up`, shared by the supervisor, its status file, the hand-over of an in-place
+// upgrade, the reload client and the demo: every state is a value, nothing is parsed back out of a string.
+
+/// Why a generation was started.
+package enum StartReason: String, Codable, Sendable {
+    /// The first generation of this `up`.
+    case start
+    /// A reload (SIGHUP, `up reload`).
+    case reload
+    /// After a crash or a failed start, when nothing served.
+    case restart
+}
+
+/// Where a generation stands. Every generation moves forward only:
+/// starting → ready → draining → exiting → gone, or starting/ready → failed → gone.
+package enum GenerationPhase: String, Codable, Sendable, CaseIterable {
+    /// Started, not yet ready: the serving generation (if any) goes on serving meanwhile.
+    case starting
+    /// Serves.
+    case ready
+    /// Asked to stop (after a newer generation became ready, or because `up` stops); gets `--grace` to finish.
+    case draining
+    /// Its main process exited while it drained; some of its processes (workers) still run.
+    case exiting
+    /// Will not serve: exited or not ready in time while starting, or crashed while serving.
+    case failed
+
+    /// Whether the generation serves or may still serve (so `up` has something running).
+    package var isLive: Bool { self == .starting || self == .ready }
+    /// Whether the generation was asked to stop and has a grace deadline.
+    package var isStopping: Bool { self == .draining || self == .exiting || self == .failed }
+}
+
+/// The outcome of one reload.
+package enum ReloadResult: String, Codable, Sendable {
+    case ready, failed
+}
+
+/// What the supervisor as a whole is doing.
+package enum SupervisorState: Equatable, Codable, Sendable {
+    /// Generations run or start; nothing is scheduled.
+    case running
+    /// No generation serves or starts: the next one starts at this time (CLOCK_MONOTONIC, nanoseconds).
+    /// Connections wait in the accept queue meanwhile.
+    case backingOff(until: UInt64)
+    /// Every generation was asked to stop; `up` exits with this status once all of them are gone.
+    case stopping(exitCode: Int32)
+
+    package var isStopping: Bool {
+        if case .stopping = self { return true }
+        return false
+    }
+}
+
+/// How often the program failed, for the restart backoff and the give-up rule.
+package struct FailureCount: Equatable, Codable, Sendable {
+    /// Failed starts and crashes since the last generation became ready.
+    package var inARow = 0
+    /// Whether any generation ever became ready (`up` gives up only on a program that never served).
+    package var everReady = false
+
+    package init() {}
+
+    /// How long to wait before the next start: 0.2 s doubling per failure, at most 10 s.
+    package var backoffSeconds: Double { min(0.1 * Double(1 << min(inARow, 10)), 10) }
+
+    /// `up` gives up after this many failures in a row of a program that never became ready.
+    package static let attemptsBeforeGivingUp = 5
+    package var shouldGiveUp: Bool { !everReady && inARow >= Self.attemptsBeforeGivingUp }
+}
+
+/// One generation as the status file shows it and as an in-place upgrade hands it to the next `up`.
+package struct GenerationRecord: Codable, Sendable {
+    package var number: Int
+    package var pid: Int32
+    package var reason: StartReason
+    package var phase: GenerationPhase
+    /// When it started: wall clock (seconds since 1970) for people, monotonic (nanoseconds) for deadlines.
+    package var startedAt: Double
+    package var startedMonotonic: UInt64
+    /// How long it took to become ready, in seconds.
+    package var readySeconds: Double?
+    /// The last STATUS= it sent.
+    package var status: String?
+    /// The process it named with MAINPID=, which gets the stop signal.
+    package var mainPID: Int32?
+    /// Whether it sent anything on its notify socket.
+    package var heardFrom = false
+    /// When it must be ready (starting) or gone (stopping): CLOCK_MONOTONIC nanoseconds.
+    package var deadline: UInt64
+    /// Whether its process group got SIGKILL.
+    package var killed = false
+    /// How its main process ended, once it did.
+    package var exit: ExitStatus?
+    /// Its notify socket: `up`'s descriptor (kept open across an upgrade) and path.
+    package var notifyDescriptor: Int32?
+    package var notifyPath: String?
+
+    private enum CodingKeys: String, CodingKey {
+        case number, pid, reason, phase = "state", startedAt, startedMonotonic, readySeconds, status, mainPID, heardFrom, deadline, killed, exit
+        case notifyDescriptor, notifyPath
+    }
+
+    package init(number: Int, pid: Int32, reason: StartReason, startedAt: Double, startedMonotonic: UInt64, deadline: UInt64) {
+        self.number = number
+        self.pid = pid
+        self.reason = reason
+        self.phase = .starting
+        self.startedAt = startedAt
+        self.startedMonotonic = startedMonotonic
+        self.deadline = deadline
+    }
+
+    package var label: String { "generation \(number) (pid \(pid))" }
+    /// The process the stop signal goes to: MAINPID= if the program named one, else the one `up` started.
+    package var mainProcess: Int32 { mainPID ?? pid }
+}
+
+/// One reload as the status file keeps it (the last 20).
+package struct ReloadRecord: Codable, Sendable, Equatable {
+    package var generation: Int
+    package var startedAt: Double
+    package var result: ReloadResult
+    /// Why it failed, in words.
+    package var reason: String?
+    package var seconds: Double
+
+    package init(generation: Int, startedAt: Double, result: ReloadResult, reason: String?, seconds: Double) {
+        self.generation = generation
+        self.startedAt = startedAt
+        self.result = result
+        self.reason = reason
+        self.seconds = seconds
+    }
+}

@@ -1,0 +1,72 @@
+import FoundationEssentials
+import Glibc
+import PortReuse
+
+/// What `portreuse up status` shows: written by the running `up` next to its pid file (PATH.status) whenever
+/// something in it changes. Ages are not stored: the reader computes them from `startedAt` and its own clock.
+package struct UpStatus: Codable {
+    package struct Socket: Codable {
+        package var name: String
+        package var address: String
+        package var transport: String
+    }
+
+    package var schema = "portreuse.up/1"
+    package var pid: pid_t
+    package var command: [String]
+    package var startedAt: Double
+    package var sockets: [Socket]
+    package var generations: [GenerationRecord]
+    package var state: SupervisorState
+    package var stopping: Bool
+    package var reloadPending: Bool
+    package var reloads: [ReloadRecord]
+    package var upgrades: Int
+    package var upgradeFailures: Int
+    /// The number the next generation will get: a reload asked now starts this one or a later one.
+    package var nextGeneration: Int
+    /// When `up` wrote this (wall clock).
+    package var writtenAt: Double
+
+    package init(
+        pid: pid_t, command: [String], startedAt: Double, sockets: [Socket], generations: [GenerationRecord], state: SupervisorState,
+        reloadQueued: Bool, reloads: [ReloadRecord], upgrades: Int, upgradeFailures: Int, nextGeneration: Int, writtenAt: Double
+    ) {
+        self.nextGeneration = nextGeneration
+        self.pid = pid
+        self.command = command
+        self.startedAt = startedAt
+        self.sockets = sockets
+        self.generations = generations
+        self.state = state
+        self.stopping = state.isStopping
+        self.reloadPending = reloadQueued
+        self.reloads = reloads
+        self.upgrades = upgrades
+        self.upgradeFailures = upgradeFailures
+        self.writtenAt = writtenAt
+    }
+
+    /// The outcome of the reload asked for while `before` was current, once it is known: the record of the
+    /// first reload whose generation started after `before` was written, when no generation starts and no
+    /// reload waits. A failure of an earlier reload is never taken for it.
+    package func outcome(ofReloadAskedAt before: UpStatus) -> ReloadRecord? {
+        guard !reloadPending, !generations.contains(where: { $0.phase == .starting }) else { return nil }
+        return reloads.first { $0.generation >= before.nextGeneration }
+    }
+
+    package static func path(forPIDFile pidFile: String) -> String { pidFile + ".status" }
+
+    /// Writes the file whole or not at all (a temporary file renamed over it).
+    package func write(to path: String) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        guard let data = try? encoder.encode(self), Files.write(Array(data) + [10], toFile: path + ".new") else { return }
+        rename(path + ".new", path)
+    }
+
+    package static func read(from path: String) -> UpStatus? {
+        guard let bytes = Files.read(path, limit: 1 << 22) else { return nil }
+        return try? JSONDecoder().decode(UpStatus.self, from: Data(bytes))
+    }
+}
