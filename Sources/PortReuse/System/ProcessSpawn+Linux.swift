@@ -102,7 +102,7 @@ package struct ProcessSpawn {
         case .inherit: break
         case .null: posix_spawn_file_actions_addopen(&actions, target, "/dev/null", O_WRONLY, 0)
         case .descriptor(let fd): posix_spawn_file_actions_adddup2(&actions, fd, target)
-        case .appending(let path): posix_spawn_file_actions_addopen(&actions, target, path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        case .appending(let path): posix_spawn_file_actions_addopen(&actions, target, path, O_WRONLY | O_CREAT | O_APPEND, 0o644)  // the child's own: never close-on-exec
         case .other: posix_spawn_file_actions_adddup2(&actions, other, target)
         }
     }

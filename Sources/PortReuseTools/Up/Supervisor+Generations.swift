@@ -3,7 +3,7 @@ import PortReuse
 
 /// Starting generations, making them ready, stopping them; the reload and stop requests.
 extension Supervisor {
-    func startGeneration(_ reason: StartReason) {
+    package func startGeneration(_ reason: StartReason) {
         let number = nextNumber
         nextNumber += 1
         let now = Processes.monotonicNanoseconds

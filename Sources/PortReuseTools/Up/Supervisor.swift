@@ -83,6 +83,8 @@ package final class Supervisor {
     /// Whether something the status file shows changed since it was last written.
     var statusChanged = true
     let canLook = GenerationProbe.canLook
+    /// Whether orphans of the generations come to this process (set by `run`).
+    private var isSubreaper = false
 
     package init(configuration: Configuration, sockets: [HeldSocket], runtimeFolder: String, signals: SignalPipe, startedWall: Double) {
         self.configuration = configuration
@@ -96,7 +98,7 @@ package final class Supervisor {
 
     /// Runs until every generation is gone after a stop; returns `up`'s exit status.
     package func run(startFirst: Bool) -> Int32 {
-        try? Processes.becomeSubreaper()
+        isSubreaper = (try? Processes.becomeSubreaper()) != nil
         if startFirst { startGeneration(.start) }
         while true {
             if case .stopping(let exitCode) = state, generations.isEmpty {
@@ -140,8 +142,19 @@ package final class Supervisor {
 
     // MARK: Events
 
+    /// Collects the exits of the generations' main processes and, once `run` made `up` their subreaper, of
+    /// any orphaned descendant. A supervisor driven by `step` alone (a test) waits only for its own children,
+    /// so that it never takes another child of the same process.
     private func reap() {
-        while let (pid, exit) = (try? Processes.wait(noHang: true)) ?? nil {
+        var exits: [(pid_t, ExitStatus)] = []
+        if isSubreaper {
+            while let exit = (try? Processes.wait(noHang: true)) ?? nil { exits.append(exit) }
+        } else {
+            for generation in generations where generation.record.exit == nil {
+                if let exit = (try? Processes.wait(generation.pid, noHang: true)) ?? nil { exits.append(exit) }
+            }
+        }
+        for (pid, exit) in exits {
             guard let generation = generations.first(where: { $0.pid == pid }) else { continue }  // an orphaned worker
             generation.record.exit = exit
             switch generation.phase {

@@ -19,9 +19,12 @@ package struct SignalPipe {
     /// The signals `up` handles; children start with their default actions and an empty mask.
     package static let handled: [Int32] = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGUSR2]
 
-    package init() throws(CommandFailure) {
+    /// The pipe, with `up`'s handlers installed for ``handled`` (`installingHandlers` false: a pipe nothing
+    /// writes to, for a supervisor driven by a test, which must not take the test process's signals).
+    package init(installingHandlers: Bool = true) throws(CommandFailure) {
         guard let ends = try? Files.pipe(nonBlocking: true) else { throw CommandFailure("cannot create a pipe: \(Files.errorText())") }
         readEnd = ends.read
+        guard installingHandlers else { return }
         signalPipeWriteEnd = ends.write
         var action = sigaction()
         action.__sigaction_handler.sa_handler = forwardSignal
