@@ -37,8 +37,7 @@ struct MulticastCLITests {
             #expect(texts.count == 6)
             #expect(texts.prefix(5).allSatisfy { $0.hasSuffix("(11 bytes): hello group") }, "\(texts)")
             #expect(texts.last?.hasSuffix("(3 bytes): end") == true, "the unicast datagram never reached a group listener: \(texts)")
-            listener.process.waitUntilExit()
-            #expect(listener.process.terminationStatus == 0, "--count 6 reached")
+            #expect(listener.waitForExit() == 0, "--count 6 reached")
         }
     }
 
@@ -115,19 +114,10 @@ struct MulticastCLITests {
     }
 }
 
-/// Runs a program to its end and returns its exit status and its stderr.
+/// Runs a program to its end (at most 30 s) and returns its exit status and its stderr.
 private func runCapturingError(_ arguments: [String]) throws -> (Int32, String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: arguments[0])
-    process.arguments = Array(arguments.dropFirst())
-    let errors = Pipe()
-    process.standardError = errors
-    process.standardOutput = FileHandle.nullDevice
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    let data = errors.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    let finished = try capture(arguments, timeout: 30)
+    return (finished.status, finished.stderr)
 }
 
 @Suite("portreuse listen and send: help")

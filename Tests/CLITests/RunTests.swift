@@ -23,9 +23,8 @@ struct RunTests {
         let refused = try capture([systemPython, "-m", "http.server", String(port), "--bind", "127.0.0.1"], timeout: 20)
         #expect(refused.status != 0)
         #expect(refused.stderr.contains("Address already in use"))
-        // SIGKILL: a Child started from a test thread has SIGTERM blocked (swift-corelibs-foundation#4772).
-        kill(plain.process.processIdentifier, SIGKILL)
-        plain.process.waitUntilExit()
+        plain.signal(SIGKILL)
+        plain.waitForExit()
 
         // With it both bind, both answer, and the kernel spreads the connections. One goes through a shell,
         // to show that child processes inherit the shim.
@@ -69,7 +68,7 @@ struct RunTests {
             let connection = try Connection.dial(to: SocketAddress(ip: .loopbackIPv4, port: port), policy: .exclusive, timeout: .seconds(5))
             #expect(try connection.receiveAll(timeout: .seconds(5)) == Array("bye".utf8))
             connection.close()
-            server.process.waitUntilExit()
+            server.waitForExit()
         }
 
         let old = try serveOnce(["--policy", "restartable"])
@@ -223,7 +222,7 @@ struct RunTests {
         #expect(killed.signalled && killed.status == SIGTERM)
 
         let child = try Child([portreuse, "run", "--", "/bin/sh", "-c", "echo $$; read line"])
-        #expect(child.line() == String(child.process.processIdentifier))
+        #expect(child.line() == String(child.pid))
         child.send("done")
 
         // Blocked and ignored signals as the program would have them started directly.

@@ -55,7 +55,7 @@ struct WhoTests {
         #expect(socket["address"] as? String == "127.0.0.1:\(port)")
         #expect(socket["options"] as? [String] == ["SO_REUSEADDR"])
         let process = try #require((socket["processes"] as? [[String: Any]])?.first)
-        #expect(process["pid"] as? Int == Int(holder.process.processIdentifier))
+        #expect(process["pid"] as? Int == Int(holder.pid))
         #expect((process["commandLine"] as? [String])?.prefix(2) == [systemPython, "-c"])
         #expect(process["user"] as? String == me)
         #expect(sharing(socket)["verdict"] as? String == "exclusive")
@@ -63,7 +63,7 @@ struct WhoTests {
         let text = try who(["\(port)"])
         #expect(text.status == 0)
         #expect(text.output.contains("TCP 127.0.0.1:\(port)  LISTEN"))
-        #expect(text.output.contains("\(holder.process.processIdentifier)"))
+        #expect(text.output.contains("\(holder.pid)"))
         #expect(text.output.contains("\(systemPython) -c "))
         #expect(!text.output.contains("\u{1B}["), "colour in a pipe")
     }
@@ -78,7 +78,7 @@ struct WhoTests {
         #expect(status == 0)
         let found = try sockets(document)
         #expect(found.count == 2)
-        #expect(found.reduce(Set<Int>()) { $0.union(pids($1)) } == [Int(first.process.processIdentifier), Int(second.process.processIdentifier)])
+        #expect(found.reduce(Set<Int>()) { $0.union(pids($1)) } == [Int(first.pid), Int(second.pid)])
         for socket in found {
             #expect(sharing(socket)["verdict"] as? String == "shared by 2 processes of user \(me)")
             #expect(sharing(socket)["sameUserMayJoin"] as? Bool == true)
@@ -114,7 +114,7 @@ struct WhoTests {
         let found = try sockets(document)
         #expect(found.count == 1)
         let socket = try #require(found.first)
-        #expect(pids(socket) == [Int(parent.process.processIdentifier), child])
+        #expect(pids(socket) == [Int(parent.pid), child])
         #expect(sharing(socket)["verdict"] as? String
             == "shared by 2 processes of user \(me) (one socket, inherited or passed); no new socket can join")
     }
@@ -267,7 +267,7 @@ struct WhoTests {
         let socket = try #require(try sockets(document).first)
         #expect(socket["uid"] as? Int == 65534)
         #expect(socket["user"] as? String == userName(65534))
-        #expect(pids(socket) == [Int(holder.process.processIdentifier)])
+        #expect(pids(socket) == [Int(holder.pid)])
         #expect(sharing(socket)["sameUserMayJoin"] as? Bool == true)
         #expect(sharing(socket)["otherUsersMayJoin"] as? Bool == false)
         #expect(document["privileged"] as? Bool == true)
@@ -361,7 +361,7 @@ struct WhoTests {
         func whoDocument(_ extra: [String], sending: Bool) throws -> [String: Any] {
             let who = try Child(user + [binary.path, "who", "--json", "udp:\(port)"] + extra)
             let deadline = Date().addingTimeInterval(20)
-            while sending && who.process.isRunning && Date() < deadline { try send() }
+            while sending && who.isRunning && Date() < deadline { try send() }
             var output = ""
             while let line = who.line(timeout: 10) { output += line }
             return try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any])

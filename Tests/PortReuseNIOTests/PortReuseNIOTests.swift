@@ -211,18 +211,17 @@ struct PortReuseNIOTests {
         #expect(line.contains("serving on 127.0.0.1:\(port) (activated, single, 1 listener, 2 loops)"), "\(line)")
         #expect(notify.receive()?.contains("READY=1") == true)
         #expect(answer.hasPrefix("HTTP/1.1 200 OK"))
-        #expect(answer.hasSuffix("hello from nio-hello pid \(server.process.processIdentifier)\n"), "systemd-socket-activate execs the server")
+        #expect(answer.hasSuffix("hello from nio-hello pid \(server.pid)\n"), "systemd-socket-activate execs the server")
         _ = try (0..<9).map { _ in try httpGet(port: port, path: "/") }
         let stats = try httpGet(port: port, path: "/stats")
         let body = stats.components(separatedBy: "\r\n\r\n").last ?? ""
         let perLoop = body.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
         #expect(perLoop.count == 2 && perLoop.reduce(0, +) == 11 && perLoop.allSatisfy { $0 >= 5 }, "\(stats)")
         // SIGTERM: READY gives way to STOPPING=1, and it drains and exits 0.
-        kill(server.process.processIdentifier, SIGTERM)
+        kill(server.pid, SIGTERM)
         #expect(notify.receive()?.contains("STOPPING=1") == true)
         #expect(server.line(timeout: 15)?.contains("drained and stopped") == true)
-        server.process.waitUntilExit()
-        #expect(server.process.terminationStatus == 0)
+        #expect(server.waitForExit() == 0)
     }
 
     @Test("a reload on one handed-over socket: two generations of nio-hello overlap, and no request fails")
@@ -265,9 +264,8 @@ struct PortReuseNIOTests {
         let line = try #require(load.line(timeout: 30))
         #expect(line.hasPrefix("ok ") && line.contains(" failed 0 "), "\(line)")
         #expect(line.hasSuffix(" servers 3"), "every generation served: \(line)")
-        kill(up.process.processIdentifier, SIGTERM)
-        up.process.waitUntilExit()
-        #expect(up.process.terminationStatus == 0)
+        kill(up.pid, SIGTERM)
+        #expect(up.waitForExit() == 0)
     }
 
     @Test("nio-hello alone binds one listener per loop")
@@ -276,7 +274,7 @@ struct PortReuseNIOTests {
         let server = try Child([productsFolder + "/nio-hello", "--listen", "127.0.0.1:\(port)", "--threads", "3"], discardingStandardError: true)
         let line = try #require(server.line(timeout: 20))
         #expect(line.contains("serving on 127.0.0.1:\(port) (bound, per-loop, 3 listeners, 3 loops)"), "\(line)")
-        #expect(try httpGet(port: port, path: "/").hasSuffix("hello from nio-hello pid \(server.process.processIdentifier)\n"))
+        #expect(try httpGet(port: port, path: "/").hasSuffix("hello from nio-hello pid \(server.pid)\n"))
     }
 
     @Test("activated with a descriptor that is not a socket: a clear error, and no socket of its own")
