@@ -340,14 +340,14 @@ struct WhoTests {
                 if s in ready:
                     s.recv(100); got += 1
                 elif sys.stdin in ready:
+                    if not sys.stdin.readline():
+                        break
                     while True:
                         try:
                             s.recv(100, socket.MSG_DONTWAIT); got += 1
                         except BlockingIOError:
                             break
                     print(got, flush=True)
-                    sys.stdin.readline()
-                    break
                 else:
                     break
             """
@@ -388,10 +388,14 @@ struct WhoTests {
             }
         }
         for _ in 0..<50 { try send() }
-        usleep(200_000)
-        first.send("report")
-        second.send("report")
-        let received = try #require(first.line().flatMap { Int($0) }) + (try #require(second.line().flatMap { Int($0) }))
+        // Asked until the group has every datagram sent (each answer is the count so far).
+        var received = 0
+        try waitUntil(timeout: 10, interval: 0.05) {
+            first.send("report")
+            second.send("report")
+            received = try #require(first.line().flatMap { Int($0) }) + (try #require(second.line().flatMap { Int($0) }))
+            return received >= sent
+        }
         #expect(sent >= 100)
         #expect(received == sent, "sent \(sent) datagrams, the group received \(received)")
 
