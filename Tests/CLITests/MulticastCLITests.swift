@@ -9,7 +9,7 @@ import Testing
 struct MulticastCLITests {
     @Test(
         "three listeners in separate processes on one group and port each print every datagram sent, and no unicast one",
-        .enabled(if: isRoot, "a network namespace needs root (unshare -n)"), arguments: AddressFamily.allCases)
+        .needsRoot("a network namespace of its own (unshare -n)"), arguments: AddressFamily.allCases)
     func threeReceivers(family: AddressFamily) throws {
         let namespace = try NetworkNamespace()
         let port = UInt16.random(in: 20_000...40_000)
@@ -41,7 +41,7 @@ struct MulticastCLITests {
         }
     }
 
-    @Test("who reports duplicate-bound group receivers: each gets every datagram; SO_REUSEADDR there is not a hijack", .enabled(if: isRoot, "a network namespace needs root (unshare -n)"))
+    @Test("who reports duplicate-bound group receivers: each gets every datagram; SO_REUSEADDR there is not a hijack", .needsRoot("a network namespace of its own (unshare -n)"))
     func who() throws {
         let namespace = try NetworkNamespace()
         let port = UInt16.random(in: 20_000...40_000)

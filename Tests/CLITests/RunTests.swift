@@ -161,7 +161,7 @@ struct RunTests {
         #expect(dynamic.output == "ran\n")
     }
 
-    @Test("a set-user-ID program of another user is refused; one of our own user runs", .enabled(if: isRoot, "needs root to give a file to user nobody"))
+    @Test("a set-user-ID program of another user is refused; one of our own user runs", .needsRoot("needs root to give a file to user nobody"))
     func setUserIDRefused() throws {
         // Below the build folder rather than /tmp, which may be mounted nosuid (the bits would do nothing).
         let folder = productsFolder + "/setuid-test-\(getpid())"
@@ -256,7 +256,7 @@ struct RunTests {
         #expect(nested.output == "\(shimLibrary.resolvingSymlinks)\n")
     }
 
-    @Test("a shim that the user cannot read is a clear error before the program starts", .enabled(if: isRoot, "needs root to run as user nobody"))
+    @Test("a shim that the user cannot read is a clear error before the program starts", .needsRoot("needs root to run as user nobody"))
     func unreadableShim() throws {
         let everyone = try productsForEveryone()
         chmod(everyone.path + "/libCReuseShim.so", 0o600)
@@ -343,7 +343,7 @@ struct RunTests {
         #expect(third.status == 0)
     }
 
-    @Test("--transparent sets IP_TRANSPARENT; without CAP_NET_ADMIN it is a clear error before the program starts", .enabled(if: isRoot, "needs root for CAP_NET_ADMIN and to run as user nobody"))
+    @Test("--transparent sets IP_TRANSPARENT; without CAP_NET_ADMIN it is a clear error before the program starts", .needsRoot("needs root for CAP_NET_ADMIN and to run as user nobody"))
     func transparent() throws {
         let probe = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockopt(socket.SOL_IP, 19))"
         let set = try capture([portreuse, "run", "--transparent", "--", systemPython, "-c", probe])

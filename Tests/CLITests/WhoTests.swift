@@ -258,7 +258,7 @@ struct WhoTests {
 
     // MARK: other users (root only)
 
-    @Test("a listener of user nobody: its owner and process, seen as root", .enabled(if: isRoot, "needs root to start a socket as user nobody"))
+    @Test("a listener of user nobody: its owner and process, seen as root", .needsRoot("needs root to start a socket as user nobody"))
     func otherUserListener() throws {
         let holder = try Child(python: pythonHolder(kind: "STREAM", reuseAddress: true, reusePort: true), asNobody: true)
         let port = try holder.port()
@@ -274,7 +274,7 @@ struct WhoTests {
     }
 
     @Test("without root: another user's sockets are listed, their processes hidden, and the output says so",
-          .enabled(if: isRoot, "needs root to run who as user nobody"))
+          .needsRoot("needs root to run who as user nobody"))
     func hiddenFromNobody() throws {
         let binary = try WorldReadableCopy(of: portreuse)
         let first = try Child(python: pythonHolder(kind: "STREAM", reuseAddress: true, reusePort: true))
@@ -299,7 +299,7 @@ struct WhoTests {
     }
 
     @Test("without root, a TCP socket of one's own user is learned by a probe that never listens",
-          .enabled(if: isRoot, "needs root to run a socket and who as user nobody"))
+          .needsRoot("needs root to run a socket and who as user nobody"))
     func tcpProbe() throws {
         let binary = try WorldReadableCopy(of: portreuse)
         // Not dumpable: neither /proc/PID/fd nor pidfd_getfd is open to another process of its user.
@@ -405,7 +405,7 @@ struct WhoTests {
     }
 
     @Test("--probe-udp learns a UDP socket's sharing without root, and says it may take a datagram",
-          .enabled(if: isRoot, "needs root to run who as user nobody"))
+          .needsRoot("needs root to run who as user nobody"))
     func udpProbe() throws {
         let binary = try WorldReadableCopy(of: portreuse)
         let holder = try Child(python: pythonHolder(kind: "DGRAM", reusePort: true))

@@ -146,7 +146,7 @@ struct PortReuseNIOTests {
     }
 
     @Test("a port held by another user with SO_REUSEPORT is a clear error, not a shared port",
-        .enabled(if: isRoot, "needs root to start a socket as user nobody"))
+        .needsRoot("needs root to start a socket as user nobody"))
     func portHeldByAnotherUser() async throws {
         let holder = try Child(python: pythonHolder(kind: "STREAM", reuseAddress: true, reusePort: true), asNobody: true)
         let port = try holder.port()

@@ -16,9 +16,10 @@ public let systemPython = "/usr/bin/python3"
 /// Tests that need root carry `.needsRoot(…)`, so that a run as another user lists them as skipped, with
 /// the reason.
 extension Trait where Self == ConditionTrait {
-    /// Enabled only as root; skipped otherwise with "needs root: `reason`".
+    /// Enabled only as root; skipped otherwise with "needs root …" (`reason` after "needs root: " unless it
+    /// says "needs root" itself).
     public static func needsRoot(_ reason: String) -> Self {
-        .enabled(if: isRoot, Comment(rawValue: "needs root: " + reason))
+        .enabled(if: isRoot, Comment(rawValue: reason.hasPrefix("needs root") ? reason : "needs root: " + reason))
     }
 }
 
