@@ -113,7 +113,7 @@ let package = Package(
         // swift build -c release --product CReuseShim && swift run -c release shim-bench
         .executableTarget(name: "shim-bench", dependencies: ["PortReuse", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/shim-bench"),
         // swift build -c release && .build/release/who-bench
-        .executableTarget(name: "who-bench", dependencies: ["BenchmarkSupport"], path: "Benchmarks/who-bench"),
+        .executableTarget(name: "who-bench", dependencies: ["PortReuse", "BenchmarkSupport"], path: "Benchmarks/who-bench"),
         // swift build -c release && .build/release/reload-bench
         .executableTarget(name: "reload-bench", dependencies: ["PortReuse", "BenchmarkSupport"], path: "Benchmarks/reload-bench"),
         // apt-get install wrk nginx-light; swift build -c release --product nio-hello

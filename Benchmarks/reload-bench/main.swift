@@ -86,19 +86,9 @@ func waitForNotify(_ text: String, timeout: Double = 30) -> Bool {
 }
 
 func start(_ arguments: [String]) -> pid_t {
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)  // the servers' logs
-    var pid = pid_t()
-    let environment = ["NOTIFY_SOCKET=\(notifyPath)", "PATH=/usr/bin:/bin"]
-    let argv = arguments.map { strdup($0) } + [nil]
-    let envp = environment.map { strdup($0) } + [nil]
-    defer { (argv + envp).forEach { free($0) } }
-    guard posix_spawn(&pid, arguments[0], &actions, &attributes, argv, envp) == 0 else { fail("cannot start \(arguments[0])") }
+    var spawn = ProcessSpawn(arguments, environment: ["NOTIFY_SOCKET=\(notifyPath)", "PATH=/usr/bin:/bin"])
+    spawn.standardError = .null  // the servers' logs
+    guard let pid = try? spawn.start() else { fail("cannot start \(arguments[0])") }
     return pid
 }
 

@@ -47,25 +47,11 @@ func measure(_ variant: Variant, type: Int32, port: UInt16) -> Double {
     var environment = variant.variables + ["PATH=/usr/bin:/bin"]
     if variant.preload { environment.append("LD_PRELOAD=" + shim) }
     let argv = [path, "--worker", String(type), String(variant.steps), String(port), String(iterations)]
-    var ends: [Int32] = [0, 0]
-    precondition(pipe(&ends) == 0)
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    posix_spawn_file_actions_adddup2(&actions, ends[1], 1)
-    posix_spawn_file_actions_addclose(&actions, ends[0])
-    var pid = pid_t()
-    let cArguments = argv.map { strdup($0) } + [nil]
-    let cEnvironment = environment.map { strdup($0) } + [nil]
-    precondition(posix_spawn(&pid, path, &actions, nil, cArguments, cEnvironment) == 0, "cannot start a worker")
-    (cArguments + cEnvironment).forEach { free($0) }
-    posix_spawn_file_actions_destroy(&actions)
-    close(ends[1])
-    var output: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 256)
-    while case let count = read(ends[0], &chunk, chunk.count), count > 0 { output += chunk[0..<count] }
-    close(ends[0])
-    var status: Int32 = 0
-    waitpid(pid, &status, 0)
+    var spawn = ProcessSpawn(argv, environment: environment)
+    spawn.standardError = .descriptor(STDERR_FILENO)
+    guard let finished = try? spawn.run(timeout: 600) else { fatalError("cannot start a worker") }
+    let output = finished.standardOutput
+    let status = finished.status.raw
     let text = String(decoding: output, as: UTF8.self).split(separator: "\n").first ?? ""
     guard status == 0, let nanoseconds = Double(text) else { fatalError("worker failed (\(variant.name)): \(text)") }
     return nanoseconds

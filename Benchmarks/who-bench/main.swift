@@ -8,6 +8,7 @@
 // benchmark ends.
 import BenchmarkSupport
 import Glibc
+import PortReuse
 
 let connections = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 10_000 : 10_000
 let rounds = CommandLine.arguments.count > 2 ? Int(CommandLine.arguments[2]) ?? 11 : 11
@@ -69,51 +70,20 @@ let script = """
     os.waitpid(client, 0)
     """
 
-/// This process's environment, for the programs it starts (read from /proc: Swift 6 will not touch `environ`).
-nonisolated(unsafe) let environment: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> = {
-    let fd = open("/proc/self/environ", O_RDONLY | O_CLOEXEC)
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while fd >= 0 {
-        let count = read(fd, &chunk, chunk.count)
-        guard count > 0 else { break }
-        bytes += chunk[0..<count]
-    }
-    if fd >= 0 { close(fd) }
-    let entries = bytes.split(separator: 0).map { strdup(String(decoding: $0, as: UTF8.self)) }
-    let list = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: entries.count + 1)
-    for (index, entry) in entries.enumerated() { list[index] = entry }
-    list[entries.count] = nil
-    return list
-}()
-
-/// A pipe whose ends are closed in programs started later (dup2 onto 0 or 1 clears that for the child's end),
-/// so that a child never holds the other end open.
+/// A pipe whose ends are closed in programs started later (ProcessSpawn's dup2 onto 0 or 1 clears that for
+/// the child's end), so that a child never holds the other end open.
 func makePipe(_ ends: inout [Int32]) {
-    guard pipe(&ends) == 0 else { fail("pipe: errno \(errno)") }
-    for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+    guard let made = try? Files.pipe() else { fail("pipe: errno \(errno)") }
+    ends = [made.read, made.write]
 }
 
 /// Starts a program with stdin and stdout as given (-1: /dev/null); returns its pid.
 func spawn(_ arguments: [String], stdin: Int32 = -1, stdout: Int32 = -1, newGroup: Bool = false) -> pid_t {
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    if newGroup {
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
-        posix_spawnattr_setpgroup(&attributes, 0)
-    }
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    if stdin >= 0 { posix_spawn_file_actions_adddup2(&actions, stdin, 0) } else { posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0) }
-    if stdout >= 0 { posix_spawn_file_actions_adddup2(&actions, stdout, 1) } else { posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0) }
-    var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var pid: pid_t = 0
-    let code = posix_spawn(&pid, arguments[0], &actions, &attributes, &argv, environment)
-    guard code == 0 else { fail("cannot start \(arguments[0]): errno \(code)") }
-    return pid
+    var spawn = ProcessSpawn(arguments)
+    spawn.standardInput = stdin >= 0 ? .descriptor(stdin) : .null
+    spawn.standardOutput = stdout >= 0 ? .descriptor(stdout) : .null
+    spawn.newProcessGroup = newGroup
+    do { return try spawn.start() } catch { fail("cannot start \(arguments[0]): \(error)") }
 }
 
 func wait(_ pid: pid_t) -> Int32 {

@@ -95,24 +95,20 @@ struct DemoTests {
         let log = folder + "/out"
         let pid = try spawn([portreuse, "demo", "--workers", "2", "--seconds", "20"], log: log)
         var reaped = false
-        defer { if !reaped { kill(pid, SIGKILL); waitpid(pid, nil, 0) } }
+        defer { if !reaped { killAndReap(pid) } }
         // Wait until the workers are up: "2 processes each bound 127.0.0.1:PORT".
-        var port: String?
-        for _ in 0..<300 where port == nil {
+        let port = waitFor(timeout: 15, interval: 0.05) { () -> String? in
             let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-            port = text.components(separatedBy: "each bound 127.0.0.1:").dropFirst().first?.prefix { $0.isNumber }.description
-            if port == nil { usleep(50_000) }
+            return text.components(separatedBy: "each bound 127.0.0.1:").dropFirst().first?.prefix { $0.isNumber }.description
         }
         let found = try #require(port, "the demo never started its workers")
         let workers = processes(containing: "127.0.0.1:\(found)")
         #expect(workers.count == 2, "\(workers)")
         kill(pid, SIGINT)
-        var status: Int32 = 0
-        for _ in 0..<300 where !reaped {
-            if waitpid(pid, &status, WNOHANG) == pid { reaped = true } else { usleep(50_000) }
-        }
+        let status = reap(pid, timeout: 15)
+        reaped = status != nil
         #expect(reaped, "the demo did not exit within 15 s of SIGINT")
-        #expect((status >> 8) & 0xFF == 130)
+        #expect(status?.code == 130)
         #expect(processes(containing: "127.0.0.1:\(found)").isEmpty, "workers left behind")
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         #expect(text.contains("interrupted by SIGINT; stopped everything it started"), "\(text)")

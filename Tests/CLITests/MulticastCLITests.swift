@@ -9,7 +9,7 @@ import Testing
 struct MulticastCLITests {
     @Test(
         "three listeners in separate processes on one group and port each print every datagram sent, and no unicast one",
-        .enabled(if: isRoot, "a network namespace needs root (unshare -n)"), arguments: AddressFamily.allCases)
+        .needsRoot("a network namespace of its own (unshare -n)"), arguments: AddressFamily.allCases)
     func threeReceivers(family: AddressFamily) throws {
         let namespace = try NetworkNamespace()
         let port = UInt16.random(in: 20_000...40_000)
@@ -37,12 +37,11 @@ struct MulticastCLITests {
             #expect(texts.count == 6)
             #expect(texts.prefix(5).allSatisfy { $0.hasSuffix("(11 bytes): hello group") }, "\(texts)")
             #expect(texts.last?.hasSuffix("(3 bytes): end") == true, "the unicast datagram never reached a group listener: \(texts)")
-            listener.process.waitUntilExit()
-            #expect(listener.process.terminationStatus == 0, "--count 6 reached")
+            #expect(listener.waitForExit() == 0, "--count 6 reached")
         }
     }
 
-    @Test("who reports duplicate-bound group receivers: each gets every datagram; SO_REUSEADDR there is not a hijack", .enabled(if: isRoot, "a network namespace needs root (unshare -n)"))
+    @Test("who reports duplicate-bound group receivers: each gets every datagram; SO_REUSEADDR there is not a hijack", .needsRoot("a network namespace of its own (unshare -n)"))
     func who() throws {
         let namespace = try NetworkNamespace()
         let port = UInt16.random(in: 20_000...40_000)
@@ -115,19 +114,10 @@ struct MulticastCLITests {
     }
 }
 
-/// Runs a program to its end and returns its exit status and its stderr.
+/// Runs a program to its end (at most 30 s) and returns its exit status and its stderr.
 private func runCapturingError(_ arguments: [String]) throws -> (Int32, String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: arguments[0])
-    process.arguments = Array(arguments.dropFirst())
-    let errors = Pipe()
-    process.standardError = errors
-    process.standardOutput = FileHandle.nullDevice
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    let data = errors.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    let finished = try capture(arguments, timeout: 30)
+    return (finished.status, finished.stderr)
 }
 
 @Suite("portreuse listen and send: help")

@@ -23,9 +23,8 @@ struct RunTests {
         let refused = try capture([systemPython, "-m", "http.server", String(port), "--bind", "127.0.0.1"], timeout: 20)
         #expect(refused.status != 0)
         #expect(refused.stderr.contains("Address already in use"))
-        // SIGKILL: a Child started from a test thread has SIGTERM blocked (swift-corelibs-foundation#4772).
-        kill(plain.process.processIdentifier, SIGKILL)
-        plain.process.waitUntilExit()
+        plain.signal(SIGKILL)
+        plain.waitForExit()
 
         // With it both bind, both answer, and the kernel spreads the connections. One goes through a shell,
         // to show that child processes inherit the shim.
@@ -69,7 +68,7 @@ struct RunTests {
             let connection = try Connection.dial(to: SocketAddress(ip: .loopbackIPv4, port: port), policy: .exclusive, timeout: .seconds(5))
             #expect(try connection.receiveAll(timeout: .seconds(5)) == Array("bye".utf8))
             connection.close()
-            server.process.waitUntilExit()
+            server.waitForExit()
         }
 
         let old = try serveOnce(["--policy", "restartable"])
@@ -89,30 +88,39 @@ struct RunTests {
     @Test("--bind moves a program to another port and address, IPv4 and IPv6")
     func bindMovesTheProgram() throws {
         let folder = try servedFolder(named: "moved")
-        let (asked, moved) = (try freePort(), try freePort())
+        // Every port is reserved on 127.0.0.1 and [::1] at once: no TIME-WAIT on either, nobody else takes
+        // it. The programs bind beside the reservation (http.server and the shim's shared policy set
+        // SO_REUSEADDR, see PortReservation), which is released once they serve; `asked` stays reserved, so
+        // that nothing listens there.
+        let asked = try PortReservation()
+        let moved = try PortReservation()
 
-        let server = try httpServer(port: asked, folder: folder, run: ["--bind", "127.0.0.1:\(moved)"])
-        #expect(server.line()?.contains("Serving HTTP on 127.0.0.1 port \(moved)") == true)
-        #expect(try httpGet(SocketAddress(ip: .loopbackIPv4, port: moved), "/who") == "moved")
-        #expect(throws: PortReuseError.self) { try httpGet(SocketAddress(ip: .loopbackIPv4, port: asked)) }
+        let server = try httpServer(port: asked.port, folder: folder, run: ["--bind", "127.0.0.1:\(moved.port)"])
+        #expect(server.line()?.contains("Serving HTTP on 127.0.0.1 port \(moved.port)") == true)
+        moved.release()
+        #expect(try httpGet(SocketAddress(ip: .loopbackIPv4, port: moved.port), "/who") == "moved")
+        #expect(throws: PortReuseError.self) { try httpGet(SocketAddress(ip: .loopbackIPv4, port: asked.port)) }
 
         // The port alone keeps the program's address.
-        let portOnly = try freePort()
-        let second = try httpServer(port: asked, folder: folder, run: ["--bind", ":\(portOnly)"])
-        #expect(second.line()?.contains("Serving HTTP on 127.0.0.1 port \(portOnly)") == true)
+        let portOnly = try PortReservation()
+        let second = try httpServer(port: asked.port, folder: folder, run: ["--bind", ":\(portOnly.port)"])
+        #expect(second.line()?.contains("Serving HTTP on 127.0.0.1 port \(portOnly.port)") == true)
+        portOnly.release()
 
         // IPv6: a program on [::] (dual-stack) moved to [::1].
-        let v6 = try freePort()
-        let third = try httpServer(port: asked, bind: "::", folder: folder, run: ["--bind", "[::1]:\(v6)"])
-        #expect(third.line()?.contains("Serving HTTP on ::1 port \(v6)") == true)
-        #expect(try httpGet(SocketAddress(ip: .loopbackIPv6, port: v6), "/who") == "moved")
+        let v6 = try PortReservation()
+        let third = try httpServer(port: asked.port, bind: "::", folder: folder, run: ["--bind", "[::1]:\(v6.port)"])
+        #expect(third.line()?.contains("Serving HTTP on ::1 port \(v6.port)") == true)
+        v6.release()
+        #expect(try httpGet(SocketAddress(ip: .loopbackIPv6, port: v6.port), "/who") == "moved")
 
         // An IPv4 address for a dual-stack IPv6 socket becomes the IPv4-mapped address.
-        let mapped = try freePort()
-        let fourth = try httpServer(port: asked, bind: "::", folder: folder, run: ["--bind", "127.0.0.1:\(mapped)"])
-        #expect(fourth.line()?.contains("Serving HTTP on ::ffff:127.0.0.1 port \(mapped)") == true)
-        #expect(try httpGet(SocketAddress(ip: .loopbackIPv4, port: mapped), "/who") == "moved")
-        withExtendedLifetime((server, second, third, fourth)) {}
+        let mapped = try PortReservation()
+        let fourth = try httpServer(port: asked.port, bind: "::", folder: folder, run: ["--bind", "127.0.0.1:\(mapped.port)"])
+        #expect(fourth.line()?.contains("Serving HTTP on ::ffff:127.0.0.1 port \(mapped.port)") == true)
+        mapped.release()
+        #expect(try httpGet(SocketAddress(ip: .loopbackIPv4, port: mapped.port), "/who") == "moved")
+        withExtendedLifetime((server, second, third, fourth, asked)) {}
     }
 
     @Test("a host name in --bind is resolved by the CLI; bad --bind values are clear errors")
@@ -153,7 +161,7 @@ struct RunTests {
         #expect(dynamic.output == "ran\n")
     }
 
-    @Test("a set-user-ID program of another user is refused; one of our own user runs", .enabled(if: isRoot, "needs root to give a file to user nobody"))
+    @Test("a set-user-ID program of another user is refused; one of our own user runs", .needsRoot("needs root to give a file to user nobody"))
     func setUserIDRefused() throws {
         // Below the build folder rather than /tmp, which may be mounted nosuid (the bits would do nothing).
         let folder = productsFolder + "/setuid-test-\(getpid())"
@@ -223,7 +231,7 @@ struct RunTests {
         #expect(killed.signalled && killed.status == SIGTERM)
 
         let child = try Child([portreuse, "run", "--", "/bin/sh", "-c", "echo $$; read line"])
-        #expect(child.line() == String(child.process.processIdentifier))
+        #expect(child.line() == String(child.pid))
         child.send("done")
 
         // Blocked and ignored signals as the program would have them started directly.
@@ -233,7 +241,7 @@ struct RunTests {
 
     @Test("LD_PRELOAD gets the shim first and keeps what was preloaded; the flags replace inherited shim variables")
     func environmentForTheProgram() throws {
-        let libc = "/lib/x86_64-linux-gnu/libc.so.6"
+        let libc = libcPath  // as this process loaded it (/proc/self/maps), whatever the distribution
         let inherited = environment(["LD_PRELOAD": libc, "REUSE_PORT": "0", "BIND_PORT": "1", "KEEP_ME": "yes"])
         let shown = try capture(
             [portreuse, "run", "--verbose", "--", "/bin/sh", "-c",
@@ -248,7 +256,7 @@ struct RunTests {
         #expect(nested.output == "\(shimLibrary.resolvingSymlinks)\n")
     }
 
-    @Test("a shim that the user cannot read is a clear error before the program starts", .enabled(if: isRoot, "needs root to run as user nobody"))
+    @Test("a shim that the user cannot read is a clear error before the program starts", .needsRoot("needs root to run as user nobody"))
     func unreadableShim() throws {
         let everyone = try productsForEveryone()
         chmod(everyone.path + "/libCReuseShim.so", 0o600)
@@ -335,7 +343,7 @@ struct RunTests {
         #expect(third.status == 0)
     }
 
-    @Test("--transparent sets IP_TRANSPARENT; without CAP_NET_ADMIN it is a clear error before the program starts", .enabled(if: isRoot, "needs root for CAP_NET_ADMIN and to run as user nobody"))
+    @Test("--transparent sets IP_TRANSPARENT; without CAP_NET_ADMIN it is a clear error before the program starts", .needsRoot("needs root for CAP_NET_ADMIN and to run as user nobody"))
     func transparent() throws {
         let probe = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockopt(socket.SOL_IP, 19))"
         let set = try capture([portreuse, "run", "--transparent", "--", systemPython, "-c", probe])

@@ -5,111 +5,16 @@ import TestSupport
 import Testing
 
 // Helpers for the tests of `portreuse run` and its shim: real programs (python3, curl, compiled C), run to
-// their end with both outputs captured, or kept alive as servers with `Child`.
+// their end with both outputs captured (TestSupport's `capture`), or kept alive as servers with `Child`.
 
 /// The built CLI.
 let portreuse = productsFolder + "/portreuse"
 /// The built shim, next to it.
 let shimLibrary = productsFolder + "/libCReuseShim.so"
 
-/// What a program did, with its two outputs kept apart.
-struct Finished {
-    /// The exit status, or the signal number when `signalled`.
-    var status: Int32
-    var signalled: Bool
-    /// Stdout, byte for byte.
-    var stdout: [UInt8]
-    var stderr: String
-
-    var output: String { String(decoding: stdout, as: UTF8.self) }
-    /// Stderr's lines, without empty ones.
-    var errorLines: [String] { stderr.split(separator: "\n").map(String.init) }
+extension Finished {
     /// Stderr's lines written by the shim.
     var shimLines: [String] { errorLines.filter { $0.hasPrefix("portreuse shim (") } }
-}
-
-/// Runs a program to its end (killed after `timeout` seconds) with stdout and stderr captured apart and
-/// `input` on its stdin.
-///
-/// Started with `posix_spawn`, an empty signal mask and default signal actions, as a shell starts it:
-/// Foundation's `Process` hands the child the signal mask of the calling thread, and Swift Testing runs on
-/// dispatch worker threads that block SIGTERM and most other signals (swift-corelibs-foundation#4772).
-func capture(_ arguments: [String], environment: [String: String]? = nil, input: String = "", timeout: Double = 60) throws -> Finished {
-    var (stdinPipe, stdoutPipe, stderrPipe): ([Int32], [Int32], [Int32]) = ([0, 0], [0, 0], [0, 0])
-    guard pipe2(&stdinPipe, O_CLOEXEC) == 0, pipe2(&stdoutPipe, O_CLOEXEC) == 0, pipe2(&stderrPipe, O_CLOEXEC) == 0 else {
-        throw POSIXError(.init(rawValue: errno) ?? .EIO)
-    }
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_adddup2(&actions, stdinPipe[0], 0)
-    posix_spawn_file_actions_adddup2(&actions, stdoutPipe[1], 1)
-    posix_spawn_file_actions_adddup2(&actions, stderrPipe[1], 2)
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var none = sigset_t()
-    var all = sigset_t()
-    sigemptyset(&none)
-    sigfillset(&all)
-    posix_spawnattr_setsigmask(&attributes, &none)
-    posix_spawnattr_setsigdefault(&attributes, &all)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-    let entries = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
-    var pid = pid_t()
-    let started = withCStrings(arguments) { argv in
-        withCStrings(entries) { envp in posix_spawn(&pid, arguments[0], &actions, &attributes, argv, envp) }
-    }
-    for fd in [stdinPipe[0], stdoutPipe[1], stderrPipe[1]] { close(fd) }
-    defer { for fd in [stdoutPipe[0], stderrPipe[0]] { close(fd) } }
-    guard started == 0 else {
-        close(stdinPipe[1])
-        throw POSIXError(.init(rawValue: started) ?? .EIO)
-    }
-    var bytes = Array(input.utf8)[...]
-    while !bytes.isEmpty {
-        let written = bytes.withUnsafeBytes { write(stdinPipe[1], $0.baseAddress, $0.count) }
-        if written <= 0 { break }
-        bytes = bytes.dropFirst(written)
-    }
-    close(stdinPipe[1])
-
-    var collected: [Int32: [UInt8]] = [:]
-    var open = [stdoutPipe[0], stderrPipe[0]]
-    let deadline = Date().addingTimeInterval(timeout)
-    while !open.isEmpty, deadline.timeIntervalSinceNow > 0 {
-        var polled = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        guard poll(&polled, nfds_t(polled.count), Int32(max(1, deadline.timeIntervalSinceNow * 1000))) > 0 else { continue }
-        for entry in polled where entry.revents != 0 {
-            var chunk = [UInt8](repeating: 0, count: 65_536)
-            let count = read(entry.fd, &chunk, chunk.count)
-            if count > 0 { collected[entry.fd, default: []] += chunk[0..<count] } else { open.removeAll { $0 == entry.fd } }
-        }
-    }
-    var status: Int32 = 0
-    while waitpid(pid, &status, WNOHANG) == 0 {
-        if deadline.timeIntervalSinceNow <= 0 { kill(pid, SIGKILL) }
-        usleep(10_000)
-    }
-    let signal = status & 0x7F
-    return Finished(
-        status: signal == 0 ? (status >> 8) & 0xFF : signal, signalled: signal != 0,
-        stdout: collected[stdoutPipe[0]] ?? [], stderr: String(decoding: collected[stderrPipe[0]] ?? [], as: UTF8.self))
-}
-
-/// pipe2 with O_CLOEXEC, so that no other test's child inherits a pipe end (the Glibc module hides pipe2).
-private func pipe2(_ ends: inout [Int32], _ flags: Int32) -> Int32 {
-    typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32
-    let call = unsafeBitCast(dlsym(dlopen(nil, RTLD_NOW), "pipe2")!, to: Pipe2.self)
-    return ends.withUnsafeMutableBufferPointer { call($0.baseAddress!, flags) }
-}
-
-/// Calls `body` with a NULL-terminated array of C strings.
-func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
-    let pointers = strings.map { strdup($0) } + [nil]
-    defer { pointers.forEach { free($0) } }
-    return body(pointers)
 }
 
 /// This process's environment with some variables set (a `nil` value removes one). Every shim variable

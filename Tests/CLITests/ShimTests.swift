@@ -138,7 +138,7 @@ struct ShimTests {
         #expect(shimmed.output == plain.output)
     }
 
-    @Test("IP_TRANSPARENT without CAP_NET_ADMIN: one line, errno untouched, the program binds", .enabled(if: isRoot, "needs root to run as user nobody"))
+    @Test("IP_TRANSPARENT without CAP_NET_ADMIN: one line, errno untouched, the program binds", .needsRoot("needs root to run as user nobody"))
     func transparentWithoutCapability() throws {
         let everyone = try productsForEveryone()
         let variables = ["IP_TRANSPARENT": "1", "LD_PRELOAD": everyone.path + "/libCReuseShim.so"]

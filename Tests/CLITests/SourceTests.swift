@@ -101,7 +101,11 @@ struct SourceTests {
     @Test("IPv6: curl to [::1] leaves from [::1] and the chosen port; an IPv4 source is skipped for it, said once", .enabled(if: curl != nil, "curl is missing"))
     func ipv6() throws {
         let (server, port) = try peerServer(address: "::1")
-        let source = try freePort()
+        // Used on [::1] and on 127.0.0.1: reserved on both for the whole test. curl binds the source beside
+        // the reservation (the shim's shared policy sets SO_REUSEADDR), and the kernel never picks it as
+        // another connection's ephemeral port meanwhile.
+        let reservation = try PortReservation()
+        let source = reservation.port
         let result = try capture([portreuse, "run", "--source", "[::1]:\(source)", "--", curl!, "-sS", "http://[::1]:\(port)/"])
         #expect(result.output == "::1 \(source)\n", "\(result.stderr)")
         #expect(server.line() == "peer ::1 \(source)")
@@ -111,6 +115,7 @@ struct SourceTests {
         #expect(!skipped.output.contains(" \(source)\n"), "left from a port of the kernel's choice")
         #expect(skipped.shimLines.count == 1)
         #expect(skipped.stderr.contains("PORTREUSE_SOURCE_ADDR=\"127.0.0.1\" not applied to connect [::1]:\(port): it is an IPv4 address and the connection goes to an IPv6 address"))
+        withExtendedLifetime(reservation) {}
     }
 
     @Test("an IPv4 source on a dual-stack IPv6 socket that connects to an IPv4-mapped address becomes the mapped source")

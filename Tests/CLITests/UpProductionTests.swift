@@ -11,14 +11,16 @@ import Testing
 struct UpProductionTests {
     @Test("5 reloads in one second under load: nothing lost, coalesced, one serving generation at the end")
     func burstOfReloads() throws {
-        // Each generation takes 400 ms to start, and the SIGHUPs come 100 ms apart: all but the first arrive
-        // while generation 2 starts.
+        // Each generation takes 400 ms to start: the first SIGHUP starts generation 2, and the four others
+        // are sent once up shows it starting, each after up took in the one before (a reload pending).
         let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello, "--startup-ms", "400"])
         let address = try up.servingAddress()
         let load = HTTPLoad(address, clients: 8)
-        for _ in 0..<5 {
+        up.signal(SIGHUP)
+        #expect(up.waitForStatus { $0.generations.contains { $0.number == 2 } } != nil, "\(up.logText)")
+        for _ in 0..<4 {
             up.signal(SIGHUP)
-            usleep(100_000)
+            #expect(up.waitForStatus { $0.reloadPending || $0.generations.contains { $0.number > 2 } } != nil, "\(up.logText)")
         }
         let end = try #require(up.waitForStatus { !$0.reloadPending && $0.generations.count == 1 && $0.serving.first?.number ?? 0 > 1 && !$0.generations.contains { $0.state == "starting" } }, "\(up.logText)")
         let (answered, failures) = load.stop()
@@ -41,7 +43,12 @@ struct UpProductionTests {
             answer.withLock { $0 = (try? httpGet(address)) ?? "failed" }
             done.signal()
         }
-        usleep(300_000)  // the request is accepted by generation 1
+        // The request is accepted by generation 1: a connection on the port that its process holds.
+        #expect(waitUntil {
+            PortHolder.find(port: address.port, transport: .tcp, options: false).contains { socket in
+                socket.state == .established && socket.localAddress.port == address.port && socket.processes.contains { $0.pid == first }
+            }
+        }, "generation 1 never accepted the request")
         up.signal(SIGHUP)
         #expect(up.waitForStatus { $0.serving.map(\.number) == [2] } != nil)
         up.signal(SIGHUP)
@@ -88,11 +95,8 @@ struct UpProductionTests {
         let up = try UpProcess(
             ["--listen", "127.0.0.1:\(port)", "--", hello, "--name", "via-systemd"],
             launcher: ["/usr/bin/systemd-socket-activate", "-l", "127.0.0.1:\(port)", "--fdname=web"])
-        var answer = ""
-        for _ in 0..<200 where answer.isEmpty {  // systemd-socket-activate starts up on the first connection
-            answer = (try? httpGet(SocketAddress(ip: .loopbackIPv4, port: port))) ?? ""
-            if answer.isEmpty { usleep(50_000) }
-        }
+        // systemd-socket-activate starts up on the first connection.
+        let answer = waitFor(timeout: 10, interval: 0.05) { try? httpGet(SocketAddress(ip: .loopbackIPv4, port: port)) } ?? ""
         #expect(answer.hasPrefix("hello from via-systemd pid"), "\(up.logText)")
         #expect(up.logText.contains("holding web=tcp:127.0.0.1:\(port)"), "the name comes from systemd: \(up.logText)")
         #expect(up.stop() == 0)
@@ -128,7 +132,7 @@ struct UpProductionTests {
         Thread.detachNewThread {
             for number in 0..<total {
                 try? sender.send(Array("\(number)".utf8), to: address)
-                usleep(1000)
+                usleep(1000)  // the sender's pace (3 s in all), not a wait: no assertion waits on it
             }
             sent.signal()
         }
@@ -138,10 +142,9 @@ struct UpProductionTests {
         }
         #expect(sent.wait(timeout: .now() + 60) == .success)
         var numbers = Set<Int>()
-        let deadline = Date().addingTimeInterval(10)
-        while numbers.count < total && Date() < deadline {
+        waitUntil(timeout: 10, interval: 0.05) {
             numbers = Set(((try? String(contentsOfFile: received, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int($0) })
-            usleep(50_000)
+            return numbers.count >= total
         }
         #expect(numbers.count == total, "lost \(total - numbers.count) of \(total) datagrams across 10 reloads")
         #expect(up.stop() == 0)

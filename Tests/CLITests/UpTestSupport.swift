@@ -7,36 +7,6 @@ import Testing
 /// The built example server.
 let hello = productsFolder + "/hello"
 
-/// Starts a program with posix_spawn, an empty signal mask and default signal actions (Foundation's `Process`
-/// would pass on the test thread's blocked SIGTERM), stdin from /dev/null, stdout and stderr into `log`.
-func spawn(_ arguments: [String], log: String, environment: [String: String]? = nil) throws -> pid_t {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var none = sigset_t(), all = sigset_t()
-    sigemptyset(&none)
-    sigfillset(&all)
-    sigdelset(&all, SIGKILL)
-    sigdelset(&all, SIGSTOP)
-    posix_spawnattr_setsigmask(&attributes, &none)
-    posix_spawnattr_setsigdefault(&attributes, &all)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    let env = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
-    var pid = pid_t()
-    let argv = arguments.map { strdup($0) } + [nil]
-    let envp = env.map { strdup($0) } + [nil]
-    defer { (argv + envp).forEach { free($0) } }
-    let code = posix_spawn(&pid, arguments[0], &actions, &attributes, argv, envp)
-    guard code == 0 else { throw POSIXError(.init(rawValue: code) ?? .EIO) }
-    return pid
-}
-
 /// What the status file says (the parts the tests read).
 struct UpSnapshot: Decodable {
     struct Socket: Decodable { var name: String; var address: String; var transport: String }
@@ -82,12 +52,7 @@ final class UpProcess: @unchecked Sendable {
     /// Waits until the log has a line containing `text` (at most `timeout` seconds).
     @discardableResult
     func waitForLog(_ text: String, count: Int = 1, timeout: Double = 30) -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if logText.components(separatedBy: "\n").filter({ $0.contains(text) }).count >= count { return true }
-            usleep(20_000)
-        }
-        return false
+        waitUntil(timeout: timeout) { logText.components(separatedBy: "\n").filter({ $0.contains(text) }).count >= count }
     }
 
     var status: UpSnapshot? {
@@ -97,12 +62,7 @@ final class UpProcess: @unchecked Sendable {
 
     /// Waits until the status file satisfies `condition`.
     func waitForStatus(timeout: Double = 30, _ condition: (UpSnapshot) -> Bool) -> UpSnapshot? {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if let status, condition(status) { return status }
-            usleep(20_000)
-        }
-        return nil
+        waitFor(timeout: timeout) { status.flatMap { condition($0) ? $0 : nil } }
     }
 
     /// The serving generation's first socket address, once one serves.
@@ -120,16 +80,8 @@ final class UpProcess: @unchecked Sendable {
     /// Waits for `up` to exit (at most `timeout` seconds); its exit status, or nil.
     func waitForExit(timeout: Double = 40) -> Int32? {
         if let exitStatus { return exitStatus }
-        let deadline = Date().addingTimeInterval(timeout)
-        var status: Int32 = 0
-        while Date() < deadline {
-            if waitpid(pid, &status, WNOHANG) == pid {
-                exitStatus = status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
-                return exitStatus
-            }
-            usleep(20_000)
-        }
-        return nil
+        exitStatus = reap(pid, timeout: timeout)?.shellStatus
+        return exitStatus
     }
 
     /// SIGTERM, then the exit status.

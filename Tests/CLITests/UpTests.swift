@@ -186,12 +186,9 @@ struct UpTests {
         let folder = try TemporaryFolder()
         let port = try freePort()
         let pid = try spawn(["/usr/bin/systemd-socket-activate", "-l", "127.0.0.1:\(port)", "--fdname=web", hello, "--name", "activated", "--listen", "127.0.0.1:1"], log: folder.path + "/log")
-        defer { kill(pid, SIGKILL); var status: Int32 = 0; waitpid(pid, &status, 0) }
-        var answer = ""
-        for _ in 0..<100 where answer.isEmpty {  // until the socket is there
-            answer = (try? httpGet(SocketAddress(ip: .loopbackIPv4, port: port))) ?? ""
-            if answer.isEmpty { usleep(50_000) }
-        }
+        defer { killAndReap(pid) }
+        // Until the socket is there.
+        let answer = waitFor(timeout: 5, interval: 0.05) { try? httpGet(SocketAddress(ip: .loopbackIPv4, port: port)) } ?? ""
         #expect(answer == "hello from activated pid \(pid)\n", "it serves on the activated socket, not on --listen")
     }
 }

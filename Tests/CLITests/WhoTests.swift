@@ -55,7 +55,7 @@ struct WhoTests {
         #expect(socket["address"] as? String == "127.0.0.1:\(port)")
         #expect(socket["options"] as? [String] == ["SO_REUSEADDR"])
         let process = try #require((socket["processes"] as? [[String: Any]])?.first)
-        #expect(process["pid"] as? Int == Int(holder.process.processIdentifier))
+        #expect(process["pid"] as? Int == Int(holder.pid))
         #expect((process["commandLine"] as? [String])?.prefix(2) == [systemPython, "-c"])
         #expect(process["user"] as? String == me)
         #expect(sharing(socket)["verdict"] as? String == "exclusive")
@@ -63,7 +63,7 @@ struct WhoTests {
         let text = try who(["\(port)"])
         #expect(text.status == 0)
         #expect(text.output.contains("TCP 127.0.0.1:\(port)  LISTEN"))
-        #expect(text.output.contains("\(holder.process.processIdentifier)"))
+        #expect(text.output.contains("\(holder.pid)"))
         #expect(text.output.contains("\(systemPython) -c "))
         #expect(!text.output.contains("\u{1B}["), "colour in a pipe")
     }
@@ -78,7 +78,7 @@ struct WhoTests {
         #expect(status == 0)
         let found = try sockets(document)
         #expect(found.count == 2)
-        #expect(found.reduce(Set<Int>()) { $0.union(pids($1)) } == [Int(first.process.processIdentifier), Int(second.process.processIdentifier)])
+        #expect(found.reduce(Set<Int>()) { $0.union(pids($1)) } == [Int(first.pid), Int(second.pid)])
         for socket in found {
             #expect(sharing(socket)["verdict"] as? String == "shared by 2 processes of user \(me)")
             #expect(sharing(socket)["sameUserMayJoin"] as? Bool == true)
@@ -114,7 +114,7 @@ struct WhoTests {
         let found = try sockets(document)
         #expect(found.count == 1)
         let socket = try #require(found.first)
-        #expect(pids(socket) == [Int(parent.process.processIdentifier), child])
+        #expect(pids(socket) == [Int(parent.pid), child])
         #expect(sharing(socket)["verdict"] as? String
             == "shared by 2 processes of user \(me) (one socket, inherited or passed); no new socket can join")
     }
@@ -258,7 +258,7 @@ struct WhoTests {
 
     // MARK: other users (root only)
 
-    @Test("a listener of user nobody: its owner and process, seen as root", .enabled(if: isRoot, "needs root to start a socket as user nobody"))
+    @Test("a listener of user nobody: its owner and process, seen as root", .needsRoot("needs root to start a socket as user nobody"))
     func otherUserListener() throws {
         let holder = try Child(python: pythonHolder(kind: "STREAM", reuseAddress: true, reusePort: true), asNobody: true)
         let port = try holder.port()
@@ -267,14 +267,14 @@ struct WhoTests {
         let socket = try #require(try sockets(document).first)
         #expect(socket["uid"] as? Int == 65534)
         #expect(socket["user"] as? String == userName(65534))
-        #expect(pids(socket) == [Int(holder.process.processIdentifier)])
+        #expect(pids(socket) == [Int(holder.pid)])
         #expect(sharing(socket)["sameUserMayJoin"] as? Bool == true)
         #expect(sharing(socket)["otherUsersMayJoin"] as? Bool == false)
         #expect(document["privileged"] as? Bool == true)
     }
 
     @Test("without root: another user's sockets are listed, their processes hidden, and the output says so",
-          .enabled(if: isRoot, "needs root to run who as user nobody"))
+          .needsRoot("needs root to run who as user nobody"))
     func hiddenFromNobody() throws {
         let binary = try WorldReadableCopy(of: portreuse)
         let first = try Child(python: pythonHolder(kind: "STREAM", reuseAddress: true, reusePort: true))
@@ -299,7 +299,7 @@ struct WhoTests {
     }
 
     @Test("without root, a TCP socket of one's own user is learned by a probe that never listens",
-          .enabled(if: isRoot, "needs root to run a socket and who as user nobody"))
+          .needsRoot("needs root to run a socket and who as user nobody"))
     func tcpProbe() throws {
         let binary = try WorldReadableCopy(of: portreuse)
         // Not dumpable: neither /proc/PID/fd nor pidfd_getfd is open to another process of its user.
@@ -340,14 +340,14 @@ struct WhoTests {
                 if s in ready:
                     s.recv(100); got += 1
                 elif sys.stdin in ready:
+                    if not sys.stdin.readline():
+                        break
                     while True:
                         try:
                             s.recv(100, socket.MSG_DONTWAIT); got += 1
                         except BlockingIOError:
                             break
                     print(got, flush=True)
-                    sys.stdin.readline()
-                    break
                 else:
                     break
             """
@@ -361,7 +361,7 @@ struct WhoTests {
         func whoDocument(_ extra: [String], sending: Bool) throws -> [String: Any] {
             let who = try Child(user + [binary.path, "who", "--json", "udp:\(port)"] + extra)
             let deadline = Date().addingTimeInterval(20)
-            while sending && who.process.isRunning && Date() < deadline { try send() }
+            while sending && who.isRunning && Date() < deadline { try send() }
             var output = ""
             while let line = who.line(timeout: 10) { output += line }
             return try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any])
@@ -388,10 +388,14 @@ struct WhoTests {
             }
         }
         for _ in 0..<50 { try send() }
-        usleep(200_000)
-        first.send("report")
-        second.send("report")
-        let received = try #require(first.line().flatMap { Int($0) }) + (try #require(second.line().flatMap { Int($0) }))
+        // Asked until the group has every datagram sent (each answer is the count so far).
+        var received = 0
+        try waitUntil(timeout: 10, interval: 0.05) {
+            first.send("report")
+            second.send("report")
+            received = try #require(first.line().flatMap { Int($0) }) + (try #require(second.line().flatMap { Int($0) }))
+            return received >= sent
+        }
         #expect(sent >= 100)
         #expect(received == sent, "sent \(sent) datagrams, the group received \(received)")
 
@@ -401,7 +405,7 @@ struct WhoTests {
     }
 
     @Test("--probe-udp learns a UDP socket's sharing without root, and says it may take a datagram",
-          .enabled(if: isRoot, "needs root to run who as user nobody"))
+          .needsRoot("needs root to run who as user nobody"))
     func udpProbe() throws {
         let binary = try WorldReadableCopy(of: portreuse)
         let holder = try Child(python: pythonHolder(kind: "DGRAM", reusePort: true))

@@ -146,7 +146,7 @@ struct PortReuseNIOTests {
     }
 
     @Test("a port held by another user with SO_REUSEPORT is a clear error, not a shared port",
-        .enabled(if: isRoot, "needs root to start a socket as user nobody"))
+        .needsRoot("needs root to start a socket as user nobody"))
     func portHeldByAnotherUser() async throws {
         let holder = try Child(python: pythonHolder(kind: "STREAM", reuseAddress: true, reusePort: true), asNobody: true)
         let port = try holder.port()
@@ -203,26 +203,23 @@ struct PortReuseNIOTests {
             [activate, "-l", "127.0.0.1:\(port)", "-E", "NOTIFY_SOCKET=\(notify.path)", productsFolder + "/nio-hello", "--threads", "2", "--stats"],
             discardingStandardError: true)
         // systemd-socket-activate starts the server at the first connection, which waits in the socket's queue.
-        for _ in 0..<200 where PortHolder.find(port: port, transport: .tcp, processes: false, options: false).isEmpty {
-            usleep(50_000)
-        }
+        #expect(waitUntil(timeout: 10, interval: 0.05) { !PortHolder.find(port: port, transport: .tcp, processes: false, options: false).isEmpty })
         let answer = try httpGet(port: port, path: "/", timeout: .seconds(20))
         let line = try #require(server.line(timeout: 20))
         #expect(line.contains("serving on 127.0.0.1:\(port) (activated, single, 1 listener, 2 loops)"), "\(line)")
         #expect(notify.receive()?.contains("READY=1") == true)
         #expect(answer.hasPrefix("HTTP/1.1 200 OK"))
-        #expect(answer.hasSuffix("hello from nio-hello pid \(server.process.processIdentifier)\n"), "systemd-socket-activate execs the server")
+        #expect(answer.hasSuffix("hello from nio-hello pid \(server.pid)\n"), "systemd-socket-activate execs the server")
         _ = try (0..<9).map { _ in try httpGet(port: port, path: "/") }
         let stats = try httpGet(port: port, path: "/stats")
         let body = stats.components(separatedBy: "\r\n\r\n").last ?? ""
         let perLoop = body.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
         #expect(perLoop.count == 2 && perLoop.reduce(0, +) == 11 && perLoop.allSatisfy { $0 >= 5 }, "\(stats)")
         // SIGTERM: READY gives way to STOPPING=1, and it drains and exits 0.
-        kill(server.process.processIdentifier, SIGTERM)
+        kill(server.pid, SIGTERM)
         #expect(notify.receive()?.contains("STOPPING=1") == true)
         #expect(server.line(timeout: 15)?.contains("drained and stopped") == true)
-        server.process.waitUntilExit()
-        #expect(server.process.terminationStatus == 0)
+        #expect(server.waitForExit() == 0)
     }
 
     @Test("a reload on one handed-over socket: two generations of nio-hello overlap, and no request fails")
@@ -248,26 +245,26 @@ struct PortReuseNIOTests {
         defer { unlink(pidFile) }
         let up = try Child([portreuse, "up", "--listen", "127.0.0.1:\(port)", "--pid-file", pidFile, "--",
             productsFolder + "/nio-hello", "--name", "gen"], discardingStandardError: true)
-        var first: String?
-        for _ in 0..<100 where first == nil {
-            first = try? httpGet(port: port, path: "/")
-            if first == nil { usleep(100_000) }
-        }
+        let first = waitFor(timeout: 10, interval: 0.1) { try? httpGet(port: port, path: "/") }
         #expect(first?.contains("hello from gen pid") == true)
-        let load = try Child([systemPython, "-c", loadScript, "\(port)", "4"])
-        usleep(800_000)
+        // The clients say each new server that answers them: every reload waits until the serving
+        // generation has answered the load, and the load stops once generation 3 has.
+        let load = try Child([systemPython, "-c", loadScript, "\(port)", "30"])
+        #expect(load.line(timeout: 15)?.hasPrefix("server ") == true, "generation 1 answers the load")
         for generation in 2...3 {
             let reload = try run([portreuse, "up", "--reload", "--pid-file", pidFile], timeout: 30)
             #expect(reload.status == 0)
             #expect(reload.output.contains("reloaded: generation \(generation) ready"), "\(reload.output)")
-            usleep(500_000)
+            // A pid not seen before: the new generation (the one before only drains now).
+            #expect(load.line(timeout: 15)?.hasPrefix("server ") == true, "generation \(generation) answers the load")
         }
-        let line = try #require(load.line(timeout: 30))
+        load.send("stop")
+        var line = try #require(load.line(timeout: 30))
+        while line.hasPrefix("server "), let next = load.line(timeout: 30) { line = next }
         #expect(line.hasPrefix("ok ") && line.contains(" failed 0 "), "\(line)")
         #expect(line.hasSuffix(" servers 3"), "every generation served: \(line)")
-        kill(up.process.processIdentifier, SIGTERM)
-        up.process.waitUntilExit()
-        #expect(up.process.terminationStatus == 0)
+        kill(up.pid, SIGTERM)
+        #expect(up.waitForExit() == 0)
     }
 
     @Test("nio-hello alone binds one listener per loop")
@@ -276,7 +273,7 @@ struct PortReuseNIOTests {
         let server = try Child([productsFolder + "/nio-hello", "--listen", "127.0.0.1:\(port)", "--threads", "3"], discardingStandardError: true)
         let line = try #require(server.line(timeout: 20))
         #expect(line.contains("serving on 127.0.0.1:\(port) (bound, per-loop, 3 listeners, 3 loops)"), "\(line)")
-        #expect(try httpGet(port: port, path: "/").hasSuffix("hello from nio-hello pid \(server.process.processIdentifier)\n"))
+        #expect(try httpGet(port: port, path: "/").hasSuffix("hello from nio-hello pid \(server.pid)\n"))
     }
 
     @Test("activated with a descriptor that is not a socket: a clear error, and no socket of its own")
@@ -371,14 +368,21 @@ def load():
         except Exception as e:
             with lock: results["failed"] += 1
             pass
+def served(name, count):  # waits (at most 10 s) until `name` answered `count` requests in all
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        with lock:
+            if names.get(name, 0) >= count: return
+        time.sleep(0.01)
 g1 = start("gen1")
 threads = [threading.Thread(target=load) for _ in range(4)]
 for t in threads: t.start()
-time.sleep(0.7)
+served("gen1", 20)
 g2 = start("gen2")
-time.sleep(0.3)
+served("gen2", 1)  # both generations accept on the one socket
 g1.send_signal(signal.SIGTERM); g1.wait(timeout=20)
-time.sleep(0.7)
+with lock: after = names.get("gen2", 0)
+served("gen2", after + 20)
 stop.set()
 for t in threads: t.join()
 g2.send_signal(signal.SIGTERM); g2.wait(timeout=20)
@@ -386,23 +390,30 @@ os.unlink(path)
 print("ok", results["ok"], "failed", results["failed"], "gen1", names.get("gen1", 0), "gen2", names.get("gen2", 0), "exit", g1.returncode, g2.returncode, flush=True)
 """#
 
-/// Four clients that make requests on new connections to 127.0.0.1:argv[1] for argv[2] seconds, then print
+/// Four clients that make requests on new connections to 127.0.0.1:argv[1] until a line (or end of file) on
+/// stdin, at most argv[2] seconds; they print `server PID` when a new pid answers, and at the end
 /// `ok N failed M servers K` (K: the distinct pids that answered).
 let loadScript = #"""
 import http.client, signal, sys, threading, time
 signal.alarm(60)
 port = int(sys.argv[1]); stop = time.time() + float(sys.argv[2])
+done = threading.Event()
 ok = [0]; failed = [0]; pids = set(); lock = threading.Lock()
 def run():
-    while time.time() < stop:
+    while time.time() < stop and not done.is_set():
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             c.request("GET", "/"); body = c.getresponse().read().decode(); c.close()
-            with lock: ok[0] += 1; pids.add(body.split()[-1])
+            pid = body.split()[-1]
+            with lock:
+                ok[0] += 1
+                if pid not in pids:
+                    pids.add(pid); print("server", pid, flush=True)
         except Exception:
             with lock: failed[0] += 1
 threads = [threading.Thread(target=run) for _ in range(4)]
 for t in threads: t.start()
+threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
 for t in threads: t.join()
 print("ok %d failed %d servers %d" % (ok[0], failed[0], len(pids)), flush=True)
 """#

@@ -80,7 +80,7 @@ struct LinuxFactsTests {
         #expect(rawListener(port: port, reuseAddress: true, reusePort: false).1 == EADDRINUSE)
     }
 
-    @Test("shared across two users is refused", .enabled(if: isRoot, "needs root to start a socket as user nobody"))
+    @Test("shared across two users is refused", .needsRoot("needs root to start a socket as user nobody"))
     func sharedAcrossUsers() throws {
         let nobody = try Child(python: pythonHolder(kind: "STREAM", reuseAddress: true, reusePort: true), asNobody: true)
         let port = try nobody.port()
@@ -130,7 +130,7 @@ struct LinuxFactsTests {
         #expect(counts.allSatisfy { $0 > 0 }, "datagrams per socket: \(counts)")
     }
 
-    @Test("UDP SO_REUSEADDR has no uid check: user nobody takes every datagram", .enabled(if: isRoot, "needs root to start a socket as user nobody"))
+    @Test("UDP SO_REUSEADDR has no uid check: user nobody takes every datagram", .needsRoot("needs root to start a socket as user nobody"))
     func udpReuseAddressHijack() throws {
         let victim = try DatagramSocket(udp: "127.0.0.1:0", policy: .unsafeAnyUser)
         let port = victim.localAddress.port
@@ -157,7 +157,7 @@ struct LinuxFactsTests {
         #expect(try victim.receive(timeout: .milliseconds(100)) == nil)
     }
 
-    @Test("UDP shared is refused to another user: the hijack above needs SO_REUSEADDR", .enabled(if: isRoot, "needs root to start a socket as user nobody"))
+    @Test("UDP shared is refused to another user: the hijack above needs SO_REUSEADDR", .needsRoot("needs root to start a socket as user nobody"))
     func udpSharedRefusesOtherUser() throws {
         let nobody = try Child(python: pythonHolder(kind: "DGRAM", reusePort: true), asNobody: true)
         let port = try nobody.port()

@@ -25,7 +25,7 @@ private let group6 = "ff15::1234"
 struct MulticastTests {
     @Test(
         "several receivers on one group and port each get every datagram; one that leaves stops, and gets them again after join",
-        .enabled(if: isRoot, "a network namespace needs root (unshare -n)"), arguments: AddressFamily.allCases)
+        .needsRoot("a network namespace of its own (unshare -n)"), arguments: AddressFamily.allCases)
     func leave(family: AddressFamily) throws {
         let namespace = try NetworkNamespace()
         let port = UInt16.random(in: 20_000...40_000)  // the namespace is empty: any port is free
@@ -60,7 +60,7 @@ struct MulticastTests {
 
     @Test(
         "a unicast datagram to the port reaches only the socket bound to that address, never the group's receivers",
-        .enabled(if: isRoot, "a network namespace needs root (unshare -n)"), arguments: AddressFamily.allCases)
+        .needsRoot("a network namespace of its own (unshare -n)"), arguments: AddressFamily.allCases)
     func unicastNotDuplicated(family: AddressFamily) throws {
         let namespace = try NetworkNamespace()
         let port = UInt16.random(in: 20_000...40_000)
@@ -82,7 +82,7 @@ struct MulticastTests {
         #expect(reached == ["unicast"], "the unicast datagram arrives once, at its own address")
     }
 
-    @Test("broadcast receivers on one port each get every broadcast, and no unicast datagram", .enabled(if: isRoot, "a network namespace needs root (unshare -n)"))
+    @Test("broadcast receivers on one port each get every broadcast, and no unicast datagram", .needsRoot("a network namespace of its own (unshare -n)"))
     func broadcast() throws {
         let namespace = try NetworkNamespace()
         let port = UInt16.random(in: 20_000...40_000)
@@ -104,7 +104,7 @@ struct MulticastTests {
 
     @Test(
         "policy shared (SO_REUSEPORT) refuses a receiver that sets only SO_REUSEADDR; unsafe-any-user joins it",
-        .enabled(if: isRoot, "a network namespace needs root (unshare -n)"))
+        .needsRoot("a network namespace of its own (unshare -n)"))
     func reuseAddressReceivers() throws {
         let namespace = try NetworkNamespace()
         let port = UInt16.random(in: 20_000...40_000)

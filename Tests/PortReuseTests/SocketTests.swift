@@ -86,7 +86,7 @@ struct SocketTests {
         shared.close()
     }
 
-    @Test("UDP availability reads the holders' options instead of probing", .enabled(if: isRoot, "reading another socket's options needs ptrace rights"))
+    @Test("UDP availability reads the holders' options instead of probing", .needsRoot("reading another process's socket options takes ptrace rights"))
     func udpAvailability() throws {
         let holder = try DatagramSocket(udp: "127.0.0.1:0", policy: .shared)
         let address = try Address("udp:127.0.0.1:\(holder.localAddress.port)")
@@ -120,7 +120,7 @@ struct SocketTests {
         #expect(error?.description.contains("not an address of this machine") == true)
     }
 
-    @Test("binding a privileged port without privilege says how to get it", .enabled(if: isRoot, "needs root to start a process as user nobody"))
+    @Test("binding a privileged port without privilege says how to get it", .needsRoot("needs root to start a process as user nobody"))
     func privilegedPort() throws {
         // The kernel's answer, as user nobody:
         let child = try Child(python: """

@@ -3,8 +3,9 @@ import Glibc
 import PortReuse
 import Testing
 
-// What the test targets share: child processes, free ports, the built products. Every wait is bounded and
-// every process a test starts is killed and reaped when the test drops it.
+// What the test targets share: the one way to run a program (ProcessSpawn, always with a deadline), child
+// processes, waiting for a condition, reserved ports, the built products. Every wait is bounded in time and
+// in count, and every process a test starts is killed and reaped when the test drops it.
 
 /// Whether the tests run as root (needed to start a socket as user nobody).
 public let isRoot = geteuid() == 0
@@ -12,23 +13,145 @@ public let isRoot = geteuid() == 0
 /// The system interpreter, readable by every user (the first python3 on PATH may live in root's home).
 public let systemPython = "/usr/bin/python3"
 
-/// A child process for a test: started at once, killed and reaped when the test drops it.
-public final class Child: @unchecked Sendable {
-    public let process = Process()
-    private let output = Pipe()
-    private let input = Pipe()
-    private var buffer: [UInt8] = []
+/// Tests that need root carry `.needsRoot(…)`, so that a run as another user lists them as skipped, with
+/// the reason.
+extension Trait where Self == ConditionTrait {
+    /// Enabled only as root; skipped otherwise with "needs root …" (`reason` after "needs root: " unless it
+    /// says "needs root" itself).
+    public static func needsRoot(_ reason: String) -> Self {
+        .enabled(if: isRoot, Comment(rawValue: reason.hasPrefix("needs root") ? reason : "needs root: " + reason))
+    }
+}
 
-    /// Starts `arguments[0]` with the rest as arguments; stdout is readable with `line(timeout:)`. Its stderr
-    /// is the test's, or /dev/null with `discardingStandardError` (servers that log every request).
+// MARK: Waiting
+
+/// Checks `condition` every `interval` seconds until it holds, at most `timeout` seconds and at most
+/// `timeout / interval + 1` times; whether it held. The one way the tests wait for something to happen:
+/// no fixed sleep that an assertion depends on.
+@discardableResult
+public func waitUntil(timeout: Double = 10, interval: Double = 0.02, _ condition: () throws -> Bool) rethrows -> Bool {
+    try waitFor(timeout: timeout, interval: interval) { try condition() ? true : nil } ?? false
+}
+
+/// Calls `body` every `interval` seconds until it gives a value, at most `timeout` seconds and at most
+/// `timeout / interval + 1` times; the value, or `nil`.
+public func waitFor<T>(timeout: Double = 10, interval: Double = 0.02, _ body: () throws -> T?) rethrows -> T? {
+    let deadline = Processes.monotonicNanoseconds + UInt64(max(0, timeout) * 1e9)
+    let attempts = Int(max(0, timeout) / max(interval, 0.001)) + 1
+    for attempt in 0..<attempts {
+        if let value = try body() { return value }
+        let now = Processes.monotonicNanoseconds
+        guard attempt + 1 < attempts, now < deadline else { break }
+        usleep(UInt32(min(interval * 1e6, Double(deadline - now) / 1e3)))
+    }
+    return nil
+}
+
+// MARK: Processes
+
+/// What a program that ran to its end did, with its two outputs kept apart.
+public struct Finished: Sendable {
+    /// The exit status, or the signal number when `signalled`.
+    public var status: Int32
+    public var signalled: Bool
+    /// Stdout, byte for byte.
+    public var stdout: [UInt8]
+    public var stderr: String
+    /// Whether it was killed (SIGKILL) because its time ran out.
+    public var timedOut: Bool
+
+    public var output: String { String(decoding: stdout, as: UTF8.self) }
+    /// Stderr's lines, without empty ones.
+    public var errorLines: [String] { stderr.split(separator: "\n").map(String.init) }
+}
+
+/// `NAME=value` entries for ProcessSpawn; `nil` keeps this process's environment.
+func environmentEntries(_ environment: [String: String]?) -> [String]? {
+    environment.map { $0.map { "\($0.key)=\($0.value)" } }
+}
+
+/// Runs a program to its end (SIGKILL after `timeout` seconds) with stdout and stderr captured apart and
+/// `input` on its stdin.
+///
+/// Started by ``ProcessSpawn``: an empty signal mask and default signal actions, as a shell starts it (Swift
+/// Testing's worker threads block SIGTERM, and Foundation's `Process` would pass that on), every descriptor
+/// but 0, 1 and 2 closed.
+public func capture(_ arguments: [String], environment: [String: String]? = nil, input: String = "", timeout: Double = 60) throws -> Finished {
+    let finished = try ProcessSpawn(arguments, environment: environmentEntries(environment)).run(input: Array(input.utf8), timeout: timeout)
+    return Finished(
+        status: finished.status.signal ?? finished.status.code, signalled: finished.status.signal != nil,
+        stdout: finished.standardOutput, stderr: String(decoding: finished.standardError, as: UTF8.self), timedOut: finished.timedOut)
+}
+
+/// Runs a program to its end (at most `timeout` seconds) and returns its exit status (or the signal number
+/// that killed it) and stdout without its final newline; its stderr goes to the test's.
+public func run(_ arguments: [String], timeout: Double = 60, environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
+    var spawn = ProcessSpawn(arguments, environment: environmentEntries(environment))
+    spawn.standardError = .descriptor(STDERR_FILENO)
+    let finished = try spawn.run(timeout: timeout)
+    var output = String(decoding: finished.standardOutput, as: UTF8.self)
+    if output.hasSuffix("\n") { output.removeLast() }
+    return (finished.status.signal ?? finished.status.code, output)
+}
+
+/// Starts a program with stdin from /dev/null and stdout and stderr appended to `log`; its pid. The caller
+/// reaps it (``reap(_:timeout:)``, or `UpProcess`).
+public func spawn(_ arguments: [String], log: String, environment: [String: String]? = nil) throws -> pid_t {
+    // Opened here rather than with ProcessSpawn's `.appending(toFile:)`, whose open in the child carries
+    // O_CLOEXEC: the child's stdout would be closed at exec (see the report of the test-harness branch).
+    let fd = try systemCall("open \(log)") { open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644) }
+    defer { Files.close(fd) }
+    var spawn = ProcessSpawn(arguments, environment: environmentEntries(environment))
+    spawn.standardOutput = .descriptor(fd)
+    spawn.standardError = .other
+    return try spawn.start()
+}
+
+/// Waits (at most `timeout` seconds) for child `pid` to end and reaps it; how it ended, or `nil`.
+@discardableResult
+package func reap(_ pid: pid_t, timeout: Double = 10) -> PortReuse.ExitStatus? {
+    waitFor(timeout: timeout, interval: 0.01) { (try? Processes.wait(pid, noHang: true))??.status }
+}
+
+/// Kills child `pid` (SIGKILL) unless it already ended, and reaps it (at most `timeout` seconds).
+public func killAndReap(_ pid: pid_t, timeout: Double = 10) {
+    _ = Glibc.kill(pid, SIGKILL)
+    reap(pid, timeout: timeout)
+}
+
+/// A child process for a test: started at once by ``ProcessSpawn``, killed and reaped when the test drops it.
+public final class Child: @unchecked Sendable {
+    /// Its pid.
+    public let pid: pid_t
+    private let output: Int32
+    private var input: Int32
+    private var buffer: [UInt8] = []
+    private let lock = NSLock()
+    private var ended: PortReuse.ExitStatus?
+
+    /// Starts `arguments[0]` with the rest as arguments; stdout is readable with `line(timeout:)`, stdin
+    /// written with `send(_:)`. Its stderr is the test's, or /dev/null with `discardingStandardError`
+    /// (servers that log every request).
     public init(_ arguments: [String], environment: [String: String]? = nil, discardingStandardError: Bool = false) throws {
-        process.executableURL = URL(fileURLWithPath: arguments[0])
-        process.arguments = Array(arguments.dropFirst())
-        if let environment { process.environment = environment }
-        if discardingStandardError { process.standardError = FileHandle.nullDevice }
-        process.standardOutput = output
-        process.standardInput = input
-        try process.run()
+        let stdin = try Files.pipe()
+        let stdout: (read: Int32, write: Int32)
+        do { stdout = try Files.pipe() } catch {
+            Files.close(stdin.read); Files.close(stdin.write)
+            throw error
+        }
+        var spawn = ProcessSpawn(arguments, environment: environmentEntries(environment))
+        spawn.standardInput = .descriptor(stdin.read)
+        spawn.standardOutput = .descriptor(stdout.write)
+        spawn.standardError = discardingStandardError ? .null : .inherit
+        defer { Files.close(stdin.read); Files.close(stdout.write) }
+        do {
+            pid = try spawn.start()
+        } catch {
+            Files.close(stdin.write); Files.close(stdout.read)
+            throw error
+        }
+        input = stdin.write
+        output = stdout.read
     }
 
     /// A Python script, run as user nobody when `asNobody` (needs root). Every script must bound its own life.
@@ -37,22 +160,24 @@ public final class Child: @unchecked Sendable {
         try self.init(command)
     }
 
-    /// The next line of the child's stdout, or `nil` if none came within `timeout` seconds.
+    /// The next line of the child's stdout, or `nil` if none came within `timeout` seconds (or it ended).
     public func line(timeout: Double = 10) -> String? {
-        let deadline = Date().addingTimeInterval(timeout)
-        let fd = output.fileHandleForReading.fileDescriptor
+        let deadline = Processes.monotonicNanoseconds + UInt64(max(0, timeout) * 1e9)
         while true {
             if let newline = buffer.firstIndex(of: 10) {
                 let line = String(decoding: buffer[..<newline], as: UTF8.self)
                 buffer.removeSubrange(...newline)
                 return line
             }
-            let left = deadline.timeIntervalSinceNow
-            guard left > 0 else { return nil }
-            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&entry, 1, Int32(left * 1000)) > 0 else { return nil }
+            let now = Processes.monotonicNanoseconds
+            guard now < deadline else { return nil }
+            var entry = pollfd(fd: output, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&entry, 1, Int32(max(1, (deadline - now) / 1_000_000)))
+            if ready < 0 && errno == EINTR { continue }
+            guard ready > 0 else { return nil }
             var chunk = [UInt8](repeating: 0, count: 4096)
-            let count = read(fd, &chunk, chunk.count)
+            let count = read(output, &chunk, chunk.count)
+            if count < 0 && errno == EINTR { continue }
             guard count > 0 else { return nil }
             buffer += chunk[0..<count]
         }
@@ -63,24 +188,164 @@ public final class Child: @unchecked Sendable {
         try #require(line(timeout: timeout).flatMap { UInt16($0) }, "the child printed no port")
     }
 
-    /// Writes a line to the child's stdin.
+    /// Writes a line to the child's stdin (nothing once it closed its end).
     public func send(_ text: String) {
-        input.fileHandleForWriting.write(Data((text + "\n").utf8))
+        let fd = lock.withLock { input }
+        guard fd >= 0 else { return }
+        var pipeSignal = sigset_t(), previous = sigset_t()
+        sigemptyset(&pipeSignal)
+        sigaddset(&pipeSignal, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &pipeSignal, &previous)  // EPIPE rather than SIGPIPE if the child is gone
+        try? Files.write(Array((text + "\n").utf8), to: fd)
+        var pending = sigset_t()
+        sigpending(&pending)
+        if sigismember(&pending, SIGPIPE) == 1 && sigismember(&previous, SIGPIPE) == 0 {
+            var none = timespec()
+            _ = sigtimedwait(&pipeSignal, nil, &none)
+        }
+        pthread_sigmask(SIG_SETMASK, &previous, nil)
+    }
+
+    /// Closes the child's stdin (it reads end of file).
+    public func closeInput() {
+        let fd = lock.withLock { () -> Int32 in defer { input = -1 }; return input }
+        if fd >= 0 { Files.close(fd) }
+    }
+
+    /// Sends a signal to the child (not once it was reaped).
+    public func signal(_ number: Int32) {
+        lock.withLock { if ended == nil { _ = Glibc.kill(pid, number) } }
+    }
+
+    /// How it ended, once it did (reaped by this call if needed); `nil` while it runs.
+    package var exitStatus: PortReuse.ExitStatus? {
+        lock.withLock {
+            if ended == nil, let (_, status) = (try? Processes.wait(pid, noHang: true)) ?? nil { ended = status }
+            return ended
+        }
+    }
+
+    public var isRunning: Bool { exitStatus == nil }
+
+    /// Waits (at most `timeout` seconds) for it to end; its exit status or the signal number that killed it,
+    /// as a shell's `$?` without the 128 (Foundation's `terminationStatus`), or `nil` if it still runs.
+    @discardableResult
+    public func waitForExit(timeout: Double = 30) -> Int32? {
+        waitFor(timeout: timeout, interval: 0.01) { exitStatus }.map { $0.signal ?? $0.code }
     }
 
     deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        if exitStatus == nil {
+            _ = Glibc.kill(pid, SIGKILL)
+            waitForExit(timeout: 10)
+        }
+        closeInput()
+        Files.close(output)
     }
 }
 
-/// A port that is free right now on 127.0.0.1 for TCP (the kernel's choice, released at once).
-public func freePort(_ transport: Transport = .tcp) throws -> UInt16 {
-    switch transport {
-    case .tcp: try Listener(tcp: "127.0.0.1:0", policy: .exclusive).localAddress.port
-    case .udp: try DatagramSocket(udp: "127.0.0.1:0", policy: .exclusive).localAddress.port
+// MARK: Ports
+
+/// A port reserved on 127.0.0.1 AND [::1] at once, for a test that uses it with both families: two bound
+/// sockets, never listening (so a connection to the port is refused, and no datagram... see below), that
+/// keep every other socket of the machine off the port until `release()` or until the value is dropped.
+///
+/// Found without the bind-close-rebind race of asking the kernel for a free port and closing it again: [::1]
+/// port 0 first (the kernel's choice), then 127.0.0.1 on that port, again with another port when that one
+/// is taken on IPv4 (a bounded number of times). Neither bind sets SO_REUSEADDR, so a port that still has a
+/// TIME-WAIT connection on either address is refused and never handed out.
+///
+/// Handing the port to a program: once both are bound, the TCP reservation sockets get SO_REUSEADDR. Linux
+/// lets a socket with SO_REUSEADDR bind (and listen) beside bound sockets that have SO_REUSEADDR and do not
+/// listen, so a program whose socket sets SO_REUSEADDR (python's http.server, or anything under `portreuse
+/// run`'s shared, restartable or unsafe-any-user policy) binds while the reservation still holds the port,
+/// and the test releases it once the program is serving: there is no moment when the port is free for
+/// someone else. A program whose socket does not set SO_REUSEADDR would get EADDRINUSE: call `release()`
+/// right before starting it. UDP reservations never get SO_REUSEADDR (a bound UDP socket receives
+/// datagrams, and a second socket with it would share or steal them): release those before handing over.
+public final class PortReservation: @unchecked Sendable {
+    public let port: UInt16
+    public let transport: Transport
+    private let lock = NSLock()
+    private var descriptors: [Int32]
+
+    public init(_ transport: Transport = .tcp, attempts: Int = 50) throws {
+        self.transport = transport
+        let type = transport == .tcp ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
+        var lastError: Int32 = EADDRINUSE
+        for _ in 0..<max(1, attempts) {
+            let v6 = try systemCall("socket") { socket(AF_INET6, type | Int32(SOCK_CLOEXEC.rawValue), 0) }
+            var one: Int32 = 1
+            setsockopt(v6, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size))
+            var address6 = sockaddr_in6()
+            address6.sin6_family = sa_family_t(AF_INET6)
+            address6.sin6_addr = in6addr_loopback
+            var length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            let bound6 = withUnsafeMutablePointer(to: &address6) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(v6, $0, length) == 0 && getsockname(v6, $0, &length) == 0 }
+            }
+            guard bound6 else {
+                let text = Files.errorText()
+                Files.close(v6)
+                throw ReservationError(message: "bind [::1]:0: \(text)")
+            }
+            let port = UInt16(bigEndian: address6.sin6_port)
+
+            let v4 = try systemCall("socket") { socket(AF_INET, type | Int32(SOCK_CLOEXEC.rawValue), 0) }
+            var address4 = sockaddr_in()
+            address4.sin_family = sa_family_t(AF_INET)
+            address4.sin_port = port.bigEndian
+            address4.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+            let bound4 = withUnsafePointer(to: &address4) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(v4, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+            if !bound4 {
+                lastError = errno
+                Files.close(v4)
+                Files.close(v6)
+                continue  // taken on IPv4 (a listener, a connection, a TIME-WAIT): another port
+            }
+            if transport == .tcp {
+                for fd in [v6, v4] { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
+            }
+            self.port = port
+            descriptors = [v6, v4]
+            return
+        }
+        throw ReservationError(message: "no port bound on both 127.0.0.1 and [::1] in \(attempts) attempts: \(Files.errorText(lastError))")
     }
+
+    struct ReservationError: Error, CustomStringConvertible {
+        var message: String
+        var description: String { message }
+    }
+
+    /// Gives the port up (both sockets closed); again is harmless.
+    public func release() {
+        let closing = lock.withLock { () -> [Int32] in defer { descriptors = [] }; return descriptors }
+        closing.forEach(Files.close)
+    }
+
+    deinit { release() }
 }
+
+/// A port that is free right now on both 127.0.0.1 and [::1] (reserved and released at once). The port may
+/// be taken again before the test binds it: a test that uses it on both families, or hands it to a program,
+/// keeps a ``PortReservation`` instead.
+public func freePort(_ transport: Transport = .tcp) throws -> UInt16 {
+    try PortReservation(transport).port
+}
+
+/// The path of the C library this process runs with (as /proc/self/maps names it).
+public let libcPath: String = {
+    let maps = String(decoding: Files.read("/proc/self/maps") ?? [], as: UTF8.self)
+    for line in maps.split(separator: "\n") {
+        guard let slash = line.firstIndex(of: "/") else { continue }
+        let path = String(line[slash...])
+        if path.hasSuffix("/libc.so.6") { return path }
+    }
+    return "libc.so.6"
+}()
 
 /// Leaves a TIME-WAIT socket on the listener's port: the server side closes first.
 public func leaveTimeWait(on listener: Listener) throws {
@@ -140,17 +405,6 @@ public let packageRoot: String = {
     return file.components(separatedBy: "/Tests/")[0]
 }()
 
-/// Runs a program to its end (at most `timeout` seconds) and returns its exit status and stdout.
-public func run(_ arguments: [String], timeout: Double = 60, environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
-    let child = try Child(arguments, environment: environment)
-    var lines: [String] = []
-    let deadline = Date().addingTimeInterval(timeout)
-    while let line = child.line(timeout: max(0, deadline.timeIntervalSinceNow)) { lines.append(line) }
-    if child.process.isRunning { kill(child.process.processIdentifier, SIGKILL) }
-    child.process.waitUntilExit()
-    return (child.process.terminationStatus, lines.joined(separator: "\n"))
-}
-
 /// A network namespace of its own for a test, so that multicast, broadcast and routes never touch the host's
 /// network: loopback up, and a veth pair `d0`/`d1` with `d0` at 10.9.0.1/24 and fd00::1/64, a route for IPv4
 /// multicast (224.0.0.0/4) on `d0`. An `unshare -n` shell holds it and dies with this value (or when the test
@@ -186,7 +440,7 @@ public final class NetworkNamespace: @unchecked Sendable {
             read -r _ || true
             """
         holder = try Child(["/usr/bin/unshare", "-n", "/bin/sh", "-c", script])
-        pid = holder.process.processIdentifier
+        pid = holder.pid
         let ready = holder.line(timeout: 10)
         try #require(ready == "ready", "the network namespace was not set up (unshare -n, ip link add type veth)")
     }
@@ -207,18 +461,13 @@ public final class NetworkNamespace: @unchecked Sendable {
             let fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { box.result = .failure(NamespaceError(message: "open \(path): errno \(errno)")); return }
             defer { close(fd) }
-            guard NetworkNamespace.setns(fd, NetworkNamespace.newNetwork) == 0 else { box.result = .failure(NamespaceError(message: "setns: errno \(errno)")); return }
+            do { try Processes.enterNetworkNamespace(fd) } catch { box.result = .failure(error); return }
             box.result = Result { try body() }
         }
         thread.start()
         done.wait()
         return try box.result!.get()
     }
-
-    // Glibc's module map hides setns (it needs _GNU_SOURCE), so it is looked up once.
-    private typealias SetNS = @convention(c) (Int32, Int32) -> Int32
-    private static let setns: SetNS = unsafeBitCast(dlsym(dlopen(nil, RTLD_NOW), "setns")!, to: SetNS.self)
-    private static let newNetwork: Int32 = 0x4000_0000  // CLONE_NEWNET
 
     private final class ResultBox<T>: @unchecked Sendable {
         var result: Result<T, any Error>?
