@@ -35,7 +35,7 @@ struct UpTests {
         #expect(up.waitForLog("ready after"), "\(up.logText)")
         #expect(up.logText.contains("(READY=1)"), "hello sends READY=1, so auto readiness uses it")
 
-        let reload = try capture([portreuse, "up", "--reload", "--pid-file", up.pidFile], timeout: 60)
+        let reload = try capture([portreuse, "up", "reload", "--pid-file", up.pidFile], timeout: 60)
         #expect(reload.status == 0, "\(reload.stderr)")
         #expect(reload.output.hasPrefix("reloaded: generation 2 ready in"))
         let second = try httpGet(address)
@@ -43,9 +43,15 @@ struct UpTests {
         let status = try #require(up.waitForStatus { $0.generations.count == 1 })
         #expect(status.serving.map(\.number) == [2])
 
-        let shown = try capture([portreuse, "up", "--status", "--pid-file", up.pidFile])
+        let shown = try capture([portreuse, "up", "status", "--pid-file", up.pidFile])
         #expect(shown.output.contains("web=tcp:127.0.0.1:\(address.port) (fd 3)"))
         #expect(shown.output.contains("ready"))
+        // The flags of earlier releases still work, and refuse serving options beside them.
+        let alias = try capture([portreuse, "up", "--status", "--json", "--pid-file", up.pidFile])
+        #expect(alias.status == 0 && alias.output.contains("\"portreuse.up/1\""), "\(alias.stderr)")
+        let mixed = try capture([portreuse, "up", "--status", "--grace", "3", "--listen", "8080", "--pid-file", up.pidFile])
+        #expect(mixed.status == 64)
+        #expect(mixed.stderr.contains("--listen, --grace serve a program and do nothing beside --reload, --status or --upgrade"), "\(mixed.stderr)")
 
         #expect(up.stop() == 0, "\(up.logText)")
         #expect(up.logText.contains("generation 2 (pid \(status.serving[0].pid)) exited (exit status 0)"))
@@ -175,7 +181,7 @@ struct UpTests {
         let listen = try capture([portreuse, "up", "--listen", "web=70000", "--", hello])
         #expect(listen.status == 64)
         #expect(listen.stderr.contains("70000"))
-        let stale = try capture([portreuse, "up", "--reload", "--pid-file", "/nonexistent/up.pid"])
+        let stale = try capture([portreuse, "up", "reload", "--pid-file", "/nonexistent/up.pid"])
         #expect(stale.status == 1)
         #expect(stale.stderr.contains("cannot read a pid from /nonexistent/up.pid"))
     }

@@ -19,7 +19,10 @@ package struct UpClient {
         return pid_t(String(decoding: bytes, as: UTF8.self).split(separator: "\n").first?.trimmingBlanks() ?? "")
     }
 
-    package func run(reload: Bool, status: Bool, json: Bool) throws(CommandFailure) {
+    /// What to ask of the running `up`.
+    package enum Request: Sendable { case reload, upgrade, status, statusJSON }
+
+    package func run(_ request: Request) throws(CommandFailure) {
         guard let pid = Self.readPID(pidFile) else {
             throw CommandFailure("cannot read a pid from \(pidFile): is portreuse up running with --pid-file \(pidFile)?")
         }
@@ -28,16 +31,11 @@ package struct UpClient {
         }
         let statusPath = UpStatus.path(forPIDFile: pidFile)
         guard let before = UpStatus.read(from: statusPath) else { throw CommandFailure("cannot read \(statusPath), which the running up writes") }
-        if status {
-            if json {
-                print(String(decoding: Files.read(statusPath, limit: 1 << 22) ?? [], as: UTF8.self), terminator: "")
-            } else {
-                print(Self.describe(before))
-            }
-        } else if reload {
-            try self.reload(pid: pid, before: before, statusPath: statusPath)
-        } else {
-            try upgrade(pid: pid, before: before, statusPath: statusPath)
+        switch request {
+        case .statusJSON: print(String(decoding: Files.read(statusPath, limit: 1 << 22) ?? [], as: UTF8.self), terminator: "")
+        case .status: print(Self.describe(before))
+        case .reload: try reload(pid: pid, before: before, statusPath: statusPath)
+        case .upgrade: try upgrade(pid: pid, before: before, statusPath: statusPath)
         }
     }
 

@@ -60,7 +60,7 @@ package struct UpStatus: Codable {
     /// Writes the file whole or not at all (a temporary file renamed over it).
     package func write(to path: String) {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         guard let data = try? encoder.encode(self), Files.write(Array(data) + [10], toFile: path + ".new") else { return }
         rename(path + ".new", path)
     }

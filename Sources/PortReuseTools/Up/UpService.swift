@@ -1,0 +1,152 @@
+import Glibc
+import PortReuse
+
+/// What `portreuse up` serves with: the command's options, checked by the command before it gets here.
+package struct UpOptions {
+    package var listen: [ListenSpec]
+    package var readiness: ReadinessCheck
+    package var readyTimeout: Double
+    package var grace: Double
+    package var stopSignal: Int32
+    package var pidFile: String?
+    package var reuseport: Bool
+    /// The program and its arguments.
+    package var command: [String]
+
+    package init(
+        listen: [ListenSpec], readiness: ReadinessCheck, readyTimeout: Double, grace: Double, stopSignal: Int32, pidFile: String?,
+        reuseport: Bool, command: [String]
+    ) {
+        self.listen = listen
+        self.readiness = readiness
+        self.readyTimeout = readyTimeout
+        self.grace = grace
+        self.stopSignal = stopSignal
+        self.pidFile = pidFile
+        self.reuseport = reuseport
+        self.command = command
+    }
+
+    /// Opens (or inherits) the sockets, claims the pid file, runs the supervisor until it stops, and cleans up;
+    /// returns `up`'s exit status.
+    package func serve() throws(CommandFailure) -> Int32 {
+        let inherited = try UpgradeHandover.inherited()
+        let searchPath = getenv("PATH").map { String(cString: $0) }
+        let program = try Program.find(command[0], searchPath: searchPath)
+        var reusePortEnvironment: [String]?
+        if reuseport {
+            let library = try ShimLibrary.locate()
+            try program.checkShimReaches(searchPath: searchPath)
+            let shim = ShimConfiguration(policy: .shared, bind: nil, source: nil, transparent: false, verbose: false)
+            reusePortEnvironment = try shim.environment(ShimConfiguration.currentEnvironment(), library: library).entries
+            Self.warnAboutMigration()
+        }
+        let sockets: [HeldSocket]
+        let runtimeFolder: String
+        if let inherited {
+            sockets = try inherited.sockets.map { (socket) throws(CommandFailure) in try HeldSocket.describe(socket.descriptor, name: socket.name) }
+            runtimeFolder = inherited.runtimeFolder
+        } else {
+            sockets = reuseport ? [] : try openSockets()
+            runtimeFolder = try Self.makeRuntimeFolder()
+        }
+        if let pidFile, inherited == nil {
+            try Self.claim(pidFile: pidFile)
+        }
+        let signals = try SignalPipe()
+        let supervisor = Supervisor(
+            configuration: .init(
+                command: [program.path] + command.dropFirst(), readiness: readiness, readyTimeout: readyTimeout, grace: grace,
+                stopSignal: stopSignal, statusPath: pidFile.map(UpStatus.path(forPIDFile:)),
+                reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments),
+            sockets: sockets, runtimeFolder: runtimeFolder, signals: signals, startedWall: inherited?.startedWall ?? Processes.wallClockSeconds)
+        if let inherited {
+            supervisor.adopt(inherited)
+        } else {
+            let names = sockets.map { "\($0.name)=\($0.transport.rawValue):\($0.address)" }.joined(separator: " ")
+            supervisor.logger.info("holding \(sockets.isEmpty ? "no sockets (--reuseport)" : names); readiness: \(readiness)")
+        }
+        let code = supervisor.run(startFirst: inherited == nil)
+        if let pidFile {
+            unlink(pidFile)
+            unlink(UpStatus.path(forPIDFile: pidFile))
+        }
+        rmdir(runtimeFolder)
+        return code
+    }
+
+    /// Opens the --listen sockets, or takes them from systemd when it handed `up` sockets (LISTEN_FDS):
+    /// a --listen matches an inherited socket by name, or by address.
+    private func openSockets() throws(CommandFailure) -> [HeldSocket] {
+        let inherited: [ActivatedSocket]
+        do { inherited = try SocketActivation.sockets() } catch { throw CommandFailure("\(error)", exitCode: 3) }
+        var unused = inherited.filter { $0.transport != nil }
+        if listen.isEmpty {
+            guard !unused.isEmpty else {
+                throw CommandFailure("give at least one --listen address (as in --listen 127.0.0.1:8080), or start up with sockets from systemd", exitCode: 64)
+            }
+            return try unused.map { (socket) throws(CommandFailure) in try HeldSocket.hold(socket.descriptor, name: socket.name) }
+        }
+        var held: [HeldSocket] = []
+        for spec in listen {
+            if let index = unused.firstIndex(where: { Self.matches(spec, $0) }) {
+                let socket = unused.remove(at: index)
+                held.append(try HeldSocket.hold(socket.descriptor, name: spec.name == ListenSpec.defaultName ? socket.name : spec.name))
+                continue
+            }
+            do {
+                let descriptor: Int32?
+                switch spec.transport {
+                case .tcp: descriptor = try Listener(spec.address, policy: .restartable).takeDescriptor()
+                case .udp: descriptor = try DatagramSocket(spec.address, policy: .restartable).takeDescriptor()
+                }
+                held.append(try HeldSocket.hold(descriptor!, name: spec.name))
+            } catch let failure as CommandFailure {
+                throw failure
+            } catch {
+                throw CommandFailure("--listen \(spec): \(error)", exitCode: 3)
+            }
+        }
+        for socket in unused {
+            held.append(try HeldSocket.hold(socket.descriptor, name: socket.name))  // systemd's extra sockets go on too
+        }
+        return held
+    }
+
+    private static func matches(_ spec: ListenSpec, _ socket: ActivatedSocket) -> Bool {
+        if spec.name != ListenSpec.defaultName { return spec.name == socket.name }
+        guard socket.transport == spec.transport, let local = socket.localAddress,
+            let wanted = try? spec.address.resolve(spec.transport)
+        else { return false }
+        return wanted.contains { $0.port == local.port && ($0.ip == local.ip || $0.ip.isUnspecified && local.ip.isUnspecified) }
+    }
+
+    private static func makeRuntimeFolder() throws(CommandFailure) -> String {
+        let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+        var template = Array("\(base)/portreuse-up.XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else {
+            throw CommandFailure("cannot create a private folder in \(base) for the notify sockets: \(Files.errorText())")
+        }
+        return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Writes our pid; refuses when another live `up` holds the file.
+    private static func claim(pidFile: String) throws(CommandFailure) {
+        if let other = UpClient.readPID(pidFile), other != getpid(), kill(other, 0) == 0 || errno == EPERM {
+            throw CommandFailure("\(pidFile) names pid \(other), which is running: another portreuse up uses this pid file")
+        }
+        guard Files.write(Array("\(getpid())\n".utf8), toFile: pidFile) else {
+            throw CommandFailure("cannot write the pid file \(pidFile): \(Files.errorText())")
+        }
+    }
+
+    /// --reuseport: says once when the kernel will reset connections queued on an old generation's socket.
+    private static func warnAboutMigration() {
+        guard let text = Files.read("/proc/sys/net/ipv4/tcp_migrate_req", limit: 8) else { return }
+        if String(decoding: text, as: UTF8.self).hasPrefix("0") {
+            printError(
+                "portreuse up: warning: net.ipv4.tcp_migrate_req=0: connections queued on an old generation's socket are reset "
+                    + "when it closes. Turn it on with: sysctl -w net.ipv4.tcp_migrate_req=1 (or use socket activation: drop --reuseport)")
+        }
+    }
+}
