@@ -48,3 +48,20 @@ int c_bind_cycles(uint16_t port, int type, int reuse_options, int iterations) {
     }
     return 0;
 }
+
+int c_failed_bind_cycles(uint16_t port, int iterations) {
+    struct sockaddr_in address = {0};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < iterations; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) return errno;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        int failed = bind(fd, (struct sockaddr *)&address, sizeof address) != 0 ? errno : 0;
+        close(fd);
+        if (failed != EADDRINUSE) return failed ? failed : -1;
+    }
+    return 0;
+}

@@ -3,6 +3,9 @@
 #include "CPortReuseSystem.h"
 
 #include <errno.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 
 #ifdef __linux__
 #include <fcntl.h>
@@ -19,11 +22,11 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-int csystem_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags) { return accept4(fd, address, length, flags); }
+int csystem_accept4(int fd, struct sockaddr *address, unsigned int *length, int flags) { return accept4(fd, address, length, flags); }
 int csystem_pipe2(int ends[2], int flags) { return pipe2(ends, flags); }
 
 // Raw system calls rather than glibc 2.36's wrappers, so that older glibc builds link too.
-int csystem_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+int csystem_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 int csystem_pidfd_getfd(int pidfd, int target) { return (int)syscall(SYS_pidfd_getfd, pidfd, target, 0); }
 int csystem_pidfd_send_signal(int pidfd, int signal) { return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0); }
 
@@ -33,11 +36,11 @@ int csystem_set_no_new_privileges(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0
 int csystem_setns(int fd, int nstype) { return setns(fd, nstype); }
 int csystem_clone_newnet(void) { return CLONE_NEWNET; }
 
-ssize_t csystem_getxattr(const char *path, const char *name, void *value, size_t size) { return getxattr(path, name, value, size); }
+long csystem_getxattr(const char *path, const char *name, void *value, unsigned long size) { return getxattr(path, name, value, size); }
 
-int csystem_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from) {
+int csystem_spawn_addclosefrom(void *actions, int from) {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
-    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+    return posix_spawn_file_actions_addclosefrom_np((posix_spawn_file_actions_t *)actions, from);
 #else
     (void)actions;
     (void)from;
@@ -45,7 +48,7 @@ int csystem_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from) {
 #endif
 }
 
-ssize_t csystem_read_process_memory(pid_t pid, uint64_t address, void *buffer, size_t length) {
+long csystem_read_process_memory(int pid, uint64_t address, void *buffer, unsigned long length) {
     struct iovec local = {buffer, length};
     struct iovec remote = {(void *)(uintptr_t)address, length};
     return process_vm_readv(pid, &local, 1, &remote, 1, 0);
@@ -143,9 +146,9 @@ int csystem_seccomp_add_fd(int notify_fd, uint64_t id, int source_fd, int target
 #else  // Not Linux: nothing here exists.
 
 #define CSYSTEM_MISSING { errno = ENOSYS; return -1; }
-int csystem_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags) CSYSTEM_MISSING
+int csystem_accept4(int fd, struct sockaddr *address, unsigned int *length, int flags) CSYSTEM_MISSING
 int csystem_pipe2(int ends[2], int flags) CSYSTEM_MISSING
-int csystem_pidfd_open(pid_t pid) CSYSTEM_MISSING
+int csystem_pidfd_open(int pid) CSYSTEM_MISSING
 int csystem_pidfd_getfd(int pidfd, int target) CSYSTEM_MISSING
 int csystem_pidfd_send_signal(int pidfd, int signal) CSYSTEM_MISSING
 int csystem_set_child_subreaper(int on) CSYSTEM_MISSING
@@ -153,9 +156,9 @@ int csystem_set_parent_death_signal(int signal) CSYSTEM_MISSING
 int csystem_set_no_new_privileges(void) CSYSTEM_MISSING
 int csystem_setns(int fd, int nstype) CSYSTEM_MISSING
 int csystem_clone_newnet(void) { return 0; }
-ssize_t csystem_getxattr(const char *path, const char *name, void *value, size_t size) CSYSTEM_MISSING
-int csystem_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from) { return ENOSYS; }
-ssize_t csystem_read_process_memory(pid_t pid, uint64_t address, void *buffer, size_t length) CSYSTEM_MISSING
+long csystem_getxattr(const char *path, const char *name, void *value, unsigned long size) CSYSTEM_MISSING
+int csystem_spawn_addclosefrom(void *actions, int from) { return ENOSYS; }
+long csystem_read_process_memory(int pid, uint64_t address, void *buffer, unsigned long length) CSYSTEM_MISSING
 int csystem_syscall_bind(void) { return -1; }
 int csystem_syscall_connect(void) { return -1; }
 int csystem_syscall_sendto(void) { return -1; }

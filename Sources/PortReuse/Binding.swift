@@ -36,7 +36,10 @@ extension PortReuseError {
         var error = self
         switch errno {
         case .addressInUse?:
-            error.diagnosis = .portInUse(PortInUse.explain(address, transport: transport, policy: policy))
+            // Who holds the port is read from the kernel's tables and /proc only when someone asks.
+            return PortReuseError(operation, address: self.address, errno: errno) {
+                .portInUse(PortInUse.explain(address, transport: transport, policy: policy))
+            }
         case .permissionDenied?, .notPermitted?:
             let first = KernelTables.firstUnprivilegedPort()
             if Int(address.port) < first && address.port != 0 {

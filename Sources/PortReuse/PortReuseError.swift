@@ -1,3 +1,4 @@
+import Synchronization
 import SystemPackage
 
 /// Why an operation of PortReuse failed: the operation, the address, the system error and, where
@@ -5,7 +6,7 @@ import SystemPackage
 public struct PortReuseError: Error, Sendable, CustomStringConvertible {
     /// The operation that failed; for system calls, the call.
     public enum Operation: Sendable, Hashable, CustomStringConvertible {
-        case parse, resolve, socket, bind, listen, accept, connect, send, receive, localAddress, adopt, activation, notify
+        case parse, resolve, socket, bind, listen, accept, connect, send, receive, localAddress, remoteAddress, adopt, activation, notify
         /// Reading the interfaces (`getifaddrs`) or choosing one.
         case interfaces
         /// `setsockopt` with the option's C name.
@@ -25,6 +26,7 @@ public struct PortReuseError: Error, Sendable, CustomStringConvertible {
             case .send: "send"
             case .receive: "receive"
             case .localAddress: "getsockname"
+            case .remoteAddress: "getpeername"
             case .adopt: "adopt"
             case .activation: "socket activation"
             case .notify: "sd_notify"
@@ -41,15 +43,32 @@ public struct PortReuseError: Error, Sendable, CustomStringConvertible {
     public var address: String?
     /// The system error, if a system call failed.
     public var errno: Errno?
-    /// What PortReuse found out about the failure, if anything.
-    public var diagnosis: Diagnosis?
+    /// What PortReuse found out about the failure, if anything. Some diagnoses (who holds a port in use) are
+    /// found out only when first read, so that a caller that retries a bind and looks only at ``errno`` does not
+    /// scan the kernel's tables on every attempt: they describe the system as it is at that first reading.
+    public var diagnosis: Diagnosis? {
+        get { settled ?? deferred?.value }
+        set {
+            settled = newValue
+            deferred = nil
+        }
+    }
+
+    private var settled: Diagnosis?
+    private var deferred: DeferredDiagnosis?
 
     /// An error from its parts.
     public init(_ operation: Operation, address: String? = nil, errno: Errno? = nil, diagnosis: Diagnosis? = nil) {
         self.operation = operation
         self.address = address
         self.errno = errno
-        self.diagnosis = diagnosis
+        self.settled = diagnosis
+    }
+
+    /// An error whose diagnosis `find` computes when it is first read (and then keeps).
+    init(_ operation: Operation, address: String?, errno: Errno?, diagnosingLater find: @escaping @Sendable () -> Diagnosis?) {
+        self.init(operation, address: address, errno: errno)
+        deferred = DeferredDiagnosis(find)
     }
 
     public var description: String {
@@ -61,6 +80,23 @@ public struct PortReuseError: Error, Sendable, CustomStringConvertible {
         if let errno { text += ": \(errno.description.lowercased()) (\(errno.symbol))" }
         if let diagnosis { text += (errno == nil ? ": " : ". ") + diagnosis.sentence }
         return text
+    }
+}
+
+/// A diagnosis computed once, on first use, and shared by the copies of an error.
+private final class DeferredDiagnosis: Sendable {
+    private let find: @Sendable () -> Diagnosis?
+    private let found = Mutex<Diagnosis??>(nil)
+
+    init(_ find: @escaping @Sendable () -> Diagnosis?) { self.find = find }
+
+    var value: Diagnosis? {
+        found.withLock { found in
+            if let known = found { return known }
+            let computed = find()
+            found = .some(computed)
+            return computed
+        }
     }
 }
 

@@ -57,8 +57,8 @@ public final class SocketHandle: Sendable {
 
     /// The address of the peer of a connected socket. The corresponding C function is `getpeername`.
     public func remoteAddress() throws(PortReuseError) -> SocketAddress {
-        let descriptor = try live(.localAddress)
-        return try readAddress(.localAddress) { Sys.getpeername(descriptor, $0, $1) }
+        let descriptor = try live(.remoteAddress)
+        return try readAddress(.remoteAddress) { Sys.getpeername(descriptor, $0, $1) }
     }
 
     private func readAddress(

@@ -197,3 +197,49 @@ struct SocketTests {
         #expect(mine.ownerDescription.contains("pid \(getpid())"))
     }
 }
+
+@Suite("Errors")
+struct ErrorTests {
+    @Test("getpeername on a socket that is not connected fails as getpeername, not getsockname")
+    func remoteAddressNamesItsCall() throws {
+        let listener = try Listener(tcp: "127.0.0.1:0")
+        let handle = SocketHandle(adopting: try #require(listener.takeDescriptor()))
+        do {
+            _ = try handle.remoteAddress()
+            Issue.record("a listening socket has no peer")
+        } catch {
+            #expect(error.operation == .remoteAddress)
+            #expect(error.errno == .socketNotConnected)
+            #expect(error.description.hasPrefix("getpeername"), "\(error)")
+        }
+    }
+
+    @Test("EADDRINUSE: who holds the port is found when the error is first read, not at every failed bind")
+    func portInUseDiagnosisIsDeferred() throws {
+        let holder = try Listener(tcp: "127.0.0.1:0", policy: .exclusive)
+        let address = holder.localAddress
+        var caught: PortReuseError?
+        do { _ = try Listener(address: address, policy: .restartable) } catch { caught = error }
+        let error = try #require(caught)
+        #expect(error.errno == .addressInUse)
+        // The holder goes away before anybody reads the diagnosis: it describes the port as it is then.
+        holder.close()
+        guard case .portInUse(let report)? = error.diagnosis else { Issue.record("no diagnosis: \(error)"); return }
+        #expect(report.reason == .noVisibleHolder, "\(report.reason)")
+        let copy = error
+        #expect(copy.description == error.description, "copies share the one diagnosis")
+    }
+
+    @Test("EADDRINUSE read at once names this process as the holder")
+    func portInUseDiagnosisNamesHolder() throws {
+        let holder = try Listener(tcp: "127.0.0.1:0", policy: .exclusive)
+        do {
+            _ = try Listener(address: holder.localAddress, policy: .restartable)
+            Issue.record("the port is held")
+        } catch {
+            guard case .portInUse(let report)? = error.diagnosis else { Issue.record("no diagnosis: \(error)"); return }
+            #expect(report.reason == .policyDoesNotShare(.restartable))
+            #expect(report.holders.first?.processes.contains { $0.pid == getpid() } == true, "\(report.holders)")
+        }
+    }
+}

@@ -12,4 +12,8 @@ int c_listen_cycles(uint16_t port, int iterations);
 /// Returns 0, or the errno of the first failure.
 int c_bind_cycles(uint16_t port, int type, int reuse_options, int iterations);
 
+/// socket + bind to 127.0.0.1:`port`, which is held by a listener without SO_REUSEADDR, + close, `iterations`
+/// times: each bind must fail with EADDRINUSE. Returns 0, or the first other errno.
+int c_failed_bind_cycles(uint16_t port, int iterations);
+
 #endif

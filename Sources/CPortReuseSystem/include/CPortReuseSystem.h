@@ -8,19 +8,23 @@
 /// Every function returns what the C call returns (-1 and errno on failure) unless it says otherwise.
 /// On systems other than Linux each one fails with ENOSYS.
 
+// Only <stdint.h> here: a system header included from this module's header would make the module own its
+// declarations, and Swift would then no longer find them in Glibc (SOCK_DGRAM, in release builds). Types are
+// spelled out instead: pid_t is int, socklen_t unsigned int, ssize_t long, size_t unsigned long;
+// posix_spawn_file_actions_t and
+// struct sockaddr are passed as pointers.
 #include <stdint.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/types.h>
+
+struct sockaddr;
 
 /// `accept4`: accept a connection with SOCK_CLOEXEC/SOCK_NONBLOCK set atomically (`accept` + fcntl elsewhere).
-int csystem_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);
+int csystem_accept4(int fd, struct sockaddr *address, unsigned int *length, int flags);
 
 /// `pipe2`: a pipe whose ends get `flags` (O_CLOEXEC, O_NONBLOCK) atomically.
 int csystem_pipe2(int ends[2], int flags);
 
 /// `pidfd_open(pid, 0)`: a descriptor that names the process `pid` and no other, ever (Linux 5.3+).
-int csystem_pidfd_open(pid_t pid);
+int csystem_pidfd_open(int pid);
 
 /// `pidfd_getfd(pidfd, target, 0)`: a duplicate of another process's descriptor (Linux 5.6+, ptrace rights).
 int csystem_pidfd_getfd(int pidfd, int target);
@@ -44,15 +48,15 @@ int csystem_setns(int fd, int nstype);
 int csystem_clone_newnet(void);
 
 /// `getxattr`: the value of an extended attribute (size 0: only its length).
-ssize_t csystem_getxattr(const char *path, const char *name, void *value, size_t size);
+long csystem_getxattr(const char *path, const char *name, void *value, unsigned long size);
 
 /// `posix_spawn_file_actions_addclosefrom_np`: the child closes every descriptor from `from` up (glibc 2.34+;
 /// returns ENOSYS where it is missing, like posix_spawn returns an error code rather than setting errno).
-int csystem_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from);
+int csystem_spawn_addclosefrom(void *actions, int from);
 
 /// `process_vm_readv` of one range: reads `length` bytes at `address` in process `pid` (ptrace rights).
 /// Returns the number of bytes read.
-ssize_t csystem_read_process_memory(pid_t pid, uint64_t address, void *buffer, size_t length);
+long csystem_read_process_memory(int pid, uint64_t address, void *buffer, unsigned long length);
 
 // MARK: seccomp user notification (Linux 5.9+ for ADDFD, 5.14 for ADDFD_FLAG_SEND)
 

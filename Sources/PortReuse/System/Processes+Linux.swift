@@ -64,7 +64,7 @@ package enum Processes {
     package static func readMemory(of pid: pid_t, at address: UInt64, count: Int) throws(SystemError) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         let read = try systemCall("process_vm_readv") {
-            bytes.withUnsafeMutableBytes { csystem_read_process_memory(pid, address, $0.baseAddress, count) }
+            bytes.withUnsafeMutableBytes { csystem_read_process_memory(pid, address, $0.baseAddress, UInt(count)) }
         }
         return Array(bytes[0..<read])
     }
