@@ -41,7 +41,7 @@
 
 // MARK: - The policy table
 
-// A copy of the Linux rows of SharingTable (Sources/PortReuse/SharingTable.swift); a test compares the two
+// A copy of the Linux rows of SharingTable (Sources/PortReuse/Policy/SharingTable.swift); a test compares the two
 // through portreuse_shim_policy_options. TCP and UDP differ: SO_REUSEADDR on UDP lets any user take the
 // port's datagrams, so only unsafe-any-user sets it there.
 struct policy_row {

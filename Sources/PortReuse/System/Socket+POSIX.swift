@@ -28,6 +28,29 @@ extension Sys {
     static let ipv6Level = Int32(IPPROTO_IPV6)
     static let ipv6Only = IPV6_V6ONLY
 
+    // The plain forwarders, alike on Linux and Darwin (the file-scope functions below reach the C calls, which
+    // these members' own names shadow inside Sys).
+    package static func close(_ s: Descriptor) -> Int32 { cClose(s) }
+    static func bind(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { cBind(s, a, l) }
+    static func connect(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { cConnect(s, a, l) }
+    package static func listen(_ s: Descriptor, _ backlog: Int32) -> Int32 { cListen(s, backlog) }
+    static func getsockname(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 { cGetsockname(s, a, l) }
+    static func getpeername(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 { cGetpeername(s, a, l) }
+    static func setsockopt(_ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeRawPointer, _ length: socklen_t) -> Int32 {
+        cSetsockopt(s, level, name, value, length)
+    }
+    static func getsockopt(
+        _ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeMutableRawPointer, _ length: UnsafeMutablePointer<socklen_t>
+    ) -> Int32 {
+        cGetsockopt(s, level, name, value, length)
+    }
+    static func recv(_ s: Descriptor, _ buffer: UnsafeMutableRawBufferPointer) -> Int { cRecv(s, buffer.baseAddress, buffer.count, 0) }
+    static func recvfrom(
+        _ s: Descriptor, _ buffer: UnsafeMutableRawBufferPointer, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>
+    ) -> Int {
+        cRecvfrom(s, buffer.baseAddress, buffer.count, 0, a, l)
+    }
+
     /// The level and name of a reuse option, or `nil` where POSIX has no such option.
     static func constant(for option: ReuseOptions) -> (level: Int32, name: Int32)? {
         switch option {
@@ -294,4 +317,23 @@ extension Sys {
         return UInt64(time.tv_sec) * 1_000_000 + UInt64(time.tv_nsec) / 1000
     }
 }
+@inline(__always) private func cClose(_ s: Int32) -> Int32 { close(s) }
+@inline(__always) private func cBind(_ s: Int32, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { bind(s, a, l) }
+@inline(__always) private func cConnect(_ s: Int32, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { connect(s, a, l) }
+@inline(__always) private func cListen(_ s: Int32, _ backlog: Int32) -> Int32 { listen(s, backlog) }
+@inline(__always) private func cGetsockname(_ s: Int32, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 { getsockname(s, a, l) }
+@inline(__always) private func cGetpeername(_ s: Int32, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 { getpeername(s, a, l) }
+@inline(__always) private func cSetsockopt(_ s: Int32, _ level: Int32, _ name: Int32, _ value: UnsafeRawPointer, _ length: socklen_t) -> Int32 {
+    setsockopt(s, level, name, value, length)
+}
+@inline(__always) private func cGetsockopt(_ s: Int32, _ level: Int32, _ name: Int32, _ value: UnsafeMutableRawPointer, _ length: UnsafeMutablePointer<socklen_t>) -> Int32 {
+    getsockopt(s, level, name, value, length)
+}
+@inline(__always) private func cRecv(_ s: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int, _ flags: Int32) -> Int { recv(s, buffer, count, flags) }
+@inline(__always) private func cRecvfrom(
+    _ s: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int, _ flags: Int32, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>
+) -> Int {
+    recvfrom(s, buffer, count, flags, a, l)
+}
+
 #endif

@@ -42,33 +42,7 @@ package enum Sys {
         Darwin.sendto(s, buffer.baseAddress, buffer.count, 0, a, l)
     }
 
-    package static func close(_ s: Descriptor) -> Int32 { Darwin.close(s) }
-    static func bind(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { Darwin.bind(s, a, l) }
-    static func connect(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { Darwin.connect(s, a, l) }
-    package static func listen(_ s: Descriptor, _ backlog: Int32) -> Int32 { Darwin.listen(s, backlog) }
     static func shutdownWrite(_ s: Descriptor) -> Int32 { Darwin.shutdown(s, SHUT_WR) }
-
-    static func getsockname(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 {
-        Darwin.getsockname(s, a, l)
-    }
-
-    static func getpeername(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 {
-        Darwin.getpeername(s, a, l)
-    }
-
-    static func setsockopt(_ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeRawPointer, _ length: socklen_t) -> Int32 {
-        Darwin.setsockopt(s, level, name, value, length)
-    }
-
-    static func getsockopt(
-        _ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeMutableRawPointer, _ length: UnsafeMutablePointer<socklen_t>
-    ) -> Int32 {
-        Darwin.getsockopt(s, level, name, value, length)
-    }
-
-    static func recv(_ s: Descriptor, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
-        Darwin.recv(s, buffer.baseAddress, buffer.count, 0)
-    }
 
     // Multicast and broadcast: the same names in every platform file.
     static let interfaceUp = IFF_UP
@@ -92,11 +66,5 @@ package enum Sys {
 
     /// BSD delivers only the groups a socket joined: nothing to switch off.
     static func onlyJoinedGroups(_ family: AddressFamily) -> RawOption? { nil }
-
-    static func recvfrom(
-        _ s: Descriptor, _ buffer: UnsafeMutableRawBufferPointer, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>
-    ) -> Int {
-        Darwin.recvfrom(s, buffer.baseAddress, buffer.count, 0, a, l)
-    }
 }
 #endif

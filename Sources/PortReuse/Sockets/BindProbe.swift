@@ -19,18 +19,13 @@ enum BindProbe {
         case failed(Errno)
     }
 
-    /// socket, the options, IPV6_V6ONLY=1 for IPv6, bind, close. The corresponding C functions are `socket`,
-    /// `setsockopt`, `bind` and `close`; nothing is listened on, sent or received.
+    /// socket, the options, IPV6_V6ONLY=1 for IPv6, bind, close: the one bind path of PortReuse
+    /// (``SocketHandle/bound(to:transport:policy:dualStack:options:prepare:)``) with `options` instead of a
+    /// policy's row; nothing is listened on, sent or received, and a failure is never diagnosed (nobody reads it).
     static func bind(_ address: SocketAddress, transport: Transport, options: ReuseOptions) -> Outcome {
         do {
-            let descriptor = try retryingInterrupts(.socket, nil) { Sys.socket(address.family, transport) }
-            let handle = SocketHandle(adopting: descriptor)
-            defer { handle.close() }
-            try handle.enable(options)
-            if address.family == .ipv6 { try handle.setOption(Sys.ipv6Level, Sys.ipv6Only, 1, label: "IPV6_V6ONLY") }
-            try address.withSockAddr { (pointer, length) throws(PortReuseError) in
-                _ = try retryingInterrupts(.bind, nil) { Sys.bind(descriptor, pointer, length) }
-            }
+            let handle = try SocketHandle.bound(to: address, transport: transport, policy: .exclusive, dualStack: false, options: options)
+            handle.close()
             return .bound
         } catch {
             if error.errno == .addressInUse { return .inUse }

@@ -35,33 +35,7 @@ package enum Sys {
         Glibc.sendto(s, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL), a, l)
     }
 
-    package static func close(_ s: Descriptor) -> Int32 { Glibc.close(s) }
-    static func bind(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { Glibc.bind(s, a, l) }
-    static func connect(_ s: Descriptor, _ a: UnsafePointer<sockaddr>, _ l: socklen_t) -> Int32 { Glibc.connect(s, a, l) }
-    package static func listen(_ s: Descriptor, _ backlog: Int32) -> Int32 { Glibc.listen(s, backlog) }
     static func shutdownWrite(_ s: Descriptor) -> Int32 { Glibc.shutdown(s, Int32(SHUT_WR)) }
-
-    static func getsockname(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 {
-        Glibc.getsockname(s, a, l)
-    }
-
-    static func getpeername(_ s: Descriptor, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>) -> Int32 {
-        Glibc.getpeername(s, a, l)
-    }
-
-    static func setsockopt(_ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeRawPointer, _ length: socklen_t) -> Int32 {
-        Glibc.setsockopt(s, level, name, value, length)
-    }
-
-    static func getsockopt(
-        _ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeMutableRawPointer, _ length: UnsafeMutablePointer<socklen_t>
-    ) -> Int32 {
-        Glibc.getsockopt(s, level, name, value, length)
-    }
-
-    static func recv(_ s: Descriptor, _ buffer: UnsafeMutableRawBufferPointer) -> Int {
-        Glibc.recv(s, buffer.baseAddress, buffer.count, 0)
-    }
 
     // Multicast and broadcast: the same names in every platform file.
     static let interfaceUp = Int32(IFF_UP)
@@ -92,12 +66,6 @@ package enum Sys {
         family == .ipv4
             ? RawOption(level: Int32(IPPROTO_IP), name: IP_MULTICAST_ALL, label: "IP_MULTICAST_ALL", value: Int32(0))
             : RawOption(level: Int32(IPPROTO_IPV6), name: IPV6_MULTICAST_ALL, label: "IPV6_MULTICAST_ALL", value: Int32(0))
-    }
-
-    static func recvfrom(
-        _ s: Descriptor, _ buffer: UnsafeMutableRawBufferPointer, _ a: UnsafeMutablePointer<sockaddr>, _ l: UnsafeMutablePointer<socklen_t>
-    ) -> Int {
-        Glibc.recvfrom(s, buffer.baseAddress, buffer.count, 0, a, l)
     }
 }
 #endif
