@@ -171,21 +171,7 @@ struct Listen: ParsableCommand {
     }
 
     /// Text with control characters escaped, so that one datagram stays one line.
-    static func escaped(_ text: String) -> String {
-        var out = ""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "\\": out += "\\\\"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
-                out += "\\x" + (scalar.value < 16 ? "0" : "") + String(scalar.value, radix: 16)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
-    }
+    static func escaped(_ text: String) -> String { text.escapingControlCharacters() }
 
     /// One line on stdout, at once (a pipe would otherwise hold it until the buffer fills).
     private func emit(_ line: String) {

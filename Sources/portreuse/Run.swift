@@ -115,7 +115,7 @@ struct Run: ParsableCommand {
                     "--transparent needs CAP_NET_ADMIN, which this process lacks: run as root, or give the capability "
                         + "(for example: sudo setpriv --inh-caps +net_admin --ambient-caps +net_admin ... portreuse run ...)")
             }
-            let (environment, dropped) = try shim.environment(ShimConfiguration.currentEnvironment(), library: library)
+            let (environment, dropped) = try shim.environment(ProcessSpawn.currentEnvironment(), library: library)
             if verbose {
                 let settings = shim.variables.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
                 let note = dropped.isEmpty ? "" : "; left out inherited \(dropped.joined(separator: ", ")) (the flags say it all)"

@@ -41,21 +41,7 @@ public struct PortHolder: Sendable, Hashable {
             guard !commandLine.isEmpty else { return "[\(name)]" }
             return commandLine.map { argument in
                 if argument.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
-                    var quoted = "$'"
-                    for scalar in argument.unicodeScalars {
-                        switch scalar {
-                        case "\n": quoted += "\\n"
-                        case "\t": quoted += "\\t"
-                        case "\r": quoted += "\\r"
-                        case "'": quoted += "\\'"
-                        case "\\": quoted += "\\\\"
-                        case _ where scalar.value < 0x20 || scalar.value == 0x7F:
-                            let hex = String(scalar.value, radix: 16)
-                            quoted += "\\x" + (hex.count == 1 ? "0" : "") + hex
-                        default: quoted.unicodeScalars.append(scalar)
-                        }
-                    }
-                    return quoted + "'"
+                    return "$'" + argument.escapingControlCharacters(also: "'") + "'"
                 }
                 guard argument.isEmpty || argument.contains(where: { " '\"\\$`;&|<>()*?[]#~!{}".contains($0) }) else { return argument }
                 var quoted = "'"
@@ -118,5 +104,26 @@ public struct PortHolder: Sendable, Hashable {
     /// Every socket of `transport` in the given states (all states when `nil`), for `portreuse who --all`.
     public static func all(transport: Transport, states: Set<State>? = nil, processes: Bool = true, options: Bool = true) -> [PortHolder] {
         KernelTables.holders(transport: transport, port: nil, states: states, withProcesses: processes, withOptions: options)
+    }
+}
+
+extension String {
+    /// The text with control characters as C escapes (`\\n`, `\\t`, `\\r`, `\\x1b`), backslashes doubled and
+    /// each character of `also` after a backslash: one line, safe on a terminal, and in `$'…'` a shell reads it back.
+    package func escapingControlCharacters(also special: String = "") -> String {
+        var out = ""
+        for scalar in unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\\": out += "\\\\"
+            case _ where special.unicodeScalars.contains(scalar): out += "\\" + String(scalar)
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
+                out += "\\x" + (scalar.value < 16 ? "0" : "") + String(scalar.value, radix: 16)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 }

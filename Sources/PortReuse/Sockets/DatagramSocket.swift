@@ -54,15 +54,7 @@ public final class DatagramSocket: SocketOwner {
     /// Takes ownership of a bound UDP socket that this process received. Throws, and leaves the descriptor
     /// open and unowned, when it is not an IPv4/IPv6 UDP socket.
     public init(adopting descriptor: SocketDescriptor) throws(PortReuseError) {
-        let handle = SocketHandle(adopting: descriptor)
-        do {
-            try handle.check(adopted: descriptor, transport: .udp, listening: false)
-            localAddress = try handle.localAddress()
-        } catch {
-            _ = handle.takeDescriptor()
-            throw error
-        }
-        self.handle = handle
+        (handle, localAddress) = try SocketHandle.adopt(descriptor, transport: .udp, listening: false)
         self.policy = nil
     }
 

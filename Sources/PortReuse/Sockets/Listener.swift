@@ -63,15 +63,7 @@ public final class Listener: SocketOwner {
     /// Takes ownership of a listening TCP socket that this process received (socket activation, a parent).
     /// Throws, and leaves the descriptor open and unowned, when it is not a listening IPv4/IPv6 TCP socket.
     public init(adopting descriptor: SocketDescriptor) throws(PortReuseError) {
-        let handle = SocketHandle(adopting: descriptor)
-        do {
-            try handle.check(adopted: descriptor, transport: .tcp, listening: true)
-            localAddress = try handle.localAddress()
-        } catch {
-            _ = handle.takeDescriptor()
-            throw error
-        }
-        self.handle = handle
+        (handle, localAddress) = try SocketHandle.adopt(descriptor, transport: .tcp, listening: true)
         self.policy = nil
     }
 
@@ -105,6 +97,21 @@ public final class Listener: SocketOwner {
 }
 
 extension SocketHandle {
+    /// Takes `descriptor` over when it is an IPv4/IPv6 socket of `transport` (and listening, when asked), with
+    /// its local address; else throws and leaves the descriptor open and unowned, as it was.
+    static func adopt(
+        _ descriptor: SocketDescriptor, transport: Transport, listening: Bool
+    ) throws(PortReuseError) -> (handle: SocketHandle, localAddress: SocketAddress) {
+        let handle = SocketHandle(adopting: descriptor)
+        do {
+            try handle.check(adopted: descriptor, transport: transport, listening: listening)
+            return (handle, try handle.localAddress())
+        } catch {
+            _ = handle.takeDescriptor()
+            throw error
+        }
+    }
+
     /// Checks that an adopted descriptor is an IPv4/IPv6 socket of `transport` (and listening, for TCP).
     func check(adopted descriptor: SocketDescriptor, transport expected: Transport, listening: Bool) throws(PortReuseError) {
         let actual: Transport?

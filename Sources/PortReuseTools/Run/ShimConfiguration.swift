@@ -73,17 +73,6 @@ package struct ShimConfiguration: Sendable {
         entries.append("LD_PRELOAD=" + ([library.path] + others).joined(separator: ":"))
         return (entries, dropped.sorted())
     }
-
-    /// This process's environment, as `NAME=value` entries.
-    package static func currentEnvironment() -> [String] {
-        var entries: [String] = []
-        var cursor = environ
-        while let entry = cursor.pointee {
-            entries.append(String(cString: entry))
-            cursor += 1
-        }
-        return entries
-    }
 }
 
 /// An IP address and/or a port for the shim: what `--bind` rewrites, and where `--source` connects from.

@@ -38,7 +38,7 @@ package struct UpOptions {
             let library = try ShimLibrary.locate()
             try program.checkShimReaches(searchPath: searchPath)
             let shim = ShimConfiguration(policy: .shared, bind: nil, source: nil, transparent: false, verbose: false)
-            reusePortEnvironment = try shim.environment(ShimConfiguration.currentEnvironment(), library: library).entries
+            reusePortEnvironment = try shim.environment(ProcessSpawn.currentEnvironment(), library: library).entries
             Self.warnAboutMigration()
         }
         let sockets: [HeldSocket]
