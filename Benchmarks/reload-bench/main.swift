@@ -104,7 +104,7 @@ final class Load: @unchecked Sendable {
     let address: SocketAddress
     let running = Atomic<Bool>(true)
     let lock = Mutex<(sent: Int, failed: Int, latencies: [UInt64], errors: [String: Int])>((0, 0, [], [:]))
-    var threads: [pthread_t] = []
+    var threads: [SystemThread] = []
 
     init(_ address: SocketAddress) { self.address = address }
 
@@ -139,21 +139,12 @@ final class Load: @unchecked Sendable {
     }
 
     func start() {
-        for _ in 0..<clients {
-            var thread = pthread_t()
-            let box = Unmanaged.passRetained(self)
-            pthread_create(&thread, nil, { pointer in
-                let load = Unmanaged<Load>.fromOpaque(pointer!).takeRetainedValue()
-                load.client()
-                return nil
-            }, box.toOpaque())
-            threads.append(thread)
-        }
+        for _ in 0..<clients { threads.append(try! SystemThread.start { [self] in client() }) }
     }
 
     func stop() -> (sent: Int, failed: Int, p99: Double, errors: [String: Int]) {
         running.store(false, ordering: .relaxed)
-        for thread in threads { pthread_join(thread, nil) }
+        for thread in threads { thread.join() }
         return lock.withLock { result in
             let sorted = result.latencies.sorted()
             let p99 = sorted.isEmpty ? 0 : Double(sorted[min(sorted.count - 1, sorted.count * 99 / 100)]) / 1e6

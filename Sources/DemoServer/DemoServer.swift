@@ -34,23 +34,12 @@ public final class DemoServer: Sendable {
         self.label = label
         let queue = ConnectionQueue(requestMilliseconds: requestMilliseconds, answer: answer)
         self.queue = queue
-        var blocked = sigset_t()
-        sigemptyset(&blocked)
-        sigaddset(&blocked, SIGTERM)
-        sigaddset(&blocked, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &blocked, nil)
-        for _ in 0..<max(1, threads) { startThread { queue.serve() } }
-        var action = sigaction()
-        #if canImport(Glibc)
-        action.__sigaction_handler.sa_handler = requestStop
-        #else
-        action.__sigaction_u.__sa_handler = requestStop
-        #endif
-        sigemptyset(&action.sa_mask)
-        action.sa_flags = 0
-        sigaction(SIGTERM, &action, nil)
-        sigaction(SIGINT, &action, nil)
-        pthread_sigmask(SIG_UNBLOCK, &blocked, nil)
+        // The serving threads start with SIGTERM and SIGINT blocked, so that the signals interrupt the accept
+        // of this thread (no SA_RESTART), which then looks at the flag.
+        Signals.setBlocked([SIGTERM, SIGINT], true)
+        for _ in 0..<max(1, threads) { _ = try? SystemThread.start(detached: true) { queue.serve() } }
+        Signals.handle([SIGTERM, SIGINT], restart: false, with: requestStop)
+        Signals.setBlocked([SIGTERM, SIGINT], false)
     }
 
     /// Accepts connections until SIGTERM or SIGINT, then says STOPPING=1, closes this process's reference to
@@ -78,32 +67,7 @@ public final class DemoServer: Sendable {
 
     /// Writes `LABEL: TEXT` on stderr.
     public func log(_ text: String) {
-        let bytes = Array("\(label): \(text)\n".utf8)
-        _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-    }
-}
-
-/// Starts a detached thread that runs `body`.
-private func startThread(_ body: @escaping @Sendable () -> Void) {
-    final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
-    let box = Unmanaged.passRetained(Box(body)).toOpaque()
-    #if canImport(Glibc)
-    var thread = pthread_t()
-    #else
-    var thread: pthread_t?
-    #endif
-    let created = pthread_create(&thread, nil, { pointer in
-        Unmanaged<Box>.fromOpaque(pointer!).takeRetainedValue().body()
-        return nil
-    }, box)
-    if created == 0 {
-        #if canImport(Glibc)
-        pthread_detach(thread)
-        #else
-        if let thread { pthread_detach(thread) }
-        #endif
-    } else {
-        Unmanaged<Box>.fromOpaque(box).release()
+        try? Files.write(Array("\(label): \(text)\n".utf8), to: 2)
     }
 }
 

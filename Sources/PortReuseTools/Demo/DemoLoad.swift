@@ -29,7 +29,7 @@ package final class DemoLoad: @unchecked Sendable {
     private let figures = Mutex(Figures())
     /// What the progress line says after the counts, such as "restart 2 of 5".
     package let note = Mutex("")
-    private var threads: [pthread_t] = []
+    private var threads: [SystemThread] = []
     private let started = Processes.monotonicNanoseconds
     private let label: String
     private let planned: Double
@@ -41,8 +41,8 @@ package final class DemoLoad: @unchecked Sendable {
         self.label = label
         self.planned = seconds
         self.progress = progress
-        for _ in 0..<clients { threads.append(Self.thread { [self] in client() }) }
-        if progress { threads.append(Self.thread { [self] in showProgress() }) }
+        for _ in 0..<clients { threads.append(try! SystemThread.start { [self] in client() }) }
+        if progress { threads.append(try! SystemThread.start { [self] in showProgress() }) }
     }
 
     package var elapsed: Double { Double(Processes.monotonicNanoseconds - started) / 1e9 }
@@ -101,21 +101,9 @@ package final class DemoLoad: @unchecked Sendable {
     /// Stops the clients (each finishes its request in flight, at most 7 s) and returns the figures.
     package func stop() -> Figures {
         running.store(false, ordering: .relaxed)
-        for thread in threads { pthread_join(thread, nil) }
+        for thread in threads { thread.join() }
         threads = []
         return figures.withLock { $0 }
-    }
-
-    private static func thread(_ body: @escaping () -> Void) -> pthread_t {
-        final class Box { let body: () -> Void; init(_ body: @escaping () -> Void) { self.body = body } }
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        let created = pthread_create(&thread, nil, { pointer in
-            Unmanaged<Box>.fromOpaque(pointer!).takeRetainedValue().body()
-            return nil
-        }, box)
-        precondition(created == 0, "pthread_create: \(created)")
-        return thread
     }
 }
 

@@ -42,26 +42,10 @@ package final class DemoProcesses {
         notify = try NotifyReceiver(path: folder + "/notify.sock")
         // The children get our environment without anything that would make them someone else's service.
         let dropped = ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", UpgradeHandover.variable]
-        var entries: [String] = []
-        var pointer = environ
-        while let entry = pointer.pointee {
-            let text = String(cString: entry)
-            if !dropped.contains(where: { text.hasPrefix($0 + "=") }) { entries.append(text) }
-            pointer += 1
-        }
-        environment = entries
-        var action = sigaction()
-        action.__sigaction_handler.sa_handler = requestInterrupt
-        sigemptyset(&action.sa_mask)
-        action.sa_flags = SA_RESTART
-        var unblocked = sigset_t()
-        sigemptyset(&unblocked)
-        for signal in [SIGINT, SIGTERM, SIGHUP] {
-            sigaction(signal, &action, nil)
-            sigaddset(&unblocked, signal)
-        }
-        sigprocmask(SIG_UNBLOCK, &unblocked, nil)  // a parent (a test runner's thread) may have blocked them
-        signal(SIGPIPE, SIG_IGN)
+        environment = ProcessSpawn.currentEnvironment().filter { entry in !dropped.contains { entry.hasPrefix($0 + "=") } }
+        Signals.handle([SIGINT, SIGTERM, SIGHUP], restart: true, with: requestInterrupt)
+        Signals.setBlocked([SIGINT, SIGTERM, SIGHUP], false)  // a parent (a test runner's thread) may have blocked them
+        Signals.ignore(SIGPIPE)
     }
 
     /// Throws ``DemoInterrupted`` once Ctrl-C (SIGINT), SIGTERM or SIGHUP arrived.

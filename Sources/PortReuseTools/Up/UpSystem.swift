@@ -26,15 +26,9 @@ package struct SignalPipe {
         readEnd = ends.read
         guard installingHandlers else { return }
         signalPipeWriteEnd = ends.write
-        var action = sigaction()
-        action.__sigaction_handler.sa_handler = forwardSignal
-        sigemptyset(&action.sa_mask)
-        action.sa_flags = SA_RESTART | SA_NOCLDSTOP  // no SIGCHLD when the probe pauses a generation
-        for signal in Self.handled { sigaction(signal, &action, nil) }
-        signal(SIGPIPE, SIG_IGN)
-        var none = sigset_t()
-        sigemptyset(&none)
-        sigprocmask(SIG_SETMASK, &none, nil)  // a parent (a test runner's thread) may have blocked some
+        Signals.handle(Self.handled, restart: true, with: forwardSignal)  // SA_NOCLDSTOP: no SIGCHLD when the probe pauses a generation
+        Signals.ignore(SIGPIPE)
+        Signals.unblockAll()  // a parent (a test runner's thread) may have blocked some
     }
 
     /// The signals that arrived since the last call, in order.

@@ -1,0 +1,99 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+#if canImport(Glibc) || canImport(Darwin)
+/// A thread of the system's own (pthreads), for code that must not load Foundation or Dispatch: the demo's
+/// server and load, the benchmarks. The corresponding C functions are `pthread_create`, `pthread_join` and
+/// `pthread_detach`.
+package struct SystemThread: @unchecked Sendable {
+    #if canImport(Glibc)
+    private let thread: pthread_t
+    #else
+    private let thread: pthread_t
+    #endif
+
+    /// Starts a thread that runs `body`; joined with ``join()``, or detached with `detached`.
+    package static func start(detached: Bool = false, _ body: @escaping @Sendable () -> Void) throws(SystemError) -> SystemThread {
+        final class Box: @unchecked Sendable {
+            let body: @Sendable () -> Void
+            init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        }
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        #if canImport(Glibc)
+        var thread = pthread_t()
+        #else
+        var thread: pthread_t?
+        #endif
+        let created = pthread_create(&thread, nil, { pointer in
+            #if canImport(Glibc)
+            Unmanaged<Box>.fromOpaque(pointer!).takeRetainedValue().body()
+            #else
+            Unmanaged<Box>.fromOpaque(pointer).takeRetainedValue().body()
+            #endif
+            return nil
+        }, box)
+        guard created == 0 else {
+            Unmanaged<Box>.fromOpaque(box).release()
+            throw SystemError("pthread_create", .init(rawValue: created))
+        }
+        #if canImport(Glibc)
+        if detached { pthread_detach(thread) }
+        return SystemThread(thread: thread)
+        #else
+        if detached { pthread_detach(thread!) }
+        return SystemThread(thread: thread!)
+        #endif
+    }
+
+    /// Waits until the thread's body returned.
+    package func join() { pthread_join(thread, nil) }
+}
+
+/// Signal dispositions and masks, for the processes that handle their own signals (`up`, the demo, its server).
+package enum Signals {
+    /// Runs `handler` on each of `signals` (async-signal-safe code only: an atomic store, a write to a pipe),
+    /// with SA_RESTART when `restart`, and SA_NOCLDSTOP. The corresponding C function is `sigaction`.
+    package static func handle(_ signals: [Int32], restart: Bool, with handler: @escaping @convention(c) (Int32) -> Void) {
+        var action = sigaction()
+        #if canImport(Glibc)
+        action.__sigaction_handler.sa_handler = handler
+        #else
+        action.__sigaction_u.__sa_handler = handler
+        #endif
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = (restart ? SA_RESTART : 0) | SA_NOCLDSTOP
+        for signal in signals { sigaction(signal, &action, nil) }
+    }
+
+    /// Ignores `signal` (SIGPIPE: a peer that went away is an error, not a death).
+    package static func ignore(_ signal: Int32) {
+        var action = sigaction()
+        #if canImport(Glibc)
+        action.__sigaction_handler.sa_handler = SIG_IGN
+        #else
+        action.__sigaction_u.__sa_handler = SIG_IGN
+        #endif
+        sigemptyset(&action.sa_mask)
+        sigaction(signal, &action, nil)
+    }
+
+    /// Blocks (`true`) or unblocks `signals` for the calling thread. The corresponding C function is
+    /// `pthread_sigmask`.
+    package static func setBlocked(_ signals: [Int32], _ blocked: Bool) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in signals { sigaddset(&set, signal) }
+        pthread_sigmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, nil)
+    }
+
+    /// Unblocks every signal for the calling thread: a parent (a test runner's thread) may have blocked some.
+    package static func unblockAll() {
+        var none = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, nil)
+    }
+}
+#endif
