@@ -36,10 +36,13 @@ package enum Processes {
         _ = try systemCall("kill") { Glibc.kill(pid, signal) }
     }
 
-    /// Whether any process of group `group` still exists (EPERM: it exists, as another user's).
-    package static func groupExists(_ group: pid_t) -> Bool {
-        Glibc.kill(-group, 0) == 0 || errno == EPERM
+    /// Whether process `pid` exists (EPERM: it exists, as another user's). The corresponding C call is `kill(pid, 0)`.
+    package static func exists(_ pid: pid_t) -> Bool {
+        Glibc.kill(pid, 0) == 0 || errno == EPERM
     }
+
+    /// Whether any process of group `group` still exists (EPERM: it exists, as another user's).
+    package static func groupExists(_ group: pid_t) -> Bool { exists(-group) }
 
     /// Makes this process the reaper of its orphaned descendants. The corresponding C call is
     /// `prctl(PR_SET_CHILD_SUBREAPER, 1)`.

@@ -278,14 +278,8 @@ extension Sys {
     /// Sends one datagram to a unix datagram socket named by a path, or by `@name` for Linux's abstract
     /// namespace (how `NOTIFY_SOCKET` names it). Returns 0, or the error code.
     static func sendUnixDatagram(_ bytes: [UInt8], to path: String) -> Int32 {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        var pathBytes = Array(path.utf8)
-        if pathBytes.first == UInt8(ascii: "@") { pathBytes[0] = 0 }
-        let capacity = MemoryLayout.size(ofValue: address.sun_path)
-        guard !pathBytes.isEmpty, pathBytes.count < capacity else { return ENAMETOOLONG }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: pathBytes) }
-        let length = socklen_t(MemoryLayout<sockaddr_un>.offset(of: \.sun_path)! + pathBytes.count + (pathBytes[0] == 0 ? 0 : 1))
+        guard let (named, length) = unixAddress(path) else { return ENAMETOOLONG }
+        var address = named
         let fd = unixDatagramSocket()
         guard fd >= 0 else { return errno }
         defer { _ = close(fd) }
@@ -295,6 +289,37 @@ extension Sys {
             }
         }
         return sent < 0 ? errno : 0
+    }
+
+    /// The address of a unix socket named by a path, or by `@name` in Linux's abstract namespace; `nil` when
+    /// the name is empty or longer than `sun_path` holds.
+    package static func unixAddress(_ path: String) -> (sockaddr_un, socklen_t)? {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        var pathBytes = Array(path.utf8)
+        if pathBytes.first == UInt8(ascii: "@") { pathBytes[0] = 0 }
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        guard !pathBytes.isEmpty, pathBytes.count < capacity else { return nil }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: pathBytes) }
+        return (address, socklen_t(MemoryLayout<sockaddr_un>.offset(of: \.sun_path)! + pathBytes.count + (pathBytes[0] == 0 ? 0 : 1)))
+    }
+
+    /// A non-blocking, close-on-exec unix datagram socket bound to `path` (a stale file there is replaced):
+    /// where a supervisor receives sd_notify messages. The corresponding C functions are `socket` and `bind`.
+    package static func unixDatagramReceiver(at path: String) throws(SystemError) -> Descriptor {
+        guard let (named, length) = unixAddress(path) else { throw SystemError("bind \(path)", .fileNameTooLong) }
+        var address = named
+        if !path.hasPrefix("@") { unlink(path) }
+        let descriptor = try systemCall("socket") { unixDatagramSocket() }
+        do {
+            _ = try systemCall("bind \(path)") {
+                withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { cBind(descriptor, $0, length) } }
+            }
+        } catch {
+            _ = cClose(descriptor)
+            throw error
+        }
+        return descriptor
     }
 
     /// Marks a descriptor close-on-exec. The corresponding C function is `fcntl(F_SETFD)`.

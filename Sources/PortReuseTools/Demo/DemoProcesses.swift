@@ -75,10 +75,9 @@ package final class DemoProcesses {
 
     /// The exit status of `pid` if it has exited (and reaps it), else `nil`.
     package func exited(_ pid: pid_t) -> ExitStatus? {
-        var status: Int32 = 0
-        guard waitpid(pid, &status, WNOHANG) == pid else { return nil }
+        guard let (_, status) = (try? Processes.wait(pid, noHang: true)) ?? nil else { return nil }
         running.removeAll { $0.pid == pid }
-        return ExitStatus(raw: status)
+        return status
     }
 
     /// Waits until `count` READY=1 messages came, at most `timeout` seconds; fails when one of `pids` exits.
@@ -115,10 +114,9 @@ package final class DemoProcesses {
         }
         kill(-pid, SIGKILL)
         kill(pid, SIGKILL)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let status = (try? Processes.wait(pid, noHang: false))??.status ?? ExitStatus(raw: SIGKILL)
         running.removeAll { $0.pid == pid }
-        return (ExitStatus(raw: status), true)
+        return (status, true)
     }
 
     /// Stops every process still running, newest first (`up` before anything else), and removes the folder

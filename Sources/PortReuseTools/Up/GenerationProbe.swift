@@ -110,11 +110,9 @@ package enum GenerationProbe {
 
     /// The inode of the socket a process has at `descriptor`, from the `socket:[INODE]` link.
     package static func socketInode(pid: pid_t, descriptor: Int32) -> UInt64? {
-        var buffer = [CChar](repeating: 0, count: 64)
-        let length = readlink("/proc/\(pid)/fd/\(descriptor)", &buffer, buffer.count - 1)
-        guard length > 8 else { return nil }
-        let text = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        guard text.hasPrefix("socket:["), text.hasSuffix("]") else { return nil }
+        guard let text = try? Processes.readLink("/proc/\(pid)/fd/\(descriptor)"), text.hasPrefix("socket:["), text.hasSuffix("]") else {
+            return nil
+        }
         return UInt64(text.dropFirst(8).dropLast())
     }
 

@@ -26,7 +26,7 @@ package struct UpClient {
         guard let pid = Self.readPID(pidFile) else {
             throw CommandFailure("cannot read a pid from \(pidFile): is portreuse up running with --pid-file \(pidFile)?")
         }
-        guard kill(pid, 0) == 0 || errno == EPERM else {
+        guard Processes.exists(pid) else {
             throw CommandFailure("\(pidFile) names pid \(pid), which is not running (a stale pid file: portreuse up is not running)")
         }
         let statusPath = UpStatus.path(forPIDFile: pidFile)
@@ -72,7 +72,7 @@ package struct UpClient {
                 if let value = done(status) { return value }
                 if status.stopping { throw CommandFailure("portreuse up (pid \(pid)) is stopping: the request will not complete") }
             }
-            guard kill(pid, 0) == 0 || errno == EPERM else { throw CommandFailure("portreuse up (pid \(pid)) exited before it answered (see its log)") }
+            guard Processes.exists(pid) else { throw CommandFailure("portreuse up (pid \(pid)) exited before it answered (see its log)") }
             usleep(20_000)
         }
         throw CommandFailure("no answer from portreuse up within \(Seconds(timeout + 10)) (see its log)")

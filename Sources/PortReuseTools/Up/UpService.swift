@@ -132,7 +132,7 @@ package struct UpOptions {
 
     /// Writes our pid; refuses when another live `up` holds the file.
     private static func claim(pidFile: String) throws(CommandFailure) {
-        if let other = UpClient.readPID(pidFile), other != getpid(), kill(other, 0) == 0 || errno == EPERM {
+        if let other = UpClient.readPID(pidFile), other != getpid(), Processes.exists(other) {
             throw CommandFailure("\(pidFile) names pid \(other), which is running: another portreuse up uses this pid file")
         }
         guard Files.write(Array("\(getpid())\n".utf8), toFile: pidFile) else {

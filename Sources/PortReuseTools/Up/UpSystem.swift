@@ -55,26 +55,13 @@ package final class NotifyReceiver {
 
     /// A new socket at `path` (a stale file there is replaced).
     package convenience init(path: String) throws(CommandFailure) {
-        unlink(path)
-        let descriptor = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard descriptor >= 0 else { throw CommandFailure("cannot create a notify socket: \(Files.errorText())") }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            close(descriptor)
+        do {
+            self.init(descriptor: try Sys.unixDatagramReceiver(at: path), path: path)
+        } catch where error.errno == .fileNameTooLong {
             throw CommandFailure("the notify socket path \(path) is too long; set TMPDIR to a shorter folder")
+        } catch {
+            throw CommandFailure("cannot create the notify socket \(path): \(error)")
         }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0 else {
-            let text = Files.errorText()
-            close(descriptor)
-            throw CommandFailure("cannot bind the notify socket \(path): \(text)")
-        }
-        self.init(descriptor: descriptor, path: path)
     }
 
     /// The assignments received since the last call (`READY=1`, `STATUS=…`), in order.
