@@ -77,7 +77,7 @@ struct SupervisorStateTests {
 
     static func status(next: Int, reloads: [ReloadRecord], generations: [GenerationRecord] = []) -> UpStatus {
         UpStatus(
-            pid: 1, command: ["x"], startedAt: 0, sockets: [], generations: generations, state: .running, reloadQueued: false,
+            pid: 1, processStartTime: nil, command: ["x"], startedAt: 0, sockets: [], generations: generations, state: .running, reloadQueued: false,
             reloads: reloads, upgrades: 0, upgradeFailures: 0, nextGeneration: next, writtenAt: 0)
     }
 

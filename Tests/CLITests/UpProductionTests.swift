@@ -179,10 +179,8 @@ extension UpProductionTests {
     @Test("an upgrade to a binary that does not run is refused; the running up carries on and still reloads")
     func failedUpgrade() throws {
         let folder = try TemporaryFolder()
-        let copy = folder.path + "/portreuse"
-        #expect(try capture(["/bin/cp", portreuse, copy]).status == 0)
-        let pid = try spawn([copy, "up", "--pid-file", folder.path + "/up.pid", "--listen", "127.0.0.1:0", "--", hello], log: folder.path + "/up.log")
-        let up = UpProcess(pid: pid, folder: folder)
+        let (up, copy) = try Self.upOfCopy(folder)
+        let pid = up.pid
         let pidFile = up.pidFile
         let ready = try #require(up.waitForStatus { !$0.serving.isEmpty })
         // A broken release lands at the same path (renamed over it, as package managers do).
@@ -199,19 +197,64 @@ extension UpProductionTests {
     }
 }
 
+extension UpProductionTests {
+    /// Starts an `up` of a copy of the binary (so that a test may put another binary at its path).
+    static func upOfCopy(_ folder: TemporaryFolder) throws -> (up: UpProcess, copy: String) {
+        let copy = folder.path + "/portreuse"
+        #expect(try capture(["/bin/cp", portreuse, copy]).status == 0)
+        let pid = try spawn([copy, "up", "--pid-file", folder.path + "/up.pid", "--listen", "127.0.0.1:0", "--", hello], log: folder.path + "/up.log")
+        return (UpProcess(pid: pid, folder: folder), copy)
+    }
+
+    @Test("a SIGHUP that arrives while up upgrades itself is a reload in the new up, not its death")
+    func reloadDuringUpgrade() throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello])
+        _ = try up.servingAddress()
+        up.signal(SIGUSR2)
+        #expect(up.waitForLog("upgrading: checking"), "\(up.logText)")
+        up.signal(SIGHUP)
+        let after = up.waitForStatus { $0.upgrades == 1 && $0.serving.map(\.number) == [2] && $0.generations.count == 1 }
+        #expect(after != nil, "\(up.logText)")
+        #expect(after?.pid == up.pid)
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
+    @Test("a SIGTERM that arrives while up upgrades itself stops it cleanly (exit 0), the program with it")
+    func stopDuringUpgrade() throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello])
+        _ = try up.servingAddress()
+        let program = try #require(up.status?.serving.first?.pid)
+        up.signal(SIGUSR2)
+        #expect(up.waitForLog("upgrading: checking"), "\(up.logText)")
+        up.signal(SIGTERM)
+        #expect(up.waitForExit() == 0, "\(up.logText)")
+        #expect(waitUntil(timeout: 10) { !Processes.exists(program) }, "the program outlived up")
+    }
+
+    @Test("an upgrade to a binary that answers --version but cannot run up is refused before exec; up carries on")
+    func upgradeToBinaryThatCannotServe() throws {
+        let folder = try TemporaryFolder()
+        let (up, copy) = try Self.upOfCopy(folder)
+        let ready = try #require(up.waitForStatus { !$0.serving.isEmpty })
+        try folder.write("liar", "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 9.9.9; exit 0; fi\necho 'cannot start' >&2\nexit 1\n", executable: true)
+        #expect(rename(folder.path + "/liar", copy) == 0)
+        let upgrade = try capture([portreuse, "up", "upgrade", "--pid-file", up.pidFile], timeout: 60)
+        #expect(upgrade.status == 1, "\(upgrade.stderr)")
+        #expect(up.logText.contains("cannot take over"), "\(up.logText)")
+        #expect(up.logText.contains("cannot start"), "what the binary said is in the log: \(up.logText)")
+        #expect(Processes.exists(up.pid), "the old up still runs")
+        #expect(up.status?.serving.map(\.pid) == ready.serving.map(\.pid))
+        up.signal(SIGHUP)
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [2] } != nil, "\(up.logText)")
+    }
+}
+
 /// A unix datagram socket that receives sd_notify messages, as systemd's NOTIFY_SOCKET does.
 final class UnixDatagramReceiver {
     let descriptor: Int32
 
     init(path: String) throws {
-        descriptor = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        descriptor = try Sys.unixDatagramReceiver(at: path)
     }
 
     /// The next message, or nil after `timeout` seconds.

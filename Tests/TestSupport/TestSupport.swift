@@ -97,12 +97,8 @@ public func run(_ arguments: [String], timeout: Double = 60, environment: [Strin
 /// Starts a program with stdin from /dev/null and stdout and stderr appended to `log`; its pid. The caller
 /// reaps it (``reap(_:timeout:)``, or `UpProcess`).
 public func spawn(_ arguments: [String], log: String, environment: [String: String]? = nil) throws -> pid_t {
-    // Opened here rather than with ProcessSpawn's `.appending(toFile:)`, whose open in the child carries
-    // O_CLOEXEC: the child's stdout would be closed at exec (see the report of the test-harness branch).
-    let fd = try systemCall("open \(log)") { open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644) }
-    defer { Files.close(fd) }
     var spawn = ProcessSpawn(arguments, environment: environmentEntries(environment))
-    spawn.standardOutput = .descriptor(fd)
+    spawn.standardOutput = .appending(toFile: log)
     spawn.standardError = .other
     return try spawn.start()
 }
@@ -110,7 +106,11 @@ public func spawn(_ arguments: [String], log: String, environment: [String: Stri
 /// Waits (at most `timeout` seconds) for child `pid` to end and reaps it; how it ended, or `nil`.
 @discardableResult
 package func reap(_ pid: pid_t, timeout: Double = 10) -> PortReuse.ExitStatus? {
-    waitFor(timeout: timeout, interval: 0.01) { (try? Processes.wait(pid, noHang: true))??.status }
+    // ECHILD: reaped already (or not our child): nothing to wait for, so stop at once.
+    let outcome = waitFor(timeout: timeout, interval: 0.01) { () -> PortReuse.ExitStatus?? in
+        do { return try Processes.wait(pid, noHang: true).map { .some($0.status) } } catch { return .some(nil) }
+    }
+    return outcome ?? nil
 }
 
 /// Kills child `pid` (SIGKILL) unless it already ended, and reaps it (at most `timeout` seconds).

@@ -4,7 +4,7 @@ import Glibc
 /// Linux: the kernel's socket tables (netlink sock_diag, as `ss` reads them; /proc/net where sock_diag is
 /// refused), the processes that hold each socket (/proc/PID/fd) and their sockets' options (a `pidfd_getfd`
 /// duplicate, closed at once).
-enum KernelTables {
+package enum KernelTables {
     static func holders(
         transport: Transport, port: UInt16?, states: Set<PortHolder.State>? = nil, withProcesses: Bool, withOptions: Bool,
         processStates: Set<PortHolder.State>? = nil
@@ -217,7 +217,7 @@ enum KernelTables {
     }
 
     /// The short name, the command line and the effective uid of a process, from /proc/PID/{comm,cmdline,status}.
-    static func processInfo(pid: Int32) -> (name: String, commandLine: [String], uid: UInt32?) {
+    package static func processInfo(pid: Int32) -> (name: String, commandLine: [String], uid: UInt32?) {
         var name = Files.read("/proc/\(pid)/comm").map { String(decoding: $0, as: UTF8.self) } ?? "?"
         if name.hasSuffix("\n") { name.removeLast() }
         let raw = Files.read("/proc/\(pid)/cmdline") ?? []

@@ -71,11 +71,46 @@ package enum Files {
         #endif
     }
 
-    /// Writes `bytes` to a new or truncated file with mode 0644; false on any error.
-    package static func write(_ bytes: [UInt8], toFile path: String) -> Bool {
-        guard let fd = try? systemCall("open", { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }) else { return false }
-        defer { close(fd) }
-        return (try? write(bytes, to: fd)) != nil
+    /// Why a folder is no place for a file that others must not replace or redirect, or `nil` when it is one:
+    /// it must belong to this user or to root and be writable by nobody else, unless it is sticky (as /tmp is:
+    /// there nobody may rename or delete another user's file).
+    package static func unsafeFolderReason(_ folder: String) -> String? {
+        guard let info = status(folder) else { return "it does not exist" }
+        let sticky = info.st_mode & S_ISVTX != 0
+        if sticky { return nil }
+        let owner = info.st_uid
+        if owner != geteuid() && owner != 0 { return "it belongs to uid \(owner), who could replace the file" }
+        if info.st_mode & (S_IWGRP | S_IWOTH) != 0 { return "other users may write into it and it is not sticky" }
+        return nil
+    }
+
+    /// Replaces `path` with `bytes`, whole or not at all, and never through a symbolic link: the bytes go to a
+    /// new file with a random name in the same folder (O_CREAT|O_EXCL|O_NOFOLLOW, `mode`), which is then renamed
+    /// over `path` (rename replaces a link itself, never what it points to). Refuses a folder that
+    /// ``unsafeFolderReason(_:)`` does not accept. The corresponding C functions are `open`, `write`, `rename`.
+    package static func replace(_ path: String, with bytes: [UInt8], mode: mode_t = 0o644) throws(SystemError) {
+        let folder = parent(of: path)
+        if let reason = unsafeFolderReason(folder) { throw SystemError("refusing to write in \(folder): \(reason)", .permissionDenied) }
+        var temporary = ""
+        var descriptor: Int32 = -1
+        for _ in 0..<8 {
+            temporary = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            do {
+                descriptor = try systemCall("open \(temporary)") { open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode) }
+                break
+            } catch where error.errno == .fileExists {
+                continue
+            }
+        }
+        guard descriptor >= 0 else { throw SystemError("open \(path).tmp-…", .fileExists) }
+        defer { close(descriptor) }
+        do {
+            try write(bytes, to: descriptor)
+            _ = try systemCall("rename \(temporary) \(path)") { rename(temporary, path) }
+        } catch {
+            unlink(temporary)
+            throw error
+        }
     }
 
     package static func isRegularFile(_ path: String) -> Bool {

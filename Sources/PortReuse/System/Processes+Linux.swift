@@ -44,6 +44,30 @@ package enum Processes {
     /// Whether any process of group `group` still exists (EPERM: it exists, as another user's).
     package static func groupExists(_ group: pid_t) -> Bool { exists(-group) }
 
+    /// What /proc/PID/stat says of a process: its state, parent, process group and start time.
+    package struct Stat: Sendable, Equatable {
+        /// `R` running, `S` sleeping, `T` stopped, `t` traced, `Z` zombie, …
+        package var state: Character
+        package var parent: pid_t
+        package var processGroup: pid_t
+        /// When it started, in clock ticks since boot: with the pid, it names one process for good.
+        package var startTime: UInt64
+    }
+
+    /// The process's /proc/PID/stat, or `nil` when it is gone (or unreadable).
+    package static func stat(of pid: pid_t) -> Stat? {
+        guard pid > 0, let text = Files.read("/proc/\(pid)/stat", limit: 4096), let close = text.lastIndex(of: UInt8(ascii: ")")) else {
+            return nil
+        }
+        // After "pid (comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+        // cutime cstime priority nice threads itrealvalue starttime (fields 3 to 22).
+        let fields = text[(close + 1)...].split(separator: UInt8(ascii: " "))
+        guard fields.count > 19, let state = fields[0].first, let parent = pid_t(String(decoding: fields[1], as: UTF8.self)),
+            let group = pid_t(String(decoding: fields[2], as: UTF8.self)), let start = UInt64(String(decoding: fields[19], as: UTF8.self))
+        else { return nil }
+        return Stat(state: Character(Unicode.Scalar(state)), parent: parent, processGroup: group, startTime: start)
+    }
+
     /// Makes this process the reaper of its orphaned descendants. The corresponding C call is
     /// `prctl(PR_SET_CHILD_SUBREAPER, 1)`.
     package static func becomeSubreaper() throws(SystemError) {

@@ -55,12 +55,8 @@ package enum GenerationProbe {
     /// The processes of a process group (a generation: its leader and every worker it forked).
     package static func processes(inGroup group: pid_t) -> [pid_t] {
         Files.list("/proc").compactMap { entry -> pid_t? in
-            guard let pid = pid_t(entry), let stat = Files.read("/proc/\(entry)/stat", limit: 512) else { return nil }
-            // pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so count from the last ')'.
-            guard let close = stat.lastIndex(of: UInt8(ascii: ")")) else { return nil }
-            let fields = stat[(close + 1)...].split(separator: UInt8(ascii: " "))
-            guard fields.count > 2, let pgrp = pid_t(String(decoding: fields[2], as: UTF8.self)) else { return nil }
-            return pgrp == group ? pid : nil
+            guard let pid = pid_t(entry), Processes.stat(of: pid)?.processGroup == group else { return nil }
+            return pid
         }
     }
 

@@ -5,7 +5,7 @@ import PortReuse
 extension Supervisor {
     package var status: UpStatus {
         UpStatus(
-            pid: getpid(), command: configuration.command, startedAt: startedWall,
+            pid: getpid(), processStartTime: ownStartTime, command: configuration.command, startedAt: startedWall,
             sockets: sockets.map { UpStatus.Socket(name: $0.name, address: $0.address.description, transport: $0.transport.rawValue) },
             generations: generations.map(\.record), state: state, reloadQueued: reloadQueued, reloads: history,
             upgrades: upgrades, upgradeFailures: upgradeFailures, nextGeneration: nextNumber, writtenAt: Processes.wallClockSeconds)
@@ -14,6 +14,13 @@ extension Supervisor {
     func writeStatus() {
         statusChanged = false
         guard let path = configuration.statusPath else { return }
-        status.write(to: path)
+        do {
+            try status.write(to: path)
+        } catch {
+            if !statusWriteFailed { logger.error("cannot write the status file \(path): \(error)") }
+            statusWriteFailed = true
+            return
+        }
+        statusWriteFailed = false
     }
 }

@@ -15,14 +15,27 @@ extension Supervisor {
             statusChanged = true
             return
         }
+        // Signal handlers reset to their defaults at execve: a SIGHUP or SIGTERM in that window would kill up and
+        // orphan the program. So the signals are blocked from here on (the new up unblocks them once its handlers
+        // are in place), and those already in the signal pipe, which does not survive exec, are raised again:
+        // blocked, they stay pending across execve and reach the new up's handlers.
+        Signals.setBlocked(SignalPipe.handled, true)
+        for signal in Set(signals.take()) where signal != SIGCHLD && signal != SIGUSR2 { raise(signal) }
         do throws(CommandFailure) {
+            let state = handover(upgrades: upgrades + 1)
+            let path = try state.write()
+            if let refusal = UpgradeHandover.preflight(binary: binary, path: path) {
+                unlink(path)
+                throw CommandFailure("\(binary) cannot take over: \(refusal)")
+            }
             logger.info("upgrading to \(version) with \(generations.count) generation(s) and \(sockets.count) socket(s) kept")
-            try handover(upgrades: upgrades + 1).execute(binary: binary, arguments: configuration.arguments)
+            try state.execute(binary: binary, arguments: configuration.arguments, path: path)
         } catch {
             logger.error("upgrade failed: \(error.message); this process keeps running")
             upgradeFailures += 1
             statusChanged = true
         }
+        Signals.setBlocked(SignalPipe.handled, false)  // what arrived meanwhile reaches the handlers now
     }
 
     /// Everything the next `up` of this process needs to carry on exactly where this one is.

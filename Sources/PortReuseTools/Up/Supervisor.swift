@@ -83,6 +83,10 @@ package final class Supervisor {
     /// Whether something the status file shows changed since it was last written.
     var statusChanged = true
     let canLook = GenerationProbe.canLook
+    /// This process's start time (/proc/self/stat), written into the status file for ``UpIdentity``.
+    let ownStartTime = Processes.stat(of: getpid())?.startTime
+    /// Whether the last status write failed (said once in the log, not at every change).
+    var statusWriteFailed = false
     /// Whether orphans of the generations come to this process (set by `run`).
     private var isSubreaper = false
 
@@ -115,7 +119,10 @@ package final class Supervisor {
         var descriptors = [pollfd(fd: signals.readEnd, events: Int16(POLLIN), revents: 0)]
         descriptors += generations.compactMap { $0.notify.map { pollfd(fd: $0.descriptor, events: Int16(POLLIN), revents: 0) } }
         _ = poll(&descriptors, nfds_t(descriptors.count), pollTimeout())
-        for signal in signals.take() { handle(signal: signal) }
+        // An upgrade replaces this program: every other signal of the batch is handled first.
+        let batch = signals.take()
+        for signal in batch where signal != SIGUSR2 { handle(signal: signal) }
+        if batch.contains(SIGUSR2) { handle(signal: SIGUSR2) }
         reap()
         for generation in generations { if let notify = generation.notify { handle(messages: notify.take(), from: generation) } }
         tick()

@@ -31,17 +31,23 @@ package struct UpClient {
         }
         let statusPath = UpStatus.path(forPIDFile: pidFile)
         guard let before = UpStatus.read(from: statusPath) else { throw CommandFailure("cannot read \(statusPath), which the running up writes") }
+        guard before.pid == pid else {
+            throw CommandFailure("\(pidFile) names pid \(pid) but \(statusPath) was written by pid \(before.pid): not signalled")
+        }
         switch request {
         case .statusJSON: print(String(decoding: Files.read(statusPath, limit: 1 << 22) ?? [], as: UTF8.self), terminator: "")
         case .status: print(Self.describe(before))
-        case .reload: try reload(pid: pid, before: before, statusPath: statusPath)
-        case .upgrade: try upgrade(pid: pid, before: before, statusPath: statusPath)
+        case .reload, .upgrade:
+            let up = try UpIdentity.prove(pid, startTime: before.processStartTime, pidFile: pidFile)
+            defer { up.close() }
+            if request == .reload { try reload(up, before: before, statusPath: statusPath) } else { try upgrade(up, before: before, statusPath: statusPath) }
         }
     }
 
-    private func reload(pid: pid_t, before: UpStatus, statusPath: String) throws(CommandFailure) {
+    private func reload(_ up: UpIdentity, before: UpStatus, statusPath: String) throws(CommandFailure) {
+        let pid = up.pid
         guard !before.stopping else { throw CommandFailure("portreuse up (pid \(pid)) is stopping: it takes no reload") }
-        guard kill(pid, SIGHUP) == 0 else { throw CommandFailure("cannot signal pid \(pid): \(Files.errorText())") }
+        try up.signal(SIGHUP)
         let outcome = try wait(statusPath, pid: pid) { $0.outcome(ofReloadAskedAt: before) }
         let generation = "generation \(outcome.generation)"
         switch outcome.result {
@@ -52,8 +58,9 @@ package struct UpClient {
         }
     }
 
-    private func upgrade(pid: pid_t, before: UpStatus, statusPath: String) throws(CommandFailure) {
-        guard kill(pid, SIGUSR2) == 0 else { throw CommandFailure("cannot signal pid \(pid): \(Files.errorText())") }
+    private func upgrade(_ up: UpIdentity, before: UpStatus, statusPath: String) throws(CommandFailure) {
+        let pid = up.pid
+        try up.signal(SIGUSR2)
         let after: UpStatus = try wait(statusPath, pid: pid) { status in
             status.upgrades > before.upgrades || status.upgradeFailures > before.upgradeFailures ? status : nil
         }

@@ -51,7 +51,12 @@ package struct UpOptions {
             runtimeFolder = try Self.makeRuntimeFolder()
         }
         if let pidFile, inherited == nil {
-            try Self.claim(pidFile: pidFile)
+            do {
+                try Self.claim(pidFile: pidFile)
+            } catch {
+                rmdir(runtimeFolder)
+                throw error
+            }
         }
         let signals = try SignalPipe()
         let supervisor = Supervisor(
@@ -130,13 +135,21 @@ package struct UpOptions {
         return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// Writes our pid; refuses when another live `up` holds the file.
+    /// Writes our pid (never through a symbolic link, never in a folder others may write); refuses when the
+    /// file names another running `up` of this user, and replaces a stale one.
     private static func claim(pidFile: String) throws(CommandFailure) {
-        if let other = UpClient.readPID(pidFile), other != getpid(), Processes.exists(other) {
-            throw CommandFailure("\(pidFile) names pid \(other), which is running: another portreuse up uses this pid file")
+        if let other = UpClient.readPID(pidFile), other != getpid() {
+            let startTime = UpStatus.read(from: UpStatus.path(forPIDFile: pidFile)).flatMap { $0.pid == other ? $0.processStartTime : nil }
+            if let stale = UpIdentity.reasonNotUp(other, startTime: startTime) {
+                printError("portreuse up: replacing the stale pid file \(pidFile) (pid \(other) \(stale))")
+            } else {
+                throw CommandFailure("\(pidFile) names pid \(other), a running portreuse up: another up uses this pid file")
+            }
         }
-        guard Files.write(Array("\(getpid())\n".utf8), toFile: pidFile) else {
-            throw CommandFailure("cannot write the pid file \(pidFile): \(Files.errorText())")
+        do {
+            try Files.replace(pidFile, with: Array("\(getpid())\n".utf8))
+        } catch {
+            throw CommandFailure("cannot write the pid file \(pidFile): \(error); choose a folder of your own, as in --pid-file /run/app/app.pid")
         }
     }
 

@@ -13,6 +13,9 @@ package struct UpStatus: Codable {
 
     package var schema = "portreuse.up/1"
     package var pid: pid_t
+    /// `up`'s start time in clock ticks since boot (/proc/PID/stat): with the pid, it proves which process
+    /// wrote this file before a client signals it (``UpIdentity``).
+    package var processStartTime: UInt64?
     package var command: [String]
     package var startedAt: Double
     package var sockets: [Socket]
@@ -29,11 +32,12 @@ package struct UpStatus: Codable {
     package var writtenAt: Double
 
     package init(
-        pid: pid_t, command: [String], startedAt: Double, sockets: [Socket], generations: [GenerationRecord], state: SupervisorState,
+        pid: pid_t, processStartTime: UInt64?, command: [String], startedAt: Double, sockets: [Socket], generations: [GenerationRecord], state: SupervisorState,
         reloadQueued: Bool, reloads: [ReloadRecord], upgrades: Int, upgradeFailures: Int, nextGeneration: Int, writtenAt: Double
     ) {
         self.nextGeneration = nextGeneration
         self.pid = pid
+        self.processStartTime = processStartTime
         self.command = command
         self.startedAt = startedAt
         self.sockets = sockets
@@ -57,12 +61,12 @@ package struct UpStatus: Codable {
 
     package static func path(forPIDFile pidFile: String) -> String { pidFile + ".status" }
 
-    /// Writes the file whole or not at all (a temporary file renamed over it).
-    package func write(to path: String) {
+    /// Writes the file whole or not at all, never through a symbolic link (``Files/replace(_:with:mode:)``).
+    package func write(to path: String) throws(SystemError) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        guard let data = try? encoder.encode(self), Files.write(Array(data) + [10], toFile: path + ".new") else { return }
-        rename(path + ".new", path)
+        guard let data = try? encoder.encode(self) else { return }
+        try Files.replace(path, with: Array(data) + [10])
     }
 
     package static func read(from path: String) -> UpStatus? {

@@ -40,13 +40,37 @@ package struct UpgradeHandover: Codable {
         return line.isEmpty ? nil : "portreuse \(line)"
     }
 
-    /// Writes the state, lets the descriptors live through exec, and becomes `binary`. Returns only by
-    /// throwing, with every descriptor close-on-exec again.
-    package func execute(binary: String, arguments: [String]) throws(CommandFailure) {
+    /// Writes the state into the runtime folder (0600) and returns its path.
+    package func write() throws(CommandFailure) -> String {
         let path = runtimeFolder + "/state.json"
-        guard let data = try? JSONEncoder().encode(self), Files.write(Array(data), toFile: path) else {
-            throw CommandFailure("cannot write \(path)")
+        guard let data = try? JSONEncoder().encode(self) else { throw CommandFailure("cannot encode the state for the upgrade") }
+        do { try Files.replace(path, with: Array(data), mode: 0o600) } catch { throw CommandFailure("cannot write \(path): \(error)") }
+        return path
+    }
+
+    /// Runs `binary up check-handover PATH` (at most 5 s) in a process of its own: the new binary must read this
+    /// very state before this process becomes it, so that a binary that answers `--version` but cannot run
+    /// `up` is refused while the running `up` can still carry on. `nil` when it passes, else what it said.
+    package static func preflight(binary: String, path: String) -> String? {
+        var spawn = ProcessSpawn([binary, "up", "check-handover", path])
+        spawn.standardOutput = .null
+        guard let finished = try? spawn.run(timeout: 5) else { return "it could not be started" }
+        if finished.status.isSuccess { return nil }
+        let said = String(decoding: finished.standardError.prefix(500), as: UTF8.self).split(separator: "\n").first.map(String.init)
+        return "`up check-handover` \(finished.timedOut ? "did not finish within 5 s" : "ended with \(finished.status)")" + (said.map { ": \($0)" } ?? "")
+    }
+
+    /// Reads a state file without consuming it: what `up check-handover` does for the `up` that upgrades.
+    package static func read(from path: String) throws(CommandFailure) -> UpgradeHandover {
+        guard let bytes = Files.read(path, limit: 1 << 22), let state = try? JSONDecoder().decode(UpgradeHandover.self, from: Data(bytes)) else {
+            throw CommandFailure("\(path): not a state of portreuse up that this binary can read")
         }
+        return state
+    }
+
+    /// Lets the descriptors live through exec and becomes `binary`, which finds the state at `path`. Returns
+    /// only by throwing, with every descriptor close-on-exec again.
+    package func execute(binary: String, arguments: [String], path: String) throws(CommandFailure) {
         let kept = sockets.map(\.descriptor) + generations.compactMap(\.notifyDescriptor)
         for descriptor in kept { _ = fcntl(descriptor, F_SETFD, 0) }
         setenv(Self.variable, path, 1)
@@ -64,10 +88,11 @@ package struct UpgradeHandover: Codable {
     package static func inherited() throws(CommandFailure) -> UpgradeHandover? {
         guard let path = getenv(variable).map({ String(cString: $0) }) else { return nil }
         unsetenv(variable)
-        defer { unlink(path) }
-        guard let bytes = Files.read(path, limit: 1 << 22), let state = try? JSONDecoder().decode(UpgradeHandover.self, from: Data(bytes)) else {
-            throw CommandFailure("\(variable)=\(path): cannot read the state of the previous portreuse up")
+        // Deleted only once read: a path that names something else (a mistake, or someone's file) is left alone.
+        guard let state = try? read(from: path) else {
+            throw CommandFailure("\(variable)=\(path): cannot read the state of the previous portreuse up (the file is left as it is)")
         }
+        unlink(path)
         return state
     }
 }

@@ -59,7 +59,7 @@ struct Up: ParsableCommand {
             The flags --reload, --status and --upgrade of earlier releases still work (hidden) and will go \
             in the next release: use the subcommands.
             """,
-        subcommands: [UpServe.self, UpReload.self, UpStatusCommand.self, UpUpgrade.self],
+        subcommands: [UpServe.self, UpReload.self, UpStatusCommand.self, UpUpgrade.self, UpCheckHandover.self],
         defaultSubcommand: UpServe.self
     )
 }
@@ -126,6 +126,22 @@ struct UpUpgrade: ParsableCommand {
 
     func run() throws {
         try CommandFailure.reporting { try UpClient(pidFile: target.pidFile, timeout: 60).run(.upgrade) }
+    }
+}
+
+/// `portreuse up check-handover PATH` (hidden): what a running `up` asks of a new binary before it becomes it.
+struct UpCheckHandover: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-handover", abstract: "Read the state an upgrading up hands over (used by up itself).", shouldDisplay: false)
+
+    @Argument(help: ArgumentHelp("The state file.", valueName: "path"))
+    var path: String
+
+    func run() throws {
+        try CommandFailure.reporting {
+            let state = try UpgradeHandover.read(from: path)
+            print("ok: \(state.generations.count) generation(s), \(state.sockets.count) socket(s)")
+        }
     }
 }
 
