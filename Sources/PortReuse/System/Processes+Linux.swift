@@ -68,6 +68,24 @@ package enum Processes {
         return Stat(state: Character(Unicode.Scalar(state)), parent: parent, processGroup: group, startTime: start)
     }
 
+    /// The soft and hard limits on this process's descriptors (RLIMIT_NOFILE). The corresponding C call is
+    /// `getrlimit`.
+    package static func descriptorLimits() -> (soft: UInt64, hard: UInt64) {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return (1024, 1024) }
+        return (UInt64(limit.rlim_cur), UInt64(limit.rlim_max))
+    }
+
+    /// Raises the soft descriptor limit to `wanted` (at most the hard limit); returns the soft limit then in
+    /// force. The corresponding C call is `setrlimit`.
+    @discardableResult
+    package static func raiseDescriptorLimit(to wanted: UInt64) -> UInt64 {
+        let (soft, hard) = descriptorLimits()
+        guard soft < wanted else { return soft }
+        var limit = rlimit(rlim_cur: rlim_t(min(wanted, hard)), rlim_max: rlim_t(hard))
+        return setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 ? UInt64(limit.rlim_cur) : soft
+    }
+
     /// Makes this process the reaper of its orphaned descendants. The corresponding C call is
     /// `prctl(PR_SET_CHILD_SUBREAPER, 1)`.
     package static func becomeSubreaper() throws(SystemError) {

@@ -8,16 +8,42 @@ package struct HeldSocket {
     package let name: String
     package let transport: Transport
     package let address: SocketAddress
-    /// The kernel's inode number of the socket (what /proc/PID/fd links name).
-    package let inode: UInt64
+    /// The kernel's inode number of the socket (what /proc/PID/fd links name); a new one when `up` had to open
+    /// the socket again.
+    package var inode: UInt64
+    /// The accept queue length `up` listens with, restored before each generation starts (a generation's own
+    /// `listen(fd, 1)` would otherwise stay for all later ones); `nil` for a socket whose length `up` did not
+    /// choose (handed over by systemd).
+    package var backlog: Int32?
 
-    /// Takes `descriptor` over: a duplicate at 100 or above replaces it, so that posix_spawn's dup2 to 3, 4, …
-    /// never lands on one of our own.
-    package static func hold(_ descriptor: Int32, name: String) throws(CommandFailure) -> HeldSocket {
-        let moved = fcntl(descriptor, F_DUPFD_CLOEXEC, 100)
-        guard moved >= 0 else { throw CommandFailure("cannot duplicate socket descriptor \(descriptor): \(Files.errorText())") }
+    /// Where `up` keeps its sockets: from descriptor 100 up where the limit on descriptors allows (the soft limit
+    /// is raised toward the hard one if needed), else just above 3 + `count`, so that posix_spawn's dup2 to
+    /// 3, 4, … never lands on one of its own. Throws (exit 3) when even that does not fit.
+    package static func firstDescriptor(holding count: Int) throws(CommandFailure) -> Int32 {
+        let spare = 32  // for notify sockets, pipes and the probe's connections
+        let wanted = UInt64(100 + count + spare)
+        let soft = Processes.raiseDescriptorLimit(to: wanted)
+        if soft >= wanted { return 100 }
+        let lowest = UInt64(3 + count)
+        guard lowest + UInt64(count + spare) <= soft else {
+            let hard = Processes.descriptorLimits().hard
+            throw CommandFailure(
+                "the limit on open descriptors (ulimit -n: \(soft), hard limit \(hard)) is too low to hold \(count) socket(s) and hand them over: "
+                    + "raise it to \(lowest + UInt64(count + spare)) or more (ulimit -n \(wanted))", exitCode: 3)
+        }
+        return Int32(lowest)
+    }
+
+    /// Takes `descriptor` over: a close-on-exec duplicate at `floor` or above replaces it.
+    package static func hold(_ descriptor: Int32, name: String, floor: Int32, backlog: Int32?) throws(CommandFailure) -> HeldSocket {
+        let moved = fcntl(descriptor, F_DUPFD_CLOEXEC, floor)
+        guard moved >= 0 else {
+            throw CommandFailure("cannot keep socket descriptor \(descriptor) at \(floor) or above: \(Files.errorText()) (see ulimit -n)", exitCode: 3)
+        }
         close(descriptor)
-        return try describe(moved, name: name)
+        var held = try describe(moved, name: name)
+        held.backlog = held.transport == .tcp ? backlog : nil
+        return held
     }
 
     /// A descriptor that is already ours (after an upgrade in place).
@@ -26,7 +52,35 @@ package struct HeldSocket {
         guard let transport = found.transport, let address = found.localAddress, transport == .udp || found.isListening else {
             throw CommandFailure("descriptor \(descriptor) (\(name)) is not a listening TCP socket nor a bound UDP socket")
         }
-        return HeldSocket(descriptor: descriptor, name: name, transport: transport, address: address, inode: GenerationProbe.inode(of: descriptor))
+        return HeldSocket(
+            descriptor: descriptor, name: name, transport: transport, address: address, inode: GenerationProbe.inode(of: descriptor), backlog: nil)
+    }
+
+    /// Makes the socket fit for the next generation: a TCP socket that stopped listening (a generation called
+    /// `shutdown` on it, which no `listen` revives) is opened again at its address and put under the same
+    /// descriptor number; a listening one gets `up`'s accept queue length back. Returns what it did, in words,
+    /// or `nil` when nothing was needed.
+    package mutating func refresh() -> String? {
+        guard transport == .tcp else { return nil }
+        let current = ActivatedSocket(describing: descriptor, name: name)
+        if current.isListening {
+            if let backlog { _ = Sys.listen(descriptor, backlog) }
+            return nil
+        }
+        do {
+            let borrowed = SocketHandle(adopting: descriptor)
+            let dualStack = address.family == .ipv6 && ((try? borrowed.isDualStack()) ?? false)
+            _ = borrowed.takeDescriptor()  // still ours: only read
+            let fresh = try Listener(address: address, policy: .restartable, backlog: backlog, dualStack: dualStack)
+            guard let new = fresh.takeDescriptor() else { return "\(name) \(address) stopped listening, and no new socket could be made" }
+            defer { close(new) }
+            guard dup2(new, descriptor) >= 0 else { return "\(name) \(address) stopped listening; cannot put a new socket in its place: \(Files.errorText())" }
+            _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+            inode = GenerationProbe.inode(of: descriptor)
+            return "\(name) \(address) stopped listening (a generation shut it down): opened it again for the next generation"
+        } catch {
+            return "\(name) \(address) stopped listening, and opening it again failed: \(error)"
+        }
     }
 }
 

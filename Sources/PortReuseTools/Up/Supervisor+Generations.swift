@@ -7,6 +7,9 @@ extension Supervisor {
         let number = nextNumber
         nextNumber += 1
         let now = Processes.monotonicNanoseconds
+        for index in sockets.indices {
+            if let repaired = sockets[index].refresh() { logger.warning("\(repaired)") }
+        }
         do throws(CommandFailure) {
             let notify = try NotifyReceiver(path: "\(runtimeFolder)/notify-\(number).sock")
             let pid = try Spawner.spawn(

@@ -43,7 +43,7 @@ extension Supervisor {
         var records = generations.map(\.record)
         for index in records.indices { records[index].notifyDescriptor = generations[index].notify?.descriptor }
         return UpgradeHandover(
-            sockets: sockets.map { .init(descriptor: $0.descriptor, name: $0.name) }, generations: records, state: state,
+            sockets: sockets.map { .init(descriptor: $0.descriptor, name: $0.name, backlog: $0.backlog) }, generations: records, state: state,
             nextNumber: nextNumber, reloadQueued: reloadQueued, failures: failures, history: history,
             upgrades: upgrades, upgradeFailures: upgradeFailures, startedWall: startedWall, runtimeFolder: runtimeFolder)
     }

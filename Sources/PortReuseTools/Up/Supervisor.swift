@@ -66,7 +66,7 @@ package final class Supervisor {
     }
 
     package let configuration: Configuration
-    package let sockets: [HeldSocket]
+    package internal(set) var sockets: [HeldSocket]
     package let runtimeFolder: String
     package var logger = Logger(label: "portreuse.up") { _ in UpLogHandler() }
     let signals: SignalPipe

@@ -44,7 +44,11 @@ package struct UpOptions {
         let sockets: [HeldSocket]
         let runtimeFolder: String
         if let inherited {
-            sockets = try inherited.sockets.map { (socket) throws(CommandFailure) in try HeldSocket.describe(socket.descriptor, name: socket.name) }
+            sockets = try inherited.sockets.map { (socket) throws(CommandFailure) in
+                var held = try HeldSocket.describe(socket.descriptor, name: socket.name)
+                held.backlog = socket.backlog
+                return held
+            }
             runtimeFolder = inherited.runtimeFolder
         } else {
             sockets = reuseport ? [] : try openSockets()
@@ -86,17 +90,18 @@ package struct UpOptions {
         let inherited: [ActivatedSocket]
         do { inherited = try SocketActivation.sockets() } catch { throw CommandFailure("\(error)", exitCode: 3) }
         var unused = inherited.filter { $0.transport != nil }
+        let floor = try HeldSocket.firstDescriptor(holding: listen.count + unused.count)
         if listen.isEmpty {
             guard !unused.isEmpty else {
                 throw CommandFailure("give at least one --listen address (as in --listen 127.0.0.1:8080), or start up with sockets from systemd", exitCode: 64)
             }
-            return try unused.map { (socket) throws(CommandFailure) in try HeldSocket.hold(socket.descriptor, name: socket.name) }
+            return try unused.map { (socket) throws(CommandFailure) in try HeldSocket.hold(socket.descriptor, name: socket.name, floor: floor, backlog: nil) }
         }
         var held: [HeldSocket] = []
         for spec in listen {
             if let index = unused.firstIndex(where: { Self.matches(spec, $0) }) {
                 let socket = unused.remove(at: index)
-                held.append(try HeldSocket.hold(socket.descriptor, name: spec.name == ListenSpec.defaultName ? socket.name : spec.name))
+                held.append(try HeldSocket.hold(socket.descriptor, name: spec.name == ListenSpec.defaultName ? socket.name : spec.name, floor: floor, backlog: nil))
                 continue
             }
             do {
@@ -105,7 +110,7 @@ package struct UpOptions {
                 case .tcp: descriptor = try Listener(spec.address, policy: .restartable).takeDescriptor()
                 case .udp: descriptor = try DatagramSocket(spec.address, policy: .restartable).takeDescriptor()
                 }
-                held.append(try HeldSocket.hold(descriptor!, name: spec.name))
+                held.append(try HeldSocket.hold(descriptor!, name: spec.name, floor: floor, backlog: Sys.defaultBacklog))
             } catch let failure as CommandFailure {
                 throw failure
             } catch {
@@ -113,7 +118,7 @@ package struct UpOptions {
             }
         }
         for socket in unused {
-            held.append(try HeldSocket.hold(socket.descriptor, name: socket.name))  // systemd's extra sockets go on too
+            held.append(try HeldSocket.hold(socket.descriptor, name: socket.name, floor: floor, backlog: nil))  // systemd's extra sockets go on too
         }
         return held
     }

@@ -12,6 +12,7 @@ package struct UpgradeHandover: Codable {
     package struct Socket: Codable {
         package var descriptor: Int32
         package var name: String
+        package var backlog: Int32?
     }
 
     package var sockets: [Socket]

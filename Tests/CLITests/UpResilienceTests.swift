@@ -1,0 +1,91 @@
+import Foundation
+import Glibc
+import PortReuse
+import TestSupport
+import Testing
+
+/// What a generation can do to the sockets it shares with the generations after it, and the limits `up`
+/// itself runs under.
+@Suite("up: resilience of the held sockets")
+struct UpResilienceTests {
+    /// A server on fd 3 whose first generation (no marker file yet) does `mode` to the shared socket: `backlog`
+    /// calls listen(3, 1), `shutdown` calls shutdown(SHUT_RD). Every generation says READY=1 and answers
+    /// "gen PID" until SIGTERM; it ends by itself after 60 s.
+    static let server = """
+        import os, signal, socket, sys, time
+        mode, marker = sys.argv[1], sys.argv[2]
+        first = not os.path.exists(marker)
+        open(marker, "a").close()
+        s = socket.socket(fileno=3)
+        if first and mode == "backlog": s.listen(1)
+        if first and mode == "shutdown": s.shutdown(socket.SHUT_RD)
+        signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+        n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+        s.settimeout(0.2)
+        end = time.time() + 60
+        while time.time() < end:
+            try: c, _ = s.accept()
+            except OSError: continue
+            c.settimeout(5); c.recv(4096); c.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\ngen %d\\n" % os.getpid()); c.close()
+        """
+
+    static func up(_ mode: String, extra: [String] = [], launcher: [String] = []) throws -> (UpProcess, TemporaryFolder) {
+        let folder = try TemporaryFolder()
+        let script = try folder.write("server.py", server)
+        let up = try UpProcess(
+            ["--listen", "127.0.0.1:0", "--ready", "notify"] + extra + ["--", systemPython, script, mode, folder.path + "/marker"],
+            folder: folder, launcher: launcher)
+        return (up, folder)
+    }
+
+    /// The accept queue length of the listener on `port`, as `ss` shows it (Send-Q of a LISTEN row).
+    static func backlog(port: UInt16) throws -> Int? {
+        let shown = try capture(["/usr/bin/ss", "-Hltn", "sport = :\(port)"])
+        return shown.output.split(separator: "\n").first.flatMap { line in Int(line.split(separator: " ", omittingEmptySubsequences: true)[2]) }
+    }
+
+    @Test("a generation's listen(3, 1) does not stay: up restores its accept queue length before the next one starts")
+    func backlogRestored() throws {
+        let (up, _) = try Self.up("backlog")
+        let address = try up.servingAddress()
+        #expect(waitUntil(timeout: 10) { (try? Self.backlog(port: address.port)) == 1 }, "generation 1 set backlog 1")
+        up.signal(SIGHUP)
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [2] } != nil, "\(up.logText)")
+        let somaxconn = Int(String(decoding: Files.read("/proc/sys/net/core/somaxconn") ?? [], as: UTF8.self).filter(\.isNumber)) ?? 4096
+        #expect(try Self.backlog(port: address.port) == min(Int(Sys.defaultBacklog), somaxconn))
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
+    @Test("a generation that shuts the shared socket down: the next generation gets a listening socket again")
+    func shutdownRecovered() throws {
+        let (up, _) = try Self.up("shutdown")
+        let address = try up.servingAddress()
+        #expect(waitUntil(timeout: 10) { (try? httpGet(address)) == nil }, "generation 1 stopped the listener")
+        up.signal(SIGHUP)
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [2] } != nil, "\(up.logText)")
+        #expect(up.logText.contains("stopped listening (a generation shut it down): opened it again"), "\(up.logText)")
+        let answer = try httpGet(address)
+        #expect(answer.hasPrefix("gen "), "\(answer)")
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
+    @Test("up under a low descriptor limit (ulimit -n 64) holds its sockets and serves; 40 sockets fit in 128")
+    func lowDescriptorLimit() throws {
+        let (small, _) = try Self.up("plain", launcher: ["/usr/bin/prlimit", "--nofile=64:64", "--"])
+        _ = try small.servingAddress()
+        #expect(small.stop() == 0, "\(small.logText)")
+        let many = Array(repeating: ["--listen", "127.0.0.1:0"], count: 39).flatMap { $0 }
+        let (wide, _) = try Self.up("plain", extra: many, launcher: ["/usr/bin/prlimit", "--nofile=128:128", "--"])
+        let status = try #require(wide.waitForStatus { !$0.serving.isEmpty }, "\(wide.logText)")
+        #expect(status.sockets.count == 40)
+        #expect(wide.stop() == 0, "\(wide.logText)")
+    }
+
+    @Test("a descriptor limit too low for the sockets: exit 3, and the message says what to raise")
+    func descriptorLimitTooLow() throws {
+        let run = try capture(["/usr/bin/prlimit", "--nofile=16:16", "--", portreuse, "up"]
+            + Array(repeating: ["--listen", "127.0.0.1:0"], count: 3).flatMap { $0 } + ["--", "/bin/sleep", "5"], timeout: 30)
+        #expect(run.status == 3, "\(run.stderr)")
+        #expect(run.stderr.contains("is too low to hold 3 socket(s)") && run.stderr.contains("ulimit -n"), "\(run.stderr)")
+    }
+}
