@@ -89,3 +89,36 @@ struct UpResilienceTests {
         #expect(run.stderr.contains("is too low to hold 3 socket(s)") && run.stderr.contains("ulimit -n"), "\(run.stderr)")
     }
 }
+
+extension UpResilienceTests {
+    @Test("a stderr that nobody reads never stops up: 10 reloads go on with the log pipe full, and the drop is said")
+    func fullStderr() throws {
+        let folder = try TemporaryFolder()
+        let script = try folder.write("server.py", Self.server)
+        let log = try Files.pipe()
+        defer { Files.close(log.read) }
+        _ = fcntl(log.write, 1031 /* F_SETPIPE_SZ */, 4096)
+        let pidFile = folder.path + "/up.pid"
+        var spawn = ProcessSpawn([portreuse, "up", "--pid-file", pidFile, "--listen", "127.0.0.1:0", "--ready", "notify", "--grace", "2",
+            "--", systemPython, script, "plain", folder.path + "/marker"])
+        spawn.standardError = .descriptor(log.write)
+        spawn.standardOutput = .descriptor(log.write)
+        let pid = try spawn.start()
+        Files.close(log.write)
+        let up = UpProcess(pid: pid, folder: folder)
+        _ = try up.servingAddress()
+        for round in 2...11 {
+            up.signal(SIGHUP)
+            #expect(up.waitForStatus(timeout: 20) { $0.serving.map(\.number) == [round] } != nil, "reload \(round) did not complete")
+        }
+        // Now read: up's log thread writes what it kept, and says what it dropped.
+        var text = ""
+        #expect(waitUntil(timeout: 10) {
+            var buffer = [UInt8](repeating: 0, count: 65_536)
+            let count = read(log.read, &buffer, buffer.count)
+            if count > 0 { text += String(decoding: buffer[0..<count], as: UTF8.self) }
+            return text.contains("dropped while stderr was not read") || text.contains("generation 11 (pid")
+        }, "\(text.suffix(500))")
+        #expect(up.stop() == 0)
+    }
+}

@@ -29,6 +29,7 @@ extension Supervisor {
                 throw CommandFailure("\(binary) cannot take over: \(refusal)")
             }
             logger.info("upgrading to \(version) with \(generations.count) generation(s) and \(sockets.count) socket(s) kept")
+            LogWriter.standardError.flush(timeout: 1)  // the writer thread does not survive exec
             try state.execute(binary: binary, arguments: configuration.arguments, path: path)
         } catch {
             logger.error("upgrade failed: \(error.message); this process keeps running")

@@ -23,7 +23,79 @@ package struct UpLogHandler: LogHandler {
         let milliseconds = String(1000 + time.tv_nsec / 1_000_000).dropFirst()
         let level = event.level >= .warning ? " \(event.level)" : ""
         let fields = metadata.merging(event.metadata ?? [:]) { $1 }.sorted { $0.key < $1.key }.map { " \($0.key)=\($0.value)" }.joined()
-        printError(
+        LogWriter.standardError.write(
             "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(milliseconds) portreuse up[\(getpid())]\(level): \(event.message)\(fields)")
+    }
+}
+
+/// Writes `up`'s log lines to stderr on a thread of its own, so that the supervisor loop never waits for a
+/// reader: a full or stalled stderr pipe (nobody reads it, a slow journal) must not stop reloads and stops.
+/// At most ``capacity`` bytes wait; beyond that lines are dropped and counted, and the count is said once
+/// writing goes on. (stderr's O_NONBLOCK cannot be set instead: the generations share its open file description.)
+package final class LogWriter: @unchecked Sendable {
+    package static let standardError = LogWriter(descriptor: 2)
+    package static let capacity = 1 << 20
+
+    private let descriptor: Int32
+    private var lock = pthread_mutex_t()
+    private var changed = pthread_cond_t()
+    private var waiting: [UInt8] = []
+    private var dropped = 0
+    private var writing = false
+    private var started = false
+
+    private init(descriptor: Int32) {
+        self.descriptor = descriptor
+        pthread_mutex_init(&lock, nil)
+        pthread_cond_init(&changed, nil)
+    }
+
+    /// Queues one line (a newline is added); never blocks for longer than taking a lock.
+    package func write(_ line: String) {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        if !started {
+            started = true
+            _ = try? SystemThread.start(detached: true) { [self] in run() }
+        }
+        let bytes = Array((line + "\n").utf8)
+        if waiting.count + bytes.count > Self.capacity {
+            dropped += 1
+        } else {
+            waiting += bytes
+        }
+        pthread_cond_signal(&changed)
+    }
+
+    /// Waits until what is queued was written, at most `timeout` seconds (before an exit or an exec).
+    package func flush(timeout: Double) {
+        let deadline = Processes.monotonicNanoseconds + UInt64(timeout * 1e9)
+        while Processes.monotonicNanoseconds < deadline {
+            pthread_mutex_lock(&lock)
+            let done = waiting.isEmpty && !writing
+            pthread_mutex_unlock(&lock)
+            if done { return }
+            usleep(1_000)
+        }
+    }
+
+    private func run() {
+        Signals.setBlocked(SignalPipe.handled, true)  // signals go to the supervisor's thread
+        while true {
+            pthread_mutex_lock(&lock)
+            while waiting.isEmpty { pthread_cond_wait(&changed, &lock) }
+            var chunk = waiting
+            waiting = []
+            if dropped > 0 {
+                chunk += Array("portreuse up: \(dropped) log line\(dropped == 1 ? "" : "s") dropped while stderr was not read\n".utf8)
+                dropped = 0
+            }
+            writing = true
+            pthread_mutex_unlock(&lock)
+            try? Files.write(chunk, to: descriptor)  // may block: only this thread waits
+            pthread_mutex_lock(&lock)
+            writing = false
+            pthread_mutex_unlock(&lock)
+        }
     }
 }

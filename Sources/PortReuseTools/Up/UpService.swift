@@ -81,6 +81,7 @@ package struct UpOptions {
             unlink(UpStatus.path(forPIDFile: pidFile))
         }
         rmdir(runtimeFolder)
+        LogWriter.standardError.flush(timeout: 2)
         return code
     }
 
