@@ -85,8 +85,9 @@ package enum KernelRun {
         var waited = sigset_t()
         sigemptyset(&waited)
         for signal in forwardedSignals + [SIGCHLD] { sigaddset(&waited, signal) }
-        pthread_sigmask(SIG_BLOCK, &waited, nil)
-        signal(SIGPIPE, SIG_IGN)  // a closed stderr must not kill the supervisor of the program's binds
+        var previousMask = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &waited, &previousMask)
+        let previousPipe = signal(SIGPIPE, SIG_IGN)  // a closed stderr must not kill the supervisor of the program's binds
 
         let executable: String
         let ends: (Int32, Int32)
@@ -117,7 +118,12 @@ package enum KernelRun {
             if let fd = message?.descriptor { Files.close(fd) }
             if message == nil && ready <= 0 { _ = try? Processes.kill(pid, SIGKILL) }
             let status = waitForever(pid)
-            if let tag = message?.tag, tag != 0 { return .refused(Errno(rawValue: Int32(tag))) }
+            if let tag = message?.tag, tag != 0 {
+                // The shim may run next, by execve: it must not inherit a blocked mask or an ignored SIGPIPE.
+                signal(SIGPIPE, previousPipe)
+                pthread_sigmask(SIG_SETMASK, &previousMask, nil)
+                return .refused(Errno(rawValue: Int32(tag)))
+            }
             return .exited(status)  // it said why on stderr
         }
 
@@ -140,7 +146,11 @@ package enum KernelRun {
     private static func supervise(_ pid: pid_t, signals: sigset_t) -> Int32 {
         var signals = signals
         while true {
-            if let (_, status) = (try? Processes.wait(pid, noHang: true)) ?? nil { return status.shellStatus }
+            do {
+                if let (_, status) = try Processes.wait(pid, noHang: true) { return status.shellStatus }
+            } catch {
+                return 1  // not our child any more: nothing left to wait for
+            }
             var info = siginfo_t()
             var timeout = timespec(tv_sec: 1, tv_nsec: 0)
             let number = sigtimedwait(&signals, &info, &timeout)
