@@ -138,6 +138,17 @@ int csystem_seccomp_respond(int notify_fd, uint64_t id, int continue_call, int64
     return ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND, &response);
 }
 
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
+#endif
+
+int csystem_seccomp_sync_wakeup(int notify_fd) {
+    return ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
+}
+
 int csystem_seccomp_add_fd(int notify_fd, uint64_t id, int source_fd, int target_fd, int close_on_exec) {
     struct seccomp_notif_addfd request;
     memset(&request, 0, sizeof request);
@@ -230,6 +241,7 @@ int csystem_seccomp_receive(int notify_fd, csystem_notification *notification) C
 int csystem_seccomp_id_valid(int notify_fd, uint64_t id) CSYSTEM_MISSING
 int csystem_seccomp_respond(int notify_fd, uint64_t id, int continue_call, int64_t value, int error) CSYSTEM_MISSING
 int csystem_seccomp_add_fd(int notify_fd, uint64_t id, int source_fd, int target_fd, int close_on_exec) CSYSTEM_MISSING
+int csystem_seccomp_sync_wakeup(int notify_fd) CSYSTEM_MISSING
 int csystem_send_descriptor(int socket, int descriptor, unsigned char tag) CSYSTEM_MISSING
 int csystem_receive_descriptor(int socket, unsigned char *tag, int *descriptor) CSYSTEM_MISSING
 #endif

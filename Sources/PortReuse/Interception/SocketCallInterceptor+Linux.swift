@@ -63,6 +63,10 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     private let wake: (read: Int32, write: Int32)
     private let ended: (read: Int32, write: Int32)
     private let started = Atomic<Bool>(false)
+    /// pidfds of the processes that called lately, by pid (used by the serving thread only): saves a
+    /// pidfd_open and a close per call. A pidfd names one process forever, so a reused pid never reaches
+    /// another process through it: pidfd_getfd then fails (ESRCH) and the pid is opened again.
+    private var pidfds: [pid_t: Int32] = [:]
     private let answered = Atomic<Int>(0)
 
     /// Installs the filter on the calling thread (after PR_SET_NO_NEW_PRIVS): the listed calls of this
@@ -77,6 +81,8 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     package init(notificationDescriptor: Int32, rules: InterceptionRules) throws(SystemError) {
         self.notificationDescriptor = notificationDescriptor
         self.rules = rules
+        // Linux 6.6+: the notifying thread and this one hand the CPU to each other; older kernels say EINVAL.
+        _ = csystem_seccomp_sync_wakeup(notificationDescriptor)
         wake = try Files.pipe()
         do { ended = try Files.pipe() } catch {
             Files.close(wake.read)
@@ -86,7 +92,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     }
 
     deinit {
-        for fd in [notificationDescriptor, wake.read, wake.write, ended.read] { Files.close(fd) }
+        for fd in [notificationDescriptor, wake.read, wake.write, ended.read] + Array(pidfds.values) { Files.close(fd) }
         if !started.load(ordering: .acquiring) { Files.close(ended.write) }
     }
 
@@ -154,6 +160,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             if entries[1].revents != 0 { return }
             let events = Int32(entries[0].revents)
             if events & Int32(POLLIN) != 0 {
+                // The receive ioctl blocks whatever O_NONBLOCK says: poll first, so that stop() is seen.
                 var notification = csystem_notification()
                 if csystem_seccomp_receive(notificationDescriptor, &notification) == 0 {
                     answer(notification)
@@ -257,7 +264,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// we read its memory, and its pid and descriptor number been reused.
     private func target(_ notification: csystem_notification, fd: Int32, families: [AddressFamily]) -> Target {
         guard csystem_seccomp_id_valid(notificationDescriptor, notification.id) == 0 else { return .gone }
-        guard let duplicate = try? Processes.duplicate(fd, ofProcess: pid_t(bitPattern: notification.pid)) else { return .skip }
+        guard let duplicate = duplicate(fd, of: pid_t(bitPattern: notification.pid)) else { return .skip }
         let handle = SocketHandle(adopting: duplicate)
         guard let domain = try? handle.option(SOL_SOCKET, SO_DOMAIN, label: "SO_DOMAIN"),
             families.contains(where: { Sys.family($0) == domain }), let transport = try? handle.transport()
@@ -336,6 +343,34 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             try? socket.setOption(family == AF_INET ? Int32(IPPROTO_IP) : Int32(IPPROTO_IPV6), family == AF_INET ? 19 : 75, 1, label: "IP_TRANSPARENT")
         }
         return options
+    }
+
+    /// A duplicate of descriptor `fd` of process `pid`, through a cached pidfd (opened again once when the
+    /// cached one names a process that is gone).
+    private func duplicate(_ fd: Int32, of pid: pid_t) -> Int32? {
+        for attempt in 0..<2 {
+            let pidfd: Int32
+            if let cached = pidfds[pid] {
+                pidfd = cached
+            } else {
+                guard let opened = try? Processes.open(pid) else { return nil }
+                if pidfds.count >= 64, let (oldest, old) = pidfds.first {  // a bound: any entry will do
+                    Files.close(old)
+                    pidfds[oldest] = nil
+                }
+                pidfds[pid] = opened
+                pidfd = opened
+            }
+            do {
+                return try Processes.duplicate(fd, of: pidfd)
+            } catch where error.errno == .noSuchProcess && attempt == 0 {
+                Files.close(pidfd)
+                pidfds[pid] = nil
+            } catch {
+                return nil
+            }
+        }
+        return nil
     }
 
     /// 0, or the errno of bind() on the duplicate.
