@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PortReuse
+import PortReuseTools
 import TestSupport
 import Testing
 
@@ -259,5 +260,39 @@ struct InterceptTests {
         #expect(refused.status == 126)
         #expect(refused.output.isEmpty)
         #expect(refused.stderr.contains("the kernel refused the seccomp filter"), "\(refused.stderr)")
+    }
+
+    @Test("Go programs are told apart by their ELF sections (static and cgo); C programs and scripts are not Go",
+          .enabled(if: go != nil, "go is missing (apt-get install golang-go): cannot build Go programs"))
+    func goDetection() throws {
+        let programs = try goServers()
+        #expect(ExecutableFormat.goMark(programs.static) == "its .go.buildinfo section")
+        #expect(ExecutableFormat.goMark(programs.cgo) == "its .go.buildinfo section")
+        #expect(ExecutableFormat.goMark("/bin/sh") == nil)
+        #expect(ExecutableFormat.goMark(systemPython) == nil)
+        #expect(ExecutableFormat.goMark(portreuse) == nil)
+        let script = try TemporaryFolder()
+        let path = try script.write("server", "#!\(programs.static)\n", executable: true)
+        let inspection = try Program.find(path, searchPath: nil).inspect(searchPath: nil)
+        #expect(inspection.goExecutable?.path == programs.static)
+        #expect(inspection.staticExecutable != nil)
+    }
+
+    @Test("a descriptor crosses a Unix socket pair with its tag; end of file is nil")
+    func descriptorPassing() throws {
+        let (a, b) = try Files.socketPair()
+        defer { Files.close(a) }
+        let pipe = try Files.pipe()
+        defer { Files.close(pipe.read) }
+        try Files.sendDescriptor(pipe.write, tag: 7, over: b)
+        Files.close(pipe.write)
+        let received = try #require(try Files.receiveDescriptor(over: a))
+        #expect(received.tag == 7)
+        let copy = try #require(received.descriptor)
+        try Files.write(Array("hi".utf8), to: copy)
+        Files.close(copy)
+        #expect(Files.read(descriptor: pipe.read, limit: 16) == Array("hi".utf8))
+        Files.close(b)
+        #expect(try Files.receiveDescriptor(over: a) == nil)
     }
 }
