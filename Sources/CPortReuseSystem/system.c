@@ -93,7 +93,16 @@ int csystem_seccomp_listen(const int *syscalls, int count) {
     program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF);
     struct sock_fprog filter = {.len = (unsigned short)n, .filter = program};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
-    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &filter);
+    // WAIT_KILLABLE_RECV (5.19+): once the supervisor has received a call, only a fatal signal interrupts the
+    // wait. Without it a signal restarts the call after the supervisor may have bound the socket already.
+#ifndef SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+#define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
+#endif
+    int fd = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                          SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, &filter);
+    if (fd < 0 && errno == EINVAL)
+        fd = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &filter);
+    return fd;
 }
 
 int csystem_seccomp_receive(int notify_fd, csystem_notification *notification) {
@@ -132,6 +141,17 @@ int csystem_seccomp_respond(int notify_fd, uint64_t id, int continue_call, int64
     return ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND, &response);
 }
 
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
+#endif
+
+int csystem_seccomp_sync_wakeup(int notify_fd) {
+    return ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP);
+}
+
 int csystem_seccomp_add_fd(int notify_fd, uint64_t id, int source_fd, int target_fd, int close_on_exec) {
     struct seccomp_notif_addfd request;
     memset(&request, 0, sizeof request);
@@ -141,6 +161,61 @@ int csystem_seccomp_add_fd(int notify_fd, uint64_t id, int source_fd, int target
     request.newfd = (uint32_t)target_fd;
     request.newfd_flags = close_on_exec ? O_CLOEXEC : 0;
     return ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_ADDFD, &request);
+}
+
+int csystem_send_descriptor(int socket, int descriptor, unsigned char tag) {
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec part = {&tag, 1};
+    struct mmsghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_hdr.msg_iov = &part;
+    message.msg_hdr.msg_iovlen = 1;
+    message.msg_hdr.msg_control = control.space;
+    message.msg_hdr.msg_controllen = sizeof control.space;
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message.msg_hdr);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(header), &descriptor, sizeof(int));
+    int sent;
+    do sent = sendmmsg(socket, &message, 1, MSG_NOSIGNAL);
+    while (sent < 0 && errno == EINTR);
+    return sent == 1 ? 0 : -1;
+}
+
+int csystem_receive_descriptor(int socket, unsigned char *tag, int *descriptor) {
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int) * 4)];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec part = {tag, 1};
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_iov = &part;
+    message.msg_iovlen = 1;
+    message.msg_control = control.space;
+    message.msg_controllen = sizeof control.space;
+    *descriptor = -1;
+    ssize_t received;
+    do received = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
+    while (received < 0 && errno == EINTR);
+    if (received < 0) return -1;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof fd);
+            if (*descriptor < 0) *descriptor = fd;
+            else close(fd);  // one is expected: never leak the rest
+        }
+    }
+    return (int)received;
 }
 
 #else  // Not Linux: nothing here exists.
@@ -169,4 +244,7 @@ int csystem_seccomp_receive(int notify_fd, csystem_notification *notification) C
 int csystem_seccomp_id_valid(int notify_fd, uint64_t id) CSYSTEM_MISSING
 int csystem_seccomp_respond(int notify_fd, uint64_t id, int continue_call, int64_t value, int error) CSYSTEM_MISSING
 int csystem_seccomp_add_fd(int notify_fd, uint64_t id, int source_fd, int target_fd, int close_on_exec) CSYSTEM_MISSING
+int csystem_seccomp_sync_wakeup(int notify_fd) CSYSTEM_MISSING
+int csystem_send_descriptor(int socket, int descriptor, unsigned char tag) CSYSTEM_MISSING
+int csystem_receive_descriptor(int socket, unsigned char *tag, int *descriptor) CSYSTEM_MISSING
 #endif

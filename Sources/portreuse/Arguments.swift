@@ -29,3 +29,5 @@ extension NetworkInterface {
         }
     }
 }
+
+extension InterceptionMethod: ExpressibleByArgument {}

@@ -3,17 +3,18 @@ import Glibc
 import PortReuse
 import PortReuseTools
 
-/// `portreuse run`: starts an unmodified program with the LD_PRELOAD shim, which sets the sharing policy's
-/// socket options before each of its binds, can move its binds elsewhere, and can make its outgoing
-/// connections leave from a chosen source address and port.
+/// `portreuse run`: starts an unmodified program with the LD_PRELOAD shim, or under a seccomp filter whose
+/// calls portreuse answers (`--intercept`), which sets the sharing policy's socket options before each of its
+/// binds, can move its binds elsewhere, and can make its outgoing connections leave from a chosen source
+/// address and port.
 ///
-/// The program replaces portreuse (`execve`), so its stdin, stdout, stderr, signals, process id and exit
-/// status are its own by construction.
+/// With the shim the program replaces portreuse (`execve`), so its stdin, stdout, stderr, signals, process id
+/// and exit status are its own by construction. Through the kernel portreuse stays its parent (KernelRun).
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a program unchanged, with its sockets sharing their port (LD_PRELOAD shim).",
+        abstract: "Run a program unchanged, with its sockets sharing their port (LD_PRELOAD shim or seccomp).",
         usage: """
-            portreuse run [--policy <policy>] [--bind <address>] [--source <address>] [--transparent] [--verbose] [--] <command> [<argument> ...]
+            portreuse run [--policy <policy>] [--bind <address>] [--source <address>] [--intercept <method>] [--transparent] [--verbose] [--] <command> [<argument> ...]
             portreuse run --print-library
             """,
         discussion: """
@@ -36,12 +37,19 @@ struct Run: ParsableCommand {
               The shim without portreuse (bindp's variable names work):
                 LD_PRELOAD=$(portreuse run --print-library) REUSE_PORT=1 ./server
 
-            The shim cannot reach statically linked programs (Go, static musl) nor set-user-ID, set-group-ID \
-            or file-capability programs (the loader ignores LD_PRELOAD for them): portreuse run refuses them \
-            and says why; `portreuse up` hands such programs a ready socket by socket activation instead.
+            The shim cannot reach statically linked programs (static musl or Rust builds) nor Go programs, \
+            which make their system calls themselves. For those, --intercept auto (the default) goes through \
+            the kernel instead: a seccomp filter hands the program's bind() calls (and connect(), sendto(), \
+            sendmsg() with --source) to portreuse, which sets the options on the program's own socket. \
+            portreuse then stays the program's parent (it does not execve the program) until the program \
+            ends: it forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT, and exits with the program's status \
+            (128 + the signal that killed it). It needs Linux 5.9+ with seccomp allowed; where the filter is \
+            refused, portreuse says so and uses the shim when the shim can reach the program. Neither way \
+            reaches set-user-ID, set-group-ID or file-capability programs: portreuse run refuses them and \
+            says why; `portreuse up` hands such programs a ready socket by socket activation instead.
 
             Exit status: the program's. Before it starts: 127 when the command is not found, 126 when it \
-            cannot run or the shim cannot reach it, 64 for bad arguments, 1 for anything else.
+            cannot run or cannot be reached, 64 for bad arguments, 1 for anything else.
             """
     )
 
@@ -71,7 +79,13 @@ struct Run: ParsableCommand {
     @Flag(help: "Set IP_TRANSPARENT on bound sockets (bind non-local addresses, TPROXY); needs CAP_NET_ADMIN.")
     var transparent = false
 
-    @Flag(help: "Say on stderr what the shim does: one line per call it changes.")
+    @Option(help: ArgumentHelp(
+        "How to reach the program's socket calls: auto, kernel (seccomp) or preload (LD_PRELOAD).",
+        discussion: "auto: the shim for dynamically linked programs, the kernel for static and Go programs.",
+        valueName: "method"))
+    var intercept: InterceptionMethod = .auto
+
+    @Flag(help: "Say on stderr how the program is reached and what is changed: one line per call.")
     var verbose = false
 
     @Flag(help: "Print the path of the shim library and exit (for LD_PRELOAD=... without portreuse).")
@@ -109,12 +123,34 @@ struct Run: ParsableCommand {
             }
             let searchPath = getenv("PATH").map { String(cString: $0) }
             let program = try Program.find(command[0], searchPath: searchPath)
-            try program.checkShimReaches(searchPath: searchPath)
+            let inspection = try program.inspect(searchPath: searchPath)
+            var (method, reason) = intercept.resolve(for: inspection)
+            if method == .kernel, let missing = KernelRun.unsupportedReason() {
+                guard inspection.preloadReaches else { throw CommandFailure("\(program.path): \(reason), and \(missing)", exitCode: 126) }
+                printError("portreuse run: \(missing); using the LD_PRELOAD shim instead")
+                (method, reason) = (.preload, "the kernel path is not available")
+            }
+            if verbose { printError("portreuse run: \(method == .kernel ? "through the kernel (seccomp)" : "LD_PRELOAD shim"): \(reason)") }
             if transparent && !Self.hasNetAdmin() {
                 throw CommandFailure(
                     "--transparent needs CAP_NET_ADMIN, which this process lacks: run as root, or give the capability "
                         + "(for example: sudo setpriv --inh-caps +net_admin --ambient-caps +net_admin ... portreuse run ...)")
             }
+            if method == .kernel {
+                let rules = shim.interceptionRules(log: { line in printError("portreuse run: \(line)") })
+                switch try KernelRun.run(command, rules: rules, announce: { printError("portreuse run: \($0)") }) {
+                case .exited(let status):
+                    if status != 0 { throw ExitCode(status) }
+                    return
+                case .refused(let code):
+                    let why = "the kernel refused the seccomp filter (\(code))"
+                    guard inspection.preloadReaches else {
+                        throw CommandFailure("\(program.path): \(reason), and \(why): portreuse run cannot reach it", exitCode: 126)
+                    }
+                    printError("portreuse run: \(why); using the LD_PRELOAD shim instead")
+                }
+            }
+            try program.checkShimReaches(searchPath: searchPath)
             let (environment, dropped) = try shim.environment(ProcessSpawn.currentEnvironment(), library: library)
             if verbose {
                 let settings = shim.variables.map { "\($0.name)=\($0.value)" }.joined(separator: " ")

@@ -137,7 +137,7 @@ struct RunTests {
         }
     }
 
-    @Test("a statically linked program is refused with the reason and what to use instead", .enabled(if: gcc != nil, "gcc is missing: cannot build a static program"))
+    @Test("a statically linked program is refused by --intercept preload with the reason and what to use instead", .enabled(if: gcc != nil, "gcc is missing: cannot build a static program"))
     func staticProgramRefused() throws {
         let folder = try TemporaryFolder()
         let source = try folder.write("hello.c", "#include <stdio.h>\nint main(void) { puts(\"ran\"); return 0; }\n")
@@ -149,7 +149,7 @@ struct RunTests {
         let viaEnv = try folder.write("via-env", "#!/usr/bin/env static\n", executable: true)
 
         for program in [folder.path + "/static", folder.path + "/static-pie", script, viaEnv] {
-            let refused = try capture([portreuse, "run", "--", program], environment: environment(["PATH": folder.path + ":/usr/bin:/bin"]))
+            let refused = try capture([portreuse, "run", "--intercept", "preload", "--", program], environment: environment(["PATH": folder.path + ":/usr/bin:/bin"]))
             #expect(refused.status == 126, "\(program)")
             #expect(refused.output.isEmpty, "\(program) must not run")
             #expect(refused.stderr.contains("is statically linked"), "\(program): \(refused.stderr)")

@@ -93,8 +93,21 @@ int csystem_seccomp_id_valid(int notify_fd, uint64_t id);
 /// `value` (when `error` is 0) or fails with -`error`... `error` is a positive errno here.
 int csystem_seccomp_respond(int notify_fd, uint64_t id, int continue_call, int64_t value, int error);
 
+/// Asks the kernel to switch synchronously between a notifying thread and the supervisor, on one CPU
+/// (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, Linux 6.6+): each answer costs two wake-ups less. 0, or -1 and errno.
+int csystem_seccomp_sync_wakeup(int notify_fd);
+
 /// Puts `source_fd` into the notifying process under the number `target_fd` (replacing what was there),
 /// with O_CLOEXEC when `close_on_exec`. Returns the number it got there.
 int csystem_seccomp_add_fd(int notify_fd, uint64_t id, int source_fd, int target_fd, int close_on_exec);
+
+/// Sends `descriptor` and one byte `tag` over the Unix socket `socket` (SCM_RIGHTS). Uses sendmmsg, not
+/// sendmsg: the seccomp filter of `portreuse run --source` hands sendmsg to a supervisor, and the trampoline
+/// that sends its notification descriptor must not wait on the supervisor that has yet to receive it.
+int csystem_send_descriptor(int socket, int descriptor, unsigned char tag);
+
+/// Receives one byte and at most one descriptor (made close-on-exec) sent by `csystem_send_descriptor` or a
+/// plain write: returns the number of bytes (0 at end of file), with `*descriptor` -1 when none came.
+int csystem_receive_descriptor(int socket, unsigned char *tag, int *descriptor);
 
 #endif

@@ -1,4 +1,5 @@
 #if os(Linux)
+import CPortReuseSystem  // <sys/socket.h> comes through it: SOCK_DGRAM and SOCK_CLOEXEC are seen from its module
 import Glibc
 
 /// Linux's socket tables through netlink sock_diag (`NETLINK_SOCK_DIAG`, `inet_diag_req_v2`), as `ss` reads

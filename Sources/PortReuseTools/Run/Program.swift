@@ -40,29 +40,59 @@ package struct Program {
     /// (set-user-ID, set-group-ID, file capabilities), where the loader ignores LD_PRELOAD. Follows `#!`
     /// lines to their interpreter, and `#!/usr/bin/env NAME` to NAME.
     package func checkShimReaches(searchPath: String?) throws(CommandFailure) {
-        try Self.check(path, for: name, searchPath: searchPath, depth: 0)
+        if let via = try inspect(searchPath: searchPath).staticExecutable {
+            throw CommandFailure(
+                "\(via) is statically linked (its ELF header names no interpreter, such as Go binaries and static "
+                    + "musl builds), so no dynamic loader runs and LD_PRELOAD cannot load the shim into it. " + Self.instead,
+                exitCode: 126)
+        }
+    }
+
+    /// What runs when this program starts, for choosing how to reach its socket calls.
+    package struct Inspection: Sendable, Equatable {
+        /// The first statically linked executable on the way (the program, a `#!` interpreter, env's target),
+        /// as a message names it, or `nil`.
+        package var staticExecutable: String?
+        /// The first Go executable on the way and what shows it is Go, or `nil`.
+        package var goExecutable: (path: String, mark: String)?
+
+        package static func == (a: Inspection, b: Inspection) -> Bool {
+            a.staticExecutable == b.staticExecutable && a.goExecutable?.path == b.goExecutable?.path && a.goExecutable?.mark == b.goExecutable?.mark
+        }
+    }
+
+    /// Follows `#!` lines to their interpreter, and `#!/usr/bin/env NAME` to NAME, and says what it found. Throws
+    /// for what can run neither way: set-user-ID, set-group-ID or file-capability programs (LD_PRELOAD is ignored
+    /// and PR_SET_NO_NEW_PRIVS would drop the privilege), files that are not executables, missing interpreters.
+    package func inspect(searchPath: String?) throws(CommandFailure) -> Inspection {
+        var found = Inspection()
+        try Self.check(path, for: name, searchPath: searchPath, depth: 0, into: &found)
+        return found
     }
 
     private static let instead =
-        "Use `portreuse up` instead, which opens the port itself and hands it to the program by socket "
-        + "activation (LISTEN_FDS), or make the program set SO_REUSEPORT itself."
+        "Use `portreuse run --intercept kernel`, which reaches any program through seccomp, or `portreuse up`, which "
+        + "opens the port itself and hands it to the program by socket activation (LISTEN_FDS), or make the program "
+        + "set SO_REUSEPORT itself."
 
-    private static func check(_ path: String, for command: String, searchPath: String?, depth: Int) throws(CommandFailure) {
+    private static func check(_ path: String, for command: String, searchPath: String?, depth: Int, into found: inout Inspection) throws(CommandFailure) {
         let via = path == command ? path : "\(path) (run for \(command))"
         if let reason = secureExecution(path) {
             throw CommandFailure(
-                "\(via) \(reason), so the kernel starts it in secure mode and the dynamic loader ignores LD_PRELOAD: "
-                    + "the shim cannot reach it. Run it as the user it switches to, or a copy without that bit. " + instead,
+                "\(via) \(reason), so the kernel starts it in secure mode: the dynamic loader ignores LD_PRELOAD, and "
+                    + "seccomp interception (PR_SET_NO_NEW_PRIVS) would drop its privilege: portreuse run cannot reach it. "
+                    + "Run it as the user it switches to, or a copy without that bit. "
+                    + "Use `portreuse up` instead, which opens the port itself and hands it to the program by socket "
+                    + "activation (LISTEN_FDS), or make the program set SO_REUSEPORT itself.",
                 exitCode: 126)
         }
-        switch ExecutableFormat(path) {
-        case .unreadable, .dynamicELF:
+        let format = ExecutableFormat(path)
+        switch format {
+        case .unreadable:
             return  // an unreadable (execute-only) file cannot be checked: let it run
-        case .staticELF:
-            throw CommandFailure(
-                "\(via) is statically linked (its ELF header names no interpreter, such as Go binaries and static "
-                    + "musl builds), so no dynamic loader runs and LD_PRELOAD cannot load the shim into it. " + instead,
-                exitCode: 126)
+        case .dynamicELF, .staticELF:
+            if case .staticELF = format, found.staticExecutable == nil { found.staticExecutable = via }
+            if found.goExecutable == nil, let mark = ExecutableFormat.goMark(path) { found.goExecutable = (path, mark) }
         case .other:
             throw CommandFailure("\(via) is neither an ELF executable nor a script with a #! line", exitCode: 126)
         case .script(let interpreter, let argument):
@@ -70,14 +100,14 @@ package struct Program {
             guard Files.isRegularFile(interpreter) else {
                 throw CommandFailure("\(via) starts with #!\(interpreter), which does not exist", exitCode: 126)
             }
-            try check(interpreter, for: command, searchPath: searchPath, depth: depth + 1)
+            try check(interpreter, for: command, searchPath: searchPath, depth: depth + 1, into: &found)
             // #!/usr/bin/env NAME: env finds NAME through PATH and execs it, with LD_PRELOAD still set.
             if interpreter.split(separator: "/").last == "env",
                 let target = argument?.split(whereSeparator: { $0 == " " || $0 == "\t" })
                     .first(where: { !$0.hasPrefix("-") && !$0.contains("=") }),
                 let program = try? Program.find(String(target), searchPath: searchPath)
             {
-                try check(program.path, for: command, searchPath: searchPath, depth: depth + 1)
+                try check(program.path, for: command, searchPath: searchPath, depth: depth + 1, into: &found)
             }
         }
     }
@@ -167,10 +197,78 @@ package enum ExecutableFormat: Equatable {
             guard number(entry[start..<start + 4]) == 3 else { continue }  // PT_INTERP
             let offset = wide ? number(entry[start + 8..<start + 16]) : number(entry[start + 4..<start + 8])
             let size = wide ? number(entry[start + 32..<start + 40]) : number(entry[start + 16..<start + 20])
-            let name = Files.read(path, offset: offset, count: min(size, 4096), exactly: true) ?? []
+            let name = Files.read(path, offset: offset, count: max(0, min(size, 4096)), exactly: true) ?? []
             return .dynamicELF(interpreter: String(decoding: name.prefix { $0 != 0 }, as: UTF8.self))
         }
         return .staticELF
+    }
+}
+
+extension ExecutableFormat {
+    /// What shows that an ELF file was built by the Go toolchain (which makes its system calls itself, cgo or
+    /// not, so LD_PRELOAD cannot reach its sockets): a `.go.buildinfo` or `.note.go.buildid` section, or a
+    /// PT_NOTE segment holding the Go build ID note (name "Go", type 4), for a file without section headers.
+    /// `nil` for anything else. Every size read from the file is bounded.
+    package static func goMark(_ path: String) -> String? {
+        guard let head = Files.read(path, limit: 64), head.count >= 64, head.starts(with: [0x7F, 0x45, 0x4C, 0x46]),
+            head[4] == 1 || head[4] == 2, head[5] == 1 || head[5] == 2
+        else { return nil }
+        let wide = head[4] == 2
+        let little = head[5] == 1
+        func number(_ bytes: ArraySlice<UInt8>) -> Int {
+            let ordered = little ? Array(bytes.reversed()) : Array(bytes)
+            return ordered.reduce(0) { ($0 << 8) | Int($1) }
+        }
+        // Section headers, and the section-name string table.
+        let sectionTable = wide ? number(head[40..<48]) : number(head[32..<36])
+        let sectionSize = wide ? number(head[58..<60]) : number(head[46..<48])
+        let sections = wide ? number(head[60..<62]) : number(head[48..<50])
+        let namesIndex = wide ? number(head[62..<64]) : number(head[50..<52])
+        if sectionTable > 0, sectionSize >= (wide ? 64 : 40), sectionSize <= 256, sections > 0, sections <= 4096, namesIndex < sections,
+            let table = Files.read(path, offset: sectionTable, count: sectionSize * sections, exactly: true)
+        {
+            func field(_ index: Int, _ wideRange: Range<Int>, _ narrowRange: Range<Int>) -> Int {
+                let start = index * sectionSize
+                let range = wide ? wideRange : narrowRange
+                return number(table[(start + range.lowerBound)..<(start + range.upperBound)])
+            }
+            let namesOffset = field(namesIndex, 24..<32, 16..<20)
+            let namesSize = max(0, min(field(namesIndex, 32..<40, 20..<24), 1 << 20))
+            if let names = Files.read(path, offset: namesOffset, count: namesSize, exactly: true) {
+                for index in 0..<sections {
+                    let offset = field(index, 0..<4, 0..<4)
+                    guard offset < names.count else { continue }
+                    let name = String(decoding: names[offset...].prefix { $0 != 0 }.prefix(64), as: UTF8.self)
+                    if name == ".go.buildinfo" || name == ".note.go.buildid" { return "its \(name) section" }
+                }
+            }
+        }
+        // PT_NOTE segments: the Go build ID note.
+        let headerTable = wide ? number(head[32..<40]) : number(head[28..<32])
+        let entrySize = wide ? number(head[54..<56]) : number(head[42..<44])
+        let entries = wide ? number(head[56..<58]) : number(head[44..<46])
+        guard entrySize >= (wide ? 56 : 32), entrySize <= 256, entries <= 4096,
+            let table = Files.read(path, offset: headerTable, count: entrySize * entries, exactly: true)
+        else { return nil }
+        for index in 0..<entries {
+            let start = index * entrySize
+            guard number(table[start..<start + 4]) == 4 else { continue }  // PT_NOTE
+            let offset = wide ? number(table[start + 8..<start + 16]) : number(table[start + 4..<start + 8])
+            let size = max(0, min(wide ? number(table[start + 32..<start + 40]) : number(table[start + 16..<start + 20]), 1 << 16))
+            guard let notes = Files.read(path, offset: offset, count: size, exactly: true) else { continue }
+            var cursor = 0
+            while cursor + 12 <= notes.count {
+                let nameSize = number(notes[cursor..<cursor + 4]), descriptionSize = number(notes[cursor + 4..<cursor + 8])
+                let type = number(notes[cursor + 8..<cursor + 12])
+                let nameStart = cursor + 12
+                guard nameSize <= notes.count, descriptionSize <= notes.count, nameStart + nameSize <= notes.count else { break }
+                if type == 4, notes[nameStart..<nameStart + nameSize].prefix(while: { $0 != 0 }).elementsEqual("Go".utf8) {
+                    return "its Go build ID note"
+                }
+                cursor = nameStart + (nameSize + 3) / 4 * 4 + (descriptionSize + 3) / 4 * 4
+            }
+        }
+        return nil
     }
 }
 

@@ -1,0 +1,86 @@
+// What `portreuse run` costs a program's bind() through each of its paths: a socket + bind + close loop in C
+// (CBaseline), run in worker processes plain, with the program setting shared's options itself, under the
+// LD_PRELOAD shim, and through the kernel (seccomp user notification answered by portreuse), interleaved
+// round by round (the order rotates each round) so that every variant sees the same machine.
+//
+//   swift build -c release && .build/release/intercept-bench [iterations-per-round] [rounds]
+import BenchmarkSupport
+import CBaseline
+import Glibc
+import PortReuse
+
+let arguments = CommandLine.arguments
+
+// Worker: `intercept-bench --worker TYPE OPTIONS PORT ITERATIONS` prints nanoseconds per cycle.
+if arguments.count == 6, arguments[1] == "--worker" {
+    let (type, options, port, iterations) = (Int32(arguments[2])!, Int32(arguments[3])!, UInt16(arguments[4])!, Int32(arguments[5])!)
+    precondition(c_bind_cycles(port, type, options, 200) == 0, "warm-up failed")
+    let start = now()
+    let code = c_bind_cycles(port, type, options, iterations)
+    precondition(code == 0, "socket+bind+close failed: errno \(code)")
+    print(Double(now() - start) / Double(iterations))
+    exit(0)
+}
+
+let iterations = arguments.count > 1 ? Int(arguments[1]) ?? 5_000 : 5_000
+let rounds = arguments.count > 2 ? Int(arguments[2]) ?? 9 : 9
+
+let path = try Processes.currentExecutable()
+let folder = String(path[..<path.lastIndex(of: "/")!])
+let portreuse = folder + "/portreuse"
+guard access(portreuse, X_OK) == 0, access(folder + "/libCReuseShim.so", R_OK) == 0 else {
+    print("\(portreuse) or libCReuseShim.so is missing: build them first with swift build -c release")
+    exit(1)
+}
+
+struct Variant {
+    var name: String
+    /// portreuse run's arguments before `--`, or `nil` for none.
+    var run: [String]?
+    var steps: Int32 = 0
+}
+
+/// Runs the loop once in a fresh worker process; nanoseconds per cycle.
+func measure(_ variant: Variant, type: Int32, port: UInt16) -> Double {
+    let worker = [path, "--worker", String(type), String(variant.steps), String(port), String(iterations)]
+    var spawn = ProcessSpawn(variant.run.map { [portreuse, "run"] + $0 + ["--"] + worker } ?? worker, environment: ["PATH=/usr/bin:/bin"])
+    spawn.standardError = .descriptor(STDERR_FILENO)
+    guard let finished = try? spawn.run(timeout: 600) else { fatalError("cannot start a worker") }
+    let text = String(decoding: finished.standardOutput, as: UTF8.self).split(separator: "\n").first ?? ""
+    guard finished.status.raw == 0, let nanoseconds = Double(text) else { fatalError("worker failed (\(variant.name)): \(text)") }
+    return nanoseconds
+}
+
+let port = try Listener(tcp: "127.0.0.1:0", policy: .exclusive).localAddress.port
+print("socket + bind(127.0.0.1:\(port)) + close in C, \(rounds) rounds x \(iterations) per variant, interleaved")
+print("portreuse: \(portreuse)")
+
+for (transport, type) in [(Transport.tcp, Int32(SOCK_STREAM.rawValue)), (.udp, Int32(SOCK_DGRAM.rawValue))] {
+    let shared = SharingTable.linux.options(.shared, transport)
+    let variants = [
+        Variant(name: "plain: no options", run: nil),
+        Variant(name: "plain: the program sets shared's options itself", run: nil, steps: Int32(shared.rawValue)),
+        Variant(name: "portreuse run --intercept preload (LD_PRELOAD shim)", run: ["--intercept", "preload", "--policy", "shared"]),
+        Variant(name: "portreuse run --intercept kernel (seccomp)", run: ["--intercept", "kernel", "--policy", "shared"]),
+    ]
+    var times = Array(repeating: [Double](), count: variants.count)
+    for round in 0..<rounds {
+        for step in 0..<variants.count {
+            let index = (step + round) % variants.count
+            times[index].append(measure(variants[index], type: type, port: port))
+        }
+    }
+    func ratio(_ a: Int, _ b: Int) -> String { fixed3(median(zip(times[a], times[b]).map { $0 / $1 })) }
+
+    print("")
+    print("| \(transport): socket + bind + close (\(shared) for shared) | median ns |")
+    print("|---|---|")
+    for (index, variant) in variants.enumerated() { print("| \(variant.name) | \(Int(median(times[index]))) |") }
+    print("")
+    print("| \(transport) ratios (median of per-round ratios) | |")
+    print("|---|---|")
+    print("| preload / plain | \(ratio(2, 0)) |")
+    print("| kernel / plain | \(ratio(3, 0)) |")
+    print("| kernel / the program sets the options itself | \(ratio(3, 1)) |")
+    print("| kernel / preload | \(ratio(3, 2)) |")
+}

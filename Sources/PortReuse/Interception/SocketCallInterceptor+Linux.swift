@@ -1,0 +1,431 @@
+#if os(Linux)
+import CPortReuseSystem
+import Glibc
+import Synchronization
+import SystemPackage
+
+/// What `portreuse run`'s kernel path does to a program's socket calls: the same rules as the LD_PRELOAD
+/// shim (Sources/CReuseShim/shim.c), applied from outside the program.
+package struct InterceptionRules: Sendable {
+    /// An address and/or a port: `nil` keeps the program's.
+    package struct Endpoint: Sendable, Hashable {
+        package var ip: IPAddress?
+        package var port: UInt16?
+        package init(ip: IPAddress?, port: UInt16?) {
+            self.ip = ip
+            self.port = port
+        }
+        var isEmpty: Bool { ip == nil && port == nil }
+    }
+
+    /// The policy whose options (``SharingTable/options(_:_:)``) every bound AF_INET/AF_INET6 socket gets.
+    package var policy: SharingPolicy
+    /// Rewrites every bind (`--bind`).
+    package var bind: Endpoint?
+    /// Binds unbound sockets here before connect(), sendto() and sendmsg() (`--source`).
+    package var source: Endpoint?
+    /// IP_TRANSPARENT / IPV6_TRANSPARENT before bind.
+    package var transparent: Bool
+    /// Called with one line per call changed (`--verbose`), or `nil`.
+    package var log: (@Sendable (String) -> Void)?
+
+    package init(policy: SharingPolicy, bind: Endpoint? = nil, source: Endpoint? = nil, transparent: Bool = false,
+                 log: (@Sendable (String) -> Void)? = nil) {
+        self.policy = policy
+        self.bind = bind.flatMap { $0.isEmpty ? nil : $0 }
+        self.source = source.flatMap { $0.isEmpty ? nil : $0 }
+        self.transparent = transparent
+        self.log = log
+    }
+
+    /// Whether connect(), sendto() and sendmsg() must be intercepted too (only with a source).
+    package var interceptsClients: Bool { source != nil }
+
+    /// The system calls the filter hands to the interceptor under these rules.
+    package var systemCalls: [Int32] {
+        [csystem_syscall_bind()] + (interceptsClients ? [csystem_syscall_connect(), csystem_syscall_sendto(), csystem_syscall_sendmsg()] : [])
+    }
+}
+
+/// Answers the socket calls of a program (and of all its descendants) that a seccomp filter hands over with
+/// SECCOMP_RET_USER_NOTIF, on one thread of its own.
+///
+/// The program runs its calls itself: the interceptor takes a duplicate of its socket (pidfd_getfd), sets the
+/// policy's options on it, and lets the call go on (SECCOMP_USER_NOTIF_FLAG_CONTINUE). Where the address
+/// changes (``InterceptionRules/bind``, or a source for an unbound socket), it binds the duplicate itself and
+/// answers with that bind's result, so that the kernel never reads the program's memory a second time. A
+/// pointer it cannot read, a socket that is not AF_INET/AF_INET6 stream or datagram, a descriptor that is not
+/// a socket: the call goes on untouched, and the program gets what the kernel says without us.
+package final class SocketCallInterceptor: @unchecked Sendable {
+    /// The notification descriptor (from ``installFilter(_:)``); closed with the interceptor.
+    package let notificationDescriptor: Int32
+    package let rules: InterceptionRules
+    private let wake: (read: Int32, write: Int32)
+    private let ended: (read: Int32, write: Int32)
+    private let started = Atomic<Bool>(false)
+    /// pidfds of the processes that called lately, by pid (used by the serving thread only): saves a
+    /// pidfd_open and a close per call. A pidfd names one process forever, so a reused pid never reaches
+    /// another process through it: pidfd_getfd then fails (ESRCH) and the pid is opened again.
+    private var pidfds: [pid_t: Int32] = [:]
+    private let answered = Atomic<Int>(0)
+
+    /// Installs the filter on the calling thread (after PR_SET_NO_NEW_PRIVS): the listed calls of this
+    /// architecture go to whoever holds the returned descriptor, in this process, after execve and in every
+    /// child. Run it in the process that is about to exec the program. The corresponding C calls are
+    /// `prctl(PR_SET_NO_NEW_PRIVS)` and `seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER)`.
+    package static func installFilter(_ systemCalls: [Int32]) throws(SystemError) -> Int32 {
+        try systemCall("seccomp(SECCOMP_SET_MODE_FILTER)") { csystem_seccomp_listen(systemCalls, Int32(systemCalls.count)) }
+    }
+
+    /// Takes ownership of `notificationDescriptor`.
+    package init(notificationDescriptor: Int32, rules: InterceptionRules) throws(SystemError) {
+        self.notificationDescriptor = notificationDescriptor
+        self.rules = rules
+        // Linux 6.6+: the notifying thread and this one hand the CPU to each other; older kernels say EINVAL.
+        _ = csystem_seccomp_sync_wakeup(notificationDescriptor)
+        wake = try Files.pipe()
+        do { ended = try Files.pipe() } catch {
+            Files.close(wake.read)
+            Files.close(wake.write)
+            throw error
+        }
+    }
+
+    deinit {
+        for fd in [notificationDescriptor, wake.read, wake.write, ended.read] + Array(pidfds.values) { Files.close(fd) }
+        if !started.load(ordering: .acquiring) { Files.close(ended.write) }
+    }
+
+    /// How many notifications were answered so far.
+    package var answeredCount: Int { answered.load(ordering: .relaxed) }
+
+    /// Runs ``serve()`` on a thread of its own (once).
+    package func start() throws(SystemError) {
+        guard !started.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        final class Box {
+            let interceptor: SocketCallInterceptor
+            init(_ interceptor: SocketCallInterceptor) { self.interceptor = interceptor }
+        }
+        let box = Unmanaged.passRetained(Box(self)).toOpaque()
+        var thread = pthread_t()
+        let created = pthread_create(&thread, nil, { pointer in
+            let interceptor = Unmanaged<Box>.fromOpaque(pointer!).takeRetainedValue().interceptor
+            interceptor.serve()
+            Files.close(interceptor.ended.write)  // stop() sees the end
+            return nil
+        }, box)
+        guard created == 0 else {
+            Unmanaged<Box>.fromOpaque(box).release()
+            started.store(false, ordering: .releasing)
+            throw SystemError("pthread_create", Errno(rawValue: created))
+        }
+        pthread_detach(thread)
+    }
+
+    /// Asks the thread to end and waits for it at most `timeout` seconds; whether it ended. Each answer is
+    /// bounded (no call made on the program's behalf blocks), so the wait is one answer at most.
+    @discardableResult
+    package func stop(timeout: Double = 2) -> Bool {
+        var byte: UInt8 = 1
+        _ = write(wake.write, &byte, 1)
+        return waitUntilEnded(timeout: timeout)
+    }
+
+    /// Waits at most `timeout` seconds for the thread to end (every program gone, or ``stop(timeout:)``).
+    package func waitUntilEnded(timeout: Double) -> Bool {
+        guard started.load(ordering: .acquiring) else { return true }
+        var entry = pollfd(fd: ended.read, events: Int16(POLLIN), revents: 0)
+        let deadline = Processes.monotonicNanoseconds + UInt64(max(0, timeout) * 1e9)
+        while true {
+            let now = Processes.monotonicNanoseconds
+            let ready = poll(&entry, 1, Int32(now >= deadline ? 0 : (deadline - now) / 1_000_000))
+            if ready < 0 && errno == EINTR { continue }
+            return ready > 0
+        }
+    }
+
+    /// Answers notifications until the notification descriptor fails or hangs up (every process under the
+    /// filter is gone) or ``stop(timeout:)`` is called.
+    package func serve() {
+        var entries = [pollfd(fd: notificationDescriptor, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0)]
+        while true {
+            entries[0].revents = 0
+            entries[1].revents = 0
+            let ready = poll(&entries, 2, -1)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            if entries[1].revents != 0 { return }
+            let events = Int32(entries[0].revents)
+            if events & Int32(POLLIN) != 0 {
+                // The receive ioctl blocks whatever O_NONBLOCK says: poll first, so that stop() is seen.
+                var notification = csystem_notification()
+                if csystem_seccomp_receive(notificationDescriptor, &notification) == 0 {
+                    answer(notification)
+                    continue
+                }
+                // ENOENT: the caller went away (killed) between poll and receive.
+                if errno == ENOENT || errno == EINTR { continue }
+                return
+            }
+            if events & Int32(POLLHUP | POLLERR | POLLNVAL) != 0 { return }
+        }
+    }
+
+    // MARK: - Answers
+
+    private enum Answer {
+        /// The call runs as the program made it.
+        case proceed
+        /// The call does not run; it returns 0, or fails with this errno.
+        case result(errno: Int32)
+        /// The notification is gone (the process died, or its call was interrupted): nothing to answer.
+        case none
+    }
+
+    private static let bindCall = csystem_syscall_bind()
+    private static let connectCall = csystem_syscall_connect()
+    private static let sendtoCall = csystem_syscall_sendto()
+    private static let sendmsgCall = csystem_syscall_sendmsg()
+    private static let fastOpen: Int32 = 0x2000_0000  // MSG_FASTOPEN
+    private static let storageSize = MemoryLayout<sockaddr_storage>.size
+
+    private func answer(_ notification: csystem_notification) {
+        let args = notification.args
+        let decision: Answer
+        guard notification.arch == csystem_audit_arch() else { return respond(notification.id, .proceed) }
+        switch notification.syscall {
+        case Self.bindCall:
+            decision = bind(notification, fd: Int32(truncatingIfNeeded: args.0), pointer: args.1, length: args.2)
+        case Self.connectCall:
+            decision = source("connect", notification, fd: Int32(truncatingIfNeeded: args.0), pointer: args.1, length: args.2, sendFlags: nil)
+        case Self.sendtoCall:
+            decision = source("sendto", notification, fd: Int32(truncatingIfNeeded: args.0), pointer: args.4, length: args.5,
+                              sendFlags: Int32(truncatingIfNeeded: args.3))
+        case Self.sendmsgCall:
+            // struct msghdr starts with msg_name (a pointer) and msg_namelen (a socklen_t).
+            guard let header = read(notification.pid, at: args.1, count: 16) else { decision = .proceed; break }
+            let name = header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self) }
+            let nameLength = header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self) }
+            decision = source("sendmsg", notification, fd: Int32(truncatingIfNeeded: args.0), pointer: name, length: UInt64(nameLength),
+                              sendFlags: Int32(truncatingIfNeeded: args.2))
+        default:
+            decision = .proceed
+        }
+        respond(notification.id, decision)
+    }
+
+    private func respond(_ id: UInt64, _ answer: Answer) {
+        switch answer {
+        case .none: return
+        case .proceed: _ = csystem_seccomp_respond(notificationDescriptor, id, 1, 0, 0)
+        case .result(let code): _ = csystem_seccomp_respond(notificationDescriptor, id, 0, 0, code)
+        }
+        // ENOENT here: the process died or its call was interrupted meanwhile; nothing more to do.
+        answered.add(1, ordering: .relaxed)
+    }
+
+    /// `count` bytes of process `pid` at `address`, or `nil` when they cannot all be read.
+    private func read(_ pid: UInt32, at address: UInt64, count: Int) -> [UInt8]? {
+        guard address != 0, let bytes = try? Processes.readMemory(of: pid_t(bitPattern: pid), at: address, count: count),
+            bytes.count == count
+        else { return nil }
+        return bytes
+    }
+
+    /// The socket address a call passes: read (at most sizeof(sockaddr_storage)), whole for its family
+    /// (AF_INET 16 bytes, AF_INET6 24: the kernel takes one without sin6_scope_id), or `nil`.
+    private func address(_ pid: UInt32, at pointer: UInt64, length: UInt64) -> SocketAddress? {
+        let length = Int(truncatingIfNeeded: Int32(truncatingIfNeeded: length))  // the kernel's int addrlen
+        guard length >= 2, length <= Self.storageSize, let bytes = read(pid, at: pointer, count: length) else { return nil }
+        var storage = sockaddr_storage()
+        withUnsafeMutableBytes(of: &storage) { $0.copyBytes(from: bytes) }
+        switch Int32(storage.ss_family) {
+        case AF_INET where length >= MemoryLayout<sockaddr_in>.size: break
+        case AF_INET6 where length >= 24: break
+        default: return nil
+        }
+        return SocketAddress(storage)
+    }
+
+    private enum Target {
+        /// The program's socket (a duplicate) and its transport.
+        case socket(SocketHandle, Transport)
+        /// Not one of ours to touch: the call goes on.
+        case skip
+        /// The notification is no longer pending.
+        case gone
+    }
+
+    /// The program's socket, duplicated, when it is an AF_INET/AF_INET6 stream or datagram socket of one of
+    /// `families`; checks first that the notification is still pending, since the process may have died after
+    /// we read its memory, and its pid and descriptor number been reused.
+    private func target(_ notification: csystem_notification, fd: Int32, families: [AddressFamily]) -> Target {
+        guard csystem_seccomp_id_valid(notificationDescriptor, notification.id) == 0 else { return .gone }
+        guard let duplicate = duplicate(fd, of: pid_t(bitPattern: notification.pid)) else { return .skip }
+        let handle = SocketHandle(adopting: duplicate)
+        guard let domain = try? handle.option(SOL_SOCKET, SO_DOMAIN, label: "SO_DOMAIN"),
+            families.contains(where: { Sys.family($0) == domain }), let transport = try? handle.transport()
+        else { return .skip }
+        return .socket(handle, transport)
+    }
+
+    private func bind(_ notification: csystem_notification, fd: Int32, pointer: UInt64, length: UInt64) -> Answer {
+        guard let requested = address(notification.pid, at: pointer, length: length) else { return .proceed }
+        let socket: SocketHandle, transport: Transport
+        switch target(notification, fd: fd, families: [requested.family]) {
+        case .socket(let handle, let kind): (socket, transport) = (handle, kind)
+        case .skip: return .proceed
+        case .gone: return .none
+        }
+        let options = setOptions(socket, transport)
+
+        var rewritten: SocketAddress?
+        var note = ""
+        if let rewrite = rules.bind {
+            switch apply(rewrite, to: requested, socket: socket, peer: nil) {
+            case .success(let address): rewritten = address
+            case .failure(let reason): note = "; --bind \(describe(rewrite)) not applied: \(reason.text)"
+            }
+        } else if let source = rules.source, requested.port == 0, requested.ip.isUnspecified,
+            case .success(let address) = apply(source, to: requested, socket: socket, peer: nil)
+        {
+            // A bind to 0.0.0.0:0 or [::]:0 leaves the socket as unbound as before: it gets the source (issue 20).
+            rewritten = address
+            if transport == .tcp && source.port == nil { try? socket.setOption(Int32(IPPROTO_IP), 24, 1, label: "IP_BIND_ADDRESS_NO_PORT") }
+        }
+        let code = rewritten.map { bindDuplicate(socket, to: $0) }
+        if let log = rules.log {
+            let outcome = code.map { $0 == 0 ? "" : ": \(Errno(rawValue: $0))" } ?? ""
+            log("bind fd \(fd) (\(transport == .tcp ? "TCP" : "UDP")) \(requested)\(rewritten.map { " -> \($0)" } ?? "") of \(who(notification.pid)), "
+                + "options \(options)\(rules.transparent ? ", IP_TRANSPARENT" : "")\(outcome)\(note)")
+        }
+        return code.map { .result(errno: $0) } ?? .proceed
+    }
+
+    /// Binds an unbound socket to the source before it first talks to `peer`; `sendFlags` nil for connect().
+    private func source(_ call: String, _ notification: csystem_notification, fd: Int32, pointer: UInt64, length: UInt64,
+                        sendFlags: Int32?) -> Answer {
+        guard let sourceRule = rules.source, let peer = address(notification.pid, at: pointer, length: length) else { return .proceed }
+        let socket: SocketHandle, transport: Transport
+        switch target(notification, fd: fd, families: [.ipv4, .ipv6]) {
+        case .socket(let handle, let kind): (socket, transport) = (handle, kind)
+        case .skip: return .proceed
+        case .gone: return .none
+        }
+        // Bound already (by the program, by a connect in progress, or by us): left alone.
+        guard let local = try? socket.localAddress(), local.port == 0, local.ip.isUnspecified else { return .proceed }
+        // sendto/sendmsg on a stream socket only connects with TCP Fast Open.
+        if transport == .tcp, let flags = sendFlags, flags & Self.fastOpen == 0 { return .proceed }
+        let target: SocketAddress
+        switch apply(sourceRule, to: local, socket: socket, peer: peer) {
+        case .success(let address): target = address
+        case .failure(let reason):
+            rules.log?("\(call) fd \(fd) to \(peer) of \(who(notification.pid)): --source \(describe(sourceRule)) not applied: \(reason.text)")
+            return .proceed
+        }
+        let options = setOptions(socket, transport)
+        if transport == .tcp && sourceRule.port == nil { try? socket.setOption(Int32(IPPROTO_IP), 24, 1, label: "IP_BIND_ADDRESS_NO_PORT") }
+        let code = bindDuplicate(socket, to: target)
+        rules.log?("\(call) fd \(fd) to \(peer) of \(who(notification.pid)) from \(target), options \(options)"
+            + (code == 0 ? "" : ": the source could not be bound: \(Errno(rawValue: code))"))
+        return code == 0 ? .proceed : .result(errno: code)
+    }
+
+    /// Sets the policy's options for the transport (and IP_TRANSPARENT); returns the options asked for.
+    private func setOptions(_ socket: SocketHandle, _ transport: Transport) -> ReuseOptions {
+        let options = SharingTable.linux.options(rules.policy, transport)
+        for (option, _) in ReuseOptions.all where options.contains(option) { try? socket.enable(option) }
+        if rules.transparent, let family = try? socket.option(SOL_SOCKET, SO_DOMAIN, label: "SO_DOMAIN") {
+            // IP_TRANSPARENT is 19, IPV6_TRANSPARENT 75.
+            try? socket.setOption(family == AF_INET ? Int32(IPPROTO_IP) : Int32(IPPROTO_IPV6), family == AF_INET ? 19 : 75, 1, label: "IP_TRANSPARENT")
+        }
+        return options
+    }
+
+    /// A duplicate of descriptor `fd` of process `pid`, through a cached pidfd (opened again once when the
+    /// cached one names a process that is gone).
+    private func duplicate(_ fd: Int32, of pid: pid_t) -> Int32? {
+        for attempt in 0..<2 {
+            let pidfd: Int32
+            if let cached = pidfds[pid] {
+                pidfd = cached
+            } else {
+                guard let opened = try? Processes.open(pid) else { return nil }
+                if pidfds.count >= 64, let (oldest, old) = pidfds.first {  // a bound: any entry will do
+                    Files.close(old)
+                    pidfds[oldest] = nil
+                }
+                pidfds[pid] = opened
+                pidfd = opened
+            }
+            do {
+                return try Processes.duplicate(fd, of: pidfd)
+            } catch where error.errno == .noSuchProcess && attempt == 0 {
+                Files.close(pidfd)
+                pidfds[pid] = nil
+            } catch {
+                return nil
+            }
+        }
+        return nil
+    }
+
+    /// 0, or the errno of bind() on the duplicate.
+    private func bindDuplicate(_ socket: SocketHandle, to address: SocketAddress) -> Int32 {
+        guard let fd = socket.descriptor else { return EBADF }
+        var (storage, length) = Sys.makeSockAddr(address)
+        let result = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, length) }
+        }
+        return result == 0 ? 0 : errno
+    }
+
+    private struct Skipped: Error { let text: String }
+
+    /// The endpoint's address and/or port put into `address`, of the socket's family, as the shim's
+    /// apply_endpoint does: IPv4 on an IPv6 socket becomes the IPv4-mapped address (not on an IPV6_V6ONLY
+    /// socket, nor toward a peer of the other IP version); a mapped address on an IPv4 socket, plain IPv4.
+    private func apply(_ endpoint: InterceptionRules.Endpoint, to address: SocketAddress, socket: SocketHandle,
+                       peer: SocketAddress?) -> Result<SocketAddress, Skipped> {
+        var ip = address.ip
+        if address.family == .ipv4 {
+            if let wanted = endpoint.ip {
+                if wanted.family == .ipv4 { ip = wanted }
+                else if let plain = wanted.unmappedIPv4 { ip = plain }
+                else { return .failure(Skipped(text: "it is an IPv6 address and this is an IPv4 socket")) }
+            }
+            return .success(SocketAddress(ip: ip, port: endpoint.port ?? address.port))
+        }
+        if let wanted = endpoint.ip {
+            ip = wanted.family == .ipv6 ? wanted : IPAddress(ipv6: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF] + wanted.bytes)
+            let mapped = ip.unmappedIPv4 != nil
+            if let peer, (peer.family == .ipv4 || peer.ip.unmappedIPv4 != nil) != mapped {
+                return .failure(Skipped(text: mapped ? "it is an IPv4 address and the connection goes to an IPv6 address"
+                                                     : "it is an IPv6 address and the connection goes to an IPv4 address"))
+            }
+            if peer == nil && mapped, (try? socket.option(Sys.ipv6Level, Sys.ipv6Only, label: "IPV6_V6ONLY")) == 1 {
+                return .failure(Skipped(text: "it is an IPv4 address and this IPv6 socket is IPv6-only (IPV6_V6ONLY)"))
+            }
+        }
+        return .success(SocketAddress(ip: ip, port: endpoint.port ?? address.port))
+    }
+
+    private func describe(_ endpoint: InterceptionRules.Endpoint) -> String {
+        switch (endpoint.ip, endpoint.port) {
+        case (let ip?, let port?): SocketAddress(ip: ip, port: port).description
+        case (let ip?, nil): ip.family == .ipv6 ? "[\(ip)]" : ip.description
+        case (nil, let port?): ":\(port)"
+        case (nil, nil): "(nothing)"
+        }
+    }
+
+    /// `name[pid]`, from /proc/PID/comm (only for log lines).
+    private func who(_ pid: UInt32) -> String {
+        let name = Files.read("/proc/\(pid)/comm", limit: 64).map { String(decoding: $0.prefix { $0 != 10 }, as: UTF8.self) } ?? "?"
+        return "\(name)[\(pid)]"
+    }
+}
+#endif

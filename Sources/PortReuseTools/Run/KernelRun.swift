@@ -1,0 +1,197 @@
+#if os(Linux)
+import Glibc
+import PortReuse
+import SystemPackage
+
+/// How `portreuse run` reaches a program's socket calls (`--intercept`).
+package enum InterceptionMethod: String, CaseIterable, Sendable {
+    /// The kernel path for static and Go programs, the shim for the rest.
+    case auto
+    /// seccomp user notification: any program, through the kernel.
+    case kernel
+    /// The LD_PRELOAD shim: dynamic programs that call libc's socket functions.
+    case preload
+
+    /// The method for a program, and why, for `--verbose`.
+    package func resolve(for inspection: Program.Inspection) -> (method: InterceptionMethod, reason: String) {
+        switch self {
+        case .kernel: return (.kernel, "asked for with --intercept kernel")
+        case .preload: return (.preload, "asked for with --intercept preload")
+        case .auto:
+            if let go = inspection.goExecutable {
+                return (.kernel, "\(go.path) is a Go program (\(go.mark)): Go makes its system calls itself, not through libc")
+            }
+            if let via = inspection.staticExecutable {
+                return (.kernel, "\(via) is statically linked: no dynamic loader runs to load the shim")
+            }
+            return (.preload, "a dynamically linked program that calls libc")
+        }
+    }
+}
+
+extension Program.Inspection {
+    /// Whether the LD_PRELOAD shim can do the job: nothing static, no Go on the way.
+    package var preloadReaches: Bool { staticExecutable == nil && goExecutable == nil }
+}
+
+extension ShimConfiguration {
+    /// The same configuration for the kernel path; `log` gets one line per call changed when verbose.
+    package func interceptionRules(log: (@Sendable (String) -> Void)?) -> InterceptionRules {
+        InterceptionRules(
+            policy: policy,
+            bind: bind.map { InterceptionRules.Endpoint(ip: $0.ip, port: $0.port) },
+            source: source.map { InterceptionRules.Endpoint(ip: $0.ip, port: $0.port == 0 ? nil : $0.port) },
+            transparent: transparent,
+            log: verbose ? log : nil)
+    }
+}
+
+/// `portreuse run` through the kernel: a trampoline (`portreuse intercept-exec`, our own binary) installs the
+/// seccomp filter between fork and exec, sends the notification descriptor back over a Unix socket and execs
+/// the program; this process stays its parent, answers its socket calls on a thread (``SocketCallInterceptor``),
+/// forwards the signals a supervisor forwards and ends with the program's status.
+package enum KernelRun {
+    /// How it ended.
+    package enum Outcome: Equatable {
+        /// The program ran and ended with this shell status (128 + the signal when one killed it).
+        case exited(Int32)
+        /// The filter could not be installed: the program never started.
+        case refused(Errno)
+    }
+
+    /// The hidden subcommand of the trampoline.
+    package static let trampolineCommand = "intercept-exec"
+
+    /// The signals forwarded to the program.
+    package static let forwardedSignals = [SIGTERM, SIGINT, SIGHUP, SIGQUIT]
+
+    /// Why this kernel cannot run the kernel path, or `nil`: pidfd_getfd (Linux 5.6) is probed on ourselves.
+    package static func unsupportedReason() -> String? {
+        do {
+            let copy = try Processes.duplicate(STDERR_FILENO, ofProcess: getpid())
+            Files.close(copy)
+            return nil
+        } catch let error where error.errno == .noFunction || error.errno == .invalidArgument {
+            return "this kernel lacks pidfd_getfd (Linux 5.6+ is needed): \(error)"
+        } catch {
+            return nil  // stderr closed, say: the call exists
+        }
+    }
+
+    /// Starts `arguments` (arguments[0] as the user wrote it) under the trampoline and supervises it to its end.
+    package static func run(_ arguments: [String], rules: InterceptionRules, announce: (String) -> Void) throws(CommandFailure) -> Outcome {
+        // Every thread of ours blocks the forwarded signals and SIGCHLD (the interceptor's thread inherits this
+        // mask); this thread takes them with sigtimedwait. The child gets an empty mask (ProcessSpawn).
+        var waited = sigset_t()
+        sigemptyset(&waited)
+        for signal in forwardedSignals + [SIGCHLD] { sigaddset(&waited, signal) }
+        var previousMask = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &waited, &previousMask)
+        let previousPipe = signal(SIGPIPE, SIG_IGN)  // a closed stderr must not kill the supervisor of the program's binds
+
+        let executable: String
+        let ends: (Int32, Int32)
+        do {
+            executable = try Processes.currentExecutable()
+            ends = try Files.socketPair()
+        } catch {
+            throw CommandFailure("cannot prepare the trampoline: \(error)")
+        }
+        defer { Files.close(ends.0) }
+        var spawn = ProcessSpawn(
+            [executable, trampolineCommand, "--report-fd", "3"] + (rules.interceptsClients ? ["--clients"] : []) + ["--"] + arguments)
+        spawn.descriptors = [ends.1]
+        spawn.standardInput = .inherit
+        let pid: pid_t
+        do { pid = try spawn.start() } catch {
+            Files.close(ends.1)
+            throw CommandFailure("cannot start \(executable) \(trampolineCommand): \(error)", exitCode: 126)
+        }
+        Files.close(ends.1)
+
+        // The trampoline answers at once: a descriptor (tag 0), or the errno of the filter's installation.
+        var entry = pollfd(fd: ends.0, events: Int16(POLLIN), revents: 0)
+        var ready: Int32
+        repeat { ready = poll(&entry, 1, 30_000) } while ready < 0 && errno == EINTR
+        let message = ready > 0 ? ((try? Files.receiveDescriptor(over: ends.0)) ?? nil) : nil
+        guard let message, message.tag == 0, let notification = message.descriptor else {
+            if let fd = message?.descriptor { Files.close(fd) }
+            if message == nil && ready <= 0 { _ = try? Processes.kill(pid, SIGKILL) }
+            let status = waitForever(pid)
+            if let tag = message?.tag, tag != 0 {
+                // The shim may run next, by execve: it must not inherit a blocked mask or an ignored SIGPIPE.
+                signal(SIGPIPE, previousPipe)
+                pthread_sigmask(SIG_SETMASK, &previousMask, nil)
+                return .refused(Errno(rawValue: Int32(tag)))
+            }
+            return .exited(status)  // it said why on stderr
+        }
+
+        let interceptor: SocketCallInterceptor
+        do {
+            interceptor = try SocketCallInterceptor(notificationDescriptor: notification, rules: rules)
+            try interceptor.start()
+        } catch {
+            _ = try? Processes.kill(pid, SIGKILL)
+            _ = waitForever(pid)
+            throw CommandFailure("cannot answer the program's system calls: \(error)")
+        }
+
+        let status = supervise(pid, signals: waited)
+        if !interceptor.stop(timeout: 2) { announce("the interceptor did not stop within 2 s") }
+        return .exited(status)
+    }
+
+    /// Forwards signals to `pid` until it ends; its shell status.
+    private static func supervise(_ pid: pid_t, signals: sigset_t) -> Int32 {
+        var signals = signals
+        while true {
+            do {
+                if let (_, status) = try Processes.wait(pid, noHang: true) { return status.shellStatus }
+            } catch {
+                return 1  // not our child any more: nothing left to wait for
+            }
+            var info = siginfo_t()
+            var timeout = timespec(tv_sec: 1, tv_nsec: 0)
+            let number = sigtimedwait(&signals, &info, &timeout)
+            guard number > 0, number != SIGCHLD else { continue }
+            // A terminal's signal (SI_KERNEL) went to the whole foreground process group, the program included.
+            if info.si_code == 0x80 { continue }
+            _ = Glibc.kill(pid, number)
+        }
+    }
+
+    private static func waitForever(_ pid: pid_t) -> Int32 {
+        while true {
+            do {
+                if let (_, status) = try Processes.wait(pid, noHang: false) { return status.shellStatus }
+            } catch {
+                return 1
+            }
+        }
+    }
+
+    /// The trampoline's work (`portreuse intercept-exec`): installs the filter for `systemCalls`, sends the
+    /// notification descriptor over `report` (or the errno of the failure, then exits 126) and closes both.
+    /// Returns when the caller may exec the program.
+    package static func trampoline(report: Int32, systemCalls: [Int32]) throws(CommandFailure) {
+        let notification: Int32
+        do {
+            notification = try SocketCallInterceptor.installFilter(systemCalls)
+        } catch {
+            // One byte: the errno; the parent decides (fall back to the shim, or say why).
+            var code = UInt8(truncatingIfNeeded: min(255, max(1, error.errno.rawValue)))
+            _ = send(report, &code, 1, Int32(MSG_NOSIGNAL))
+            Files.close(report)
+            throw CommandFailure("", exitCode: 126)
+        }
+        do {
+            try Files.sendDescriptor(notification, tag: 0, over: report)
+        } catch {
+            throw CommandFailure("cannot hand the seccomp notification descriptor to portreuse run: \(error)", exitCode: 126)
+        }
+        Files.close(notification)
+        Files.close(report)
+    }
+}
+#endif
