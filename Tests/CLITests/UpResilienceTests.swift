@@ -122,3 +122,20 @@ extension UpResilienceTests {
         #expect(up.stop() == 0)
     }
 }
+
+extension UpResilienceTests {
+    @Test("a program that crashes soon after READY=1 backs off (0.2 s, 0.4 s, 0.8 s …) instead of restarting every 0.2 s forever")
+    func crashAfterReadyBacksOff() throws {
+        let folder = try TemporaryFolder()
+        let script = try folder.write("crash.py", """
+            import os, socket, time
+            n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+            time.sleep(0.2)
+            os._exit(3)
+            """)
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--ready", "notify", "--", systemPython, script], folder: folder)
+        #expect(up.waitForLog("restarting in 800ms", timeout: 30), "\(up.logText)")
+        #expect(up.logText.contains("restarting in 200ms") && up.logText.contains("restarting in 400ms"), "\(up.logText)")
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+}

@@ -49,8 +49,7 @@ extension Supervisor {
         let now = Processes.monotonicNanoseconds
         generation.phase = .ready
         generation.record.readySeconds = Double(now - generation.record.startedMonotonic) / 1e9
-        failures.inARow = 0
-        failures.everReady = true
+        failures.everReady = true  // the failures in a row are cleared once it served for FailureCount.stableSeconds (tick)
         logger.info("\(generation.label) ready after \(Self.milliseconds(now - generation.record.startedMonotonic)) (\(how))")
         for old in generations where old !== generation && old.phase == .ready { drain(old) }
         if generation.record.reason == .reload { record(generation, .ready, reason: nil) }

@@ -229,6 +229,11 @@ package final class Supervisor {
                 break
             }
         }
+        let stableSince = now - min(now, UInt64(FailureCount.stableSeconds * 1e9))
+        if failures.inARow > 0, generations.contains(where: { $0.phase == .ready && ($0.record.readyMonotonic ?? .max) <= stableSince }) {
+            failures.inARow = 0
+            statusChanged = true
+        }
         let before = generations.count
         generations.removeAll { $0.record.exit != nil && !Processes.groupExists($0.pid) }
         if generations.count != before { statusChanged = true }

@@ -56,7 +56,8 @@ package enum SupervisorState: Equatable, Codable, Sendable {
 
 /// How often the program failed, for the restart backoff and the give-up rule.
 package struct FailureCount: Equatable, Codable, Sendable {
-    /// Failed starts and crashes since the last generation became ready.
+    /// Failed starts, and crashes of generations that had not yet served for ``stableSeconds``, since a
+    /// generation last served that long.
     package var inARow = 0
     /// Whether any generation ever became ready (`up` gives up only on a program that never served).
     package var everReady = false
@@ -65,6 +66,10 @@ package struct FailureCount: Equatable, Codable, Sendable {
 
     /// How long to wait before the next start: 0.2 s doubling per failure, at most 10 s.
     package var backoffSeconds: Double { min(0.1 * Double(1 << min(inARow, 10)), 10) }
+
+    /// How long a generation must serve before its readiness clears the failures: a program that crashes
+    /// soon after READY=1 backs off like one that never starts, instead of restarting every second forever.
+    package static let stableSeconds = 10.0
 
     /// `up` gives up after this many failures in a row of a program that never became ready.
     package static let attemptsBeforeGivingUp = 5
@@ -114,6 +119,8 @@ package struct GenerationRecord: Codable, Sendable {
     }
 
     package var label: String { "generation \(number) (pid \(pid))" }
+    /// When it became ready (CLOCK_MONOTONIC nanoseconds), if it did.
+    package var readyMonotonic: UInt64? { readySeconds.map { startedMonotonic + UInt64($0 * 1e9) } }
     /// The process the stop signal goes to: MAINPID= if the program named one, else the one `up` started.
     package var mainProcess: Int32 { mainPID ?? pid }
 }
