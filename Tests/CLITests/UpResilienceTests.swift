@@ -139,3 +139,38 @@ extension UpResilienceTests {
         #expect(up.stop() == 0, "\(up.logText)")
     }
 }
+
+extension UpResilienceTests {
+    @Test("probe readiness: a new generation that waits on the socket but never accepts is never ready, while the old one idles in accept")
+    func probeNeedsTheNewGenerationToAccept() throws {
+        let folder = try TemporaryFolder()
+        let script = try folder.write("server.py", """
+            import os, select, signal, socket, sys, time
+            marker = sys.argv[1]
+            first = not os.path.exists(marker)
+            open(marker, "a").close()
+            s = socket.socket(fileno=3)
+            signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+            end = time.time() + 60
+            if first:
+                s.setblocking(True)
+                while time.time() < end:
+                    c, _ = s.accept()
+                    c.settimeout(5); c.recv(4096); c.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\nfirst\\n"); c.close()
+            else:
+                e = select.epoll(); e.register(3, select.EPOLLIN)
+                while time.time() < end: e.poll(1)
+            """)
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--ready", "probe", "--ready-timeout", "3", "--", systemPython, script, folder.path + "/marker"], folder: folder)
+        let address = try up.servingAddress()
+        for round in 1...3 {
+            up.signal(SIGHUP)
+            #expect(up.waitForLog("was not ready within", count: round, timeout: 20), "\(up.logText)")
+            let readyLines = up.logText.split(separator: "\n").filter { $0.contains("generation \(round + 1) (pid") && $0.contains("ready after") }
+            #expect(readyLines.isEmpty, "never ready: \(up.logText)")
+            #expect(try httpGet(address).hasPrefix("first"), "the old generation keeps serving")
+        }
+        #expect(up.status?.serving.map(\.number) == [1])
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+}

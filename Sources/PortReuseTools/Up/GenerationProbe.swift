@@ -123,11 +123,20 @@ package enum GenerationProbe {
     }
 
     /// The proof: connects to `listener` and waits (at most `timeout` nanoseconds) until the connection is
-    /// accepted, that is until the kernel's socket for its server side has an inode (a queued connection has
-    /// none; `accept` gives it a file). `pause` groups are stopped meanwhile and always continued.
+    /// accepted while every other generation is stopped: the kernel's socket for its server side has an inode
+    /// (a queued connection has none; `accept` gives it a file) and no process of the paused groups holds it.
+    /// The `pause` groups are stopped first, and only once every one of their processes is seen stopped
+    /// (SIGSTOP is asynchronous: a generation idle in `accept` would otherwise take the probe itself) does the
+    /// probe connect; they are always continued.
     package static func connectionIsAccepted(listener: SocketAddress, pausing groups: [pid_t], timeout: UInt64) -> Bool {
         for group in groups { kill(-group, SIGSTOP) }
         defer { for group in groups { kill(-group, SIGCONT) } }
+        let stopDeadline = Processes.monotonicNanoseconds + timeout
+        let paused = groups.flatMap { processes(inGroup: $0) }
+        while paused.contains(where: { pid in Processes.stat(of: pid).map { $0.state != "T" && $0.state != "Z" && $0.state != "X" } ?? false }) {
+            guard Processes.monotonicNanoseconds < stopDeadline else { return false }
+            usleep(200)
+        }
         let target = SocketAddress(ip: listener.ip.isUnspecified ? (listener.family == .ipv4 ? .loopbackIPv4 : .loopbackIPv6) : listener.ip, port: listener.port)
         guard let probe = try? Connection.dial(to: target, timeout: .milliseconds(Int(timeout / 1_000_000))) else { return false }
         let local = probe.localAddress
@@ -137,9 +146,22 @@ package enum GenerationProbe {
             let serverSide = PortHolder.find(port: listener.port, transport: .tcp, processes: false, options: false).first {
                 $0.remoteAddress?.port == local.port && $0.state != .listen
             }
-            if let serverSide, serverSide.inode != 0 { return true }
+            if let serverSide, serverSide.inode != 0 {
+                // The paused generations were seen stopped before the probe connected, so they cannot have
+                // accepted it; the check below is the proof that they did not (a process of theirs that escaped
+                // the stop), and a server that accepted and closed at once leaves no descriptor to find.
+                if paused.contains(where: { holds($0, socketInode: serverSide.inode) }) { return false }
+                return true
+            }
             usleep(500)
         }
         return false
+    }
+
+    /// Whether process `pid` has a descriptor for the socket with inode `inode`.
+    static func holds(_ pid: pid_t, socketInode inode: UInt64) -> Bool {
+        Files.list("/proc/\(pid)/fd").contains { entry in
+            Int32(entry).flatMap { socketInode(pid: pid, descriptor: $0) } == inode
+        }
     }
 }
