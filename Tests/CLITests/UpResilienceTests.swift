@@ -174,3 +174,30 @@ extension UpResilienceTests {
         #expect(up.stop() == 0, "\(up.logText)")
     }
 }
+
+extension UpResilienceTests {
+    @Test("a worker that left the process group (setsid) does not outlive its generation: killed after --grace")
+    func setsidWorkerIsStopped() throws {
+        let folder = try TemporaryFolder()
+        let escaped = folder.path + "/escaped.pid"
+        let script = try folder.write("server.py", """
+            import os, signal, socket, sys, time
+            if os.fork() == 0:
+                os.setsid()
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                open(sys.argv[1] + ".tmp", "w").write(str(os.getpid())); os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+                time.sleep(60); os._exit(0)
+            while not os.path.exists(sys.argv[1]): time.sleep(0.01)
+            signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+            n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+            time.sleep(60)
+            """)
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--ready", "notify", "--grace", "1", "--", systemPython, script, escaped], folder: folder)
+        #expect(up.waitForStatus { !$0.serving.isEmpty } != nil, "\(up.logText)")
+        let worker = try #require(pid_t(String(decoding: Files.read(escaped) ?? [], as: UTF8.self)))
+        #expect(Processes.stat(of: worker)?.processGroup == worker, "the worker leads a group of its own")
+        #expect(up.stop() == 1, "a process had to be killed after --grace: \(up.logText)")
+        #expect(waitUntil(timeout: 10) { Processes.stat(of: worker).map { $0.state == "Z" } ?? true }, "the setsid worker outlived up")
+        #expect(up.logText.contains("had left its process group (setsid): killed too"), "\(up.logText)")
+    }
+}

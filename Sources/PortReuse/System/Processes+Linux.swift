@@ -86,6 +86,31 @@ package enum Processes {
         return setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 ? UInt64(limit.rlim_cur) : soft
     }
 
+    /// The processes descended from `pid` (children, their children, …), each with its start time, from one
+    /// pass over /proc.
+    package static func descendants(of pid: pid_t) -> [(pid: pid_t, startTime: UInt64)] {
+        var children: [pid_t: [(pid_t, UInt64)]] = [:]
+        for entry in Files.list("/proc") {
+            guard let child = pid_t(entry), let stat = stat(of: child) else { continue }
+            children[stat.parent, default: []].append((child, stat.startTime))
+        }
+        var found: [(pid: pid_t, startTime: UInt64)] = []
+        var queue = [pid]
+        while let next = queue.popLast(), found.count < 100_000 {
+            for (child, start) in children[next] ?? [] {
+                found.append((child, start))
+                queue.append(child)
+            }
+        }
+        return found
+    }
+
+    /// Whether the process `pid` that started at `startTime` is still there (not a later process with its pid).
+    package static func isAlive(_ pid: pid_t, startedAt startTime: UInt64) -> Bool {
+        guard let stat = stat(of: pid) else { return false }
+        return stat.startTime == startTime && stat.state != "Z" && stat.state != "X"
+    }
+
     /// Makes this process the reaper of its orphaned descendants. The corresponding C call is
     /// `prctl(PR_SET_CHILD_SUBREAPER, 1)`.
     package static func becomeSubreaper() throws(SystemError) {

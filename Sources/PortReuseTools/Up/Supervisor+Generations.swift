@@ -51,6 +51,7 @@ extension Supervisor {
         generation.record.readySeconds = Double(now - generation.record.startedMonotonic) / 1e9
         failures.everReady = true  // the failures in a row are cleared once it served for FailureCount.stableSeconds (tick)
         logger.info("\(generation.label) ready after \(Self.milliseconds(now - generation.record.startedMonotonic)) (\(how))")
+        generation.record.noteMembers()
         for old in generations where old !== generation && old.phase == .ready { drain(old) }
         if generation.record.reason == .reload { record(generation, .ready, reason: nil) }
         let draining = generations.filter { $0.phase == .draining }.count
@@ -70,6 +71,7 @@ extension Supervisor {
     /// Moves a generation to `phase`, asks its main process to stop (unless it has exited already) and starts
     /// its grace period, after which `tick` kills its process group.
     func askToStop(_ generation: Generation, phase: GenerationPhase) {
+        if generation.record.exit == nil { generation.record.noteMembers() }
         generation.phase = generation.record.exit != nil && phase == .draining ? .exiting : phase
         generation.record.deadline = Processes.monotonicNanoseconds + UInt64(configuration.grace * 1e9)
         if generation.record.exit == nil { _ = try? Processes.kill(generation.record.mainProcess, configuration.stopSignal) }

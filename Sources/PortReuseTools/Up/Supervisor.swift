@@ -219,8 +219,11 @@ package final class Supervisor {
                     markReady(generation, how: readinessWord)
                 }
             case .draining, .exiting, .failed:
-                if now >= generation.record.deadline && !generation.record.killed && Processes.groupExists(generation.pid) {
+                let outside = generation.record.membersOutsideGroup
+                if now >= generation.record.deadline && !generation.record.killed && (Processes.groupExists(generation.pid) || !outside.isEmpty) {
                     _ = try? Processes.kill(-generation.pid, SIGKILL)
+                    for member in outside { _ = try? Processes.kill(member.pid, SIGKILL) }
+                    if !outside.isEmpty { logger.warning("\(generation.label): \(outside.count) process(es) had left its process group (setsid): killed too") }
                     generation.record.killed = true
                     if generation.phase != .failed, case .stopping(let code) = state { enter(.stopping(exitCode: max(code, 1))) }
                     logger.warning("\(generation.label) still running \(Seconds(configuration.grace)) after \(SignalName(configuration.stopSignal)): killed")
@@ -235,7 +238,7 @@ package final class Supervisor {
             statusChanged = true
         }
         let before = generations.count
-        generations.removeAll { $0.record.exit != nil && !Processes.groupExists($0.pid) }
+        generations.removeAll { $0.record.exit != nil && !Processes.groupExists($0.pid) && $0.record.membersOutsideGroup.isEmpty }
         if generations.count != before { statusChanged = true }
         if case .backingOff(let until) = state, now >= until {
             enter(.running)

@@ -99,13 +99,22 @@ package struct GenerationRecord: Codable, Sendable {
     package var killed = false
     /// How its main process ended, once it did.
     package var exit: ExitStatus?
+    /// The processes it started, seen while it ran (pid and start time): a worker that left the process
+    /// group (setsid) is still stopped with it.
+    package var members: [Member] = []
     /// Its notify socket: `up`'s descriptor (kept open across an upgrade) and path.
     package var notifyDescriptor: Int32?
     package var notifyPath: String?
 
+    /// One process of a generation.
+    package struct Member: Codable, Sendable, Hashable {
+        package var pid: Int32
+        package var startTime: UInt64
+    }
+
     private enum CodingKeys: String, CodingKey {
         case number, pid, reason, phase = "state", startedAt, startedMonotonic, readySeconds, status, mainPID, heardFrom, deadline, killed, exit
-        case notifyDescriptor, notifyPath
+        case members, notifyDescriptor, notifyPath
     }
 
     package init(number: Int, pid: Int32, reason: StartReason, startedAt: Double, startedMonotonic: UInt64, deadline: UInt64) {
@@ -119,6 +128,17 @@ package struct GenerationRecord: Codable, Sendable {
     }
 
     package var label: String { "generation \(number) (pid \(pid))" }
+
+    /// Adds the processes now descended from the generation's first process to ``members``.
+    package mutating func noteMembers() {
+        let seen = Set(members)
+        members += Processes.descendants(of: pid).map { Member(pid: $0.pid, startTime: $0.startTime) }.filter { !seen.contains($0) }
+    }
+
+    /// The members still alive that are outside the generation's process group (a group kill misses them).
+    package var membersOutsideGroup: [Member] {
+        members.filter { Processes.isAlive($0.pid, startedAt: $0.startTime) && Processes.stat(of: $0.pid)?.processGroup != pid }
+    }
     /// When it became ready (CLOCK_MONOTONIC nanoseconds), if it did.
     package var readyMonotonic: UInt64? { readySeconds.map { startedMonotonic + UInt64($0 * 1e9) } }
     /// The process the stop signal goes to: MAINPID= if the program named one, else the one `up` started.
