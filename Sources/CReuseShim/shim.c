@@ -11,6 +11,8 @@
 // - Memory the program passed in is never written: a rewritten address is a copy.
 // - It never writes to stdout. Messages go to the stderr the program started with, and not at all once
 //   fd 2 refers to something else (a daemon that closed it and reused the number for a socket).
+// - Writing a message never hurts the host: no SIGPIPE (blocked around the write, and consumed if the write
+//   raised it), never a blocking write (a message that fd 2 cannot take at once is dropped), never a wait.
 // - It never clears an option the program set itself: it only adds what the policy asks for.
 #define _GNU_SOURCE
 #include "CReuseShim.h"
@@ -20,7 +22,9 @@
 #include <errno.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,6 +32,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
@@ -204,21 +210,44 @@ static void start(struct line *line) {
     put(line, "]): ");
 }
 
-static void emit(struct line *line) {
-    int saved = errno;
+// Writes the line to fd 2 in one call, only when fd 2 is still the stderr the program started with and can
+// take it now: a full pipe or socket drops the line rather than block the host, and a pipe nobody reads any
+// more neither kills the host with SIGPIPE nor leaves a SIGPIPE pending for it. Returns whether it was written.
+static int emit(struct line *line) {
+    int saved = errno, written = 0;
     struct stat now;
     if (config.stderr_usable && fstat(STDERR_FILENO, &now) == 0 && now.st_dev == config.stderr_device &&
         now.st_ino == config.stderr_inode) {
         line->text[line->used++] = '\n';
-        size_t written = 0;
-        while (written < line->used) {
-            ssize_t count = write(STDERR_FILENO, line->text + written, line->used - written);
-            if (count > 0) written += (size_t)count;
-            else if (count < 0 && errno == EINTR) continue;
-            else break;
+        struct pollfd ready = {.fd = STDERR_FILENO, .events = POLLOUT};
+        // POLLERR: a pipe without readers (the write would raise SIGPIPE); no POLLOUT: full.
+        if (poll(&ready, 1, 0) == 1 && (ready.revents & (POLLOUT | POLLERR | POLLHUP | POLLNVAL)) == POLLOUT) {
+            if (S_ISSOCK(now.st_mode)) {
+                written = send(STDERR_FILENO, line->text, line->used, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)line->used;
+            } else {
+                // Lines are shorter than PIPE_BUF, so a pipe that polls writable takes the whole line at once.
+                // SIGPIPE (a reader that left since poll) and SIGTTOU (a background job with `stty tostop`,
+                // which would stop the host) are blocked for the write; a blocked SIGTTOU is not even raised.
+                sigset_t blocked, previous, pending;
+                sigemptyset(&blocked);
+                sigaddset(&blocked, SIGPIPE);
+                sigaddset(&blocked, SIGTTOU);
+                pthread_sigmask(SIG_BLOCK, &blocked, &previous);
+                int pipe_was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+                written = write(STDERR_FILENO, line->text, line->used) == (ssize_t)line->used;
+                if (!pipe_was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+                    sigset_t pipe_only;
+                    sigemptyset(&pipe_only);
+                    sigaddset(&pipe_only, SIGPIPE);
+                    const struct timespec zero = {0, 0};
+                    sigtimedwait(&pipe_only, NULL, &zero);
+                }
+                pthread_sigmask(SIG_SETMASK, &previous, NULL);
+            }
         }
     }
     errno = saved;
+    return written;
 }
 
 // Whether to say something that is said once per process (every time with PORTREUSE_VERBOSE=1).

@@ -1,0 +1,101 @@
+import Foundation
+import Glibc
+import PortReuse
+import TestSupport
+import Testing
+
+// The shim inside hostile hosts (issue 16): a stderr that kills or blocks, pointers the kernel would refuse,
+// scopes that wrap, a process tree that repeats itself, and randomized settings.
+
+/// Compiles a C program into `folder`; its path.
+func compileC(_ source: String, named name: String, in folder: TemporaryFolder) throws -> String {
+    let file = try folder.write(name + ".c", source)
+    let binary = folder.path + "/" + name
+    let build = try capture([gcc!, "-O0", "-o", binary, file])
+    try #require(build.status == 0, "gcc \(name): \(build.stderr)")
+    return binary
+}
+
+/// Runs `arguments` (from python, which resets SIGPIPE to its default for the child) with stderr a pipe
+/// nobody reads ("closed"), a full pipe ("full") or a socket whose peer is gone ("socket"); prints
+/// `status N OUTPUT`, or `timeout` when the program did not end within 5 seconds.
+let hostileStderr = #"""
+    import fcntl, os, socket, subprocess, sys
+    mode, command = sys.argv[1], sys.argv[2:]
+    if mode == "socket":
+        target, peer = socket.socketpair()
+        peer.close()
+        target = target.detach()
+    else:
+        reader, target = os.pipe()
+        if mode == "closed":
+            os.close(reader)
+        else:
+            flags = fcntl.fcntl(target, fcntl.F_GETFL)
+            fcntl.fcntl(target, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            for size in (65536, 4096, 1):
+                try:
+                    while True:
+                        os.write(target, b"x" * size)
+                except BlockingIOError:
+                    pass
+            fcntl.fcntl(target, fcntl.F_SETFL, flags)
+    try:
+        done = subprocess.run(command, stderr=target, stdout=subprocess.PIPE, timeout=5)
+        print(" ".join(part for part in ("status", str(done.returncode), done.stdout.decode().strip()) if part))
+    except subprocess.TimeoutExpired:
+        print("timeout")
+    """#
+
+/// Binds a UDP socket on 127.0.0.1 (REUSE_ADDR=1's warning is written then). With argument `pending`, it
+/// blocks SIGPIPE and raises one first; with `blocked`, it only blocks SIGPIPE. Prints whether a SIGPIPE is
+/// pending afterwards: the shim's own must never be left for the program.
+let udpBinder = #"""
+    #include <netinet/in.h>
+    #include <signal.h>
+    #include <stdio.h>
+    #include <string.h>
+    #include <sys/socket.h>
+    int main(int argc, char **argv) {
+        sigset_t pipe_only, pending;
+        sigemptyset(&pipe_only);
+        sigaddset(&pipe_only, SIGPIPE);
+        if (argc > 1) sigprocmask(SIG_BLOCK, &pipe_only, NULL);
+        if (argc > 1 && strcmp(argv[1], "pending") == 0) raise(SIGPIPE);
+        int fd = socket(AF_INET, SOCK_DGRAM, 0);
+        struct sockaddr_in address = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int bound = bind(fd, (struct sockaddr *)&address, sizeof address);
+        sigpending(&pending);
+        printf("bound %d pending %d\n", bound, sigismember(&pending, SIGPIPE));
+        return 0;
+    }
+    """#
+
+@Suite("LD_PRELOAD shim in hostile hosts")
+struct ShimHardeningTests {
+    @Test("a stderr that is a closed pipe, a closed socket or a full pipe neither kills nor blocks the program",
+          .enabled(if: gcc != nil, "gcc is missing"))
+    func hostileStandardError() throws {
+        let folder = try TemporaryFolder()
+        let binder = try compileC(udpBinder, named: "udp-binder", in: folder)
+        for mode in ["closed", "socket", "full"] {
+            for (variables, command, expected) in [
+                (["BIND_PORT": "99999"], ["/bin/true"], "status 0"),
+                (["REUSE_ADDR": "1"], [binder], "status 0 bound 0 pending 0"),
+                (["REUSE_ADDR": "1"], [binder, "blocked"], "status 0 bound 0 pending 0"),
+                (["REUSE_ADDR": "1"], [binder, "pending"], "status 0 bound 0 pending 1"),
+                (["PORTREUSE_VERBOSE": "1", "PORTREUSE_POLICY": "shared"], [binder], "status 0 bound 0 pending 0"),
+            ] {
+                // Only the command is shimmed (through env, itself shimmed), not the python that holds the pipe.
+                let settings = (["LD_PRELOAD": shimLibrary].merging(variables) { a, _ in a }).map { "\($0.key)=\($0.value)" }.sorted()
+                let result = try capture([systemPython, "-c", hostileStderr, mode, "/usr/bin/env"] + settings + command,
+                                         environment: environment(), timeout: 30)
+                #expect(result.output == expected + "\n", "stderr \(mode), \(variables), \(command): \(result.output) \(result.stderr)")
+            }
+        }
+        // A writable stderr still gets the line.
+        let plain = try capture([binder], environment: shimmed(["REUSE_ADDR": "1"]))
+        #expect(plain.output == "bound 0 pending 0\n")
+        #expect(plain.shimLines.count == 1 && plain.stderr.contains("REUSE_ADDR=1 is not applied to UDP sockets"))
+    }
+}
