@@ -13,6 +13,8 @@
 //   fd 2 refers to something else (a daemon that closed it and reused the number for a socket).
 // - Writing a message never hurts the host: no SIGPIPE (blocked around the write, and consumed if the write
 //   raised it), never a blocking write (a message that fd 2 cannot take at once is dropped), never a wait.
+// - It never reads memory the program passed in that the kernel would refuse (EFAULT): the program's
+//   addresses and msghdr are copied with process_vm_readv, and when that fails the call goes through untouched.
 // - It never clears an option the program set itself: it only adds what the policy asks for.
 #define _GNU_SOURCE
 #include "CReuseShim.h"
@@ -439,6 +441,29 @@ __attribute__((constructor)) static void load_at_start(void) { pthread_once(&loa
 
 static inline void ensure_loaded(void) { pthread_once(&loaded, load); }
 
+// MARK: - Reading the program's memory
+
+// Copies `length` bytes of the program's memory at `from` to `to`; 0 when the kernel cannot read all of
+// them, so that the call goes through untouched and the kernel answers EFAULT, as without the shim. A bad
+// pointer is never dereferenced: process_vm_readv on this process reads through the kernel, which fails
+// with EFAULT rather than raising SIGSEGV. Where a seccomp filter refuses process_vm_readv (EPERM, ENOSYS)
+// the memory is read directly, as a plain program would. Keeps errno.
+static int copy_in(void *to, const void *from, size_t length) {
+    if (length == 0) return 1;
+    if (from == NULL) return 0;
+    int saved = errno;
+    struct iovec local = {.iov_base = to, .iov_len = length}, remote = {.iov_base = (void *)from, .iov_len = length};
+    ssize_t copied = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+    int code = errno;
+    errno = saved;
+    if (copied == (ssize_t)length) return 1;
+    if (copied < 0 && (code == EPERM || code == ENOSYS)) {
+        memcpy(to, from, length);
+        return 1;
+    }
+    return 0;
+}
+
 // MARK: - Socket helpers
 
 static int is_inet(sa_family_t family) { return family == AF_INET || family == AF_INET6; }
@@ -633,43 +658,45 @@ static int bind_source(const char *call, int fd, const struct sockaddr *peer, in
     return 0;
 }
 
-// Whether a destination is one the source setting applies to: a whole AF_INET or AF_INET6 address (the
-// kernel takes an IPv6 address without its last field, sin6_scope_id, as RFC 2133 defined it).
-static int wants_source(const struct sockaddr *peer, socklen_t length) {
-    if (!config.source_active || peer == NULL || length < sizeof(sa_family_t)) return 0;
-    if (peer->sa_family == AF_INET) return length >= sizeof(struct sockaddr_in);
-    return peer->sa_family == AF_INET6 && length >= offsetof(struct sockaddr_in6, sin6_scope_id);
+// Copies a destination into `peer` when the source setting applies to it: a whole AF_INET or AF_INET6
+// address (the kernel takes an IPv6 address without its last field, sin6_scope_id, as RFC 2133 defined it)
+// that the kernel can read. A destination longer than sockaddr_storage is one the kernel refuses (EINVAL).
+static int copy_peer(const struct sockaddr *address, socklen_t length, struct sockaddr_storage *peer) {
+    if (!config.source_active || address == NULL || length < sizeof(sa_family_t) || length > sizeof *peer) return 0;
+    memset(peer, 0, sizeof *peer);
+    if (!copy_in(peer, address, length)) return 0;
+    if (peer->ss_family == AF_INET) return length >= sizeof(struct sockaddr_in);
+    return peer->ss_family == AF_INET6 && length >= offsetof(struct sockaddr_in6, sin6_scope_id);
 }
 
 // MARK: - The interposed calls
 
 EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
     ensure_loaded();
-    if (!config.bind_active || address == NULL || length < sizeof(sa_family_t) || !is_inet(address->sa_family) ||
-        length > sizeof(struct sockaddr_storage))
+    if (!config.bind_active || address == NULL || length < sizeof(sa_family_t) || length > sizeof(struct sockaddr_storage))
         return next_bind(fd, address, length);
     int saved = errno;
-    int type = 0, kind = socket_kind(fd, &type);
-    if (kind < 0) {
+    // `asked` is what the program passed (for messages), `copy` what may be rewritten.
+    struct sockaddr_storage asked, copy;
+    memset(&asked, 0, sizeof asked);
+    int type = 0, kind = -1;
+    if (!copy_in(&asked, address, length) || !is_inet(asked.ss_family) || (kind = socket_kind(fd, &type)) < 0) {
         errno = saved;
         return next_bind(fd, address, length);
     }
-
-    struct sockaddr_storage copy;
-    memset(&copy, 0, sizeof copy);
-    memcpy(&copy, address, length);
+    copy = asked;
     const struct sockaddr *bound = address;
     socklen_t bound_length = length;
     if (config.bind_to.has_address || config.bind_to.has_port) {
         const char *skipped = apply_endpoint(&config.bind_to, fd, &copy, NULL);
         if (skipped) {
-            if (say(&said_bind_skipped)) say_skipped("bind", &config.bind_to, address, skipped);
+            if (say(&said_bind_skipped)) say_skipped("bind", &config.bind_to, (const struct sockaddr *)&asked, skipped);
         } else {
             bound = (const struct sockaddr *)&copy;
             if (bound_length < length_of(copy.ss_family)) bound_length = length_of(copy.ss_family);
         }
     }
-    int options = set_options(fd, address->sa_family, kind);
+    int options = set_options(fd, asked.ss_family, kind);
 
     if (config.verbose) {
         struct line line;
@@ -677,7 +704,7 @@ EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
         put(&line, "bind fd ");
         put_number(&line, (unsigned long)fd);
         put(&line, kind == 0 ? " (TCP) " : " (UDP) ");
-        put_address(&line, address);
+        put_address(&line, (const struct sockaddr *)&asked);
         if (bound != address) {
             put(&line, " -> ");
             put_address(&line, bound);
@@ -693,9 +720,10 @@ EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
 
 EXPORT int connect(int fd, const struct sockaddr *address, socklen_t length) {
     ensure_loaded();
-    if (wants_source(address, length)) {
+    struct sockaddr_storage peer;
+    if (copy_peer(address, length, &peer)) {
         int saved = errno;
-        if (bind_source("connect", fd, address, -1) != 0) return -1;
+        if (bind_source("connect", fd, (const struct sockaddr *)&peer, -1) != 0) return -1;
         errno = saved;
     }
     return next_connect(fd, address, length);
@@ -704,9 +732,10 @@ EXPORT int connect(int fd, const struct sockaddr *address, socklen_t length) {
 EXPORT ssize_t sendto(int fd, const void *buffer, size_t size, int flags, const struct sockaddr *address,
                       socklen_t length) {
     ensure_loaded();
-    if (wants_source(address, length)) {
+    struct sockaddr_storage peer;
+    if (copy_peer(address, length, &peer)) {
         int saved = errno;
-        if (bind_source("sendto", fd, address, flags) != 0) return -1;
+        if (bind_source("sendto", fd, (const struct sockaddr *)&peer, flags) != 0) return -1;
         errno = saved;
     }
     return next_sendto(fd, buffer, size, flags, address, length);
@@ -714,9 +743,15 @@ EXPORT ssize_t sendto(int fd, const void *buffer, size_t size, int flags, const 
 
 EXPORT ssize_t sendmsg(int fd, const struct msghdr *message, int flags) {
     ensure_loaded();
-    if (message != NULL && wants_source((const struct sockaddr *)message->msg_name, message->msg_namelen)) {
+    // Only with a source setting is the message looked at at all; the header is copied before its fields
+    // are read. The kernel cuts a longer msg_namelen to sizeof(struct sockaddr_storage); so does this.
+    struct msghdr header;
+    struct sockaddr_storage peer;
+    if (config.source_active && message != NULL && copy_in(&header, message, sizeof header) &&
+        copy_peer((const struct sockaddr *)header.msg_name,
+                  header.msg_namelen > sizeof peer ? (socklen_t)sizeof peer : header.msg_namelen, &peer)) {
         int saved = errno;
-        if (bind_source("sendmsg", fd, (const struct sockaddr *)message->msg_name, flags) != 0) return -1;
+        if (bind_source("sendmsg", fd, (const struct sockaddr *)&peer, flags) != 0) return -1;
         errno = saved;
     }
     return next_sendmsg(fd, message, flags);

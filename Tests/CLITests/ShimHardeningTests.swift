@@ -71,6 +71,40 @@ let udpBinder = #"""
     }
     """#
 
+/// Calls bind, connect, sendto and sendmsg with memory the kernel refuses (EFAULT) and prints what each
+/// returned and errno: a bad pointer, and an address whose length runs past the end of a mapped page.
+let faultingCalls = #"""
+    #include <errno.h>
+    #include <netinet/in.h>
+    #include <stdio.h>
+    #include <string.h>
+    #include <sys/mman.h>
+    #include <sys/socket.h>
+    #include <unistd.h>
+    #define SHOW(name, call) do { errno = 0; long result = (long)(call); int code = errno; printf("%s %ld %d\n", name, result, code); } while (0)
+    int main(void) {
+        long page = sysconf(_SC_PAGESIZE);
+        char *pages = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        munmap(pages + page, page);
+        struct sockaddr_in *edge = (struct sockaddr_in *)(pages + page - 8); // 8 of its 16 bytes are mapped
+        memset(edge, 0, 8);
+        edge->sin_family = AF_INET;
+        struct msghdr named = {.msg_name = (void *)1, .msg_namelen = 16};
+        for (int type = SOCK_STREAM; type <= SOCK_DGRAM; type++) {
+            int fd = socket(AF_INET, type, 0);
+            SHOW("bind", bind(fd, (void *)1, 16));
+            SHOW("bind-edge", bind(fd, (struct sockaddr *)edge, 16));
+            SHOW("connect", connect(fd, (void *)1, 16));
+            SHOW("connect-edge", connect(fd, (struct sockaddr *)edge, 16));
+            SHOW("sendto", sendto(fd, "x", 1, MSG_FASTOPEN, (void *)1, 16));
+            SHOW("sendmsg", sendmsg(fd, (void *)1, MSG_FASTOPEN));
+            SHOW("sendmsg-name", sendmsg(fd, &named, MSG_FASTOPEN));
+            close(fd);
+        }
+        return 0;
+    }
+    """#
+
 @Suite("LD_PRELOAD shim in hostile hosts")
 struct ShimHardeningTests {
     @Test("a stderr that is a closed pipe, a closed socket or a full pipe neither kills nor blocks the program",
@@ -97,5 +131,24 @@ struct ShimHardeningTests {
         let plain = try capture([binder], environment: shimmed(["REUSE_ADDR": "1"]))
         #expect(plain.output == "bound 0 pending 0\n")
         #expect(plain.shimLines.count == 1 && plain.stderr.contains("REUSE_ADDR=1 is not applied to UDP sockets"))
+    }
+
+    @Test("memory the kernel refuses is never read: EFAULT as without the shim, never SIGSEGV",
+          .enabled(if: gcc != nil, "gcc is missing"))
+    func faultingPointers() throws {
+        let folder = try TemporaryFolder()
+        let program = try compileC(faultingCalls, named: "faulting", in: folder)
+        let plain = try capture([program], environment: environment())
+        try #require(plain.status == 0 && !plain.signalled)
+        let lines = plain.output.split(separator: "\n")
+        #expect(lines.count == 14)
+        #expect(lines.allSatisfy { $0.hasSuffix(" -1 \(EFAULT)") }, "\(plain.output)")
+        for variables in [[:], ["PORTREUSE_POLICY": "shared"], ["BIND_ADDR": "127.0.0.1", "BIND_PORT": "0"],
+                          ["PORTREUSE_SOURCE_ADDR": "127.0.0.1", "PORTREUSE_POLICY": "exclusive", "PORTREUSE_VERBOSE": "1"]] {
+            let shimmed = try capture([program], environment: shimmed(variables))
+            #expect(!shimmed.signalled && shimmed.status == 0, "\(variables): signal \(shimmed.status)")
+            #expect(shimmed.output == plain.output, "\(variables)")
+            #expect(shimmed.stderr.isEmpty, "\(variables): \(shimmed.stderr)")
+        }
     }
 }
