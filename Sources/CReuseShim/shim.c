@@ -313,6 +313,26 @@ static int read_port(const char *name, uint16_t *port) {
     return 1;
 }
 
+// The scope after an IPv6 address's %, read as the CLI reads it (IPAddress.init?(_:) in
+// Sources/PortReuse/Addresses): a decimal number from 0 to 4294967295 (UInt32's parser: an optional + or -
+// sign, where "-0" is 0 and any other negative number is refused, then digits only), else the name of an
+// interface. Anything else is refused: never a number that wraps (4294967297 is not scope 1).
+static int read_scope(const char *zone, uint32_t *scope) {
+    if (*zone == 0) return 0;
+    const char *digits = zone + (*zone == '+' || *zone == '-');
+    uint64_t number = 0;
+    size_t count = 0;
+    for (; digits[count] >= '0' && digits[count] <= '9' && number <= UINT32_MAX; count++)
+        number = number * 10 + (uint64_t)(digits[count] - '0');
+    if (count > 0 && digits[count] == 0 && number <= UINT32_MAX && (*zone != '-' || number == 0)) {
+        *scope = (uint32_t)number;
+        return 1;
+    }
+    unsigned index = if_nametoindex(zone);
+    *scope = index;
+    return index != 0;
+}
+
 // A numeric IPv4 or IPv6 address, IPv6 optionally in brackets and with a %scope (interface name or index).
 // The shim never resolves host names: it runs inside the program, on its bind path.
 static int read_address(const char *name, struct endpoint *endpoint) {
@@ -335,16 +355,14 @@ static int read_address(const char *name, struct endpoint *endpoint) {
     } else {
         char *percent = strchr(literal, '%');
         uint32_t scope = 0;
+        int scope_valid = 1;
         if (percent) {
             *percent = 0;
-            const char *zone = percent + 1;
-            char *end = NULL;
-            unsigned long number = strtoul(zone, &end, 10);
-            scope = (*zone && end && *end == 0) ? (uint32_t)number : if_nametoindex(zone);
+            scope_valid = read_scope(percent + 1, &scope);
         }
-        if (inet_pton(AF_INET6, literal, &endpoint->v6) != 1 || (percent && scope == 0)) {
+        if (inet_pton(AF_INET6, literal, &endpoint->v6) != 1 || !scope_valid) {
             report_bad(name, value,
-                       percent ? "not an IPv6 address with a known interface after %"
+                       percent ? "not an IPv6 address followed by % and an interface name or a number from 0 to 4294967295"
                                : "not an IP address (the shim takes numeric addresses such as 127.0.0.1 or ::1; "
                                  "portreuse run --bind/--source also resolve host names)");
             return 0;

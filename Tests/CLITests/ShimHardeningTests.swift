@@ -151,4 +151,21 @@ struct ShimHardeningTests {
             #expect(shimmed.stderr.isEmpty, "\(variables): \(shimmed.stderr)")
         }
     }
+
+    @Test("an IPv6 scope is refused by the shim exactly when the CLI's parser refuses it, and never wraps")
+    func scopesAsTheCLIReadsThem() throws {
+        let zones = ["4294967297", "4294967296", "-1", "-0", "+5", "+", "-", "0", "1", "lo", "LO", "4294967295",
+                     "04294967295", "00000000000000000001", " 1", "1 ", "1a", "0x1", "nosuchif0", "99999999999999999999", "%1"]
+        for zone in zones {
+            let text = "fe80::1%" + zone
+            let result = try capture(["/bin/true"], environment: shimmed(["BIND_ADDR": text]))
+            let refused = result.shimLines.contains { $0.contains("BIND_ADDR=\"") && $0.contains("is ignored") }
+            #expect(refused == (IPAddress(text) == nil), "\(text): CLI \(IPAddress(text).map { "\($0.scope)" } ?? "refuses"), shim \(result.stderr)")
+        }
+        // fe80::1%4294967297 used to become scope 1 (lo), where fe80::1 cannot be bound: ignored, ::1 is bound.
+        let program = "import socket\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\ns.bind(('::1', 0))\nprint(s.getsockname()[0])"
+        let wrapped = try capture([systemPython, "-c", program], environment: shimmed(["BIND_ADDR": "fe80::1%4294967297"]))
+        #expect(wrapped.output == "::1\n", "\(wrapped.stderr)")
+        #expect(wrapped.shimLines.count == 1)
+    }
 }
