@@ -15,6 +15,7 @@
 //   raised it), never a blocking write (a message that fd 2 cannot take at once is dropped), never a wait.
 // - It never reads memory the program passed in that the kernel would refuse (EFAULT): the program's
 //   addresses and msghdr are copied with process_vm_readv, and when that fails the call goes through untouched.
+// - A bad setting is said once per process tree, not once per process: see `say_bad_settings`.
 // - It never clears an option the program set itself: it only adds what the policy asks for.
 #define _GNU_SOURCE
 #include "CReuseShim.h"
@@ -260,15 +261,77 @@ static int said_udp_reuseaddr, said_reuseport_failed, said_transparent_failed, s
 
 // MARK: - Parsing the environment (once, at load)
 
+// Bad settings are collected while the configuration is read, and said together at its end.
+static struct bad_setting {
+    const char *variable, *value, *why;
+} bad_settings[16];
+static size_t bad_count;
+
 static void report_bad(const char *variable, const char *value, const char *why) {
-    struct line line;
-    start(&line);
-    put(&line, variable);
-    put(&line, "=");
-    put_value(&line, value);
-    put(&line, " is ignored: ");
-    put(&line, why);
-    emit(&line);
+    if (bad_count < sizeof bad_settings / sizeof bad_settings[0])
+        bad_settings[bad_count++] = (struct bad_setting){variable, value, why};
+}
+
+// Children inherit LD_PRELOAD and the variables: a shell script's twenty processes would each say the same
+// bad setting. A process that says bad settings puts a fingerprint of each (FNV-1a of its name and value, 16
+// hex digits, comma-separated) in its own environment, which its children inherit; a process says only the
+// bad settings whose fingerprint it did not inherit, and passes on the fingerprints of its own bad settings
+// that were said (by it or before it). Nothing is set when there is nothing to say, and a line that stderr
+// could not take is not marked as said. This runs at load, before main and before the program starts
+// threads: setenv is safe there.
+static const char warned_variable[] = "PORTREUSE_SHIM_WARNED";
+
+static void fingerprint(const struct bad_setting *setting, char text[17]) {
+    uint64_t hash = 0xcbf29ce484222325u;
+    const char *parts[2] = {setting->variable, setting->value};
+    for (int part = 0; part < 2; part++) {
+        for (const char *c = parts[part];; c++) {
+            hash = (hash ^ (unsigned char)*c) * 0x100000001b3u;
+            if (*c == 0) break;
+        }
+    }
+    for (int i = 0; i < 16; i++) text[i] = "0123456789abcdef"[(hash >> (60 - 4 * i)) & 15];
+    text[16] = 0;
+}
+
+// Whether the comma-separated list `said` holds `print`.
+static int was_said(const char *said, const char *print) {
+    for (const char *entry = said; entry && *entry;) {
+        if (strncmp(entry, print, 16) == 0 && (entry[16] == ',' || entry[16] == 0)) return 1;
+        entry = strchr(entry, ',');
+        if (entry) entry++;
+    }
+    return 0;
+}
+
+static void say_bad_settings(void) {
+    if (bad_count == 0) return;
+    const char *inherited = getenv(warned_variable);
+    char marker[sizeof bad_settings / sizeof bad_settings[0] * 17 + 1];
+    size_t used = 0, unchanged = 1;
+    for (size_t i = 0; i < bad_count; i++) {
+        char print[17];
+        fingerprint(&bad_settings[i], print);
+        int said = was_said(inherited, print);
+        if (!said) {
+            unchanged = 0;
+            struct line line;
+            start(&line);
+            put(&line, bad_settings[i].variable);
+            put(&line, "=");
+            put_value(&line, bad_settings[i].value);
+            put(&line, " is ignored: ");
+            put(&line, bad_settings[i].why);
+            said = emit(&line);
+        }
+        if (said) {
+            if (used) marker[used++] = ',';
+            memcpy(marker + used, print, 16);
+            used += 16;
+        }
+    }
+    marker[used] = 0;
+    if (!unchanged && used) setenv(warned_variable, marker, 1);
 }
 
 // The value of a variable, or NULL when it is unset or empty (an empty value means "not set").
@@ -448,6 +511,7 @@ static void load(void) {
     config.bind_active = bind_has_options || config.bind_to.has_address || config.bind_to.has_port;
     config.source_active = config.source.has_address || config.source.has_port;
 
+    say_bad_settings();
     errno = saved;
 }
 

@@ -168,4 +168,29 @@ struct ShimHardeningTests {
         #expect(wrapped.output == "::1\n", "\(wrapped.stderr)")
         #expect(wrapped.shimLines.count == 1)
     }
+
+    @Test("a bad setting is said once per process tree; the marker is set only when there was something to say")
+    func oncePerTree() throws {
+        let script = "for i in 1 2 3 4 5; do /bin/true; sh -c /bin/true; done; BIND_PORT=77777 sh -c 'sh -c /bin/true'; printenv PORTREUSE_SHIM_WARNED | wc -l"
+        let result = try capture(["/bin/sh", "-c", script], environment: shimmed(["BIND_PORT": "99999", "REUSE_PORT": "banana"]))
+        #expect(result.status == 0)
+        #expect(result.output.trimmingCharacters(in: .whitespaces) == "1\n", "the marker is in the tree's environment")
+        #expect(result.shimLines.count == 3, "\(result.stderr)")
+        #expect(result.shimLines.filter { $0.contains("BIND_PORT=\"99999\"") }.count == 1)
+        #expect(result.shimLines.filter { $0.contains("REUSE_PORT=\"banana\"") }.count == 1)
+        #expect(result.shimLines.filter { $0.contains("BIND_PORT=\"77777\"") }.count == 1, "a new bad value is said, once")
+
+        // Nothing bad, no marker: the program's environment is as it was.
+        let clean = try capture(["/bin/sh", "-c", "env"], environment: shimmed(["PORTREUSE_POLICY": "shared"]))
+        #expect(!clean.output.contains("PORTREUSE_SHIM_WARNED"))
+        #expect(clean.stderr.isEmpty)
+        // A stderr that could not take the line does not mark it as said: the next process says it.
+        let lost = try capture(["/bin/sh", "-c", "exec 2>&-; LD_PRELOAD=\(shimLibrary) BIND_PORT=99999 sh -c 'exec 2>&1; /bin/true'"],
+                               environment: environment())
+        #expect(lost.output.contains("BIND_PORT=\"99999\" is ignored"), "\(lost.output)")
+        // portreuse run starts a new tree: an inherited marker is left out.
+        let run = try capture([portreuse, "run", "--", "/usr/bin/env"], environment: environment(["PORTREUSE_SHIM_WARNED": "0123456789abcdef"]))
+        #expect(run.status == 0)
+        #expect(!run.output.contains("PORTREUSE_SHIM_WARNED"))
+    }
 }
