@@ -193,4 +193,170 @@ struct ShimHardeningTests {
         #expect(run.status == 0)
         #expect(!run.output.contains("PORTREUSE_SHIM_WARNED"))
     }
+
+    /// A small random number generator with a seed (SplitMix64), so that a failing case can be run again.
+    struct SeededGenerator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    /// Binds, listens, connects (non-blocking, at most 200 ms), sends UDP with sendto and sendmsg on IPv4 and
+    /// IPv6, and makes calls the kernel refuses with EFAULT. Prints "ok" and nothing else unless one of its own
+    /// checks fails: errno after a successful call is what it was before, and EFAULT stays EFAULT.
+    static let fuzzProgram = #"""
+        #include <arpa/inet.h>
+        #include <errno.h>
+        #include <fcntl.h>
+        #include <netinet/in.h>
+        #include <poll.h>
+        #include <stdio.h>
+        #include <string.h>
+        #include <sys/socket.h>
+        #include <unistd.h>
+        static int bad;
+        static void check_errno(const char *what, long result) {
+            if (result >= 0 && errno != 77) { printf("%s: errno %d after success\n", what, errno); bad = 1; }
+        }
+        static void check_fault(const char *what, long result) {
+            if (result != -1 || errno != EFAULT) { printf("%s: %ld errno %d, not EFAULT\n", what, result, errno); bad = 1; }
+        }
+        static void exercise(int family, const char *loopback) {
+            struct sockaddr_storage address;
+            memset(&address, 0, sizeof address);
+            socklen_t length;
+            if (family == AF_INET) {
+                struct sockaddr_in *in = (struct sockaddr_in *)&address;
+                in->sin_family = AF_INET;
+                inet_pton(AF_INET, loopback, &in->sin_addr);
+                length = sizeof *in;
+            } else {
+                struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&address;
+                in6->sin6_family = AF_INET6;
+                inet_pton(AF_INET6, loopback, &in6->sin6_addr);
+                length = sizeof *in6;
+            }
+            int listener = socket(family, SOCK_STREAM, 0);
+            errno = 77;
+            check_errno("bind tcp", bind(listener, (struct sockaddr *)&address, length));
+            listen(listener, 8);
+            struct sockaddr_storage at;
+            socklen_t at_length = sizeof at;
+            getsockname(listener, (struct sockaddr *)&at, &at_length);
+            int client = socket(family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+            errno = 77;
+            if (connect(client, (struct sockaddr *)&at, at_length) != 0 && errno == EINPROGRESS) {
+                struct pollfd done = {.fd = client, .events = POLLOUT};
+                poll(&done, 1, 200);
+            }
+            int datagram = socket(family, SOCK_DGRAM, 0);
+            errno = 77;
+            check_errno("bind udp", bind(datagram, (struct sockaddr *)&address, length));
+            at_length = sizeof at;
+            getsockname(datagram, (struct sockaddr *)&at, &at_length);
+            int sender = socket(family, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+            errno = 77;
+            check_errno("sendto", sendto(sender, "x", 1, 0, (struct sockaddr *)&at, at_length));
+            struct iovec part = {.iov_base = "y", .iov_len = 1};
+            struct msghdr message = {.msg_name = &at, .msg_namelen = at_length, .msg_iov = &part, .msg_iovlen = 1};
+            int other = socket(family, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+            errno = 77;
+            check_errno("sendmsg", sendmsg(other, &message, 0));
+            int fresh = socket(family, SOCK_DGRAM, 0);
+            check_fault("bind fault", bind(fresh, (void *)1, length));
+            check_fault("connect fault", connect(fresh, (void *)1, length));
+            check_fault("sendto fault", sendto(fresh, "x", 1, 0, (void *)1, length));
+            check_fault("sendmsg fault", sendmsg(fresh, (void *)1, 0));
+            close(listener); close(client); close(datagram); close(sender); close(other); close(fresh);
+        }
+        int main(void) {
+            alarm(10);
+            exercise(AF_INET, "127.0.0.1");
+            exercise(AF_INET6, "::1");
+            if (!bad) printf("ok\n");
+            return 0;
+        }
+        """#
+
+    /// Every variable the shim reads (its getenv calls), with values it takes and values it refuses.
+    static func pools(port: String) -> [(name: String, valid: [String], invalid: [String])] {
+        let booleans = ["1", "0", "yes", "no", "On", "FALSE", "true", "off"]
+        let badBooleans = ["banana", "2", "-1", " 1", "\u{1B}[31mred"]
+        let addresses = ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1", "0.0.0.0", "::", "[::1]", "fe80::1%lo", "fe80::1%1", "::1%0", "127.1.2.3"]
+        let badAddresses = ["nowhere", "999.1.1.1", "127.0.0.1:80", "fe80::1%4294967297", "fe80::1%-1", "fe80::1%", "localhost",
+                            String(repeating: "9", count: 300), "::1%nosuchif0", "[::1"]
+        let ports = ["0", port, "00", port]
+        let badPorts = ["99999", "-1", "80x", " 80", "65536", "0000065536"]
+        return [
+            ("PORTREUSE_POLICY", ["restartable", "shared", "exclusive", "unsafe-any-user"], ["sharde", "SHARED", " shared", "\u{7F}"]),
+            ("PORTREUSE_VERBOSE", booleans, badBooleans),
+            ("REUSE_ADDR", booleans, badBooleans), ("REUSE_PORT", booleans, badBooleans), ("IP_TRANSPARENT", booleans, badBooleans),
+            ("BIND_ADDR", addresses, badAddresses), ("BIND_PORT", ports, badPorts),
+            ("PORTREUSE_BIND_ADDR", addresses, badAddresses), ("PORTREUSE_BIND_PORT", ports, badPorts),
+            ("PORTREUSE_SOURCE_ADDR", addresses, badAddresses), ("PORTREUSE_SOURCE_PORT", ports, badPorts),
+        ]
+    }
+
+    @Test("300 random combinations of the shim's variables: no crash, stdout the program's own, one line per bad variable",
+          .enabled(if: gcc != nil, "gcc is missing"))
+    func randomizedSettings() throws {
+        let folder = try TemporaryFolder()
+        let program = try compileC(Self.fuzzProgram, named: "fuzz", in: folder)
+        let plain = try capture([program], environment: environment())
+        try #require(plain.output == "ok\n", "without the shim: \(plain.output)")
+
+        // The shim's variables, found in its source, are the ones the pools cover.
+        let source = try String(contentsOfFile: packageRoot + "/Sources/CReuseShim/shim.c", encoding: .utf8)
+        let reservation = try PortReservation()
+        let pools = Self.pools(port: String(reservation.port))
+        let reads = source.split(separator: "\n").filter { $0.contains("variable(\"") || $0.contains("read_boolean(\"") || $0.contains("read_endpoint(&") }
+        let read = Set(reads.flatMap { line in
+            line.split(separator: "\"").enumerated().filter { $0.offset % 2 == 1 }.map(\.element)
+                .filter { $0.count > 3 && $0.allSatisfy { $0.isUppercase || $0 == "_" } }.map(String.init)
+        })
+        try #require(read == Set(pools.map(\.name)), "the pools must cover exactly what shim.c reads: \(read.sorted())")
+        let seed = ProcessInfo.processInfo.environment["PORTREUSE_FUZZ_SEED"].flatMap { UInt64($0) } ?? 16_2026_12_01
+        let cases = ProcessInfo.processInfo.environment["PORTREUSE_FUZZ_CASES"].flatMap { Int($0) } ?? 300
+        var random = SeededGenerator(state: seed)
+        var failures = 0
+        let started = Processes.monotonicNanoseconds
+        for index in 0..<cases where failures < 5 {
+            var variables: [String: String] = [:]
+            var bad: Set<String> = []
+            for pool in pools {
+                switch Int.random(in: 0..<6, using: &random) {
+                case 0, 1: break  // unset
+                case 2: variables[pool.name] = ""  // empty: unset too
+                case 3, 4: variables[pool.name] = pool.valid.randomElement(using: &random)!
+                default:
+                    variables[pool.name] = pool.invalid.randomElement(using: &random)!
+                    bad.insert(pool.name)
+                }
+            }
+            let result = try capture([program], environment: shimmed(variables), timeout: 20)
+            let verbose = ["1", "yes", "On", "true"].contains(variables["PORTREUSE_VERBOSE"] ?? "")
+            let ignored = result.errorLines.filter { $0.contains(" is ignored: ") }
+            let said = Set(ignored.compactMap { line in pools.map(\.name).first { line.contains("): \($0)=\"") } })
+            let others = result.errorLines.filter { !$0.contains(" is ignored: ") }
+            var problems: [String] = []
+            if result.signalled || result.timedOut { problems.append("killed by signal \(result.status)\(result.timedOut ? " (timed out)" : "")") }
+            if result.status != 0 && !result.signalled { problems.append("exit status \(result.status)") }
+            if result.output != "ok\n" { problems.append("stdout \(result.output.debugDescription)") }
+            if !result.errorLines.allSatisfy({ $0.hasPrefix("portreuse shim (fuzz[") }) { problems.append("stderr lines not the shim's") }
+            if ignored.count != bad.count || said != bad { problems.append("bad \(bad.sorted()), said \(ignored.count): \(said.sorted())") }
+            if !verbose && others.count > 6 { problems.append("\(others.count) other lines without PORTREUSE_VERBOSE") }
+            if !problems.isEmpty {
+                failures += 1
+                let settings = variables.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.debugDescription)" }.joined(separator: " ")
+                Issue.record("seed \(seed) case \(index) (PORTREUSE_FUZZ_SEED=\(seed)): \(problems.joined(separator: "; "))\n  \(settings)\n  stderr: \(result.stderr)")
+            }
+        }
+        let seconds = Double(Processes.monotonicNanoseconds - started) / 1e9
+        print("randomizedSettings: seed \(seed), \(cases) cases in \(String(format: "%.1f", seconds)) s")
+    }
 }
