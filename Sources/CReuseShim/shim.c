@@ -11,6 +11,11 @@
 // - Memory the program passed in is never written: a rewritten address is a copy.
 // - It never writes to stdout. Messages go to the stderr the program started with, and not at all once
 //   fd 2 refers to something else (a daemon that closed it and reused the number for a socket).
+// - Writing a message never hurts the host: no SIGPIPE (blocked around the write, and consumed if the write
+//   raised it), never a blocking write (a message that fd 2 cannot take at once is dropped), never a wait.
+// - It never reads memory the program passed in that the kernel would refuse (EFAULT): the program's
+//   addresses and msghdr are copied with process_vm_readv, and when that fails the call goes through untouched.
+// - A bad setting is said once per process tree, not once per process: see `say_bad_settings`.
 // - It never clears an option the program set itself: it only adds what the policy asks for.
 #define _GNU_SOURCE
 #include "CReuseShim.h"
@@ -20,7 +25,9 @@
 #include <errno.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,6 +35,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
@@ -204,21 +213,44 @@ static void start(struct line *line) {
     put(line, "]): ");
 }
 
-static void emit(struct line *line) {
-    int saved = errno;
+// Writes the line to fd 2 in one call, only when fd 2 is still the stderr the program started with and can
+// take it now: a full pipe or socket drops the line rather than block the host, and a pipe nobody reads any
+// more neither kills the host with SIGPIPE nor leaves a SIGPIPE pending for it. Returns whether it was written.
+static int emit(struct line *line) {
+    int saved = errno, written = 0;
     struct stat now;
     if (config.stderr_usable && fstat(STDERR_FILENO, &now) == 0 && now.st_dev == config.stderr_device &&
         now.st_ino == config.stderr_inode) {
         line->text[line->used++] = '\n';
-        size_t written = 0;
-        while (written < line->used) {
-            ssize_t count = write(STDERR_FILENO, line->text + written, line->used - written);
-            if (count > 0) written += (size_t)count;
-            else if (count < 0 && errno == EINTR) continue;
-            else break;
+        struct pollfd ready = {.fd = STDERR_FILENO, .events = POLLOUT};
+        // POLLERR: a pipe without readers (the write would raise SIGPIPE); no POLLOUT: full.
+        if (poll(&ready, 1, 0) == 1 && (ready.revents & (POLLOUT | POLLERR | POLLHUP | POLLNVAL)) == POLLOUT) {
+            if (S_ISSOCK(now.st_mode)) {
+                written = send(STDERR_FILENO, line->text, line->used, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)line->used;
+            } else {
+                // Lines are shorter than PIPE_BUF, so a pipe that polls writable takes the whole line at once.
+                // SIGPIPE (a reader that left since poll) and SIGTTOU (a background job with `stty tostop`,
+                // which would stop the host) are blocked for the write; a blocked SIGTTOU is not even raised.
+                sigset_t blocked, previous, pending;
+                sigemptyset(&blocked);
+                sigaddset(&blocked, SIGPIPE);
+                sigaddset(&blocked, SIGTTOU);
+                pthread_sigmask(SIG_BLOCK, &blocked, &previous);
+                int pipe_was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+                written = write(STDERR_FILENO, line->text, line->used) == (ssize_t)line->used;
+                if (!pipe_was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+                    sigset_t pipe_only;
+                    sigemptyset(&pipe_only);
+                    sigaddset(&pipe_only, SIGPIPE);
+                    const struct timespec zero = {0, 0};
+                    sigtimedwait(&pipe_only, NULL, &zero);
+                }
+                pthread_sigmask(SIG_SETMASK, &previous, NULL);
+            }
         }
     }
     errno = saved;
+    return written;
 }
 
 // Whether to say something that is said once per process (every time with PORTREUSE_VERBOSE=1).
@@ -229,15 +261,77 @@ static int said_udp_reuseaddr, said_reuseport_failed, said_transparent_failed, s
 
 // MARK: - Parsing the environment (once, at load)
 
+// Bad settings are collected while the configuration is read, and said together at its end.
+static struct bad_setting {
+    const char *variable, *value, *why;
+} bad_settings[16];
+static size_t bad_count;
+
 static void report_bad(const char *variable, const char *value, const char *why) {
-    struct line line;
-    start(&line);
-    put(&line, variable);
-    put(&line, "=");
-    put_value(&line, value);
-    put(&line, " is ignored: ");
-    put(&line, why);
-    emit(&line);
+    if (bad_count < sizeof bad_settings / sizeof bad_settings[0])
+        bad_settings[bad_count++] = (struct bad_setting){variable, value, why};
+}
+
+// Children inherit LD_PRELOAD and the variables: a shell script's twenty processes would each say the same
+// bad setting. A process that says bad settings puts a fingerprint of each (FNV-1a of its name and value, 16
+// hex digits, comma-separated) in its own environment, which its children inherit; a process says only the
+// bad settings whose fingerprint it did not inherit, and passes on the fingerprints of its own bad settings
+// that were said (by it or before it). Nothing is set when there is nothing to say, and a line that stderr
+// could not take is not marked as said. This runs at load, before main and before the program starts
+// threads: setenv is safe there.
+static const char warned_variable[] = "PORTREUSE_SHIM_WARNED";
+
+static void fingerprint(const struct bad_setting *setting, char text[17]) {
+    uint64_t hash = 0xcbf29ce484222325u;
+    const char *parts[2] = {setting->variable, setting->value};
+    for (int part = 0; part < 2; part++) {
+        for (const char *c = parts[part];; c++) {
+            hash = (hash ^ (unsigned char)*c) * 0x100000001b3u;
+            if (*c == 0) break;
+        }
+    }
+    for (int i = 0; i < 16; i++) text[i] = "0123456789abcdef"[(hash >> (60 - 4 * i)) & 15];
+    text[16] = 0;
+}
+
+// Whether the comma-separated list `said` holds `print`.
+static int was_said(const char *said, const char *print) {
+    for (const char *entry = said; entry && *entry;) {
+        if (strncmp(entry, print, 16) == 0 && (entry[16] == ',' || entry[16] == 0)) return 1;
+        entry = strchr(entry, ',');
+        if (entry) entry++;
+    }
+    return 0;
+}
+
+static void say_bad_settings(void) {
+    if (bad_count == 0) return;
+    const char *inherited = getenv(warned_variable);
+    char marker[sizeof bad_settings / sizeof bad_settings[0] * 17 + 1];
+    size_t used = 0, unchanged = 1;
+    for (size_t i = 0; i < bad_count; i++) {
+        char print[17];
+        fingerprint(&bad_settings[i], print);
+        int said = was_said(inherited, print);
+        if (!said) {
+            unchanged = 0;
+            struct line line;
+            start(&line);
+            put(&line, bad_settings[i].variable);
+            put(&line, "=");
+            put_value(&line, bad_settings[i].value);
+            put(&line, " is ignored: ");
+            put(&line, bad_settings[i].why);
+            said = emit(&line);
+        }
+        if (said) {
+            if (used) marker[used++] = ',';
+            memcpy(marker + used, print, 16);
+            used += 16;
+        }
+    }
+    marker[used] = 0;
+    if (!unchanged && used) setenv(warned_variable, marker, 1);
 }
 
 // The value of a variable, or NULL when it is unset or empty (an empty value means "not set").
@@ -282,6 +376,26 @@ static int read_port(const char *name, uint16_t *port) {
     return 1;
 }
 
+// The scope after an IPv6 address's %, read as the CLI reads it (IPAddress.init?(_:) in
+// Sources/PortReuse/Addresses): a decimal number from 0 to 4294967295 (UInt32's parser: an optional + or -
+// sign, where "-0" is 0 and any other negative number is refused, then digits only), else the name of an
+// interface. Anything else is refused: never a number that wraps (4294967297 is not scope 1).
+static int read_scope(const char *zone, uint32_t *scope) {
+    if (*zone == 0) return 0;
+    const char *digits = zone + (*zone == '+' || *zone == '-');
+    uint64_t number = 0;
+    size_t count = 0;
+    for (; digits[count] >= '0' && digits[count] <= '9' && number <= UINT32_MAX; count++)
+        number = number * 10 + (uint64_t)(digits[count] - '0');
+    if (count > 0 && digits[count] == 0 && number <= UINT32_MAX && (*zone != '-' || number == 0)) {
+        *scope = (uint32_t)number;
+        return 1;
+    }
+    unsigned index = if_nametoindex(zone);
+    *scope = index;
+    return index != 0;
+}
+
 // A numeric IPv4 or IPv6 address, IPv6 optionally in brackets and with a %scope (interface name or index).
 // The shim never resolves host names: it runs inside the program, on its bind path.
 static int read_address(const char *name, struct endpoint *endpoint) {
@@ -304,16 +418,14 @@ static int read_address(const char *name, struct endpoint *endpoint) {
     } else {
         char *percent = strchr(literal, '%');
         uint32_t scope = 0;
+        int scope_valid = 1;
         if (percent) {
             *percent = 0;
-            const char *zone = percent + 1;
-            char *end = NULL;
-            unsigned long number = strtoul(zone, &end, 10);
-            scope = (*zone && end && *end == 0) ? (uint32_t)number : if_nametoindex(zone);
+            scope_valid = read_scope(percent + 1, &scope);
         }
-        if (inet_pton(AF_INET6, literal, &endpoint->v6) != 1 || (percent && scope == 0)) {
+        if (inet_pton(AF_INET6, literal, &endpoint->v6) != 1 || !scope_valid) {
             report_bad(name, value,
-                       percent ? "not an IPv6 address with a known interface after %"
+                       percent ? "not an IPv6 address followed by % and an interface name or a number from 0 to 4294967295"
                                : "not an IP address (the shim takes numeric addresses such as 127.0.0.1 or ::1; "
                                  "portreuse run --bind/--source also resolve host names)");
             return 0;
@@ -399,6 +511,7 @@ static void load(void) {
     config.bind_active = bind_has_options || config.bind_to.has_address || config.bind_to.has_port;
     config.source_active = config.source.has_address || config.source.has_port;
 
+    say_bad_settings();
     errno = saved;
 }
 
@@ -409,6 +522,29 @@ static pthread_once_t loaded = PTHREAD_ONCE_INIT;
 __attribute__((constructor)) static void load_at_start(void) { pthread_once(&loaded, load); }
 
 static inline void ensure_loaded(void) { pthread_once(&loaded, load); }
+
+// MARK: - Reading the program's memory
+
+// Copies `length` bytes of the program's memory at `from` to `to`; 0 when the kernel cannot read all of
+// them, so that the call goes through untouched and the kernel answers EFAULT, as without the shim. A bad
+// pointer is never dereferenced: process_vm_readv on this process reads through the kernel, which fails
+// with EFAULT rather than raising SIGSEGV. Where a seccomp filter refuses process_vm_readv (EPERM, ENOSYS)
+// the memory is read directly, as a plain program would. Keeps errno.
+static int copy_in(void *to, const void *from, size_t length) {
+    if (length == 0) return 1;
+    if (from == NULL) return 0;
+    int saved = errno;
+    struct iovec local = {.iov_base = to, .iov_len = length}, remote = {.iov_base = (void *)from, .iov_len = length};
+    ssize_t copied = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+    int code = errno;
+    errno = saved;
+    if (copied == (ssize_t)length) return 1;
+    if (copied < 0 && (code == EPERM || code == ENOSYS)) {
+        memcpy(to, from, length);
+        return 1;
+    }
+    return 0;
+}
 
 // MARK: - Socket helpers
 
@@ -604,43 +740,45 @@ static int bind_source(const char *call, int fd, const struct sockaddr *peer, in
     return 0;
 }
 
-// Whether a destination is one the source setting applies to: a whole AF_INET or AF_INET6 address (the
-// kernel takes an IPv6 address without its last field, sin6_scope_id, as RFC 2133 defined it).
-static int wants_source(const struct sockaddr *peer, socklen_t length) {
-    if (!config.source_active || peer == NULL || length < sizeof(sa_family_t)) return 0;
-    if (peer->sa_family == AF_INET) return length >= sizeof(struct sockaddr_in);
-    return peer->sa_family == AF_INET6 && length >= offsetof(struct sockaddr_in6, sin6_scope_id);
+// Copies a destination into `peer` when the source setting applies to it: a whole AF_INET or AF_INET6
+// address (the kernel takes an IPv6 address without its last field, sin6_scope_id, as RFC 2133 defined it)
+// that the kernel can read. A destination longer than sockaddr_storage is one the kernel refuses (EINVAL).
+static int copy_peer(const struct sockaddr *address, socklen_t length, struct sockaddr_storage *peer) {
+    if (!config.source_active || address == NULL || length < sizeof(sa_family_t) || length > sizeof *peer) return 0;
+    memset(peer, 0, sizeof *peer);
+    if (!copy_in(peer, address, length)) return 0;
+    if (peer->ss_family == AF_INET) return length >= sizeof(struct sockaddr_in);
+    return peer->ss_family == AF_INET6 && length >= offsetof(struct sockaddr_in6, sin6_scope_id);
 }
 
 // MARK: - The interposed calls
 
 EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
     ensure_loaded();
-    if (!config.bind_active || address == NULL || length < sizeof(sa_family_t) || !is_inet(address->sa_family) ||
-        length > sizeof(struct sockaddr_storage))
+    if (!config.bind_active || address == NULL || length < sizeof(sa_family_t) || length > sizeof(struct sockaddr_storage))
         return next_bind(fd, address, length);
     int saved = errno;
-    int type = 0, kind = socket_kind(fd, &type);
-    if (kind < 0) {
+    // `asked` is what the program passed (for messages), `copy` what may be rewritten.
+    struct sockaddr_storage asked, copy;
+    memset(&asked, 0, sizeof asked);
+    int type = 0, kind = -1;
+    if (!copy_in(&asked, address, length) || !is_inet(asked.ss_family) || (kind = socket_kind(fd, &type)) < 0) {
         errno = saved;
         return next_bind(fd, address, length);
     }
-
-    struct sockaddr_storage copy;
-    memset(&copy, 0, sizeof copy);
-    memcpy(&copy, address, length);
+    copy = asked;
     const struct sockaddr *bound = address;
     socklen_t bound_length = length;
     if (config.bind_to.has_address || config.bind_to.has_port) {
         const char *skipped = apply_endpoint(&config.bind_to, fd, &copy, NULL);
         if (skipped) {
-            if (say(&said_bind_skipped)) say_skipped("bind", &config.bind_to, address, skipped);
+            if (say(&said_bind_skipped)) say_skipped("bind", &config.bind_to, (const struct sockaddr *)&asked, skipped);
         } else {
             bound = (const struct sockaddr *)&copy;
             if (bound_length < length_of(copy.ss_family)) bound_length = length_of(copy.ss_family);
         }
     }
-    int options = set_options(fd, address->sa_family, kind);
+    int options = set_options(fd, asked.ss_family, kind);
 
     if (config.verbose) {
         struct line line;
@@ -648,7 +786,7 @@ EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
         put(&line, "bind fd ");
         put_number(&line, (unsigned long)fd);
         put(&line, kind == 0 ? " (TCP) " : " (UDP) ");
-        put_address(&line, address);
+        put_address(&line, (const struct sockaddr *)&asked);
         if (bound != address) {
             put(&line, " -> ");
             put_address(&line, bound);
@@ -664,9 +802,10 @@ EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
 
 EXPORT int connect(int fd, const struct sockaddr *address, socklen_t length) {
     ensure_loaded();
-    if (wants_source(address, length)) {
+    struct sockaddr_storage peer;
+    if (copy_peer(address, length, &peer)) {
         int saved = errno;
-        if (bind_source("connect", fd, address, -1) != 0) return -1;
+        if (bind_source("connect", fd, (const struct sockaddr *)&peer, -1) != 0) return -1;
         errno = saved;
     }
     return next_connect(fd, address, length);
@@ -675,9 +814,10 @@ EXPORT int connect(int fd, const struct sockaddr *address, socklen_t length) {
 EXPORT ssize_t sendto(int fd, const void *buffer, size_t size, int flags, const struct sockaddr *address,
                       socklen_t length) {
     ensure_loaded();
-    if (wants_source(address, length)) {
+    struct sockaddr_storage peer;
+    if (copy_peer(address, length, &peer)) {
         int saved = errno;
-        if (bind_source("sendto", fd, address, flags) != 0) return -1;
+        if (bind_source("sendto", fd, (const struct sockaddr *)&peer, flags) != 0) return -1;
         errno = saved;
     }
     return next_sendto(fd, buffer, size, flags, address, length);
@@ -685,9 +825,15 @@ EXPORT ssize_t sendto(int fd, const void *buffer, size_t size, int flags, const 
 
 EXPORT ssize_t sendmsg(int fd, const struct msghdr *message, int flags) {
     ensure_loaded();
-    if (message != NULL && wants_source((const struct sockaddr *)message->msg_name, message->msg_namelen)) {
+    // Only with a source setting is the message looked at at all; the header is copied before its fields
+    // are read. The kernel cuts a longer msg_namelen to sizeof(struct sockaddr_storage); so does this.
+    struct msghdr header;
+    struct sockaddr_storage peer;
+    if (config.source_active && message != NULL && copy_in(&header, message, sizeof header) &&
+        copy_peer((const struct sockaddr *)header.msg_name,
+                  header.msg_namelen > sizeof peer ? (socklen_t)sizeof peer : header.msg_namelen, &peer)) {
         int saved = errno;
-        if (bind_source("sendmsg", fd, (const struct sockaddr *)message->msg_name, flags) != 0) return -1;
+        if (bind_source("sendmsg", fd, (const struct sockaddr *)&peer, flags) != 0) return -1;
         errno = saved;
     }
     return next_sendmsg(fd, message, flags);

@@ -23,7 +23,7 @@ func environment(_ changes: [String: String?] = [:]) -> [String: String] {
     var result = ProcessInfo.processInfo.environment
     for name in ["LD_PRELOAD", "PORTREUSE_POLICY", "PORTREUSE_VERBOSE", "PORTREUSE_BIND_ADDR", "PORTREUSE_BIND_PORT",
                  "PORTREUSE_SOURCE_ADDR", "PORTREUSE_SOURCE_PORT", "REUSE_ADDR", "REUSE_PORT", "BIND_ADDR", "BIND_PORT",
-                 "IP_TRANSPARENT"] {
+                 "IP_TRANSPARENT", "PORTREUSE_SHIM_WARNED"] {
         result[name] = nil
     }
     for (name, value) in changes { result[name] = value }

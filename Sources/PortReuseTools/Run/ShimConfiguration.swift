@@ -25,11 +25,12 @@ package struct ShimConfiguration: Sendable {
         self.verbose = verbose
     }
 
-    /// Every variable the shim reads: bindp's names and ours.
+    /// Every variable the shim reads: bindp's names and ours, and the shim's "said already" marker
+    /// (`PORTREUSE_SHIM_WARNED`): a `portreuse run` starts a new process tree, which says its own bad settings.
     package static let shimVariables = [
         "PORTREUSE_POLICY", "PORTREUSE_VERBOSE", "PORTREUSE_BIND_ADDR", "PORTREUSE_BIND_PORT",
         "PORTREUSE_SOURCE_ADDR", "PORTREUSE_SOURCE_PORT",
-        "REUSE_ADDR", "REUSE_PORT", "BIND_ADDR", "BIND_PORT", "IP_TRANSPARENT",
+        "REUSE_ADDR", "REUSE_PORT", "BIND_ADDR", "BIND_PORT", "IP_TRANSPARENT", "PORTREUSE_SHIM_WARNED",
     ]
 
     /// This configuration as variables, in a fixed order.
