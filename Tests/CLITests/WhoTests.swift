@@ -273,6 +273,34 @@ struct WhoTests {
         #expect(document["privileged"] as? Bool == true)
     }
 
+    @Test("without root: a socket held by root and by nobody's child lists the child, and says holders may be missing",
+          .needsRoot("needs root to run who as user nobody"))
+    func partlyHiddenFromNobody() throws {
+        let binary = try WorldReadableCopy(of: portreuse)
+        let holder = try Child(python: """
+            import socket, subprocess, time
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+            child = subprocess.Popen(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                "/usr/bin/python3", "-c", "import time; time.sleep(30)"], pass_fds=[s.fileno()])
+            time.sleep(0.3)
+            print(s.getsockname()[1], flush=True)
+            time.sleep(30)
+            child.kill()
+            """)
+        let port = try holder.port()
+        let (status, document) = try whoJSON(["tcp:\(port)"], binary: binary.path, asNobody: true)
+        #expect(status == 0)
+        let found = try sockets(document)
+        #expect(found.count == 1)
+        let socket = try #require(found.first)
+        #expect(pids(socket).count == 1, "nobody sees its own process only: \(socket)")
+        #expect(!pids(socket).contains(Int(holder.pid)), "root's process is not visible to nobody")
+        #expect(socket["processesHidden"] as? Bool == true, "\(socket)")
+        #expect(document["hiddenSockets"] as? Int == 1)
+        let text = try who(["tcp:\(port)"], binary: binary.path, asNobody: true).output
+        #expect(text.contains("may have more holders than shown: run as root"), "\(text)")
+    }
+
     @Test("without root: another user's sockets are listed, their processes hidden, and the output says so",
           .needsRoot("needs root to run who as user nobody"))
     func hiddenFromNobody() throws {

@@ -162,12 +162,19 @@ package enum KernelTables {
         let procFD = dirfd(proc)
         var users: [UInt32: String?] = [:]
         var seen = Set<UInt64>()
+        var unreadable = false
+        defer {
+            if unreadable { for indexes in byInode.values { for index in indexes { found[index].processesMayBeMissing = true } } }
+        }
         let link = UnsafeMutablePointer<CChar>.allocate(capacity: 64)
         defer { link.deallocate() }
         while let entry = readdir(proc) {
             guard let pid = decimalName(entry), pid > 0, pid <= Int32.max else { continue }
             let fdFolder = openat(procFD, "\(pid)/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            guard fdFolder >= 0 else { continue }
+            guard fdFolder >= 0 else {
+                if errno == EACCES || errno == EPERM { unreadable = true }  // not gone: hidden from us
+                continue
+            }
             guard let fds = fdopendir(fdFolder) else { close(fdFolder); continue }
             defer { closedir(fds) }
             var info: (name: String, commandLine: [String], uid: UInt32?)?

@@ -69,6 +69,9 @@ public struct PortHolder: Sendable, Hashable {
     public var receiveQueue: Int
     /// The processes that have it open; empty when none is visible (another user's, without root).
     public var processes: [Process]
+    /// Whether ``processes`` may be incomplete: the descriptors of some process could not be read (another
+    /// user's, without root), and that process may hold this socket too.
+    public var processesMayBeMissing = false
     /// The reuse options set on it, when they could be read (`pidfd_getfd`); `nil` when unknown.
     public var options: ReuseOptions?
 

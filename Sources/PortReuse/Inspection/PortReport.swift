@@ -58,8 +58,9 @@ public struct PortReport: Sendable, Hashable {
         /// The connections on its address: those whose local address is this socket's, or, for a wildcard
         /// socket, those that no socket of a more specific address claims. Sockets on one address share them.
         public var connections: ConnectionCounts
-        /// Whether its processes are hidden from this process: no process is listed and this process is not
-        /// root (another user's socket, or a process that is not dumpable).
+        /// Whether its processes are hidden from this process, wholly or in part: no process is listed and this
+        /// process is not root (another user's socket, or a process that is not dumpable), or some process's
+        /// descriptors could not be read, so that holders may be missing from the list.
         public var processesHidden: Bool
     }
 
@@ -154,7 +155,7 @@ public struct PortReport: Sendable, Hashable {
             Socket(
                 holder: holder, sharing: SocketSharing.of(holder, among: bound, probes: probes, ownUID: ownUID),
                 connections: countsByAddress[holder.localAddress.ip] ?? ConnectionCounts(),
-                processesHidden: holder.processes.isEmpty && ownUID != 0)
+                processesHidden: holder.processes.isEmpty && ownUID != 0 || holder.processesMayBeMissing)
         }
 
         var restartable: Bool?

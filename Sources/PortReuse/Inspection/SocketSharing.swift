@@ -155,8 +155,9 @@ public struct SocketSharing: Sendable, Hashable {
             : users.count == 1 ? (users[0].hasPrefix("uid ") ? users[0] : "user \(users[0])")
             : "users " + users.joined(separator: ", ")
         let holders: String?
+        let partly = group.contains(where: \.processesMayBeMissing) ? " (at least: other users' processes could not be read)" : ""
         if pids >= 2 {
-            holders = "\(pids) processes of \(usersText)"
+            holders = "\(pids) processes of \(usersText)\(partly)"
         } else if group.count >= 2, let process = processes.first {
             holders = "\(group.count) sockets of one process (\(process.name), pid \(process.pid), \(usersText))"
         } else if group.count >= 2 {

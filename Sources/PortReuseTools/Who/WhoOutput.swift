@@ -37,10 +37,15 @@ package struct WhoOutput {
 
     /// What could not be seen, in words.
     package var notes: [String] {
-        let hidden = reports.flatMap(\.hiddenSockets)
+        let partial = reports.flatMap(\.hiddenSockets).filter { !$0.holder.processes.isEmpty }
+        let hidden = reports.flatMap(\.hiddenSockets).filter { $0.holder.processes.isEmpty }
         let strangers = hidden.filter { $0.holder.uid != ownUID }.count
         let mine = hidden.count - strangers
         var notes: [String] = []
+        if !partial.isEmpty {
+            notes.append("the descriptors of other users' processes could not be read: \(partial.count == 1 ? "the socket" : "\(partial.count) sockets") "
+                + "listed with processes may have more holders than shown: run as root to see them all")
+        }
         if strangers > 0 {
             notes.append("\(strangers) socket\(strangers == 1 ? "" : "s") owned by other users: run as root to see \(strangers == 1 ? "its processes" : "their processes")")
         }
