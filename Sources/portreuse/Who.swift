@@ -51,6 +51,9 @@ struct Who: ParsableCommand {
                 restartableMayBind  only connections hold the port: whether a
                                 new listener with SO_REUSEADDR can bind now;
                                 else null
+                warnings        [string]: where another user could take this
+                                port's traffic (sockets of several users on
+                                it, a wildcard that leaves IPv4 or IPv6 free)
                 sockets         one object per bound socket:
                   address       "127.0.0.1:8080", "[::1]:8080"
                   ip            "127.0.0.1", "::1"
@@ -59,6 +62,8 @@ struct Who: ParsableCommand {
                   inode         the kernel's socket inode
                   uid, user     the socket's owner, the user that created it
                                 (user: null when the uid has no name)
+                  dualStack     IPv6: whether it also takes IPv4 (IPV6_V6ONLY
+                                off); null when unreadable or IPv4
                   receiveQueue  listener: connections waiting for accept;
                                 UDP: bytes waiting to be read
                   options       ["SO_REUSEADDR", "SO_REUSEPORT"] as read from

@@ -201,3 +201,18 @@ extension UpResilienceTests {
         #expect(up.logText.contains("had left its process group (setsid): killed too"), "\(up.logText)")
     }
 }
+
+extension UpResilienceTests {
+    @Test("up --dual-stack: [::]:P also takes IPv4 connections; without it, [::] is IPv6 only")
+    func dualStackListen() throws {
+        let dual = try UpProcess(["--listen", "[::]:0", "--dual-stack", "--", hello])
+        let address = try dual.servingAddress()
+        #expect(try httpGet(SocketAddress(ip: .loopbackIPv4, port: address.port)).hasPrefix("hello"))
+        #expect(dual.stop() == 0, "\(dual.logText)")
+        let only = try UpProcess(["--listen", "[::]:0", "--", hello])
+        let v6 = try only.servingAddress()
+        #expect(try httpGet(SocketAddress(ip: .loopbackIPv6, port: v6.port)).hasPrefix("hello"))
+        #expect((try? httpGet(SocketAddress(ip: .loopbackIPv4, port: v6.port))) == nil, "IPv4 is not served")
+        #expect(only.stop() == 0, "\(only.logText)")
+    }
+}

@@ -233,10 +233,10 @@ struct WhoTests {
         let expected: [(String, [String: Any], Set<String>)] = [
             ("document", document, ["schema", "query", "privileged", "held", "hiddenSockets", "notes", "ports"]),
             ("query", document["query"] as? [String: Any] ?? [:], ["text", "all", "transports", "port"]),
-            ("port", ports[0], ["transport", "port", "held", "connections", "restartableMayBind", "sockets"]),
+            ("port", ports[0], ["transport", "port", "held", "connections", "restartableMayBind", "warnings", "sockets"]),
             ("connections", ports[0]["connections"] as? [String: Any] ?? [:], ["established", "timeWait", "other"]),
             ("socket", socket, [
-                "address", "ip", "family", "state", "inode", "uid", "user", "receiveQueue", "options", "connections",
+                "address", "ip", "family", "state", "inode", "uid", "user", "dualStack", "receiveQueue", "options", "connections",
                 "processesHidden", "processes", "sharing",
             ]),
             ("process", process, ["pid", "fd", "name", "uid", "user", "commandLine"]),
@@ -474,5 +474,36 @@ final class WorldReadableCopy {
 
     deinit {
         try? FileManager.default.removeItem(atPath: folder)
+    }
+}
+
+extension WhoTests {
+    @Test("who warns where another user could take a port: a 0.0.0.0 listener leaves IPv6 free; a second user's primed dual-stack socket is named",
+          .needsRoot("a socket of user nobody beside one of root"))
+    func crossUserWarnings() throws {
+        let root = try Listener(tcp: "0.0.0.0:0", policy: .restartable)
+        let port = root.localAddress.port
+        let (_, alone) = try whoJSON(["tcp:\(port)"])
+        let warnings = try #require((alone["ports"] as? [[String: Any]])?.first?["warnings"] as? [String])
+        #expect(warnings.contains { $0.contains("0.0.0.0:\(port) is IPv4 only") }, "\(warnings)")
+        let intruder = try Child(python: """
+            import socket, time
+            def v6(only):
+                s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if only else 0)
+                s.bind(("::", \(port))); s.listen(); return s
+            v6(True).close()
+            held = v6(False)
+            print("ready", flush=True)
+            time.sleep(30)
+            """, asNobody: true)
+        #expect(intruder.line(timeout: 10) == "ready")
+        let (_, both) = try whoJSON(["tcp:\(port)"])
+        let shared = try #require((both["ports"] as? [[String: Any]])?.first?["warnings"] as? [String])
+        #expect(shared.contains { $0.contains("sockets of 2 users share tcp port \(port)") && $0.contains("nobody") }, "\(shared)")
+        let v6 = try sockets(both).first { ($0["family"] as? String) == "ipv6" }
+        #expect(v6?["dualStack"] as? Bool == true, "read through pidfd_getfd: \(String(describing: v6))")
+        let text = try who(["tcp:\(port)"]).output
+        #expect(text.contains("warning") && text.contains("sockets of 2 users share"), "\(text)")
     }
 }

@@ -177,3 +177,55 @@ struct LinuxFactsTests {
         }
     }
 }
+
+/// The bind bucket remembers its first SO_REUSEPORT socket (issue 16, item 2; measured on Linux 6.18).
+///
+/// net/ipv4/inet_connection_sock.c: inet_csk_update_fastreuse() records in the port's bind bucket the uid and
+/// address of the SO_REUSEPORT socket that joined it (tb->fastuid, tb->fast_v6_rcv_saddr, tb->fast_ipv6_only),
+/// and inet_csk_get_port() skips inet_csk_bind_conflict() when sk_reuseport_match() finds the new socket
+/// alike. Another user's socket keeps the bucket alive after that first socket closed, so the cache outlives it:
+/// a user who binds [::]:P IPv6-only with SO_REUSEPORT (no conflict with an IPv4 0.0.0.0:P) and closes it may
+/// then bind [::]:P dual-stack, which the conflict check alone refuses.
+@Suite("Linux platform facts: the bind bucket")
+struct BindBucketFactsTests {
+    /// As user nobody: binds [::]:PORT with SO_REUSEPORT, first IPv6-only then closed when `prime`, then
+    /// dual-stack, and says what the kernel answered for each ("OK" or the errno).
+    static let attacker = """
+        import socket, sys
+        port, prime = int(sys.argv[1]), sys.argv[2] == "prime"
+        def v6(only):
+            s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if only else 0)
+            s.bind(("::", port)); s.listen(); return s
+        answers = []
+        for only in ([True, False] if prime else [False]):
+            try:
+                s = v6(only); answers.append("OK")
+                if only: s.close()
+            except OSError as e: answers.append(str(e.errno))
+        print(" ".join(answers))
+        """
+
+    static func attack(port: UInt16, prime: Bool) throws -> String {
+        let run = try capture(
+            ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", systemPython, "-c", attacker, "\(port)", prime ? "prime" : "direct"])
+        return run.output.split(separator: "\n").first.map(String.init) ?? ""
+    }
+
+    @Test("another user's dual-stack [::]:P beside root's 0.0.0.0:P: refused, but accepted once an IPv6-only SO_REUSEPORT socket of theirs bound and closed",
+          .needsRoot("a socket of user nobody beside one of root"))
+    func primedBucket() throws {
+        let root = try Listener(tcp: "0.0.0.0:0", policy: .restartable)
+        let port = root.localAddress.port
+        #expect(try Self.attack(port: port, prime: false) == "98", "EADDRINUSE without the first step")
+        #expect(try Self.attack(port: port, prime: true) == "OK OK", "the kernel's bucket cache lets the dual-stack bind in")
+    }
+
+    @Test("a dual-stack [::]:P held by root keeps both halves: neither step works for another user",
+          .needsRoot("a socket of user nobody beside one of root"))
+    func dualStackHolds() throws {
+        let root = try Listener(tcp: "[::]:0", policy: .restartable, dualStack: true)
+        let port = root.localAddress.port
+        #expect(try Self.attack(port: port, prime: true) == "98 98")
+    }
+}

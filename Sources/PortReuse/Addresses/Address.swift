@@ -164,7 +164,7 @@ public struct Address: Hashable, Sendable, CustomStringConvertible {
     /// The one address a socket binds: the address of IP version `family` when the host has one (the first
     /// IPv4 address of a host name, by default, as Go's `Listen` does), else the first address. An unspecified
     /// host on a network of both versions gives the wildcard of `family`.
-    func resolveForBinding(_ transport: Transport, family: AddressFamily = .ipv4) throws(PortReuseError) -> SocketAddress {
+    package func resolveForBinding(_ transport: Transport, family: AddressFamily = .ipv4) throws(PortReuseError) -> SocketAddress {
         if host == .unspecified && self.family == nil {
             return SocketAddress(ip: family == .ipv4 ? .anyIPv4 : .anyIPv6, port: port)
         }
@@ -173,7 +173,7 @@ public struct Address: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Checks that this address may be used for `transport`; returns it with the network filled in.
-    func checked(for transport: Transport, operation: PortReuseError.Operation) throws(PortReuseError) -> Address {
+    package func checked(for transport: Transport, operation: PortReuseError.Operation) throws(PortReuseError) -> Address {
         if let network, network.transport != transport {
             throw PortReuseError(operation, address: description, diagnosis: .wrongTransport(expected: transport, given: network))
         }

@@ -199,7 +199,7 @@ package enum KernelTables {
                         pid: Int32(pid), descriptor: Int32(fd), name: info!.name, commandLine: info!.commandLine,
                         uid: info!.uid, user: user))
                     if withOptions && found[index].options == nil {
-                        found[index].options = readOptions(pid: Int32(pid), descriptor: Int32(fd))
+                        (found[index].options, found[index].dualStack) = readOptions(pid: Int32(pid), descriptor: Int32(fd))
                     }
                 }
                 seen.insert(inode)
@@ -243,11 +243,14 @@ package enum KernelTables {
 
     // MARK: options of another process's socket
 
-    /// Reads SO_REUSEADDR and SO_REUSEPORT from another process's socket through a duplicate of it;
-    /// `nil` when not allowed (no ptrace rights) or not supported (Linux before 5.6).
-    static func readOptions(pid: Int32, descriptor: Int32) -> ReuseOptions? {
-        guard let duplicate = try? Processes.duplicate(descriptor, ofProcess: pid) else { return nil }
-        return try? SocketHandle(adopting: duplicate).reuseOptions()
+    /// Reads SO_REUSEADDR and SO_REUSEPORT, and for IPv6 IPV6_V6ONLY, from another process's socket through a
+    /// duplicate of it; `nil`s when not allowed (no ptrace rights) or not supported (Linux before 5.6).
+    static func readOptions(pid: Int32, descriptor: Int32) -> (ReuseOptions?, dualStack: Bool?) {
+        guard let duplicate = try? Processes.duplicate(descriptor, ofProcess: pid) else { return (nil, nil) }
+        let handle = SocketHandle(adopting: duplicate)
+        let options = try? handle.reuseOptions()
+        let dualStack = (try? handle.localAddress())?.family == .ipv6 ? try? handle.isDualStack() : nil
+        return (options, dualStack)
     }
 
     // MARK: helpers

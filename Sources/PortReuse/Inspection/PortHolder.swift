@@ -69,6 +69,9 @@ public struct PortHolder: Sendable, Hashable {
     public var receiveQueue: Int
     /// The processes that have it open; empty when none is visible (another user's, without root).
     public var processes: [Process]
+    /// For an IPv6 socket, whether it is dual-stack (IPV6_V6ONLY off), when that could be read (`pidfd_getfd`,
+    /// or a socket of this process); `nil` when unknown or for IPv4.
+    public var dualStack: Bool?
     /// Whether ``processes`` may be incomplete: the descriptors of some process could not be read (another
     /// user's, without root), and that process may hold this socket too.
     public var processesMayBeMissing = false

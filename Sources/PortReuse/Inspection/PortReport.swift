@@ -87,6 +87,35 @@ public struct PortReport: Sendable, Hashable {
     public var isHeld: Bool { !sockets.isEmpty || !connections.isEmpty }
 
     /// The sockets whose processes this process cannot see.
+    /// Where another user could take this port's traffic, in words: sockets of more than one user on the
+    /// port, or a wildcard that leaves the other IP version's half of the port to anyone.
+    ///
+    /// On Linux (measured on 6.18) a bind bucket remembers the owner and address of the first `SO_REUSEPORT`
+    /// socket that joined it: a user who binds `[::]:P` IPv6-only with `SO_REUSEPORT` and closes it may then bind
+    /// `[::]:P` dual-stack beside another user's `0.0.0.0:P`, and takes every IPv4 connection once that socket
+    /// closes (a restart). A dual-stack `[::]:P`, or both wildcards, held for good keep both halves.
+    public var warnings: [String] {
+        var warnings: [String] = []
+        let live = sockets.map(\.holder).filter { $0.state.isLive }
+        let users = Set(live.compactMap(\.uid))
+        if users.count > 1 {
+            let names = live.reduce(into: [UInt32: String]()) { $0[$1.uid ?? 0] = $1.user ?? "uid \($1.uid ?? 0)" }
+            warnings.append("sockets of \(users.count) users share \(transport.rawValue) port \(port) (\(users.sorted().compactMap { names[$0] }.joined(separator: ", "))): "
+                + "when one closes or restarts, another user's socket can take the \(transport == .tcp ? "connections" : "datagrams") meant for it")
+        }
+        let wildcards = live.filter(\.localAddress.ip.isUnspecified)
+        let ipv4 = wildcards.contains { $0.localAddress.family == .ipv4 }
+        let dualStack = wildcards.contains { $0.localAddress.family == .ipv6 && $0.dualStack == true }
+        let ipv6 = wildcards.contains { $0.localAddress.family == .ipv6 }
+        if ipv4 && !ipv6 {
+            warnings.append("0.0.0.0:\(port) is IPv4 only: any user may bind [::]:\(port) and serve IPv6 clients (localhost often resolves to ::1 first); "
+                + "on Linux such a socket can later become dual-stack and take the IPv4 half too. Hold [::]:\(port) dual-stack instead (up --dual-stack)")
+        } else if ipv6 && !ipv4 && !dualStack && wildcards.contains(where: { $0.dualStack == false }) {
+            warnings.append("[::]:\(port) is IPv6 only: any user may bind 0.0.0.0:\(port) and take every IPv4 connection. Bind it dual-stack (up --dual-stack) or hold 0.0.0.0:\(port) too")
+        }
+        return warnings
+    }
+
     public var hiddenSockets: [Socket] { sockets.filter(\.processesHidden) }
 
     /// The report on `port`: the sockets and connections that compete with a socket bound to any of

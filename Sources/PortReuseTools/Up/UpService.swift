@@ -10,13 +10,16 @@ package struct UpOptions {
     package var stopSignal: Int32
     package var pidFile: String?
     package var reuseport: Bool
+    /// Whether IPv6 --listen sockets are dual-stack.
+    package var dualStack: Bool
     /// The program and its arguments.
     package var command: [String]
 
     package init(
         listen: [ListenSpec], readiness: ReadinessCheck, readyTimeout: Double, grace: Double, stopSignal: Int32, pidFile: String?,
-        reuseport: Bool, command: [String]
+        reuseport: Bool, dualStack: Bool = false, command: [String]
     ) {
+        self.dualStack = dualStack
         self.listen = listen
         self.readiness = readiness
         self.readyTimeout = readyTimeout
@@ -107,9 +110,12 @@ package struct UpOptions {
             }
             do {
                 let descriptor: Int32?
+                // What Listener(Address) and DatagramSocket(Address) bind: a host name's first IPv4 address if it has one.
+                let first = try spec.address.checked(for: spec.transport, operation: .bind).resolveForBinding(spec.transport)
+                let dual = dualStack && first.family == .ipv6
                 switch spec.transport {
-                case .tcp: descriptor = try Listener(spec.address, policy: .restartable).takeDescriptor()
-                case .udp: descriptor = try DatagramSocket(spec.address, policy: .restartable).takeDescriptor()
+                case .tcp: descriptor = try Listener(address: first, policy: .restartable, dualStack: dual).takeDescriptor()
+                case .udp: descriptor = try DatagramSocket(address: first, policy: .restartable, dualStack: dual).takeDescriptor()
                 }
                 held.append(try HeldSocket.hold(descriptor!, name: spec.name, floor: floor, backlog: Sys.defaultBacklog))
             } catch let failure as CommandFailure {

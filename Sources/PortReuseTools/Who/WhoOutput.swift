@@ -163,6 +163,9 @@ package struct WhoOutput {
         } else if counts.total > claimed {
             lines.append("  " + style.dim("also") + "  \(counts.total - claimed) connection\(counts.total - claimed == 1 ? "" : "s") on port \(report.port) at addresses no listed socket holds")
         }
+        if !report.warnings.isEmpty && !report.sockets.isEmpty {
+            lines += report.warnings.map { "  " + style.dim("warning") + "  " + style.red($0) }
+        }
         return lines
     }
 
@@ -213,6 +216,7 @@ package struct WhoOutput {
                     ("address", .string(holder.localAddress.description)), ("ip", .string(holder.localAddress.ip.description)),
                     ("family", .string(holder.localAddress.family.rawValue)), ("state", .string(holder.state.rawValue)),
                     ("inode", number(holder.inode)), ("uid", number(holder.uid)), ("user", string(holder.user)),
+                    ("dualStack", bool(holder.dualStack)),
                     ("receiveQueue", number(holder.receiveQueue)),
                     ("options", .optional(holder.options) { .array($0.names.map(JSON.string)) }),
                     ("connections", counts(socket.connections)), ("processesHidden", .bool(socket.processesHidden)),
@@ -227,7 +231,7 @@ package struct WhoOutput {
             return .object([
                 ("transport", .string(report.transport.rawValue)), ("port", number(report.port)), ("held", .bool(report.isHeld)),
                 ("connections", counts(report.connectionCounts)), ("restartableMayBind", bool(report.restartableMayBind)),
-                ("sockets", .array(sockets)),
+                ("warnings", .array(report.warnings.map(JSON.string))), ("sockets", .array(sockets)),
             ])
         }
         return .object([

@@ -178,6 +178,10 @@ struct UpServe: ParsableCommand {
     @Flag(help: "Fallback for programs that bind by themselves: run each generation under the shim with SO_REUSEPORT.")
     var reuseport = false
 
+    @Flag(name: .customLong("dual-stack"), help: ArgumentHelp(
+        "Open IPv6 --listen addresses dual-stack (IPV6_V6ONLY off): [::]:P then takes IPv4 too, and no other user can take either half of the port."))
+    var dualStack = false
+
     @Flag(help: .hidden)
     var reload = false
 
@@ -233,7 +237,7 @@ struct UpServe: ParsableCommand {
     var options: UpOptions {
         UpOptions(
             listen: listen, readiness: ready ?? .auto, readyTimeout: readyTimeout?.value ?? 60, grace: grace?.value ?? 30,
-            stopSignal: stopSignal?.number ?? SIGTERM, pidFile: pidFile, reuseport: reuseport, command: command)
+            stopSignal: stopSignal?.number ?? SIGTERM, pidFile: pidFile, reuseport: reuseport, dualStack: dualStack, command: command)
     }
 
     func run() throws {
