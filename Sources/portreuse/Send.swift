@@ -41,10 +41,11 @@ struct Send: ParsableCommand {
     @Flag(name: .customLong("no-loopback"), help: "Keep multicast datagrams from this host's own receivers (IP_MULTICAST_LOOP 0).")
     var noLoopback = false
 
-    @Option(help: "Send the datagram this many times.")
+    // .unconditional: "--count -1" is a value to refuse with a clear message, not a missing one.
+    @Option(parsing: .unconditional, help: "Send the datagram this many times.")
     var count = 1
 
-    @Option(help: "Seconds to wait between datagrams.")
+    @Option(parsing: .unconditional, help: "Seconds to wait between datagrams.")
     var interval: Double = 0
 
     func validate() throws {

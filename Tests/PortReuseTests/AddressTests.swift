@@ -38,6 +38,8 @@ struct AddressTests {
         ("tcp4:[::1]:80", "IPv4 only"),
         ("[]:80", "no address"),
         ("local host:80", "spaces"),
+        ("0x50:80", "\"0x50\" is a number, not an address"),
+        ("0x7f.1:80", "is a number, not an address"),
     ])
     func rejects(text: String, reason: String) {
         do {

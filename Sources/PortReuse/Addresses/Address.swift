@@ -106,6 +106,8 @@ public struct Address: Hashable, Sendable, CustomStringConvertible {
                 }
             } else if hostText.contains(":") {
                 throw bad("\"\(hostText)\" is not an IPv6 address")
+            } else if Address.looksNumeric(hostText) {
+                throw bad("\"\(hostText)\" is a number, not an address: write an IPv4 address as four decimal numbers, as in 127.0.0.1")
             } else if Address.isHostName(hostText) {
                 host = .name(String(hostText))
             } else {
@@ -113,6 +115,13 @@ public struct Address: Hashable, Sendable, CustomStringConvertible {
             }
         }
         self.init(network: network, host: host, port: UInt16(port))
+    }
+
+    /// `0x50`, `0x7f.1`: what inet_aton and getaddrinfo would read as a number (0.0.0.80), which nobody means.
+    static func looksNumeric(_ text: Substring) -> Bool {
+        guard text.first?.isNumber == true else { return false }
+        let lowered = text.lowercased()
+        return lowered.contains("x") && lowered.allSatisfy { "0123456789abcdefx.".contains($0) }
     }
 
     static func isHostName(_ text: Substring) -> Bool {

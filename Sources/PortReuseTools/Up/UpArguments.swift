@@ -85,7 +85,10 @@ package struct Seconds: Hashable, Sendable, CustomStringConvertible {
             scale = factor
             break
         }
-        guard let value = Double(number), value.isFinite, value >= 0, value * scale <= 86_400 else {
+        // Decimal only: Double("0x10") is 16, and "inf" or "1e3" are no durations anybody writes.
+        guard !number.isEmpty, number.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }),
+            let value = Double(number), value.isFinite, value >= 0, value * scale <= 86_400
+        else {
             throw ValidationError("\(option) \(text): expected a duration such as 30, 1.5, 30s, 500ms or 2m (at most a day)")
         }
         self.value = value * scale

@@ -82,7 +82,7 @@ struct UpReload: ParsableCommand {
 
     @OptionGroup var target: UpPIDFile
 
-    @Option(help: ArgumentHelp("How long to wait for the new generation (default: 60s; up's --ready-timeout if that is longer).", valueName: "duration"),
+    @Option(parsing: .unconditional, help: ArgumentHelp("How long to wait for the new generation (default: 60s; up's --ready-timeout if that is longer).", valueName: "duration"),
         transform: { try Seconds(parsing: $0, option: "--timeout") })
     var timeout = Seconds(60)
 
@@ -163,10 +163,10 @@ struct UpServe: ParsableCommand {
     @Option(help: ArgumentHelp("How to know a generation is ready: auto, notify, probe or delay:SECONDS (default: auto).", valueName: "mode"), transform: { try ReadinessCheck(parsing: $0) })
     var ready: ReadinessCheck?
 
-    @Option(help: ArgumentHelp("How long a new generation may take to become ready, as in 60, 1.5, 500ms, 2m (default: 60s).", valueName: "duration"), transform: { try Seconds(parsing: $0, option: "--ready-timeout") })
+    @Option(parsing: .unconditional, help: ArgumentHelp("How long a new generation may take to become ready, as in 60, 1.5, 500ms, 2m (default: 60s).", valueName: "duration"), transform: { try Seconds(parsing: $0, option: "--ready-timeout") })
     var readyTimeout: Seconds?
 
-    @Option(help: ArgumentHelp("How long an old generation may drain after the stop signal before SIGKILL (default: 30s).", valueName: "duration"), transform: { try Seconds(parsing: $0, option: "--grace") })
+    @Option(parsing: .unconditional, help: ArgumentHelp("How long an old generation may drain after the stop signal before SIGKILL (default: 30s).", valueName: "duration"), transform: { try Seconds(parsing: $0, option: "--grace") })
     var grace: Seconds?
 
     @Option(help: ArgumentHelp("The signal that asks a generation to stop: TERM, INT, QUIT, WINCH, … (default: TERM).", valueName: "signal"), transform: { try SignalName.parse($0) })
