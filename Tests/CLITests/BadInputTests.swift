@@ -1,3 +1,4 @@
+import Glibc
 import PortReuse
 import TestSupport
 import Testing
@@ -24,5 +25,25 @@ struct BadInputTests {
         let run = try capture([portreuse, "run", "--bind", "0x50", "--", "/bin/true"])
         #expect(run.status == 64, "\(run.stderr)")
         #expect(run.stderr.contains("0x50"), "\(run.stderr)")
+    }
+}
+
+extension BadInputTests {
+    @Test("a crafted ELF (PT_INTERP p_filesz 2^64-1) is inspected without a trap by run and up --reuseport", arguments: [["run", "--"], ["up", "--reuseport", "--listen", "127.0.0.1:9", "--"]])
+    func craftedELF(command: [String]) throws {
+        let folder = try TemporaryFolder()
+        let script = """
+            import struct, sys
+            header = b"\\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+            header += struct.pack("<HHIQQQIHHHHHH", 2, 0x3e, 1, 0x401000, 64, 0, 0, 64, 56, 1, 64, 0, 0)
+            interp = struct.pack("<IIQQQQQQ", 3, 4, 120, 0, 0, 0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 1)
+            open(sys.argv[1], "wb").write(header + interp + b"/lib64/ld-linux-x86-64.so.2\\x00")
+            """
+        let path = folder.path + "/crafted"
+        #expect(try capture([systemPython, "-c", script, path]).status == 0)
+        chmod(path, 0o755)
+        let run = try capture([portreuse] + command + [path], timeout: 30)
+        #expect(!run.signalled, "portreuse trapped: \(run.status) \(run.stderr)")
+        #expect(run.status != 0 && run.status != 132, "\(run.stderr)")
     }
 }
