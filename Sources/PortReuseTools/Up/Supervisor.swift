@@ -27,11 +27,16 @@ package final class Supervisor {
         package var reusePortListens: [ListenSpec]
         /// The original arguments of `up`, for upgrading in place.
         package var arguments: [String]
+        /// Our own binary, whose `intercept-exec` starts each generation under the bind filter, so that a program
+        /// that binds a held address by itself gets the held socket (``SocketSwap``); `nil`: LISTEN_FDS only.
+        package var interceptExecutable: String?
 
         package init(
             command: [String], readiness: ReadinessCheck, readyTimeout: Double, grace: Double, stopSignal: Int32, statusPath: String?,
-            reusePortEnvironment: [String]?, reusePortListens: [ListenSpec], arguments: [String]
+            reusePortEnvironment: [String]?, reusePortListens: [ListenSpec], arguments: [String],
+            interceptExecutable: String? = nil
         ) {
+            self.interceptExecutable = interceptExecutable
             self.command = command
             self.readiness = readiness
             self.readyTimeout = readyTimeout
@@ -48,6 +53,8 @@ package final class Supervisor {
     package final class Generation {
         package var record: GenerationRecord
         package let notify: NotifyReceiver?
+        /// Answers the generation's binds (``SocketSwap``), when it started under the filter.
+        package var interceptor: SocketCallInterceptor?
         /// When the next readiness probe may run (not carried across an upgrade: probing restarts at once).
         var nextProbe: UInt64 = 0
 
@@ -87,6 +94,15 @@ package final class Supervisor {
     let ownStartTime = Processes.stat(of: getpid())?.startTime
     /// Whether the last status write failed (said once in the log, not at every change).
     var statusWriteFailed = false
+    /// Why generations start without the bind filter, once that is known (said once in the log).
+    var interceptionOff: String?
+    /// The held sockets as the interceptors see them (made once: the descriptors never change).
+    lazy var socketSwap = SocketSwap(held: sockets.map { socket in
+        let borrowed = SocketHandle(adopting: socket.descriptor)
+        let dualStack = socket.address.family == .ipv6 && ((try? borrowed.isDualStack()) ?? false)
+        _ = borrowed.takeDescriptor()  // still ours: only read
+        return SocketSwap.Held(descriptor: socket.descriptor, name: socket.name, transport: socket.transport, address: socket.address, dualStack: dualStack)
+    })
     /// Whether orphans of the generations come to this process (set by `run`).
     private var isSubreaper = false
 
@@ -230,6 +246,10 @@ package final class Supervisor {
             }
         }
         let before = generations.count
+        for gone in generations where gone.record.exit != nil && !Processes.groupExists(gone.pid) {
+            gone.interceptor?.stop(timeout: 0.5)
+            gone.interceptor = nil
+        }
         generations.removeAll { $0.record.exit != nil && !Processes.groupExists($0.pid) }
         if generations.count != before { statusChanged = true }
         if case .backingOff(let until) = state, now >= until {

@@ -10,6 +10,8 @@ package struct UpOptions {
     package var stopSignal: Int32
     package var pidFile: String?
     package var reuseport: Bool
+    /// Whether generations start under the bind filter (``SocketSwap``): `--no-intercept` says no.
+    package var intercept = true
     /// The program and its arguments.
     package var command: [String]
 
@@ -62,13 +64,16 @@ package struct UpOptions {
                 throw error
             }
         }
+        let interception = interceptionExecutable()
         let signals = try SignalPipe()
         let supervisor = Supervisor(
             configuration: .init(
                 command: [program.path] + command.dropFirst(), readiness: readiness, readyTimeout: readyTimeout, grace: grace,
                 stopSignal: stopSignal, statusPath: pidFile.map(UpStatus.path(forPIDFile:)),
-                reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments),
+                reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments,
+                interceptExecutable: interception.executable),
             sockets: sockets, runtimeFolder: runtimeFolder, signals: signals, startedWall: inherited?.startedWall ?? Processes.wallClockSeconds)
+        if let reason = interception.off { supervisor.logger.info("generations start without the bind filter: \(reason)") }
         if let inherited {
             supervisor.adopt(inherited)
         } else {
@@ -83,6 +88,19 @@ package struct UpOptions {
         rmdir(runtimeFolder)
         LogWriter.standardError.flush(timeout: 2)
         return code
+    }
+
+    /// Our own binary for the trampoline, or why generations start without the bind filter.
+    private func interceptionExecutable() -> (executable: String?, off: String?) {
+        guard intercept else { return (nil, "--no-intercept") }
+        guard !reuseport else { return (nil, nil) }
+        #if os(Linux)
+        if let reason = KernelRun.unsupportedReason() { return (nil, reason) }
+        guard let executable = try? Processes.currentExecutable() else { return (nil, "the path of portreuse itself is unknown") }
+        return (executable, nil)
+        #else
+        return (nil, "seccomp is Linux only")
+        #endif
     }
 
     /// Opens the --listen sockets, or takes them from systemd when it handed `up` sockets (LISTEN_FDS):

@@ -46,6 +46,11 @@ struct Up: ParsableCommand {
               What runs now:
                 portreuse up status --pid-file /tmp/app.pid
 
+            A program that binds a held address by itself (a Go, Python or Java server given the same \
+            address) gets up's socket in place of its own: each generation starts under a seccomp filter \
+            (Linux 5.9+) whose binds up answers, so all generations share one accept queue \
+            (--no-intercept: LISTEN_FDS only).
+
             --reuseport is for programs that bind by themselves and cannot take sockets: each generation runs \
             under the `portreuse run` shim with SO_REUSEPORT and the generations overlap. The kernel then \
             resets the connections still queued on the old generation's socket when it closes, unless \
@@ -178,6 +183,9 @@ struct UpServe: ParsableCommand {
     @Flag(help: "Fallback for programs that bind by themselves: run each generation under the shim with SO_REUSEPORT.")
     var reuseport = false
 
+    @Flag(help: "Start each generation with LISTEN_FDS only, without the bind filter that gives a program binding a held address the held socket.")
+    var noIntercept = false
+
     @Flag(help: .hidden)
     var reload = false
 
@@ -205,7 +213,7 @@ struct UpServe: ParsableCommand {
             guard command.isEmpty else { throw ValidationError("--reload, --status and --upgrade take no command") }
             let given: [(String, Bool)] = [
                 ("--listen", !listen.isEmpty), ("--ready", ready != nil), ("--ready-timeout", readyTimeout != nil), ("--grace", grace != nil),
-                ("--stop-signal", stopSignal != nil), ("--reuseport", reuseport),
+                ("--stop-signal", stopSignal != nil), ("--reuseport", reuseport), ("--no-intercept", noIntercept),
             ]
             let serving = given.filter(\.1).map(\.0)
             if !serving.isEmpty {
@@ -231,9 +239,11 @@ struct UpServe: ParsableCommand {
     }
 
     var options: UpOptions {
-        UpOptions(
+        var options = UpOptions(
             listen: listen, readiness: ready ?? .auto, readyTimeout: readyTimeout?.value ?? 60, grace: grace?.value ?? 30,
             stopSignal: stopSignal?.number ?? SIGTERM, pidFile: pidFile, reuseport: reuseport, command: command)
+        options.intercept = !noIntercept
+        return options
     }
 
     func run() throws {
