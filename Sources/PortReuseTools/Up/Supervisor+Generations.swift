@@ -113,6 +113,14 @@ extension Supervisor {
     }
 
     private func drain(_ generation: Generation) {
+        if let wait = configuration.stopWhenIdle, generation.record.exit == nil, !state.isStopping {
+            generation.phase = .draining
+            generation.record.deadline = Processes.monotonicNanoseconds + UInt64((configuration.grace + wait) * 1e9)
+            generation.idleStopBy = Processes.monotonicNanoseconds + UInt64(wait * 1e9)
+            logger.info("\(generation.label) draining: \(SignalName(configuration.stopSignal)) once it holds no connection (within \(Seconds(wait))), killed if still running \(Seconds(configuration.grace)) later")
+            statusChanged = true
+            return
+        }
         askToStop(generation, phase: .draining)
         let draining = generations.filter { $0.phase == .draining }.count
         logger.info(

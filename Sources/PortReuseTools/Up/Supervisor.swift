@@ -27,6 +27,9 @@ package final class Supervisor {
         package var reusePortListens: [ListenSpec]
         /// The original arguments of `up`, for upgrading in place.
         package var arguments: [String]
+        /// `--stop-when-idle`: a draining generation gets its stop signal at a moment it holds no connection
+        /// (at most this many seconds late), for programs that die at once on it.
+        package var stopWhenIdle: Double?
         /// Our own binary, whose `intercept-exec` starts each generation under the bind filter, so that a program
         /// that binds a held address by itself gets the held socket (``SocketSwap``); `nil`: LISTEN_FDS only.
         package var interceptExecutable: String?
@@ -55,6 +58,8 @@ package final class Supervisor {
         package let notify: NotifyReceiver?
         /// Answers the generation's binds (``SocketSwap``), when it started under the filter.
         package var interceptor: SocketCallInterceptor?
+        /// `--stop-when-idle`: the stop signal is still to send, at the latest at this time (monotonic ns).
+        var idleStopBy: UInt64?
         /// When the next readiness probe may run (not carried across an upgrade: probing restarts at once).
         var nextProbe: UInt64 = 0
 
@@ -146,7 +151,7 @@ package final class Supervisor {
     }
 
     private func pollTimeout() -> Int32 {
-        if generations.contains(where: { $0.phase == .starting || $0.record.exit != nil }) { return 10 }
+        if generations.contains(where: { $0.phase == .starting || $0.record.exit != nil || $0.idleStopBy != nil }) { return 10 }
         if case .backingOff(let until) = state {
             let now = Processes.monotonicNanoseconds
             return until <= now ? 0 : Int32(min(250, (until - now) / 1_000_000 + 1))
@@ -243,6 +248,18 @@ package final class Supervisor {
                 }
             case .ready:
                 break
+            }
+            if let by = generation.idleStopBy, generation.phase == .draining {
+                if generation.record.exit != nil {
+                    generation.idleStopBy = nil
+                } else if GenerationProbe.signalWhenIdle(group: generation.pid, main: generation.record.mainProcess, signal: configuration.stopSignal) {
+                    generation.idleStopBy = nil
+                    logger.info("\(generation.label) holds no connection: sent \(SignalName(configuration.stopSignal))")
+                } else if now >= by {
+                    generation.idleStopBy = nil
+                    _ = try? Processes.kill(generation.record.mainProcess, configuration.stopSignal)
+                    logger.info("\(generation.label) held connections for \(Seconds(configuration.stopWhenIdle ?? 0)): sent \(SignalName(configuration.stopSignal)) anyway")
+                }
             }
         }
         let before = generations.count

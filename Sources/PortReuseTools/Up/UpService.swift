@@ -12,6 +12,8 @@ package struct UpOptions {
     package var reuseport: Bool
     /// Whether generations start under the bind filter (``SocketSwap``): `--no-intercept` says no.
     package var intercept = true
+    /// `--stop-when-idle`: at most this many seconds.
+    package var stopWhenIdle: Double?
     /// The program and its arguments.
     package var command: [String]
 
@@ -66,12 +68,14 @@ package struct UpOptions {
         }
         let interception = interceptionExecutable()
         let signals = try SignalPipe()
+        var configuration = Supervisor.Configuration(
+            command: [program.path] + command.dropFirst(), readiness: readiness, readyTimeout: readyTimeout, grace: grace,
+            stopSignal: stopSignal, statusPath: pidFile.map(UpStatus.path(forPIDFile:)),
+            reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments,
+            interceptExecutable: interception.executable)
+        configuration.stopWhenIdle = stopWhenIdle
         let supervisor = Supervisor(
-            configuration: .init(
-                command: [program.path] + command.dropFirst(), readiness: readiness, readyTimeout: readyTimeout, grace: grace,
-                stopSignal: stopSignal, statusPath: pidFile.map(UpStatus.path(forPIDFile:)),
-                reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments,
-                interceptExecutable: interception.executable),
+            configuration: configuration,
             sockets: sockets, runtimeFolder: runtimeFolder, signals: signals, startedWall: inherited?.startedWall ?? Processes.wallClockSeconds)
         if let reason = interception.off { supervisor.logger.info("generations start without the bind filter: \(reason)") }
         if let inherited {

@@ -186,6 +186,9 @@ struct UpServe: ParsableCommand {
     @Flag(help: "Start each generation with LISTEN_FDS only, without the bind filter that gives a program binding a held address the held socket.")
     var noIntercept = false
 
+    @Flag(help: "Send a draining generation its stop signal at a moment it holds no connection (within 2 s), for programs that die at once on it (python3 -m http.server).")
+    var stopWhenIdle = false
+
     @Flag(help: .hidden)
     var reload = false
 
@@ -213,7 +216,7 @@ struct UpServe: ParsableCommand {
             guard command.isEmpty else { throw ValidationError("--reload, --status and --upgrade take no command") }
             let given: [(String, Bool)] = [
                 ("--listen", !listen.isEmpty), ("--ready", ready != nil), ("--ready-timeout", readyTimeout != nil), ("--grace", grace != nil),
-                ("--stop-signal", stopSignal != nil), ("--reuseport", reuseport), ("--no-intercept", noIntercept),
+                ("--stop-signal", stopSignal != nil), ("--reuseport", reuseport), ("--no-intercept", noIntercept), ("--stop-when-idle", stopWhenIdle),
             ]
             let serving = given.filter(\.1).map(\.0)
             if !serving.isEmpty {
@@ -243,6 +246,7 @@ struct UpServe: ParsableCommand {
             listen: listen, readiness: ready ?? .auto, readyTimeout: readyTimeout?.value ?? 60, grace: grace?.value ?? 30,
             stopSignal: stopSignal?.number ?? SIGTERM, pidFile: pidFile, reuseport: reuseport, command: command)
         options.intercept = !noIntercept
+        options.stopWhenIdle = stopWhenIdle ? 2 : nil
         return options
     }
 

@@ -1,0 +1,210 @@
+import Foundation
+import Glibc
+import PortReuse
+import TestSupport
+import Testing
+
+// `portreuse up` for programs that bind by themselves (issue 17): each generation starts under the bind
+// filter, and a bind to the address up holds gets up's socket, so all generations share one accept queue.
+
+/// A net/http server: `server ADDRESS NAME [EXTRA_ADDRESS | rebind]` prints "listening ADDR NAME" (or
+/// "error: …" and exits 3), answers every request with NAME, and on SIGTERM shuts down gracefully, waited for
+/// before main returns. With EXTRA_ADDRESS it serves "extra NAME" there too; with `rebind` it closes its
+/// first listener and listens again before serving.
+private let goServer = """
+    package main
+
+    import (
+    \t"context"
+    \t"fmt"
+    \t"net"
+    \t"net/http"
+    \t"os"
+    \t"os/signal"
+    \t"syscall"
+    \t"time"
+    )
+
+    func main() {
+    \taddress, name := os.Args[1], os.Args[2]
+    \tmode := ""
+    \tif len(os.Args) > 3 {
+    \t\tmode = os.Args[3]
+    \t}
+    \tln, err := net.Listen("tcp", address)
+    \tif err != nil {
+    \t\tfmt.Println("error:", err)
+    \t\tos.Exit(3)
+    \t}
+    \tif mode == "rebind" {
+    \t\tln.Close()
+    \t\tif ln, err = net.Listen("tcp", address); err != nil {
+    \t\t\tfmt.Println("error: again:", err)
+    \t\t\tos.Exit(3)
+    \t\t}
+    \t\tfmt.Println("bound again", ln.Addr().String())
+    \t} else if mode != "" {
+    \t\textra, err := net.Listen("tcp", mode)
+    \t\tif err != nil {
+    \t\t\tfmt.Println("error: extra:", err)
+    \t\t\tos.Exit(3)
+    \t\t}
+    \t\tfmt.Println("extra listening", extra.Addr().String())
+    \t\tgo http.Serve(extra, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "extra "+name) }))
+    \t}
+    \tserver := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) })}
+    \tdone := make(chan struct{})
+    \tgo func() {
+    \t\tsignals := make(chan os.Signal, 1)
+    \t\tsignal.Notify(signals, syscall.SIGTERM)
+    \t\t<-signals
+    \t\tctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+    \t\tdefer cancel()
+    \t\tserver.Shutdown(ctx)
+    \t\tclose(done)
+    \t}()
+    \tfmt.Println("listening", ln.Addr().String(), name)
+    \tif err := server.Serve(ln); err != http.ErrServerClosed {
+    \t\tfmt.Println("error:", err)
+    \t\tos.Exit(3)
+    \t}
+    \t<-done
+    }
+    """
+
+/// The Go server built twice in a temporary folder of the build: `static` (CGO_ENABLED=0) and `cgo` (default).
+private let goServers: Result<[String: String], BuildFailure> = {
+    guard let go else { return .failure(BuildFailure(message: "go is missing")) }
+    let folder = productsFolder + "/up-intercept-tests-go"
+    try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    let source = folder + "/main.go"
+    guard FileManager.default.createFile(atPath: source, contents: Data(goServer.utf8)) else {
+        return .failure(BuildFailure(message: "cannot write \(source)"))
+    }
+    var base = environment()
+    base["GOCACHE"] = folder + "/cache"
+    base["GOPATH"] = folder + "/gopath"
+    base["GO111MODULE"] = "off"
+    base["GOFLAGS"] = nil
+    base["GOTOOLCHAIN"] = "local"
+    var built: [String: String] = [:]
+    for (name, cgo) in [("static", "0"), ("cgo", "1")] {
+        var variables = base
+        variables["CGO_ENABLED"] = cgo
+        guard let result = try? capture([go, "build", "-o", folder + "/" + name, source], environment: variables, timeout: 300), result.status == 0
+        else { return .failure(BuildFailure(message: "go build (\(name)) failed")) }
+        built[name] = folder + "/" + name
+    }
+    return .success(built)
+}()
+
+private let python = installed("/usr/bin/python3")
+
+/// A free port, given up just before up binds it (up needs the number in its command line and the program's).
+private func freePort() throws -> UInt16 {
+    let reservation = try PortReservation()
+    defer { reservation.release() }
+    return reservation.port
+}
+
+/// How many lines of the log contain `text`.
+private func count(_ text: String, in log: String) -> Int {
+    log.components(separatedBy: "\n").filter { $0.contains(text) }.count
+}
+
+@Suite("portreuse up: programs that bind by themselves get up's socket", .serialized)
+struct UpInterceptTests {
+    @Test("python3 -m http.server --bind 127.0.0.1 serves under up and reloads 5 times under load, 0 failed",
+          .enabled(if: python != nil, "/usr/bin/python3 is missing"))
+    func pythonHTTPServer() throws {
+        let folder = try TemporaryFolder()
+        try Data("hello\n".utf8).write(to: URL(fileURLWithPath: folder.path + "/index.html"))
+        let port = try freePort()
+        let up = try UpProcess(
+            ["--listen", "127.0.0.1:\(port)", "--grace", "10s", "--stop-signal", "INT", "--stop-when-idle", "--", python!, "-m", "http.server", "\(port)", "--bind", "127.0.0.1",
+             "--directory", folder.path])
+        let address = try up.servingAddress()
+        #expect(address.port == port)
+        #expect(try httpGet(address, "/index.html") == "hello\n")
+        #expect(up.waitForLog("got up's socket"), "\(up.logText)")
+        let load = HTTPLoad(address, clients: 4)
+        for number in 2...6 {
+            up.signal(SIGHUP)
+            #expect(up.waitForStatus { $0.serving.map(\.number) == [number] } != nil, "reload to \(number):\n\(up.logText)")
+        }
+        #expect(up.waitForStatus { _ in load.count > 50 } != nil)
+        let (answered, failures) = load.stop()
+        #expect(failures.isEmpty, "\(failures.count) failed of \(answered + failures.count): \(failures.prefix(3))\n\(up.logText)")
+        #expect(count("got up's socket", in: up.logText) == 6, "\(up.logText)")
+        #expect(!up.logText.contains("Address already in use"), "\(up.logText)")
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
+    @Test("an unmodified Go net/http server (static and cgo) reloads 10 times under load with 0 failed requests",
+          arguments: ["static", "cgo"])
+    func goServerReloads(kind: String) throws {
+        let server = try #require(try goServers.get()[kind])
+        let port = try freePort()
+        let up = try UpProcess(["--listen", "127.0.0.1:\(port)", "--", server, "127.0.0.1:\(port)", "go-\(kind)"])
+        let address = try up.servingAddress()
+        #expect(try httpGet(address) == "go-\(kind)")
+        let load = HTTPLoad(address, clients: 8)
+        var readyTimes: [Double] = []
+        for number in 2...11 {
+            up.signal(SIGHUP)
+            let status = up.waitForStatus { $0.serving.map(\.number) == [number] }
+            #expect(status != nil, "reload to \(number):\n\(up.logText)")
+            if let seconds = status?.reloads.last(where: { $0.generation == number })?.seconds { readyTimes.append(seconds) }
+        }
+        #expect(up.waitForStatus { _ in load.count > 200 } != nil)
+        let (answered, failures) = load.stop()
+        #expect(answered > 200)
+        #expect(failures.isEmpty, "\(failures.count) failed of \(answered + failures.count): \(failures.prefix(3))\n\(up.logText)")
+        #expect(count("got up's socket", in: up.logText) == 11, "\(up.logText)")
+        #expect(!up.logText.contains("error:"), "\(up.logText)")
+        #expect(up.stop() == 0, "\(up.logText)")
+        let sorted = readyTimes.sorted()
+        if !sorted.isEmpty {
+            print("up-intercept go \(kind): \(answered) requests, 0 failed, 10 reloads, ready in \(Int(sorted[sorted.count / 2] * 1000)) ms (median)")
+        }
+    }
+
+    @Test("a bind to an address up does not hold runs untouched: the program serves an unrelated port itself")
+    func unrelatedBindPassesThrough() throws {
+        let server = try #require(try goServers.get()["static"])
+        let port = try freePort()
+        let other = try freePort()
+        let up = try UpProcess(["--listen", "127.0.0.1:\(port)", "--", server, "127.0.0.1:\(port)", "main", "127.0.0.1:\(other)"])
+        let address = try up.servingAddress()
+        #expect(up.waitForLog("extra listening 127.0.0.1:\(other)"), "\(up.logText)")
+        #expect(try httpGet(address) == "main")
+        #expect(try httpGet(SocketAddress(ip: .loopbackIPv4, port: other)) == "extra main")
+        #expect(count("got up's socket", in: up.logText) == 1, "\(up.logText)")
+        #expect(!up.logText.contains(":\(other) of"), "the bind of the unrelated port was answered by up:\n\(up.logText)")
+        // Not one of up's: the program's own socket, without the options of any policy.
+        let holders = PortHolder.find(port: other, transport: .tcp, processes: true, options: false).filter { $0.state == .listen }
+        #expect(holders.count == 1)
+        #expect(holders.allSatisfy { !$0.processes.isEmpty && !$0.processes.contains { $0.pid == up.pid } }, "\(holders)")
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
+    @Test("a program that closes its swapped socket and binds again gets the held socket again, and reloads")
+    func closeAndBindAgain() throws {
+        let server = try #require(try goServers.get()["static"])
+        let port = try freePort()
+        let up = try UpProcess(["--listen", "127.0.0.1:\(port)", "--", server, "127.0.0.1:\(port)", "again", "rebind"])
+        let address = try up.servingAddress()
+        #expect(up.waitForLog("bound again 127.0.0.1:\(port)"), "\(up.logText)")
+        #expect(try httpGet(address) == "again")
+        #expect(count("got up's socket", in: up.logText) == 2, "\(up.logText)")
+        let load = HTTPLoad(address, clients: 4)
+        up.signal(SIGHUP)
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [2] } != nil, "\(up.logText)")
+        #expect(up.waitForStatus { _ in load.count > 50 } != nil)
+        let (answered, failures) = load.stop()
+        #expect(failures.isEmpty, "\(failures.count) failed of \(answered + failures.count): \(failures.prefix(3))")
+        #expect(count("got up's socket", in: up.logText) == 4, "\(up.logText)")
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+}
+
