@@ -118,6 +118,12 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         }
         let box = Unmanaged.passRetained(Box(self)).toOpaque()
         var thread = pthread_t()
+        // The thread takes no signal: a signal the process must see (a supervisor's SIGHUP during an upgrade by
+        // exec) would otherwise run its handler on this thread. It inherits the mask of the creating thread.
+        var all = sigset_t(), previous = sigset_t()
+        sigfillset(&all)
+        pthread_sigmask(SIG_BLOCK, &all, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
         let created = pthread_create(&thread, nil, { pointer in
             let interceptor = Unmanaged<Box>.fromOpaque(pointer!).takeRetainedValue().interceptor
             interceptor.serve()

@@ -48,6 +48,8 @@ extension Supervisor {
                     _ = try? Processes.wait(pid, noHang: false)
                     throw CommandFailure("cannot answer the binds of generation \(number): \(error)")
                 }
+            case .failed(let reason):
+                logger.warning("\(reason): generation \(number) starts with LISTEN_FDS only")
             case .refused(let code):
                 interceptionOff = "the kernel refused the seccomp filter (\(code))"
                 logger.warning("\(interceptionOff!): generations get the sockets as LISTEN_FDS only; a program that binds them by itself fails with EADDRINUSE")

@@ -100,8 +100,10 @@ package struct UpOptions {
         guard !reuseport else { return (nil, nil) }
         #if os(Linux)
         if let reason = KernelRun.unsupportedReason() { return (nil, reason) }
-        guard let executable = try? Processes.currentExecutable() else { return (nil, "the path of portreuse itself is unknown") }
-        return (executable, nil)
+        // Our own running binary, even once a new release was renamed over its path (the child of posix_spawn
+        // still has it as /proc/self/exe until it execs).
+        guard Files.read("/proc/self/exe", limit: 4) != nil else { return (nil, "/proc/self/exe cannot be read") }
+        return ("/proc/self/exe", nil)
         #else
         return (nil, "seccomp is Linux only")
         #endif

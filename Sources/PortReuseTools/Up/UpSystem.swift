@@ -117,6 +117,8 @@ extension Spawner {
         case started(pid: pid_t, notification: Int32)
         /// The kernel refused the filter (this errno): nothing was started.
         case refused(Errno)
+        /// The trampoline did not answer as it should (why): nothing runs.
+        case failed(String)
     }
 
     /// Starts the program as ``spawn(_:environment:descriptors:setListenPID:output:)`` does, but through the
@@ -126,9 +128,14 @@ extension Spawner {
     package static func spawnIntercepted(
         _ arguments: [String], executable: String, environment: [String], descriptors: [Int32], setListenPID: Bool
     ) throws(CommandFailure) -> InterceptedStart {
-        let ends: (Int32, Int32)
+        var ends: (Int32, Int32)
         do { ends = try Files.socketPair() } catch { throw CommandFailure("cannot create a socket pair for the trampoline: \(error)") }
         defer { Files.close(ends.0) }
+        // Above every target (3 … 3 + count), so that no dup2 of the spawn lands on it before it is moved.
+        let moved = fcntl(ends.1, F_DUPFD_CLOEXEC, 4 + Int32(descriptors.count))
+        Files.close(ends.1)
+        guard moved >= 0 else { throw CommandFailure("cannot move the trampoline's socket: \(Files.errorText())") }
+        ends.1 = moved
         let program = setListenPID ? ["/bin/sh", "-c", listenPIDWrapper] + arguments : arguments
         let report = 3 + descriptors.count
         var spawn = ProcessSpawn(
@@ -155,7 +162,7 @@ extension Spawner {
         // The trampoline exits at once (126) after a refusal: reaped here, never seen by the supervisor.
         _ = try? Processes.wait(pid, noHang: false)
         if let tag = message?.tag, tag != 0 { return .refused(Errno(rawValue: Int32(tag))) }
-        throw CommandFailure("the trampoline \(executable) \(KernelRun.trampolineCommand) did not hand over its seccomp descriptor")
+        return .failed("the trampoline \(executable) \(KernelRun.trampolineCommand) did not hand over its seccomp descriptor")
     }
 }
 #endif
