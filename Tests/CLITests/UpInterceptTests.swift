@@ -10,7 +10,7 @@ import Testing
 /// A net/http server: `server ADDRESS NAME [EXTRA_ADDRESS | rebind]` prints "listening ADDR NAME" (or
 /// "error: …" and exits 3), answers every request with NAME, and on SIGTERM shuts down gracefully, waited for
 /// before main returns. With EXTRA_ADDRESS it serves "extra NAME" there too; with `rebind` it closes its
-/// first listener and listens again before serving.
+/// first listener and listens again before serving; with `late` it listens on ADDRESS again after 2 s.
 private let goServer = """
     package main
 
@@ -43,6 +43,17 @@ private let goServer = """
     \t\t\tos.Exit(3)
     \t\t}
     \t\tfmt.Println("bound again", ln.Addr().String())
+    \t} else if mode == "late" {
+    \t\tgo func() {
+    \t\t\ttime.Sleep(2 * time.Second)
+    \t\t\tlate, err := net.Listen("tcp", address)
+    \t\t\tif err != nil {
+    \t\t\t\tfmt.Println("error: late:", err)
+    \t\t\t\treturn
+    \t\t\t}
+    \t\t\tfmt.Println("bound late", late.Addr().String())
+    \t\t\tlate.Close()
+    \t\t}()
     \t} else if mode != "" {
     \t\textra, err := net.Listen("tcp", mode)
     \t\tif err != nil {
@@ -101,8 +112,8 @@ private let goServers: Result<[String: String], BuildFailure> = {
 private let python = installed("/usr/bin/python3")
 
 /// A free port, given up just before up binds it (up needs the number in its command line and the program's).
-private func freePort() throws -> UInt16 {
-    let reservation = try PortReservation()
+private func freePort(_ transport: Transport = .tcp) throws -> UInt16 {
+    let reservation = try PortReservation(transport)
     defer { reservation.release() }
     return reservation.port
 }
@@ -208,3 +219,83 @@ struct UpInterceptTests {
     }
 }
 
+
+extension UpInterceptTests {
+    @Test("the notification descriptor crosses up's in-place upgrade: a bind after the upgrade still gets up's socket")
+    func bindAfterUpgrade() throws {
+        let server = try #require(try goServers.get()["static"])
+        let port = try freePort()
+        let up = try UpProcess(["--listen", "127.0.0.1:\(port)", "--", server, "127.0.0.1:\(port)", "late", "late"])
+        let address = try up.servingAddress()
+        let upgrade = try capture([portreuse, "up", "upgrade", "--pid-file", up.pidFile], timeout: 30)
+        #expect(upgrade.status == 0, "\(upgrade.stderr)\n\(up.logText)")
+        #expect(up.waitForLog("bound late 127.0.0.1:\(port)", timeout: 10), "\(up.logText)")
+        let log = up.logText
+        let upgraded = try #require(log.range(of: "upgraded:"), "\(log)")
+        #expect(log[upgraded.upperBound...].contains("got up's socket"), "the late bind was not answered by the new up:\n\(log)")
+        #expect(!log.contains("error: late"), "\(log)")
+        #expect(try httpGet(address) == "late")
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
+    @Test("UDP: a program that binds the held UDP address gets up's socket and answers datagrams", .enabled(if: python != nil))
+    func udpSwap() throws {
+        let port = try freePort(.udp)
+        let echo = """
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", \(port)))
+            while True:
+                data, peer = s.recvfrom(2048)
+                s.sendto(b"echo " + data, peer)
+            """
+        let up = try UpProcess(["--listen", "udp:127.0.0.1:\(port)", "--ready", "delay:300ms", "--", python!, "-c", echo])
+        #expect(up.waitForStatus { !$0.serving.isEmpty } != nil, "\(up.logText)")
+        #expect(up.waitForLog("(UDP) 127.0.0.1:\(port) of python3"), "\(up.logText)")
+        #expect(up.logText.contains("got up's socket"), "\(up.logText)")
+        let client = try DatagramSocket(udp: "127.0.0.1:0")
+        let target = SocketAddress(ip: .loopbackIPv4, port: port)
+        let answer = waitFor(timeout: 5, interval: 0.1) { () -> String? in
+            _ = try? client.send(Array("ping".utf8), to: target)
+            guard let got = try? client.receive(timeout: .milliseconds(200)) else { return nil }
+            return String(decoding: got.bytes, as: UTF8.self)
+        }
+        #expect(answer == "echo ping", "\(up.logText)")
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
+    @Test("which bind gets which held socket: same IP, wildcards, and the families that cannot work")
+    func familyRules() {
+        func held(_ text: String, dualStack: Bool = false, transport: Transport = .tcp) -> SocketSwap.Held {
+            let colon = text.lastIndex(of: ":")!
+            let ip = IPAddress(String(text[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")))!
+            return .init(descriptor: 100, name: "x", transport: transport, address: SocketAddress(ip: ip, port: UInt16(text[text.index(after: colon)...])!),
+                         dualStack: dualStack)
+        }
+        func decide(_ ip: String, _ family: AddressFamily, v6Only: Bool = false, _ list: [SocketSwap.Held], transport: Transport = .tcp) -> String {
+            let requested = SocketAddress(ip: IPAddress(ip)!, port: 8080)
+            switch SocketSwap.decide(requested: requested, programFamily: family, programIPv6Only: v6Only, transport: transport, held: list) {
+            case .passThrough(let note): return note == nil ? "pass" : "pass+note"
+            case .swap(let index, let note): return "swap \(index)" + (note == nil ? "" : "+note")
+            case .refuse(let code, _): return code == EAFNOSUPPORT ? "EAFNOSUPPORT" : "errno \(code)"
+            }
+        }
+        let v4 = [held("127.0.0.1:8080")], any4 = [held("0.0.0.0:8080")], any6 = [held("[::]:8080")], dual = [held("[::]:8080", dualStack: true)]
+        #expect(decide("127.0.0.1", .ipv4, v4) == "swap 0")  // Python AF_INET, Go 127.0.0.1:P
+        #expect(decide("::ffff:127.0.0.1", .ipv6, v4) == "swap 0")  // Java
+        #expect(decide("127.0.0.2", .ipv4, v4) == "pass+note")
+        #expect(decide("0.0.0.0", .ipv4, v4) == "pass+note")  // a wider bind than held: the kernel answers
+        #expect(decide("127.0.0.1", .ipv4, v4, transport: .udp) == "pass")  // another transport
+        #expect(decide("0.0.0.0", .ipv4, any4) == "swap 0")
+        #expect(decide("::", .ipv6, any4) == "swap 0+note")  // Go's ":P" with --listen :P: IPv4 only, said
+        #expect(decide("::", .ipv6, v6Only: true, any4) == "EAFNOSUPPORT")
+        #expect(decide("0.0.0.0", .ipv4, any6) == "EAFNOSUPPORT")  // an IPv4 socket never gets an IPv6 one
+        #expect(decide("0.0.0.0", .ipv4, dual) == "EAFNOSUPPORT")
+        #expect(decide("::", .ipv6, dual) == "swap 0")
+        #expect(decide("::", .ipv6, any6) == "swap 0+note")  // dual-stack program, IPv6-only socket: said
+        #expect(decide("::", .ipv6, v6Only: true, any6) == "swap 0")
+        #expect(decide("::", .ipv6, any4 + dual) == "swap 1")  // the same family first
+        #expect(decide("127.0.0.1", .ipv4, [held("[::ffff:127.0.0.1]:8080")]) == "EAFNOSUPPORT")
+        #expect(decide("::1", .ipv6, v4) == "pass+note")
+    }
+}

@@ -434,7 +434,9 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             if let cached = pidfds[pid] {
                 pidfd = cached
             } else {
-                guard let opened = try? Processes.open(pid) else { return nil }
+                // The kernel reports the calling thread: pidfd_open takes only a process (a thread group's
+                // leader), so a bind made on another thread (a goroutine, a worker thread) goes through its Tgid.
+                guard let opened = (try? Processes.open(pid)) ?? Self.threadGroup(of: pid).flatMap({ try? Processes.open($0) }) else { return nil }
                 if pidfds.count >= 64, let (oldest, old) = pidfds.first {  // a bound: any entry will do
                     Files.close(old)
                     pidfds[oldest] = nil
@@ -450,6 +452,16 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             } catch {
                 return nil
             }
+        }
+        return nil
+    }
+
+    /// The process (Tgid in /proc/TID/status) of thread `tid`, when it is not that process itself.
+    private static func threadGroup(of tid: pid_t) -> pid_t? {
+        guard let status = Files.read("/proc/\(tid)/status", limit: 4096) else { return nil }
+        for line in String(decoding: status, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Tgid:") {
+            guard let tgid = pid_t(line.dropFirst(5).filter { $0 != " " && $0 != "\t" }), tgid != tid else { return nil }
+            return tgid
         }
         return nil
     }
