@@ -10,7 +10,7 @@ import Testing
 /// A net/http server: `server ADDRESS NAME [EXTRA_ADDRESS | rebind]` prints "listening ADDR NAME" (or
 /// "error: …" and exits 3), answers every request with NAME, and on SIGTERM shuts down gracefully, waited for
 /// before main returns. With EXTRA_ADDRESS it serves "extra NAME" there too; with `rebind` it closes its
-/// first listener and listens again before serving; with `late` it listens on ADDRESS again after 2 s.
+/// first listener and listens again before serving; with `late` it listens on ADDRESS again after 2 s; with `pid` NAME is followed by its pid.
 private let goServer = """
     package main
 
@@ -54,7 +54,7 @@ private let goServer = """
     \t\t\tfmt.Println("bound late", late.Addr().String())
     \t\t\tlate.Close()
     \t\t}()
-    \t} else if mode != "" {
+    \t} else if mode != "" && mode != "pid" {
     \t\textra, err := net.Listen("tcp", mode)
     \t\tif err != nil {
     \t\t\tfmt.Println("error: extra:", err)
@@ -62,6 +62,9 @@ private let goServer = """
     \t\t}
     \t\tfmt.Println("extra listening", extra.Addr().String())
     \t\tgo http.Serve(extra, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "extra "+name) }))
+    \t}
+    \tif mode == "pid" {
+    \t\tname = fmt.Sprintf("%s %d", name, os.Getpid())
     \t}
     \tserver := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) })}
     \tdone := make(chan struct{})
@@ -297,5 +300,53 @@ extension UpInterceptTests {
         #expect(decide("::", .ipv6, any4 + dual) == "swap 1")  // the same family first
         #expect(decide("127.0.0.1", .ipv4, [held("[::ffff:127.0.0.1]:8080")]) == "EAFNOSUPPORT")
         #expect(decide("::1", .ipv6, v4) == "pass+note")
+    }
+}
+
+extension UpInterceptTests {
+    /// The figure of the README: `swift test --filter UpInterceptTests/reloadVersusStartUp`.
+    @Test("reload time of a swapped-socket Go server vs its own start-up: the trampoline and the swap add little")
+    func reloadVersusStartUp() throws {
+        let server = try #require(try goServers.get()["static"])
+        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+        func firstAnswer(_ address: SocketAddress, otherThan old: String?, timeout: Double = 10) -> String? {
+            waitFor(timeout: timeout, interval: 0.0002) { () -> String? in
+                guard let body = try? httpGet(address), body != old else { return nil }
+                return body
+            }
+        }
+        // Its own start-up: spawned directly, until it answers.
+        var own: [Double] = []
+        for _ in 0..<10 {
+            let port = try freePort()
+            let start = Processes.monotonicNanoseconds
+            var spawn = ProcessSpawn([server, "127.0.0.1:\(port)", "own", "pid"])
+            spawn.standardOutput = .null
+            let pid = try spawn.start()
+            defer {
+                kill(pid, SIGKILL)
+                _ = reap(pid, timeout: 5)
+            }
+            #expect(firstAnswer(SocketAddress(ip: .loopbackIPv4, port: port), otherThan: nil) != nil)
+            own.append(Double(Processes.monotonicNanoseconds - start) / 1e6)
+        }
+        // A reload under up: from SIGHUP until the new generation answers (through the shared queue).
+        let port = try freePort()
+        let up = try UpProcess(["--listen", "127.0.0.1:\(port)", "--", server, "127.0.0.1:\(port)", "up", "pid"])
+        let address = try up.servingAddress()
+        var reload: [Double] = []
+        for number in 2...11 {
+            let old = try httpGet(address)
+            let start = Processes.monotonicNanoseconds
+            up.signal(SIGHUP)
+            #expect(firstAnswer(address, otherThan: old) != nil, "\(up.logText)")
+            reload.append(Double(Processes.monotonicNanoseconds - start) / 1e6)
+            #expect(up.waitForStatus { $0.serving.map(\.number) == [number] && $0.generations.count == 1 } != nil, "\(up.logText)")
+        }
+        #expect(up.stop() == 0, "\(up.logText)")
+        let (ownMedian, reloadMedian) = (median(own), median(reload))
+        print(String(format: "up-intercept reload vs start-up (Go net/http, static, 10 each): own start-up to first answer %.1f ms, "
+            + "reload (SIGHUP to the new generation's first answer) %.1f ms: %+.1f ms", ownMedian, reloadMedian, reloadMedian - ownMedian))
+        #expect(reloadMedian - ownMedian < 50, "own \(own), reload \(reload)")
     }
 }

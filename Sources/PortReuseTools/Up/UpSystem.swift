@@ -111,6 +111,9 @@ package enum Spawner {
 
 #if os(Linux)
 extension Spawner {
+    /// The C trampoline's file name, next to the portreuse executable.
+    package static let cTrampoline = "portreuse-intercept-exec"
+
     /// How an intercepted start went.
     package enum InterceptedStart {
         /// Started; `up` holds the notification descriptor of its seccomp filter.
@@ -138,8 +141,10 @@ extension Spawner {
         ends.1 = moved
         let program = setListenPID ? ["/bin/sh", "-c", listenPIDWrapper] + arguments : arguments
         let report = 3 + descriptors.count
-        var spawn = ProcessSpawn(
-            [executable, KernelRun.trampolineCommand, "--report-fd", "\(report)", "--"] + program, environment: environment)
+        // The C trampoline takes `REPORT_FD PROGRAM…`; our own binary, `intercept-exec --report-fd N -- PROGRAM…`.
+        let trampoline = executable.hasSuffix("/" + cTrampoline)
+            ? [executable, "\(report)"] : [executable, KernelRun.trampolineCommand, "--report-fd", "\(report)", "--"]
+        var spawn = ProcessSpawn(trampoline + program, environment: environment)
         spawn.descriptors = descriptors + [ends.1]
         spawn.newProcessGroup = true
         let pid: pid_t
