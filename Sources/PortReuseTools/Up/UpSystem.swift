@@ -139,12 +139,17 @@ extension Spawner {
         Files.close(ends.1)
         guard moved >= 0 else { throw CommandFailure("cannot move the trampoline's socket: \(Files.errorText())") }
         ends.1 = moved
-        let program = setListenPID ? ["/bin/sh", "-c", listenPIDWrapper] + arguments : arguments
         let report = 3 + descriptors.count
-        // The C trampoline takes `REPORT_FD PROGRAM…`; our own binary, `intercept-exec --report-fd N -- PROGRAM…`.
-        let trampoline = executable.hasSuffix("/" + cTrampoline)
-            ? [executable, "\(report)"] : [executable, KernelRun.trampolineCommand, "--report-fd", "\(report)", "--"]
-        var spawn = ProcessSpawn(trampoline + program, environment: environment)
+        // The C trampoline takes `[--listen-pid] REPORT_FD PROGRAM…` and sets LISTEN_PID itself; our own binary,
+        // `intercept-exec --report-fd N -- PROGRAM…`, through the sh wrapper.
+        let trampoline: [String]
+        if executable.hasSuffix("/" + cTrampoline) {
+            trampoline = [executable] + (setListenPID ? ["--listen-pid"] : []) + ["\(report)"] + arguments
+        } else {
+            trampoline = [executable, KernelRun.trampolineCommand, "--report-fd", "\(report)", "--"]
+                + (setListenPID ? ["/bin/sh", "-c", listenPIDWrapper] : []) + arguments
+        }
+        var spawn = ProcessSpawn(trampoline, environment: environment)
         spawn.descriptors = descriptors + [ends.1]
         spawn.newProcessGroup = true
         let pid: pid_t
