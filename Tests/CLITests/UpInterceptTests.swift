@@ -135,7 +135,7 @@ struct UpInterceptTests {
         try Data("hello\n".utf8).write(to: URL(fileURLWithPath: folder.path + "/index.html"))
         let port = try freePort()
         let up = try UpProcess(
-            ["--listen", "127.0.0.1:\(port)", "--grace", "10s", "--stop-signal", "INT", "--stop-when-idle", "--", python!, "-m", "http.server", "\(port)", "--bind", "127.0.0.1",
+            ["--listen", "127.0.0.1:\(port)", "--grace", "10s", "--stop-when-idle", "--", python!, "-m", "http.server", "\(port)", "--bind", "127.0.0.1",
              "--directory", folder.path])
         let address = try up.servingAddress()
         #expect(address.port == port)
