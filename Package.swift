@@ -56,6 +56,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The C trampoline of `portreuse up` (bind filter, then exec), built next to the portreuse executable;
+        // up falls back to `portreuse intercept-exec` without it.
+        .executableTarget(name: "portreuse-intercept-exec", dependencies: ["CPortReuseSystem"]),
         // The tiny HTTP server of Examples/hello and of `portreuse demo`'s workers (portreuse demo-worker).
         .target(name: "DemoServer", dependencies: ["PortReuse"]),
         // C only, and linked against libc alone: it is loaded into programs that know nothing of Swift.

@@ -28,6 +28,9 @@ package struct InterceptionRules: Sendable {
     package var transparent: Bool
     /// Called with one line per call changed (`--verbose`), or `nil`.
     package var log: (@Sendable (String) -> Void)?
+    /// `portreuse up`: binds to a held address get the held socket; every other call runs untouched (no
+    /// policy, no rewrite). Refusals are said through `log` (which is then always set).
+    package var swap: SocketSwap?
 
     package init(policy: SharingPolicy, bind: Endpoint? = nil, source: Endpoint? = nil, transparent: Bool = false,
                  log: (@Sendable (String) -> Void)? = nil) {
@@ -36,6 +39,13 @@ package struct InterceptionRules: Sendable {
         self.source = source.flatMap { $0.isEmpty ? nil : $0 }
         self.transparent = transparent
         self.log = log
+    }
+
+    /// The rules of `portreuse up`: swap the held sockets in, touch nothing else.
+    package static func swapping(_ swap: SocketSwap, log: @escaping @Sendable (String) -> Void) -> InterceptionRules {
+        var rules = InterceptionRules(policy: .shared, log: log)
+        rules.swap = swap
+        return rules
     }
 
     /// Whether connect(), sendto() and sendmsg() must be intercepted too (only with a source).
@@ -108,6 +118,12 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         }
         let box = Unmanaged.passRetained(Box(self)).toOpaque()
         var thread = pthread_t()
+        // The thread takes no signal: a signal the process must see (a supervisor's SIGHUP during an upgrade by
+        // exec) would otherwise run its handler on this thread. It inherits the mask of the creating thread.
+        var all = sigset_t(), previous = sigset_t()
+        sigfillset(&all)
+        pthread_sigmask(SIG_BLOCK, &all, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
         let created = pthread_create(&thread, nil, { pointer in
             let interceptor = Unmanaged<Box>.fromOpaque(pointer!).takeRetainedValue().interceptor
             interceptor.serve()
@@ -274,6 +290,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
 
     private func bind(_ notification: csystem_notification, fd: Int32, pointer: UInt64, length: UInt64) -> Answer {
         guard let requested = address(notification.pid, at: pointer, length: length) else { return .proceed }
+        if let swap = rules.swap { return swapBind(swap, notification, fd: fd, requested: requested) }
         let socket: SocketHandle, transport: Transport
         switch target(notification, fd: fd, families: [requested.family]) {
         case .socket(let handle, let kind): (socket, transport) = (handle, kind)
@@ -303,6 +320,70 @@ package final class SocketCallInterceptor: @unchecked Sendable {
                 + "options \(options)\(rules.transparent ? ", IP_TRANSPARENT" : "")\(outcome)\(note)")
         }
         return code.map { .result(errno: $0) } ?? .proceed
+    }
+
+    /// `portreuse up`'s bind: the held socket under the program's descriptor, or the call untouched.
+    private func swapBind(_ swap: SocketSwap, _ notification: csystem_notification, fd: Int32, requested: SocketAddress) -> Answer {
+        guard swap.holds(port: requested.port) else { return .proceed }  // the common case: no duplicate, nothing read
+        let socket: SocketHandle, transport: Transport
+        switch target(notification, fd: fd, families: [.ipv4, .ipv6]) {
+        case .socket(let handle, let kind): (socket, transport) = (handle, kind)
+        case .skip: return .proceed
+        case .gone: return .none
+        }
+        guard let descriptor = socket.descriptor else { return .proceed }
+        let pid = Int32(bitPattern: notification.pid)
+        // A call that comes back after our answer (interrupted, restarted): the descriptor is ours already.
+        let inode = Self.inode(descriptor)
+        if let already = swap.held.first(where: { Self.inode($0.descriptor) == inode }) {
+            rules.log?("bind fd \(fd) \(requested) of \(who(notification.pid)): already \(already.name) \(already.address)")
+            return .result(errno: 0)
+        }
+        // A socket bound already: the kernel says EINVAL itself.
+        if let local = try? socket.localAddress(), local.port != 0 { return .proceed }
+        let family: AddressFamily = (try? socket.option(SOL_SOCKET, SO_DOMAIN, label: "SO_DOMAIN")) == AF_INET6 ? .ipv6 : .ipv4
+        let v6Only = family == .ipv6 && (try? socket.option(Sys.ipv6Level, Sys.ipv6Only, label: "IPV6_V6ONLY")) == 1
+        let kind = transport == .tcp ? "TCP" : "UDP"
+        switch SocketSwap.decide(requested: requested, programFamily: family, programIPv6Only: v6Only, transport: transport, held: swap.held) {
+        case .passThrough(let note):
+            if let note { rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.pid)) runs as it is: \(note)") }
+            return .proceed
+        case .refuse(let code, let reason):
+            rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.pid)) fails with \(Errno(rawValue: code)): \(reason)")
+            return .result(errno: code)
+        case .swap(let index, let note):
+            let held = swap.held[index]
+            let flags = fcntl(descriptor, F_GETFL)
+            let modeWarning = flags < 0 ? nil : swap.adoptMode(of: held, nonBlocking: flags & O_NONBLOCK != 0, pid: pid)
+            if let modeWarning { rules.log?(modeWarning) }
+            let closeOnExec = Self.closeOnExec(pid: notification.pid, fd: fd)
+            guard csystem_seccomp_add_fd(notificationDescriptor, notification.id, held.descriptor, fd, closeOnExec ? 1 : 0) >= 0 else {
+                let code = errno
+                if code == ENOENT { return .none }  // the call is gone (interrupted, the process died)
+                rules.log?("bind fd \(fd) \(requested) of \(who(notification.pid)): cannot put \(held.name) \(held.address) in its place "
+                    + "(SECCOMP_IOCTL_NOTIF_ADDFD: \(Errno(rawValue: code))): the kernel answers the bind")
+                return .proceed
+            }
+            rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.pid)): got up's socket \(held.name) \(held.address)"
+                + (flags >= 0 && flags & O_NONBLOCK != 0 ? ", non-blocking" : "") + (note.map { "; \($0)" } ?? ""))
+            return .result(errno: 0)
+        }
+    }
+
+    private static func inode(_ descriptor: Int32) -> UInt64 {
+        var info = stat()
+        return fstat(descriptor, &info) == 0 ? UInt64(info.st_ino) : 0
+    }
+
+    /// Whether the program's descriptor is close-on-exec (the `flags:` line of /proc/PID/fdinfo/FD has O_CLOEXEC);
+    /// close-on-exec when it cannot be read, as almost every server opens its sockets.
+    private static func closeOnExec(pid: UInt32, fd: Int32) -> Bool {
+        guard let info = Files.read("/proc/\(pid)/fdinfo/\(fd)", limit: 4096) else { return true }
+        for line in String(decoding: info, as: UTF8.self).split(separator: "\n") where line.hasPrefix("flags:") {
+            guard let flags = Int(line.dropFirst(6).filter { $0 != " " && $0 != "\t" }, radix: 8) else { return true }
+            return flags & Int(O_CLOEXEC) != 0
+        }
+        return true
     }
 
     /// Binds an unbound socket to the source before it first talks to `peer`; `sendFlags` nil for connect().
@@ -353,7 +434,9 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             if let cached = pidfds[pid] {
                 pidfd = cached
             } else {
-                guard let opened = try? Processes.open(pid) else { return nil }
+                // The kernel reports the calling thread: pidfd_open takes only a process (a thread group's
+                // leader), so a bind made on another thread (a goroutine, a worker thread) goes through its Tgid.
+                guard let opened = (try? Processes.open(pid)) ?? Self.threadGroup(of: pid).flatMap({ try? Processes.open($0) }) else { return nil }
                 if pidfds.count >= 64, let (oldest, old) = pidfds.first {  // a bound: any entry will do
                     Files.close(old)
                     pidfds[oldest] = nil
@@ -369,6 +452,16 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             } catch {
                 return nil
             }
+        }
+        return nil
+    }
+
+    /// The process (Tgid in /proc/TID/status) of thread `tid`, when it is not that process itself.
+    private static func threadGroup(of tid: pid_t) -> pid_t? {
+        guard let status = Files.read("/proc/\(tid)/status", limit: 4096) else { return nil }
+        for line in String(decoding: status, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Tgid:") {
+            guard let tgid = pid_t(line.dropFirst(5).filter { $0 != " " && $0 != "\t" }), tgid != tid else { return nil }
+            return tgid
         }
         return nil
     }

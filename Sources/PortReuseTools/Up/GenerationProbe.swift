@@ -165,3 +165,50 @@ package enum GenerationProbe {
         }
     }
 }
+
+extension GenerationProbe {
+    /// `--stop-when-idle`: pauses the group (SIGSTOP, until every process is stopped, at most 50 ms) and sends
+    /// `signal` to `main` only if no process of the group holds a TCP connection (a socket that is not
+    /// listening): a program that dies at once on its stop signal then loses no request in flight, and the
+    /// connections that arrive meanwhile wait in the shared queue for the new generation. A signal the program
+    /// does not handle ends it on SIGCONT before any of its code runs (so nothing more is accepted); a handled one
+    /// may let a thread accept a connection it had just seen. Always continues the group; whether it was sent.
+    package static func signalWhenIdle(group: pid_t, main: pid_t, signal: Int32) -> Bool {
+        guard kill(-group, SIGSTOP) == 0 else { return false }
+        defer { kill(-group, SIGCONT) }
+        let members = processes(inGroup: group)
+        let stopped = waitForStop(members)
+        guard stopped else { return false }
+        let connections = connectionInodes()
+        for pid in members {
+            for entry in Files.list("/proc/\(pid)/fd") {
+                guard let descriptor = Int32(entry), let inode = socketInode(pid: pid, descriptor: descriptor) else { continue }
+                if connections.contains(inode) { return false }
+            }
+        }
+        return kill(main, signal) == 0
+    }
+
+    private static func waitForStop(_ members: [pid_t]) -> Bool {
+        let deadline = Processes.monotonicNanoseconds + 50_000_000
+        while Processes.monotonicNanoseconds < deadline {
+            if members.allSatisfy({ (Processes.stat(of: $0)?.state ?? "T") == "T" }) { return true }
+            usleep(200)
+        }
+        return false
+    }
+
+    /// The inodes of every TCP socket that is not listening (/proc/net/tcp and tcp6; state 0A is LISTEN).
+    private static func connectionInodes() -> Set<UInt64> {
+        var inodes = Set<UInt64>()
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            guard let bytes = Files.read(table, limit: 1 << 24) else { continue }
+            for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n").dropFirst() {
+                let fields = line.split(separator: " ")
+                guard fields.count > 9, fields[3] != "0A", let inode = UInt64(fields[9]), inode != 0 else { continue }
+                inodes.insert(inode)
+            }
+        }
+        return inodes
+    }
+}

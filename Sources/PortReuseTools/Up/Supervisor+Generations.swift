@@ -12,14 +12,13 @@ extension Supervisor {
         }
         do throws(CommandFailure) {
             let notify = try NotifyReceiver(path: "\(runtimeFolder)/notify-\(number).sock")
-            let pid = try Spawner.spawn(
-                configuration.command, environment: environment(notifyPath: notify.path),
-                descriptors: sockets.map(\.descriptor), setListenPID: configuration.reusePortEnvironment == nil)
+            let (pid, interceptor) = try spawn(number: number, environment: environment(notifyPath: notify.path))
             var record = GenerationRecord(
                 number: number, pid: pid, reason: reason, startedAt: Processes.wallClockSeconds, startedMonotonic: now,
                 deadline: now + UInt64(configuration.readyTimeout * 1e9))
             record.notifyPath = notify.path
             let generation = Generation(record: record, notify: notify)
+            generation.interceptor = interceptor
             generations.append(generation)
             logger.info("\(generation.label) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))")
         } catch {
@@ -29,6 +28,45 @@ extension Supervisor {
         }
         statusChanged = true
     }
+
+    /// Starts the program: under the bind filter when it can, else with LISTEN_FDS only (as before the filter).
+    private func spawn(number: Int, environment: [String]) throws(CommandFailure) -> (pid_t, SocketCallInterceptor?) {
+        let setListenPID = configuration.reusePortEnvironment == nil
+        #if os(Linux)
+        if let executable = configuration.interceptExecutable, interceptionOff == nil, !sockets.isEmpty {
+            switch try Spawner.spawnIntercepted(
+                configuration.command, executable: executable, environment: environment, descriptors: sockets.map(\.descriptor), setListenPID: setListenPID)
+            {
+            case .started(let pid, let notification):
+                do {
+                    let interceptor = try SocketCallInterceptor(notificationDescriptor: notification, rules: interceptionRules(number: number))
+                    try interceptor.start()
+                    return (pid, interceptor)
+                } catch {
+                    // Without an answer its binds would wait for ever: this generation cannot run.
+                    _ = try? Processes.kill(-pid, SIGKILL)
+                    _ = try? Processes.wait(pid, noHang: false)
+                    throw CommandFailure("cannot answer the binds of generation \(number): \(error)")
+                }
+            case .failed(let reason):
+                logger.warning("\(reason): generation \(number) starts with LISTEN_FDS only")
+            case .refused(let code):
+                interceptionOff = "the kernel refused the seccomp filter (\(code))"
+                logger.warning("\(interceptionOff!): generations get the sockets as LISTEN_FDS only; a program that binds them by itself fails with EADDRINUSE")
+            }
+        }
+        #endif
+        let pid = try Spawner.spawn(configuration.command, environment: environment, descriptors: sockets.map(\.descriptor), setListenPID: setListenPID)
+        return (pid, nil)
+    }
+
+    #if os(Linux)
+    /// The rules for generation `number`: swap the held sockets in; every line goes to the log.
+    func interceptionRules(number: Int) -> InterceptionRules {
+        let logger = self.logger
+        return .swapping(socketSwap) { line in logger.info("generation \(number): \(line)") }
+    }
+    #endif
 
     /// The program's environment: ours without the protocol's variables meant for `up` itself, then the
     /// protocol's for the generation (LISTEN_PID is set by the wrapper, in the program's own process).
@@ -78,6 +116,14 @@ extension Supervisor {
     }
 
     private func drain(_ generation: Generation) {
+        if let wait = configuration.stopWhenIdle, generation.record.exit == nil, !state.isStopping {
+            generation.phase = .draining
+            generation.record.deadline = Processes.monotonicNanoseconds + UInt64((configuration.grace + wait) * 1e9)
+            generation.idleStopBy = Processes.monotonicNanoseconds + UInt64(wait * 1e9)
+            logger.info("\(generation.label) draining: \(SignalName(configuration.stopSignal)) once it holds no connection (within \(Seconds(wait))), killed if still running \(Seconds(configuration.grace)) later")
+            statusChanged = true
+            return
+        }
         askToStop(generation, phase: .draining)
         let draining = generations.filter { $0.phase == .draining }.count
         logger.info(

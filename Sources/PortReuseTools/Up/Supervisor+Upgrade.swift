@@ -29,7 +29,10 @@ extension Supervisor {
                 throw CommandFailure("\(binary) cannot take over: \(refusal)")
             }
             logger.info("upgrading to \(version) with \(generations.count) generation(s) and \(sockets.count) socket(s) kept")
+            // An answer cut in half by exec would leave a bind waiting for ever: the threads end first.
+            for generation in generations { generation.interceptor?.stop(timeout: 1) }
             LogWriter.standardError.flush(timeout: 1)  // the writer thread does not survive exec
+            defer { restartInterceptors() }  // reached only when exec failed
             try state.execute(binary: binary, arguments: configuration.arguments, path: path)
         } catch {
             logger.error("upgrade failed: \(error.message); this process keeps running")
@@ -42,11 +45,32 @@ extension Supervisor {
     /// Everything the next `up` of this process needs to carry on exactly where this one is.
     package func handover(upgrades: Int) -> UpgradeHandover {
         var records = generations.map(\.record)
-        for index in records.indices { records[index].notifyDescriptor = generations[index].notify?.descriptor }
+        for index in records.indices {
+            records[index].notifyDescriptor = generations[index].notify?.descriptor
+            records[index].interceptDescriptor = generations[index].interceptor?.notificationDescriptor
+        }
         return UpgradeHandover(
             sockets: sockets.map { .init(descriptor: $0.descriptor, name: $0.name, backlog: $0.backlog) }, generations: records, state: state,
             nextNumber: nextNumber, reloadQueued: reloadQueued, failures: failures, history: history,
             upgrades: upgrades, upgradeFailures: upgradeFailures, startedWall: startedWall, runtimeFolder: runtimeFolder)
+    }
+
+    /// After a failed exec: new threads answer the generations' binds (on duplicates of the descriptors; the
+    /// stopped interceptors close theirs).
+    private func restartInterceptors() {
+        #if os(Linux)
+        for generation in generations {
+            guard let old = generation.interceptor else { continue }
+            let copy = fcntl(old.notificationDescriptor, F_DUPFD_CLOEXEC, 0)
+            guard copy >= 0, let fresh = try? SocketCallInterceptor(notificationDescriptor: copy, rules: interceptionRules(number: generation.number)),
+                (try? fresh.start()) != nil
+            else {
+                logger.error("\(generation.label): cannot answer its binds again after the failed upgrade")
+                continue
+            }
+            generation.interceptor = fresh
+        }
+        #endif
     }
 
     /// Takes the generations and the state over from the previous `up` of this process.
@@ -60,7 +84,20 @@ extension Supervisor {
         upgradeFailures = handover.upgradeFailures
         generations = handover.generations.map { record in
             let notify = record.notifyDescriptor.flatMap { try? NotifyReceiver(adopting: $0, path: record.notifyPath ?? "") }
-            return Generation(record: record, notify: notify)
+            let generation = Generation(record: record, notify: notify)
+            #if os(Linux)
+            if let descriptor = record.interceptDescriptor, fcntl(descriptor, F_SETFD, FD_CLOEXEC) == 0 {
+                do throws(SystemError) {
+                    let interceptor = try SocketCallInterceptor(notificationDescriptor: descriptor, rules: interceptionRules(number: record.number))
+                    try interceptor.start()
+                    generation.interceptor = interceptor
+                } catch {
+                    logger.error("\(generation.label): cannot answer its binds after the upgrade: \(error); its next bind fails with ENOSYS")
+                }
+            }
+            #endif
+            generation.record.interceptDescriptor = nil
+            return generation
         }
         logger.info("upgraded: \(UpgradeHandover.executablePath) runs with \(generations.count) generation(s) and \(sockets.count) socket(s)")
         if case .backingOff(let until) = state {

@@ -27,11 +27,19 @@ package final class Supervisor {
         package var reusePortListens: [ListenSpec]
         /// The original arguments of `up`, for upgrading in place.
         package var arguments: [String]
+        /// `--stop-when-idle`: a draining generation gets its stop signal at a moment it holds no connection
+        /// (at most this many seconds late), for programs that die at once on it.
+        package var stopWhenIdle: Double?
+        /// Our own binary, whose `intercept-exec` starts each generation under the bind filter, so that a program
+        /// that binds a held address by itself gets the held socket (``SocketSwap``); `nil`: LISTEN_FDS only.
+        package var interceptExecutable: String?
 
         package init(
             command: [String], readiness: ReadinessCheck, readyTimeout: Double, grace: Double, stopSignal: Int32, statusPath: String?,
-            reusePortEnvironment: [String]?, reusePortListens: [ListenSpec], arguments: [String]
+            reusePortEnvironment: [String]?, reusePortListens: [ListenSpec], arguments: [String],
+            interceptExecutable: String? = nil
         ) {
+            self.interceptExecutable = interceptExecutable
             self.command = command
             self.readiness = readiness
             self.readyTimeout = readyTimeout
@@ -48,6 +56,10 @@ package final class Supervisor {
     package final class Generation {
         package var record: GenerationRecord
         package let notify: NotifyReceiver?
+        /// Answers the generation's binds (``SocketSwap``), when it started under the filter.
+        package var interceptor: SocketCallInterceptor?
+        /// `--stop-when-idle`: the stop signal is still to send, at the latest at this time (monotonic ns).
+        var idleStopBy: UInt64?
         /// When the next readiness probe may run (not carried across an upgrade: probing restarts at once).
         var nextProbe: UInt64 = 0
 
@@ -87,6 +99,15 @@ package final class Supervisor {
     let ownStartTime = Processes.stat(of: getpid())?.startTime
     /// Whether the last status write failed (said once in the log, not at every change).
     var statusWriteFailed = false
+    /// Why generations start without the bind filter, once that is known (said once in the log).
+    var interceptionOff: String?
+    /// The held sockets as the interceptors see them (made once: the descriptors never change).
+    lazy var socketSwap = SocketSwap(held: sockets.map { socket in
+        let borrowed = SocketHandle(adopting: socket.descriptor)
+        let dualStack = socket.address.family == .ipv6 && ((try? borrowed.isDualStack()) ?? false)
+        _ = borrowed.takeDescriptor()  // still ours: only read
+        return SocketSwap.Held(descriptor: socket.descriptor, name: socket.name, transport: socket.transport, address: socket.address, dualStack: dualStack)
+    })
     /// Whether orphans of the generations come to this process (set by `run`).
     private var isSubreaper = false
 
@@ -130,7 +151,7 @@ package final class Supervisor {
     }
 
     private func pollTimeout() -> Int32 {
-        if generations.contains(where: { $0.phase == .starting || $0.record.exit != nil }) { return 10 }
+        if generations.contains(where: { $0.phase == .starting || $0.record.exit != nil || $0.idleStopBy != nil }) { return 10 }
         if case .backingOff(let until) = state {
             let now = Processes.monotonicNanoseconds
             return until <= now ? 0 : Int32(min(250, (until - now) / 1_000_000 + 1))
@@ -231,6 +252,18 @@ package final class Supervisor {
             case .ready:
                 break
             }
+            if let by = generation.idleStopBy, generation.phase == .draining {
+                if generation.record.exit != nil {
+                    generation.idleStopBy = nil
+                } else if GenerationProbe.signalWhenIdle(group: generation.pid, main: generation.record.mainProcess, signal: configuration.stopSignal) {
+                    generation.idleStopBy = nil
+                    logger.info("\(generation.label) holds no connection: sent \(SignalName(configuration.stopSignal))")
+                } else if now >= by {
+                    generation.idleStopBy = nil
+                    _ = try? Processes.kill(generation.record.mainProcess, configuration.stopSignal)
+                    logger.info("\(generation.label) held connections for \(Seconds(configuration.stopWhenIdle ?? 0)): sent \(SignalName(configuration.stopSignal)) anyway")
+                }
+            }
         }
         let stableSince = now - min(now, UInt64(FailureCount.stableSeconds * 1e9))
         if failures.inARow > 0, generations.contains(where: { $0.phase == .ready && ($0.record.readyMonotonic ?? .max) <= stableSince }) {
@@ -238,6 +271,10 @@ package final class Supervisor {
             statusChanged = true
         }
         let before = generations.count
+        for gone in generations where gone.record.exit != nil && !Processes.groupExists(gone.pid) && gone.record.membersOutsideGroup.isEmpty {
+            gone.interceptor?.stop(timeout: 0.5)
+            gone.interceptor = nil
+        }
         generations.removeAll { $0.record.exit != nil && !Processes.groupExists($0.pid) && $0.record.membersOutsideGroup.isEmpty }
         if generations.count != before { statusChanged = true }
         if case .backingOff(let until) = state, now >= until {

@@ -105,6 +105,8 @@ package struct GenerationRecord: Codable, Sendable {
     /// Its notify socket: `up`'s descriptor (kept open across an upgrade) and path.
     package var notifyDescriptor: Int32?
     package var notifyPath: String?
+    /// The notification descriptor of its bind filter (kept open across an upgrade), when it has one.
+    package var interceptDescriptor: Int32?
 
     /// One process of a generation.
     package struct Member: Codable, Sendable, Hashable {
@@ -114,7 +116,7 @@ package struct GenerationRecord: Codable, Sendable {
 
     private enum CodingKeys: String, CodingKey {
         case number, pid, reason, phase = "state", startedAt, startedMonotonic, readySeconds, status, mainPID, heardFrom, deadline, killed, exit
-        case members, notifyDescriptor, notifyPath
+        case members, notifyDescriptor, notifyPath, interceptDescriptor
     }
 
     package init(number: Int, pid: Int32, reason: StartReason, startedAt: Double, startedMonotonic: UInt64, deadline: UInt64) {

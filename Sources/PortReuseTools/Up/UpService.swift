@@ -12,6 +12,10 @@ package struct UpOptions {
     package var reuseport: Bool
     /// Whether IPv6 --listen sockets are dual-stack.
     package var dualStack: Bool
+    /// Whether generations start under the bind filter (``SocketSwap``): `--no-intercept` says no.
+    package var intercept = true
+    /// `--stop-when-idle`: at most this many seconds.
+    package var stopWhenIdle: Double?
     /// The program and its arguments.
     package var command: [String]
 
@@ -65,13 +69,18 @@ package struct UpOptions {
                 throw error
             }
         }
+        let interception = interceptionExecutable()
         let signals = try SignalPipe()
+        var configuration = Supervisor.Configuration(
+            command: [program.path] + command.dropFirst(), readiness: readiness, readyTimeout: readyTimeout, grace: grace,
+            stopSignal: stopSignal, statusPath: pidFile.map(UpStatus.path(forPIDFile:)),
+            reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments,
+            interceptExecutable: interception.executable)
+        configuration.stopWhenIdle = stopWhenIdle
         let supervisor = Supervisor(
-            configuration: .init(
-                command: [program.path] + command.dropFirst(), readiness: readiness, readyTimeout: readyTimeout, grace: grace,
-                stopSignal: stopSignal, statusPath: pidFile.map(UpStatus.path(forPIDFile:)),
-                reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments),
+            configuration: configuration,
             sockets: sockets, runtimeFolder: runtimeFolder, signals: signals, startedWall: inherited?.startedWall ?? Processes.wallClockSeconds)
+        if let reason = interception.off { supervisor.logger.info("generations start without the bind filter: \(reason)") }
         if let inherited {
             supervisor.adopt(inherited)
         } else {
@@ -86,6 +95,26 @@ package struct UpOptions {
         rmdir(runtimeFolder)
         LogWriter.standardError.flush(timeout: 2)
         return code
+    }
+
+    /// Our own binary for the trampoline, or why generations start without the bind filter.
+    private func interceptionExecutable() -> (executable: String?, off: String?) {
+        guard intercept else { return (nil, "--no-intercept") }
+        guard !reuseport else { return (nil, nil) }
+        #if os(Linux)
+        if let reason = KernelRun.unsupportedReason() { return (nil, reason) }
+        // The C trampoline beside our binary starts in about 3 ms (portreuse itself takes 10-15).
+        if let own = try? Processes.currentExecutable(), let slash = own.lastIndex(of: "/") {
+            let helper = String(own[..<slash]) + "/" + Spawner.cTrampoline
+            if access(helper, X_OK) == 0 { return (helper, nil) }
+        }
+        // Else our own running binary, even once a new release was renamed over its path (the child of posix_spawn
+        // still has it as /proc/self/exe until it execs).
+        guard Files.read("/proc/self/exe", limit: 4) != nil else { return (nil, "/proc/self/exe cannot be read") }
+        return ("/proc/self/exe", nil)
+        #else
+        return (nil, "seccomp is Linux only")
+        #endif
     }
 
     /// Opens the --listen sockets, or takes them from systemd when it handed `up` sockets (LISTEN_FDS):

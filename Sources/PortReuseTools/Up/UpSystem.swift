@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 import PortReuse
 
 /// The write end of the signal pipe, set once before any handler is installed.
@@ -107,3 +108,71 @@ package enum Spawner {
         }
     }
 }
+
+#if os(Linux)
+extension Spawner {
+    /// The C trampoline's file name, next to the portreuse executable.
+    package static let cTrampoline = "portreuse-intercept-exec"
+
+    /// How an intercepted start went.
+    package enum InterceptedStart {
+        /// Started; `up` holds the notification descriptor of its seccomp filter.
+        case started(pid: pid_t, notification: Int32)
+        /// The kernel refused the filter (this errno): nothing was started.
+        case refused(Errno)
+        /// The trampoline did not answer as it should (why): nothing runs.
+        case failed(String)
+    }
+
+    /// Starts the program as ``spawn(_:environment:descriptors:setListenPID:output:)`` does, but through the
+    /// trampoline `executable intercept-exec` (our own binary), which installs the bind filter, hands its
+    /// notification descriptor back over a socket pair (at the descriptor after the sockets; closed before the
+    /// program runs), and execs the program with the same pid.
+    package static func spawnIntercepted(
+        _ arguments: [String], executable: String, environment: [String], descriptors: [Int32], setListenPID: Bool
+    ) throws(CommandFailure) -> InterceptedStart {
+        var ends: (Int32, Int32)
+        do { ends = try Files.socketPair() } catch { throw CommandFailure("cannot create a socket pair for the trampoline: \(error)") }
+        defer { Files.close(ends.0) }
+        // Above every target (3 … 3 + count), so that no dup2 of the spawn lands on it before it is moved.
+        let moved = fcntl(ends.1, F_DUPFD_CLOEXEC, 4 + Int32(descriptors.count))
+        Files.close(ends.1)
+        guard moved >= 0 else { throw CommandFailure("cannot move the trampoline's socket: \(Files.errorText())") }
+        ends.1 = moved
+        let report = 3 + descriptors.count
+        // The C trampoline takes `[--listen-pid] REPORT_FD PROGRAM…` and sets LISTEN_PID itself; our own binary,
+        // `intercept-exec --report-fd N -- PROGRAM…`, through the sh wrapper.
+        let trampoline: [String]
+        if executable.hasSuffix("/" + cTrampoline) {
+            trampoline = [executable] + (setListenPID ? ["--listen-pid"] : []) + ["\(report)"] + arguments
+        } else {
+            trampoline = [executable, KernelRun.trampolineCommand, "--report-fd", "\(report)", "--"]
+                + (setListenPID ? ["/bin/sh", "-c", listenPIDWrapper] : []) + arguments
+        }
+        var spawn = ProcessSpawn(trampoline, environment: environment)
+        spawn.descriptors = descriptors + [ends.1]
+        spawn.newProcessGroup = true
+        let pid: pid_t
+        do { pid = try spawn.start() } catch {
+            Files.close(ends.1)
+            throw CommandFailure("cannot start \(arguments[0]): \(error.errno.description)")
+        }
+        Files.close(ends.1)
+        // The trampoline answers at once: a descriptor (tag 0), or the errno of the filter's installation.
+        var entry = pollfd(fd: ends.0, events: Int16(POLLIN), revents: 0)
+        var ready: Int32
+        repeat { ready = poll(&entry, 1, 10_000) } while ready < 0 && errno == EINTR
+        let message = ready > 0 ? ((try? Files.receiveDescriptor(over: ends.0)) ?? nil) : nil
+        if let message, message.tag == 0, let notification = message.descriptor {
+            _ = fcntl(notification, F_SETFD, FD_CLOEXEC)
+            return .started(pid: pid, notification: notification)
+        }
+        if let fd = message?.descriptor { Files.close(fd) }
+        if message == nil { _ = try? Processes.kill(pid, SIGKILL) }
+        // The trampoline exits at once (126) after a refusal: reaped here, never seen by the supervisor.
+        _ = try? Processes.wait(pid, noHang: false)
+        if let tag = message?.tag, tag != 0 { return .refused(Errno(rawValue: Int32(tag))) }
+        return .failed("the trampoline \(executable) \(KernelRun.trampolineCommand) did not hand over its seccomp descriptor")
+    }
+}
+#endif

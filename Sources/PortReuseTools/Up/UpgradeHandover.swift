@@ -72,7 +72,7 @@ package struct UpgradeHandover: Codable {
     /// Lets the descriptors live through exec and becomes `binary`, which finds the state at `path`. Returns
     /// only by throwing, with every descriptor close-on-exec again.
     package func execute(binary: String, arguments: [String], path: String) throws(CommandFailure) {
-        let kept = sockets.map(\.descriptor) + generations.compactMap(\.notifyDescriptor)
+        let kept = sockets.map(\.descriptor) + generations.compactMap(\.notifyDescriptor) + generations.compactMap(\.interceptDescriptor)
         for descriptor in kept { _ = fcntl(descriptor, F_SETFD, 0) }
         setenv(Self.variable, path, 1)
         fflush(nil)

@@ -46,6 +46,11 @@ struct Up: ParsableCommand {
               What runs now:
                 portreuse up status --pid-file /tmp/app.pid
 
+            A program that binds a held address by itself (a Go, Python or Java server given the same \
+            address) gets up's socket in place of its own: each generation starts under a seccomp filter \
+            (Linux 5.9+) whose binds up answers, so all generations share one accept queue \
+            (--no-intercept: LISTEN_FDS only).
+
             --reuseport is for programs that bind by themselves and cannot take sockets: each generation runs \
             under the `portreuse run` shim with SO_REUSEPORT and the generations overlap. The kernel then \
             resets the connections still queued on the old generation's socket when it closes, unless \
@@ -182,6 +187,12 @@ struct UpServe: ParsableCommand {
         "Open IPv6 --listen addresses dual-stack (IPV6_V6ONLY off): [::]:P then takes IPv4 too, and no other user can take either half of the port."))
     var dualStack = false
 
+    @Flag(help: "Start each generation with LISTEN_FDS only, without the bind filter that gives a program binding a held address the held socket.")
+    var noIntercept = false
+
+    @Flag(help: "Send a draining generation its stop signal at a moment it holds no connection (within 2 s), for programs that die at once on it (python3 -m http.server).")
+    var stopWhenIdle = false
+
     @Flag(help: .hidden)
     var reload = false
 
@@ -209,7 +220,7 @@ struct UpServe: ParsableCommand {
             guard command.isEmpty else { throw ValidationError("--reload, --status and --upgrade take no command") }
             let given: [(String, Bool)] = [
                 ("--listen", !listen.isEmpty), ("--ready", ready != nil), ("--ready-timeout", readyTimeout != nil), ("--grace", grace != nil),
-                ("--stop-signal", stopSignal != nil), ("--reuseport", reuseport),
+                ("--stop-signal", stopSignal != nil), ("--reuseport", reuseport), ("--no-intercept", noIntercept), ("--stop-when-idle", stopWhenIdle),
             ]
             let serving = given.filter(\.1).map(\.0)
             if !serving.isEmpty {
@@ -235,9 +246,12 @@ struct UpServe: ParsableCommand {
     }
 
     var options: UpOptions {
-        UpOptions(
+        var options = UpOptions(
             listen: listen, readiness: ready ?? .auto, readyTimeout: readyTimeout?.value ?? 60, grace: grace?.value ?? 30,
             stopSignal: stopSignal?.number ?? SIGTERM, pidFile: pidFile, reuseport: reuseport, dualStack: dualStack, command: command)
+        options.intercept = !noIntercept
+        options.stopWhenIdle = stopWhenIdle ? 2 : nil
+        return options
     }
 
     func run() throws {
