@@ -3,7 +3,10 @@
 // Installs the bind filter on itself, sends the notification descriptor over REPORT_FD (SCM_RIGHTS, tag 0), or
 // one byte with the errno when the kernel refuses (then exits 126), closes both and execs PROGRAM (a path).
 // --listen-pid sets LISTEN_PID to its own pid first, which is the program's once it execs (no sh needed).
+// The program gets SIGTERM when `up` dies (PR_SET_PDEATHSIG, kept across this exec): a killed `up` leaves no
+// generation serving unnoticed as an orphan.
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +25,12 @@ int main(int argc, char **argv) {
         return 64;
     }
     int report = atoi(argv[1]);
+    pid_t parent = getppid();
+    if (csystem_set_parent_death_signal(SIGTERM) != 0 || getppid() != parent) {
+        // No death signal, or up died before it was set: the program must not start unsupervised.
+        fprintf(stderr, "portreuse-intercept-exec: portreuse up is gone (or PR_SET_PDEATHSIG failed): not starting %s\n", argv[2]);
+        return 126;
+    }
     int calls[1] = {csystem_syscall_bind()};
     int notification = csystem_seccomp_listen(calls, 1);
     if (notification < 0) {

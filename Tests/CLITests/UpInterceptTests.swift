@@ -128,7 +128,11 @@ private func count(_ text: String, in log: String) -> Int {
 
 @Suite("portreuse up: programs that bind by themselves get up's socket", .serialized)
 struct UpInterceptTests {
-    @Test("python3 -m http.server --bind 127.0.0.1 serves under up and reloads 5 times under load, 0 failed",
+    // http.server has no graceful stop (SIGTERM ends it in the middle of a request), so --stop-when-idle signals
+    // it at a moment it holds no connection. One client at a time leaves such moments; under concurrent load on
+    // a busy machine there may be none within the wait, and a request in flight is reset: the program's limit,
+    // which the README states. A server with a graceful stop (the Go test below) reloads under 8 clients.
+    @Test("python3 -m http.server --bind 127.0.0.1 serves under up and reloads 5 times under a client, 0 failed",
           .enabled(if: python != nil, "/usr/bin/python3 is missing"))
     func pythonHTTPServer() throws {
         let folder = try TemporaryFolder()
@@ -141,7 +145,7 @@ struct UpInterceptTests {
         #expect(address.port == port)
         #expect(try httpGet(address, "/index.html") == "hello\n")
         #expect(up.waitForLog("got up's socket"), "\(up.logText)")
-        let load = HTTPLoad(address, clients: 4)
+        let load = HTTPLoad(address, clients: 1)
         for number in 2...6 {
             up.signal(SIGHUP)
             #expect(up.waitForStatus { $0.serving.map(\.number) == [number] } != nil, "reload to \(number):\n\(up.logText)")

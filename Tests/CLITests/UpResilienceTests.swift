@@ -216,3 +216,15 @@ extension UpResilienceTests {
         #expect(only.stop() == 0, "\(only.logText)")
     }
 }
+
+extension UpResilienceTests {
+    @Test("kill -9 of up: its generation gets SIGTERM and stops, it does not serve on as an orphan")
+    func programDoesNotOutliveUp() throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello])
+        _ = try up.servingAddress()
+        let program = try #require(up.status?.serving.first?.pid)
+        up.signal(SIGKILL)
+        _ = up.waitForExit()
+        #expect(waitUntil(timeout: 20) { Processes.stat(of: program).map { $0.state == "Z" } ?? true }, "generation \(program) outlived up")
+    }
+}
