@@ -34,15 +34,16 @@ private let goServer = """
     }
     """
 
-/// The Go servers, built once per test run below the build folder (GOCACHE there too, so later runs are
-/// quick): `static` with CGO_ENABLED=0, `cgo` with the default (dynamically linked, cgo resolver).
-private let goPrograms: Result<(static: String, cgo: String), BuildFailure> = {
+/// Builds Go `source` twice below the build folder `folder` (GOCACHE and GOPATH there too, so later runs are
+/// quick; no network: the standard library only): `static` with CGO_ENABLED=0 and `cgo` with the default
+/// (dynamically linked, cgo resolver). Their paths by name.
+func buildGo(_ source: String, in folderName: String) -> Result<[String: String], BuildFailure> {
     guard let go else { return .failure(BuildFailure(message: "go is missing")) }
-    let folder = productsFolder + "/intercept-tests-go"
+    let folder = productsFolder + "/" + folderName
     try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-    let source = folder + "/main.go"
-    guard FileManager.default.createFile(atPath: source, contents: Data(goServer.utf8)) else {
-        return .failure(BuildFailure(message: "cannot write \(source)"))
+    let file = folder + "/main.go"
+    guard FileManager.default.createFile(atPath: file, contents: Data(source.utf8)) else {
+        return .failure(BuildFailure(message: "cannot write \(file)"))
     }
     var base = environment()
     base["GOCACHE"] = folder + "/cache"
@@ -50,15 +51,19 @@ private let goPrograms: Result<(static: String, cgo: String), BuildFailure> = {
     base["GO111MODULE"] = "off"
     base["GOFLAGS"] = nil
     base["GOTOOLCHAIN"] = "local"
+    var built: [String: String] = [:]
     for (name, cgo) in [("static", "0"), ("cgo", "1")] {
         var variables = base
         variables["CGO_ENABLED"] = cgo
-        guard let built = try? capture([go, "build", "-o", folder + "/" + name, source], environment: variables, timeout: 300),
-            built.status == 0
+        guard let result = try? capture([go, "build", "-o", folder + "/" + name, file], environment: variables, timeout: 300), result.status == 0
         else { return .failure(BuildFailure(message: "go build (\(name)) failed")) }
+        built[name] = folder + "/" + name
     }
-    return .success((folder + "/static", folder + "/cgo"))
-}()
+    return .success(built)
+}
+
+/// The Go servers of these tests, built once per test run.
+private let goPrograms: Result<(static: String, cgo: String), BuildFailure> = buildGo(goServer, in: "intercept-tests-go").map { ($0["static"]!, $0["cgo"]!) }
 
 struct BuildFailure: Error, CustomStringConvertible {
     var message: String

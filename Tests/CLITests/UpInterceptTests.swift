@@ -86,31 +86,8 @@ private let goServer = """
     }
     """
 
-/// The Go server built twice in a temporary folder of the build: `static` (CGO_ENABLED=0) and `cgo` (default).
-private let goServers: Result<[String: String], BuildFailure> = {
-    guard let go else { return .failure(BuildFailure(message: "go is missing")) }
-    let folder = productsFolder + "/up-intercept-tests-go"
-    try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-    let source = folder + "/main.go"
-    guard FileManager.default.createFile(atPath: source, contents: Data(goServer.utf8)) else {
-        return .failure(BuildFailure(message: "cannot write \(source)"))
-    }
-    var base = environment()
-    base["GOCACHE"] = folder + "/cache"
-    base["GOPATH"] = folder + "/gopath"
-    base["GO111MODULE"] = "off"
-    base["GOFLAGS"] = nil
-    base["GOTOOLCHAIN"] = "local"
-    var built: [String: String] = [:]
-    for (name, cgo) in [("static", "0"), ("cgo", "1")] {
-        var variables = base
-        variables["CGO_ENABLED"] = cgo
-        guard let result = try? capture([go, "build", "-o", folder + "/" + name, source], environment: variables, timeout: 300), result.status == 0
-        else { return .failure(BuildFailure(message: "go build (\(name)) failed")) }
-        built[name] = folder + "/" + name
-    }
-    return .success(built)
-}()
+/// The Go server built twice (``buildGo(_:in:)``): `static` (CGO_ENABLED=0) and `cgo` (default).
+private let goServers: Result<[String: String], BuildFailure> = buildGo(goServer, in: "up-intercept-tests-go")
 
 private let python = installed("/usr/bin/python3")
 

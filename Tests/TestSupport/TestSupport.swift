@@ -192,18 +192,7 @@ public final class Child: @unchecked Sendable {
     public func send(_ text: String) {
         let fd = lock.withLock { input }
         guard fd >= 0 else { return }
-        var pipeSignal = sigset_t(), previous = sigset_t()
-        sigemptyset(&pipeSignal)
-        sigaddset(&pipeSignal, SIGPIPE)
-        pthread_sigmask(SIG_BLOCK, &pipeSignal, &previous)  // EPIPE rather than SIGPIPE if the child is gone
-        try? Files.write(Array((text + "\n").utf8), to: fd)
-        var pending = sigset_t()
-        sigpending(&pending)
-        if sigismember(&pending, SIGPIPE) == 1 && sigismember(&previous, SIGPIPE) == 0 {
-            var none = timespec()
-            _ = sigtimedwait(&pipeSignal, nil, &none)
-        }
-        pthread_sigmask(SIG_SETMASK, &previous, nil)
+        Files.writeWithoutSIGPIPE(Array((text + "\n").utf8), to: fd)  // EPIPE rather than SIGPIPE if the child is gone
     }
 
     /// Closes the child's stdin (it reads end of file).

@@ -56,6 +56,25 @@ package enum Files {
         }
     }
 
+    #if os(Linux)  // Darwin has no sigtimedwait
+    /// Writes to a pipe whose reader may be gone: EPIPE, never a SIGPIPE that kills this process. SIGPIPE is
+    /// blocked on this thread for the write and a pending one taken, so the process's own disposition stays.
+    package static func writeWithoutSIGPIPE(_ bytes: [UInt8], to descriptor: Int32) {
+        var pipeSignal = sigset_t(), previous = sigset_t()
+        sigemptyset(&pipeSignal)
+        sigaddset(&pipeSignal, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &pipeSignal, &previous)
+        try? Files.write(bytes, to: descriptor)
+        var pending = sigset_t()
+        sigpending(&pending)
+        if sigismember(&pending, SIGPIPE) == 1 && sigismember(&previous, SIGPIPE) == 0 {
+            var none = timespec()
+            _ = sigtimedwait(&pipeSignal, nil, &none)
+        }
+        pthread_sigmask(SIG_SETMASK, &previous, nil)
+    }
+    #endif
+
     /// `stat` of a path (following symlinks), or `nil`.
     package static func status(_ path: String) -> stat? {
         var info = stat()

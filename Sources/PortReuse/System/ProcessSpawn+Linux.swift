@@ -118,22 +118,6 @@ package struct ProcessSpawn {
         return entries
     }
 
-    /// Writes to a pipe whose reader may be gone: EPIPE, never a SIGPIPE that kills this process. SIGPIPE is
-    /// blocked on this thread for the write and a pending one taken, so the process's own disposition stays.
-    private static func writeWithoutSIGPIPE(_ bytes: [UInt8], to descriptor: Int32) {
-        var pipeSignal = sigset_t(), previous = sigset_t()
-        sigemptyset(&pipeSignal)
-        sigaddset(&pipeSignal, SIGPIPE)
-        pthread_sigmask(SIG_BLOCK, &pipeSignal, &previous)
-        try? Files.write(bytes, to: descriptor)
-        var pending = sigset_t()
-        sigpending(&pending)
-        if sigismember(&pending, SIGPIPE) == 1 && sigismember(&previous, SIGPIPE) == 0 {
-            var none = timespec()
-            _ = sigtimedwait(&pipeSignal, nil, &none)
-        }
-        pthread_sigmask(SIG_SETMASK, &previous, nil)
-    }
 
     /// What a program that ran to its end left: how it ended and what it wrote.
     package struct Finished: Sendable {
@@ -161,7 +145,7 @@ package struct ProcessSpawn {
         }
         for fd in [stdin.read, stdout.write, stderr.write] { Files.close(fd) }
         defer { Files.close(stdout.read); Files.close(stderr.read) }
-        if !input.isEmpty { Self.writeWithoutSIGPIPE(input, to: stdin.write) }
+        if !input.isEmpty { Files.writeWithoutSIGPIPE(input, to: stdin.write) }
         Files.close(stdin.write)
 
         let deadline = Processes.monotonicNanoseconds + UInt64(max(0, timeout) * 1e9)

@@ -37,8 +37,9 @@ package final class LogWriter: @unchecked Sendable {
     package static let capacity = 1 << 20
 
     private let descriptor: Int32
-    private var lock = pthread_mutex_t()
-    private var changed = pthread_cond_t()
+    // Allocated, not stored inline: a pthread mutex must not move, and `&property` promises no fixed address.
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var waiting: [UInt8] = []
     private var dropped = 0
     private var writing = false
@@ -46,14 +47,14 @@ package final class LogWriter: @unchecked Sendable {
 
     private init(descriptor: Int32) {
         self.descriptor = descriptor
-        pthread_mutex_init(&lock, nil)
-        pthread_cond_init(&changed, nil)
+        pthread_mutex_init(lock, nil)
+        pthread_cond_init(changed, nil)
     }
 
     /// Queues one line (a newline is added); never blocks for longer than taking a lock.
     package func write(_ line: String) {
-        pthread_mutex_lock(&lock)
-        defer { pthread_mutex_unlock(&lock) }
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
         if !started {
             started = true
             _ = try? SystemThread.start(detached: true) { [self] in run() }
@@ -64,16 +65,16 @@ package final class LogWriter: @unchecked Sendable {
         } else {
             waiting += bytes
         }
-        pthread_cond_signal(&changed)
+        pthread_cond_signal(changed)
     }
 
     /// Waits until what is queued was written, at most `timeout` seconds (before an exit or an exec).
     package func flush(timeout: Double) {
         let deadline = Processes.monotonicNanoseconds + UInt64(timeout * 1e9)
         while Processes.monotonicNanoseconds < deadline {
-            pthread_mutex_lock(&lock)
+            pthread_mutex_lock(lock)
             let done = waiting.isEmpty && !writing
-            pthread_mutex_unlock(&lock)
+            pthread_mutex_unlock(lock)
             if done { return }
             usleep(1_000)
         }
@@ -82,8 +83,8 @@ package final class LogWriter: @unchecked Sendable {
     private func run() {
         Signals.setBlocked(SignalPipe.handled, true)  // signals go to the supervisor's thread
         while true {
-            pthread_mutex_lock(&lock)
-            while waiting.isEmpty { pthread_cond_wait(&changed, &lock) }
+            pthread_mutex_lock(lock)
+            while waiting.isEmpty { pthread_cond_wait(changed, lock) }
             var chunk = waiting
             waiting = []
             if dropped > 0 {
@@ -91,11 +92,11 @@ package final class LogWriter: @unchecked Sendable {
                 dropped = 0
             }
             writing = true
-            pthread_mutex_unlock(&lock)
+            pthread_mutex_unlock(lock)
             try? Files.write(chunk, to: descriptor)  // may block: only this thread waits
-            pthread_mutex_lock(&lock)
+            pthread_mutex_lock(lock)
             writing = false
-            pthread_mutex_unlock(&lock)
+            pthread_mutex_unlock(lock)
         }
     }
 }
