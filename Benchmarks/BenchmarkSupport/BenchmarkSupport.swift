@@ -28,6 +28,30 @@ public func median(_ values: [Double]) -> Double {
     return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
 }
 
+/// Runs `measure(variant)` once for every variant in each of `rounds` rounds, the order rotated each round so
+/// that no variant always runs first on a warm (or cold) machine; the times by variant.
+public func interleaved(rounds: Int, variants: Int, _ measure: (Int) -> Double) -> [[Double]] {
+    var times = Array(repeating: [Double](), count: variants)
+    for round in 0..<rounds {
+        for step in 0..<variants {
+            let index = (step + round) % variants
+            times[index].append(measure(index))
+        }
+    }
+    return times
+}
+
+/// The median of the per-round ratios of variant `a` to variant `b`, with three decimals.
+public func ratio(_ times: [[Double]], _ a: Int, _ b: Int) -> String { fixed3(median(zip(times[a], times[b]).map { $0 / $1 })) }
+
+/// A Markdown table of each variant's median time.
+public func printMedians(_ title: String, names: [String], times: [[Double]]) {
+    print("")
+    print("| \(title) | median ns |")
+    print("|---|---|")
+    for (index, name) in names.enumerated() { print("| \(name) | \(Int(median(times[index]))) |") }
+}
+
 /// The folder of this executable: the other products (`portreuse`, `hello`) are built beside it.
 public let executableFolder: String = {
     var buffer = [CChar](repeating: 0, count: 4096)

@@ -70,19 +70,9 @@ for (transport, type) in [(Transport.tcp, Int32(SOCK_STREAM.rawValue)), (.udp, I
         Variant(name: "shim with PORTREUSE_POLICY=shared sets them", preload: true, variables: ["PORTREUSE_POLICY=shared"]),
         Variant(name: "no shim, the program asks SO_TYPE and sets the options", preload: false, steps: Int32(shared.rawValue) | 4),
     ]
-    var times = Array(repeating: [Double](), count: variants.count)
-    for round in 0..<rounds {
-        for step in 0..<variants.count {
-            let index = (step + round) % variants.count
-            times[index].append(measure(variants[index], type: type, port: port))
-        }
-    }
-    func ratio(_ a: Int, _ b: Int) -> String { fixed3(median(zip(times[a], times[b]).map { $0 / $1 })) }
-
-    print("")
-    print("| \(transport): socket + bind + close (\(shared) for shared) | median ns |")
-    print("|---|---|")
-    for (index, variant) in variants.enumerated() { print("| \(variant.name) | \(Int(median(times[index]))) |") }
+    let times = interleaved(rounds: rounds, variants: variants.count) { measure(variants[$0], type: type, port: port) }
+    func ratio(_ a: Int, _ b: Int) -> String { BenchmarkSupport.ratio(times, a, b) }
+    printMedians("\(transport): socket + bind + close (\(shared) for shared)", names: variants.map(\.name), times: times)
     print("")
     print("| \(transport) ratios (median of per-round ratios) | |")
     print("|---|---|")
