@@ -14,11 +14,9 @@ let arguments = CommandLine.arguments
 // Worker: `intercept-bench --worker TYPE OPTIONS PORT ITERATIONS` prints nanoseconds per cycle.
 if arguments.count == 6, arguments[1] == "--worker" {
     let (type, options, port, iterations) = (Int32(arguments[2])!, Int32(arguments[3])!, UInt16(arguments[4])!, Int32(arguments[5])!)
-    precondition(c_bind_cycles(port, type, options, 200) == 0, "warm-up failed")
-    let start = now()
-    let code = c_bind_cycles(port, type, options, iterations)
-    precondition(code == 0, "socket+bind+close failed: errno \(code)")
-    print(Double(now() - start) / Double(iterations))
+    let nanoseconds = c_bind_cycle_nanoseconds(port, type, options, 200, iterations)
+    precondition(nanoseconds >= 0, "socket+bind+close failed: errno \(Int(-nanoseconds))")
+    print(nanoseconds)
     exit(0)
 }
 

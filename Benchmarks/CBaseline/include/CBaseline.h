@@ -16,4 +16,8 @@ int c_bind_cycles(uint16_t port, int type, int reuse_options, int iterations);
 /// times: each bind must fail with EADDRINUSE. Returns 0, or the first other errno.
 int c_failed_bind_cycles(uint16_t port, int iterations);
 
+/// The worker of shim-bench and intercept-bench: `warm_up` cycles of c_bind_cycles, then `iterations` timed on
+/// the monotonic clock. Nanoseconds per cycle, or minus the errno of the first failure.
+double c_bind_cycle_nanoseconds(uint16_t port, int type, int reuse_options, int warm_up, int iterations);
+
 #endif
