@@ -114,6 +114,28 @@ struct DemoTests {
         #expect(text.contains("interrupted by SIGINT; stopped everything it started"), "\(text)")
     }
 
+    @Test("kill -9 of the demo while its up serves: up and every worker stop, nothing serves on as an orphan")
+    func killedDemoLeavesNothing() throws {
+        let folder = try TemporaryFolder()
+        let pid = try spawn([portreuse, "demo", "--workers", "2", "--seconds", "20"], log: folder.path + "/out")
+        var reaped = false
+        defer { if !reaped { killAndReap(pid) } }
+        func commandLine(_ child: pid_t) -> [String] {
+            (FileManager.default.contents(atPath: "/proc/\(child)/cmdline") ?? Data()).split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        }
+        // Once up runs (its generation too), everything below the demo is what must go with it.
+        let started = waitFor(timeout: 60, interval: 0.05) { () -> [pid_t]? in
+            let below = Processes.descendants(of: pid).map(\.pid)
+            let hasUp = below.contains { commandLine($0).dropFirst().first == "up" }
+            return hasUp && below.count >= 3 ? below : nil
+        }
+        let below = try #require(started, "the demo never started up")
+        kill(pid, SIGKILL)
+        reaped = reap(pid, timeout: 10) != nil
+        let gone = waitUntil(timeout: 20) { below.allSatisfy { Processes.stat(of: $0).map { $0.state == "Z" } ?? true } }
+        #expect(gone, "left running: \(below.filter { Processes.stat(of: $0) != nil }.map { "\($0): \(commandLine($0).joined(separator: " "))" })")
+    }
+
     /// Pids whose command line contains `text` (the demo's workers name their port).
     private func processes(containing text: String) -> [Int32] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in

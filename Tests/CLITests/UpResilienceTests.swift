@@ -218,13 +218,37 @@ extension UpResilienceTests {
 }
 
 extension UpResilienceTests {
-    @Test("kill -9 of up: its generation gets SIGTERM and stops, it does not serve on as an orphan")
-    func programDoesNotOutliveUp() throws {
-        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello])
+    @Test("kill -9 of up: its generation gets SIGTERM and stops, it does not serve on as an orphan", arguments: [[], ["--no-intercept"]])
+    func programDoesNotOutliveUp(extra: [String]) throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0"] + extra + ["--", hello])
         _ = try up.servingAddress()
         let program = try #require(up.status?.serving.first?.pid)
         up.signal(SIGKILL)
         _ = up.waitForExit()
         #expect(waitUntil(timeout: 20) { Processes.stat(of: program).map { $0.state == "Z" } ?? true }, "generation \(program) outlived up")
+    }
+
+    @Test("the private folder of a killed up is stale: the next up of the user removes it, and leaves a running up's alone")
+    func staleRuntimeFolderRemoved() throws {
+        let temporary = try TemporaryFolder()
+        let environment = ProcessInfo.processInfo.environment.merging(["TMPDIR": temporary.path]) { $1 }
+        func folders() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: temporary.path)) ?? []).filter { $0.hasPrefix("portreuse-up.") } }
+        let killed = try UpProcess(["--listen", "127.0.0.1:0", "--", hello], environment: environment)
+        _ = try killed.servingAddress()
+        killed.signal(SIGKILL)
+        _ = killed.waitForExit()
+        let stale = folders()
+        #expect(stale.count == 1, "the killed up's folder: \(stale)")
+        let running = try UpProcess(["--listen", "127.0.0.1:0", "--", hello], environment: environment)
+        _ = try running.servingAddress()
+        #expect(Set(folders()).isDisjoint(with: stale), "the stale folder \(stale) is still there: \(folders())")
+        let kept = folders()
+        #expect(kept.count == 1)
+        let next = try UpProcess(["--listen", "127.0.0.1:0", "--", hello], environment: environment)
+        _ = try next.servingAddress()
+        #expect(Set(kept).isSubset(of: Set(folders())), "a running up's folder was removed")
+        #expect(next.stop() == 0, "\(next.logText)")
+        #expect(running.stop() == 0, "\(running.logText)")
+        #expect(folders().isEmpty, "up leaves its folder behind at exit: \(folders())")
     }
 }

@@ -59,13 +59,13 @@ package struct UpOptions {
             runtimeFolder = inherited.runtimeFolder
         } else {
             sockets = reuseport ? [] : try openSockets()
-            runtimeFolder = try Self.makeRuntimeFolder()
+            runtimeFolder = try RuntimeFolder.make()
         }
         if let pidFile, inherited == nil {
             do {
                 try Self.claim(pidFile: pidFile)
             } catch {
-                rmdir(runtimeFolder)
+                RuntimeFolder.remove(runtimeFolder)
                 throw error
             }
         }
@@ -92,7 +92,7 @@ package struct UpOptions {
             unlink(pidFile)
             unlink(UpStatus.path(forPIDFile: pidFile))
         }
-        rmdir(runtimeFolder)
+        RuntimeFolder.remove(runtimeFolder)
         LogWriter.standardError.flush(timeout: 2)
         return code
     }
@@ -103,11 +103,8 @@ package struct UpOptions {
         guard !reuseport else { return (nil, nil) }
         #if os(Linux)
         if let reason = KernelRun.unsupportedReason() { return (nil, reason) }
-        // The C trampoline beside our binary starts in about 3 ms (portreuse itself takes 10-15).
-        if let own = try? Processes.currentExecutable(), let slash = own.lastIndex(of: "/") {
-            let helper = String(own[..<slash]) + "/" + Spawner.cTrampoline
-            if access(helper, X_OK) == 0 { return (helper, nil) }
-        }
+        // The C trampoline beside our binary starts in about 1 ms (portreuse itself takes 10-15).
+        if let helper = Spawner.cTrampolinePath { return (helper, nil) }
         // Else our own running binary, even once a new release was renamed over its path (the child of posix_spawn
         // still has it as /proc/self/exe until it execs).
         guard Files.read("/proc/self/exe", limit: 4) != nil else { return (nil, "/proc/self/exe cannot be read") }
@@ -165,15 +162,6 @@ package struct UpOptions {
             let wanted = try? spec.address.resolve(spec.transport)
         else { return false }
         return wanted.contains { $0.port == local.port && ($0.ip == local.ip || $0.ip.isUnspecified && local.ip.isUnspecified) }
-    }
-
-    private static func makeRuntimeFolder() throws(CommandFailure) -> String {
-        let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
-        var template = Array("\(base)/portreuse-up.XXXXXX".utf8CString)
-        guard mkdtemp(&template) != nil else {
-            throw CommandFailure("cannot create a private folder in \(base) for the notify sockets: \(Files.errorText())")
-        }
-        return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// Writes our pid (never through a symbolic link, never in a folder others may write); refuses when the

@@ -88,13 +88,35 @@ package enum Spawner {
     /// exports its pid (`$$`) and then becomes the program (`exec`), keeping that pid.
     package static let listenPIDWrapper = "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\""
 
+    /// The C trampoline's file name, next to the portreuse executable.
+    package static let cTrampoline = "portreuse-intercept-exec"
+
+    /// The C trampoline beside the running executable (Linux), through which every spawn starts: it sets the
+    /// death signal (a killed parent leaves nothing running unnoticed), LISTEN_PID, and the bind filter when asked.
+    package static let cTrampolinePath: String? = {
+        #if os(Linux)
+        guard let own = try? Processes.currentExecutable(), let slash = own.lastIndex(of: "/") else { return nil }
+        let helper = String(own[..<slash]) + "/" + cTrampoline
+        return access(helper, X_OK) == 0 ? helper : nil
+        #else
+        return nil
+        #endif
+    }()
+
     /// Starts `arguments` (the first is the executable's path) in a process group of its own, with
     /// `descriptors` as 3, 4, …, stdin from /dev/null, stdout and stderr shared with `up`, default signal
-    /// actions and an empty signal mask. Returns its pid. With `output`, its stdout and stderr go there instead.
+    /// actions and an empty signal mask; through the C trampoline where there is one, so that it gets SIGTERM
+    /// when its parent dies. Returns its pid. With `output`, its stdout and stderr go there instead.
     package static func spawn(
         _ arguments: [String], environment: [String], descriptors: [Int32], setListenPID: Bool, output: Int32? = nil
     ) throws(CommandFailure) -> pid_t {
-        var spawn = ProcessSpawn(setListenPID ? ["/bin/sh", "-c", listenPIDWrapper] + arguments : arguments, environment: environment)
+        let command: [String]
+        if let trampoline = cTrampolinePath {
+            command = [trampoline] + (setListenPID ? ["--listen-pid"] : []) + ["-"] + arguments
+        } else {
+            command = (setListenPID ? ["/bin/sh", "-c", listenPIDWrapper] : []) + arguments
+        }
+        var spawn = ProcessSpawn(command, environment: environment)
         spawn.descriptors = descriptors
         spawn.newProcessGroup = true
         if let output {
@@ -111,9 +133,6 @@ package enum Spawner {
 
 #if os(Linux)
 extension Spawner {
-    /// The C trampoline's file name, next to the portreuse executable.
-    package static let cTrampoline = "portreuse-intercept-exec"
-
     /// How an intercepted start went.
     package enum InterceptedStart {
         /// Started; `up` holds the notification descriptor of its seccomp filter.
