@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PortReuse
+import PortReuseTools
 import TestSupport
 import Testing
 
@@ -37,6 +38,7 @@ struct DemoTests {
         for worker in workers { #expect((worker["connections"] as? Int ?? 0) > 0, "\(worker)") }
         #expect(Set(workers.compactMap { $0["pid"] as? Int }).count == 3)
         #expect(sharing["failed"] as? Int == 0)
+        #expect(sharing["unchangedProgramsShared"] as? Bool == (Spawner.filterRefusal() == nil ? true : nil), "\(sharing)")
 
         let zeroDowntime = try #require(figures["zeroDowntime"] as? [String: Any])
         let up = try #require(zeroDowntime["up"] as? [String: Any])
@@ -45,6 +47,12 @@ struct DemoTests {
         #expect(up["reloadsFailed"] as? Int == 0)
         #expect((up["reloadMilliseconds"] as? [Int])?.count == 2)
         #expect((up["servedBy"] as? Int ?? 0) >= 2, "the new generations must have served too: \(up)")
+        // The headline: the worker bound the port itself, and each of the 3 generations got up's socket.
+        if Spawner.filterRefusal() == nil {
+            #expect(up["swappedBinds"] as? Int == 3, "\(up)")
+        } else {
+            #expect(up["swappedBinds"] is NSNull, "\(up)")
+        }
         let naive = try #require(zeroDowntime["naive"] as? [String: Any])
         #expect((naive["sent"] as? Int ?? 0) > 0)
         #expect(naive["failed"] is Int)

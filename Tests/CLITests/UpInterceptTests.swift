@@ -296,37 +296,41 @@ extension UpInterceptTests {
                 return body
             }
         }
-        // Its own start-up: spawned directly, until it answers.
+        // A reload under up: from SIGHUP until the new generation answers through the shared queue. The old
+        // generation is paused meanwhile (SIGSTOP; --ready delay, so that up's probe does not wake it): it would
+        // take some of the connections from the same queue, which costs nothing to the clients but would hide
+        // when the new one started serving. Each round also times its own start-up (spawned directly, until it
+        // answers), side by side, since this machine's speed drifts.
+        let port = try freePort()
+        let up = try UpProcess(["--listen", "127.0.0.1:\(port)", "--ready", "delay:100ms", "--", server, "127.0.0.1:\(port)", "up", "pid"])
+        let address = try up.servingAddress()
         var own: [Double] = []
-        for _ in 0..<10 {
-            let port = try freePort()
-            let start = Processes.monotonicNanoseconds
-            var spawn = ProcessSpawn([server, "127.0.0.1:\(port)", "own", "pid"])
+        var reload: [Double] = []
+        for number in 2...16 {
+            let ownPort = try freePort()
+            var start = Processes.monotonicNanoseconds
+            var spawn = ProcessSpawn([server, "127.0.0.1:\(ownPort)", "own", "pid"])
             spawn.standardOutput = .null
             let pid = try spawn.start()
-            defer {
-                kill(pid, SIGKILL)
-                _ = reap(pid, timeout: 5)
-            }
-            #expect(firstAnswer(SocketAddress(ip: .loopbackIPv4, port: port), otherThan: nil) != nil)
+            #expect(firstAnswer(SocketAddress(ip: .loopbackIPv4, port: ownPort), otherThan: nil) != nil)
             own.append(Double(Processes.monotonicNanoseconds - start) / 1e6)
-        }
-        // A reload under up: from SIGHUP until the new generation answers (through the shared queue).
-        let port = try freePort()
-        let up = try UpProcess(["--listen", "127.0.0.1:\(port)", "--", server, "127.0.0.1:\(port)", "up", "pid"])
-        let address = try up.servingAddress()
-        var reload: [Double] = []
-        for number in 2...11 {
+            kill(pid, SIGKILL)
+            _ = reap(pid, timeout: 5)
+
             let old = try httpGet(address)
-            let start = Processes.monotonicNanoseconds
+            let oldPID = try #require(up.status?.serving.first?.pid)
+            kill(oldPID, SIGSTOP)
+            #expect(waitUntil(timeout: 5, interval: 0.0002) { Processes.isStopped(oldPID) })
+            start = Processes.monotonicNanoseconds
             up.signal(SIGHUP)
             #expect(firstAnswer(address, otherThan: old) != nil, "\(up.logText)")
             reload.append(Double(Processes.monotonicNanoseconds - start) / 1e6)
+            kill(oldPID, SIGCONT)
             #expect(up.waitForStatus { $0.serving.map(\.number) == [number] && $0.generations.count == 1 } != nil, "\(up.logText)")
         }
         #expect(up.stop() == 0, "\(up.logText)")
         let (ownMedian, reloadMedian) = (median(own), median(reload))
-        print(String(format: "up-intercept reload vs start-up (Go net/http, static, 10 each): own start-up to first answer %.1f ms, "
+        print(String(format: "up-intercept reload vs start-up (Go net/http, static, 15 each, interleaved): own start-up to first answer %.1f ms, "
             + "reload (SIGHUP to the new generation's first answer) %.1f ms: %+.1f ms", ownMedian, reloadMedian, reloadMedian - ownMedian))
         #expect(reloadMedian - ownMedian < 50, "own \(own), reload \(reload)")
     }

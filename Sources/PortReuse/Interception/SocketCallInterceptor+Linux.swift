@@ -364,7 +364,9 @@ package final class SocketCallInterceptor: @unchecked Sendable {
                     + "(SECCOMP_IOCTL_NOTIF_ADDFD: \(Errno(rawValue: code))): the kernel answers the bind")
                 return .proceed
             }
-            rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.pid)): got up's socket \(held.name) \(held.address)"
+            // "unknown" is the name systemd gives a socket without one (LISTEN_FDNAMES): not worth a word.
+            rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.pid)): got up's socket \(held.address)"
+                + (held.name == "unknown" ? "" : " (\(held.name))")
                 + (flags >= 0 && flags & O_NONBLOCK != 0 ? ", non-blocking" : "") + (note.map { "; \($0)" } ?? ""))
             return .result(errno: 0)
         }

@@ -68,6 +68,19 @@ package enum Processes {
         return Stat(state: Character(Unicode.Scalar(state)), parent: parent, processGroup: group, startTime: start)
     }
 
+    /// Whether every thread of `pid` is stopped (or the process is gone): SIGSTOP is asynchronous, and a
+    /// thread busy in the kernel (an `accept` under way) finishes that call before it stops, while
+    /// /proc/PID/stat shows only the main thread's state.
+    package static func isStopped(_ pid: pid_t) -> Bool {
+        let threads = Files.list("/proc/\(pid)/task").compactMap { pid_t($0) }
+        return threads.allSatisfy { thread in
+            guard let text = Files.read("/proc/\(pid)/task/\(thread)/stat", limit: 4096), let close = text.lastIndex(of: UInt8(ascii: ")")),
+                close + 2 < text.count
+            else { return true }
+            return [UInt8(ascii: "T"), UInt8(ascii: "Z"), UInt8(ascii: "X")].contains(text[close + 2])
+        }
+    }
+
     /// The soft and hard limits on this process's descriptors (RLIMIT_NOFILE). The corresponding C call is
     /// `getrlimit`.
     package static func descriptorLimits() -> (soft: UInt64, hard: UInt64) {

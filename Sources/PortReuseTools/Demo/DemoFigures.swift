@@ -40,6 +40,9 @@ package struct DemoFigures {
         package var workers: [(name: String, pid: pid_t, connections: Int)]
         package var maxOverMin: Double
         package var whoText: String
+        /// Whether two copies of a program that sets no reuse option shared a port under `portreuse run`
+        /// through the kernel; `nil` where seccomp is refused.
+        package var unchangedShared: Bool?
     }
 
     package struct Restarts {
@@ -50,6 +53,9 @@ package struct DemoFigures {
         /// up: SIGHUP to the new generation ready; naive: the old one stopped to the new one ready.
         package var milliseconds: [Double]
         package var servedBy: Int
+        /// up: how many of the generations' own binds got up's socket (the seccomp path); `nil` when the
+        /// generations took it as LISTEN_FDS (seccomp refused here), and for the naive restarts.
+        package var swappedBinds: Int?
     }
 
     package var pain: Pain
@@ -74,6 +80,7 @@ package struct DemoFigures {
                 ("sent", number(value.load.sent)), ("failed", number(value.load.failed)), ("errors", errors(value.load)),
                 ("restarts", number(value.restarts)), ("reloadsFailed", number(value.failedRestarts)),
                 (timesKey, .array(value.milliseconds.map { number(Int($0.rounded())) })), ("servedBy", number(value.servedBy)),
+                ("swappedBinds", .optional(value.swappedBinds, number)),
             ])
         }
         return .object([
@@ -90,6 +97,7 @@ package struct DemoFigures {
                     .object([("name", .string($0.name)), ("pid", number(Int($0.pid))), ("connections", number($0.connections))])
                 })),
                 ("maxOverMin", number(sharing.maxOverMin.isFinite ? Int((sharing.maxOverMin * 1000).rounded()) : 0)),
+                ("unchangedProgramsShared", .optional(sharing.unchangedShared, JSON.bool)),
             ])),
             ("zeroDowntime", .object([
                 ("up", restarts(up, timesKey: "reloadMilliseconds")), ("naive", restarts(naive, timesKey: "downMilliseconds")),

@@ -145,7 +145,37 @@ package struct DemoSession {
         say("What `portreuse who tcp:127.0.0.1:\(port)` said while they ran:")
         say()
         say(whoText.split(separator: "\n", omittingEmptySubsequences: false).map { $0.isEmpty ? "" : "  " + $0 }.joined(separator: "\n"))
-        return DemoFigures.Sharing(port: port, load: figures, workers: workers, maxOverMin: maxOverMin, whoText: whoText)
+        let unchanged = try unchangedPrograms()
+        return DemoFigures.Sharing(
+            port: port, load: figures, workers: workers, maxOverMin: maxOverMin, whoText: whoText, unchangedShared: unchanged)
+    }
+
+    /// Two copies of a worker that sets no reuse option, under `portreuse run --policy shared` through the
+    /// kernel (as a Go or static program would be): whether both bound the port. `nil` where seccomp is refused.
+    private func unchangedPrograms() throws -> Bool? {
+        guard Spawner.filterRefusal() == nil else { return nil }
+        let port = try freePort()
+        let command = ["run", "--intercept", "kernel", "--policy", "shared", "--", processes.executable, "demo-worker",
+                       "--listen", "127.0.0.1:\(port)", "--policy", "exclusive", "--bind-itself", "--name"]
+        let pids = try (1...2).map { (number) throws(CommandFailure) in
+            try processes.start(command + ["copy \(number)"], what: "copy \(number) under run", notifying: true)
+        }
+        defer { for pid in pids { processes.stop(pid, timeout: 5) } }
+        let shared: Bool
+        do {
+            try processes.waitForReady(count: 2, of: pids, timeout: 15)
+            shared = true
+        } catch let error as CommandFailure {
+            say(style.red("  portreuse run did not let two copies share the port: ") + error.message)
+            shared = false
+        }
+        guard shared else { return false }
+        say()
+        say("The same worker with --policy exclusive (it sets no reuse option, as any unmodified server) binds")
+        say("127.0.0.1:\(port) twice under `portreuse run --policy shared -- …`: " + style.green("both copies bind and listen") + ". run's seccomp")
+        say("filter hands each bind() to run, which sets SO_REUSEADDR + SO_REUSEPORT on the program's own socket first:")
+        say("Go and static binaries too, which LD_PRELOAD never reaches.")
+        return true
     }
 
     /// What `portreuse who tcp:127.0.0.1:PORT` prints, from the same code.
@@ -162,15 +192,32 @@ package struct DemoSession {
         let port = try freePort()
         let pidFile = processes.folder + "/up.pid"
         let statusPath = UpStatus.path(forPIDFile: pidFile)
+        // The headline: a worker that binds the port itself with no reuse option, as an unmodified Go, Python or
+        // Java server does; up's bind filter gives it up's socket. Where seccomp is refused, LISTEN_FDS instead.
+        let refusal = Spawner.filterRefusal()
+        let worker = ["demo-worker", "--name", "up"]
+            + (refusal == nil ? ["--listen", "127.0.0.1:\(port)", "--policy", "exclusive", "--bind-itself"] : [])
         let up = try processes.start(
-            ["up", "--listen", "127.0.0.1:\(port)", "--pid-file", pidFile, "--ready", "notify", "--grace", "5", "--",
-             processes.executable, "demo-worker", "--name", "up"],
+            ["up", "--listen", "127.0.0.1:\(port)", "--pid-file", pidFile, "--ready", "notify", "--grace", "5", "--", processes.executable] + worker,
             what: "portreuse up", notifying: false)
         var status = try waitForStatus(statusPath, up: up, timeout: 15, what: "the first generation to be ready") { status in
             status.generations.contains { $0.phase == .ready } ? status : nil
         }
-        say("portreuse up --listen 127.0.0.1:\(port) -- portreuse demo-worker: up holds the socket and hands it to each")
-        say("generation; on SIGHUP the new one starts beside the old one, which stops only once the new one is ready.")
+        if let refusal {
+            say("portreuse up --listen 127.0.0.1:\(port) -- portreuse demo-worker: up holds the socket and hands it to each")
+            say("generation as descriptor 3 (LISTEN_FDS). (\(refusal): so a program that binds the port by itself")
+            say("cannot share up's socket here.)")
+        } else {
+            say("portreuse up --listen 127.0.0.1:\(port) -- portreuse demo-worker --listen 127.0.0.1:\(port) --policy exclusive --bind-itself")
+            say("The worker binds 127.0.0.1:\(port) itself, with no reuse option and no socket activation, as an unmodified")
+            say("Go, Python or Java server does. up holds the port and starts each generation under a seccomp filter: the")
+            say("kernel hands the worker's bind() to up, which answers it with its own socket. up's log:")
+            say()
+            for line in swapLines().prefix(1) { say("  " + style.dim(line)) }
+            say()
+        }
+        say("On SIGHUP the new generation starts beside the old one, on the same socket and accept queue; the old one")
+        say("stops only once the new one is ready.")
         let load = DemoLoad(address: SocketAddress(ip: .loopbackIPv4, port: port), clients: options.clients,
             label: "portreuse up", seconds: options.seconds, progress: progress)
         var times: [Double] = []
@@ -196,10 +243,24 @@ package struct DemoSession {
         let figures = load.stop()
         processes.stop(up, timeout: 10)
         let pids = Set(figures.answers.keys.compactMap { $0.split(separator: " ").last.map(String.init) })
-        say("  up: \(figures.sent) requests, \(figures.failed) failed, served by \(pids.count) generations")
-        return DemoFigures.Restarts(
+        let swaps = swapLines().count
+        say("  up: \(figures.sent) requests, \(figures.failed) failed, served by \(pids.count) generations"
+            + (refusal == nil ? "; their \(swaps) bind() calls were all answered with up's socket" : ""))
+        var restarts = DemoFigures.Restarts(
             style: "portreuse up (SIGHUP)", load: figures, restarts: options.restarts, failedRestarts: failedReloads,
             milliseconds: times, servedBy: pids.count)
+        restarts.swappedBinds = refusal == nil ? swaps : nil
+        return restarts
+    }
+
+    /// up's log lines that say a generation's own bind got up's socket (through the seccomp filter).
+    private func swapLines() -> [String] {
+        let bytes = Files.read(processes.logPath, limit: 1 << 22) ?? []
+        return String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.contains("got up's socket") }.map { line in
+            // "HH:MM:SS.mmm portreuse up[PID]: generation 1: bind …": from "generation" on.
+            let text = String(line)
+            return text.firstRange(of: "generation ").map { String(text[$0.lowerBound...]) } ?? text
+        }
     }
 
     /// Reads up's status file every 20 ms until `done` gives a value; fails when up exits or after `timeout`.
@@ -276,7 +337,8 @@ package struct DemoSession {
             + "; with policy restartable: " + (figures.pain.restartable.rebound ? "rebound at once" : "failed"))
         lines.append("- \(options.workers) workers shared one port: \(figures.sharing.load.succeeded) connections, "
             + "busiest / quietest \(String(format2: figures.sharing.maxOverMin))")
-        lines.append("- \(up.restarts) restarts through portreuse up: \(up.load.failed) of \(up.load.sent) requests failed"
+        lines.append("- \(up.restarts) restarts through portreuse up"
+            + (up.swappedBinds != nil ? " of a worker that binds the port itself" : "") + ": \(up.load.failed) of \(up.load.sent) requests failed"
             + (up.failedRestarts > 0 ? ", \(up.failedRestarts) reloads failed" : ""))
         lines.append("- \(naive.restarts) naive restarts: \(naive.load.failed) of \(naive.load.sent) requests failed")
         lines.append("- \(String(format1: figures.elapsed)) s in all")
@@ -284,7 +346,8 @@ package struct DemoSession {
         lines.append("")
         lines.append(style.bold("Next") + ":")
         lines.append("  portreuse up --listen 127.0.0.1:8080 -- ./server    serve, then kill -HUP to restart losing nothing")
-        lines.append("  portreuse run --policy shared -- ./server           share a port without changing the program")
+        lines.append("                                                      (the server binds 127.0.0.1:8080 itself: Go, Python, Java …)")
+        lines.append("  portreuse run --policy shared -- ./server           share a port without changing the program, Go too")
         lines.append("  portreuse who 8080                                  who holds a port, and could you bind it")
         lines.append("  portreuse --help, and the README: the library, the policies, systemd")
         return lines.joined(separator: "\n")

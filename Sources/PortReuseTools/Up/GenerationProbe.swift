@@ -133,7 +133,7 @@ package enum GenerationProbe {
         defer { for group in groups { kill(-group, SIGCONT) } }
         let stopDeadline = Processes.monotonicNanoseconds + timeout
         let paused = groups.flatMap { processes(inGroup: $0) }
-        while paused.contains(where: { pid in Processes.stat(of: pid).map { $0.state != "T" && $0.state != "Z" && $0.state != "X" } ?? false }) {
+        while !paused.allSatisfy(Processes.isStopped) {
             guard Processes.monotonicNanoseconds < stopDeadline else { return false }
             usleep(200)
         }
@@ -192,7 +192,7 @@ extension GenerationProbe {
     private static func waitForStop(_ members: [pid_t]) -> Bool {
         let deadline = Processes.monotonicNanoseconds + 50_000_000
         while Processes.monotonicNanoseconds < deadline {
-            if members.allSatisfy({ (Processes.stat(of: $0)?.state ?? "T") == "T" }) { return true }
+            if members.allSatisfy(Processes.isStopped) { return true }
             usleep(200)
         }
         return false

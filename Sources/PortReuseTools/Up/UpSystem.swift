@@ -131,6 +131,28 @@ package enum Spawner {
     }
 }
 
+extension Spawner {
+    /// Why a generation cannot start under the bind filter here, or `nil` when it can: the C trampoline is
+    /// tried once on /bin/true (a container's seccomp profile may refuse the filter whatever the kernel).
+    package static func filterRefusal() -> String? {
+        #if os(Linux)
+        guard let trampoline = cTrampolinePath else { return "\(cTrampoline) is missing beside portreuse" }
+        if let reason = KernelRun.unsupportedReason() { return reason }
+        switch try? spawnIntercepted(["/bin/true"], executable: trampoline, environment: [], descriptors: [], setListenPID: false) {
+        case .started(let pid, let notification)?:
+            Files.close(notification)
+            _ = try? Processes.wait(pid, noHang: false)
+            return nil
+        case .refused(let code)?: return "the kernel refused the seccomp filter (\(code))"
+        case .failed(let reason)?: return reason
+        case nil: return "cannot start \(trampoline)"
+        }
+        #else
+        return "seccomp is Linux only"
+        #endif
+    }
+}
+
 #if os(Linux)
 extension Spawner {
     /// How an intercepted start went.
