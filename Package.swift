@@ -122,7 +122,7 @@ let package = Package(
         // swift build -c release --product CReuseShim && swift run -c release shim-bench
         .executableTarget(name: "shim-bench", dependencies: ["PortReuse", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/shim-bench"),
         // swift build -c release && .build/release/intercept-bench
-        .executableTarget(name: "intercept-bench", dependencies: ["PortReuse", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/intercept-bench"),
+        .executableTarget(name: "intercept-bench", dependencies: ["PortReuse", "CPortReuseSystem", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/intercept-bench"),
         // swift build -c release && .build/release/who-bench
         .executableTarget(name: "who-bench", dependencies: ["PortReuse", "BenchmarkSupport"], path: "Benchmarks/who-bench"),
         // swift build -c release && .build/release/reload-bench

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <pthread.h>
 #include <unistd.h>
 
 /// 127.0.0.1:`port`.
@@ -77,3 +78,96 @@ double c_bind_cycle_nanoseconds(uint16_t port, int type, int reuse_options, int 
     if (code != 0) return -code;
     return ((double)(end.tv_sec - start.tv_sec) * 1e9 + (double)(end.tv_nsec - start.tv_nsec)) / iterations;
 }
+
+static void *accept_and_close(void *argument) {
+    int listener = *(int *)argument;
+    for (;;) {
+        int connection = accept(listener, NULL, NULL);
+        if (connection >= 0) close(connection);
+        else if (errno != EINTR && errno != ECONNABORTED) return NULL;
+    }
+}
+
+double c_connect_cycle_nanoseconds(int warm_up, int iterations) {
+    static int listener = -1;
+    struct sockaddr_in address = loopback(0);
+    socklen_t length = sizeof address;
+    listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (listener < 0 || bind(listener, (struct sockaddr *)&address, sizeof address) != 0 || listen(listener, SOMAXCONN) != 0 ||
+        getsockname(listener, (struct sockaddr *)&address, &length) != 0)
+        return -errno;
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, accept_and_close, &listener) != 0) return -EAGAIN;
+    struct linger reset = {1, 0};  // closed with a reset: no TIME-WAIT piles up on the client's ports
+    struct timespec start = {0}, end;
+    for (int i = 0; i < warm_up + iterations; i++) {
+        if (i == warm_up) clock_gettime(CLOCK_MONOTONIC, &start);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) return -errno;
+        if (connect(fd, (struct sockaddr *)&address, sizeof address) != 0) {
+            int code = errno;
+            close(fd);
+            return -code;
+        }
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+        close(fd);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    return ((double)(end.tv_sec - start.tv_sec) * 1e9 + (double)(end.tv_nsec - start.tv_nsec)) / iterations;
+}
+
+#ifdef __linux__
+// The anchor of intercept-bench: the kernel's round trip alone. A bind filter on this process whose notifications
+// a thread of its own answers with CONTINUE at once: no memory read, no descriptor taken, no option set.
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
+#endif
+
+static void *continue_every_call(void *argument) {
+    int descriptor = *(int *)argument;
+    for (;;) {
+        struct pollfd entry = {descriptor, POLLIN, 0};  // as portreuse does: poll, then receive
+        if (poll(&entry, 1, -1) < 0 && errno != EINTR) return NULL;
+        if (entry.revents & (POLLHUP | POLLERR | POLLNVAL)) return NULL;
+        struct seccomp_notif request;
+        memset(&request, 0, sizeof request);
+        if (ioctl(descriptor, SECCOMP_IOCTL_NOTIF_RECV, &request) != 0) continue;
+        struct seccomp_notif_resp response;
+        memset(&response, 0, sizeof response);
+        response.id = request.id;
+        response.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+        (void)ioctl(descriptor, SECCOMP_IOCTL_NOTIF_SEND, &response);
+    }
+}
+
+int c_answer_with_continue(int call) {
+    static int descriptor = -1;
+    struct sock_filter program[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)call, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog filter = {sizeof program / sizeof program[0], program};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;
+    descriptor = (int)syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &filter);
+    if (descriptor < 0) return -errno;
+    (void)ioctl(descriptor, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, 0);  // as portreuse does
+    pthread_t thread;
+    int code = pthread_create(&thread, NULL, continue_every_call, &descriptor);
+    return code == 0 ? 0 : -code;
+}
+#endif

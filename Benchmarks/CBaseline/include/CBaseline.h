@@ -20,4 +20,15 @@ int c_failed_bind_cycles(uint16_t port, int iterations);
 /// the monotonic clock. Nanoseconds per cycle, or minus the errno of the first failure.
 double c_bind_cycle_nanoseconds(uint16_t port, int type, int reuse_options, int warm_up, int iterations);
 
+/// intercept-bench's anchor (Linux): puts this process's calls of system call number `call` (bind, connect) under
+/// a seccomp user-notification filter whose notifications a thread of its own answers with
+/// SECCOMP_USER_NOTIF_FLAG_CONTINUE at once: the kernel's round trip, without any supervisor's work. Call before
+/// the timed loop; 0 or -errno.
+int c_answer_with_continue(int call);
+
+/// intercept-bench's client loop: a listener on 127.0.0.1:0 (a thread accepts and closes), then `warm_up` + timed
+/// `iterations` of socket + connect + close (with a reset, so that no TIME-WAIT piles up). Nanoseconds per timed
+/// cycle, or -errno.
+double c_connect_cycle_nanoseconds(int warm_up, int iterations);
+
 #endif

@@ -48,6 +48,10 @@ package struct InterceptionRules: Sendable {
         return rules
     }
 
+    /// Whether a bind only gets the policy's options (no rewrite, source, IP_TRANSPARENT, log or swap): then
+    /// its address does not matter, and the interceptor takes the short path (``SocketCallInterceptor``).
+    var onlySetsOptions: Bool { bind == nil && source == nil && !transparent && log == nil && swap == nil }
+
     /// Whether connect(), sendto() and sendmsg() must be intercepted too (only with a source).
     package var interceptsClients: Bool { source != nil }
 
@@ -289,6 +293,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     }
 
     private func bind(_ notification: csystem_notification, fd: Int32, pointer: UInt64, length: UInt64) -> Answer {
+        if rules.onlySetsOptions { return setOptionsAndProceed(notification, fd: fd) }
         guard let requested = address(notification.pid, at: pointer, length: length) else { return .proceed }
         if let swap = rules.swap { return swapBind(swap, notification, fd: fd, requested: requested) }
         let socket: SocketHandle, transport: Transport
@@ -320,6 +325,25 @@ package final class SocketCallInterceptor: @unchecked Sendable {
                 + "options \(options)\(rules.transparent ? ", IP_TRANSPARENT" : "")\(outcome)\(note)")
         }
         return code.map { .result(errno: $0) } ?? .proceed
+    }
+
+    /// The short path of `portreuse run --policy P` (the hot one: a program that binds in a loop pays it each
+    /// time): the program's socket gets the policy's options whatever address it binds, without reading the
+    /// program's memory; its protocol (SO_PROTOCOL: TCP or UDP, 0 for a Unix socket) says which options, in one
+    /// call. A bind the kernel then refuses (a bad pointer: EFAULT) fails as it would have.
+    private func setOptionsAndProceed(_ notification: csystem_notification, fd: Int32) -> Answer {
+        guard csystem_seccomp_id_valid(notificationDescriptor, notification.id) == 0 else { return .none }
+        guard let duplicate = duplicate(fd, of: pid_t(bitPattern: notification.pid)) else { return .proceed }
+        let socket = SocketHandle(adopting: duplicate)
+        var protocolNumber: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard Sys.getsockopt(duplicate, SOL_SOCKET, SO_PROTOCOL, &protocolNumber, &length) == 0 else { return .proceed }
+        switch protocolNumber {
+        case Int32(IPPROTO_TCP), Int32(IPPROTO_MPTCP): _ = setOptions(socket, .tcp)
+        case Int32(IPPROTO_UDP): _ = setOptions(socket, .udp)
+        default: break
+        }
+        return .proceed
     }
 
     /// `portreuse up`'s bind: the held socket under the program's descriptor, or the call untouched.
