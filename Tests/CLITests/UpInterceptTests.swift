@@ -335,3 +335,51 @@ extension UpInterceptTests {
         #expect(reloadMedian - ownMedian < 50, "own \(own), reload \(reload)")
     }
 }
+
+extension UpInterceptTests {
+    @Test("where the kernel refuses the bind filter (here: up runs under another seccomp listener), up says so once and serves and reloads with LISTEN_FDS")
+    func refusedFilterFallsBack() throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello], launcher: [portreuse, "run", "--intercept", "kernel", "--"])
+        let address = try up.servingAddress()
+        #expect((try? httpGet(address)) != nil)
+        up.signal(SIGHUP)  // to run, which forwards it to up
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [2] && $0.generations.count == 1 } != nil, "\(up.logText)")
+        #expect((try? httpGet(address)) != nil)
+        #expect(count("the kernel refused the seccomp filter", in: up.logText) == 1, "\(up.logText)")
+        #expect(!up.logText.contains("got up's socket"))
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+}
+
+@Suite("portreuse run through the kernel: when portreuse is gone")
+struct InterceptorGoneTests {
+    @Test("kill -9 of portreuse run: the program's next bind fails with ENOSYS, nobody answers it (as the README says)")
+    func bindAfterRunDiedFailsWithENOSYS() throws {
+        let folder = try TemporaryFolder()
+        let script = """
+            import errno, os, socket, sys, time
+            folder = sys.argv[1]
+            def bind():
+                s = socket.socket()
+                try: s.bind(("127.0.0.1", 0)); return "ok"
+                except OSError as e: return errno.errorcode.get(e.errno, str(e.errno))
+                finally: s.close()
+            open(folder + "/first", "w").write(bind())
+            end = time.time() + 30
+            while not os.path.exists(folder + "/go") and time.time() < end: time.sleep(0.01)
+            open(folder + "/second", "w").write(bind())
+            """
+        let path = try folder.write("binder.py", script)
+        let run = try spawn([portreuse, "run", "--intercept", "kernel", "--policy", "shared", "--", systemPython, path, folder.path], log: folder.path + "/run.log")
+        defer { killAndReap(run) }
+        let first = waitFor(timeout: 20) { try? String(contentsOfFile: folder.path + "/first", encoding: .utf8) }
+        #expect(first == "ok", "\((try? String(contentsOfFile: folder.path + "/run.log", encoding: .utf8)) ?? "")")
+        let program = try #require(Processes.descendants(of: run).first?.pid)
+        defer { kill(program, SIGKILL) }
+        kill(run, SIGKILL)
+        _ = reap(run, timeout: 10)
+        _ = FileManager.default.createFile(atPath: folder.path + "/go", contents: nil)
+        let second = waitFor(timeout: 20) { try? String(contentsOfFile: folder.path + "/second", encoding: .utf8) }
+        #expect(second == "ENOSYS")
+    }
+}
