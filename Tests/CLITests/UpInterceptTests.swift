@@ -383,3 +383,26 @@ struct InterceptorGoneTests {
         #expect(second == "ENOSYS")
     }
 }
+
+extension InterceptorGoneTests {
+    @Test("processes killed in the middle of an intercepted bind (40 of them) leave portreuse run answering the others")
+    func killedDuringNotification() throws {
+        let script = """
+            import os, signal, socket, time
+            def binder():
+                while True:
+                    s = socket.socket(); s.bind(("127.0.0.1", 0)); s.close()
+            children = []
+            for _ in range(40):
+                pid = os.fork()
+                if pid == 0: binder()
+                time.sleep(0.02)
+                os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+            print("ok", s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+            """
+        let result = try capture([portreuse, "run", "--intercept", "kernel", "--policy", "shared", "--", systemPython, "-c", script], timeout: 60)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.output == "ok 1\n", "\(result.output) \(result.stderr)")
+    }
+}
