@@ -167,16 +167,17 @@ package enum GenerationProbe {
 }
 
 extension GenerationProbe {
-    /// `--stop-when-idle`: pauses the group (SIGSTOP, until every process is stopped, at most 50 ms) and sends
-    /// `signal` to `main` only if no process of the group holds a TCP connection (a socket that is not
+    /// `--stop-when-idle`: pauses `target` (as kill() takes it: -GROUP for a process group, or one pid; SIGSTOP,
+    /// until every process is stopped, at most 50 ms) and sends `signal` to `main` only if none of them holds a
+    /// TCP connection (a socket that is not
     /// listening): a program that dies at once on its stop signal then loses no request in flight, and the
     /// connections that arrive meanwhile wait in the shared queue for the new generation. A signal the program
     /// does not handle ends it on SIGCONT before any of its code runs (so nothing more is accepted); a handled one
-    /// may let a thread accept a connection it had just seen. Always continues the group; whether it was sent.
-    package static func signalWhenIdle(group: pid_t, main: pid_t, signal: Int32) -> Bool {
-        guard kill(-group, SIGSTOP) == 0 else { return false }
-        defer { kill(-group, SIGCONT) }
-        let members = processes(inGroup: group)
+    /// may let a thread accept a connection it had just seen. Always continues them; whether it was sent.
+    package static func signalWhenIdle(pausing target: pid_t, main: pid_t, signal: Int32) -> Bool {
+        guard kill(target, SIGSTOP) == 0 else { return false }
+        defer { kill(target, SIGCONT) }
+        let members = target < 0 ? processes(inGroup: -target) : [target]
         let stopped = waitForStop(members)
         guard stopped else { return false }
         let connections = connectionInodes()

@@ -91,6 +91,7 @@ extension Supervisor {
         logger.info("\(generation.label) ready after \(Self.milliseconds(now - generation.record.startedMonotonic)) (\(how))")
         generation.record.noteMembers()
         for old in generations where old !== generation && old.phase == .ready { drain(old) }
+        if adopted?.stopSent == nil, adopted?.idleStopBy == nil { stopAdopted() }
         if generation.record.reason == .reload { record(generation, .ready, reason: nil) }
         let draining = generations.filter { $0.phase == .draining }.count
         _ = try? Readiness.notify(.ready, .status(statusLine(serving: generation, draining: draining)))
@@ -201,6 +202,7 @@ extension Supervisor {
             return
         }
         enter(.stopping(exitCode: exitCode))
+        releaseAdopted()
         reloadQueued = false
         _ = try? Readiness.notify(.stopping, .status("stopping"))
         let running = generations.filter { $0.phase.isLive }

@@ -7,6 +7,12 @@ extension Supervisor {
     /// sockets and the generations: checks first that the binary runs, then hands its state over in a file.
     func upgrade() {
         guard !state.isStopping else { return logger.info("upgrade ignored: stopping") }
+        if let adopted {
+            logger.error("upgrade refused while \(adopted.label) hands over (its pidfd does not cross exec); try again once it exited")
+            upgradeFailures += 1
+            statusChanged = true
+            return
+        }
         let binary = UpgradeHandover.executablePath
         logger.info("upgrading: checking \(binary)")
         guard let version = UpgradeHandover.check(binary: binary) else {

@@ -108,6 +108,8 @@ package final class Supervisor {
         _ = borrowed.takeDescriptor()  // still ours: only read
         return SocketSwap.Held(descriptor: socket.descriptor, name: socket.name, transport: socket.transport, address: socket.address, dualStack: dualStack)
     })
+    /// `--adopt`: the running server whose sockets `up` took, until it is gone (Supervisor+Adoption).
+    package var adopted: AdoptedProcess?
     /// Whether orphans of the generations come to this process (set by `run`).
     private var isSubreaper = false
 
@@ -152,6 +154,7 @@ package final class Supervisor {
 
     private func pollTimeout() -> Int32 {
         if generations.contains(where: { $0.phase == .starting || $0.record.exit != nil || $0.idleStopBy != nil }) { return 10 }
+        if adopted?.stopSent != nil || adopted?.idleStopBy != nil { return 10 }
         if case .backingOff(let until) = state {
             let now = Processes.monotonicNanoseconds
             return until <= now ? 0 : Int32(min(250, (until - now) / 1_000_000 + 1))
@@ -255,7 +258,7 @@ package final class Supervisor {
             if let by = generation.idleStopBy, generation.phase == .draining {
                 if generation.record.exit != nil {
                     generation.idleStopBy = nil
-                } else if GenerationProbe.signalWhenIdle(group: generation.pid, main: generation.record.mainProcess, signal: configuration.stopSignal) {
+                } else if GenerationProbe.signalWhenIdle(pausing: -generation.pid, main: generation.record.mainProcess, signal: configuration.stopSignal) {
                     generation.idleStopBy = nil
                     logger.info("\(generation.label) holds no connection: sent \(SignalName(configuration.stopSignal))")
                 } else if now >= by {
@@ -265,6 +268,7 @@ package final class Supervisor {
                 }
             }
         }
+        tickAdopted(now: now)
         let stableSince = now - min(now, UInt64(FailureCount.stableSeconds * 1e9))
         if failures.inARow > 0, generations.contains(where: { $0.phase == .ready && ($0.record.readyMonotonic ?? .max) <= stableSince }) {
             failures.inARow = 0

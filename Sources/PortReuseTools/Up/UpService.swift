@@ -16,6 +16,8 @@ package struct UpOptions {
     package var intercept = true
     /// `--stop-when-idle`: at most this many seconds.
     package var stopWhenIdle: Double?
+    /// `--adopt PID`: take the --listen sockets from this running process, and stop it once generation 1 is ready.
+    package var adopt: pid_t?
     /// The program and its arguments.
     package var command: [String]
 
@@ -50,6 +52,7 @@ package struct UpOptions {
         }
         let sockets: [HeldSocket]
         let runtimeFolder: String
+        var adoption: Adoption?
         if let inherited {
             sockets = try inherited.sockets.map { (socket) throws(CommandFailure) in
                 var held = try HeldSocket.describe(socket.descriptor, name: socket.name)
@@ -57,6 +60,11 @@ package struct UpOptions {
                 return held
             }
             runtimeFolder = inherited.runtimeFolder
+        } else if let adopt {
+            let taken = try Adoption.take(from: adopt, listen: listen, floor: try HeldSocket.firstDescriptor(holding: listen.count))
+            adoption = taken.0
+            sockets = taken.1
+            runtimeFolder = try RuntimeFolder.make()
         } else {
             sockets = reuseport ? [] : try openSockets()
             runtimeFolder = try RuntimeFolder.make()
@@ -86,6 +94,10 @@ package struct UpOptions {
         } else {
             let names = sockets.map { "\($0.name)=\($0.transport.rawValue):\($0.address)" }.joined(separator: " ")
             supervisor.logger.info("holding \(sockets.isEmpty ? "no sockets (--reuseport)" : names); readiness: \(readiness)")
+        }
+        if let adoption {
+            supervisor.adopted = AdoptedProcess(adoption)
+            supervisor.logger.info("took the sockets of pid \(adoption.pid) (\(adoption.command)), which serves on until generation 1 is ready")
         }
         let code = supervisor.run(startFirst: inherited == nil)
         if let pidFile {

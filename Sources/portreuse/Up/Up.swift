@@ -45,6 +45,8 @@ struct Up: ParsableCommand {
                 portreuse up --listen 8000 -- gunicorn app:app
               What runs now:
                 portreuse up status --pid-file /tmp/app.pid
+              Move a running server (pid 4242, started by hand) under up with no failed connection:
+                portreuse up --adopt 4242 --listen 127.0.0.1:8080 -- ./server
 
             A program that binds a held address by itself (a Go, Python or Java server given the same \
             address) gets up's socket in place of its own: each generation starts under a seccomp filter \
@@ -187,6 +189,11 @@ struct UpServe: ParsableCommand {
         "Open IPv6 --listen addresses dual-stack (IPV6_V6ONLY off): [::]:P then takes IPv4 too, and no other user can take either half of the port."))
     var dualStack = false
 
+    @Option(help: ArgumentHelp(
+        "Take the --listen sockets from this running server (pidfd_getfd: root, or the same user as ptrace allows), start generation 1 on them, and send the server the stop signal once it is ready.",
+        valueName: "pid"))
+    var adopt: Int32?
+
     @Flag(help: "Start each generation with LISTEN_FDS only, without the bind filter that gives a program binding a held address the held socket.")
     var noIntercept = false
 
@@ -221,6 +228,7 @@ struct UpServe: ParsableCommand {
             let given: [(String, Bool)] = [
                 ("--listen", !listen.isEmpty), ("--ready", ready != nil), ("--ready-timeout", readyTimeout != nil), ("--grace", grace != nil),
                 ("--stop-signal", stopSignal != nil), ("--reuseport", reuseport), ("--no-intercept", noIntercept), ("--stop-when-idle", stopWhenIdle),
+                ("--adopt", adopt != nil),
             ]
             let serving = given.filter(\.1).map(\.0)
             if !serving.isEmpty {
@@ -240,6 +248,11 @@ struct UpServe: ParsableCommand {
         if case .delay(let seconds) = options.readiness, seconds >= options.readyTimeout {
             throw ValidationError("--ready delay:\(Seconds(seconds)) must be shorter than --ready-timeout \(Seconds(options.readyTimeout))")
         }
+        if let adopt {
+            guard adopt > 0 else { throw ValidationError("--adopt \(adopt): give the pid of the running server (portreuse who PORT shows it)") }
+            guard !listen.isEmpty else { throw ValidationError("--adopt needs the --listen addresses to take from pid \(adopt), as in --adopt \(adopt) --listen 127.0.0.1:8080") }
+            guard !reuseport else { throw ValidationError("--adopt and --reuseport do not go together: up holds the adopted sockets") }
+        }
         if reuseport && (listen.isEmpty || listen.contains { $0.address.port == 0 }) {
             throw ValidationError("--reuseport needs the --listen addresses the program binds (with their ports), to see when a generation listens")
         }
@@ -251,6 +264,7 @@ struct UpServe: ParsableCommand {
             stopSignal: stopSignal?.number ?? SIGTERM, pidFile: pidFile, reuseport: reuseport, dualStack: dualStack, command: command)
         options.intercept = !noIntercept
         options.stopWhenIdle = stopWhenIdle ? 2 : nil
+        options.adopt = adopt
         return options
     }
 

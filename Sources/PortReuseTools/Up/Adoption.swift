@@ -1,0 +1,89 @@
+import Glibc
+import PortReuse
+
+/// `up --adopt PID`: a running server that `up` did not start hands over its listening sockets. `up` takes a
+/// duplicate of each (pidfd_open + pidfd_getfd, which needs ptrace rights over the process: root, or the same
+/// user where kernel.yama.ptrace_scope allows it), so the server and `up` hold the very same socket, one accept
+/// queue; generation 1 starts on it, and once it is ready the adopted process gets its stop signal. Nothing
+/// queued is lost: the connections wait in the queue that `up` keeps.
+package struct Adoption {
+    package let pid: pid_t
+    /// A pidfd of the adopted process: its signals and its exit go through it (no pid reuse can misdirect them).
+    package let pidfd: Int32
+    /// Its name and its command line, for the log.
+    package let name: String
+    package let command: String
+
+    /// Finds `pid`'s socket on each of `listen` (by address, in the kernel's tables as `who` reads them) and
+    /// takes a duplicate of it, held at `floor` or above. Throws, with exit status 3, what is wrong: no such
+    /// process, no socket of it on the address, a TCP socket that is not listening, or no right to take it.
+    package static func take(from pid: pid_t, listen: [ListenSpec], floor: Int32) throws(CommandFailure) -> (Adoption, [HeldSocket]) {
+        guard pid > 0, let pidfd = try? Processes.open(pid) else {
+            throw CommandFailure("--adopt \(pid): no such process (give the pid of the running server, as `portreuse who PORT` shows it)", exitCode: 3)
+        }
+        let info = KernelTables.processInfo(pid: pid)
+        let adoption = Adoption(
+            pid: pid, pidfd: pidfd, name: info.name, command: info.commandLine.isEmpty ? info.name : info.commandLine.joined(separator: " "))
+        var held: [HeldSocket] = []
+        do throws(CommandFailure) {
+            for spec in listen {
+                let descriptor = try adoption.descriptor(for: spec)
+                let copy: Int32
+                do { copy = try Processes.duplicate(descriptor, of: pidfd) } catch {
+                    throw CommandFailure("--adopt \(pid): cannot take its descriptor \(descriptor) (\(spec)): \(error.errno.description). "
+                        + adoption.rightsAdvice(uid: info.uid), exitCode: 3)
+                }
+                held.append(try HeldSocket.hold(copy, name: spec.name, floor: floor, backlog: nil))
+            }
+        } catch {
+            for socket in held { Files.close(socket.descriptor) }
+            Files.close(pidfd)
+            throw error
+        }
+        return (adoption, held)
+    }
+
+    /// The descriptor number under which the process holds its socket on `spec`.
+    private func descriptor(for spec: ListenSpec) throws(CommandFailure) -> Int32 {
+        let wanted: SocketAddress
+        do { wanted = try spec.address.checked(for: spec.transport, operation: .bind).resolveForBinding(spec.transport) } catch {
+            throw CommandFailure("--listen \(spec): \(error)", exitCode: 64)
+        }
+        guard wanted.port != 0 else {
+            throw CommandFailure("--adopt needs the port the process listens on: --listen \(spec) has port 0", exitCode: 64)
+        }
+        let onPort = PortHolder.find(port: wanted.port, transport: spec.transport, processes: false, options: false).filter { holder in
+            holder.remoteAddress == nil
+                && (holder.localAddress.ip == wanted.ip || holder.localAddress.ip.isUnspecified && wanted.ip.isUnspecified)
+        }
+        let entries = Files.list("/proc/\(pid)/fd")
+        guard !entries.isEmpty else {
+            throw CommandFailure("--adopt \(pid): cannot read /proc/\(pid)/fd: \(Files.errorText()) (\(rightsAdvice(uid: KernelTables.processInfo(pid: pid).uid)))", exitCode: 3)
+        }
+        for entry in entries {
+            guard let descriptor = Int32(entry), let inode = GenerationProbe.socketInode(pid: pid, descriptor: descriptor),
+                let holder = onPort.first(where: { $0.inode == inode })
+            else { continue }
+            guard spec.transport == .udp || holder.state == .listen else {
+                throw CommandFailure("--adopt \(pid): its socket on \(holder.localAddress) (descriptor \(descriptor)) is \(holder.state), not listening: "
+                    + "adopt it once it listens", exitCode: 3)
+            }
+            return descriptor
+        }
+        let others = onPort.isEmpty ? "nothing listens there" : "the sockets there belong to other processes (see portreuse who \(wanted.port))"
+        throw CommandFailure("--adopt \(pid) (\(name)) holds no \(spec.transport) socket on \(wanted): \(others)", exitCode: 3)
+    }
+
+    /// Why pidfd_getfd may be denied, in words, and what to do.
+    private func rightsAdvice(uid: UInt32?) -> String {
+        if let uid, uid != geteuid(), geteuid() != 0 {
+            return "It runs as uid \(uid), not as you (uid \(geteuid())): run up as root or as that user"
+        }
+        let scope = Files.read("/proc/sys/kernel/yama/ptrace_scope", limit: 8).map { String(decoding: $0, as: UTF8.self).filter(\.isNumber) }
+        if let scope, scope != "0", geteuid() != 0 {
+            return "kernel.yama.ptrace_scope=\(scope) lets only a parent or CAP_SYS_PTRACE take another process's descriptors: run up as root "
+                + "(or with CAP_SYS_PTRACE), or sysctl -w kernel.yama.ptrace_scope=0"
+        }
+        return "Taking another process's descriptor needs ptrace rights over it (root, or CAP_SYS_PTRACE)"
+    }
+}
