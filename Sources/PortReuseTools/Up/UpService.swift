@@ -16,6 +16,8 @@ package struct UpOptions {
     package var intercept = true
     /// `--stop-when-idle`: at most this many seconds.
     package var stopWhenIdle: Double?
+    /// How generations are told which descriptors are their sockets (`--protocol`).
+    package var dialect = Dialect.systemd
     /// The program and its arguments.
     package var command: [String]
 
@@ -61,6 +63,10 @@ package struct UpOptions {
             sockets = reuseport ? [] : try openSockets()
             runtimeFolder = try RuntimeFolder.make()
         }
+        if let refusal = dialect.refusal(count: sockets.count, transports: sockets.map(\.transport)) {
+            RuntimeFolder.remove(runtimeFolder)
+            throw CommandFailure(refusal, exitCode: 64)
+        }
         if let pidFile, inherited == nil {
             do {
                 try Self.claim(pidFile: pidFile)
@@ -77,6 +83,7 @@ package struct UpOptions {
             reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments,
             interceptExecutable: interception.executable)
         configuration.stopWhenIdle = stopWhenIdle
+        configuration.dialect = dialect
         let supervisor = Supervisor(
             configuration: configuration,
             sockets: sockets, runtimeFolder: runtimeFolder, signals: signals, startedWall: inherited?.startedWall ?? Processes.wallClockSeconds)
