@@ -49,8 +49,8 @@ struct Up: ParsableCommand {
                 portreuse up status --pid-file /tmp/app.pid
               nginx takes its sockets from NGINX="3;" (and stops gracefully on QUIT, the default here):
                 portreuse up --protocol nginx --listen 127.0.0.1:8080 -- nginx -c /etc/app/nginx.conf -g 'daemon off;'
-              A Server::Starter program (SERVER_STARTER_PORT):
-                portreuse up --protocol server-starter --listen 127.0.0.1:5000 -- plackup -s Starlet app.psgi
+              A Server::Starter program (SERVER_STARTER_PORT; Starlet defers accept, so no probe):
+                portreuse up --protocol server-starter --ready delay:2 --listen 127.0.0.1:5000 -- plackup -s Starlet app.psgi
 
             A program that binds a held address by itself (a Go, Python or Java server given the same \
             address) gets up's socket in place of its own: each generation starts under a seccomp filter \
