@@ -18,6 +18,8 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/uio.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -30,6 +32,22 @@ int csystem_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 int csystem_pidfd_getfd(int pidfd, int target) { return (int)syscall(SYS_pidfd_getfd, pidfd, target, 0); }
 int csystem_pidfd_send_signal(int pidfd, int signal) { return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0); }
 
+int csystem_pidfd_inode_id(int pid, unsigned long long *id) {
+    int pidfd = csystem_pidfd_open(pid);
+    if (pidfd < 0) return -1;
+    struct statfs filesystem;
+    struct stat status;
+    int ok = fstatfs(pidfd, &filesystem) == 0 && fstat(pidfd, &status) == 0;
+    int on_pidfs = ok && filesystem.f_type == 0x50494446;  // PID_FS_MAGIC; before 6.9 every pidfd is one anon inode
+    close(pidfd);
+    if (!ok) return -1;
+    if (!on_pidfs) {
+        errno = ENOSYS;
+        return -1;
+    }
+    *id = (unsigned long long)status.st_ino;
+    return 0;
+}
 int csystem_set_child_subreaper(int on) { return prctl(PR_SET_CHILD_SUBREAPER, on ? 1 : 0, 0, 0, 0); }
 int csystem_set_parent_death_signal(int signal) { return prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0); }
 int csystem_set_no_new_privileges(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); }
@@ -226,6 +244,7 @@ int csystem_pipe2(int ends[2], int flags) CSYSTEM_MISSING
 int csystem_pidfd_open(int pid) CSYSTEM_MISSING
 int csystem_pidfd_getfd(int pidfd, int target) CSYSTEM_MISSING
 int csystem_pidfd_send_signal(int pidfd, int signal) CSYSTEM_MISSING
+int csystem_pidfd_inode_id(int pid, unsigned long long *id) CSYSTEM_MISSING
 int csystem_set_child_subreaper(int on) CSYSTEM_MISSING
 int csystem_set_parent_death_signal(int signal) CSYSTEM_MISSING
 int csystem_set_no_new_privileges(void) CSYSTEM_MISSING

@@ -4,7 +4,8 @@
 // With REPORT_FD, it installs the bind filter on itself, sends the notification descriptor over REPORT_FD (SCM_RIGHTS,
 // tag 0), or one byte with the errno when the kernel refuses (then exits 126), and closes both; with `-`, no filter.
 // Then it execs PROGRAM (a path). --listen-pid sets LISTEN_PID to its own pid first, which is the program's once it
-// execs (no sh needed). The program gets SIGTERM when its parent dies (PR_SET_PDEATHSIG, kept across this exec):
+// execs (no sh needed), and LISTEN_PIDFDID to the inode number of its pidfd (systemd 254+).
+// The program gets SIGTERM when its parent dies (PR_SET_PDEATHSIG, kept across this exec):
 // a killed `up` leaves no generation serving unnoticed as an orphan.
 #include <errno.h>
 #include <signal.h>
@@ -43,6 +44,22 @@ static int install_filter(int report) {
     return 0;
 }
 
+// LISTEN_PID, and LISTEN_PIDFDID as systemd 254+ sets it: the inode number of a pidfd of this process, which the
+// program is once it execs (libsystemd 254+ ignores the sockets when it does not match). Where pidfds are not on
+// pidfs the id names no process: then none, never one inherited from whoever started up.
+static void set_listen_pid(void) {
+    char text[24];
+    snprintf(text, sizeof text, "%d", (int)getpid());
+    setenv("LISTEN_PID", text, 1);
+    unsigned long long id;
+    if (csystem_pidfd_inode_id(getpid(), &id) == 0) {
+        snprintf(text, sizeof text, "%llu", id);
+        setenv("LISTEN_PIDFDID", text, 1);
+    } else {
+        unsetenv("LISTEN_PIDFDID");
+    }
+}
+
 int main(int argc, char **argv) {
     int listen_pid = argc > 1 && strcmp(argv[1], "--listen-pid") == 0;
     if (listen_pid) {
@@ -62,11 +79,7 @@ int main(int argc, char **argv) {
         return 126;
     }
     if (filter && install_filter(report) != 0) return 126;
-    if (listen_pid) {
-        char pid[24];
-        snprintf(pid, sizeof pid, "%d", (int)getpid());
-        setenv("LISTEN_PID", pid, 1);
-    }
+    if (listen_pid) set_listen_pid();
     execv(argv[2], argv + 2);
     int code = errno;
     fprintf(stderr, "portreuse-intercept-exec: %s: %s\n", argv[2], strerror(code));

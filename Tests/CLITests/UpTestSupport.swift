@@ -139,3 +139,25 @@ final class HTTPLoad: @unchecked Sendable {
 
     var count: Int { lock.withLock { answered } }
 }
+
+extension UpProcess {
+    /// Reloads `times` times under `clients` HTTP clients of `address`: each SIGHUP waits until the new generation
+    /// alone serves (at most `timeout` seconds each) and until the clients got answers from it. Returns what the
+    /// clients saw and how many reloads completed (it stops at the first that does not).
+    func reloadUnderLoad(_ address: SocketAddress, times: Int, clients: Int = 4, timeout: Double = 60) -> (answered: Int, failures: [String], reloads: Int) {
+        let load = HTTPLoad(address, clients: clients)
+        var reloads = 0
+        if waitUntil(timeout: timeout, { load.count > 20 }), var serving = status?.serving.first?.number {
+            for _ in 0..<times {
+                signal(SIGHUP)
+                guard waitForStatus(timeout: timeout, { $0.serving.map(\.number) == [serving + 1] }) != nil else { break }
+                serving += 1
+                reloads += 1
+                let before = load.count
+                guard waitUntil(timeout: timeout, { load.count > before + 20 }) else { break }
+            }
+        }
+        let (answered, failures) = load.stop()
+        return (answered, failures, reloads)
+    }
+}

@@ -29,6 +29,11 @@ int csystem_pidfd_open(int pid);
 /// `pidfd_getfd(pidfd, target, 0)`: a duplicate of another process's descriptor (Linux 5.6+, ptrace rights).
 int csystem_pidfd_getfd(int pidfd, int target);
 
+/// The inode number of a pidfd of process `pid` on pidfs (Linux 6.9+): the id systemd 254+ passes as
+/// `LISTEN_PIDFDID` and libsystemd compares with its own. Returns 0 and sets `*id`, or -1 (errno ENOSYS when
+/// pidfds are not on pidfs, where their inode numbers name no process).
+int csystem_pidfd_inode_id(int pid, unsigned long long *id);
+
 /// `pidfd_send_signal(pidfd, signal, NULL, 0)`: a signal to exactly the process the pidfd names (Linux 5.1+).
 int csystem_pidfd_send_signal(int pidfd, int signal);
 

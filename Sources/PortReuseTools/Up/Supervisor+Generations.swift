@@ -12,7 +12,7 @@ extension Supervisor {
         }
         do throws(CommandFailure) {
             let notify = try NotifyReceiver(path: "\(runtimeFolder)/notify-\(number).sock")
-            let (pid, interceptor) = try spawn(number: number, environment: environment(notifyPath: notify.path))
+            let (pid, interceptor) = try spawn(number: number, environment: environment(number: number, notifyPath: notify.path))
             var record = GenerationRecord(
                 number: number, pid: pid, reason: reason, startedAt: Processes.wallClockSeconds, startedMonotonic: now,
                 deadline: now + UInt64(configuration.readyTimeout * 1e9))
@@ -31,7 +31,7 @@ extension Supervisor {
 
     /// Starts the program: under the bind filter when it can, else with LISTEN_FDS only (as before the filter).
     private func spawn(number: Int, environment: [String]) throws(CommandFailure) -> (pid_t, SocketCallInterceptor?) {
-        let setListenPID = configuration.reusePortEnvironment == nil
+        let setListenPID = configuration.reusePortEnvironment == nil && configuration.dialect.setsListenPID
         #if os(Linux)
         if let executable = configuration.interceptExecutable, interceptionOff == nil, !sockets.isEmpty {
             switch try Spawner.spawnIntercepted(
@@ -68,16 +68,17 @@ extension Supervisor {
     }
     #endif
 
-    /// The program's environment: ours without the protocol's variables meant for `up` itself, then the
-    /// protocol's for the generation (LISTEN_PID is set by the wrapper, in the program's own process).
-    private func environment(notifyPath: String) -> [String] {
-        let ours = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", UpgradeHandover.variable]
+    /// The program's environment: ours without any dialect's variables (``Dialect/isDialectVariable(_:)``: a stray
+    /// one `up` inherited never reaches a program) nor those meant for `up` itself, then the chosen dialect's for
+    /// this generation (systemd's LISTEN_PID and LISTEN_PIDFDID are set by the trampoline, in the program's own process).
+    func environment(number: Int, notifyPath: String) -> [String] {
+        let ours = ["NOTIFY_SOCKET", UpgradeHandover.variable]
         var entries = (configuration.reusePortEnvironment ?? ProcessSpawn.currentEnvironment()).filter { entry in
-            !ours.contains { entry.hasPrefix($0 + "=") }
+            !Dialect.isDialectVariable(entry) && !ours.contains { entry.hasPrefix($0 + "=") }
         }
         if configuration.reusePortEnvironment == nil {
-            entries.append("LISTEN_FDS=\(sockets.count)")
-            entries.append("LISTEN_FDNAMES=" + sockets.map(\.name).joined(separator: ":"))
+            let numbered = sockets.enumerated().map { (number: Int32(3 + $0.offset), name: $0.element.name, transport: $0.element.transport, address: $0.element.address) }
+            entries += configuration.dialect.environment(Dialect.Context(sockets: numbered, generation: number, supervisorPID: getpid()))
         }
         entries.append("NOTIFY_SOCKET=\(notifyPath)")
         return entries

@@ -33,6 +33,8 @@ package final class Supervisor {
         /// Our own binary, whose `intercept-exec` starts each generation under the bind filter, so that a program
         /// that binds a held address by itself gets the held socket (``SocketSwap``); `nil`: LISTEN_FDS only.
         package var interceptExecutable: String?
+        /// How generations are told which descriptors are their sockets (`--protocol`).
+        package var dialect = Dialect.systemd
 
         package init(
             command: [String], readiness: ReadinessCheck, readyTimeout: Double, grace: Double, stopSignal: Int32, statusPath: String?,

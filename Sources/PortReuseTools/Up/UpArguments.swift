@@ -112,3 +112,13 @@ extension SignalName {
         return signal
     }
 }
+
+extension Dialect {
+    /// `--protocol`: a name from ``Dialect/all``.
+    package static func parse(_ text: String) throws -> Dialect {
+        guard let dialect = named(text) else {
+            throw ValidationError("--protocol \(text): not a protocol up speaks; use one of \(all.map(\.name).joined(separator: ", "))")
+        }
+        return dialect
+    }
+}

@@ -18,6 +18,8 @@ package struct UpOptions {
     package var stopWhenIdle: Double?
     /// `--adopt PID`: take the --listen sockets from this running process, and stop it once generation 1 is ready.
     package var adopt: pid_t?
+    /// How generations are told which descriptors are their sockets (`--protocol`).
+    package var dialect = Dialect.systemd
     /// The program and its arguments.
     package var command: [String]
 
@@ -69,6 +71,10 @@ package struct UpOptions {
             sockets = reuseport ? [] : try openSockets()
             runtimeFolder = try RuntimeFolder.make()
         }
+        if let refusal = dialect.refusal(count: sockets.count, transports: sockets.map(\.transport)) {
+            RuntimeFolder.remove(runtimeFolder)
+            throw CommandFailure(refusal, exitCode: 64)
+        }
         if let pidFile, inherited == nil {
             do {
                 try Self.claim(pidFile: pidFile)
@@ -85,6 +91,7 @@ package struct UpOptions {
             reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments,
             interceptExecutable: interception.executable)
         configuration.stopWhenIdle = stopWhenIdle
+        configuration.dialect = dialect
         let supervisor = Supervisor(
             configuration: configuration,
             sockets: sockets, runtimeFolder: runtimeFolder, signals: signals, startedWall: inherited?.startedWall ?? Processes.wallClockSeconds)

@@ -10,7 +10,7 @@ struct Up: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a server and restart or upgrade it without refusing a single connection.",
         usage: """
-            portreuse up --listen [NAME=]ADDR [--listen ...] [--ready <mode>] [--ready-timeout S] [--grace S] [--stop-signal SIG] [--pid-file PATH] -- <command> [<argument> ...]
+            portreuse up --listen [NAME=]ADDR [--listen ...] [--protocol NAME] [--ready <mode>] [--ready-timeout S] [--grace S] [--stop-signal SIG] [--pid-file PATH] -- <command> [<argument> ...]
             portreuse up reload --pid-file PATH
             portreuse up status [--json] --pid-file PATH
             portreuse up upgrade --pid-file PATH
@@ -18,7 +18,9 @@ struct Up: ParsableCommand {
         discussion: """
             up opens every --listen socket once (policy restartable, so up itself can restart at once) and \
             starts the command with them by systemd socket activation: descriptors 3, 4, … with LISTEN_FDS, \
-            LISTEN_FDNAMES and LISTEN_PID, and a NOTIFY_SOCKET for readiness. Programs that read LISTEN_FDS \
+            LISTEN_FDNAMES and LISTEN_PID, and a NOTIFY_SOCKET for readiness. --protocol speaks another \
+            supervisor's hand-over instead (\(Dialect.all.dropFirst().map(\.name).joined(separator: ", "))): the same \
+            descriptors, that supervisor's variables. Programs that read LISTEN_FDS \
             (gunicorn, uvicorn --fd, systemd-aware servers, Swift servers using PortReuse's \
             Listener.activated) need no change.
 
@@ -47,6 +49,10 @@ struct Up: ParsableCommand {
                 portreuse up status --pid-file /tmp/app.pid
               Move a running server (pid 4242, started by hand) under up with no failed connection:
                 portreuse up --adopt 4242 --listen 127.0.0.1:8080 -- ./server
+              nginx takes its sockets from NGINX="3;" (and stops gracefully on QUIT, the default here):
+                portreuse up --protocol nginx --listen 127.0.0.1:8080 -- nginx -c /etc/app/nginx.conf -g 'daemon off;'
+              A Server::Starter program (SERVER_STARTER_PORT; Starlet defers accept, so no probe):
+                portreuse up --protocol server-starter --ready delay:2 --listen 127.0.0.1:5000 -- plackup -s Starlet app.psgi
 
             A program that binds a held address by itself (a Go, Python or Java server given the same \
             address) gets up's socket in place of its own: each generation starts under a seccomp filter \
@@ -176,8 +182,17 @@ struct UpServe: ParsableCommand {
     @Option(parsing: .unconditional, help: ArgumentHelp("How long an old generation may drain after the stop signal before SIGKILL (default: 30s).", valueName: "duration"), transform: { try Seconds(parsing: $0, option: "--grace") })
     var grace: Seconds?
 
-    @Option(help: ArgumentHelp("The signal that asks a generation to stop: TERM, INT, QUIT, WINCH, … (default: TERM).", valueName: "signal"), transform: { try SignalName.parse($0) })
+    @Option(help: ArgumentHelp("The signal that asks a generation to stop: TERM, INT, QUIT, WINCH, … (default: TERM, or the --protocol's).", valueName: "signal"), transform: { try SignalName.parse($0) })
     var stopSignal: SignalName?
+
+    @Option(
+        name: .customLong("protocol"),
+        help: ArgumentHelp(
+            "How the program learns its sockets: \(Dialect.all.map(\.name).joined(separator: ", ")) (default: systemd).",
+            discussion: "The environment of another supervisor, so that a program written for it runs unchanged; also sets the default --stop-signal (nginx, unicorn: QUIT; einhorn: USR2).",
+            valueName: "name"),
+        transform: { try Dialect.parse($0) })
+    var dialect: Dialect?
 
     @Option(help: ArgumentHelp("Write up's pid here (and its status to PATH.status) for up reload, up status and up upgrade.", valueName: "path"))
     var pidFile: String?
@@ -227,7 +242,7 @@ struct UpServe: ParsableCommand {
             guard command.isEmpty else { throw ValidationError("--reload, --status and --upgrade take no command") }
             let given: [(String, Bool)] = [
                 ("--listen", !listen.isEmpty), ("--ready", ready != nil), ("--ready-timeout", readyTimeout != nil), ("--grace", grace != nil),
-                ("--stop-signal", stopSignal != nil), ("--reuseport", reuseport), ("--no-intercept", noIntercept), ("--stop-when-idle", stopWhenIdle),
+                ("--stop-signal", stopSignal != nil), ("--protocol", dialect != nil), ("--reuseport", reuseport), ("--no-intercept", noIntercept), ("--stop-when-idle", stopWhenIdle),
                 ("--adopt", adopt != nil),
             ]
             let serving = given.filter(\.1).map(\.0)
@@ -253,6 +268,8 @@ struct UpServe: ParsableCommand {
             guard !listen.isEmpty else { throw ValidationError("--adopt needs the --listen addresses to take from pid \(adopt), as in --adopt \(adopt) --listen 127.0.0.1:8080") }
             guard !reuseport else { throw ValidationError("--adopt and --reuseport do not go together: up holds the adopted sockets") }
         }
+        if let refusal = (dialect ?? .systemd).refusal(count: listen.count, transports: listen.map(\.transport)) { throw ValidationError(refusal) }
+        if reuseport && dialect != nil { throw ValidationError("--protocol hands over up's sockets, and --reuseport holds none: drop one of them") }
         if reuseport && (listen.isEmpty || listen.contains { $0.address.port == 0 }) {
             throw ValidationError("--reuseport needs the --listen addresses the program binds (with their ports), to see when a generation listens")
         }
@@ -261,8 +278,9 @@ struct UpServe: ParsableCommand {
     var options: UpOptions {
         var options = UpOptions(
             listen: listen, readiness: ready ?? .auto, readyTimeout: readyTimeout?.value ?? 60, grace: grace?.value ?? 30,
-            stopSignal: stopSignal?.number ?? SIGTERM, pidFile: pidFile, reuseport: reuseport, dualStack: dualStack, command: command)
+            stopSignal: stopSignal?.number ?? (dialect ?? .systemd).stopSignal, pidFile: pidFile, reuseport: reuseport, dualStack: dualStack, command: command)
         options.intercept = !noIntercept
+        options.dialect = dialect ?? .systemd
         options.stopWhenIdle = stopWhenIdle ? 2 : nil
         options.adopt = adopt
         return options
