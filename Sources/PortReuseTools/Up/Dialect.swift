@@ -41,6 +41,11 @@ package struct Dialect: Sendable, CustomStringConvertible {
     package let notes: String
     /// The variables `up` sets for a generation (besides `NOTIFY_SOCKET`, which every dialect gets).
     let assignments: @Sendable (Context) -> [(String, String)]
+    /// Whether the program takes its inherited TCP sockets as its own supervisor hands them: non-blocking. nginx
+    /// never sets O_NONBLOCK on an inherited socket (its old master made it so); on a blocking one a worker
+    /// woken with the others blocks in accept() with the connection it accepted before unserved, and ignores its
+    /// stop. `up` makes the held sockets non-blocking before each generation of such a dialect starts.
+    package var nonBlockingSockets = false
 
     package var description: String { name }
 
@@ -90,7 +95,7 @@ package struct Dialect: Sendable, CustomStringConvertible {
             name: "nginx", supervisor: "nginx's binary upgrade", variables: ["NGINX"], stopSignal: SIGQUIT,
             maximumSockets: nil, carriesUDP: true, setsListenPID: false, testedWith: "nginx 1.22 (nginx-light)",
             notes: "nginx matches each inherited socket to a `listen` directive by address and acts as already daemonised; run it with `-g 'daemon off;'`",
-            assignments: { context in [("NGINX", context.sockets.map { "\($0.number);" }.joined())] }),
+            assignments: { context in [("NGINX", context.sockets.map { "\($0.number);" }.joined())] }, nonBlockingSockets: true),
         Dialect(
             name: "server-starter", supervisor: "Server::Starter (`start_server`)",
             variables: ["SERVER_STARTER_PORT", "SERVER_STARTER_GENERATION"], stopSignal: SIGTERM,

@@ -9,6 +9,10 @@ extension Supervisor {
         let now = Processes.monotonicNanoseconds
         for index in sockets.indices {
             if let repaired = sockets[index].refresh() { logger.warning("\(repaired)") }
+            if configuration.dialect.nonBlockingSockets, sockets[index].transport == .tcp {
+                let flags = fcntl(sockets[index].descriptor, F_GETFL)
+                if flags >= 0 && flags & O_NONBLOCK == 0 { _ = fcntl(sockets[index].descriptor, F_SETFL, flags | O_NONBLOCK) }
+            }
         }
         do throws(CommandFailure) {
             let notify = try NotifyReceiver(path: "\(runtimeFolder)/notify-\(number).sock")
@@ -202,6 +206,7 @@ extension Supervisor {
             enter(.stopping(exitCode: max(code, 1)))
             return
         }
+        servingAtStop = generations.first(where: { $0.phase == .ready })?.number
         enter(.stopping(exitCode: exitCode))
         releaseAdopted()
         reloadQueued = false

@@ -30,6 +30,10 @@ package final class Supervisor {
         /// `--stop-when-idle`: a draining generation gets its stop signal at a moment it holds no connection
         /// (at most this many seconds late), for programs that die at once on it.
         package var stopWhenIdle: Double?
+        /// `--init`, or `up` is PID 1 (a container's entrypoint): after a stop, `up` exits with the status of the
+        /// generation that was serving (its exit code, or 128 + the signal that ended it), as the program itself
+        /// would have, instead of 0 or 1. (Orphans are reaped in every mode: `up` is their subreaper.)
+        package var exitsWithProgram = false
         /// Our own binary, whose `intercept-exec` starts each generation under the bind filter, so that a program
         /// that binds a held address by itself gets the held socket (``SocketSwap``); `nil`: LISTEN_FDS only.
         package var interceptExecutable: String?
@@ -110,6 +114,9 @@ package final class Supervisor {
         _ = borrowed.takeDescriptor()  // still ours: only read
         return SocketSwap.Held(descriptor: socket.descriptor, name: socket.name, transport: socket.transport, address: socket.address, dualStack: dualStack)
     })
+    /// The generation that served when the stop began, and its exit once it came (``Configuration/exitsWithProgram``).
+    var servingAtStop: Int?
+    var servingAtStopExit: ExitStatus?
     /// `--adopt`: the running server whose sockets `up` took, until it is gone (Supervisor+Adoption).
     package var adopted: AdoptedProcess?
     /// Whether orphans of the generations come to this process (set by `run`).
@@ -133,6 +140,7 @@ package final class Supervisor {
             if case .stopping(let exitCode) = state, generations.isEmpty {
                 _ = try? Readiness.notify(.status("stopped"))
                 writeStatus()
+                if configuration.exitsWithProgram, let exit = servingAtStopExit { return exit.shellStatus }
                 return exitCode
             }
             step()
@@ -169,8 +177,18 @@ package final class Supervisor {
         case SIGHUP: requestReload()
         case SIGTERM, SIGINT, SIGQUIT: stop(because: "received \(SignalName(signal))")
         case SIGUSR2: upgrade()
+        case SIGUSR1, SIGWINCH: forward(signal)
         default: break  // SIGCHLD: reap() runs after every wake-up
         }
+    }
+
+    /// SIGUSR1 and SIGWINCH are the program's (log reopening, and the like): they go to the main process of
+    /// every generation that serves or starts, never to draining ones.
+    private func forward(_ signal: Int32) {
+        let targets = generations.filter { $0.phase == .ready || $0.phase == .starting }
+        for generation in targets { _ = try? Processes.kill(generation.record.mainProcess, signal) }
+        logger.info(targets.isEmpty ? "\(SignalName(signal)): no generation to forward it to"
+            : "\(SignalName(signal)) forwarded to \(targets.map(\.label).joined(separator: ", "))")
     }
 
     // MARK: Events
@@ -190,6 +208,7 @@ package final class Supervisor {
         for (pid, exit) in exits {
             guard let generation = generations.first(where: { $0.pid == pid }) else { continue }  // an orphaned worker
             generation.record.exit = exit
+            if generation.number == servingAtStop { servingAtStopExit = exit }
             switch generation.phase {
             case .starting:
                 fail(generation, "exited before it was ready (\(exit))")

@@ -16,6 +16,8 @@ package struct UpOptions {
     package var intercept = true
     /// `--stop-when-idle`: at most this many seconds.
     package var stopWhenIdle: Double?
+    /// `--init`: exit with the serving generation's status after a stop (always so when `up` is PID 1).
+    package var exitsWithProgram = false
     /// `--adopt PID`: take the --listen sockets from this running process, and stop it once generation 1 is ready.
     package var adopt: pid_t?
     /// How generations are told which descriptors are their sockets (`--protocol`).
@@ -91,6 +93,7 @@ package struct UpOptions {
             reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments,
             interceptExecutable: interception.executable)
         configuration.stopWhenIdle = stopWhenIdle
+        configuration.exitsWithProgram = exitsWithProgram || getpid() == 1
         configuration.dialect = dialect
         let supervisor = Supervisor(
             configuration: configuration,

@@ -18,7 +18,7 @@ package struct SignalPipe {
     package let readEnd: Int32
 
     /// The signals `up` handles; children start with their default actions and an empty mask.
-    package static let handled: [Int32] = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGUSR2]
+    package static let handled: [Int32] = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGUSR2, SIGUSR1, SIGWINCH]
 
     /// The pipe, with `up`'s handlers installed for ``handled`` (`installingHandlers` false: a pipe nothing
     /// writes to, for a supervisor driven by a test, which must not take the test process's signals).

@@ -204,6 +204,10 @@ struct UpServe: ParsableCommand {
         "Open IPv6 --listen addresses dual-stack (IPV6_V6ONLY off): [::]:P then takes IPv4 too, and no other user can take either half of the port."))
     var dualStack = false
 
+    @Flag(name: .customLong("init"), help: ArgumentHelp(
+        "Exit with the status of the generation that served when up was stopped (its exit code, or 128 + signal), as a container's entrypoint should; always so when up is PID 1."))
+    var exitsWithProgram = false
+
     @Option(help: ArgumentHelp(
         "Take the --listen sockets from this running server (pidfd_getfd: root, or the same user as ptrace allows), start generation 1 on them, and send the server the stop signal once it is ready.",
         valueName: "pid"))
@@ -243,7 +247,7 @@ struct UpServe: ParsableCommand {
             let given: [(String, Bool)] = [
                 ("--listen", !listen.isEmpty), ("--ready", ready != nil), ("--ready-timeout", readyTimeout != nil), ("--grace", grace != nil),
                 ("--stop-signal", stopSignal != nil), ("--protocol", dialect != nil), ("--reuseport", reuseport), ("--no-intercept", noIntercept), ("--stop-when-idle", stopWhenIdle),
-                ("--adopt", adopt != nil),
+                ("--adopt", adopt != nil), ("--init", exitsWithProgram),
             ]
             let serving = given.filter(\.1).map(\.0)
             if !serving.isEmpty {
@@ -283,6 +287,7 @@ struct UpServe: ParsableCommand {
         options.dialect = dialect ?? .systemd
         options.stopWhenIdle = stopWhenIdle ? 2 : nil
         options.adopt = adopt
+        options.exitsWithProgram = exitsWithProgram
         return options
     }
 
