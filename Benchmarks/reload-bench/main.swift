@@ -5,7 +5,8 @@
 //   swift build -c release && .build/release/reload-bench [restarts] [clients]
 //
 // Styles: naive stop-then-start; SO_REUSEPORT overlap (start the new server, then stop the old one) with
-// net.ipv4.tcp_migrate_req=0 and =1; `portreuse up` (SIGHUP). Everything runs inside a network namespace of
+// net.ipv4.tcp_migrate_req=0 and =1; `portreuse up` (SIGHUP); and the steady state (up serving, no restart), to
+// which p99 during up's reloads is a ratio. Everything runs inside a network namespace of
 // its own (`unshare -n`, re-executed automatically; needs root), so the sysctl and the ports are private.
 // Also measured, under the same load, between up's reloads: hello's own start-up (spawn to READY=1, binding
 // by itself) against up's reload time (SIGHUP to up's READY=1), both read from a NOTIFY_SOCKET of this
@@ -247,6 +248,15 @@ rows.append(measure("portreuse up (SIGHUP)", setUp: { address in
     usleep(pause / 2)
     startupTimes.append(helloStartup())
 }, tearDown: { stopAndWait(current) }))
+// The same load on the same path, `up` serving, and the same side work (a hello started and stopped beside it)
+// but no reload: what p99 during reloads is compared with.
+rows.append(measure("steady state: portreuse up, no reload", setUp: { address in
+    current = start([portreuse, "up", "--listen", "\(address)", "--", hello])
+    guard waitForNotify("READY=1") else { fail("portreuse up did not become ready") }
+}, restart: { _ in
+    usleep(pause / 2)
+    _ = helloStartup()
+}, tearDown: { stopAndWait(current) }))
 unlink(notifyPath)
 
 // MARK: The table
@@ -259,6 +269,10 @@ say("|---|---|---|---|---|")
 for row in rows {
     let errors = row.errors.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
     say("| \(row.style) | \(row.sent) | \(row.failed) | \(fixed(row.p99, 1)) | \(errors.isEmpty ? "-" : errors) |")
+}
+if let steady = rows.last, let up = rows.first(where: { $0.style.hasPrefix("portreuse up") }), steady.p99 > 0 {
+    say("")
+    say("p99 during up's reloads / steady state: \(fixed(up.p99 / steady.p99, 2)) (target <= 1.5)")
 }
 let reload = median(reloadTimes), startup = median(startupTimes)
 say("")

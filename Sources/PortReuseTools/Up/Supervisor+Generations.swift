@@ -93,14 +93,16 @@ extension Supervisor {
         generation.phase = .ready
         generation.record.readySeconds = Double(now - generation.record.startedMonotonic) / 1e9
         failures.everReady = true  // the failures in a row are cleared once it served for FailureCount.stableSeconds (tick)
-        logger.info("\(generation.label) ready after \(Self.milliseconds(now - generation.record.startedMonotonic)) (\(how))")
-        generation.record.noteMembers()
-        for old in generations where old !== generation && old.phase == .ready { drain(old) }
-        if adopted?.stopSent == nil, adopted?.idleStopBy == nil { stopAdopted() }
+        // Whoever waits for the reload (systemd, `up reload`) hears of it first: the old generations' stop and
+        // the look at the processes (a pass over /proc, milliseconds on a loaded machine) come after.
+        let old = generations.filter { $0 !== generation && $0.phase == .ready }
+        _ = try? Readiness.notify(.ready, .status(statusLine(serving: generation, draining: old.count + generations.filter { $0.phase == .draining }.count)))
         if generation.record.reason == .reload { record(generation, .ready, reason: nil) }
-        let draining = generations.filter { $0.phase == .draining }.count
-        _ = try? Readiness.notify(.ready, .status(statusLine(serving: generation, draining: draining)))
         statusChanged = true
+        logger.info("\(generation.label) ready after \(Self.milliseconds(now - generation.record.startedMonotonic)) (\(how))")
+        for serving in old { drain(serving) }
+        if adopted?.stopSent == nil, adopted?.idleStopBy == nil { stopAdopted() }
+        generation.record.noteMembers()
         if reloadQueued && !state.isStopping {
             reloadQueued = false
             logger.info("starting the reload requested while \(generation.label) was starting")
