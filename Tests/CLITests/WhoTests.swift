@@ -507,3 +507,46 @@ extension WhoTests {
         #expect(text.contains("warning") && text.contains("sockets of 2 users share"), "\(text)")
     }
 }
+
+extension WhoTests {
+    @Test("a process title rewritten in place (setproctitle, as nginx's workers) is shown without its NUL padding",
+          .enabled(if: gcc != nil, "gcc is missing"))
+    func processTitleWithoutPadding() throws {
+        let folder = try TemporaryFolder()
+        let source = try folder.write("titled.c", """
+            #include <arpa/inet.h>
+            #include <stdio.h>
+            #include <string.h>
+            #include <sys/socket.h>
+            #include <unistd.h>
+            int main(int argc, char **argv) {
+                size_t length = (size_t)(argv[argc - 1] + strlen(argv[argc - 1]) - argv[0]);
+                memset(argv[0], 0, length);  /* what setproctitle does: the old arguments become NUL padding */
+                strcpy(argv[0], "titled: worker process");
+                int s = socket(AF_INET, SOCK_STREAM, 0);
+                struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+                socklen_t n = sizeof a;
+                bind(s, (struct sockaddr *)&a, sizeof a); listen(s, 8); getsockname(s, (struct sockaddr *)&a, &n);
+                printf("%d\\n", ntohs(a.sin_port)); fflush(stdout);
+                sleep(30);
+                return 0;
+            }
+            """)
+        let binary = folder.path + "/titled"
+        let build = try capture([gcc!, "-o", binary, source])
+        try #require(build.status == 0, "\(build.stderr)")
+        let child = try Child([binary, "padding-one", "padding-two", "padding-three"])
+        let port = try child.port()
+        let (status, document) = try whoJSON(["\(port)"])
+        #expect(status == 0)
+        let process = try #require((try sockets(document).first?["processes"] as? [[String: Any]])?.first)
+        #expect(process["commandLine"] as? [String] == ["titled: worker process"], "\(process)")
+    }
+
+    @Test("who -5: not a port, said so, exit 2 (who's bad input)")
+    func negativePort() throws {
+        let (status, output) = try who(["-5"])
+        #expect(status == 2)
+        #expect(output.contains("\"-5\" is not a port (0 to 65535)"), "\(output)")
+    }
+}

@@ -86,7 +86,13 @@ public struct Address: Hashable, Sendable, CustomStringConvertible {
             portText = after.dropFirst()
             guard !hostText.isEmpty else { throw bad("the brackets hold no address") }
         } else {
-            guard let colon = rest.lastIndex(of: ":") else { throw bad("the port is missing (write HOST:PORT)") }
+            guard let colon = rest.lastIndex(of: ":") else {
+                // "-5", "+80", "8080.5": meant as a port, and not one.
+                if let first = rest.first, first == "-" || first == "+" || first.isNumber, rest.dropFirst().allSatisfy({ $0.isNumber || $0 == "." }) {
+                    throw bad("\"\(rest)\" is not a port (0 to 65535)")
+                }
+                throw bad("the port is missing (write HOST:PORT)")
+            }
             hostText = rest[..<colon]
             portText = rest[rest.index(after: colon)...]
             if hostText.contains(":") { throw bad("an IPv6 address needs brackets, as in [::1]:8080") }

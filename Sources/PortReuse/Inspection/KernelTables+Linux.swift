@@ -229,7 +229,8 @@ package enum KernelTables {
         if name.hasSuffix("\n") { name.removeLast() }
         let raw = Files.read("/proc/\(pid)/cmdline") ?? []
         var commandLine = raw.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
-        if commandLine.last == "" { commandLine.removeLast() }
+        // setproctitle (nginx, postgres) pads the rewritten title with NULs, as empty arguments: trimmed, as ps does.
+        while commandLine.last == "" { commandLine.removeLast() }
         // comm is cut at 15 bytes; the program's file name is whole (unless it rewrote its argv, as nginx does).
         if let program = commandLine.first?.split(separator: "/").last, program.hasPrefix(name) { name = String(program) }
         // "Uid:\treal\teffective\tsaved\tfs"

@@ -345,11 +345,17 @@ package struct DemoSession {
         lines.append(figures.passed ? style.green("Zero downtime: no request lost.") : style.red("portreuse up lost requests: see above."))
         lines.append("")
         lines.append(style.bold("Next") + ":")
-        lines.append("  portreuse up --listen 127.0.0.1:8080 -- ./server    serve, then kill -HUP to restart losing nothing")
-        lines.append("                                                      (the server binds 127.0.0.1:8080 itself: Go, Python, Java …)")
-        lines.append("  portreuse run --policy shared -- ./server           share a port without changing the program, Go too")
-        lines.append("  portreuse who 8080                                  who holds a port, and could you bind it")
-        lines.append("  portreuse --help, and the README: the library, the policies, systemd")
+        // Run from a build folder (`swift run`), portreuse is not on PATH: say the command that works.
+        let command = processes.executable.contains("/.build/") ? "swift run portreuse" : "portreuse"
+        let rows = [
+            ("\(command) up --listen 127.0.0.1:8080 -- ./server", "serve, then kill -HUP to restart losing nothing"),
+            ("", "(the server binds 127.0.0.1:8080 itself: Go, Python, Java …)"),
+            ("\(command) run --policy shared -- ./server", "share a port without changing the program, Go too"),
+            ("\(command) who 8080", "who holds a port, and could you bind it"),
+            ("\(command) --help, and the README", "the library, the policies, systemd, containers"),
+        ]
+        let width = rows.map(\.0.count).max() ?? 0
+        for (left, right) in rows { lines.append("  " + left.padding(width) + "    " + right) }
         return lines.joined(separator: "\n")
     }
 

@@ -6,7 +6,9 @@ extension Supervisor {
     var readinessWord: String {
         switch configuration.readiness {
         case .delay(let seconds): "delay \(Seconds(seconds))"
-        default: configuration.reusePortEnvironment == nil ? "probe: accepted a connection" : "listening"
+        default:
+            configuration.reusePortEnvironment != nil ? "listening"
+                : sockets.contains(where: { $0.transport == .tcp }) ? "probe: accepted a connection" : "probe: waiting in recv on the UDP socket"
         }
     }
 

@@ -168,6 +168,16 @@ package struct UpOptions {
                 held.append(try HeldSocket.hold(descriptor!, name: spec.name, floor: floor, backlog: Sys.defaultBacklog))
             } catch let failure as CommandFailure {
                 throw failure
+            } catch let error as PortReuseError {
+                if case .portInUse(let inUse)? = error.diagnosis, let holder = inUse.holders.first {
+                    // The library's advice (policies) is not up's: up holds its own socket, with no --policy.
+                    throw CommandFailure(
+                        "--listen \(spec): the address is in use, held by \(holder.ownerDescription). up opens the port for its programs "
+                            + "itself and cannot share it with a socket it did not open: stop that process, choose another --listen, "
+                            + "or move that server under up with --adopt PID (it takes the running server's socket, losing no connection).",
+                        exitCode: 3)
+                }
+                throw CommandFailure("--listen \(spec): \(error)", exitCode: 3)
             } catch {
                 throw CommandFailure("--listen \(spec): \(error)", exitCode: 3)
             }

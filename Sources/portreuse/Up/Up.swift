@@ -26,7 +26,8 @@ struct Up: ParsableCommand {
 
             On SIGHUP (or `portreuse up reload`) up starts a new generation on the same sockets, waits \
             until it is ready, then sends the old one the stop signal and gives it --grace to finish. Old and \
-            new share one accept queue, so no connection is refused or reset. A new generation that exits or \
+            new share one accept queue, so no connection waiting in it is refused or reset (the program's own \
+            stop decides what happens to the connections it holds). A new generation that exits or \
             is not ready in time is stopped and the old one keeps serving. SIGHUPs that arrive while a new \
             generation starts are coalesced into one more reload after it. Any number of old generations may \
             drain side by side. SIGUSR2 (or `portreuse up upgrade`) replaces up's own binary in place, keeping the \
@@ -216,7 +217,7 @@ struct UpServe: ParsableCommand {
     @Flag(help: "Start each generation with LISTEN_FDS only, without the bind filter that gives a program binding a held address the held socket.")
     var noIntercept = false
 
-    @Flag(help: "Send a draining generation its stop signal at a moment it holds no connection (within 2 s), for programs that die at once on it (python3 -m http.server).")
+    @Flag(help: "Send a draining generation its stop signal at a moment it holds no connection (within 5 s), for programs that die at once on it (python3 -m http.server).")
     var stopWhenIdle = false
 
     @Flag(help: .hidden)
@@ -285,7 +286,7 @@ struct UpServe: ParsableCommand {
             stopSignal: stopSignal?.number ?? (dialect ?? .systemd).stopSignal, pidFile: pidFile, reuseport: reuseport, dualStack: dualStack, command: command)
         options.intercept = !noIntercept
         options.dialect = dialect ?? .systemd
-        options.stopWhenIdle = stopWhenIdle ? 2 : nil
+        options.stopWhenIdle = stopWhenIdle ? 5 : nil
         options.adopt = adopt
         options.exitsWithProgram = exitsWithProgram
         return options
