@@ -64,4 +64,14 @@ struct UpAdoptTests {
         #expect(result.status == 3 && result.stderr.contains("is UNCONN, not listening"), "\(result)")
         #expect((try? httpGet(SocketAddress(ip: .loopbackIPv4, port: port))) != nil, "the server must be untouched")
     }
+
+    @Test("--listen on a port another process holds: exit 3, the holder named, and advice up can follow (--adopt)")
+    func portInUseAdvice() throws {
+        let folder = try TemporaryFolder()
+        let (server, port) = try runningServer(in: folder)
+        let result = try capture([portreuse, "up", "--listen", "127.0.0.1:\(port)", "--", "/bin/true"], timeout: 30)
+        #expect(result.status == 3)
+        #expect(result.stderr.contains("held by") && result.stderr.contains("pid \(server.pid)"), "\(result.stderr)")
+        #expect(result.stderr.contains("--adopt PID") && !result.stderr.contains("policy shared"), "\(result.stderr)")
+    }
 }
