@@ -563,6 +563,16 @@ static socklen_t length_of(sa_family_t family) {
 
 static int is_mapped(const struct in6_addr *address) { return IN6_IS_ADDR_V4MAPPED(address); }
 
+// 0.0.0.0:0 or [::]:0: a bind that asks for no address and no port.
+static int is_unspecified_any_port(const struct sockaddr_storage *address) {
+    if (address->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)address;
+        return in->sin_port == 0 && in->sin_addr.s_addr == htonl(INADDR_ANY);
+    }
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)address;
+    return in6->sin6_port == 0 && IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr);
+}
+
 // Whether a peer address on an IPv6 socket is IPv4: AF_INET (Linux maps it for UDP) or ::ffff:a.b.c.d.
 static int peer_is_ipv4(const struct sockaddr *peer) {
     return peer->sa_family == AF_INET || is_mapped(&((const struct sockaddr_in6 *)peer)->sin6_addr);
@@ -623,7 +633,10 @@ static const char *apply_endpoint(const struct endpoint *endpoint, int fd, struc
         if (endpoint->has_address) {
             if (endpoint->family == AF_INET) address = endpoint->v4;
             else if (is_mapped(&endpoint->v6)) memcpy(&address, &endpoint->v6.s6_addr[12], 4);
-            else return "it is an IPv6 address and this is an IPv4 socket";
+            else {
+                if (endpoint->has_port) in->sin_port = htons(endpoint->port);  // the part that fits
+                return "it is an IPv6 address and this is an IPv4 socket";
+            }
         }
         in->sin_addr = address;
         if (endpoint->has_port) in->sin_port = htons(endpoint->port);
@@ -642,6 +655,7 @@ static const char *apply_endpoint(const struct endpoint *endpoint, int fd, struc
             memcpy(&address.s6_addr[12], &endpoint->v4, 4);
             scope = 0;
         }
+        if (!peer && endpoint->has_port) in6->sin6_port = htons(endpoint->port);  // the part that fits, for bind()
         if (peer && peer_is_ipv4(peer) != is_mapped(&address))
             return is_mapped(&address) ? "it is an IPv4 address and the connection goes to an IPv6 address"
                                        : "it is an IPv6 address and the connection goes to an IPv4 address";
@@ -659,7 +673,7 @@ static const char *apply_endpoint(const struct endpoint *endpoint, int fd, struc
 }
 
 static void say_skipped(const char *call, const struct endpoint *endpoint, const struct sockaddr *address,
-                        const char *why) {
+                        const char *why, int port_applied) {
     struct line line;
     start(&line);
     put(&line, endpoint->address_variable);
@@ -671,6 +685,11 @@ static void say_skipped(const char *call, const struct endpoint *endpoint, const
     put_address(&line, address);
     put(&line, ": ");
     put(&line, why);
+    if (port_applied) {
+        put(&line, "; its port ");
+        put_number(&line, endpoint->port);
+        put(&line, " is applied");
+    }
     put(&line, config.verbose ? "" : " (said once)");
     emit(&line);
 }
@@ -697,7 +716,7 @@ static int bind_source(const char *call, int fd, const struct sockaddr *peer, in
 
     const char *skipped = apply_endpoint(&config.source, fd, &source, peer);
     if (skipped) {
-        if (say(&said_source_skipped)) say_skipped(call, &config.source, peer, skipped);
+        if (say(&said_source_skipped)) say_skipped(call, &config.source, peer, skipped, 0);
         return 0;
     }
     int options = set_options(fd, source.ss_family, kind);
@@ -755,7 +774,8 @@ static int copy_peer(const struct sockaddr *address, socklen_t length, struct so
 
 EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
     ensure_loaded();
-    if (!config.bind_active || address == NULL || length < sizeof(sa_family_t) || length > sizeof(struct sockaddr_storage))
+    if ((!config.bind_active && !config.source_active) || address == NULL || length < sizeof(sa_family_t) ||
+        length > sizeof(struct sockaddr_storage))
         return next_bind(fd, address, length);
     int saved = errno;
     // `asked` is what the program passed (for messages), `copy` what may be rewritten.
@@ -771,11 +791,19 @@ EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
     socklen_t bound_length = length;
     if (config.bind_to.has_address || config.bind_to.has_port) {
         const char *skipped = apply_endpoint(&config.bind_to, fd, &copy, NULL);
-        if (skipped) {
-            if (say(&said_bind_skipped)) say_skipped("bind", &config.bind_to, (const struct sockaddr *)&asked, skipped);
-        } else {
+        if (skipped && say(&said_bind_skipped)) say_skipped("bind", &config.bind_to, (const struct sockaddr *)&asked, skipped, config.bind_to.has_port);
+        if (!skipped || config.bind_to.has_port) {  // the port applies even where the address cannot
             bound = (const struct sockaddr *)&copy;
             if (bound_length < length_of(copy.ss_family)) bound_length = length_of(copy.ss_family);
+        }
+    } else if (config.source_active && is_unspecified_any_port(&asked)) {
+        // A bind to 0.0.0.0:0 or [::]:0 (node's dgram, Java's DatagramSocket before they send) asks for nothing:
+        // the socket is as unbound as before, so it gets the source, as connect() and sendto() would give it.
+        if (!apply_endpoint(&config.source, fd, &copy, NULL)) {
+            bound = (const struct sockaddr *)&copy;
+            if (bound_length < length_of(copy.ss_family)) bound_length = length_of(copy.ss_family);
+            int one = 1;
+            if (kind == 0 && !config.source.has_port) (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
         }
     }
     int options = set_options(fd, asked.ss_family, kind);

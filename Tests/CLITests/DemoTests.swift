@@ -30,6 +30,8 @@ struct DemoTests {
         #expect(exclusive["rebound"] as? Bool == false)
         #expect(exclusive["errno"] as? String == "EADDRINUSE")
         #expect((exclusive["error"] as? String)?.contains("TIME-WAIT") == true)
+        // The old server was exclusive too: restartable alone on the new one would not bind; the advice says so.
+        #expect((exclusive["error"] as? String)?.contains("if the server that made them set it too") == true, "\(exclusive)")
         #expect((pain["restartable"] as? [String: Any])?["rebound"] as? Bool == true)
 
         let sharing = try #require(figures["sharing"] as? [String: Any])

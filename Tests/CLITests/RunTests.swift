@@ -373,3 +373,44 @@ extension String {
     /// The path with symlinks resolved (`.build/debug` is a link to the triple's folder).
     var resolvingSymlinks: String { URL(fileURLWithPath: self).resolvingSymlinksInPath().path }
 }
+
+extension RunTests {
+    /// Binds `socket.AF_INET` TCP to 0.0.0.0:ASKED and prints where it is bound.
+    static let ipv4Binder = """
+        import socket, sys
+        s = socket.socket(); s.bind(("0.0.0.0", int(sys.argv[1]))); print("%s:%d" % s.getsockname())
+        """
+
+    @Test("--bind '[::1]:P' on a program's IPv4 socket: the port applies, the address cannot, and run says which",
+          arguments: ["preload", "kernel"])
+    func bindAppliesThePortThatFits(intercept: String) throws {
+        let asked = try PortReservation(), moved = try PortReservation()
+        asked.release()
+        moved.release()
+        let result = try capture([portreuse, "run", "--intercept", intercept, "--verbose", "--bind", "[::1]:\(moved.port)", "--",
+                                  systemPython, "-c", Self.ipv4Binder, "\(asked.port)"], timeout: 30)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.output == "0.0.0.0:\(moved.port)\n", "\(result.stderr)")
+        #expect(result.stderr.contains("IPv6 address and this is an IPv4 socket"), "\(result.stderr)")
+        #expect(result.stderr.contains(intercept == "preload" ? "its port \(moved.port) is applied" : "its port is"), "\(result.stderr)")
+    }
+
+    @Test("--source reaches a UDP client that binds 0.0.0.0:0 before it sends (node dgram, Java DatagramSocket)",
+          arguments: ["preload", "kernel"])
+    func sourceForWildcardBoundUDP(intercept: String) throws {
+        let receiver = try DatagramSocket(udp: "127.0.0.1:0", policy: .exclusive)
+        let source = try PortReservation(.udp)
+        source.release()
+        let client = """
+            import socket, sys
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 0))
+            s.sendto(b"hello", ("127.0.0.1", int(sys.argv[1]))); print("%s:%d" % s.getsockname())
+            """
+        let result = try capture([portreuse, "run", "--intercept", intercept, "--source", "127.0.0.1:\(source.port)", "--",
+                                  systemPython, "-c", client, "\(receiver.localAddress.port)"], timeout: 30)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.output == "127.0.0.1:\(source.port)\n", "\(result.stderr)")
+        let datagram = try #require(try receiver.receive(timeout: .seconds(5)))
+        #expect(datagram.sender.port == source.port)
+    }
+}

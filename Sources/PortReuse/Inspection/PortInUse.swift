@@ -86,8 +86,9 @@ public struct PortInUse: Sendable, Hashable {
                     + "not set SO_REUSEADDR: wait for them to expire (about 60 s), and give the server policy restartable "
                     + "so that its next restart binds at once."
             }
-            return "Only \(connections) it: policy restartable (SO_REUSEADDR) binds at once, or wait for them "
-                + "to expire (about 60 s)."
+            return "Only \(connections) it: policy restartable (SO_REUSEADDR) binds at once if the server that made them "
+                + "set it too (a TIME-WAIT connection keeps the options of its socket); else wait for them to expire (about 60 s), "
+                + "and give both the old and the new server policy restartable."
         case .noVisibleHolder:
             return "No socket that this process can see holds it (it may have just closed, or live in another network "
                 + "namespace): try again, or run `portreuse who \(address.port)`."

@@ -309,7 +309,14 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         if let rewrite = rules.bind {
             switch apply(rewrite, to: requested, socket: socket, peer: nil) {
             case .success(let address): rewritten = address
-            case .failure(let reason): note = "; --bind \(describe(rewrite)) not applied: \(reason.text)"
+            case .failure(let reason):
+                // The part that fits still applies: the port (as the shim does), and the line says what did not.
+                if let port = rewrite.port {
+                    rewritten = SocketAddress(ip: requested.ip, port: port)
+                    note = "; the address of --bind \(describe(rewrite)) not applied (\(reason.text)), its port is"
+                } else {
+                    note = "; --bind \(describe(rewrite)) not applied: \(reason.text)"
+                }
             }
         } else if let source = rules.source, requested.port == 0, requested.ip.isUnspecified,
             case .success(let address) = apply(source, to: requested, socket: socket, peer: nil)
