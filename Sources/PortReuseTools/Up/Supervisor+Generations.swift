@@ -218,7 +218,12 @@ extension Supervisor {
         for generation in running { askToStop(generation, phase: .draining) }
     }
 
+    /// A duration for the log, written as the options take them (as ``Seconds`` prints): 39ms, 1.1s, 12s.
     static func milliseconds(_ nanoseconds: UInt64) -> String {
-        nanoseconds >= 10_000_000_000 ? "\(nanoseconds / 1_000_000_000) s" : "\(nanoseconds / 1_000_000) ms"
+        switch nanoseconds {
+        case ..<1_000_000_000: "\(nanoseconds / 1_000_000)ms"
+        case ..<10_000_000_000: "\(Double(nanoseconds / 100_000_000) / 10)s"
+        default: "\(nanoseconds / 1_000_000_000)s"
+        }
     }
 }

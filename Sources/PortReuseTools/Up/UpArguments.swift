@@ -97,7 +97,7 @@ package struct Seconds: Hashable, Sendable, CustomStringConvertible {
     package var nanoseconds: UInt64 { UInt64(value * 1e9) }
 
     package var description: String {
-        value < 1 && value > 0 ? "\(Int((value * 1000).rounded()))ms" : (value == value.rounded() ? "\(Int(value))s" : "\(value)s")
+        value < 1 && value > 0 ? "\(Int((value * 1000).rounded()))ms" : (value == value.rounded() ? "\(Int(value))s" : "\((value * 100).rounded() / 100)s")
     }
 }
 
