@@ -30,7 +30,11 @@ package final class HealthServer: Sendable {
             throw CommandFailure("--health \(address): \(error)", exitCode: 3)
         }
         localAddress = listener.localAddress
+        // The loop's thread inherits this mask: up's signals reach only the supervisor's thread, and one that
+        // arrives during an in-place upgrade stays pending across execve (not in a pipe that exec drops).
+        Signals.setBlocked(SignalPipe.handled, true)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        Signals.setBlocked(SignalPipe.handled, false)
         let open = Mutex(0)
         let bootstrap = ServerBootstrap(group: group)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
