@@ -44,6 +44,11 @@ let package = Package(
                 "DemoServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                // up's --health listener (readyz, livez, metrics) on one event loop, apart from the supervisor.
+                "PortReuseNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         // The portreuse command: argument parsing and @main (Linux only).

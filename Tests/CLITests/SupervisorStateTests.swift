@@ -10,12 +10,16 @@ import Testing
 @Suite("up: supervisor state")
 struct SupervisorStateTests {
     /// A supervisor of `command`; ready after 50 ms alive, or (`notify`) only on READY=1, which /bin/false never sends.
-    static func supervisor(_ command: [String], folder: TemporaryFolder, readiness: ReadinessCheck = .delay(0.05)) throws -> Supervisor {
-        let configuration = Supervisor.Configuration(
+    /// `signals`: a pipe the test may put signals into (``SignalPipe/deliver(_:)``); `stopDelay`: `--stop-delay`.
+    static func supervisor(
+        _ command: [String], folder: TemporaryFolder, readiness: ReadinessCheck = .delay(0.05), stopDelay: Double = 0, signals: SignalPipe? = nil
+    ) throws -> Supervisor {
+        var configuration = Supervisor.Configuration(
             command: command, readiness: readiness, readyTimeout: 5, grace: 1, stopSignal: SIGTERM, statusPath: nil,
             reusePortEnvironment: nil, reusePortListens: [], arguments: [])
+        configuration.stopDelay = stopDelay
         return Supervisor(
-            configuration: configuration, sockets: [], runtimeFolder: folder.path, signals: try SignalPipe(installingHandlers: false),
+            configuration: configuration, sockets: [], runtimeFolder: folder.path, signals: try signals ?? SignalPipe(installingHandlers: false),
             startedWall: Processes.wallClockSeconds)
     }
 

@@ -77,6 +77,9 @@ public struct PortHolder: Sendable, Hashable {
     public var processesMayBeMissing = false
     /// The reuse options set on it, when they could be read (`pidfd_getfd`); `nil` when unknown.
     public var options: ReuseOptions?
+    /// For a listener read through sock_diag, the length its accept queue may reach (the `listen` backlog,
+    /// `idiag_wqueue`); `nil` for other sockets and where only /proc/net could be read (it does not show it).
+    public var backlog: Int? = nil
 
     /// Whether this socket and a socket bound to `address` compete for the same port: the same port,
     /// and the same IP address or a wildcard on either side (an IPv6 wildcard may be dual-stack).

@@ -128,13 +128,14 @@ enum SocketDiagnostics {
         }
         guard let local = endpoint(port: 4, address: 8), let remote = endpoint(port: 6, address: 24) else { return nil }
         let receiveQueue = record.loadUnaligned(fromByteOffset: 56, as: UInt32.self)
+        let sendQueue = record.loadUnaligned(fromByteOffset: 60, as: UInt32.self)  // a listener's: its backlog
         let uid = record.loadUnaligned(fromByteOffset: 64, as: UInt32.self)
         let inode = record.loadUnaligned(fromByteOffset: 68, as: UInt32.self)
         return PortHolder(
             transport: transport, localAddress: local,
             remoteAddress: remote.port == 0 && remote.ip.isUnspecified ? nil : remote,
             state: state, uid: state == .timeWait ? nil : uid, user: nil, inode: UInt64(inode),
-            receiveQueue: Int(receiveQueue), processes: [], options: nil)
+            receiveQueue: Int(receiveQueue), processes: [], options: nil, backlog: state == .listen ? Int(sendQueue) : nil)
     }
 }
 #endif

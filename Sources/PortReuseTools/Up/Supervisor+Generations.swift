@@ -6,6 +6,7 @@ extension Supervisor {
     package func startGeneration(_ reason: StartReason) {
         let number = nextNumber
         nextNumber += 1
+        if reason == .restart { counters.restarts += 1 }
         let now = Processes.monotonicNanoseconds
         for index in sockets.indices {
             if let repaired = sockets[index].refresh() { logger.warning("\(repaired)") }
@@ -193,6 +194,7 @@ extension Supervisor {
         history.append(ReloadRecord(
             generation: generation.number, startedAt: generation.record.startedAt, result: result, reason: reason,
             seconds: Double(Processes.monotonicNanoseconds - generation.record.startedMonotonic) / 1e9))
+        counters.count(history[history.count - 1])
         if history.count > 20 { history.removeFirst(history.count - 20) }
     }
 

@@ -39,6 +39,8 @@ package final class Supervisor {
         package var interceptExecutable: String?
         /// How generations are told which descriptors are their sockets (`--protocol`).
         package var dialect = Dialect.systemd
+        /// `--stop-delay`: seconds between SIGTERM/SIGINT and the drain, while `/readyz` answers 503 (``SupervisorState/delayingStop(until:exitCode:)``).
+        package var stopDelay = 0.0
 
         package init(
             command: [String], readiness: ReadinessCheck, readyTimeout: Double, grace: Double, stopSignal: Int32, statusPath: String?,
@@ -119,6 +121,10 @@ package final class Supervisor {
     var servingAtStopExit: ExitStatus?
     /// `--adopt`: the running server whose sockets `up` took, until it is gone (Supervisor+Adoption).
     package var adopted: AdoptedProcess?
+    /// `--health`: where each turn of the loop publishes what `/readyz`, `/livez` and `/metrics` answer (Supervisor+Health).
+    package var health: HealthBoard?
+    /// What `/metrics` counts since this `up` started (Supervisor+Health).
+    package internal(set) var counters = SupervisorCounters()
     /// Whether orphans of the generations come to this process (set by `run`).
     private var isSubreaper = false
 
@@ -160,12 +166,13 @@ package final class Supervisor {
         for generation in generations { if let notify = generation.notify { handle(messages: notify.take(), from: generation) } }
         tick()
         if statusChanged { writeStatus() }
+        publishHealth()
     }
 
     private func pollTimeout() -> Int32 {
         if generations.contains(where: { $0.phase == .starting || $0.record.exit != nil || $0.idleStopBy != nil }) { return 10 }
         if adopted?.stopSent != nil || adopted?.idleStopBy != nil { return 10 }
-        if case .backingOff(let until) = state {
+        if let until = state.movesOnAt {
             let now = Processes.monotonicNanoseconds
             return until <= now ? 0 : Int32(min(250, (until - now) / 1_000_000 + 1))
         }
@@ -175,7 +182,8 @@ package final class Supervisor {
     private func handle(signal: Int32) {
         switch signal {
         case SIGHUP: requestReload()
-        case SIGTERM, SIGINT, SIGQUIT: stop(because: "received \(SignalName(signal))")
+        case SIGTERM, SIGINT: stopAfterDelay(because: "received \(SignalName(signal))")
+        case SIGQUIT: stop(because: "received \(SignalName(signal))")
         case SIGUSR2: upgrade()
         case SIGUSR1, SIGWINCH: forward(signal)
         default: break  // SIGCHLD: reap() runs after every wake-up
@@ -290,6 +298,7 @@ package final class Supervisor {
             }
         }
         tickAdopted(now: now)
+        tickStopDelay(now: now)
         let stableSince = now - min(now, UInt64(FailureCount.stableSeconds * 1e9))
         if failures.inARow > 0, generations.contains(where: { $0.phase == .ready && ($0.record.readyMonotonic ?? .max) <= stableSince }) {
             failures.inARow = 0

@@ -45,12 +45,27 @@ package enum SupervisorState: Equatable, Codable, Sendable {
     /// No generation serves or starts: the next one starts at this time (CLOCK_MONOTONIC, nanoseconds).
     /// Connections wait in the accept queue meanwhile.
     case backingOff(until: UInt64)
+    /// Asked to stop (SIGTERM, SIGINT) with `--stop-delay`: `/readyz` answers 503 so that load balancers take
+    /// `up` out of rotation, while every generation serves on and reloads are refused; at this time
+    /// (CLOCK_MONOTONIC, nanoseconds), or at a second stop signal, `up` moves on to ``stopping(exitCode:)``.
+    case delayingStop(until: UInt64, exitCode: Int32)
     /// Every generation was asked to stop; `up` exits with this status once all of them are gone.
     case stopping(exitCode: Int32)
 
+    /// Whether `up` is on its way out (delaying the stop or stopping): no reload, no upgrade, not ready.
     package var isStopping: Bool {
-        if case .stopping = self { return true }
-        return false
+        switch self {
+        case .delayingStop, .stopping: true
+        case .running, .backingOff: false
+        }
+    }
+
+    /// When the state moves on by itself (the end of a backoff or of the stop delay), for the loop's timeout.
+    package var movesOnAt: UInt64? {
+        switch self {
+        case .backingOff(let until), .delayingStop(let until, _): until
+        case .running, .stopping: nil
+        }
     }
 }
 

@@ -22,6 +22,10 @@ package struct UpOptions {
     package var adopt: pid_t?
     /// How generations are told which descriptors are their sockets (`--protocol`).
     package var dialect = Dialect.systemd
+    /// `--health ADDR`: `up`'s own HTTP listener for /readyz, /livez and /metrics.
+    package var health: Address?
+    /// `--stop-delay`: seconds between SIGTERM/SIGINT and the drain, while /readyz answers 503.
+    package var stopDelay = 0.0
     /// The program and its arguments.
     package var command: [String]
 
@@ -95,9 +99,18 @@ package struct UpOptions {
         configuration.stopWhenIdle = stopWhenIdle
         configuration.exitsWithProgram = exitsWithProgram || getpid() == 1
         configuration.dialect = dialect
+        configuration.stopDelay = stopDelay
         let supervisor = Supervisor(
             configuration: configuration,
             sockets: sockets, runtimeFolder: runtimeFolder, signals: signals, startedWall: inherited?.startedWall ?? Processes.wallClockSeconds)
+        let healthServer: HealthServer?
+        do {
+            healthServer = try startHealth(for: supervisor, afterUpgrade: inherited != nil)
+        } catch {
+            if let pidFile, inherited == nil { unlink(pidFile) }
+            RuntimeFolder.remove(runtimeFolder)
+            throw error
+        }
         if let reason = interception.off { supervisor.logger.info("generations start without the bind filter: \(reason)") }
         if let inherited {
             supervisor.adopt(inherited)
@@ -110,6 +123,7 @@ package struct UpOptions {
             supervisor.logger.info("took the sockets of pid \(adoption.pid) (\(adoption.command)), which serves on until generation 1 is ready")
         }
         let code = supervisor.run(startFirst: inherited == nil)
+        healthServer?.shutDown()
         if let pidFile {
             unlink(pidFile)
             unlink(UpStatus.path(forPIDFile: pidFile))
@@ -117,6 +131,22 @@ package struct UpOptions {
         RuntimeFolder.remove(runtimeFolder)
         LogWriter.standardError.flush(timeout: 2)
         return code
+    }
+
+    /// The `--health` listener, on a board the supervisor publishes to. After an in-place upgrade a failed bind
+    /// is only logged: the sockets and the program must survive it (the probes fail until the next upgrade).
+    private func startHealth(for supervisor: Supervisor, afterUpgrade: Bool) throws(CommandFailure) -> HealthServer? {
+        guard let health else { return nil }
+        let board = HealthBoard(listeners: HealthListener.of(supervisor.sockets))
+        do {
+            let server = try HealthServer(address: health, board: board)
+            supervisor.health = board
+            supervisor.logger.info("health: http://\(server.localAddress)/readyz, /livez and /metrics")
+            return server
+        } catch where afterUpgrade {
+            supervisor.logger.error("\(error.message): serving without the health listener")
+            return nil
+        }
     }
 
     /// Our own binary for the trampoline, or why generations start without the bind filter.

@@ -16,6 +16,7 @@ private func forwardSignal(_ signal: Int32) {
 /// Signals as bytes in a pipe that the supervisor's poll loop reads: the self-pipe trick.
 package struct SignalPipe {
     package let readEnd: Int32
+    private let writeEnd: Int32
 
     /// The signals `up` handles; children start with their default actions and an empty mask.
     package static let handled: [Int32] = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGUSR2, SIGUSR1, SIGWINCH]
@@ -25,11 +26,18 @@ package struct SignalPipe {
     package init(installingHandlers: Bool = true) throws(CommandFailure) {
         guard let ends = try? Files.pipe(nonBlocking: true) else { throw CommandFailure("cannot create a pipe: \(Files.errorText())") }
         readEnd = ends.read
+        writeEnd = ends.write
         guard installingHandlers else { return }
         signalPipeWriteEnd = ends.write
         Signals.handle(Self.handled, restart: true, with: forwardSignal)  // SA_NOCLDSTOP: no SIGCHLD when the probe pauses a generation
         Signals.ignore(SIGPIPE)
         Signals.unblockAll()  // a parent (a test runner's thread) may have blocked some
+    }
+
+    /// Puts `signal` into the pipe as the handler does: a test drives a supervisor's real signal path with it.
+    package func deliver(_ signal: Int32) {
+        var byte = UInt8(truncatingIfNeeded: signal)
+        _ = write(writeEnd, &byte, 1)
     }
 
     /// The signals that arrived since the last call, in order.

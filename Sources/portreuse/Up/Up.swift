@@ -10,7 +10,7 @@ struct Up: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a server and restart or upgrade it without refusing a single connection.",
         usage: """
-            portreuse up --listen [NAME=]ADDR [--listen ...] [--protocol NAME] [--ready <mode>] [--ready-timeout S] [--grace S] [--stop-signal SIG] [--pid-file PATH] -- <command> [<argument> ...]
+            portreuse up --listen [NAME=]ADDR [--listen ...] [--protocol NAME] [--ready <mode>] [--ready-timeout S] [--grace S] [--stop-signal SIG] [--health ADDR] [--stop-delay S] [--pid-file PATH] -- <command> [<argument> ...]
             portreuse up reload --pid-file PATH
             portreuse up status [--json] --pid-file PATH
             portreuse up upgrade --pid-file PATH
@@ -52,6 +52,8 @@ struct Up: ParsableCommand {
                 portreuse up --adopt 4242 --listen 127.0.0.1:8080 -- ./server
               nginx takes its sockets from NGINX="3;" (and stops gracefully on QUIT, the default here):
                 portreuse up --protocol nginx --listen 127.0.0.1:8080 -- nginx -c /etc/app/nginx.conf -g 'daemon off;'
+              In a Kubernetes pod: probes on /readyz and /livez, metrics, 5 s out of rotation before the drain:
+                portreuse up --listen 0.0.0.0:8080 --health 0.0.0.0:9090 --stop-delay 5s -- ./server
               A Server::Starter program (SERVER_STARTER_PORT; Starlet defers accept, so no probe):
                 portreuse up --protocol server-starter --ready delay:2 --listen 127.0.0.1:5000 -- plackup -s Starlet app.psgi
 
@@ -76,6 +78,16 @@ struct Up: ParsableCommand {
         subcommands: [UpServe.self, UpReload.self, UpStatusCommand.self, UpUpgrade.self, UpCheckHandover.self],
         defaultSubcommand: UpServe.self
     )
+}
+
+extension Up {
+    /// `--health`: a TCP address with a port (0 picks one, which up's log shows).
+    static func healthAddress(_ text: String) throws -> Address {
+        let address: Address
+        do { address = try Address(text) } catch { throw ValidationError("--health \(text): \(error)") }
+        guard address.network?.transport ?? .tcp == .tcp else { throw ValidationError("--health \(text): the health endpoint speaks HTTP: give a TCP address, as in 127.0.0.1:9090") }
+        return address
+    }
 }
 
 /// The pid file that names a running `up`: shared by serving and by the commands that talk to it.
@@ -220,6 +232,23 @@ struct UpServe: ParsableCommand {
     @Flag(help: "Send a draining generation its stop signal at a moment it holds no connection (within 5 s), for programs that die at once on it (python3 -m http.server).")
     var stopWhenIdle = false
 
+    @Option(
+        help: ArgumentHelp(
+            "Serve up's own HTTP endpoints on this TCP address: /readyz, /livez and /metrics (Prometheus), as in 127.0.0.1:9090 or :9090.",
+            discussion: "/readyz: 200 while a generation is ready and up is not stopping, else 503; /livez: 200 while the supervisor runs. Never handed to the program.",
+            valueName: "address"),
+        transform: { try Up.healthAddress($0) })
+    var health: Address?
+
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "On SIGTERM or SIGINT, answer 503 on /readyz and keep serving this long before draining, as in 5s (default: 0).",
+            discussion: "The preStop sleep of a Kubernetes pod, built in; reloads are refused meanwhile, a second SIGTERM stops at once.",
+            valueName: "duration"),
+        transform: { try Seconds(parsing: $0, option: "--stop-delay") })
+    var stopDelay: Seconds?
+
     @Flag(help: .hidden)
     var reload = false
 
@@ -248,7 +277,7 @@ struct UpServe: ParsableCommand {
             let given: [(String, Bool)] = [
                 ("--listen", !listen.isEmpty), ("--ready", ready != nil), ("--ready-timeout", readyTimeout != nil), ("--grace", grace != nil),
                 ("--stop-signal", stopSignal != nil), ("--protocol", dialect != nil), ("--reuseport", reuseport), ("--no-intercept", noIntercept), ("--stop-when-idle", stopWhenIdle),
-                ("--adopt", adopt != nil), ("--init", exitsWithProgram),
+                ("--adopt", adopt != nil), ("--init", exitsWithProgram), ("--health", health != nil), ("--stop-delay", stopDelay != nil),
             ]
             let serving = given.filter(\.1).map(\.0)
             if !serving.isEmpty {
@@ -289,6 +318,8 @@ struct UpServe: ParsableCommand {
         options.stopWhenIdle = stopWhenIdle ? 5 : nil
         options.adopt = adopt
         options.exitsWithProgram = exitsWithProgram
+        options.health = health
+        options.stopDelay = stopDelay?.value ?? 0
         return options
     }
 

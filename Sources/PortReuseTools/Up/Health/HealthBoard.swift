@@ -1,0 +1,107 @@
+import Glibc
+import PortReuse
+import Synchronization
+
+/// What `/metrics` counts over the life of one `up` process (an in-place upgrade starts again from 0, which
+/// Prometheus's `rate` and `increase` take as a counter reset).
+package struct SupervisorCounters: Sendable, Equatable {
+    package var reloadsReady = 0
+    package var reloadsFailed = 0
+    /// Generations started after a crash or a failed start, when nothing served.
+    package var restarts = 0
+    /// The duration of the last reload that ended (ready or failed), in seconds.
+    package var lastReloadSeconds: Double?
+
+    package init() {}
+
+    mutating func count(_ reload: ReloadRecord) {
+        switch reload.result {
+        case .ready: reloadsReady += 1
+        case .failed: reloadsFailed += 1
+        }
+        lastReloadSeconds = reload.seconds
+    }
+}
+
+/// The supervisor as `--health` sees it: published by the supervisor's loop at every turn, read by the
+/// health listener's thread. A value, so that the two threads share nothing but the board's lock.
+package struct HealthSnapshot: Sendable {
+    package struct GenerationView: Sendable, Equatable {
+        package var number: Int
+        package var phase: GenerationPhase
+        /// Its first process and the members seen so far; `/metrics` adds the descendants alive when asked.
+        package var pids: [Int32]
+
+        package init(number: Int, phase: GenerationPhase, pids: [Int32]) {
+            self.number = number
+            self.phase = phase
+            self.pids = pids
+        }
+    }
+
+    /// When the loop last turned (CLOCK_MONOTONIC, nanoseconds); 0 before its first turn.
+    package var lastTurn: UInt64 = 0
+    package var state = SupervisorState.running
+    package var generations: [GenerationView] = []
+    package var counters = SupervisorCounters()
+
+    package init() {}
+
+    /// `/livez` fails once the loop has not turned for this long: it turns at least every 250 ms.
+    package static let livenessNanoseconds: UInt64 = 2_000_000_000
+
+    /// Whether `up` should get traffic, and why, in one line.
+    package var readiness: (ready: Bool, reason: String) {
+        switch state {
+        case .delayingStop: return (false, "stopping: --stop-delay, the generations serve on until the drain")
+        case .stopping: return (false, "stopping: the generations drain")
+        case .running, .backingOff: break
+        }
+        if let serving = generations.last(where: { $0.phase == .ready }) { return (true, "ready: generation \(serving.number) serves") }
+        if case .backingOff = state { return (false, "not ready: no generation serves; restarting after a failure") }
+        if let starting = generations.first(where: { $0.phase == .starting }) { return (false, "not ready: generation \(starting.number) is starting") }
+        return (false, "not ready: no generation serves")
+    }
+
+    /// Whether the supervisor's loop runs, and why, in one line.
+    package func liveness(now: UInt64) -> (live: Bool, reason: String) {
+        guard lastTurn > 0 else { return (false, "not live: the supervisor loop has not started") }
+        let since = now >= lastTurn ? now - lastTurn : 0
+        let milliseconds = since / 1_000_000
+        return since <= Self.livenessNanoseconds
+            ? (true, "live: the supervisor loop turned \(milliseconds) ms ago")
+            : (false, "not live: the supervisor loop has not turned for \(milliseconds) ms")
+    }
+}
+
+/// A listening socket that `up` holds, as `/metrics` names it; its inode finds its row in the kernel's tables.
+package struct HealthListener: Sendable, Equatable {
+    package var name: String
+    package var address: String
+    package var inode: UInt64
+
+    /// The TCP sockets among `sockets` (a UDP socket has no accept queue).
+    package static func of(_ sockets: [HeldSocket]) -> [HealthListener] {
+        sockets.filter { $0.transport == .tcp }.compactMap { socket in
+            var status = stat()
+            guard fstat(socket.descriptor, &status) == 0 else { return nil }
+            return HealthListener(name: socket.name, address: "\(socket.address)", inode: UInt64(status.st_ino))
+        }
+    }
+}
+
+/// The meeting point of the supervisor's thread (which writes) and the health listener's (which reads).
+package final class HealthBoard: Sendable {
+    private let current = Mutex(HealthSnapshot())
+    package let listeners: [HealthListener]
+
+    package init(listeners: [HealthListener]) {
+        self.listeners = listeners
+    }
+
+    package func publish(_ snapshot: HealthSnapshot) {
+        current.withLock { $0 = snapshot }
+    }
+
+    package var snapshot: HealthSnapshot { current.withLock { $0 } }
+}

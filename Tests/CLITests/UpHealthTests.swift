@@ -1,0 +1,230 @@
+import Foundation
+import Glibc
+import PortReuse
+import TestSupport
+import Testing
+
+/// `portreuse up --health` and `--stop-delay` end to end: a real `up`, real HTTP clients, and `/metrics` read by
+/// the real Prometheus parser (prometheus_client, which .ci/run installs with pip beside gunicorn).
+@Suite("up: health endpoint, stop delay, metrics")
+struct UpHealthTests {
+    /// The health listener's address, from up's log line `health: http://ADDR/readyz, …`.
+    static func healthAddress(_ up: UpProcess) throws -> SocketAddress {
+        try #require(up.waitForLog("health: http://"), "no health line:\n\(up.logText)")
+        let line = try #require(up.logText.components(separatedBy: "\n").first { $0.contains("health: http://") })
+        let text = try #require(line.components(separatedBy: "http://").last?.components(separatedBy: "/readyz").first)
+        let colon = try #require(text.lastIndex(of: ":"))
+        return SocketAddress(ip: try #require(IPAddress(String(text[..<colon]))), port: try #require(UInt16(text[text.index(after: colon)...])))
+    }
+
+    /// Sends `request` as it is and reads until the server closes: the status code (0 when it closed without
+    /// an answer) and the body.
+    static func exchange(_ address: SocketAddress, _ request: String) throws -> (status: Int, body: String) {
+        let connection = try Connection.dial(to: address, policy: .exclusive, timeout: .seconds(5))
+        try connection.send(request)
+        let response = String(decoding: try connection.receiveAll(timeout: .seconds(10)), as: UTF8.self)
+        let status = response.split(separator: " ", maxSplits: 2).dropFirst().first.flatMap { Int($0) } ?? 0
+        return (status, response.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n"))
+    }
+
+    static func get(_ address: SocketAddress, _ path: String) throws -> (status: Int, body: String) {
+        try exchange(address, "GET \(path) HTTP/1.1\r\nHost: test\r\n\r\n")
+    }
+
+    @Test("--health: /readyz 200 once ready, /livez 200, 404, 405, HEAD without a body")
+    func endpoints() throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--", hello, "--name", "H"])
+        let health = try Self.healthAddress(up)
+        _ = try up.servingAddress()
+        #expect(try Self.get(health, "/readyz") == (200, "ready: generation 1 serves\n"))
+        #expect(try Self.get(health, "/livez").status == 200)
+        #expect(try Self.get(health, "/nope").status == 404)
+        #expect(try Self.exchange(health, "POST /readyz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").status == 405)
+        #expect(try Self.exchange(health, "HEAD /readyz HTTP/1.1\r\nHost: t\r\n\r\n") == (200, ""))
+        #expect(up.stop() == 0)
+    }
+
+    @Test("bad requests (garbage, an oversized head, silent connections, 100 connections at once) neither block nor kill up")
+    func badRequests() throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--", hello, "--name", "B"])
+        let health = try Self.healthAddress(up)
+        let serving = try up.servingAddress()
+        #expect(try Self.exchange(health, "\u{1}\u{2}garbage\r\n\r\n").status == 400)
+        let oversized = try Self.exchange(health, "GET /readyz HTTP/1.1\r\nX: " + String(repeating: "a", count: 9000) + "\r\n\r\n")
+        #expect(oversized.status == 431 || oversized.status == 0, "an oversized head is refused: \(oversized)")
+
+        // Silent connections: the limit (64) closes the extra ones at once, the timeout (5 s) the others.
+        let started = Date()
+        let silent = try (0..<100).map { _ in try Connection.dial(to: health, policy: .exclusive, timeout: .seconds(5)) }
+        #expect(try httpGet(serving).hasPrefix("hello from B"), "the program serves meanwhile")
+        #expect(kill(up.pid, 0) == 0)
+        let ends = try silent.map { try $0.receiveAll(timeout: .seconds(10)).count }
+        let waited = Date().timeIntervalSince(started)
+        #expect(ends.allSatisfy { $0 == 0 }, "closed without an answer")
+        #expect(waited >= 4 && waited < 9, "the silent connections were closed after about 5 s: \(waited) s")
+        #expect(try Self.get(health, "/livez").status == 200)
+        #expect(try Self.get(health, "/readyz").status == 200)
+        #expect(up.stop() == 0)
+    }
+
+    @Test("SIGTERM with --stop-delay: /readyz says 503 before any generation gets its stop signal, and a load through the delay sees no failure")
+    func stopDelayUnderLoad() throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--stop-delay", "3s", "--", hello, "--name", "S"])
+        let health = try Self.healthAddress(up)
+        let serving = try up.servingAddress()
+        let load = HTTPLoad(serving, clients: 4)
+        #expect(waitUntil { load.count > 20 })
+        up.signal(SIGTERM)
+        #expect(waitUntil(timeout: 2) { (try? Self.get(health, "/readyz").status) == 503 }, "\(up.logText)")
+        let atFlip = up.logText
+        #expect(atFlip.contains("(--stop-delay)"))
+        #expect(!atFlip.contains("draining") && !atFlip.contains("is stopping"), "a generation got its stop signal before /readyz said 503:\n\(atFlip)")
+        let before = load.count
+        #expect(waitUntil { load.count > before + 50 }, "the generation serves on during the delay")
+        let (answered, failures) = load.stop()
+        #expect(!up.logText.contains("--stop-delay 3s is over"), "the load ran beyond the delay: the test proves nothing")
+        #expect(failures.isEmpty, "\(failures.prefix(5))")
+        #expect(answered > 70)
+        #expect(up.waitForLog("--stop-delay 3s is over"))
+        #expect(up.waitForExit() == 0)
+        let log = up.logText
+        let over = try #require(log.range(of: "--stop-delay 3s is over")), stopping = try #require(log.range(of: "is stopping"))
+        #expect(over.lowerBound < stopping.lowerBound, "the generation heard STOPPING only after the delay")
+    }
+
+    // MARK: /metrics with prometheus_client
+
+    /// The Python of the virtual environment .ci/run made for gunicorn, if it has prometheus_client.
+    static let prometheusPython: String? = {
+        guard let gunicorn = UpTests.gunicorn else { return nil }
+        let python = URL(fileURLWithPath: gunicorn).resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("python3").path
+        return (try? run([python, "-c", "import prometheus_client"]).status) == 0 ? python : nil
+    }()
+
+    static let scrapeScript = """
+        import json, sys, urllib.request
+        from prometheus_client.parser import text_string_to_metric_families
+        response = urllib.request.urlopen(sys.argv[1], timeout=5)
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4"), response.headers["Content-Type"]
+        samples, types = {}, {}
+        for family in text_string_to_metric_families(response.read().decode()):
+            types[family.name] = family.type
+            for s in family.samples:
+                samples[s.name + "{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}"] = s.value
+        print(json.dumps({"samples": samples, "types": types}))
+        """
+
+    struct Scrape: Decodable {
+        var samples: [String: Double]
+        var types: [String: String]
+        subscript(_ key: String) -> Double? { samples[key] }
+    }
+
+    /// `/metrics` parsed by prometheus_client (run through `launcher`, e.g. into a network namespace).
+    static func scrape(_ health: SocketAddress, launcher: [String] = []) throws -> Scrape {
+        let result = try capture(launcher + [prometheusPython!, "-c", scrapeScript, "http://\(health)/metrics"])
+        try #require(result.status == 0, "prometheus_client: \(result.stderr)")
+        return try JSONDecoder().decode(Scrape.self, from: Data(result.stdout))
+    }
+
+    @Test("/metrics parses with prometheus_client: generations by phase, reloads by result, restarts, connections, accept queue and backlog",
+          .enabled(if: prometheusPython != nil, "prometheus_client is not installed (.ci/run installs it with pip)"))
+    func metrics() throws {
+        // sleep never accepts: the connections the test opens wait in the accept queue.
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--ready", "delay:100ms", "--", "/bin/sleep", "60"])
+        let health = try Self.healthAddress(up)
+        let serving = try up.servingAddress()
+        let listener = "listener=\(serving),name=unknown"
+        let first = try Self.scrape(health)
+        #expect(first.types["portreuse_up_reloads"] == "counter" && first.types["portreuse_up_generations"] == "gauge")
+        #expect(first["portreuse_up_generations{phase=ready}"] == 1 && first["portreuse_up_generations{phase=starting}"] == 0)
+        #expect(first["portreuse_up_reloads_total{result=ready}"] == 0 && first["portreuse_up_restarts_total{}"] == 0)
+        #expect(first["portreuse_up_last_reload_duration_seconds{}"] == nil, "no reload yet")
+        #expect(first["portreuse_up_generation_connections{generation=1}"] == 0)
+        let somaxconn = Double(try String(contentsOfFile: "/proc/sys/net/core/somaxconn", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
+        #expect(first["portreuse_up_listener_backlog{\(listener)}"] == min(4096, somaxconn))
+        #expect(first["portreuse_up_listener_queue_depth{\(listener)}"] == 0)
+        #expect(first["portreuse_up_ready{}"] == 1)
+
+        let waiting = try (0..<3).map { _ in try Connection.dial(to: serving, policy: .exclusive, timeout: .seconds(5)) }
+        #expect(try waitFor { try Self.scrape(health)["portreuse_up_listener_queue_depth{\(listener)}"] } == 3)
+        up.signal(SIGHUP)
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [2] && $0.generations.count == 1 } != nil, "\(up.logText)")
+        let second = try Self.scrape(health)
+        #expect(second["portreuse_up_reloads_total{result=ready}"] == 1 && second["portreuse_up_reloads_total{result=failed}"] == 0)
+        #expect((second["portreuse_up_last_reload_duration_seconds{}"] ?? 0) >= 0.1, "ready by delay:100ms")
+        #expect(second["portreuse_up_generation_connections{generation=2}"] == 0)
+        #expect(second["portreuse_up_listener_queue_depth{\(listener)}"] == 3, "the queue survives the reload")
+        for counter in ["portreuse_up_tcp_listen_overflows_total{}", "portreuse_up_tcp_listen_drops_total{}"] {
+            let (before, after) = (try #require(first[counter]), try #require(second[counter]))
+            #expect(before >= 0 && after >= before, "\(counter): \(before) then \(after)")
+        }
+        withExtendedLifetime(waiting) {}
+        #expect(up.stop() == 0)
+    }
+
+    @Test("/metrics: the connections a generation holds, counted from the kernel's tables",
+          .enabled(if: prometheusPython != nil, "prometheus_client is not installed (.ci/run installs it with pip)"))
+    func connections() throws {
+        // Accepts and keeps every connection open.
+        let keeper = "import socket\ns = socket.socket(fileno=3)\nheld = []\nwhile True:\n    held.append(s.accept()[0])\n"
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--ready", "delay:100ms", "--", systemPython, "-c", keeper])
+        let health = try Self.healthAddress(up)
+        let serving = try up.servingAddress()
+        let clients = try (0..<4).map { _ in try Connection.dial(to: serving, policy: .exclusive, timeout: .seconds(5)) }
+        #expect(try waitFor { try Self.scrape(health)["portreuse_up_generation_connections{generation=1}"].flatMap { $0 == 4 ? $0 : nil } } == 4, "\(up.logText)")
+        withExtendedLifetime(clients) {}
+        #expect(up.stop() == 0)
+    }
+
+    @Test("/metrics in a network namespace of its own: a full accept queue moves ListenOverflows and ListenDrops, a reload moves the reload counter",
+          .enabled(if: isRoot && prometheusPython != nil, "needs root (unshare -n) and prometheus_client"))
+    func listenDrops() throws {
+        let namespace = try NetworkNamespace()
+        // The program shrinks the shared socket's backlog to 1 (listen(fd, 1)) and never accepts.
+        let shrink = "import socket, time\ns = socket.socket(fileno=3)\ns.listen(1)\ntime.sleep(60)\n"
+        let up = try UpProcess(
+            ["--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--ready", "delay:200ms", "--no-intercept", "--", systemPython, "-c", shrink],
+            launcher: namespace.command([]))
+        let health = try Self.healthAddress(up)
+        let serving = try up.servingAddress()
+        let inside = namespace.command([])
+        let before = try Self.scrape(health, launcher: inside)
+        #expect(before["portreuse_up_listener_backlog{listener=\(serving),name=unknown}"] == 1)
+        // Eight connections where two fit: the kernel drops the handshakes of the rest (the clients keep retrying).
+        let clients = try namespace.run {
+            try (0..<8).map { _ in
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+                var address = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: serving.port.bigEndian, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+                _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+                try #require(fd >= 0)
+                return fd
+            }
+        }
+        defer { for fd in clients { close(fd) } }
+        let drops = "portreuse_up_tcp_listen_drops_total{}", overflows = "portreuse_up_tcp_listen_overflows_total{}"
+        let after = try #require(waitFor { () -> Scrape? in
+            guard let scrape = try? Self.scrape(health, launcher: inside), (scrape[drops] ?? 0) > (before[drops] ?? 0) else { return nil }
+            return scrape
+        }, "ListenDrops did not move:\n\(up.logText)")
+        #expect((after[overflows] ?? 0) > (before[overflows] ?? 0))
+        #expect(after["portreuse_up_listener_queue_depth{listener=\(serving),name=unknown}"] == 2, "backlog 1 holds 2 connections")
+        up.signal(SIGHUP)
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [2] } != nil, "\(up.logText)")
+        let reloaded = try Self.scrape(health, launcher: inside)
+        #expect(reloaded["portreuse_up_reloads_total{result=ready}"] == 1)
+        #expect((reloaded[drops] ?? 0) >= (after[drops] ?? 0))
+        #expect(up.stop() == 0)
+    }
+
+    @Test("bad --health and --stop-delay name the input and exit 64; a --health port in use exits 3")
+    func badInput() throws {
+        for (arguments, words) in [(["--health", "nonsense"], "--health nonsense"), (["--health", "udp:127.0.0.1:0"], "TCP address"), (["--stop-delay", "-1"], "--stop-delay -1")] {
+            let result = try capture([portreuse, "up", "--listen", "127.0.0.1:0"] + arguments + ["--", "/bin/true"])
+            #expect(result.status == 64 && result.stderr.contains(words), "\(arguments): \(result.status) \(result.stderr)")
+        }
+        let taken = try Listener(tcp: "127.0.0.1:0", policy: .exclusive)
+        let result = try capture([portreuse, "up", "--listen", "127.0.0.1:0", "--health", "\(taken.localAddress)", "--", "/bin/sleep", "30"])
+        #expect(result.status == 3 && result.stderr.contains("--health \(taken.localAddress)"), "\(result.status) \(result.stderr)")
+    }
+}
