@@ -116,30 +116,17 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// Runs ``serve()`` on a thread of its own (once).
     package func start() throws(SystemError) {
         guard !started.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        final class Box {
-            let interceptor: SocketCallInterceptor
-            init(_ interceptor: SocketCallInterceptor) { self.interceptor = interceptor }
-        }
-        let box = Unmanaged.passRetained(Box(self)).toOpaque()
-        var thread = pthread_t()
-        // The thread takes no signal: a signal the process must see (a supervisor's SIGHUP during an upgrade by
-        // exec) would otherwise run its handler on this thread. It inherits the mask of the creating thread.
-        var all = sigset_t(), previous = sigset_t()
-        sigfillset(&all)
-        pthread_sigmask(SIG_BLOCK, &all, &previous)
-        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
-        let created = pthread_create(&thread, nil, { pointer in
-            let interceptor = Unmanaged<Box>.fromOpaque(pointer!).takeRetainedValue().interceptor
-            interceptor.serve()
-            Files.close(interceptor.ended.write)  // stop() sees the end
-            return nil
-        }, box)
-        guard created == 0 else {
-            Unmanaged<Box>.fromOpaque(box).release()
+        // A SystemThread takes no signal: a signal the process must see (a supervisor's SIGHUP during an upgrade
+        // by exec) would otherwise run its handler on this thread.
+        do {
+            _ = try SystemThread.start(detached: true) { [self] in
+                serve()
+                Files.close(ended.write)  // stop() sees the end
+            }
+        } catch {
             started.store(false, ordering: .releasing)
-            throw SystemError("pthread_create", Errno(rawValue: created))
+            throw error
         }
-        pthread_detach(thread)
     }
 
     /// Asks the thread to end and waits for it at most `timeout` seconds; whether it ended. Each answer is

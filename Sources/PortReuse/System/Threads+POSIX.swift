@@ -6,7 +6,7 @@ import Darwin
 
 #if canImport(Glibc) || canImport(Darwin)
 /// A thread of the system's own (pthreads), for code that must not load Foundation or Dispatch: the demo's
-/// server and load, the benchmarks. The corresponding C functions are `pthread_create`, `pthread_join` and
+/// server and load, the benchmarks, the interceptors' and the log's threads. It never takes asynchronous signals. The corresponding C functions are `pthread_create`, `pthread_join` and
 /// `pthread_detach`.
 package struct SystemThread: @unchecked Sendable {
     #if canImport(Glibc)
@@ -27,6 +27,14 @@ package struct SystemThread: @unchecked Sendable {
         #else
         var thread: pthread_t?
         #endif
+        // The thread starts with every asynchronous signal blocked (it inherits this mask, restored here at once):
+        // a process's signals belong to the thread that waits for them (up's loop, run's sigtimedwait), and one
+        // taken by a worker thread's handler just before an in-place upgrade's execve would be lost.
+        var all = sigset_t(), previous = sigset_t()
+        sigfillset(&all)
+        for synchronous in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT] { sigdelset(&all, synchronous) }
+        pthread_sigmask(SIG_BLOCK, &all, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
         let created = pthread_create(&thread, nil, { pointer in
             #if canImport(Glibc)
             Unmanaged<Box>.fromOpaque(pointer!).takeRetainedValue().body()

@@ -7,6 +7,7 @@ extension Supervisor {
         let number = nextNumber
         nextNumber += 1
         if reason == .restart { counters.restarts += 1 }
+        let watch = ReloadWatch.start()
         let now = Processes.monotonicNanoseconds
         for index in sockets.indices {
             if let repaired = sockets[index].refresh() { logger.warning("\(repaired)") }
@@ -24,6 +25,7 @@ extension Supervisor {
             record.notifyPath = notify.path
             let generation = Generation(record: record, notify: notify)
             generation.interceptor = interceptor
+            if reason == .reload { generation.reloadWatch = watch }
             generations.append(generation)
             logger.info("\(generation.label) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))")
         } catch {
@@ -191,9 +193,19 @@ extension Supervisor {
     }
 
     private func record(_ generation: Generation, _ result: ReloadResult, reason: String?) {
-        history.append(ReloadRecord(
+        var report = ReloadRecord(
             generation: generation.number, startedAt: generation.record.startedAt, result: result, reason: reason,
-            seconds: Double(Processes.monotonicNanoseconds - generation.record.startedMonotonic) / 1e9))
+            seconds: Double(Processes.monotonicNanoseconds - generation.record.startedMonotonic) / 1e9)
+        generation.reloadWatch?.sample(sockets)
+        generation.reloadWatch?.finish(&report)
+        generation.reloadWatch = nil
+        if result == .ready {
+            // One scan of the TCP table with its processes (as `who` and /metrics read it), once per reload.
+            let older = generations.filter { $0 !== generation && $0.phase.isLive && $0.record.exit == nil }
+            let views = older.map { HealthSnapshot.GenerationView(number: $0.number, phase: $0.phase, pids: [$0.pid] + $0.record.members.map(\.pid)) }
+            report.connectionsOnOlderGenerations = views.isEmpty ? 0 : KernelReadings.read(generations: views, listeners: []).connections.values.reduce(0, +)
+        }
+        history.append(report)
         counters.count(history[history.count - 1])
         if history.count > 20 { history.removeFirst(history.count - 20) }
     }

@@ -70,6 +70,8 @@ package final class Supervisor {
         var idleStopBy: UInt64?
         /// When the next readiness probe may run (not carried across an upgrade: probing restarts at once).
         var nextProbe: UInt64 = 0
+        /// A reload's generation: what the reload does to the listeners, until its outcome.
+        var reloadWatch: ReloadWatch?
 
         init(record: GenerationRecord, notify: NotifyReceiver?) {
             self.record = record
@@ -264,6 +266,7 @@ package final class Supervisor {
     private func tick() {
         let now = Processes.monotonicNanoseconds
         for generation in generations {
+            if generation.phase == .starting { generation.reloadWatch?.sample(sockets) }
             switch generation.phase {
             case .starting:
                 if now >= generation.record.deadline {

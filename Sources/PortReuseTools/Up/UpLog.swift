@@ -81,7 +81,6 @@ package final class LogWriter: @unchecked Sendable {
     }
 
     private func run() {
-        Signals.setBlocked(SignalPipe.handled, true)  // signals go to the supervisor's thread
         while true {
             pthread_mutex_lock(lock)
             while waiting.isEmpty { pthread_cond_wait(changed, lock) }

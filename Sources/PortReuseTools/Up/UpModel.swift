@@ -170,6 +170,16 @@ package struct ReloadRecord: Codable, Sendable, Equatable {
     /// Why it failed, in words.
     package var reason: String?
     package var seconds: Double
+    /// The kernel's TcpExt ListenOverflows and ListenDrops of `up`'s network namespace from the reload's start to
+    /// its outcome (any listener of the namespace, not only up's: 0 says none was dropped anywhere).
+    package var listenOverflows: UInt64?
+    package var listenDrops: UInt64?
+    /// The longest accept queue of up's TCP listeners seen meanwhile (sampled at each turn of the loop, every
+    /// 10 ms while the generation starts), and their backlog.
+    package var peakAcceptQueue: Int?
+    package var backlog: Int?
+    /// The established connections that the older generations still held when this one became ready.
+    package var connectionsOnOlderGenerations: Int?
 
     package init(generation: Int, startedAt: Double, result: ReloadResult, reason: String?, seconds: Double) {
         self.generation = generation
