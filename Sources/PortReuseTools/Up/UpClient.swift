@@ -20,7 +20,7 @@ package struct UpClient {
     }
 
     /// What to ask of the running `up`.
-    package enum Request: Sendable { case reload, upgrade, status, statusJSON }
+    package enum Request: Sendable { case reload, reloadJSON, upgrade, status, statusJSON }
 
     package func run(_ request: Request) throws(CommandFailure) {
         guard let pid = Self.readPID(pidFile) else {
@@ -37,22 +37,34 @@ package struct UpClient {
         switch request {
         case .statusJSON: print(String(decoding: Files.read(statusPath, limit: 1 << 22) ?? [], as: UTF8.self), terminator: "")
         case .status: print(Self.describe(before))
-        case .reload, .upgrade:
+        case .reload, .reloadJSON, .upgrade:
             let up = try UpIdentity.prove(pid, startTime: before.processStartTime, pidFile: pidFile)
             defer { up.close() }
-            if request == .reload { try reload(up, before: before, statusPath: statusPath) } else { try upgrade(up, before: before, statusPath: statusPath) }
+            if request == .upgrade { try upgrade(up, before: before, statusPath: statusPath) }
+            else { try reload(up, before: before, statusPath: statusPath, json: request == .reloadJSON) }
         }
     }
 
-    private func reload(_ up: UpIdentity, before: UpStatus, statusPath: String) throws(CommandFailure) {
+    private func reload(_ up: UpIdentity, before: UpStatus, statusPath: String, json: Bool) throws(CommandFailure) {
         let pid = up.pid
         guard !before.stopping else { throw CommandFailure("portreuse up (pid \(pid)) is stopping: it takes no reload") }
         try up.signal(SIGHUP)
         let outcome = try wait(statusPath, pid: pid) { $0.outcome(ofReloadAskedAt: before) }
+        if json {
+            // The record of exactly this reload, as the status file keeps it; the exit status says its result too.
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            if let data = try? encoder.encode(outcome) { print(String(decoding: data, as: UTF8.self)) }
+            if outcome.result == .ready { return }
+        }
         let generation = "generation \(outcome.generation)"
         switch outcome.result {
         case .ready:
-            print("reloaded: \(generation) ready in \(Self.seconds(outcome.seconds))")
+            let drops = (outcome.listenOverflows ?? 0) + (outcome.listenDrops ?? 0)
+            print("reloaded: \(generation) ready in \(Self.seconds(outcome.seconds))"
+                + (outcome.peakAcceptQueue.map { "; accept queue at most \($0)" } ?? "")
+                + (outcome.listenOverflows == nil ? "" : drops == 0 ? ", no listen overflow or drop in this network namespace" : ", \(drops) listen overflows or drops in this network namespace")
+                + (outcome.connectionsOnOlderGenerations.map { $0 > 0 ? "; \($0) connection(s) still on older generations" : "" } ?? ""))
         case .failed:
             throw CommandFailure("reload failed: \(generation) \(outcome.reason ?? "failed"); the previous generation keeps serving")
         }

@@ -104,6 +104,7 @@ struct UpReload: ParsableCommand {
         discussion: """
             Example:
               portreuse up reload --pid-file /tmp/app.pid     (the same as kill -HUP, but waits and reports)
+              portreuse up reload --json --pid-file /tmp/app.pid   (the report of exactly this reload, for scripts)
             """)
 
     @OptionGroup var target: UpPIDFile
@@ -112,8 +113,11 @@ struct UpReload: ParsableCommand {
         transform: { try Seconds(parsing: $0, option: "--timeout") })
     var timeout = Seconds(60)
 
+    @Flag(help: "Print this reload's record as one JSON object: generation, result, seconds, listenOverflows, listenDrops, peakAcceptQueue, backlog, connectionsOnOlderGenerations.")
+    var json = false
+
     func run() throws {
-        try CommandFailure.reporting { try UpClient(pidFile: target.pidFile, timeout: timeout.value).run(.reload) }
+        try CommandFailure.reporting { try UpClient(pidFile: target.pidFile, timeout: timeout.value).run(json ? .reloadJSON : .reload) }
     }
 }
 
