@@ -257,7 +257,23 @@ static int emit(struct line *line) {
 static int say(int *said) { return config.verbose || __atomic_exchange_n(said, 1, __ATOMIC_RELAXED) == 0; }
 
 static int said_udp_reuseaddr, said_reuseport_failed, said_transparent_failed, said_bind_skipped,
-    said_source_skipped, said_source_failed;
+    said_source_skipped, said_source_failed, said_bind_merged;
+
+// --bind moves every bind of the program to one address: a program with two listeners (an API and an admin
+// port) would have both on one port, the connections split between them. The first moved bind's own address is
+// kept here (per process); a second, different one is said once.
+static struct sockaddr_storage first_moved;
+static int has_first_moved;
+
+static int same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+    if (a->ss_family != b->ss_family) return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a, *y = (const struct sockaddr_in6 *)b;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+}
 
 // MARK: - Parsing the environment (once, at load)
 
@@ -795,6 +811,19 @@ EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
         if (!skipped || config.bind_to.has_port) {  // the port applies even where the address cannot
             bound = (const struct sockaddr *)&copy;
             if (bound_length < length_of(copy.ss_family)) bound_length = length_of(copy.ss_family);
+            if (!has_first_moved) {
+                first_moved = asked;
+                has_first_moved = 1;
+            } else if (!same_address(&first_moved, &asked) && say(&said_bind_merged)) {
+                struct line line;
+                start(&line);
+                put(&line, "--bind moves a second listener of this process, ");
+                put_address(&line, (const struct sockaddr *)&asked);
+                put(&line, ", onto the same address as the first, ");
+                put_address(&line, (const struct sockaddr *)&first_moved);
+                put(&line, ": both now share one port and split its connections; --bind is for a program with one listener");
+                emit(&line);
+            }
         }
     } else if (config.source_active && is_unspecified_any_port(&asked)) {
         // A bind to 0.0.0.0:0 or [::]:0 (node's dgram, Java's DatagramSocket before they send) asks for nothing:

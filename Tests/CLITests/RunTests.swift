@@ -414,3 +414,23 @@ extension RunTests {
         #expect(datagram.sender.port == source.port)
     }
 }
+
+extension RunTests {
+    @Test("--bind onto one address of a program with two listeners: said once, as a warning (API and admin ports would split connections)",
+          arguments: ["preload", "kernel"])
+    func bindMergesListenersWarns(intercept: String) throws {
+        let (api, admin, moved) = (try PortReservation(), try PortReservation(), try PortReservation())
+        for reservation in [api, admin, moved] { reservation.release() }
+        let program = """
+            import socket, sys
+            for port in sys.argv[1:]:
+                s = socket.socket(); s.bind(("127.0.0.1", int(port))); s.listen(); print("%s:%d" % s.getsockname())
+            """
+        let result = try capture([portreuse, "run", "--intercept", intercept, "--bind", "127.0.0.1:\(moved.port)", "--",
+                                  systemPython, "-c", program, "\(api.port)", "\(admin.port)", "\(api.port + 0)"], timeout: 30)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.output == String(repeating: "127.0.0.1:\(moved.port)\n", count: 3), "\(result.stderr)")
+        #expect(result.stderr.components(separatedBy: "moves a second listener").count - 1 == 1, "once: \(result.stderr)")
+        #expect(result.stderr.contains("127.0.0.1:\(admin.port)"), "\(result.stderr)")
+    }
+}

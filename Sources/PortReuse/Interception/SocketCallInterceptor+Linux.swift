@@ -28,6 +28,9 @@ package struct InterceptionRules: Sendable {
     package var transparent: Bool
     /// Called with one line per call changed (`--verbose`), or `nil`.
     package var log: (@Sendable (String) -> Void)?
+    /// Warnings said once whatever the verbosity (a second listener moved onto the first one's address by
+    /// --bind), or `nil`.
+    package var warn: (@Sendable (String) -> Void)?
     /// `portreuse up`: binds to a held address get the held socket; every other call runs untouched (no
     /// policy, no rewrite). Refusals are said through `log` (which is then always set).
     package var swap: SocketSwap?
@@ -81,6 +84,9 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// pidfd_open and a close per call. A pidfd names one process forever, so a reused pid never reaches
     /// another process through it: pidfd_getfd then fails (ESRCH) and the pid is opened again.
     private var pidfds: [pid_t: Int32] = [:]
+    /// The first address a --bind moved (``noteMoved(_:to:)``), and whether a second one was said.
+    private var firstMoved: SocketAddress?
+    private var saidMerged = false
     private let answered = Atomic<Int>(0)
 
     /// Installs the filter on the calling thread (after PR_SET_NO_NEW_PRIVS): the listed calls of this
@@ -295,11 +301,14 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         var note = ""
         if let rewrite = rules.bind {
             switch apply(rewrite, to: requested, socket: socket, peer: nil) {
-            case .success(let address): rewritten = address
+            case .success(let address):
+                rewritten = address
+                noteMoved(requested, to: address)
             case .failure(let reason):
                 // The part that fits still applies: the port (as the shim does), and the line says what did not.
                 if let port = rewrite.port {
                     rewritten = SocketAddress(ip: requested.ip, port: port)
+                    noteMoved(requested, to: rewritten!)
                     note = "; the address of --bind \(describe(rewrite)) not applied (\(reason.text)), its port is"
                 } else {
                     note = "; --bind \(describe(rewrite)) not applied: \(reason.text)"
@@ -319,6 +328,16 @@ package final class SocketCallInterceptor: @unchecked Sendable {
                 + "options \(options)\(rules.transparent ? ", IP_TRANSPARENT" : "")\(outcome)\(note)")
         }
         return code.map { .result(errno: $0) } ?? .proceed
+    }
+
+    /// --bind moves every bind to one address: a program with two listeners (an API and an admin port) would
+    /// have both on one port, splitting its connections. Said once, at the first bind of another address.
+    private func noteMoved(_ requested: SocketAddress, to target: SocketAddress) {
+        guard let first = firstMoved else { return firstMoved = requested }
+        guard first != requested, !saidMerged else { return }
+        saidMerged = true
+        rules.warn?("--bind moves a second listener, \(requested), onto the same address as the first, \(first) (now \(target)): both now "
+            + "share one port and split its connections; --bind is for a program with one listener")
     }
 
     /// The short path of `portreuse run --policy P` (the hot one: a program that binds in a loop pays it each

@@ -35,14 +35,17 @@ extension Program.Inspection {
 }
 
 extension ShimConfiguration {
-    /// The same configuration for the kernel path; `log` gets one line per call changed when verbose.
-    package func interceptionRules(log: (@Sendable (String) -> Void)?) -> InterceptionRules {
-        InterceptionRules(
+    /// The same configuration for the kernel path; `log` gets one line per call changed when verbose, and the
+    /// warnings the shim says whatever the verbosity (said once).
+    package func interceptionRules(log: @escaping @Sendable (String) -> Void) -> InterceptionRules {
+        var rules = InterceptionRules(
             policy: policy,
             bind: bind.map { InterceptionRules.Endpoint(ip: $0.ip, port: $0.port) },
             source: source.map { InterceptionRules.Endpoint(ip: $0.ip, port: $0.port == 0 ? nil : $0.port) },
             transparent: transparent,
             log: verbose ? log : nil)
+        rules.warn = log
+        return rules
     }
 }
 
