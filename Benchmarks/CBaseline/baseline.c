@@ -117,24 +117,11 @@ double c_connect_cycle_nanoseconds(int warm_up, int iterations) {
 }
 
 #ifdef __linux__
-// The anchor of intercept-bench: the kernel's round trip alone. A bind filter on this process whose notifications
-// a thread of its own answers with CONTINUE at once: no memory read, no descriptor taken, no option set.
-#include <linux/filter.h>
-#include <linux/seccomp.h>
+// The anchor of intercept-bench: the kernel's round trip alone. The bind (or connect) filter of portreuse itself
+// (CPortReuseSystem: the same program, flags and synchronous wake-up) on this process, whose notifications a
+// thread of its own answers with CONTINUE at once: no memory read, no descriptor taken, no option set.
 #include <poll.h>
-#include <pthread.h>
-#include <stddef.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
-
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
-#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
-#endif
+#include "CPortReuseSystem.h"
 
 static void *continue_every_call(void *argument) {
     int descriptor = *(int *)argument;
@@ -142,30 +129,18 @@ static void *continue_every_call(void *argument) {
         struct pollfd entry = {descriptor, POLLIN, 0};  // as portreuse does: poll, then receive
         if (poll(&entry, 1, -1) < 0 && errno != EINTR) return NULL;
         if (entry.revents & (POLLHUP | POLLERR | POLLNVAL)) return NULL;
-        struct seccomp_notif request;
-        memset(&request, 0, sizeof request);
-        if (ioctl(descriptor, SECCOMP_IOCTL_NOTIF_RECV, &request) != 0) continue;
-        struct seccomp_notif_resp response;
-        memset(&response, 0, sizeof response);
-        response.id = request.id;
-        response.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
-        (void)ioctl(descriptor, SECCOMP_IOCTL_NOTIF_SEND, &response);
+        csystem_notification notification;
+        if (csystem_seccomp_receive(descriptor, &notification) != 0) continue;
+        (void)csystem_seccomp_respond(descriptor, notification.id, 1, 0, 0);
     }
 }
 
 int c_answer_with_continue(int call) {
     static int descriptor = -1;
-    struct sock_filter program[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)call, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog filter = {sizeof program / sizeof program[0], program};
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;
-    descriptor = (int)syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &filter);
+    int calls[1] = {call};
+    descriptor = csystem_seccomp_listen(calls, 1);
     if (descriptor < 0) return -errno;
-    (void)ioctl(descriptor, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, 0);  // as portreuse does
+    (void)csystem_seccomp_sync_wakeup(descriptor);
     pthread_t thread;
     int code = pthread_create(&thread, NULL, continue_every_call, &descriptor);
     return code == 0 ? 0 : -code;

@@ -27,5 +27,5 @@ do {
 
 // Or ask first.
 if case .inUse(let report) = try Address("127.0.0.1:\(first.localAddress.port)").availability(.restartable) {
-    print("taken:", report.reason)
+    print("taken, by", report.holders.first?.ownerDescription ?? "a socket this process cannot see")
 }

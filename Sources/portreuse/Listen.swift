@@ -53,7 +53,15 @@ struct Listen: ParsableCommand {
         discussion: "Default: the interface of the route to the group, which the first line names."))
     var interface: String?
 
-    @Option(help: "Who else may receive on the port: shared, unsafe-any-user or exclusive (see above).")
+    @Option(help: ArgumentHelp("Who else may receive on the port: shared, unsafe-any-user or exclusive (see above; default: shared).", valueName: "policy"),
+            transform: { text in
+                guard let policy = SharingPolicy(rawValue: text), policy != .restartable else {
+                    throw ValidationError(text == "restartable"
+                        ? "--policy restartable means nothing for a UDP receiver (UDP has no TIME_WAIT); use shared, unsafe-any-user or exclusive."
+                        : "--policy \(text): expected shared, unsafe-any-user or exclusive")
+                }
+                return policy
+            })
     var policy: SharingPolicy = .shared
 
     @Option(help: "Stop after this many datagrams.")
@@ -62,16 +70,13 @@ struct Listen: ParsableCommand {
     @Option(help: "Stop after this many seconds.")
     var timeout: Double?
 
-    @Flag(help: "Print one JSON object per line (described below) instead of text.")
+    @Flag(help: "Print one JSON object per line (described above) instead of text.")
     var json = false
 
     func validate() throws {
         if let count, count < 1 { throw ValidationError("--count must be 1 or more, not \(count).") }
         if let timeout, !(timeout > 0 && timeout <= 86_400 * 365) {
             throw ValidationError("--timeout must be a number of seconds above 0, not \(timeout).")
-        }
-        if policy == .restartable {
-            throw ValidationError("--policy restartable means nothing for a UDP receiver (UDP has no TIME_WAIT); use shared, unsafe-any-user or exclusive.")
         }
         let address: Address
         do {

@@ -60,6 +60,7 @@ struct DemoTests {
         #expect(naive["failed"] is Int)
         #expect(naive["errors"] is [String: Any])
         #expect((naive["downMilliseconds"] as? [Int])?.count == 2)
+        #expect(naive["reloadsFailed"] == nil && naive["servedBy"] == nil, "nothing reloads the naive worker: \(naive)")
     }
 
     @Test("piped, the demo prints plain text: the four parts, a bar per worker, who's report, the table")

@@ -247,8 +247,44 @@ extension UpResilienceTests {
         let next = try UpProcess(["--listen", "127.0.0.1:0", "--", hello], environment: environment)
         _ = try next.servingAddress()
         #expect(Set(kept).isSubset(of: Set(folders())), "a running up's folder was removed")
+        // An up that is PID 1 of a pid namespace of its own sees other pids than the host's: it too must leave a
+        // running up's folder alone (its lock says it is alive, whatever the pid).
+        if geteuid() == 0 {
+            let contained = try UpProcess(["--listen", "127.0.0.1:0", "--", hello], environment: environment,
+                                          launcher: ["/usr/bin/unshare", "--pid", "--fork", "--mount-proc", "--kill-child"])
+            #expect(waitUntil(timeout: 20) { contained.status?.serving.isEmpty == false }, "\(contained.logText)")
+            #expect(Set(kept).isSubset(of: Set(folders())), "an up in a pid namespace removed a running up's folder")
+            let pid1 = try #require(Processes.descendants(of: contained.pid).first?.pid)
+            kill(pid1, SIGTERM)  // to up itself: unshare does not forward it
+            #expect(contained.waitForExit() == 0, "\(contained.logText)")
+        }
         #expect(next.stop() == 0, "\(next.logText)")
         #expect(running.stop() == 0, "\(running.logText)")
         #expect(folders().isEmpty, "up leaves its folder behind at exit: \(folders())")
+    }
+}
+
+extension UpResilienceTests {
+    @Test("a generation that makes the shared socket blocking where the older one took it non-blocking: up says so in the log")
+    func blockingModeMismatchIsSaid() throws {
+        let folder = try TemporaryFolder()
+        let script = try folder.write("mode.py", """
+            import os, signal, socket, sys, time
+            marker = sys.argv[1]
+            first = not os.path.exists(marker)
+            open(marker, "a").close()
+            s = socket.socket(fileno=3)
+            s.setblocking(not first)  # the first non-blocking (as node), the next blocking (as a perl server)
+            signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+            time.sleep(60)
+            """)
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--ready", "notify", "--", systemPython, script, folder.path + "/marker"])
+        _ = try up.servingAddress()
+        up.signal(SIGHUP)
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [2] } != nil, "\(up.logText)")
+        #expect(up.waitForLog("generation 2 (pid"), "\(up.logText)")
+        #expect(up.logText.contains("made the shared socket blocking (O_NONBLOCK), and generation 1"), "\(up.logText)")
+        #expect(up.stop() == 0, "\(up.logText)")
     }
 }

@@ -75,13 +75,16 @@ package struct DemoFigures {
             ])
         }
         func errors(_ load: DemoLoad.Figures) -> JSON { .object(load.errors.sorted { $0.key < $1.key }.map { ($0.key, number($0.value)) }) }
-        func restarts(_ value: Restarts, timesKey: String) -> JSON {
+        /// `up`'s restarts also say how its reloads went and which generations served; naive ones have neither.
+        func restarts(_ value: Restarts, timesKey: String, throughUp: Bool) -> JSON {
             .object([
                 ("sent", number(value.load.sent)), ("failed", number(value.load.failed)), ("errors", errors(value.load)),
-                ("restarts", number(value.restarts)), ("reloadsFailed", number(value.failedRestarts)),
-                (timesKey, .array(value.milliseconds.map { number(Int($0.rounded())) })), ("servedBy", number(value.servedBy)),
+                ("restarts", number(value.restarts)),
+                (timesKey, .array(value.milliseconds.map { number(Int($0.rounded())) })),
+            ] + (throughUp ? [
+                ("reloadsFailed", number(value.failedRestarts)), ("servedBy", number(value.servedBy)),
                 ("swappedBinds", .optional(value.swappedBinds, number)),
-            ])
+            ] : []))
         }
         return .object([
             ("schema", .string(DemoFigures.schema)), ("workers", number(options.workers)), ("loadMilliseconds", number(Int((options.seconds * 1000).rounded()))),
@@ -100,7 +103,8 @@ package struct DemoFigures {
                 ("unchangedProgramsShared", .optional(sharing.unchangedShared, JSON.bool)),
             ])),
             ("zeroDowntime", .object([
-                ("up", restarts(up, timesKey: "reloadMilliseconds")), ("naive", restarts(naive, timesKey: "downMilliseconds")),
+                ("up", restarts(up, timesKey: "reloadMilliseconds", throughUp: true)),
+                ("naive", restarts(naive, timesKey: "downMilliseconds", throughUp: false)),
             ])),
         ])
     }

@@ -2,8 +2,10 @@ import Glibc
 import PortReuse
 
 /// `up`'s private folder (`$TMPDIR/portreuse-up.XXXXXX`, mode 0700): the generations' notify sockets and the
-/// upgrade hand-over. Its `owner` file names the `up` that made it (pid and start time), so that the folder of
-/// an `up` that was killed is recognised as stale and removed by the next `up` of the same user.
+/// upgrade hand-over. `up` holds an exclusive `flock` on its `owner` file (which names its pid, for people) for
+/// its whole life, across its in-place upgrades (the descriptor is inherited by exec): a folder whose lock can
+/// be taken belongs to an `up` that is gone, whatever pid namespace either runs in (a pid alone would not say:
+/// an `up` that is PID 1 of a container sees other pids than the host's), and the next `up` removes it.
 package enum RuntimeFolder {
     static let prefix = "portreuse-up."
     static let ownerFile = "owner"
@@ -14,14 +16,22 @@ package enum RuntimeFolder {
     /// A new folder owned by this process (the stale folders of this user's killed `up`s are removed first).
     package static func make() throws(CommandFailure) -> String {
         sweep()
-        var template = Array("\(base)/\(prefix)XXXXXX".utf8CString)
-        guard mkdtemp(&template) != nil else {
-            throw CommandFailure("cannot create a private folder in \(base) for the notify sockets: \(Files.errorText())")
+        for _ in 0..<4 {
+            var template = Array("\(base)/\(prefix)XXXXXX".utf8CString)
+            guard mkdtemp(&template) != nil else {
+                throw CommandFailure("cannot create a private folder in \(base) for the notify sockets: \(Files.errorText())")
+            }
+            let folder = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            // Not close-on-exec: the lock lives as long as this up, its in-place upgrades included. Generations do
+            // not inherit it (a spawn closes every descriptor it does not hand over).
+            let owner = open(folder + "/" + ownerFile, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)
+            guard owner >= 0 else { continue }  // another up's sweep took the folder while it was empty: again
+            // Blocking: a sweep that opened the new file first holds the lock a moment, sees it empty, lets go.
+            _ = flock(owner, LOCK_EX)
+            try? Files.write(Array("\(getpid())\n".utf8), to: owner)
+            return folder
         }
-        let folder = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let start = Processes.stat(of: getpid())?.startTime ?? 0
-        try? Files.replace(folder + "/" + ownerFile, with: Array("\(getpid()) \(start)\n".utf8), mode: 0o600)
-        return folder
+        throw CommandFailure("cannot create a private folder in \(base) for the notify sockets: it vanished four times")
     }
 
     /// Removes `folder` at `up`'s exit: its owner file, then the folder if nothing else is left in it.
@@ -39,22 +49,18 @@ package enum RuntimeFolder {
             let folder = base + "/" + name
             var info = stat()
             guard lstat(folder, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == geteuid() else { continue }
-            guard let owner = Files.read(folder + "/" + ownerFile, limit: 64) else {
+            let owner = open(folder + "/" + ownerFile, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            guard owner >= 0 else {
                 if rmdir(folder) == 0 { removed.append(folder) }  // only an empty one
                 continue
             }
-            guard isStale(owner: String(decoding: owner, as: UTF8.self)) else { continue }
+            defer { close(owner) }
+            guard flock(owner, LOCK_EX | LOCK_NB) == 0 else { continue }  // its up holds it: alive
+            var written = stat()
+            guard fstat(owner, &written) == 0, written.st_size > 0 else { continue }  // an up making it right now
             for entry in Files.list(folder) { unlink(folder + "/" + entry) }  // unlink never follows a link
             if rmdir(folder) == 0 { removed.append(folder) }
         }
         return removed
-    }
-
-    /// Whether the `pid start-time` line names a process that is not running any more.
-    static func isStale(owner line: String) -> Bool {
-        let fields = line.split(whereSeparator: { $0 == " " || $0 == "\n" })
-        guard fields.count == 2, let pid = pid_t(fields[0]), pid > 0, let start = UInt64(fields[1]) else { return false }
-        guard let stat = Processes.stat(of: pid), stat.state != "Z" else { return true }
-        return stat.startTime != start
     }
 }

@@ -103,6 +103,7 @@ extension Supervisor {
         if generation.record.reason == .reload { record(generation, .ready, reason: nil) }
         statusChanged = true
         logger.info("\(generation.label) ready after \(Self.milliseconds(now - generation.record.startedMonotonic)) (\(how))")
+        noteBlockingMode(of: generation)
         for serving in old { drain(serving) }
         if adopted?.stopSent == nil, adopted?.idleStopBy == nil { stopAdopted() }
         generation.record.noteMembers()
@@ -110,6 +111,25 @@ extension Supervisor {
             reloadQueued = false
             logger.info("starting the reload requested while \(generation.label) was starting")
             beginReload()
+        }
+    }
+
+    /// Says when a generation made the shared sockets blocking or non-blocking unlike an older one still running
+    /// (node sets O_NONBLOCK, a perl server blocks in accept): the older one then sees EAGAIN from accept, or
+    /// blocks where it polled, since they share one open file description.
+    private func noteBlockingMode(of generation: Generation) {
+        guard let socket = sockets.first(where: { $0.transport == .tcp }) else { return }
+        let flags = fcntl(socket.descriptor, F_GETFL)
+        guard flags >= 0 else { return }
+        let nonBlocking = flags & O_NONBLOCK != 0
+        generation.nonBlockingWhenReady = nonBlocking
+        let word = { (value: Bool) in value ? "non-blocking" : "blocking" }
+        for older in generations where older !== generation && older.phase.isLive && older.record.exit == nil {
+            guard let theirs = older.nonBlockingWhenReady, theirs != nonBlocking else { continue }
+            let text = "\(generation.label) made the shared socket \(word(nonBlocking)) (O_NONBLOCK), and \(older.label) took it "
+                + "\(word(theirs)): they share one open file description, so \(older.label) may fail in accept (EAGAIN) or block "
+                + "while it drains; programs that share sockets across a reload must agree on the mode"
+            logger.warning("\(text)")
         }
     }
 

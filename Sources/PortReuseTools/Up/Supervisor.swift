@@ -72,6 +72,9 @@ package final class Supervisor {
         var nextProbe: UInt64 = 0
         /// A reload's generation: what the reload does to the listeners, until its outcome.
         var reloadWatch: ReloadWatch?
+        /// Whether the shared TCP sockets were non-blocking when it became ready: they share one open file
+        /// description, so a generation that changes O_NONBLOCK changes it for the older ones too.
+        var nonBlockingWhenReady: Bool?
 
         init(record: GenerationRecord, notify: NotifyReceiver?) {
             self.record = record
