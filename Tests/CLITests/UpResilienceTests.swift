@@ -288,3 +288,25 @@ extension UpResilienceTests {
         #expect(up.stop() == 0, "\(up.logText)")
     }
 }
+
+extension UpResilienceTests {
+    @Test("what a generation said before it exited is logged before its exit (STOPPING=1, then exited)")
+    func lastWordsComeFirst() throws {
+        let script = """
+            import os, signal, socket, time
+            n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            def stop(*a):
+                n.sendto(b"STOPPING=1", os.environ["NOTIFY_SOCKET"]); os._exit(0)
+            signal.signal(signal.SIGTERM, stop)
+            n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+            time.sleep(60)
+            """
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--ready", "notify", "--", systemPython, "-c", script])
+        _ = try up.servingAddress()
+        #expect(up.stop() == 0, "\(up.logText)")
+        let log = up.logText
+        let stopping = try #require(log.range(of: "is stopping"), "\(log)")
+        let exited = try #require(log.range(of: "exited (exit status 0)"), "\(log)")
+        #expect(stopping.lowerBound < exited.lowerBound, "\(log)")
+    }
+}

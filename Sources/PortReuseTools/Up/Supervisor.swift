@@ -220,6 +220,9 @@ package final class Supervisor {
         }
         for (pid, exit) in exits {
             guard let generation = generations.first(where: { $0.pid == pid }) else { continue }  // an orphaned worker
+            // What it said before it exited comes first in the log ("is stopping", a last STATUS=), but a READY=1
+            // of a process that is gone makes nothing ready.
+            if let notify = generation.notify { handle(messages: notify.take(), from: generation, exited: true) }
             generation.record.exit = exit
             if generation.number == servingAtStop { servingAtStopExit = exit }
             switch generation.phase {
@@ -240,14 +243,14 @@ package final class Supervisor {
         }
     }
 
-    func handle(messages: [String], from generation: Generation) {
+    func handle(messages: [String], from generation: Generation, exited: Bool = false) {
         guard !messages.isEmpty else { return }
         generation.record.heardFrom = true
         for message in messages {
             let (key, value) = message.split(separator: "=", maxSplits: 1).map(String.init).pairOrKey
             switch key {
             case "READY" where value == "1":
-                if generation.phase == .starting, configuration.readiness.acceptsNotify { markReady(generation, how: "READY=1") }
+                if generation.phase == .starting, !exited, configuration.readiness.acceptsNotify { markReady(generation, how: "READY=1") }
             case "STATUS":
                 if generation.record.status != value { logger.info("\(generation.label) status: \(value)") }
                 generation.record.status = value
