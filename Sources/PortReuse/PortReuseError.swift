@@ -71,6 +71,13 @@ public struct PortReuseError: Error, Sendable, CustomStringConvertible {
         deferred = DeferredDiagnosis(find)
     }
 
+    /// The description, with `forms` in place of ``Address/acceptedForms`` for an invalid address: for an option
+    /// that takes fewer forms than `Address` parses (no network prefix, UDP only).
+    package func description(acceptedForms forms: String) -> String {
+        guard case .invalidAddress(let reason) = diagnosis else { return description }
+        return "invalid address \"\(address ?? "")\": \(reason). Accepted forms: \(forms)."
+    }
+
     public var description: String {
         if case .invalidAddress = diagnosis {
             return "invalid address \"\(address ?? "")\": \(diagnosis!.sentence)"

@@ -82,7 +82,7 @@ struct Listen: ParsableCommand {
         do {
             address = try Address(group)
         } catch {
-            throw ValidationError(error.description)
+            throw ValidationError(error.description(acceptedForms: "udp://239.1.2.3:5000, 239.1.2.3:5000, udp://[ff02::1]:5000 or udp://255.255.255.255:5000"))
         }
         if address.network?.transport == .tcp {
             throw ValidationError("\"\(group)\": listen receives UDP datagrams; multicast and broadcast have no TCP. Write udp://\(group.split(separator: "/").last ?? "GROUP:PORT").")

@@ -55,7 +55,7 @@ struct Send: ParsableCommand {
         do {
             address = try Address(destination)
         } catch {
-            throw ValidationError(error.description)
+            throw ValidationError(error.description(acceptedForms: "udp://239.1.2.3:5000, udp://127.0.0.1:9000, 127.0.0.1:9000, udp://[::1]:9000 or localhost:9000"))
         }
         if address.network?.transport == .tcp { throw ValidationError("\"\(destination)\": send sends UDP datagrams; write udp:// instead.") }
         guard address.host != .unspecified else {

@@ -47,3 +47,19 @@ extension BadInputTests {
         #expect(run.status != 0 && run.status != 132, "\(run.stderr)")
     }
 }
+
+extension BadInputTests {
+    @Test("an address error lists the forms the option takes, not every form Address parses",
+          arguments: [
+            (["run", "--bind", "1.2.3:80", "--", "/bin/true"], ":9000, 9000"),
+            (["run", "--source", "[::1", "--", "/bin/true"], ":9000, 9000"),
+            (["send", "udp://[::1", "hi"], "udp://239.1.2.3:5000"),
+            (["listen", "udp://[ff02::1"], "udp://[ff02::1]:5000"),
+          ])
+    func formsPerOption(arguments: [String], forms: String) throws {
+        let run = try capture([portreuse] + arguments)
+        #expect(run.status == 64, "\(run.stderr)")
+        #expect(run.stderr.contains("Accepted forms: ") && run.stderr.contains(forms), "\(run.stderr)")
+        #expect(!run.stderr.contains("prefixed by a network"), "forms the option refuses: \(run.stderr)")
+    }
+}

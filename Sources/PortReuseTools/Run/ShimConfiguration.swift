@@ -86,6 +86,9 @@ package struct ShimEndpoint: Sendable, Hashable, CustomStringConvertible {
     /// Parses `ADDR:PORT`, `:PORT`, `PORT`, `ADDR` or `[IPv6]`, with every address form of `Address`;
     /// a host name (`localhost:8080`) is resolved here, to its first IPv4 address if it has one, since the
     /// shim takes numbers only. Network prefixes (`tcp:`) are refused: the shim applies to both transports.
+    /// What --bind and --source take, for their errors.
+    package static let acceptedForms = "127.0.0.1:9000, :9000, 9000, 127.0.0.1, localhost:9000 or [::1]:9000 (no network prefix: TCP and UDP alike)"
+
     package static func parse(_ text: String) throws(CommandFailure) -> ShimEndpoint {
         if let ip = IPAddress(text) { return ShimEndpoint(ip: ip) }
         if text.hasPrefix("["), text.hasSuffix("]"), let ip = IPAddress(String(text.dropFirst().dropLast())) {
@@ -97,7 +100,7 @@ package struct ShimEndpoint: Sendable, Hashable, CustomStringConvertible {
         } catch {
             // A host name alone (`localhost`): an address without a port.
             guard !text.contains(":"), let named = try? Address(text + ":0"), case .name = named.host else {
-                throw CommandFailure(error.description)
+                throw CommandFailure(error.description(acceptedForms: acceptedForms))
             }
             return ShimEndpoint(ip: try resolve(named, text), port: nil)
         }
