@@ -196,9 +196,16 @@ struct Scenario {
     var referenceTimes: [Double] = []
     var ratios: [Double] = []
 }
+// A third: a small listener beside them, against the command a user compares with, `ss -tlnp` (listening
+// sockets only). who also counts the port's established and TIME-WAIT connections, which makes the kernel walk
+// its table of connections (every port's, in-kernel filter or not) that `ss -tl` never looks at.
+let small = try Listener(tcp: "127.0.0.1:0", policy: .exclusive)
+let whoSmall = [portreuse, "who", "tcp:\(small.localAddress.port)"]
+let referenceSmall = [ss, "-tlnp", "sport = :\(small.localAddress.port)"]
 var scenarios = [
     Scenario(name: "port with \(connections) connections", who: who, whoStatus: 0, reference: reference),
     Scenario(name: "free port beside them", who: whoFree, whoStatus: 1, reference: referenceFree),
+    Scenario(name: "a small listener beside them, against ss -tlnp", who: whoSmall, whoStatus: 0, reference: referenceSmall),
 ]
 say("")
 say("portreuse who against ss -tanp \"sport = :PORT\" with \(connections) connections + 1 listener open,")
@@ -219,7 +226,7 @@ for round in 1...rounds {
             ours = time(scenarios[index].who, status: scenarios[index].whoStatus)
         }
         // ss without -p: the kernel's table alone, no process lookup (a floor, not the reference).
-        scenarios[index].tableTimes.append(time(scenarios[index].reference.filter { $0 != "-tanp" } .inserting("-tan", at: 1)))
+        scenarios[index].tableTimes.append(time(scenarios[index].reference.map { $0 == "-tanp" ? "-tan" : $0 == "-tlnp" ? "-tln" : $0 }))
         scenarios[index].whoTimes.append(ours)
         scenarios[index].referenceTimes.append(theirs)
         scenarios[index].ratios.append(ours / theirs)
@@ -235,12 +242,5 @@ for scenario in scenarios {
     say("| \(scenario.name) | \(fixed(median(scenario.referenceTimes), 1)) | \(fixed(median(scenario.whoTimes), 1)) "
         + "| \(fixed(median(scenario.ratios), 2)) | \(fixed(median(scenario.tableTimes), 1)) |")
 }
-say("(who / ss: the median of the per-round ratios; ss -tan lists the sockets without their processes)")
-
-extension Array {
-    func inserting(_ element: Element, at index: Int) -> [Element] {
-        var copy = self
-        copy.insert(element, at: index)
-        return copy
-    }
-}
+say("(who / ss: the median of the per-round ratios; the last column is the same ss without -p: the kernel's table alone)")
+withExtendedLifetime(small) {}
