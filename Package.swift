@@ -118,6 +118,17 @@ let package = Package(
             ],
             path: "Examples/nio-hello"
         ),
+        // The README's PortReuseNIO block, compiled (DocumentationTests keeps the README the same as main.swift).
+        .executableTarget(
+            name: "nio-snippet",
+            dependencies: [
+                "PortReuse", "PortReuseNIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Examples/nio-snippet"
+        ),
 
         // Benchmarks: plain executables that print ratios measured side by side in one run.
         // swift run -c release socket-bench

@@ -25,6 +25,14 @@ struct DocumentationTests {
         #expect(output.contains("taken, by quickstart (pid "), "a sentence, not an enum case: \(output)")
     }
 
+    @Test("the README's PortReuseNIO block is Examples/nio-snippet/main.swift, which the build compiles")
+    func nioSnippet() throws {
+        let example = try String(contentsOfFile: packageRoot + "/Examples/nio-snippet/main.swift", encoding: .utf8)
+        let block = try #require(readme.components(separatedBy: "```swift\nimport NIOCore\n").dropFirst().first?.components(separatedBy: "```").first)
+        #expect("import NIOCore\n" + block == example)
+        #expect(FileManager.default.isExecutableFile(atPath: productsFolder + "/nio-snippet"), "the snippet did not build")
+    }
+
     @Test("the README's table of shim variables names every variable the shim reads")
     func shimVariables() throws {
         let source = try String(contentsOfFile: packageRoot + "/Sources/CReuseShim/shim.c", encoding: .utf8)
