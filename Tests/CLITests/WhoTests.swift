@@ -44,7 +44,7 @@ struct WhoTests {
 
     // MARK: holders
 
-    @Test("a listener of our own: its pid, command line and user, exclusive")
+    @Test("a listener of our own: its pid, command line and user; SO_REUSEADDR alone is restartable, not shared")
     func ownListener() throws {
         let holder = try Child(python: pythonHolder(kind: "STREAM", reuseAddress: true))
         let port = try holder.port()
@@ -58,7 +58,7 @@ struct WhoTests {
         #expect(process["pid"] as? Int == Int(holder.pid))
         #expect((process["commandLine"] as? [String])?.prefix(2) == [systemPython, "-c"])
         #expect(process["user"] as? String == me)
-        #expect(sharing(socket)["verdict"] as? String == "exclusive")
+        #expect(sharing(socket)["verdict"] as? String == "restartable (SO_REUSEADDR): not shared; a restart binds at once")
 
         let text = try who(["\(port)"])
         #expect(text.status == 0)

@@ -73,7 +73,9 @@ struct SharingRuleTests {
         #expect(shared.verdict == "shared by 2 sockets of uid 1000")
 
         let alone = holder(.tcp, options: [.reuseAddress])
-        #expect(SocketSharing.of(alone, among: [alone], table: linux, ownUID: 1000).verdict == "exclusive")
+        #expect(SocketSharing.of(alone, among: [alone], table: linux, ownUID: 1000).verdict == "restartable (SO_REUSEADDR): not shared; a restart binds at once")
+        let bare = holder(.tcp, options: [])
+        #expect(SocketSharing.of(bare, among: [bare], table: linux, ownUID: 1000).verdict == "exclusive: not shared")
 
         let udp = holder(.udp, .unconnected, options: [.reuseAddress])
         let hijack = SocketSharing.of(udp, among: [udp], table: linux, ownUID: 1000)
@@ -128,7 +130,7 @@ struct PortReportTests {
         #expect(socket.holder.processes.map(\.pid) == [getpid()])
         #expect(socket.holder.processes.first?.uid == me)
         #expect(socket.holder.options == [.reuseAddress])
-        #expect(socket.sharing.verdict == "exclusive")
+        #expect(socket.sharing.verdict == "restartable (SO_REUSEADDR): not shared; a restart binds at once")
         #expect(socket.sharing.sameUserMayJoin == false && socket.sharing.otherUsersMayJoin == false)
         #expect(socket.connections.established == 1)
         #expect(report.connectionCounts.established == 1 && report.isHeld)

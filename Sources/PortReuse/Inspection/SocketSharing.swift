@@ -205,7 +205,10 @@ public struct SocketSharing: Sendable, Hashable {
         case (nil, true?):
             return "open to \(owner): another socket of \(owner) can join (SO_REUSEPORT)"
         case (nil, false?):
-            return "exclusive"
+            // In the policies' words: SO_REUSEADDR on a TCP listener is `restartable` (a restart binds at once,
+            // TIME-WAIT or not), no option `exclusive`; neither lets another socket join.
+            return socket.transport == .tcp && socket.options?.contains(.reuseAddress) == true
+                ? "restartable (SO_REUSEADDR): not shared; a restart binds at once" : "exclusive: not shared"
         case (nil, nil):
             return "unknown: \(unknown)"
         }
