@@ -151,6 +151,11 @@ struct Run: ParsableCommand {
                 }
             }
             try program.checkShimReaches(searchPath: searchPath)
+            if let go = inspection.goExecutable {
+                // A cgo build loads libc, so the shim loads too, but Go's net package makes its own system calls.
+                printError("portreuse run: warning: \(go.path) is a Go program (\(go.mark)): Go makes its own socket calls, so "
+                    + "the LD_PRELOAD shim changes nothing in it; use --intercept kernel (or auto, the default)")
+            }
             let (environment, dropped) = try shim.environment(ProcessSpawn.currentEnvironment(), library: library)
             if verbose {
                 let settings = shim.variables.map { "\($0.name)=\($0.value)" }.joined(separator: " ")

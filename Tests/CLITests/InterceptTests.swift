@@ -301,3 +301,16 @@ struct InterceptTests {
         #expect(try Files.receiveDescriptor(over: a) == nil)
     }
 }
+
+extension InterceptTests {
+    @Test("--intercept preload on a cgo Go server: run says the shim changes nothing in it",
+          .enabled(if: go != nil, "go is missing (apt-get install golang-go): cannot build Go programs"))
+    func preloadOnGoWarns() throws {
+        let programs = try goServers()
+        let held = try Listener(tcp: "127.0.0.1:0", policy: .exclusive)  // the server fails at once (EADDRINUSE), after run's word
+        let result = try capture([portreuse, "run", "--intercept", "preload", "--", programs.cgo, "\(held.localAddress)", "x"], timeout: 20)
+        #expect(result.status == 3, "the shim did not make it share: \(result.output)")
+        let stderr = result.stderr
+        #expect(stderr.contains("is a Go program") && stderr.contains("use --intercept kernel"), "\(stderr)")
+    }
+}
