@@ -39,7 +39,7 @@ struct Up: ParsableCommand {
 
             Examples:
               Serve; the program gets 127.0.0.1:8080 as descriptor 3:
-                portreuse up --listen 127.0.0.1:8080 --pid-file /tmp/app.pid -- python3 server.py
+                portreuse up --listen 127.0.0.1:8080 --pid-file /tmp/app.pid -- ./app
               Reload with no failed request, and wait for the outcome:
                 portreuse up reload --pid-file /tmp/app.pid     (or: kill -HUP PID)
               Named sockets, TCP and UDP:
