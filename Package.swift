@@ -133,7 +133,7 @@ let package = Package(
         // Benchmarks: plain executables that print ratios measured side by side in one run.
         // swift run -c release socket-bench
         .target(name: "CBaseline", dependencies: ["CPortReuseSystem"], path: "Benchmarks/CBaseline"),
-        .target(name: "BenchmarkSupport", path: "Benchmarks/BenchmarkSupport"),
+        .target(name: "BenchmarkSupport", dependencies: ["PortReuse"], path: "Benchmarks/BenchmarkSupport"),
         .executableTarget(name: "socket-bench", dependencies: ["PortReuse", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/socket-bench"),
         // swift build -c release --product CReuseShim && swift run -c release shim-bench
         .executableTarget(name: "shim-bench", dependencies: ["PortReuse", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/shim-bench"),

@@ -1,4 +1,5 @@
 import Glibc
+import PortReuse
 
 // What the benchmarks share: a monotonic clock, the median, and ratios printed with three decimals.
 
@@ -59,3 +60,14 @@ public let executableFolder: String = {
     let path = String(decoding: buffer[0..<max(length, 0)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     return String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
 }()
+
+/// Runs one worker process of a benchmark (`argv`, with `environment`, its stderr the benchmark's) and reads the
+/// number it prints on its first line: nanoseconds per cycle. A worker that fails stops the benchmark, naming `name`.
+public func workerNanoseconds(_ argv: [String], environment: [String], name: String) -> Double {
+    var spawn = ProcessSpawn(argv, environment: environment)
+    spawn.standardError = .descriptor(STDERR_FILENO)
+    guard let finished = try? spawn.run(timeout: 600) else { fatalError("cannot start a worker") }
+    let text = String(decoding: finished.standardOutput, as: UTF8.self).split(separator: "\n").first ?? ""
+    guard finished.status.raw == 0, let nanoseconds = Double(text) else { fatalError("worker failed (\(name)): \(text)") }
+    return nanoseconds
+}

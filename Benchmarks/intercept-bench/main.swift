@@ -50,12 +50,7 @@ struct Variant {
 /// Runs the loop once in a fresh worker process; nanoseconds per cycle.
 func measure(_ variant: Variant, type: Int32, port: UInt16) -> Double {
     let worker = [path, "--worker", String(type), String(variant.steps), String(port), String(iterations)] + (variant.roundTripOnly ? ["round-trip"] : [])
-    var spawn = ProcessSpawn(variant.run.map { [portreuse, "run"] + $0 + ["--"] + worker } ?? worker, environment: ["PATH=/usr/bin:/bin"])
-    spawn.standardError = .descriptor(STDERR_FILENO)
-    guard let finished = try? spawn.run(timeout: 600) else { fatalError("cannot start a worker") }
-    let text = String(decoding: finished.standardOutput, as: UTF8.self).split(separator: "\n").first ?? ""
-    guard finished.status.raw == 0, let nanoseconds = Double(text) else { fatalError("worker failed (\(variant.name)): \(text)") }
-    return nanoseconds
+    return workerNanoseconds(variant.run.map { [portreuse, "run"] + $0 + ["--"] + worker } ?? worker, environment: ["PATH=/usr/bin:/bin"], name: variant.name)
 }
 
 let port = try Listener(tcp: "127.0.0.1:0", policy: .exclusive).localAddress.port

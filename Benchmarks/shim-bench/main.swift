@@ -45,14 +45,7 @@ func measure(_ variant: Variant, type: Int32, port: UInt16) -> Double {
     var environment = variant.variables + ["PATH=/usr/bin:/bin"]
     if variant.preload { environment.append("LD_PRELOAD=" + shim) }
     let argv = [path, "--worker", String(type), String(variant.steps), String(port), String(iterations)]
-    var spawn = ProcessSpawn(argv, environment: environment)
-    spawn.standardError = .descriptor(STDERR_FILENO)
-    guard let finished = try? spawn.run(timeout: 600) else { fatalError("cannot start a worker") }
-    let output = finished.standardOutput
-    let status = finished.status.raw
-    let text = String(decoding: output, as: UTF8.self).split(separator: "\n").first ?? ""
-    guard status == 0, let nanoseconds = Double(text) else { fatalError("worker failed (\(variant.name)): \(text)") }
-    return nanoseconds
+    return workerNanoseconds(argv, environment: environment, name: variant.name)
 }
 
 let port = try Listener(tcp: "127.0.0.1:0", policy: .exclusive).localAddress.port

@@ -7,7 +7,7 @@ extension Supervisor {
         let number = nextNumber
         nextNumber += 1
         if reason == .restart { counters.restarts += 1 }
-        let watch = ReloadWatch.start()
+        let watch = reason == .reload ? ReloadWatch.start() : nil  // the reload's window opens before the spawn
         let now = Processes.monotonicNanoseconds
         for index in sockets.indices {
             if let repaired = sockets[index].refresh() { logger.warning("\(repaired)") }
@@ -25,7 +25,7 @@ extension Supervisor {
             record.notifyPath = notify.path
             let generation = Generation(record: record, notify: notify)
             generation.interceptor = interceptor
-            if reason == .reload { generation.reloadWatch = watch }
+            generation.reloadWatch = watch
             generations.append(generation)
             logger.info("\(generation.label) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))")
         } catch {
