@@ -89,9 +89,24 @@ func waitForNotify(_ text: String, timeout: Double = 30) -> Bool {
 
 func start(_ arguments: [String]) -> pid_t {
     var spawn = ProcessSpawn(arguments, environment: ["NOTIFY_SOCKET=\(notifyPath)", "PATH=/usr/bin:/bin"])
-    spawn.standardError = .null  // the servers' logs
+    spawn.standardError = getenv("RELOAD_BENCH_LOG").map { .appending(toFile: String(cString: $0)) } ?? .null  // the servers' logs
     guard let pid = try? spawn.start() else { fail("cannot start \(arguments[0])") }
     return pid
+}
+
+/// The CPU time `pid` used so far (all its threads, user and system), in milliseconds: /proc/PID/stat's utime
+/// and stime, in clock ticks.
+func cpuMilliseconds(_ pid: pid_t) -> Double {
+    guard let file = fopen("/proc/\(pid)/stat", "r") else { return 0 }
+    defer { fclose(file) }
+    var buffer = [CChar](repeating: 0, count: 4096)
+    guard fgets(&buffer, Int32(buffer.count), file) != nil else { return 0 }
+    let text = String(cString: buffer)
+    guard let close = text.lastIndex(of: ")") else { return 0 }
+    // After "pid (comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    return (user + system) * 1000 / Double(sysconf(Int32(_SC_CLK_TCK)))
 }
 
 func stopAndWait(_ pid: pid_t) {
@@ -298,9 +313,12 @@ func helloStartup() -> Double {
 
 var reloadTimes: [Double] = []
 var startupTimes: [Double] = []
+/// up's own CPU time (not its generations'), from its readiness to its stop, per row.
+var upCPU: [String: Double] = [:]
 rows.append(measure("portreuse up (SIGHUP)", setUp: { address in
     current = start([portreuse, "up", "--listen", "\(address)", "--", hello])
     guard waitForNotify("READY=1") else { fail("portreuse up did not become ready") }
+    upCPU["reloads"] = -cpuMilliseconds(current)
 }, restart: { _ in
     let started = now()
     kill(current, SIGHUP)
@@ -308,16 +326,23 @@ rows.append(measure("portreuse up (SIGHUP)", setUp: { address in
     reloadTimes.append(Double(now() - started) / 1e6)
     usleep(pause / 2)
     startupTimes.append(helloStartup())
-}, tearDown: { stopAndWait(current) }))
+}, tearDown: {
+    upCPU["reloads"]! += cpuMilliseconds(current)
+    stopAndWait(current)
+}))
 // The same load on the same path, `up` serving, and the same side work (a hello started and stopped beside it)
 // but no reload: what p99 during reloads is compared with.
 rows.append(measure("steady state: portreuse up, no reload", setUp: { address in
     current = start([portreuse, "up", "--listen", "\(address)", "--", hello])
     guard waitForNotify("READY=1") else { fail("portreuse up did not become ready") }
+    upCPU["steady"] = -cpuMilliseconds(current)
 }, restart: { _ in
     usleep(pause / 2)
     _ = helloStartup()
-}, tearDown: { stopAndWait(current) }))
+}, tearDown: {
+    upCPU["steady"]! += cpuMilliseconds(current)
+    stopAndWait(current)
+}))
 // Keep-alive clients against nio-hello, which closes its idle keep-alive connections at once when it stops:
 // a client that sends on one at that moment sees an end of file or a reset. The race is the program's (any
 // server that closes idle connections has it); this row measures it, with and without reloads.
@@ -352,10 +377,12 @@ if let steady = rows.first(where: { $0.style.hasPrefix("steady state: portreuse 
     say("")
     say("p99 during up's reloads / steady state: \(fixed(up.p99 / steady.p99, 2)) (target <= 1.5)")
 }
-let reload = median(reloadTimes), startup = median(startupTimes)
+// Each reload is paired with the start-up measured right after it, so the difference is taken per round.
+let differences = zip(reloadTimes, startupTimes).map { $0 - $1 }
 say("")
 say("| median of \(restarts) | ms |")
 say("|---|---|")
-say("| hello's own start-up under the same load (spawn to READY=1) | \(fixed(startup, 1)) |")
-say("| up's reload (SIGHUP to READY=1 of the new generation) | \(fixed(reload, 1)) |")
-say("| difference | \(fixed(reload - startup, 1)) |")
+say("| hello's own start-up under the same load (spawn to READY=1) | \(fixed(median(startupTimes), 1)) |")
+say("| up's reload (SIGHUP to READY=1 of the new generation) | \(fixed(median(reloadTimes), 1)) |")
+say("| difference, per round (target <= 5) | \(fixed(median(differences), 1)) |")
+say("| up's own CPU time per reload (steady state: per round) | \(fixed((upCPU["reloads"] ?? 0) / Double(restarts), 1)) (\(fixed((upCPU["steady"] ?? 0) / Double(restarts), 1))) |")

@@ -6,11 +6,11 @@ import Glibc
 /// duplicate, closed at once).
 package enum KernelTables {
     static func holders(
-        transport: Transport, port: UInt16?, states: Set<PortHolder.State>? = nil, withProcesses: Bool, withOptions: Bool,
-        processStates: Set<PortHolder.State>? = nil
+        transport: Transport, port: UInt16?, states: Set<PortHolder.State>? = nil, family: AddressFamily? = nil, withProcesses: Bool,
+        withOptions: Bool, processStates: Set<PortHolder.State>? = nil
     ) -> [PortHolder] {
-        var found = SocketDiagnostics.holders(transport: transport, port: port, states: states)
-            ?? procNetHolders(transport: transport, port: port, states: states)
+        var found = SocketDiagnostics.holders(transport: transport, port: port, states: states, family: family)
+            ?? procNetHolders(transport: transport, port: port, states: states, family: family)
         var users: [UInt32: String?] = [:]
         for index in found.indices {
             guard let uid = found[index].uid else { continue }
@@ -23,9 +23,10 @@ package enum KernelTables {
 
     /// The sockets from the text tables in /proc/net: what `ss` also falls back to where sock_diag is missing
     /// (a kernel without the inet_diag or udp_diag module). They list no TCP socket that is bound but not listening.
-    static func procNetHolders(transport: Transport, port: UInt16?, states: Set<PortHolder.State>?) -> [PortHolder] {
+    static func procNetHolders(transport: Transport, port: UInt16?, states: Set<PortHolder.State>?, family: AddressFamily? = nil) -> [PortHolder] {
         var found: [PortHolder] = []
-        let files = transport == .tcp ? ["/proc/net/tcp", "/proc/net/tcp6"] : ["/proc/net/udp", "/proc/net/udp6"]
+        let name = transport == .tcp ? "/proc/net/tcp" : "/proc/net/udp"
+        let files = family.map { [$0 == .ipv4 ? name : name + "6"] } ?? [name, name + "6"]
         for file in files {
             guard let text = Files.read(file) else { continue }
             parseTable(text, transport: transport, port: port, states: states, into: &found)
@@ -276,8 +277,8 @@ package enum KernelTables {
 /// Other systems: PortReuse has no socket tables to read there; diagnoses say less.
 enum KernelTables {
     static func holders(
-        transport: Transport, port: UInt16?, states: Set<PortHolder.State>? = nil, withProcesses: Bool, withOptions: Bool,
-        processStates: Set<PortHolder.State>? = nil
+        transport: Transport, port: UInt16?, states: Set<PortHolder.State>? = nil, family: AddressFamily? = nil, withProcesses: Bool,
+        withOptions: Bool, processStates: Set<PortHolder.State>? = nil
     ) -> [PortHolder] { [] }
 
     static func firstUnprivilegedPort() -> Int { OperatingSystem.current == .windows ? 0 : 1024 }

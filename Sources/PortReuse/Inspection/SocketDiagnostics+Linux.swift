@@ -21,9 +21,10 @@ enum SocketDiagnostics {
     private static let sourcePortAtMost: UInt8 = 3  // INET_DIAG_BC_S_LE
     private static let boundInactive = 13  // TCP_BOUND_INACTIVE: a pseudo-state of sock_diag, Linux 6.8+
 
-    /// The sockets of `transport` in `states` (all when `nil`) on local port `port` (all when `nil`), or `nil`
-    /// when the kernel refuses the request (no sock_diag, or no udp_diag module).
-    static func holders(transport: Transport, port: UInt16?, states: Set<PortHolder.State>?) -> [PortHolder]? {
+    /// The sockets of `transport` in `states` (all when `nil`) on local port `port` (all when `nil`) of `family`
+    /// (both when `nil`: one walk of the kernel's table each), or `nil` when the kernel refuses the request (no
+    /// sock_diag, or no udp_diag module).
+    static func holders(transport: Transport, port: UInt16?, states: Set<PortHolder.State>?, family: AddressFamily? = nil) -> [PortHolder]? {
         let fd = socket(AF_NETLINK, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), netlinkSockDiag)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -33,7 +34,7 @@ enum SocketDiagnostics {
             if states?.contains(state) ?? true { mask |= 1 << UInt32(code) }
         }
         var found: [PortHolder] = []
-        for family in [AF_INET, AF_INET6] {
+        for family in family.map({ [$0 == .ipv4 ? AF_INET : AF_INET6] }) ?? [AF_INET, AF_INET6] {
             let message = requestMessage(family: UInt8(family), transport: transport, states: mask, port: port)
             let sent = message.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
             guard sent == message.count, receive(fd, transport: transport, states: states, into: &found) else { return nil }

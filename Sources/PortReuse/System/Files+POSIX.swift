@@ -35,7 +35,8 @@ package enum Files {
     /// Reads from `descriptor` until end of file or `limit` bytes; `nil` on an error before any byte.
     package static func read(descriptor: Int32, limit: Int) -> [UInt8]? {
         var content: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65_536)
+        // No bigger than the limit: most reads are of small /proc files, many times a second in `up`.
+        var chunk = [UInt8](repeating: 0, count: min(65_536, max(limit, 1)))
         while content.count < limit {
             let wanted = min(chunk.count, limit - content.count)
             guard let count = try? systemCall("read", { chunk.withUnsafeMutableBytes { systemRead(descriptor, $0.baseAddress, wanted) } }) else {

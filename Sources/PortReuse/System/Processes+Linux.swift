@@ -102,20 +102,28 @@ package enum Processes {
     /// The processes descended from `pid` (children, their children, …), each with its start time, from one
     /// pass over /proc.
     package static func descendants(of pid: pid_t) -> [(pid: pid_t, startTime: UInt64)] {
+        descendants(ofEach: [pid])[0]
+    }
+
+    /// The descendants of each of `roots`, in their order, from one pass over /proc (a pass reads every
+    /// process's stat: its cost grows with the host's processes, so a caller with several roots makes one).
+    package static func descendants(ofEach roots: [pid_t]) -> [[(pid: pid_t, startTime: UInt64)]] {
         var children: [pid_t: [(pid_t, UInt64)]] = [:]
         for entry in Files.list("/proc") {
             guard let child = pid_t(entry), let stat = stat(of: child) else { continue }
             children[stat.parent, default: []].append((child, stat.startTime))
         }
-        var found: [(pid: pid_t, startTime: UInt64)] = []
-        var queue = [pid]
-        while let next = queue.popLast(), found.count < 100_000 {
-            for (child, start) in children[next] ?? [] {
-                found.append((child, start))
-                queue.append(child)
+        return roots.map { root in
+            var found: [(pid: pid_t, startTime: UInt64)] = []
+            var queue = [root]
+            while let next = queue.popLast(), found.count < 100_000 {
+                for (child, start) in children[next] ?? [] {
+                    found.append((child, start))
+                    queue.append(child)
+                }
             }
+            return found
         }
-        return found
     }
 
     /// Whether the process `pid` that started at `startTime` is still there (not a later process with its pid).
@@ -170,6 +178,19 @@ package enum Processes {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let length = try systemCall("readlink") { readlink(path, &buffer, Int(PATH_MAX)) }
         return String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// The inodes of the sockets process `pid` has open (its `socket:[INODE]` links in /proc/PID/fd); empty when
+    /// the process is gone or unreadable.
+    package static func socketInodes(of pid: pid_t) -> Set<UInt64> {
+        var inodes = Set<UInt64>()
+        for entry in Files.list("/proc/\(pid)/fd") {
+            guard let text = try? readLink("/proc/\(pid)/fd/\(entry)"), text.hasPrefix("socket:["), text.hasSuffix("]"),
+                let inode = UInt64(text.dropFirst(8).dropLast())
+            else { continue }
+            inodes.insert(inode)
+        }
+        return inodes
     }
 
     /// Waits for a child to change state: its pid and wait status, or `nil` with `noHang` when none has.

@@ -11,8 +11,8 @@ struct ReloadWatch {
 
     /// Reads the counters at the reload's start.
     static func start() -> ReloadWatch {
-        let counters = Self.listenCounters()
-        return ReloadWatch(overflowsAtStart: counters["ListenOverflows"], dropsAtStart: counters["ListenDrops"])
+        let counters = KernelReadings.listenCounters()
+        return ReloadWatch(overflowsAtStart: counters.overflows, dropsAtStart: counters.drops)
     }
 
     /// One look at each held TCP listener's queue: TCP_INFO on a listening socket gives its current accept
@@ -29,15 +29,10 @@ struct ReloadWatch {
 
     /// The report's figures, with the counters read now.
     func finish(_ record: inout ReloadRecord) {
-        let counters = Self.listenCounters()
-        if let start = overflowsAtStart, let now = counters["ListenOverflows"] { record.listenOverflows = now - min(now, start) }
-        if let start = dropsAtStart, let now = counters["ListenDrops"] { record.listenDrops = now - min(now, start) }
+        let counters = KernelReadings.listenCounters()
+        if let start = overflowsAtStart, let now = counters.overflows { record.listenOverflows = now - min(now, start) }
+        if let start = dropsAtStart, let now = counters.drops { record.listenDrops = now - min(now, start) }
         record.peakAcceptQueue = peakQueue
         record.backlog = backlog
-    }
-
-    private static func listenCounters() -> [String: UInt64] {
-        guard let text = Files.read("/proc/net/netstat", limit: 1 << 16) else { return [:] }
-        return KernelReadings.netstat(String(decoding: text, as: UTF8.self), group: "TcpExt")
     }
 }

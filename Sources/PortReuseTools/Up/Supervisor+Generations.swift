@@ -220,10 +220,11 @@ extension Supervisor {
         generation.reloadWatch?.finish(&report)
         generation.reloadWatch = nil
         if result == .ready {
-            // One scan of the TCP table with its processes (as `who` and /metrics read it), once per reload.
+            // As /metrics counts them, once per reload.
             let older = generations.filter { $0 !== generation && $0.phase.isLive && $0.record.exit == nil }
             let views = older.map { HealthSnapshot.GenerationView(number: $0.number, phase: $0.phase, pids: [$0.pid] + $0.record.members.map(\.pid)) }
-            report.connectionsOnOlderGenerations = views.isEmpty ? 0 : KernelReadings.read(generations: views, listeners: []).connections.values.reduce(0, +)
+            report.connectionsOnOlderGenerations = views.isEmpty ? 0
+                : KernelReadings.connections(of: views, listeners: HealthListener.of(sockets)).values.reduce(0, +)
         }
         history.append(report)
         counters.count(history[history.count - 1])

@@ -77,15 +77,17 @@ package struct HealthSnapshot: Sendable {
 /// A listening socket that `up` holds, as `/metrics` names it; its inode finds its row in the kernel's tables.
 package struct HealthListener: Sendable, Equatable {
     package var name: String
-    package var address: String
+    package var address: SocketAddress
     package var inode: UInt64
+    /// `up`'s own descriptor of it, for TCP_INFO.
+    package var descriptor: Int32
 
     /// The TCP sockets among `sockets` (a UDP socket has no accept queue).
     package static func of(_ sockets: [HeldSocket]) -> [HealthListener] {
         sockets.filter { $0.transport == .tcp }.compactMap { socket in
             var status = stat()
             guard fstat(socket.descriptor, &status) == 0 else { return nil }
-            return HealthListener(name: socket.name, address: "\(socket.address)", inode: UInt64(status.st_ino))
+            return HealthListener(name: socket.name, address: socket.address, inode: UInt64(status.st_ino), descriptor: socket.descriptor)
         }
     }
 }

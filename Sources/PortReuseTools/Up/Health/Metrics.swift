@@ -1,10 +1,12 @@
+import Glibc
 import PortReuse
 
-/// What `/metrics` reads from the kernel when it is asked (never at every turn of the loop).
+/// What `/metrics` and a reload's report read from the kernel when they are asked (never at every turn of the loop).
 package struct KernelReadings: Sendable {
-    /// Established TCP sockets held by each generation's processes (a socket shared by several of them once).
+    /// The connections accepted on the held listeners (established TCP sockets on a held listener's port) that
+    /// each generation's processes hold (a socket shared by several of them once).
     package var connections: [Int: Int] = [:]
-    /// Each held listener's accept queue (by inode): waiting connections, and the backlog (sock_diag only).
+    /// Each held listener's accept queue (by inode): waiting connections, and the backlog.
     package var queues: [UInt64: (depth: Int, backlog: Int?)] = [:]
     /// TcpExt ListenOverflows and ListenDrops of `up`'s network namespace (/proc/net/netstat).
     package var listenOverflows: UInt64?
@@ -12,33 +14,95 @@ package struct KernelReadings: Sendable {
 
     package init() {}
 
-    /// One scan of the TCP table with its processes (as `portreuse who` reads it), and /proc/net/netstat.
+    /// The held listeners' queues through `up`'s own sockets (TCP_INFO), each generation's connections, and the
+    /// listen counters.
     package static func read(generations: [HealthSnapshot.GenerationView], listeners: [HealthListener]) -> KernelReadings {
         var readings = KernelReadings()
-        let sockets = PortHolder.all(transport: .tcp, states: [.established, .listen], processes: true, options: false)
-        var generationOf: [Int32: Int] = [:]
-        for generation in generations {
-            let pids = generation.pids + Processes.descendants(of: generation.pids[0]).map(\.pid)
-            for pid in pids { generationOf[pid] = generation.number }
-            readings.connections[generation.number] = 0
+        for listener in listeners {
+            var info = tcp_info()
+            var length = socklen_t(MemoryLayout<tcp_info>.size)
+            guard getsockopt(listener.descriptor, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 else { continue }
+            readings.queues[listener.inode] = (Int(info.tcpi_unacked), Int(info.tcpi_sacked))  // a listener's queue and backlog
         }
-        let held = Set(listeners.map(\.inode))
-        for socket in sockets {
-            switch socket.state {
-            case .listen where held.contains(socket.inode):
-                readings.queues[socket.inode] = (socket.receiveQueue, socket.backlog)
-            case .established:
-                for number in Set(socket.processes.compactMap { generationOf[$0.pid] }) { readings.connections[number, default: 0] += 1 }
-            default:
-                break
-            }
-        }
-        if let text = Files.read("/proc/net/netstat") {
-            let counters = netstat(String(decoding: text, as: UTF8.self), group: "TcpExt")
-            readings.listenOverflows = counters["ListenOverflows"]
-            readings.listenDrops = counters["ListenDrops"]
-        }
+        readings.connections = connections(of: generations, listeners: listeners)
+        (readings.listenOverflows, readings.listenDrops) = listenCounters()
         return readings
+    }
+
+    /// Each generation's connections accepted on `listeners`, through duplicates of its processes' own descriptors
+    /// (pidfd_getfd, as `who` reads options). This walks no table of the kernel's: a walk of the connection table
+    /// costs every socket of the host, TIME-WAIT ones of every network namespace included (6 ms of CPU with 51,000
+    /// of them, once per reload). Where a duplicate is refused (no ptrace rights over the program), that process's
+    /// sockets are looked up in the table instead, filtered by port in the kernel.
+    package static func connections(of generations: [HealthSnapshot.GenerationView], listeners: [HealthListener]) -> [Int: Int] {
+        var counts: [Int: Int] = [:]
+        let endpoints = Set(listeners.map { Self.endpoint($0.address) })
+        let held = Set(listeners.map(\.inode))
+        var fromTable: Set<UInt64>?
+        let descendants = Processes.descendants(ofEach: generations.map { $0.pids[0] })
+        for (generation, below) in zip(generations, descendants) {
+            var connections = Set<UInt64>()
+            for pid in Set(generation.pids + below.map(\.pid)) {
+                if let found = acceptedConnections(of: pid, on: endpoints, skipping: held) {
+                    connections.formUnion(found)
+                } else {
+                    if fromTable == nil { fromTable = acceptedConnectionsFromTable(on: endpoints) }
+                    connections.formUnion(Processes.socketInodes(of: pid).intersection(fromTable!))
+                }
+            }
+            counts[generation.number] = connections.count
+        }
+        return counts
+    }
+
+    /// TcpExt ListenOverflows and ListenDrops of this network namespace, from /proc/net/netstat (the kernel sums
+    /// them over every CPU at each read).
+    package static func listenCounters() -> (overflows: UInt64?, drops: UInt64?) {
+        guard let text = Files.read("/proc/net/netstat", limit: 1 << 16) else { return (nil, nil) }
+        let counters = netstat(String(decoding: text, as: UTF8.self), group: "TcpExt")
+        return (counters["ListenOverflows"], counters["ListenDrops"])
+    }
+
+    /// The inodes of the sockets of `pid` that are established TCP connections on one of `endpoints` (a held
+    /// listener's port, with its family's any-address), each seen through a duplicate that is closed at once: five
+    /// system calls a socket. `nil` when the kernel refuses a duplicate (no ptrace rights over `pid`, or Linux before 5.6).
+    static func acceptedConnections(of pid: pid_t, on endpoints: Set<SocketAddress>, skipping held: Set<UInt64>) -> Set<UInt64>? {
+        guard let pidfd = try? Processes.open(pid) else { return [] }  // gone
+        defer { Files.close(pidfd) }
+        var found = Set<UInt64>()
+        for entry in Files.list("/proc/\(pid)/fd") {
+            guard let descriptor = Int32(entry), let inode = GenerationProbe.socketInode(pid: pid, descriptor: descriptor), !held.contains(inode) else { continue }
+            let duplicate: Int32
+            do throws(SystemError) {
+                duplicate = try Processes.duplicate(descriptor, of: pidfd)
+            } catch {
+                if error.errno == .badFileDescriptor { continue }  // closed meanwhile
+                return nil
+            }
+            let handle = SocketHandle(adopting: duplicate)
+            defer { handle.close() }
+            var info = tcp_info()
+            var length = socklen_t(MemoryLayout<tcp_info>.size)
+            // TCP_INFO fails on any socket but TCP; the inode check skips a descriptor number reused meanwhile.
+            guard GenerationProbe.inode(of: duplicate) == inode, getsockopt(duplicate, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0,
+                info.tcpi_state == UInt8(TCP_ESTABLISHED), let local = try? handle.localAddress(), endpoints.contains(endpoint(local))
+            else { continue }
+            found.insert(inode)
+        }
+        return found
+    }
+
+    /// The same connections from the kernel's table: one walk per family, filtered by port in the kernel.
+    private static func acceptedConnectionsFromTable(on endpoints: Set<SocketAddress>) -> Set<UInt64> {
+        Set(endpoints.flatMap { endpoint in
+            PortHolder.find(port: endpoint.port, transport: .tcp, states: [.established], family: endpoint.family, processes: false, options: false)
+                .map(\.inode).filter { $0 != 0 }
+        })
+    }
+
+    /// A listener's or a connection's local address as the port and family alone.
+    private static func endpoint(_ address: SocketAddress) -> SocketAddress {
+        SocketAddress(ip: address.family == .ipv4 ? .anyIPv4 : .anyIPv6, port: address.port)
     }
 
     /// One group of /proc/net/netstat (or /proc/net/snmp): a line of names after `GROUP:`, then a line of values.
@@ -75,13 +139,13 @@ package enum Metrics {
         family("portreuse_up_last_reload_duration_seconds", "gauge", "How long the last reload took, from its start to ready or failed (no sample before the first).",
             counters.lastReloadSeconds.map { [([], "\($0)")] } ?? [])
         family("portreuse_up_restarts_total", "counter", "Generations started after a crash or a failed start while nothing served.", [([], "\(counters.restarts)")])
-        family("portreuse_up_generation_connections", "gauge", "Established TCP sockets held by the processes of each generation.",
+        family("portreuse_up_generation_connections", "gauge", "Connections accepted on the held listeners (established TCP sockets on their ports) that the processes of each generation hold.",
             kernel.connections.sorted { $0.key < $1.key }.map { ([("generation", "\($0.key)")], "\($0.value)") })
         let rows = listeners.compactMap { listener in kernel.queues[listener.inode].map { (listener, $0) } }
         family("portreuse_up_listener_queue_depth", "gauge", "Connections waiting in each held listener's accept queue.",
-            rows.map { ([("listener", $0.0.address), ("name", $0.0.name)], "\($0.1.depth)") })
+            rows.map { ([("listener", "\($0.0.address)"), ("name", $0.0.name)], "\($0.1.depth)") })
         family("portreuse_up_listener_backlog", "gauge", "The length each held listener's accept queue may reach (its listen backlog).",
-            rows.compactMap { row in row.1.backlog.map { ([("listener", row.0.address), ("name", row.0.name)], "\($0)") } })
+            rows.compactMap { row in row.1.backlog.map { ([("listener", "\(row.0.address)"), ("name", row.0.name)], "\($0)") } })
         family("portreuse_up_tcp_listen_overflows_total", "counter", "TcpExt ListenOverflows of up's network namespace: times a full accept queue, of any listener, refused a connection.",
             kernel.listenOverflows.map { [([], "\($0)")] } ?? [])
         family("portreuse_up_tcp_listen_drops_total", "counter", "TcpExt ListenDrops of up's network namespace: connection requests any listener dropped (overflows included).",
