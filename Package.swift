@@ -61,15 +61,6 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        // The C trampoline of `portreuse up` (death signal, bind filter, then exec), built next to the portreuse
-        // executable; up falls back to `portreuse intercept-exec` and sh without it. Linked against libc alone, as
-        // CReuseShim below is (main.c defines the two symbols swiftrt.o needs), since it starts every generation.
-        .executableTarget(
-            name: "portreuse-intercept-exec", dependencies: ["CPortReuseSystem"],
-            linkerSettings: [
-                .unsafeFlags(["-static-stdlib", "-L", Context.packageDirectory + "/Sources/CReuseShim/link"], .when(platforms: [.linux]))
-            ]
-        ),
         // The tiny HTTP server of Examples/hello and of `portreuse demo`'s workers (portreuse demo-worker).
         .target(name: "DemoServer", dependencies: ["PortReuse"]),
         // C only, and linked against libc alone: it is loaded into programs that know nothing of Swift.

@@ -4,6 +4,8 @@
 //
 //   swift build -c release && .build/release/reload-bench [restarts] [clients]
 //
+// RELOAD_BENCH_LOG=FILE appends every server's stderr (up's log) to FILE.
+//
 // Styles: naive stop-then-start; SO_REUSEPORT overlap (start the new server, then stop the old one) with
 // net.ipv4.tcp_migrate_req=0 and =1; `portreuse up` (SIGHUP); and the steady state (up serving, no restart), to
 // which p99 during up's reloads is a ratio. Everything runs inside a network namespace of
@@ -99,9 +101,9 @@ func start(_ arguments: [String]) -> pid_t {
 func cpuMilliseconds(_ pid: pid_t) -> Double {
     guard let file = fopen("/proc/\(pid)/stat", "r") else { return 0 }
     defer { fclose(file) }
-    var buffer = [CChar](repeating: 0, count: 4096)
-    guard fgets(&buffer, Int32(buffer.count), file) != nil else { return 0 }
-    let text = String(cString: buffer)
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    let count = fread(&buffer, 1, buffer.count, file)
+    let text = String(decoding: buffer[0..<count], as: UTF8.self)
     guard let close = text.lastIndex(of: ")") else { return 0 }
     // After "pid (comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
     let fields = text[text.index(after: close)...].split(separator: " ")

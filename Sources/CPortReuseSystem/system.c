@@ -12,15 +12,20 @@
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -236,6 +241,169 @@ int csystem_receive_descriptor(int socket, unsigned char *tag, int *descriptor) 
     return (int)received;
 }
 
+
+// MARK: supervised spawn
+
+// What the child of csystem_spawn_supervised shares with its parent (CLONE_VM): the request, the environment it
+// completes, and how it failed.
+struct spawn_child {
+    const csystem_spawn_request *request;
+    char **envp;
+    char *listen_pid;      // the value part of "LISTEN_PID=", filled in by the child; NULL when not asked
+    char *listen_pidfdid;  // likewise, "LISTEN_PIDFDID="
+    int pidfdid_index;     // its entry in envp, cut off (NULL) when the pidfd has no inode id
+    int report;            // the child's end of the socket pair for the notification descriptor, or -1
+    int parent;
+    int failed_step;
+    int error;
+};
+
+static void decimal(char *out, unsigned long long value) {
+    char digits[24];
+    int n = 0;
+    do digits[n++] = (char)('0' + value % 10);
+    while ((value /= 10) && n < 23);
+    while (n) *out++ = digits[--n];
+    *out = 0;
+}
+
+// Runs in the child, on its own stack but in the parent's memory, until execve: system calls only, nothing
+// that allocates or takes a lock.
+static int spawn_child_main(void *argument) {
+    struct spawn_child *child = argument;
+    const csystem_spawn_request *request = child->request;
+    struct sigaction standard;
+    memset(&standard, 0, sizeof standard);
+    standard.sa_handler = SIG_DFL;
+    for (int signal = 1; signal < NSIG; signal++) {
+        if (signal != SIGKILL && signal != SIGSTOP) (void)sigaction(signal, &standard, NULL);  // glibc's own ones refuse: fine
+    }
+    child->failed_step = CSYSTEM_SPAWN_SETUP;
+    if (request->new_process_group && setpgid(0, 0) != 0) goto fail;
+    if (request->death_signal) {
+        if (prctl(PR_SET_PDEATHSIG, request->death_signal, 0, 0, 0) != 0) goto fail;
+        if (getppid() != child->parent) {
+            child->failed_step = CSYSTEM_SPAWN_PARENT_GONE;
+            errno = ESRCH;
+            goto fail;
+        }
+    }
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null < 0 || dup2(null, 0) < 0) goto fail;
+    if (request->output >= 0 && (dup2(request->output, 1) < 0 || dup2(request->output, 2) < 0)) goto fail;
+    // Each source is at 3 + count or above (the caller checks), so no mapping overwrites one still to be made;
+    // dup2 clears close-on-exec on the target.
+    for (int i = 0; i < request->count; i++) {
+        if (dup2(request->descriptors[i], 3 + i) < 0) goto fail;
+    }
+    if (request->bind_filter) {
+        child->failed_step = CSYSTEM_SPAWN_FILTER;
+        int calls[1] = {SYS_bind};
+        int notification = csystem_seccomp_listen(calls, 1);
+        if (notification < 0) goto fail;
+        child->failed_step = CSYSTEM_SPAWN_SETUP;
+        if (csystem_send_descriptor(child->report, notification, 0) < 0) goto fail;
+        close(notification);
+    }
+    if (child->listen_pid) {
+        decimal(child->listen_pid, (unsigned long long)getpid());
+        unsigned long long id;
+        if (csystem_pidfd_inode_id(getpid(), &id) == 0) decimal(child->listen_pidfdid, id);
+        else child->envp[child->pidfdid_index] = NULL;
+    }
+    unsigned int first = 3 + (unsigned int)request->count;
+    if (syscall(SYS_close_range, first, ~0U, 0) != 0) {
+        for (int fd = (int)first; fd < 65536; fd++) close(fd);  // Linux before 5.9
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    child->failed_step = CSYSTEM_SPAWN_EXEC;
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execve(request->path, request->argv, child->envp);
+fail:
+    child->error = errno ? errno : EINVAL;
+    _exit(127);
+}
+
+static int has_prefix(const char *text, const char *prefix) { return strncmp(text, prefix, strlen(prefix)) == 0; }
+
+int csystem_spawn_supervised(const csystem_spawn_request *request, int *notification, int *failed_step) {
+    *notification = -1;
+    *failed_step = CSYSTEM_SPAWN_SETUP;
+    struct spawn_child child = {.request = request, .report = -1, .parent = getpid()};
+    // The environment: the caller's, and with set_listen_pid LISTEN_PID and LISTEN_PIDFDID last, for the child to fill in.
+    int entries = 0;
+    while (request->envp[entries]) entries++;
+    child.envp = calloc((size_t)entries + 3, sizeof(char *));
+    char listen_pid[16 + 24], listen_pidfdid[16 + 24];
+    if (!child.envp) return -1;
+    int n = 0;
+    for (int i = 0; i < entries; i++) {
+        if (request->set_listen_pid && (has_prefix(request->envp[i], "LISTEN_PID=") || has_prefix(request->envp[i], "LISTEN_PIDFDID="))) continue;
+        child.envp[n++] = request->envp[i];
+    }
+    if (request->set_listen_pid) {
+        strcpy(listen_pid, "LISTEN_PID=");
+        strcpy(listen_pidfdid, "LISTEN_PIDFDID=");
+        child.listen_pid = listen_pid + strlen(listen_pid);
+        child.listen_pidfdid = listen_pidfdid + strlen(listen_pidfdid);
+        child.envp[n++] = listen_pid;
+        child.pidfdid_index = n;
+        child.envp[n++] = listen_pidfdid;
+    }
+    child.envp[n] = NULL;
+    int ends[2] = {-1, -1};
+    if (request->bind_filter) {
+        if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, ends) != 0) goto fail_early;
+        // Above every target of the mappings, so that none lands on it.
+        int moved = fcntl(ends[1], F_DUPFD_CLOEXEC, 3 + request->count);
+        close(ends[1]);
+        ends[1] = moved;
+        if (moved < 0) goto fail_early;
+        child.report = moved;
+    }
+    const size_t stack_size = 256 * 1024;
+    void *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) goto fail_early;
+    // Every signal blocked until the child has reset the handlers: none of ours may run in it.
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    int saved = errno;
+    pid_t pid = clone(spawn_child_main, (char *)stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &child);
+    int clone_error = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    errno = saved;
+    munmap(stack, stack_size);
+    if (pid < 0) {
+        errno = clone_error;
+        goto fail_early;
+    }
+    if (child.error) {
+        // It ran no program: reaped here, never seen by the caller's reaper.
+        int status;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+        *failed_step = child.failed_step;
+        errno = child.error;
+        pid = -1;
+    } else if (request->bind_filter) {
+        unsigned char tag = 1;
+        int received = csystem_receive_descriptor(ends[0], &tag, notification);  // sent before the child's execve
+        (void)received;
+    }
+    if (ends[0] >= 0) close(ends[0]);
+    if (ends[1] >= 0) close(ends[1]);
+    free(child.envp);
+    return pid;
+fail_early:
+    saved = errno;
+    if (ends[0] >= 0) close(ends[0]);
+    if (ends[1] >= 0) close(ends[1]);
+    free(child.envp);
+    errno = saved;
+    return -1;
+}
+
 #else  // Not Linux: nothing here exists.
 
 #define CSYSTEM_MISSING { errno = ENOSYS; return -1; }
@@ -252,6 +420,7 @@ int csystem_setns(int fd, int nstype) CSYSTEM_MISSING
 int csystem_clone_newnet(void) { return 0; }
 long csystem_getxattr(const char *path, const char *name, void *value, unsigned long size) CSYSTEM_MISSING
 int csystem_spawn_addclosefrom(void *actions, int from) { return ENOSYS; }
+int csystem_spawn_supervised(const csystem_spawn_request *request, int *notification, int *failed_step) CSYSTEM_MISSING
 long csystem_read_process_memory(int pid, uint64_t address, void *buffer, unsigned long length) CSYSTEM_MISSING
 int csystem_syscall_bind(void) { return -1; }
 int csystem_syscall_connect(void) { return -1; }

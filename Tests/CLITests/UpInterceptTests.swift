@@ -286,7 +286,7 @@ extension UpInterceptTests {
 
 extension UpInterceptTests {
     /// The figure of the README: `swift test --filter UpInterceptTests/reloadVersusStartUp`.
-    @Test("reload time of a swapped-socket Go server vs its own start-up: the trampoline and the swap add little")
+    @Test("reload time of a swapped-socket Go server vs its own start-up: the spawn and the swap add little")
     func reloadVersusStartUp() throws {
         let server = try #require(try goServers.get()["static"])
         func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }

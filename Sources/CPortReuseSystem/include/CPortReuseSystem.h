@@ -59,6 +59,39 @@ long csystem_getxattr(const char *path, const char *name, void *value, unsigned 
 /// returns ENOSYS where it is missing, like posix_spawn returns an error code rather than setting errno).
 int csystem_spawn_addclosefrom(void *actions, int from);
 
+/// What `csystem_spawn_supervised` starts, and how.
+typedef struct {
+    /// The program's path (no PATH search), its arguments and its environment (NULL-terminated).
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    /// Descriptors the program gets as 3, 4, …; each must be 3 + count or above. Every other one above 2 is closed.
+    const int *descriptors;
+    int count;
+    /// -1: stdout and stderr are inherited; else both go to this descriptor. stdin is always /dev/null.
+    int output;
+    /// Whether the program leads a process group of its own.
+    int new_process_group;
+    /// The signal the program gets when the calling thread dies (PR_SET_PDEATHSIG), or 0.
+    int death_signal;
+    /// Whether LISTEN_PID is the program's pid, and LISTEN_PIDFDID the inode number of its pidfd where pidfds have one.
+    int set_listen_pid;
+    /// Whether the program runs under the bind filter (`csystem_seccomp_listen` on bind), whose notification
+    /// descriptor the caller gets.
+    int bind_filter;
+} csystem_spawn_request;
+
+/// Where `csystem_spawn_supervised` failed.
+enum { CSYSTEM_SPAWN_SETUP = 1, CSYSTEM_SPAWN_PARENT_GONE = 2, CSYSTEM_SPAWN_FILTER = 3, CSYSTEM_SPAWN_EXEC = 4 };
+
+/// Starts a supervised program with no trampoline: a child that shares our memory until it execs
+/// (clone(CLONE_VM | CLONE_VFORK), as posix_spawn does) sets default signal actions, the process group, the death
+/// signal, stdin, the descriptors, the bind filter (handing its notification descriptor back over a socket pair)
+/// and LISTEN_PID, then execs the program with an empty signal mask. Returns the pid, with `*notification` the
+/// filter's descriptor (close-on-exec) or -1; or -1 with errno and `*failed_step` (a CSYSTEM_SPAWN_ value) when
+/// nothing runs (a child that failed is reaped).
+int csystem_spawn_supervised(const csystem_spawn_request *request, int *notification, int *failed_step);
+
 /// `process_vm_readv` of one range: reads `length` bytes at `address` in process `pid` (ptrace rights).
 /// Returns the number of bytes read.
 long csystem_read_process_memory(int pid, uint64_t address, void *buffer, unsigned long length);

@@ -102,20 +102,25 @@ package enum Processes {
     /// The processes descended from `pid` (children, their children, …), each with its start time, from one
     /// pass over /proc.
     package static func descendants(of pid: pid_t) -> [(pid: pid_t, startTime: UInt64)] {
-        descendants(ofEach: [pid])[0]
+        Tree().descendants(of: pid)
     }
 
-    /// The descendants of each of `roots`, in their order, from one pass over /proc (a pass reads every
-    /// process's stat: its cost grows with the host's processes, so a caller with several roots makes one).
-    package static func descendants(ofEach roots: [pid_t]) -> [[(pid: pid_t, startTime: UInt64)]] {
-        var children: [pid_t: [(pid_t, UInt64)]] = [:]
-        for entry in Files.list("/proc") {
-            guard let child = pid_t(entry), let stat = stat(of: child) else { continue }
-            children[stat.parent, default: []].append((child, stat.startTime))
+    /// Every process's parent, from one pass over /proc. A pass reads every process's stat, so its cost grows
+    /// with the host's processes: a caller that needs the descendants of several processes reads one tree.
+    package struct Tree {
+        private var children: [pid_t: [(pid_t, UInt64)]] = [:]
+
+        package init() {
+            for entry in Files.list("/proc") {
+                guard let child = pid_t(entry), let stat = stat(of: child) else { continue }
+                children[stat.parent, default: []].append((child, stat.startTime))
+            }
         }
-        return roots.map { root in
+
+        /// The processes descended from `pid`, each with its start time, as they were when the tree was read.
+        package func descendants(of pid: pid_t) -> [(pid: pid_t, startTime: UInt64)] {
             var found: [(pid: pid_t, startTime: UInt64)] = []
-            var queue = [root]
+            var queue = [pid]
             while let next = queue.popLast(), found.count < 100_000 {
                 for (child, start) in children[next] ?? [] {
                     found.append((child, start))

@@ -32,8 +32,8 @@ package struct Dialect: Sendable, CustomStringConvertible {
     package let maximumSockets: Int?
     /// Whether it can name a UDP socket.
     package let carriesUDP: Bool
-    /// Whether the trampoline sets `LISTEN_PID` and `LISTEN_PIDFDID` (systemd's): values only the program's own
-    /// process knows.
+    /// Whether the spawn sets `LISTEN_PID` and `LISTEN_PIDFDID` (systemd's) in the program's own process, before
+    /// it execs: values only that process knows.
     package let setsListenPID: Bool
     /// What the tests run it with, for the README.
     package let testedWith: String
@@ -87,7 +87,7 @@ package struct Dialect: Sendable, CustomStringConvertible {
             variables: ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "LISTEN_PIDFDID"], stopSignal: SIGTERM,
             maximumSockets: nil, carriesUDP: true, setsListenPID: true,
             testedWith: "gunicorn, Swift (PortReuse), SwiftNIO, Python `socket.fromfd`, systemd-socket-activate",
-            notes: "LISTEN_PID and LISTEN_PIDFDID (the inode number of the program's pidfd, as systemd 254+ sets it; none where pidfds are not on pidfs) are set by the trampoline in the program's own process",
+            notes: "LISTEN_PID and LISTEN_PIDFDID (the inode number of the program's pidfd, as systemd 254+ sets it; none where pidfds are not on pidfs) are set in the program's own process before it execs",
             assignments: { context in
                 [("LISTEN_FDS", "\(context.sockets.count)"), ("LISTEN_FDNAMES", context.sockets.map(\.name).joined(separator: ":"))]
             }),

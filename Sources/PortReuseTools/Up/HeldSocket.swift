@@ -17,14 +17,14 @@ package struct HeldSocket {
     package var backlog: Int32?
 
     /// Where `up` keeps its sockets: from descriptor 100 up where the limit on descriptors allows (the soft limit
-    /// is raised toward the hard one if needed), else just above 3 + `count` + 1 (the trampoline's report socket), so that posix_spawn's dup2 to
+    /// is raised toward the hard one if needed), else just above 3 + `count` + 1 (the spawn's report socket), so that the spawn's dup2 to
     /// 3, 4, … never lands on one of its own. Throws (exit 3) when even that does not fit.
     package static func firstDescriptor(holding count: Int) throws(CommandFailure) -> Int32 {
         let spare = 32  // for notify sockets, pipes and the probe's connections
         let wanted = UInt64(100 + count + spare)
         let soft = Processes.raiseDescriptorLimit(to: wanted)
         if soft >= wanted { return 100 }
-        let lowest = UInt64(4 + count)  // 3 + count: where the trampoline gets its report socket
+        let lowest = UInt64(4 + count)  // 3 + count: where the spawn puts its report socket
         guard lowest + UInt64(count + spare) <= soft else {
             let hard = Processes.descriptorLimits().hard
             throw CommandFailure(

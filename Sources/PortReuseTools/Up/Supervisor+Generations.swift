@@ -40,11 +40,9 @@ extension Supervisor {
     private func spawn(number: Int, environment: [String]) throws(CommandFailure) -> (pid_t, SocketCallInterceptor?) {
         let setListenPID = configuration.reusePortEnvironment == nil && configuration.dialect.setsListenPID
         #if os(Linux)
-        if let executable = configuration.interceptExecutable, interceptionOff == nil, !sockets.isEmpty {
-            switch try Spawner.spawnIntercepted(
-                configuration.command, executable: executable, environment: environment, descriptors: sockets.map(\.descriptor), setListenPID: setListenPID)
-            {
-            case .started(let pid, let notification):
+        if configuration.intercepts, interceptionOff == nil, !sockets.isEmpty {
+            switch try Spawner.spawnIntercepted(configuration.command, environment: environment, descriptors: sockets.map(\.descriptor), setListenPID: setListenPID) {
+            case .started(let pid, let notification?):
                 do {
                     let interceptor = try SocketCallInterceptor(notificationDescriptor: notification, rules: interceptionRules(number: number))
                     try interceptor.start()
@@ -55,8 +53,12 @@ extension Supervisor {
                     _ = try? Processes.wait(pid, noHang: false)
                     throw CommandFailure("cannot answer the binds of generation \(number): \(error)")
                 }
+            case .started(let pid, nil):
+                _ = try? Processes.kill(-pid, SIGKILL)
+                _ = try? Processes.wait(pid, noHang: false)
+                throw CommandFailure("generation \(number) started without handing over its seccomp descriptor")
             case .failed(let reason):
-                logger.warning("\(reason): generation \(number) starts with LISTEN_FDS only")
+                throw CommandFailure(reason)
             case .refused(let code):
                 interceptionOff = "the kernel refused the seccomp filter (\(code))"
                 logger.warning("\(interceptionOff!): generations get the sockets as LISTEN_FDS only; a program that binds them by itself fails with EADDRINUSE")
@@ -77,7 +79,7 @@ extension Supervisor {
 
     /// The program's environment: ours without any dialect's variables (``Dialect/isDialectVariable(_:)``: a stray
     /// one `up` inherited never reaches a program) nor those meant for `up` itself, then the chosen dialect's for
-    /// this generation (systemd's LISTEN_PID and LISTEN_PIDFDID are set by the trampoline, in the program's own process).
+    /// this generation (systemd's LISTEN_PID and LISTEN_PIDFDID are set by the spawn, in the program's own process).
     func environment(number: Int, notifyPath: String) -> [String] {
         let ours = ["NOTIFY_SOCKET", UpgradeHandover.variable]
         var entries = (configuration.reusePortEnvironment ?? ProcessSpawn.currentEnvironment()).filter { entry in
@@ -100,13 +102,14 @@ extension Supervisor {
         // the look at the processes (a pass over /proc, milliseconds on a loaded machine) come after.
         let old = generations.filter { $0 !== generation && $0.phase == .ready }
         _ = try? Readiness.notify(.ready, .status(statusLine(serving: generation, draining: old.count + generations.filter { $0.phase == .draining }.count)))
-        if generation.record.reason == .reload { record(generation, .ready, reason: nil) }
+        let tree = Processes.Tree()  // one pass over /proc for the report and every generation's members
+        if generation.record.reason == .reload { record(generation, .ready, reason: nil, tree: tree) }
         statusChanged = true
         logger.info("\(generation.label) ready after \(Self.milliseconds(now - generation.record.startedMonotonic)) (\(how))")
         noteBlockingMode(of: generation)
-        for serving in old { drain(serving) }
+        for serving in old { drain(serving, tree: tree) }
         if adopted?.stopSent == nil, adopted?.idleStopBy == nil { stopAdopted() }
-        generation.record.noteMembers()
+        generation.record.noteMembers(in: tree)
         if reloadQueued && !state.isStopping {
             reloadQueued = false
             logger.info("starting the reload requested while \(generation.label) was starting")
@@ -139,14 +142,14 @@ extension Supervisor {
 
     /// Moves a generation to `phase`, asks its main process to stop (unless it has exited already) and starts
     /// its grace period, after which `tick` kills its process group.
-    func askToStop(_ generation: Generation, phase: GenerationPhase) {
-        if generation.record.exit == nil { generation.record.noteMembers() }
+    func askToStop(_ generation: Generation, phase: GenerationPhase, tree: Processes.Tree? = nil) {
+        if generation.record.exit == nil { generation.record.noteMembers(in: tree ?? Processes.Tree()) }
         generation.phase = generation.record.exit != nil && phase == .draining ? .exiting : phase
         generation.record.deadline = Processes.monotonicNanoseconds + UInt64(configuration.grace * 1e9)
         if generation.record.exit == nil { _ = try? Processes.kill(generation.record.mainProcess, configuration.stopSignal) }
     }
 
-    private func drain(_ generation: Generation) {
+    private func drain(_ generation: Generation, tree: Processes.Tree) {
         if let wait = configuration.stopWhenIdle, generation.record.exit == nil, !state.isStopping {
             generation.phase = .draining
             generation.record.deadline = Processes.monotonicNanoseconds + UInt64((configuration.grace + wait) * 1e9)
@@ -155,7 +158,7 @@ extension Supervisor {
             statusChanged = true
             return
         }
-        askToStop(generation, phase: .draining)
+        askToStop(generation, phase: .draining, tree: tree)
         let draining = generations.filter { $0.phase == .draining }.count
         logger.info(
             "\(generation.label) draining: sent \(SignalName(configuration.stopSignal)), killed if still running in \(Seconds(configuration.grace)) (\(draining) draining)")
@@ -212,7 +215,7 @@ extension Supervisor {
         startGeneration(.reload)
     }
 
-    private func record(_ generation: Generation, _ result: ReloadResult, reason: String?) {
+    private func record(_ generation: Generation, _ result: ReloadResult, reason: String?, tree: Processes.Tree? = nil) {
         var report = ReloadRecord(
             generation: generation.number, startedAt: generation.record.startedAt, result: result, reason: reason,
             seconds: Double(Processes.monotonicNanoseconds - generation.record.startedMonotonic) / 1e9)
@@ -224,7 +227,7 @@ extension Supervisor {
             let older = generations.filter { $0 !== generation && $0.phase.isLive && $0.record.exit == nil }
             let views = older.map { HealthSnapshot.GenerationView(number: $0.number, phase: $0.phase, pids: [$0.pid] + $0.record.members.map(\.pid)) }
             report.connectionsOnOlderGenerations = views.isEmpty ? 0
-                : KernelReadings.connections(of: views, listeners: HealthListener.of(sockets)).values.reduce(0, +)
+                : KernelReadings.connections(of: views, listeners: HealthListener.of(sockets), tree: tree ?? Processes.Tree()).values.reduce(0, +)
         }
         history.append(report)
         counters.count(history[history.count - 1])

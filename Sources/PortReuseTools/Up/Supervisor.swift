@@ -34,9 +34,9 @@ package final class Supervisor {
         /// generation that was serving (its exit code, or 128 + the signal that ended it), as the program itself
         /// would have, instead of 0 or 1. (Orphans are reaped in every mode: `up` is their subreaper.)
         package var exitsWithProgram = false
-        /// Our own binary, whose `intercept-exec` starts each generation under the bind filter, so that a program
-        /// that binds a held address by itself gets the held socket (``SocketSwap``); `nil`: LISTEN_FDS only.
-        package var interceptExecutable: String?
+        /// Whether each generation starts under the bind filter, so that a program that binds a held address by
+        /// itself gets the held socket (``SocketSwap``); else LISTEN_FDS only.
+        package var intercepts = false
         /// How generations are told which descriptors are their sockets (`--protocol`).
         package var dialect = Dialect.systemd
         /// `--stop-delay`: seconds between SIGTERM/SIGINT and the drain, while `/readyz` answers 503 (``SupervisorState/delayingStop(until:exitCode:)``).
@@ -44,10 +44,9 @@ package final class Supervisor {
 
         package init(
             command: [String], readiness: ReadinessCheck, readyTimeout: Double, grace: Double, stopSignal: Int32, statusPath: String?,
-            reusePortEnvironment: [String]?, reusePortListens: [ListenSpec], arguments: [String],
-            interceptExecutable: String? = nil
+            reusePortEnvironment: [String]?, reusePortListens: [ListenSpec], arguments: [String], intercepts: Bool = false
         ) {
-            self.interceptExecutable = interceptExecutable
+            self.intercepts = intercepts
             self.command = command
             self.readiness = readiness
             self.readyTimeout = readyTimeout

@@ -147,9 +147,9 @@ package struct GenerationRecord: Codable, Sendable {
     package var label: String { "generation \(number) (pid \(pid))" }
 
     /// Adds the processes now descended from the generation's first process to ``members``.
-    package mutating func noteMembers() {
+    package mutating func noteMembers(in tree: Processes.Tree = Processes.Tree()) {
         let seen = Set(members)
-        members += Processes.descendants(of: pid).map { Member(pid: $0.pid, startTime: $0.startTime) }.filter { !seen.contains($0) }
+        members += tree.descendants(of: pid).map { Member(pid: $0.pid, startTime: $0.startTime) }.filter { !seen.contains($0) }
     }
 
     /// The members still alive that are outside the generation's process group (a group kill misses them).

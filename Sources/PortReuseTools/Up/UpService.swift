@@ -89,13 +89,13 @@ package struct UpOptions {
                 throw error
             }
         }
-        let interception = interceptionExecutable()
+        let interceptionOff = interceptionRefusal()
         let signals = try SignalPipe()
         var configuration = Supervisor.Configuration(
             command: [program.path] + command.dropFirst(), readiness: readiness, readyTimeout: readyTimeout, grace: grace,
             stopSignal: stopSignal, statusPath: pidFile.map(UpStatus.path(forPIDFile:)),
             reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments,
-            interceptExecutable: interception.executable)
+            intercepts: interceptionOff == nil)
         configuration.stopWhenIdle = stopWhenIdle
         configuration.exitsWithProgram = exitsWithProgram || getpid() == 1
         configuration.dialect = dialect
@@ -111,7 +111,7 @@ package struct UpOptions {
             RuntimeFolder.remove(runtimeFolder)
             throw error
         }
-        if let reason = interception.off { supervisor.logger.info("generations start without the bind filter: \(reason)") }
+        if let reason = interceptionOff, !reuseport { supervisor.logger.info("generations start without the bind filter: \(reason)") }
         if let inherited {
             supervisor.adopt(inherited)
         } else {
@@ -149,20 +149,14 @@ package struct UpOptions {
         }
     }
 
-    /// Our own binary for the trampoline, or why generations start without the bind filter.
-    private func interceptionExecutable() -> (executable: String?, off: String?) {
-        guard intercept else { return (nil, "--no-intercept") }
-        guard !reuseport else { return (nil, nil) }
+    /// Why generations start without the bind filter, or `nil` when they start under it.
+    private func interceptionRefusal() -> String? {
+        guard intercept else { return "--no-intercept" }
+        guard !reuseport else { return "--reuseport" }
         #if os(Linux)
-        if let reason = KernelRun.unsupportedReason() { return (nil, reason) }
-        // The C trampoline beside our binary starts in about 1 ms (portreuse itself takes 10-15).
-        if let helper = Spawner.cTrampolinePath { return (helper, nil) }
-        // Else our own running binary, even once a new release was renamed over its path (the child of posix_spawn
-        // still has it as /proc/self/exe until it execs).
-        guard Files.read("/proc/self/exe", limit: 4) != nil else { return (nil, "/proc/self/exe cannot be read") }
-        return ("/proc/self/exe", nil)
+        return KernelRun.unsupportedReason()
         #else
-        return (nil, "seccomp is Linux only")
+        return "seccomp is Linux only"
         #endif
     }
 

@@ -34,15 +34,16 @@ package struct KernelReadings: Sendable {
     /// costs every socket of the host, TIME-WAIT ones of every network namespace included (6 ms of CPU with 51,000
     /// of them, once per reload). Where a duplicate is refused (no ptrace rights over the program), that process's
     /// sockets are looked up in the table instead, filtered by port in the kernel.
-    package static func connections(of generations: [HealthSnapshot.GenerationView], listeners: [HealthListener]) -> [Int: Int] {
+    package static func connections(
+        of generations: [HealthSnapshot.GenerationView], listeners: [HealthListener], tree: Processes.Tree = Processes.Tree()
+    ) -> [Int: Int] {
         var counts: [Int: Int] = [:]
         let endpoints = Set(listeners.map { Self.endpoint($0.address) })
         let held = Set(listeners.map(\.inode))
         var fromTable: Set<UInt64>?
-        let descendants = Processes.descendants(ofEach: generations.map { $0.pids[0] })
-        for (generation, below) in zip(generations, descendants) {
+        for generation in generations {
             var connections = Set<UInt64>()
-            for pid in Set(generation.pids + below.map(\.pid)) {
+            for pid in Set(generation.pids + tree.descendants(of: generation.pids[0]).map(\.pid)) {
                 if let found = acceptedConnections(of: pid, on: endpoints, skipping: held) {
                     connections.formUnion(found)
                 } else {
