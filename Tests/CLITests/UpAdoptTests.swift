@@ -29,7 +29,7 @@ struct UpAdoptTests {
             ["--adopt", "\(old.pid)", "--listen", "127.0.0.1:\(port)", "--stop-when-idle", "--grace", "10s", "--",
              systemPython, "-m", "http.server", "\(port)", "--bind", "127.0.0.1", "--directory", folder.path])
         #expect(up.waitForLog("adopted pid \(old.pid) (python3) exited"), "\(up.logText)")
-        #expect(up.logText.contains("got up's socket"), "generation 1 bound the adopted socket: \(up.logText)")
+        #expect(up.waitForLog("got up's socket", timeout: 10), "generation 1 bound the adopted socket: \(up.logText)")
         let before = load.count
         up.signal(SIGHUP)
         #expect(up.waitForStatus { $0.serving.map(\.number) == [2] && $0.generations.count == 1 } != nil, "\(up.logText)")

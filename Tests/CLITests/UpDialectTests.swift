@@ -145,7 +145,7 @@ struct UpDialectTests {
             .first { $0.hasPrefix("flags:") }.flatMap { Int($0.dropFirst(6).trimmingCharacters(in: .whitespaces), radix: 8) }
         #expect(flags.map { $0 & Int(O_NONBLOCK) != 0 } == true, "nginx's descriptor 3 is blocking: flags \(String(describing: flags))")
         Self.expectTenReloads(up, address, "nginx (nginx)", context: { up.logText + "\n" + errors() })
-        #expect(up.logText.contains("sent SIGQUIT"), "QUIT is nginx's graceful stop: \(up.logText)")
+        #expect(up.waitForLog("sent SIGQUIT", timeout: 10), "QUIT is nginx's graceful stop: \(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)\n\(errors())")
         #expect(errors().components(separatedBy: "gracefully shutting down").count > 10, "every generation stopped gracefully:\n\(errors())")
     }
@@ -275,7 +275,7 @@ struct UpDialectTests {
         let two = try #require(up.waitForStatus { $0.serving.map(\.number) == [2] && $0.generations.count == 1 }?.serving.first?.pid, "generation 1 gone, so 2 answers")
         #expect(try httpGet(address) == "unicorn \(two) fds [3]\n", "\(up.logText)")
         #expect(up.stop() == 0)
-        #expect(up.logText.contains("unicorn \(two) stopped gracefully by SIGQUIT"), "the new up still stops with the dialect's signal:\n\(up.logText)")
+        #expect(up.waitForLog("unicorn \(two) stopped gracefully by SIGQUIT", timeout: 10), "the new up still stops with the dialect's signal:\n\(up.logText)")
     }
 
     @Test("a SIGHUP before the first READY=1 (as systemd 257 may send a notify-reload service) is a reload after it, not up's death")

@@ -113,7 +113,7 @@ struct UpInitTests {
         #expect(waitUntil(timeout: 10) { (try? String(contentsOfFile: folder.path + "/signals", encoding: .utf8)) == "USR1\n" }, "\(up.logText)")
         up.signal(SIGWINCH)
         #expect(waitUntil(timeout: 10) { (try? String(contentsOfFile: folder.path + "/signals", encoding: .utf8)) == "USR1\nWINCH\n" }, "\(up.logText)")
-        #expect(up.logText.contains("SIGUSR1 forwarded to generation 1"), "\(up.logText)")
+        #expect(up.waitForLog("SIGUSR1 forwarded to generation 1", timeout: 10), "\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")
     }
 }

@@ -236,7 +236,7 @@ extension UpInterceptTests {
         let up = try UpProcess(["--listen", "udp:127.0.0.1:\(port)", "--ready", "delay:300ms", "--", python!, "-c", echo])
         #expect(up.waitForStatus { !$0.serving.isEmpty } != nil, "\(up.logText)")
         #expect(up.waitForLog("(UDP) 127.0.0.1:\(port) of python3"), "\(up.logText)")
-        #expect(up.logText.contains("got up's socket"), "\(up.logText)")
+        #expect(up.waitForLog("got up's socket", timeout: 10), "\(up.logText)")
         let client = try DatagramSocket(udp: "127.0.0.1:0")
         let target = SocketAddress(ip: .loopbackIPv4, port: port)
         let answer = waitFor(timeout: 5, interval: 0.1) { () -> String? in

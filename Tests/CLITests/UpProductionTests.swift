@@ -28,7 +28,7 @@ struct UpProductionTests {
         #expect(answered > 50)
         // The first SIGHUP starts generation 2; those that arrive while a generation starts make one more reload.
         #expect(end.serving[0].number == 3 || end.serving[0].number == 4, "\(up.logText)")
-        #expect(up.logText.contains("one more reload follows once it is ready"))
+        #expect(up.waitForLog("one more reload follows once it is ready", timeout: 10))
         #expect(up.stop() == 0)
     }
 
@@ -57,7 +57,7 @@ struct UpProductionTests {
         #expect(done.wait(timeout: .now() + 20) == .success)
         #expect(answer.withLock { $0 } == "hello from hello pid \(first)\n")
         #expect(up.waitForStatus { $0.generations.count == 1 } != nil)
-        #expect(up.logText.contains("generation 1 (pid \(first)) exited (exit status 0)"), "\(up.logText)")
+        #expect(up.waitForLog("generation 1 (pid \(first)) exited (exit status 0)", timeout: 10), "\(up.logText)")
         #expect(up.stop() == 0)
     }
 
@@ -98,7 +98,7 @@ struct UpProductionTests {
         // systemd-socket-activate starts up on the first connection.
         let answer = waitFor(timeout: 10, interval: 0.05) { try? httpGet(SocketAddress(ip: .loopbackIPv4, port: port)) } ?? ""
         #expect(answer.hasPrefix("hello from via-systemd pid"), "\(up.logText)")
-        #expect(up.logText.contains("holding web=tcp:127.0.0.1:\(port)"), "the name comes from systemd: \(up.logText)")
+        #expect(up.waitForLog("holding web=tcp:127.0.0.1:\(port)", timeout: 10), "the name comes from systemd: \(up.logText)")
         #expect(up.stop() == 0)
     }
 
@@ -170,7 +170,7 @@ struct UpProductionTests {
         #expect(up.waitForStatus { $0.serving.map(\.number) == [2] && $0.generations.count == 1 } != nil, "\(up.logText)")
         let (answered, failures) = load.stop()
         #expect(failures.isEmpty, "\(failures.count) failed of \(answered + failures.count): \(failures.prefix(3))")
-        #expect(up.logText.contains("upgraded:"))
+        #expect(up.waitForLog("upgraded:", timeout: 10))
         #expect(up.stop() == 0, "\(up.logText)")
     }
 }
@@ -189,7 +189,7 @@ extension UpProductionTests {
         let upgrade = try capture([portreuse, "up", "--upgrade", "--pid-file", pidFile], timeout: 60)
         #expect(upgrade.status == 1)
         #expect(upgrade.stderr.contains("upgrade failed"), "\(upgrade.stderr)")
-        #expect(up.logText.contains("--version did not succeed"), "\(up.logText)")
+        #expect(up.waitForLog("--version did not succeed", timeout: 10), "\(up.logText)")
         #expect(kill(pid, 0) == 0, "the old up still runs")
         #expect(up.status?.serving.map(\.pid) == ready.serving.map(\.pid))
         kill(pid, SIGHUP)
@@ -240,8 +240,8 @@ extension UpProductionTests {
         #expect(rename(folder.path + "/liar", copy) == 0)
         let upgrade = try capture([portreuse, "up", "upgrade", "--pid-file", up.pidFile], timeout: 60)
         #expect(upgrade.status == 1, "\(upgrade.stderr)")
-        #expect(up.logText.contains("cannot take over"), "\(up.logText)")
-        #expect(up.logText.contains("cannot start"), "what the binary said is in the log: \(up.logText)")
+        #expect(up.waitForLog("cannot take over", timeout: 10), "\(up.logText)")
+        #expect(up.waitForLog("cannot start", timeout: 10), "what the binary said is in the log: \(up.logText)")
         #expect(Processes.exists(up.pid), "the old up still runs")
         #expect(up.status?.serving.map(\.pid) == ready.serving.map(\.pid))
         up.signal(SIGHUP)

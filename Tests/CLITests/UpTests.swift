@@ -33,7 +33,7 @@ struct UpTests {
         let first = try httpGet(address)
         #expect(first.hasPrefix("hello from A pid"))
         #expect(up.waitForLog("ready after"), "\(up.logText)")
-        #expect(up.logText.contains("(READY=1)"), "hello sends READY=1, so auto readiness uses it")
+        #expect(up.waitForLog("(READY=1)", timeout: 10), "hello sends READY=1, so auto readiness uses it")
 
         let reload = try capture([portreuse, "up", "reload", "--pid-file", up.pidFile], timeout: 60)
         #expect(reload.status == 0, "\(reload.stderr)")
@@ -54,7 +54,7 @@ struct UpTests {
         #expect(mixed.stderr.contains("--listen, --grace serve a program and do nothing beside --reload, --status or --upgrade"), "\(mixed.stderr)")
 
         #expect(up.stop() == 0, "\(up.logText)")
-        #expect(up.logText.contains("generation 2 (pid \(status.serving[0].pid)) exited (exit status 0)"))
+        #expect(up.waitForLog("generation 2 (pid \(status.serving[0].pid)) exited (exit status 0)", timeout: 10))
         #expect(kill(status.serving[0].pid, 0) == -1, "the generation is gone")
         #expect(!FileManager.default.fileExists(atPath: up.pidFile), "the pid file is removed")
     }
@@ -65,7 +65,7 @@ struct UpTests {
         let address = try up.servingAddress()
         let first = try httpGet(address)
         #expect(first.hasPrefix("python "))
-        #expect(up.logText.contains("probe: accepted a connection"), "\(up.logText)")
+        #expect(up.waitForLog("probe: accepted a connection", timeout: 10), "\(up.logText)")
         up.signal(SIGHUP)
         #expect(up.waitForStatus { $0.serving.map(\.number) == [2] && $0.generations.count == 1 } != nil, "\(up.logText)")
         let second = try httpGet(address)
@@ -131,8 +131,8 @@ struct UpTests {
         #expect(reload.status == 1)
         #expect(reload.stderr.contains("reload failed: generation 2 exited before it was ready (exit status 3)"), "\(reload.stderr)")
         #expect(try httpGet(address) == before, "generation 1 still answers")
-        #expect(up.logText.contains("generation 1 (pid"), "\(up.logText)")
-        #expect(up.logText.contains("keeps serving"))
+        #expect(up.waitForLog("generation 1 (pid", timeout: 10), "\(up.logText)")
+        #expect(up.waitForLog("keeps serving", timeout: 10))
         #expect(up.status?.serving.map(\.number) == [1])
         #expect(up.stop() == 0)
     }
@@ -141,8 +141,8 @@ struct UpTests {
     func givesUp() throws {
         let up = try UpProcess(["--listen", "127.0.0.1:0", "--", "/bin/false"])
         #expect(up.waitForExit(timeout: 30) == 4, "\(up.logText)")
-        #expect(up.logText.contains("restarting in"))
-        #expect(up.logText.contains("failed 5 times in a row and never became ready: giving up"))
+        #expect(up.waitForLog("restarting in", timeout: 10))
+        #expect(up.waitForLog("failed 5 times in a row and never became ready: giving up", timeout: 10))
     }
 
     @Test("a generation that dies while serving is restarted; connections wait in the queue meanwhile")
@@ -210,7 +210,7 @@ struct UpReusePortTests {
              "--directory", folder.path],
             folder: folder)
         #expect(up.waitForLog("ready after"), "\(up.logText)")
-        #expect(up.logText.contains("(listening)"))
+        #expect(up.waitForLog("(listening)", timeout: 10))
         let address = SocketAddress(ip: .loopbackIPv4, port: port)
         _ = try httpGet(address)  // a directory listing
         up.signal(SIGHUP)  // the second generation binds beside the first: without the shim it could not
