@@ -354,7 +354,9 @@ int csystem_spawn_supervised(const csystem_spawn_request *request, int *notifica
     child.envp[n] = NULL;
     int ends[2] = {-1, -1};
     if (request->bind_filter) {
-        if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, ends) != 0) goto fail_early;
+        // Non-blocking: the message is there when the parent resumes (the child sends before it execs), and a
+        // child killed before it sent leaves EAGAIN, where a datagram socket would otherwise wait for ever.
+        if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, ends) != 0) goto fail_early;
         // Above every target of the mappings, so that none lands on it.
         int moved = fcntl(ends[1], F_DUPFD_CLOEXEC, 3 + request->count);
         close(ends[1]);
@@ -388,8 +390,11 @@ int csystem_spawn_supervised(const csystem_spawn_request *request, int *notifica
         pid = -1;
     } else if (request->bind_filter) {
         unsigned char tag = 1;
-        int received = csystem_receive_descriptor(ends[0], &tag, notification);  // sent before the child's execve
-        (void)received;
+        // Sent before the child's execve; none (-1) if the child was killed before it could send.
+        if (csystem_receive_descriptor(ends[0], &tag, notification) <= 0 || tag != 0) {
+            if (*notification >= 0) close(*notification);
+            *notification = -1;
+        }
     }
     if (ends[0] >= 0) close(ends[0]);
     if (ends[1] >= 0) close(ends[1]);
