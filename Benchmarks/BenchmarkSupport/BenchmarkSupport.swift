@@ -18,9 +18,10 @@ public func fixed(_ value: Double, _ digits: Int) -> String {
     var scale = 1.0
     for _ in 0..<digits { scale *= 10 }
     let scaled = Int((value * scale).rounded())
-    let whole = scaled / Int(scale)
-    let fraction = String(scaled % Int(scale))
-    return digits == 0 ? "\(whole)" : "\(whole)." + String(repeating: "0", count: digits - fraction.count) + fraction
+    let sign = scaled < 0 ? "-" : ""  // -0.4 keeps its sign, and the fraction of -3.4 is 4, not -4
+    let whole = scaled.magnitude / UInt(scale)
+    let fraction = String(scaled.magnitude % UInt(scale))
+    return sign + (digits == 0 ? "\(whole)" : "\(whole)." + String(repeating: "0", count: digits - fraction.count) + fraction)
 }
 
 /// The median (the mean of the middle two of an even count).

@@ -4,7 +4,8 @@
 //
 //   swift build -c release && .build/release/reload-bench [restarts] [clients]
 //
-// RELOAD_BENCH_LOG=FILE appends every server's stderr (up's log) to FILE.
+// RELOAD_BENCH_LOG=FILE appends every server's stderr (up's log) to FILE; RELOAD_BENCH_UP_ARGS="--no-intercept"
+// (words split at spaces) adds options to both `portreuse up` rows, for a comparison in two runs.
 //
 // Styles: naive stop-then-start; SO_REUSEPORT overlap (start the new server, then stop the old one) with
 // net.ipv4.tcp_migrate_req=0 and =1; `portreuse up` (SIGHUP); and the steady state (up serving, no restart), to
@@ -313,12 +314,18 @@ func helloStartup() -> Double {
     return elapsed
 }
 
+/// `portreuse up` with RELOAD_BENCH_UP_ARGS, serving hello on `address`.
+func upCommand(_ address: SocketAddress) -> [String] {
+    let extra = getenv("RELOAD_BENCH_UP_ARGS").map { String(cString: $0).split(separator: " ").map(String.init) } ?? []
+    return [portreuse, "up", "--listen", "\(address)"] + extra + ["--", hello]
+}
+
 var reloadTimes: [Double] = []
 var startupTimes: [Double] = []
 /// up's own CPU time (not its generations'), from its readiness to its stop, per row.
 var upCPU: [String: Double] = [:]
 rows.append(measure("portreuse up (SIGHUP)", setUp: { address in
-    current = start([portreuse, "up", "--listen", "\(address)", "--", hello])
+    current = start(upCommand(address))
     guard waitForNotify("READY=1") else { fail("portreuse up did not become ready") }
     upCPU["reloads"] = -cpuMilliseconds(current)
 }, restart: { _ in
@@ -335,7 +342,7 @@ rows.append(measure("portreuse up (SIGHUP)", setUp: { address in
 // The same load on the same path, `up` serving, and the same side work (a hello started and stopped beside it)
 // but no reload: what p99 during reloads is compared with.
 rows.append(measure("steady state: portreuse up, no reload", setUp: { address in
-    current = start([portreuse, "up", "--listen", "\(address)", "--", hello])
+    current = start(upCommand(address))
     guard waitForNotify("READY=1") else { fail("portreuse up did not become ready") }
     upCPU["steady"] = -cpuMilliseconds(current)
 }, restart: { _ in
