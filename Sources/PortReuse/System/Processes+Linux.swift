@@ -185,17 +185,16 @@ package enum Processes {
         return String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// The inodes of the sockets process `pid` has open (its `socket:[INODE]` links in /proc/PID/fd); empty when
-    /// the process is gone or unreadable.
+    /// The inode of the socket process `pid` has at `descriptor`, from its `socket:[INODE]` link in /proc/PID/fd;
+    /// `nil` for anything else, or when the process is gone or unreadable.
+    package static func socketInode(of pid: pid_t, descriptor: Int32) -> UInt64? {
+        guard let text = try? readLink("/proc/\(pid)/fd/\(descriptor)"), text.hasPrefix("socket:["), text.hasSuffix("]") else { return nil }
+        return UInt64(text.dropFirst(8).dropLast())
+    }
+
+    /// The inodes of the sockets process `pid` has open; empty when the process is gone or unreadable.
     package static func socketInodes(of pid: pid_t) -> Set<UInt64> {
-        var inodes = Set<UInt64>()
-        for entry in Files.list("/proc/\(pid)/fd") {
-            guard let text = try? readLink("/proc/\(pid)/fd/\(entry)"), text.hasPrefix("socket:["), text.hasSuffix("]"),
-                let inode = UInt64(text.dropFirst(8).dropLast())
-            else { continue }
-            inodes.insert(inode)
-        }
-        return inodes
+        Set(Files.list("/proc/\(pid)/fd").compactMap { entry in Int32(entry).flatMap { socketInode(of: pid, descriptor: $0) } })
     }
 
     /// Waits for a child to change state: its pid and wait status, or `nil` with `noHang` when none has.

@@ -61,7 +61,7 @@ package struct Adoption {
             throw CommandFailure("--adopt \(pid): cannot read /proc/\(pid)/fd: \(Files.errorText()) (\(rightsAdvice(uid: KernelTables.processInfo(pid: pid).uid)))", exitCode: 3)
         }
         for entry in entries {
-            guard let descriptor = Int32(entry), let inode = GenerationProbe.socketInode(pid: pid, descriptor: descriptor),
+            guard let descriptor = Int32(entry), let inode = Processes.socketInode(of: pid, descriptor: descriptor),
                 let holder = onPort.first(where: { $0.inode == inode })
             else { continue }
             guard spec.transport == .udp || holder.state == .listen else {

@@ -81,7 +81,7 @@ package enum GenerationProbe {
     private static func isWaiting(pid: pid_t, _ wait: Wait, on inode: UInt64) -> Bool {
         switch wait {
         case .accept(let descriptor), .receive(let descriptor):
-            return socketInode(pid: pid, descriptor: descriptor) == inode
+            return Processes.socketInode(of: pid, descriptor: descriptor) == inode
         case .epoll(let descriptor):
             // fdinfo of an epoll set: one "tfd: N events: … ino:HEX sdev:…" line per watched file.
             guard let info = Files.read("/proc/\(pid)/fdinfo/\(descriptor)", limit: 65_536) else { return false }
@@ -95,23 +95,15 @@ package enum GenerationProbe {
                 let entry = bytes[(index * 8)..<(index * 8 + 8)]
                 let descriptor = entry.prefix(4).reversed().reduce(Int32(0)) { $0 << 8 | Int32($1) }
                 let events = Int16(entry[entry.startIndex + 4]) | Int16(entry[entry.startIndex + 5]) << 8
-                return events & Int16(POLLIN) != 0 && socketInode(pid: pid, descriptor: descriptor) == inode
+                return events & Int16(POLLIN) != 0 && Processes.socketInode(of: pid, descriptor: descriptor) == inode
             }
         case .select(let count, let readSet):
             guard count > 0, count <= 65_536, readSet != 0, let bits = readMemory(pid: pid, at: readSet, count: (count + 7) / 8) else { return false }
             return (0..<count).contains { (descriptor: Int) -> Bool in
                 let isSet = bits[descriptor / 8] & UInt8(1 << (descriptor % 8)) != 0
-                return isSet && socketInode(pid: pid, descriptor: Int32(descriptor)) == inode
+                return isSet && Processes.socketInode(of: pid, descriptor: Int32(descriptor)) == inode
             }
         }
-    }
-
-    /// The inode of the socket a process has at `descriptor`, from the `socket:[INODE]` link.
-    package static func socketInode(pid: pid_t, descriptor: Int32) -> UInt64? {
-        guard let text = try? Processes.readLink("/proc/\(pid)/fd/\(descriptor)"), text.hasPrefix("socket:["), text.hasSuffix("]") else {
-            return nil
-        }
-        return UInt64(text.dropFirst(8).dropLast())
     }
 
     /// The inode of one of our own sockets.
@@ -194,7 +186,6 @@ extension GenerationProbe {
         return false
     }
 
-    /// The inodes of every TCP socket that is not listening (/proc/net/tcp and tcp6; state 0A is LISTEN).
     /// The inodes of every TCP socket that is a connection (neither listening nor TIME-WAIT, which no process
     /// holds), from sock_diag: binary records, not the text of /proc/net/tcp, which on a host with many
     /// TIME-WAIT sockets is megabytes to read while the generation is paused.

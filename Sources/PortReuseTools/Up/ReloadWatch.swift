@@ -15,15 +15,12 @@ struct ReloadWatch {
         return ReloadWatch(overflowsAtStart: counters.overflows, dropsAtStart: counters.drops)
     }
 
-    /// One look at each held TCP listener's queue: TCP_INFO on a listening socket gives its current accept
-    /// queue (tcpi_unacked) and backlog (tcpi_sacked), one system call each.
+    /// One look at each held TCP listener's accept queue and backlog (``KernelReadings/acceptQueue(of:)``).
     mutating func sample(_ sockets: [HeldSocket]) {
         for socket in sockets where socket.transport == .tcp {
-            var info = tcp_info()
-            var length = socklen_t(MemoryLayout<tcp_info>.size)
-            guard getsockopt(socket.descriptor, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 else { continue }
-            peakQueue = max(peakQueue, Int(info.tcpi_unacked))
-            backlog = max(backlog ?? 0, Int(info.tcpi_sacked))
+            guard let queue = KernelReadings.acceptQueue(of: socket.descriptor) else { continue }
+            peakQueue = max(peakQueue, queue.depth)
+            backlog = max(backlog ?? 0, queue.backlog)
         }
     }
 

@@ -19,10 +19,7 @@ package struct KernelReadings: Sendable {
     package static func read(generations: [HealthSnapshot.GenerationView], listeners: [HealthListener]) -> KernelReadings {
         var readings = KernelReadings()
         for listener in listeners {
-            var info = tcp_info()
-            var length = socklen_t(MemoryLayout<tcp_info>.size)
-            guard getsockopt(listener.descriptor, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 else { continue }
-            readings.queues[listener.inode] = (Int(info.tcpi_unacked), Int(info.tcpi_sacked))  // a listener's queue and backlog
+            if let queue = acceptQueue(of: listener.descriptor) { readings.queues[listener.inode] = (queue.depth, queue.backlog) }
         }
         readings.connections = connections(of: generations, listeners: listeners)
         (readings.listenOverflows, readings.listenDrops) = listenCounters()
@@ -56,6 +53,15 @@ package struct KernelReadings: Sendable {
         return counts
     }
 
+    /// The accept queue of a listening TCP socket of ours: TCP_INFO gives the connections waiting in it
+    /// (tcpi_unacked) and its limit, the listen backlog (tcpi_sacked), in one system call.
+    static func acceptQueue(of descriptor: Int32) -> (depth: Int, backlog: Int)? {
+        var info = tcp_info()
+        var length = socklen_t(MemoryLayout<tcp_info>.size)
+        guard getsockopt(descriptor, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 else { return nil }
+        return (Int(info.tcpi_unacked), Int(info.tcpi_sacked))
+    }
+
     /// TcpExt ListenOverflows and ListenDrops of this network namespace, from /proc/net/netstat (the kernel sums
     /// them over every CPU at each read).
     package static func listenCounters() -> (overflows: UInt64?, drops: UInt64?) {
@@ -72,7 +78,7 @@ package struct KernelReadings: Sendable {
         defer { Files.close(pidfd) }
         var found = Set<UInt64>()
         for entry in Files.list("/proc/\(pid)/fd") {
-            guard let descriptor = Int32(entry), let inode = GenerationProbe.socketInode(pid: pid, descriptor: descriptor), !held.contains(inode) else { continue }
+            guard let descriptor = Int32(entry), let inode = Processes.socketInode(of: pid, descriptor: descriptor), !held.contains(inode) else { continue }
             let duplicate: Int32
             do throws(SystemError) {
                 duplicate = try Processes.duplicate(descriptor, of: pidfd)
