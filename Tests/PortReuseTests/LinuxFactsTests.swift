@@ -6,50 +6,63 @@ import Testing
 /// The Linux rows of DESIGN.md's platform table, pinned against this kernel.
 @Suite("Linux platform facts")
 struct LinuxFactsTests {
+    /// Runs `body` in a network namespace of its own when root: its port space and TIME-WAIT table are empty, so
+    /// no parallel test's outgoing connection takes the freed port between the close and the rebind (one full
+    /// run here saw EADDRINUSE there). As another user, here.
+    static func apart(_ body: @escaping @Sendable () throws -> Void) throws {
+        if isRoot { try NetworkNamespace().run(body) } else { try body() }
+    }
+
     @Test("TIME-WAIT: rebinding fails without SO_REUSEADDR and succeeds with restartable")
     func timeWaitRebind() throws {
-        let restartable = try Listener(tcp: "127.0.0.1:0", policy: .restartable)
-        let port = restartable.localAddress.port
-        try leaveTimeWait(on: restartable)
-        restartable.close()
-        #expect(PortHolder.find(port: port, transport: .tcp).contains { $0.state == .timeWait })
+        try Self.apart {
+            let restartable = try Listener(tcp: "127.0.0.1:0", policy: .restartable)
+            let port = restartable.localAddress.port
+            try leaveTimeWait(on: restartable)
+            restartable.close()
+            #expect(PortHolder.find(port: port, transport: .tcp).contains { $0.state == .timeWait })
 
-        let error = #expect(throws: PortReuseError.self) { try Listener(tcp: "127.0.0.1:\(port)", policy: .exclusive) }
-        #expect(error?.errno == .addressInUse)
-        guard case .portInUse(let report)? = error?.diagnosis, case .timeWait(_, reuseAddressSet: false) = report.reason else {
-            Issue.record("diagnosis: \(String(describing: error?.diagnosis))")
-            return
+            let error = #expect(throws: PortReuseError.self) { try Listener(tcp: "127.0.0.1:\(port)", policy: .exclusive) }
+            #expect(error?.errno == .addressInUse)
+            guard case .portInUse(let report)? = error?.diagnosis, case .timeWait(_, reuseAddressSet: false) = report.reason else {
+                Issue.record("diagnosis: \(String(describing: error?.diagnosis))")
+                return
+            }
+            #expect(try Listener(tcp: "127.0.0.1:\(port)", policy: .restartable).localAddress.port == port)
         }
-        #expect(try Listener(tcp: "127.0.0.1:\(port)", policy: .restartable).localAddress.port == port)
     }
 
     @Test("TIME-WAIT keeps the old socket's options: a new SO_REUSEADDR socket cannot rebind over an old one without it")
     func timeWaitKeepsOldOptions() throws {
-        let exclusive = try Listener(tcp: "127.0.0.1:0", policy: .exclusive)
-        let port = exclusive.localAddress.port
-        try leaveTimeWait(on: exclusive)
-        exclusive.close()
-        let error = #expect(throws: PortReuseError.self) { try Listener(tcp: "127.0.0.1:\(port)", policy: .restartable) }
-        guard case .portInUse(let report)? = error?.diagnosis, case .timeWait(_, reuseAddressSet: true) = report.reason else {
-            Issue.record("diagnosis: \(String(describing: error?.diagnosis))")
-            return
+        try Self.apart {
+            let exclusive = try Listener(tcp: "127.0.0.1:0", policy: .exclusive)
+            let port = exclusive.localAddress.port
+            try leaveTimeWait(on: exclusive)
+            exclusive.close()
+            let error = #expect(throws: PortReuseError.self) { try Listener(tcp: "127.0.0.1:\(port)", policy: .restartable) }
+            guard case .portInUse(let report)? = error?.diagnosis, case .timeWait(_, reuseAddressSet: true) = report.reason else {
+                Issue.record("diagnosis: \(String(describing: error?.diagnosis))")
+                return
+            }
+            #expect(error!.description.contains("did not set SO_REUSEADDR"))
         }
-        #expect(error!.description.contains("did not set SO_REUSEADDR"))
     }
 
     @Test("TIME-WAIT: SO_REUSEPORT on both rebinds; SO_REUSEADDR alone over an old SO_REUSEPORT-only socket fails")
     func timeWaitReusePort() throws {
-        let probe = try freePort()
-        let (fd, code) = rawListener(port: probe, reuseAddress: false, reusePort: true)
-        try #require(code == 0)
-        let listener = try Listener(adopting: fd)
-        let port = listener.localAddress.port
-        try leaveTimeWait(on: listener)
-        listener.close()
-        #expect(rawListener(port: port, reuseAddress: true, reusePort: false).1 == EADDRINUSE)
-        let (again, againCode) = rawListener(port: port, reuseAddress: false, reusePort: true)
-        #expect(againCode == 0)
-        close(again)
+        try Self.apart {
+            let probe = try freePort()
+            let (fd, code) = rawListener(port: probe, reuseAddress: false, reusePort: true)
+            try #require(code == 0)
+            let listener = try Listener(adopting: fd)
+            let port = listener.localAddress.port
+            try leaveTimeWait(on: listener)
+            listener.close()
+            #expect(rawListener(port: port, reuseAddress: true, reusePort: false).1 == EADDRINUSE)
+            let (again, againCode) = rawListener(port: port, reuseAddress: false, reusePort: true)
+            #expect(againCode == 0)
+            close(again)
+        }
     }
 
     @Test("two live listeners: restartable refuses the second, shared lets both accept")
