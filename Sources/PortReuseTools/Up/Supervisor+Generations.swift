@@ -7,7 +7,6 @@ extension Supervisor {
         let number = nextNumber
         nextNumber += 1
         if reason == .restart { counters.restarts += 1 }
-        let watch = reason == .reload ? ReloadWatch.start() : nil  // the reload's window opens before the spawn
         let now = Processes.monotonicNanoseconds
         for index in sockets.indices {
             if let repaired = sockets[index].refresh() { logger.warning("\(repaired)") }
@@ -25,7 +24,9 @@ extension Supervisor {
             record.notifyPath = notify.path
             let generation = Generation(record: record, notify: notify)
             generation.interceptor = interceptor
-            generation.reloadWatch = watch
+            // The reload's window opens once the program runs (the spawn returns after its exec): what the read of
+            // /proc/net/netstat costs does not hold up the spawn, and nothing the program did is missed.
+            if reason == .reload { generation.reloadWatch = ReloadWatch.start() }
             generations.append(generation)
             logger.info("\(generation.label) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))")
         } catch {

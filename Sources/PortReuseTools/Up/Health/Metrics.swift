@@ -66,7 +66,7 @@ package struct KernelReadings: Sendable {
     /// them over every CPU at each read).
     package static func listenCounters() -> (overflows: UInt64?, drops: UInt64?) {
         guard let text = Files.read("/proc/net/netstat", limit: 1 << 16) else { return (nil, nil) }
-        let counters = netstat(String(decoding: text, as: UTF8.self), group: "TcpExt")
+        let counters = netstat(text, group: "TcpExt", names: ["ListenOverflows", "ListenDrops"])
         return (counters["ListenOverflows"], counters["ListenDrops"])
     }
 
@@ -112,13 +112,20 @@ package struct KernelReadings: Sendable {
         SocketAddress(ip: address.family == .ipv4 ? .anyIPv4 : .anyIPv6, port: address.port)
     }
 
-    /// One group of /proc/net/netstat (or /proc/net/snmp): a line of names after `GROUP:`, then a line of values.
-    package static func netstat(_ text: String, group: String) -> [String: UInt64] {
-        let lines = text.split(separator: "\n").filter { $0.hasPrefix(group + ":") }
+    /// Counters of one group of /proc/net/netstat (or /proc/net/snmp), a line of names after `GROUP:` and then a
+    /// line of values: those in `names`, found in the bytes as read (0.05 ms; parsing the whole text as Swift
+    /// strings took 0.25 to 0.4 ms, and a reload reads it twice).
+    package static func netstat(_ text: [UInt8], group: String, names: [String]) -> [String: UInt64] {
+        let prefix = Array((group + ":").utf8)
+        let lines = text.split(separator: UInt8(ascii: "\n")).filter { $0.starts(with: prefix) }
         guard lines.count >= 2 else { return [:] }
-        let names = lines[0].split(separator: " ").dropFirst(), values = lines[1].split(separator: " ").dropFirst()
+        let wanted = names.map { (name: $0, bytes: Array($0.utf8)) }
+        let fields = { (line: ArraySlice<UInt8>) in line.split(separator: UInt8(ascii: " ")).dropFirst() }
         var counters: [String: UInt64] = [:]
-        for (name, value) in zip(names, values) { counters[String(name)] = UInt64(value) }
+        for (name, value) in zip(fields(lines[0]), fields(lines[1])) {
+            guard let match = wanted.first(where: { $0.bytes.elementsEqual(name) }) else { continue }
+            counters[match.name] = UInt64(String(decoding: value, as: UTF8.self))
+        }
         return counters
     }
 }
