@@ -30,6 +30,17 @@ public func median(_ values: [Double]) -> Double {
     return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
 }
 
+/// A confidence interval of at least 95% for the median of `values`, from their order statistics alone (no
+/// assumption about their distribution): the values at ranks n/2 ∓ 0.98·√n. With fewer than 6 values, their range.
+public func medianInterval(_ values: [Double]) -> (low: Double, high: Double) {
+    let sorted = values.sorted()
+    guard sorted.count >= 6 else { return (sorted.first ?? 0, sorted.last ?? 0) }
+    let half = 0.98 * Double(sorted.count).squareRoot()
+    let low = Int((Double(sorted.count) / 2 - half).rounded(.down))
+    let high = Int((Double(sorted.count) / 2 + half).rounded(.up))
+    return (sorted[max(0, low - 1)], sorted[min(sorted.count - 1, high)])
+}
+
 /// Runs `measure(variant)` once for every variant in each of `rounds` rounds, the order rotated each round so
 /// that no variant always runs first on a warm (or cold) machine; the times by variant.
 public func interleaved(rounds: Int, variants: Int, _ measure: (Int) -> Double) -> [[Double]] {
