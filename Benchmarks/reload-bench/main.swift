@@ -84,15 +84,23 @@ let notify: Int32 = {
     return fd
 }()
 
-/// Waits (at most `timeout` s) for a notify message containing `text`.
-func waitForNotify(_ text: String, timeout: Double = 30) -> Bool {
-    let deadline = now() + UInt64(timeout * 1e9)
+/// The next notify message and when it came, or `nil` once `deadline` (now()) has passed.
+func nextNotify(until deadline: UInt64) -> (message: String, at: UInt64)? {
     var buffer = [UInt8](repeating: 0, count: 4096)
     while now() < deadline {
         var entry = pollfd(fd: notify, events: Int16(POLLIN), revents: 0)
         guard poll(&entry, 1, 100) > 0 else { continue }
         let count = recv(notify, &buffer, buffer.count, 0)
-        if count > 0 && String(decoding: buffer[0..<count], as: UTF8.self).contains(text) { return true }
+        if count > 0 { return (String(decoding: buffer[0..<count], as: UTF8.self), now()) }
+    }
+    return nil
+}
+
+/// Waits (at most `timeout` s) for a notify message containing `text`.
+func waitForNotify(_ text: String, timeout: Double = 30) -> Bool {
+    let deadline = now() + UInt64(timeout * 1e9)
+    while let next = nextNotify(until: deadline) {
+        if next.message.contains(text) { return true }
     }
     return false
 }
@@ -337,16 +345,9 @@ func reloadBesideStartup(of up: pid_t, reloadFirst: Bool) -> (reload: Double, st
     }
     var reloaded: UInt64?, started: UInt64?
     let deadline = now() + 30_000_000_000
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while reloaded == nil || started == nil, now() < deadline {
-        var entry = pollfd(fd: notify, events: Int16(POLLIN), revents: 0)
-        guard poll(&entry, 1, 100) > 0 else { continue }
-        let count = recv(notify, &buffer, buffer.count, 0)
-        let when = now()
-        guard count > 0 else { continue }
-        let message = String(decoding: buffer[0..<count], as: UTF8.self)
-        guard message.contains("READY=1") else { continue }
-        if message.contains("generation") { reloaded = reloaded ?? when } else { started = started ?? when }
+    while reloaded == nil || started == nil, let next = nextNotify(until: deadline) {
+        guard next.message.contains("READY=1") else { continue }
+        if next.message.contains("generation") { reloaded = reloaded ?? next.at } else { started = started ?? next.at }
     }
     guard let reloaded, let started else { fail("a reload, or the start-up beside it, did not finish within 30 s") }
     stopAndWait(alone)
