@@ -288,18 +288,19 @@ static int spawn_child_main(void *argument) {
             goto fail;
         }
     }
-    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (null < 0 || dup2(null, 0) < 0) goto fail;
+    if (!request->keep_stdin) {
+        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (null < 0 || dup2(null, 0) < 0) goto fail;
+    }
     if (request->output >= 0 && (dup2(request->output, 1) < 0 || dup2(request->output, 2) < 0)) goto fail;
     // Each source is at 3 + count or above (the caller checks), so no mapping overwrites one still to be made;
     // dup2 clears close-on-exec on the target.
     for (int i = 0; i < request->count; i++) {
         if (dup2(request->descriptors[i], 3 + i) < 0) goto fail;
     }
-    if (request->bind_filter) {
+    if (request->filter_count > 0) {
         child->failed_step = CSYSTEM_SPAWN_FILTER;
-        int calls[1] = {SYS_bind};
-        int notification = csystem_seccomp_listen(calls, 1);
+        int notification = csystem_seccomp_listen(request->filter_calls, request->filter_count);
         if (notification < 0) goto fail;
         child->failed_step = CSYSTEM_SPAWN_SETUP;
         if (csystem_send_descriptor(child->report, notification, 0) < 0) goto fail;
@@ -312,7 +313,7 @@ static int spawn_child_main(void *argument) {
         else child->envp[child->pidfdid_index] = NULL;
     }
     unsigned int first = 3 + (unsigned int)request->count;
-    if (syscall(SYS_close_range, first, ~0U, 0) != 0) {
+    if (!request->keep_descriptors && syscall(SYS_close_range, first, ~0U, 0) != 0) {
         for (int fd = (int)first; fd < 65536; fd++) close(fd);  // Linux before 5.9
     }
     sigset_t none;
@@ -353,7 +354,7 @@ int csystem_spawn_supervised(const csystem_spawn_request *request, int *notifica
     }
     child.envp[n] = NULL;
     int ends[2] = {-1, -1};
-    if (request->bind_filter) {
+    if (request->filter_count > 0) {
         // Non-blocking: the message is there when the parent resumes (the child sends before it execs), and a
         // child killed before it sent leaves EAGAIN, where a datagram socket would otherwise wait for ever.
         if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, ends) != 0) goto fail_early;
@@ -388,7 +389,7 @@ int csystem_spawn_supervised(const csystem_spawn_request *request, int *notifica
         *failed_step = child.failed_step;
         errno = child.error;
         pid = -1;
-    } else if (request->bind_filter) {
+    } else if (request->filter_count > 0) {
         unsigned char tag = 1;
         // Sent before the child's execve; none (-1) if the child was killed before it could send.
         if (csystem_receive_descriptor(ends[0], &tag, notification) <= 0 || tag != 0) {

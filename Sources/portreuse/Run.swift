@@ -138,7 +138,7 @@ struct Run: ParsableCommand {
             }
             if method == .kernel {
                 let rules = shim.interceptionRules(log: { line in printError("portreuse run: \(line)") })
-                switch try KernelRun.run(command, rules: rules, announce: { printError("portreuse run: \($0)") }) {
+                switch try KernelRun.run(command, path: program.path, rules: rules, announce: { printError("portreuse run: \($0)") }) {
                 case .exited(let status):
                     if status != 0 { throw ExitCode(status) }
                     return

@@ -282,24 +282,6 @@ struct InterceptTests {
         #expect(inspection.goExecutable?.path == programs.static)
         #expect(inspection.staticExecutable != nil)
     }
-
-    @Test("a descriptor crosses a Unix socket pair with its tag; end of file is nil")
-    func descriptorPassing() throws {
-        let (a, b) = try Files.socketPair()
-        defer { Files.close(a) }
-        let pipe = try Files.pipe()
-        defer { Files.close(pipe.read) }
-        try Files.sendDescriptor(pipe.write, tag: 7, over: b)
-        Files.close(pipe.write)
-        let received = try #require(try Files.receiveDescriptor(over: a))
-        #expect(received.tag == 7)
-        let copy = try #require(received.descriptor)
-        try Files.write(Array("hi".utf8), to: copy)
-        Files.close(copy)
-        #expect(Files.read(descriptor: pipe.read, limit: 16) == Array("hi".utf8))
-        Files.close(b)
-        #expect(try Files.receiveDescriptor(over: a) == nil)
-    }
 }
 
 extension InterceptTests {

@@ -5,9 +5,9 @@ import PortReuseTools
 import TestSupport
 import Testing
 
-/// `up`'s spawn (`csystem_spawn_supervised`): what the program finds in its process when it starts, with no
-/// trampoline between `up` and it, and what a start that cannot happen leaves.
-@Suite("up's spawn: the program's process as it starts")
+/// `up`'s and `portreuse run`'s spawn (`csystem_spawn_supervised`): what the program finds in its process when it
+/// starts, with no trampoline between them and it, and what a start that cannot happen leaves.
+@Suite("up's and run's spawn: the program's process as it starts")
 struct SpawnerTests {
     /// Prints what the process was given, one `key value` a line, then exits.
     static let reporter = """
@@ -63,14 +63,19 @@ struct SpawnerTests {
         Files.close(pipe.write)
         let status = try Processes.wait(pid, noHang: false)
         #expect(status?.status.raw == 0, "\(String(describing: status))")
-        let text = String(decoding: Files.read(descriptor: pipe.read, limit: 1 << 16) ?? [], as: UTF8.self)
+        let fields = Self.fields(Files.read(descriptor: pipe.read, limit: 1 << 16) ?? [])
+        #expect(fields["fd3"] == "socket:[\(GenerationProbe.inode(of: held))]")
+        return (fields, notification)
+    }
+
+    /// The `key value` lines a program printed.
+    static func fields(_ output: [UInt8]) -> [String: String] {
         var fields: [String: String] = [:]
-        for line in text.split(separator: "\n") {
+        for line in String(decoding: output, as: UTF8.self).split(separator: "\n") {
             let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
             if parts.count == 2 { fields[parts[0]] = parts[1] }
         }
-        #expect(fields["fd3"] == "socket:[\(GenerationProbe.inode(of: held))]")
-        return (fields, notification)
+        return fields
     }
 
     @Test("without the filter: only stdin, stdout, stderr and the socket at 3; an empty mask, SIGHUP not ignored, a group of its own, LISTEN_PID its pid")
@@ -96,6 +101,46 @@ struct SpawnerTests {
         #expect(fields["seccomp"] == "2", "\(fields)")
         #expect(fields["listen_pid"] == fields["pid"] && fields["pid"] != nil, "\(fields)")
         #expect(fields["descriptors"] == "0,1,2,3", "the report socket and the notification descriptor must not reach the program: \(fields)")
+    }
+
+    @Test("portreuse run's start (foreground): the caller's group, stdin and descriptors that are not close-on-exec, argv[0] as given, under the filter",
+          .enabled(if: KernelRun.unsupportedReason() == nil, "no seccomp user notification here"))
+    func foreground() throws {
+        let pipe = try Files.pipe()
+        defer { Files.close(pipe.read) }
+        let ours = try Files.pipe()  // both close-on-exec
+        defer { Files.close(ours.read); Files.close(ours.write) }
+        let inherited = fcntl(ours.read, F_DUPFD, 300)  // not close-on-exec: it passes on, as through an exec
+        defer { Files.close(inherited) }
+        let script = """
+            import os
+            print("argv0", open("/proc/self/cmdline").read().split("\\0")[0])
+            print("group", os.getpgid(0))
+            print("stdin", os.readlink("/proc/self/fd/0"))
+            for name, fd in (("inherited", \(inherited)), ("closeonexec", \(ours.write))):
+                print(name, os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else "-")
+            status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\\t" in line)
+            print("seccomp", status["Seccomp"].strip())
+            """
+        let start = try Spawner.start(
+            ["reporter", "-c", script], path: systemPython, environment: ["PATH=/usr/bin:/bin"], output: pipe.write,
+            filter: InterceptionRules(policy: .shared).systemCalls, attachment: .foreground)
+        Files.close(pipe.write)
+        guard case .started(let pid, let notification) = start else {
+            Issue.record("\(start)")
+            return
+        }
+        let descriptor = try #require(notification)
+        defer { Files.close(descriptor) }
+        let status = try Processes.wait(pid, noHang: false)
+        #expect(status?.status.raw == 0, "\(String(describing: status))")
+        let fields = Self.fields(Files.read(descriptor: pipe.read, limit: 1 << 16) ?? [])
+        #expect(fields["argv0"] == "reporter", "\(fields)")
+        #expect(fields["group"] == "\(getpgid(0))", "\(fields)")
+        #expect(fields["stdin"] == (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/0")), "\(fields)")
+        #expect(fields["inherited"] == (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(inherited)")), "\(fields)")
+        #expect(fields["closeonexec"] == "-", "\(fields)")
+        #expect(fields["seccomp"] == "2", "\(fields)")
     }
 
     @Test("a program that cannot be executed, or a descriptor in the way of the mapping: a clear error")

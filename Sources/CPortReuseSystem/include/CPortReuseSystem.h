@@ -65,20 +65,25 @@ typedef struct {
     const char *path;
     char *const *argv;
     char *const *envp;
-    /// Descriptors the program gets as 3, 4, …; each must be 3 + count or above. Every other one above 2 is closed.
+    /// Descriptors the program gets as 3, 4, …; each must be 3 + count or above. Every other one above 2 is closed,
+    /// unless keep_descriptors is set (then those without close-on-exec pass on, as through an exec).
     const int *descriptors;
     int count;
-    /// -1: stdout and stderr are inherited; else both go to this descriptor. stdin is always /dev/null.
+    int keep_descriptors;
+    /// -1: stdout and stderr are inherited; else both go to this descriptor.
     int output;
+    /// Whether stdin is inherited; else it is /dev/null.
+    int keep_stdin;
     /// Whether the program leads a process group of its own.
     int new_process_group;
     /// The signal the program gets when the calling thread dies (PR_SET_PDEATHSIG), or 0.
     int death_signal;
     /// Whether LISTEN_PID is the program's pid, and LISTEN_PIDFDID the inode number of its pidfd where pidfds have one.
     int set_listen_pid;
-    /// Whether the program runs under the bind filter (`csystem_seccomp_listen` on bind), whose notification
-    /// descriptor the caller gets.
-    int bind_filter;
+    /// The system calls (at most 8) that go to a supervisor (`csystem_seccomp_listen`), whose notification
+    /// descriptor the caller gets; no filter when filter_count is 0.
+    const int *filter_calls;
+    int filter_count;
 } csystem_spawn_request;
 
 /// Where `csystem_spawn_supervised` failed.
@@ -86,7 +91,7 @@ enum { CSYSTEM_SPAWN_SETUP = 1, CSYSTEM_SPAWN_PARENT_GONE = 2, CSYSTEM_SPAWN_FIL
 
 /// Starts a supervised program with no trampoline: a child that shares our memory until it execs
 /// (clone(CLONE_VM | CLONE_VFORK), as posix_spawn does) sets default signal actions, the process group, the death
-/// signal, stdin, the descriptors, the bind filter (handing its notification descriptor back over a socket pair)
+/// signal, stdin, the descriptors, the seccomp filter (handing its notification descriptor back over a socket pair)
 /// and LISTEN_PID, then execs the program with an empty signal mask. Returns the pid, with `*notification` the
 /// filter's descriptor (close-on-exec) or -1; or -1 with errno and `*failed_step` (a CSYSTEM_SPAWN_ value) when
 /// nothing runs (a child that failed is reaped).

@@ -74,7 +74,8 @@ package struct InterceptionRules: Sendable {
 /// pointer it cannot read, a socket that is not AF_INET/AF_INET6 stream or datagram, a descriptor that is not
 /// a socket: the call goes on untouched, and the program gets what the kernel says without us.
 package final class SocketCallInterceptor: @unchecked Sendable {
-    /// The notification descriptor (from ``installFilter(_:)``); closed with the interceptor.
+    /// The notification descriptor (of the filter `csystem_seccomp_listen` installs in the program's process as it
+    /// starts, in PortReuseTools' Spawner); closed with the interceptor.
     package let notificationDescriptor: Int32
     package let rules: InterceptionRules
     private let wake: (read: Int32, write: Int32)
@@ -88,14 +89,6 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     private var firstMoved: SocketAddress?
     private var saidMerged = false
     private let answered = Atomic<Int>(0)
-
-    /// Installs the filter on the calling thread (after PR_SET_NO_NEW_PRIVS): the listed calls of this
-    /// architecture go to whoever holds the returned descriptor, in this process, after execve and in every
-    /// child. Run it in the process that is about to exec the program. The corresponding C calls are
-    /// `prctl(PR_SET_NO_NEW_PRIVS)` and `seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER)`.
-    package static func installFilter(_ systemCalls: [Int32]) throws(SystemError) -> Int32 {
-        try systemCall("seccomp(SECCOMP_SET_MODE_FILTER)") { csystem_seccomp_listen(systemCalls, Int32(systemCalls.count)) }
-    }
 
     /// Takes ownership of `notificationDescriptor`.
     package init(notificationDescriptor: Int32, rules: InterceptionRules) throws(SystemError) {

@@ -49,10 +49,10 @@ extension ShimConfiguration {
     }
 }
 
-/// `portreuse run` through the kernel: a trampoline (`portreuse intercept-exec`, our own binary) installs the
-/// seccomp filter between fork and exec, sends the notification descriptor back over a Unix socket and execs
-/// the program; this process stays its parent, answers its socket calls on a thread (``SocketCallInterceptor``),
-/// forwards the signals a supervisor forwards and ends with the program's status.
+/// `portreuse run` through the kernel: the child installs the seccomp filter between clone and exec
+/// (``Spawner/start(_:path:environment:descriptors:setListenPID:output:filter:attachment:)``) and hands the
+/// notification descriptor back; this process stays its parent, answers its socket calls on a thread
+/// (``SocketCallInterceptor``), forwards the signals a supervisor forwards and ends with the program's status.
 package enum KernelRun {
     /// How it ended.
     package enum Outcome: Equatable {
@@ -61,9 +61,6 @@ package enum KernelRun {
         /// The filter could not be installed: the program never started.
         case refused(Errno)
     }
-
-    /// The hidden subcommand of the trampoline.
-    package static let trampolineCommand = "intercept-exec"
 
     /// The signals forwarded to the program.
     package static let forwardedSignals = [SIGTERM, SIGINT, SIGHUP, SIGQUIT]
@@ -81,53 +78,36 @@ package enum KernelRun {
         }
     }
 
-    /// Starts `arguments` (arguments[0] as the user wrote it) under the trampoline and supervises it to its end.
-    package static func run(_ arguments: [String], rules: InterceptionRules, announce: (String) -> Void) throws(CommandFailure) -> Outcome {
+    /// Starts `arguments` (arguments[0] as the user wrote it, found at `path`) under the filter and supervises it
+    /// to its end.
+    package static func run(_ arguments: [String], path: String, rules: InterceptionRules, announce: (String) -> Void) throws(CommandFailure) -> Outcome {
         // Every thread of ours blocks the forwarded signals and SIGCHLD (the interceptor's thread inherits this
-        // mask); this thread takes them with sigtimedwait. The child gets an empty mask (ProcessSpawn).
+        // mask); this thread takes them with sigtimedwait. The child gets an empty mask (Spawner).
         var waited = sigset_t()
         sigemptyset(&waited)
         for signal in forwardedSignals + [SIGCHLD] { sigaddset(&waited, signal) }
         var previousMask = sigset_t()
         pthread_sigmask(SIG_BLOCK, &waited, &previousMask)
         let previousPipe = signal(SIGPIPE, SIG_IGN)  // a closed stderr must not kill the supervisor of the program's binds
-
-        let executable: String
-        let ends: (Int32, Int32)
-        do {
-            executable = try Processes.currentExecutable()
-            ends = try Files.socketPair()
-        } catch {
-            throw CommandFailure("cannot prepare the trampoline: \(error)")
+        let restore = {
+            // The shim may run next, by execve: it must not inherit a blocked mask or an ignored SIGPIPE.
+            signal(SIGPIPE, previousPipe)
+            pthread_sigmask(SIG_SETMASK, &previousMask, nil)
         }
-        defer { Files.close(ends.0) }
-        var spawn = ProcessSpawn(
-            [executable, trampolineCommand, "--report-fd", "3"] + (rules.interceptsClients ? ["--clients"] : []) + ["--"] + arguments)
-        spawn.descriptors = [ends.1]
-        spawn.standardInput = .inherit
-        let pid: pid_t
-        do { pid = try spawn.start() } catch {
-            Files.close(ends.1)
-            throw CommandFailure("cannot start \(executable) \(trampolineCommand): \(error)", exitCode: 126)
-        }
-        Files.close(ends.1)
 
-        // The trampoline answers at once: a descriptor (tag 0), or the errno of the filter's installation.
-        var entry = pollfd(fd: ends.0, events: Int16(POLLIN), revents: 0)
-        var ready: Int32
-        repeat { ready = poll(&entry, 1, 30_000) } while ready < 0 && errno == EINTR
-        let message = ready > 0 ? ((try? Files.receiveDescriptor(over: ends.0)) ?? nil) : nil
-        guard let message, message.tag == 0, let notification = message.descriptor else {
-            if let fd = message?.descriptor { Files.close(fd) }
-            if message == nil && ready <= 0 { _ = try? Processes.kill(pid, SIGKILL) }
-            let status = waitForever(pid)
-            if let tag = message?.tag, tag != 0 {
-                // The shim may run next, by execve: it must not inherit a blocked mask or an ignored SIGPIPE.
-                signal(SIGPIPE, previousPipe)
-                pthread_sigmask(SIG_SETMASK, &previousMask, nil)
-                return .refused(Errno(rawValue: Int32(tag)))
-            }
-            return .exited(status)  // it said why on stderr
+        let pid: pid_t, notification: Int32
+        switch try Spawner.start(arguments, path: path, environment: ProcessSpawn.currentEnvironment(), filter: rules.systemCalls, attachment: .foreground) {
+        case .started(let started, let descriptor?):
+            (pid, notification) = (started, descriptor)
+        case .started(let started, nil):
+            _ = try? Processes.kill(started, SIGKILL)
+            _ = waitForever(started)
+            throw CommandFailure("\(path) started without handing over its seccomp descriptor", exitCode: 126)
+        case .refused(let code):
+            restore()
+            return .refused(code)
+        case .failed(let reason):
+            throw CommandFailure(reason, exitCode: 126)
         }
 
         let interceptor: SocketCallInterceptor
@@ -172,29 +152,6 @@ package enum KernelRun {
                 return 1
             }
         }
-    }
-
-    /// The trampoline's work (`portreuse intercept-exec`): installs the filter for `systemCalls`, sends the
-    /// notification descriptor over `report` (or the errno of the failure, then exits 126) and closes both.
-    /// Returns when the caller may exec the program.
-    package static func trampoline(report: Int32, systemCalls: [Int32]) throws(CommandFailure) {
-        let notification: Int32
-        do {
-            notification = try SocketCallInterceptor.installFilter(systemCalls)
-        } catch {
-            // One byte: the errno; the parent decides (fall back to the shim, or say why).
-            var code = UInt8(truncatingIfNeeded: min(255, max(1, error.errno.rawValue)))
-            _ = send(report, &code, 1, Int32(MSG_NOSIGNAL))
-            Files.close(report)
-            throw CommandFailure("", exitCode: 126)
-        }
-        do {
-            try Files.sendDescriptor(notification, tag: 0, over: report)
-        } catch {
-            throw CommandFailure("cannot hand the seccomp notification descriptor to portreuse run: \(error)", exitCode: 126)
-        }
-        Files.close(notification)
-        Files.close(report)
     }
 }
 #endif

@@ -93,10 +93,10 @@ package final class NotifyReceiver {
     }
 }
 
-/// Starting a generation with the sockets at 3, 4, … and nothing else inherited. On Linux without a trampoline:
-/// `csystem_spawn_supervised` does in the child, before its one `execve`, what a C trampoline's own exec did
-/// (the death signal, LISTEN_PID, the bind filter), which saved 1.2 ms a start here when quiet and 3.7 ms
-/// (median) under the load of reload-bench.
+/// Starting a generation with the sockets at 3, 4, … and nothing else inherited, and `portreuse run`'s program
+/// under its filter. On Linux without a trampoline: `csystem_spawn_supervised` does in the child, before its one
+/// `execve`, what a trampoline's own exec did (the death signal, LISTEN_PID, the seccomp filter), which saved 1.2
+/// ms a start here when quiet and 3.7 ms (median) under the load of reload-bench.
 package enum Spawner {
     /// Sets LISTEN_PID to the program's own pid where `up` cannot (not Linux): a shell that exports its pid
     /// (`$$`) and then becomes the program (`exec`), keeping that pid.
@@ -110,7 +110,7 @@ package enum Spawner {
         _ arguments: [String], environment: [String], descriptors: [Int32], setListenPID: Bool, output: Int32? = nil
     ) throws(CommandFailure) -> pid_t {
         #if os(Linux)
-        switch try supervised(arguments, environment: environment, descriptors: descriptors, setListenPID: setListenPID, output: output, filter: false) {
+        switch try start(arguments, environment: environment, descriptors: descriptors, setListenPID: setListenPID, output: output) {
         case .started(let pid, _): return pid
         case .refused(let code): throw CommandFailure("cannot start \(arguments[0]): \(code)")
         case .failed(let reason): throw CommandFailure(reason)
@@ -157,7 +157,7 @@ extension Spawner {
 extension Spawner {
     /// How a start went.
     package enum SupervisedStart {
-        /// Started; under the bind filter, `up` holds the notification descriptor of its seccomp filter.
+        /// Started; under a filter, the caller holds the notification descriptor of its seccomp filter.
         case started(pid: pid_t, notification: Int32?)
         /// The kernel refused the filter (this errno): nothing was started.
         case refused(Errno)
@@ -170,28 +170,48 @@ extension Spawner {
     package static func spawnIntercepted(
         _ arguments: [String], environment: [String], descriptors: [Int32], setListenPID: Bool, output: Int32? = nil
     ) throws(CommandFailure) -> SupervisedStart {
-        try supervised(arguments, environment: environment, descriptors: descriptors, setListenPID: setListenPID, output: output, filter: true)
+        try start(arguments, environment: environment, descriptors: descriptors, setListenPID: setListenPID, output: output, filter: [csystem_syscall_bind()])
     }
 
-    private static func supervised(
-        _ arguments: [String], environment: [String], descriptors: [Int32], setListenPID: Bool, output: Int32?, filter: Bool
+    /// What the program shares with the process that starts it.
+    package enum Attachment: Sendable {
+        /// `up`'s generations: a process group of their own, SIGTERM when the starting thread dies, stdin from /dev/null.
+        case supervised
+        /// `portreuse run`'s program: the caller's process group, terminal, stdin and descriptors (those not
+        /// close-on-exec), as if the caller had exec'd it.
+        case foreground
+    }
+
+    /// Starts `arguments` (from `path`, else from `arguments[0]`; no PATH search) with `descriptors` as 3, 4, … (and,
+    /// supervised, nothing else above 2), default signal actions and an empty mask, under a seccomp filter for `filter` (system
+    /// call numbers, at most 8) when it names any: one clone and one exec, the child's work done in C
+    /// (`csystem_spawn_supervised`).
+    package static func start(
+        _ arguments: [String], path: String? = nil, environment: [String], descriptors: [Int32] = [], setListenPID: Bool = false,
+        output: Int32? = nil, filter: [Int32] = [], attachment: Attachment = .supervised
     ) throws(CommandFailure) -> SupervisedStart {
         guard !arguments.isEmpty else { throw CommandFailure("nothing to start") }
         let firstFree = 3 + Int32(descriptors.count)
         guard descriptors.allSatisfy({ $0 >= firstFree }) else { throw CommandFailure("cannot start \(arguments[0]): a descriptor below \(firstFree)") }
         var notification: Int32 = -1
         var step: Int32 = 0
-        let (pid, failure) = Files.withCStrings(arguments) { argv in
-            Files.withCStrings(environment) { envp in
-                argv.withUnsafeBufferPointer { argv in
-                    envp.withUnsafeBufferPointer { envp in
-                        descriptors.withUnsafeBufferPointer { mapped in
-                            var request = csystem_spawn_request(
-                                path: UnsafePointer(argv[0]), argv: argv.baseAddress, envp: envp.baseAddress, descriptors: mapped.baseAddress,
-                                count: Int32(mapped.count), output: output ?? -1, new_process_group: 1, death_signal: SIGTERM,
-                                set_listen_pid: setListenPID ? 1 : 0, bind_filter: filter ? 1 : 0)
-                            let pid = csystem_spawn_supervised(&request, &notification, &step)
-                            return (pid, errno)
+        let supervised = attachment == .supervised
+        let (pid, failure) = (path ?? arguments[0]).withCString { path in
+            Files.withCStrings(arguments) { argv in
+                Files.withCStrings(environment) { envp in
+                    argv.withUnsafeBufferPointer { argv in
+                        envp.withUnsafeBufferPointer { envp in
+                            descriptors.withUnsafeBufferPointer { mapped in
+                                filter.withUnsafeBufferPointer { calls in
+                                    var request = csystem_spawn_request(
+                                        path: path, argv: argv.baseAddress, envp: envp.baseAddress, descriptors: mapped.baseAddress,
+                                        count: Int32(mapped.count), keep_descriptors: supervised ? 0 : 1, output: output ?? -1, keep_stdin: supervised ? 0 : 1,
+                                        new_process_group: supervised ? 1 : 0, death_signal: supervised ? SIGTERM : 0,
+                                        set_listen_pid: setListenPID ? 1 : 0, filter_calls: calls.baseAddress, filter_count: Int32(calls.count))
+                                    let pid = csystem_spawn_supervised(&request, &notification, &step)
+                                    return (pid, errno)
+                                }
+                            }
                         }
                     }
                 }
