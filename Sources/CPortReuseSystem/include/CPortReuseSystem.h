@@ -145,7 +145,7 @@ int csystem_seccomp_sync_wakeup(int notify_fd);
 int csystem_seccomp_add_fd(int notify_fd, uint64_t id, int source_fd, int target_fd, int close_on_exec);
 
 /// Sends `descriptor` and one byte `tag` over the Unix socket `socket` (SCM_RIGHTS). Uses sendmmsg, not
-/// sendmsg: the seccomp filter of `portreuse run --source` hands sendmsg to a supervisor, and the trampoline
+/// sendmsg: the seccomp filter of `portreuse run --source` hands sendmsg to a supervisor, and the spawned child
 /// that sends its notification descriptor must not wait on the supervisor that has yet to receive it.
 int csystem_send_descriptor(int socket, int descriptor, unsigned char tag);
 
