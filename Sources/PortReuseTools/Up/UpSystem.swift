@@ -182,10 +182,10 @@ extension Spawner {
         case foreground
     }
 
-    /// Starts `arguments` (from `path`, else from `arguments[0]`; no PATH search) with `descriptors` as 3, 4, … (and,
-    /// supervised, nothing else above 2), default signal actions and an empty mask, under a seccomp filter for `filter` (system
-    /// call numbers, at most 8) when it names any: one clone and one exec, the child's work done in C
-    /// (`csystem_spawn_supervised`).
+    /// Starts `arguments` (from `path`, else from `arguments[0]`; no PATH search) with `descriptors` as 3, 4, …
+    /// (and, supervised, nothing else above 2), default signal actions and an empty mask, under a seccomp filter
+    /// for `filter` (system call numbers, at most 8) when it names any: one clone and one exec, the child's work
+    /// done in C (`csystem_spawn_supervised`).
     package static func start(
         _ arguments: [String], path: String? = nil, environment: [String], descriptors: [Int32] = [], setListenPID: Bool = false,
         output: Int32? = nil, filter: [Int32] = [], attachment: Attachment = .supervised
@@ -204,8 +204,9 @@ extension Spawner {
                             descriptors.withUnsafeBufferPointer { mapped in
                                 filter.withUnsafeBufferPointer { calls in
                                     var request = csystem_spawn_request(
-                                        path: path, argv: argv.baseAddress, envp: envp.baseAddress, descriptors: mapped.baseAddress,
-                                        count: Int32(mapped.count), keep_descriptors: supervised ? 0 : 1, output: output ?? -1, keep_stdin: supervised ? 0 : 1,
+                                        path: path, argv: argv.baseAddress, envp: envp.baseAddress,
+                                        descriptors: mapped.baseAddress, count: Int32(mapped.count), keep_descriptors: supervised ? 0 : 1,
+                                        output: output ?? -1, keep_stdin: supervised ? 0 : 1,
                                         new_process_group: supervised ? 1 : 0, death_signal: supervised ? SIGTERM : 0,
                                         set_listen_pid: setListenPID ? 1 : 0, filter_calls: calls.baseAddress, filter_count: Int32(calls.count))
                                     let pid = csystem_spawn_supervised(&request, &notification, &step)
