@@ -56,10 +56,14 @@ package struct KernelReadings: Sendable {
     /// The accept queue of a listening TCP socket of ours: TCP_INFO gives the connections waiting in it
     /// (tcpi_unacked) and its limit, the listen backlog (tcpi_sacked), in one system call.
     static func acceptQueue(of descriptor: Int32) -> (depth: Int, backlog: Int)? {
+        tcpInfo(of: descriptor).map { (Int($0.tcpi_unacked), Int($0.tcpi_sacked)) }
+    }
+
+    /// TCP_INFO of a socket of ours (a duplicate of a program's included); `nil` for any socket but TCP.
+    private static func tcpInfo(of descriptor: Int32) -> tcp_info? {
         var info = tcp_info()
         var length = socklen_t(MemoryLayout<tcp_info>.size)
-        guard getsockopt(descriptor, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 else { return nil }
-        return (Int(info.tcpi_unacked), Int(info.tcpi_sacked))
+        return getsockopt(descriptor, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 ? info : nil
     }
 
     /// TcpExt ListenOverflows and ListenDrops of this network namespace, from /proc/net/netstat (the kernel sums
@@ -88,11 +92,9 @@ package struct KernelReadings: Sendable {
             }
             let handle = SocketHandle(adopting: duplicate)
             defer { handle.close() }
-            var info = tcp_info()
-            var length = socklen_t(MemoryLayout<tcp_info>.size)
-            // TCP_INFO fails on any socket but TCP; the inode check skips a descriptor number reused meanwhile.
-            guard GenerationProbe.inode(of: duplicate) == inode, getsockopt(duplicate, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0,
-                info.tcpi_state == UInt8(TCP_ESTABLISHED), let local = try? handle.localAddress(), endpoints.contains(endpoint(local))
+            // The inode check skips a descriptor number reused meanwhile.
+            guard GenerationProbe.inode(of: duplicate) == inode, tcpInfo(of: duplicate)?.tcpi_state == UInt8(TCP_ESTABLISHED),
+                let local = try? handle.localAddress(), endpoints.contains(endpoint(local))
             else { continue }
             found.insert(inode)
         }
