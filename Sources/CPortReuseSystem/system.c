@@ -34,6 +34,7 @@ int csystem_pipe2(int ends[2], int flags) { return pipe2(ends, flags); }
 
 // Raw system calls rather than glibc 2.36's wrappers, so that older glibc builds link too.
 int csystem_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+int csystem_pidfd_open_thread(int tid) { return (int)syscall(SYS_pidfd_open, tid, O_EXCL); }  // PIDFD_THREAD is O_EXCL
 int csystem_pidfd_getfd(int pidfd, int target) { return (int)syscall(SYS_pidfd_getfd, pidfd, target, 0); }
 int csystem_pidfd_send_signal(int pidfd, int signal) { return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0); }
 
@@ -416,6 +417,7 @@ fail_early:
 int csystem_accept4(int fd, struct sockaddr *address, unsigned int *length, int flags) CSYSTEM_MISSING
 int csystem_pipe2(int ends[2], int flags) CSYSTEM_MISSING
 int csystem_pidfd_open(int pid) CSYSTEM_MISSING
+int csystem_pidfd_open_thread(int tid) CSYSTEM_MISSING
 int csystem_pidfd_getfd(int pidfd, int target) CSYSTEM_MISSING
 int csystem_pidfd_send_signal(int pidfd, int signal) CSYSTEM_MISSING
 int csystem_pidfd_inode_id(int pid, unsigned long long *id) CSYSTEM_MISSING

@@ -26,6 +26,10 @@ int csystem_pipe2(int ends[2], int flags);
 /// `pidfd_open(pid, 0)`: a descriptor that names the process `pid` and no other, ever (Linux 5.3+).
 int csystem_pidfd_open(int pid);
 
+/// `pidfd_open(tid, PIDFD_THREAD)`: a descriptor that names the thread `tid` and no other, ever (Linux 6.9+;
+/// EINVAL before). A thread id is reused as soon as its thread is gone; this descriptor then names nothing.
+int csystem_pidfd_open_thread(int tid);
+
 /// `pidfd_getfd(pidfd, target, 0)`: a duplicate of another process's descriptor (Linux 5.6+, ptrace rights).
 int csystem_pidfd_getfd(int pidfd, int target);
 

@@ -81,13 +81,15 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     private let wake: (read: Int32, write: Int32)
     private let ended: (read: Int32, write: Int32)
     private let started = Atomic<Bool>(false)
-    /// pidfds of the processes that called lately, by pid (used by the serving thread only): saves a
-    /// pidfd_open and a close per call. A pidfd names one process forever, so a reused pid never reaches
-    /// another process through it: pidfd_getfd then fails (ESRCH) and the pid is opened again.
+    /// pidfds of the threads that called lately, by thread id (used by the serving thread only): saves a
+    /// pidfd_open and a close per call. Each names exactly its thread (``callerPidfd(_:)``), so a reused id never
+    /// reaches another process through it: pidfd_getfd then fails (ESRCH) and the id is opened again.
     private var pidfds: [pid_t: Int32] = [:]
     /// The first address a --bind moved (``noteMoved(_:to:)``), and whether a second one was said.
     private var firstMoved: SocketAddress?
     private var saidMerged = false
+    /// Refusals said so far (``refuse(_:)``).
+    private var saidRefusals: Set<String> = []
     private let answered = Atomic<Int>(0)
 
     /// Takes ownership of `notificationDescriptor`.
@@ -266,12 +268,14 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     }
 
     /// The program's socket, duplicated, when it is an AF_INET/AF_INET6 stream or datagram socket of one of
-    /// `families`; checks first that the notification is still pending, since the process may have died after
-    /// we read its memory, and its pid and descriptor number been reused.
+    /// `families` (``duplicate(_:of:)`` proves the caller first).
     private func target(_ notification: csystem_notification, fd: Int32, families: [AddressFamily]) -> Target {
-        guard csystem_seccomp_id_valid(notificationDescriptor, notification.id) == 0 else { return .gone }
-        guard let duplicate = duplicate(fd, of: pid_t(bitPattern: notification.pid)) else { return .skip }
-        let handle = SocketHandle(adopting: duplicate)
+        let handle: SocketHandle
+        switch duplicate(fd, of: notification) {
+        case .descriptor(let duplicate): handle = SocketHandle(adopting: duplicate)
+        case .unavailable: return .skip
+        case .gone: return .gone
+        }
         guard let domain = try? handle.option(SOL_SOCKET, SO_DOMAIN, label: "SO_DOMAIN"),
             families.contains(where: { Sys.family($0) == domain }), let transport = try? handle.transport()
         else { return .skip }
@@ -288,7 +292,6 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         case .skip: return .proceed
         case .gone: return .none
         }
-        let options = setOptions(socket, transport)
 
         var rewritten: SocketAddress?
         var note = ""
@@ -314,13 +317,47 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             rewritten = address
             if transport == .tcp && source.port == nil { try? socket.setOption(Int32(IPPROTO_IP), 24, 1, label: "IP_BIND_ADDRESS_NO_PORT") }
         }
-        let code = rewritten.map { bindDuplicate(socket, to: $0) }
+        // What portreuse does here runs with its own credentials: only what the program may do itself.
+        var privileges: CallerPrivileges?
+        if rules.transparent || rewritten != nil {
+            guard let read = callerPrivileges(notification, socket: socket) else { return .none }
+            privileges = read
+        }
+        let (options, transparent) = setOptions(socket, transport, caller: notification.pid, privileges: privileges)
+        var code: Int32?
+        if let target = rewritten {
+            if let privileges, !privileges.mayBind(port: target.port) {
+                code = EACCES
+                refuse("bind of \(target) for \(who(notification.pid)) (asked for \(requested)) refused with EACCES, as the kernel would refuse "
+                    + "the program: \(privileges.refusal(port: target.port))")
+            } else {
+                code = bindDuplicate(socket, to: target)
+            }
+        }
         if let log = rules.log {
             let outcome = code.map { $0 == 0 ? "" : ": \(Errno(rawValue: $0))" } ?? ""
             log("bind fd \(fd) (\(transport == .tcp ? "TCP" : "UDP")) \(requested)\(rewritten.map { " -> \($0)" } ?? "") of \(who(notification.pid)), "
-                + "options \(options)\(rules.transparent ? ", IP_TRANSPARENT" : "")\(outcome)\(note)")
+                + "options \(options)\(transparent ? ", IP_TRANSPARENT" : "")\(outcome)\(note)")
         }
         return code.map { .result(errno: $0) } ?? .proceed
+    }
+
+    /// The caller's privileges (``CallerPrivileges``), or `nil` when its call is no longer pending: the
+    /// notification is proven pending after /proc was read, so that they are the caller's own and not those of
+    /// a thread that took its id since.
+    private func callerPrivileges(_ notification: csystem_notification, socket: SocketHandle) -> CallerPrivileges? {
+        let namespace = socket.descriptor.flatMap(CallerPrivileges.namespaceInode(ofSocket:))
+        let read = CallerPrivileges.of(thread: pid_t(bitPattern: notification.pid), socketNamespace: namespace)
+        guard csystem_seccomp_id_valid(notificationDescriptor, notification.id) == 0 else { return nil }
+        return read ?? CallerPrivileges(capabilities: 0, unprivilegedPortStart: 1024, portStartIsAssumed: true)
+    }
+
+    /// Says a refusal on the program's behalf whatever the verbosity, once per text: a program that retries in a
+    /// loop does not flood its log.
+    private func refuse(_ text: String) {
+        guard !saidRefusals.contains(text), saidRefusals.count < 64 else { return }
+        saidRefusals.insert(text)
+        (rules.warn ?? rules.log)?(text)
     }
 
     /// --bind moves every bind to one address: a program with two listeners (an API and an admin port) would
@@ -338,8 +375,12 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// program's memory; its protocol (SO_PROTOCOL: TCP or UDP, 0 for a Unix socket) says which options, in one
     /// call. A bind the kernel then refuses (a bad pointer: EFAULT) fails as it would have.
     private func setOptionsAndProceed(_ notification: csystem_notification, fd: Int32) -> Answer {
-        guard csystem_seccomp_id_valid(notificationDescriptor, notification.id) == 0 else { return .none }
-        guard let duplicate = duplicate(fd, of: pid_t(bitPattern: notification.pid)) else { return .proceed }
+        let duplicate: Int32
+        switch self.duplicate(fd, of: notification) {
+        case .descriptor(let descriptor): duplicate = descriptor
+        case .unavailable: return .proceed
+        case .gone: return .none
+        }
         let socket = SocketHandle(adopting: duplicate)
         var protocolNumber: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
@@ -439,7 +480,13 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             rules.log?("\(call) fd \(fd) to \(peer) of \(who(notification.pid)): --source \(describe(sourceRule)) not applied: \(reason.text)")
             return .proceed
         }
-        let options = setOptions(socket, transport)
+        guard let privileges = callerPrivileges(notification, socket: socket) else { return .none }
+        guard privileges.mayBind(port: target.port) else {
+            refuse("\(call) of \(who(notification.pid)) from --source \(target) refused with EACCES, as the kernel would refuse the program's own bind: "
+                + privileges.refusal(port: target.port))
+            return .result(errno: EACCES)
+        }
+        let (options, _) = setOptions(socket, transport, caller: notification.pid, privileges: privileges)
         if transport == .tcp && sourceRule.port == nil { try? socket.setOption(Int32(IPPROTO_IP), 24, 1, label: "IP_BIND_ADDRESS_NO_PORT") }
         let code = bindDuplicate(socket, to: target)
         rules.log?("\(call) fd \(fd) to \(peer) of \(who(notification.pid)) from \(target), options \(options)"
@@ -447,45 +494,74 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         return code == 0 ? .proceed : .result(errno: code)
     }
 
-    /// Sets the policy's options for the transport (and IP_TRANSPARENT); returns the options asked for.
-    private func setOptions(_ socket: SocketHandle, _ transport: Transport) -> ReuseOptions {
+    /// Sets the policy's options for the transport, and IP_TRANSPARENT where the caller may set it itself
+    /// (`privileges`, read when the rules ask for it); returns the options asked for and whether IP_TRANSPARENT
+    /// was set. SO_REUSEPORT needs no privilege: the kernel checks its same-user rule against the socket's creator.
+    private func setOptions(_ socket: SocketHandle, _ transport: Transport, caller: UInt32 = 0, privileges: CallerPrivileges? = nil)
+        -> (ReuseOptions, transparent: Bool)
+    {
         let options = SharingTable.linux.options(rules.policy, transport)
         for (option, _) in ReuseOptions.all where options.contains(option) { try? socket.enable(option) }
-        if rules.transparent, let family = try? socket.option(SOL_SOCKET, SO_DOMAIN, label: "SO_DOMAIN") {
-            // IP_TRANSPARENT is 19, IPV6_TRANSPARENT 75.
-            try? socket.setOption(family == AF_INET ? Int32(IPPROTO_IP) : Int32(IPPROTO_IPV6), family == AF_INET ? 19 : 75, 1, label: "IP_TRANSPARENT")
+        guard rules.transparent, let family = try? socket.option(SOL_SOCKET, SO_DOMAIN, label: "SO_DOMAIN") else { return (options, false) }
+        guard privileges?.maySetTransparent == true else {
+            refuse("--transparent: IP_TRANSPARENT not set on a socket of \(who(caller)): it needs CAP_NET_RAW or CAP_NET_ADMIN, "
+                + "which the program does not have; portreuse does not set it on the program's behalf (its bind of a non-local address fails as it would alone)")
+            return (options, false)
         }
-        return options
+        // IP_TRANSPARENT is 19, IPV6_TRANSPARENT 75.
+        let set: ()? = try? socket.setOption(family == AF_INET ? Int32(IPPROTO_IP) : Int32(IPPROTO_IPV6), family == AF_INET ? 19 : 75, 1, label: "IP_TRANSPARENT")
+        return (options, set != nil)
     }
 
-    /// A duplicate of descriptor `fd` of process `pid`, through a cached pidfd (opened again once when the
-    /// cached one names a process that is gone).
-    private func duplicate(_ fd: Int32, of pid: pid_t) -> Int32? {
+    private enum Duplicate {
+        case descriptor(Int32)
+        /// The caller's descriptor cannot be had (not open, no ptrace rights): the call goes on untouched.
+        case unavailable
+        /// The notification is no longer pending (the caller died, or its call was interrupted).
+        case gone
+    }
+
+    /// A duplicate of descriptor `fd` of the thread that made the call. The notification names the caller by its
+    /// thread id, which is reused as soon as that thread is gone: the pidfd is opened (or taken from the cache)
+    /// first and the notification proven pending after, so that the pidfd names the caller itself and not a
+    /// process that took its id since.
+    private func duplicate(_ fd: Int32, of notification: csystem_notification) -> Duplicate {
+        let tid = pid_t(bitPattern: notification.pid)
         for attempt in 0..<2 {
-            let pidfd: Int32
-            if let cached = pidfds[pid] {
-                pidfd = cached
-            } else {
-                // The kernel reports the calling thread: pidfd_open takes only a process (a thread group's
-                // leader), so a bind made on another thread (a goroutine, a worker thread) goes through its Tgid.
-                guard let opened = (try? Processes.open(pid)) ?? Self.threadGroup(of: pid).flatMap({ try? Processes.open($0) }) else { return nil }
-                if pidfds.count >= 64, let (oldest, old) = pidfds.first {  // a bound: any entry will do
-                    Files.close(old)
-                    pidfds[oldest] = nil
-                }
-                pidfds[pid] = opened
-                pidfd = opened
+            guard let (pidfd, cached) = callerPidfd(tid) else {
+                return csystem_seccomp_id_valid(notificationDescriptor, notification.id) == 0 ? .unavailable : .gone
             }
+            defer { if !cached { Files.close(pidfd) } }
+            guard csystem_seccomp_id_valid(notificationDescriptor, notification.id) == 0 else { return .gone }
             do {
-                return try Processes.duplicate(fd, of: pidfd)
-            } catch where error.errno == .noSuchProcess && attempt == 0 {
+                return .descriptor(try Processes.duplicate(fd, of: pidfd))
+            } catch where error.errno == .noSuchProcess && cached && attempt == 0 {
+                // A cached pidfd whose thread is gone (its id now names the caller): open it anew.
                 Files.close(pidfd)
-                pidfds[pid] = nil
+                pidfds[tid] = nil
             } catch {
-                return nil
+                return .unavailable
             }
         }
-        return nil
+        return .unavailable
+    }
+
+    /// A pidfd for the calling thread `tid`, and whether it is kept in the cache. Only a pidfd that names exactly
+    /// that thread is cached (a thread pidfd, Linux 6.9+, or a process pidfd where `tid` is the process itself):
+    /// once the thread is gone it names nothing, so a reused id can never reach the thread's process through it.
+    /// On older kernels, a thread that is not its process's first gets a pidfd of its process (Tgid in
+    /// /proc/TID/status), used for this call only.
+    private func callerPidfd(_ tid: pid_t) -> (pidfd: Int32, cached: Bool)? {
+        if let cached = pidfds[tid] { return (cached, true) }
+        if let exact = (try? Processes.openThread(tid)) ?? (try? Processes.open(tid)) {
+            if pidfds.count >= 64, let (oldest, old) = pidfds.first {  // a bound: any entry will do
+                Files.close(old)
+                pidfds[oldest] = nil
+            }
+            pidfds[tid] = exact
+            return (exact, true)
+        }
+        return Self.threadGroup(of: tid).flatMap { try? Processes.open($0) }.map { ($0, false) }
     }
 
     /// The process (Tgid in /proc/TID/status) of thread `tid`, when it is not that process itself.

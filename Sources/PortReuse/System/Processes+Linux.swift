@@ -12,6 +12,13 @@ package enum Processes {
         try systemCall("pidfd_open") { csystem_pidfd_open(pid) }
     }
 
+    /// A descriptor naming the thread `tid` and no other, ever: once the thread is gone it names nothing, even
+    /// when its id is reused. The corresponding C call is `pidfd_open` with `PIDFD_THREAD` (Linux 6.9+; EINVAL
+    /// before).
+    package static func openThread(_ tid: pid_t) throws(SystemError) -> Int32 {
+        try systemCall("pidfd_open") { csystem_pidfd_open_thread(tid) }
+    }
+
     /// A duplicate of descriptor `target` of the process `pidfd` names (close-on-exec): the very socket or file,
     /// shared with that process. Needs ptrace rights over it. The corresponding C call is `pidfd_getfd` (5.6+).
     package static func duplicate(_ target: Int32, of pidfd: Int32) throws(SystemError) -> Int32 {
