@@ -53,7 +53,7 @@ struct UpHealthTests {
         let oversized = try Self.exchange(health, "GET /readyz HTTP/1.1\r\nX: " + String(repeating: "a", count: 9000) + "\r\n\r\n")
         #expect(oversized.status == 431 || oversized.status == 0, "an oversized head is refused: \(oversized)")
 
-        // Silent connections: the limit (64) closes the extra ones at once, the timeout (5 s) the others.
+        // Silent connections: past the limit (64) each new one evicts the oldest, the head deadline (2 s) ends the others.
         let started = Date()
         let silent = try (0..<100).map { _ in try Connection.dial(to: health, policy: .exclusive, timeout: .seconds(5)) }
         #expect(try httpGet(serving).hasPrefix("hello from B"), "the program serves meanwhile")
@@ -61,9 +61,48 @@ struct UpHealthTests {
         let ends = try silent.map { try $0.receiveAll(timeout: .seconds(10)).count }
         let waited = Date().timeIntervalSince(started)
         #expect(ends.allSatisfy { $0 == 0 }, "closed without an answer")
-        #expect(waited >= 4 && waited < 9, "the silent connections were closed after about 5 s: \(waited) s")
+        #expect(waited >= 1.5 && waited < 6, "the silent connections were closed after about 2 s: \(waited) s")
         #expect(try Self.get(health, "/livez").status == 200)
         #expect(try Self.get(health, "/readyz").status == 200)
+        #expect(up.stop() == 0)
+    }
+
+    @Test("200 slow and garbage connections: every probe with a 1 s timeout is answered; a bad request gets one 400 and closes at once; 405 for any other method")
+    func slowClients() throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--", hello, "--name", "L"])
+        let health = try Self.healthAddress(up)
+        _ = try up.servingAddress()
+        #expect(try Self.get(health, "/readyz").status == 200)
+        // 200 connections that trickle a byte at a time, and 20 that send garbage and stay open.
+        var slow: [Connection] = []
+        for index in 0..<220 {
+            let connection = try Connection.dial(to: health, policy: .exclusive, timeout: .seconds(5))
+            try connection.send(index < 200 ? "G" : "\u{1}\u{2}\u{3}")
+            slow.append(connection)
+        }
+        // Probes as Kubernetes sends them, each given 1 s, while the slow clients go on trickling.
+        var answered = 0
+        for round in 0..<20 {
+            for connection in slow.prefix(200) where round % 5 == 0 { try? connection.send("E") }
+            let probe = try Connection.dial(to: health, policy: .exclusive, timeout: .seconds(1))
+            try probe.send("GET \(round % 2 == 0 ? "/readyz" : "/livez") HTTP/1.1\r\nHost: probe\r\n\r\n")
+            let response = String(decoding: (try? probe.receiveAll(timeout: .seconds(1))) ?? [], as: UTF8.self)
+            if response.hasPrefix("HTTP/1.1 200") { answered += 1 }
+        }
+        #expect(answered == 20, "probes answered within 1 s under 200 slow clients: \(answered) of 20")
+        withExtendedLifetime(slow) {}
+
+        // A request line without a version: one 400, and the connection closes at once.
+        let started = Date()
+        let bad = try Connection.dial(to: health, policy: .exclusive, timeout: .seconds(5))
+        try bad.send("GET /readyz\r\n\r\n")
+        let badAnswer = String(decoding: try bad.receiveAll(timeout: .seconds(5)), as: UTF8.self)
+        #expect(badAnswer.components(separatedBy: "HTTP/1.1 400").count == 2, "one 400: \(badAnswer)")
+        #expect(Date().timeIntervalSince(started) < 1, "closed at once after its 400")
+        for method in ["OPTIONS", "CONNECT", "DELETE"] {
+            let target = method == "CONNECT" ? "example.com:443" : method == "OPTIONS" ? "*" : "/readyz"
+            #expect(try Self.exchange(health, "\(method) \(target) HTTP/1.1\r\nHost: t\r\n\r\n").status == 405, "\(method)")
+        }
         #expect(up.stop() == 0)
     }
 

@@ -1,7 +1,7 @@
 import PortReuse
 
-/// The answers of `--health`, apart from HTTP's bytes: `/readyz`, `/livez`, `/metrics`; 404 for any other path,
-/// 405 for any method but GET and HEAD.
+/// The answers of `--health`, apart from HTTP's bytes: `/readyz`, `/livez`, `/metrics`; 405 for any method but
+/// GET and HEAD (whatever the path: `OPTIONS *` and `CONNECT` too), 404 for any other path.
 package enum HealthEndpoint {
     package struct Response: Sendable, Equatable {
         package var status: Int
@@ -23,12 +23,12 @@ package enum HealthEndpoint {
     /// The answer to `method` on `target` (a path, with or without a query), from `board`. `/metrics` reads the
     /// kernel's tables, so it costs what `portreuse who --all` costs; the other paths only read the snapshot.
     package static func respond(method: String, target: String, board: HealthBoard, now: UInt64 = Processes.monotonicNanoseconds) -> Response {
+        guard method == "GET" || method == "HEAD" else {
+            return Response(status: 405, body: "method \(method.prefix(20)) not allowed: use GET or HEAD\n", allow: "GET, HEAD")
+        }
         let path = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? target
         guard ["/readyz", "/livez", "/metrics"].contains(path) else {
             return Response(status: 404, body: "not found: \(path.prefix(100)); try /readyz, /livez or /metrics\n")
-        }
-        guard method == "GET" || method == "HEAD" else {
-            return Response(status: 405, body: "method \(method.prefix(20)) not allowed: use GET or HEAD\n", allow: "GET, HEAD")
         }
         let snapshot = board.snapshot
         switch path {

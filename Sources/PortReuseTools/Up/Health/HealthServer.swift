@@ -8,13 +8,19 @@ import Synchronization
 /// `--health ADDR`: `up`'s own HTTP listener (never handed to a generation), served by SwiftNIO's HTTP/1 parser
 /// on one event-loop thread of its own, so that a slow or hostile client never holds up the supervisor's loop.
 ///
-/// Strict limits, since probes and scrapers need little: one request per connection (answered with
-/// `Connection: close`), at most ``headLimit`` bytes read, ``connectionSeconds`` per connection, and at most
-/// ``connectionLimit`` connections at once (more are closed as soon as they are accepted).
+/// Probes and scrapers need little, and a probe must be answered within its timeout (Kubernetes': 1 s) even
+/// while slow or garbage connections are open: one request per connection (answered with `Connection: close`),
+/// at most ``headLimit`` bytes read, ``headSeconds`` for the request's head and ``connectionSeconds`` for the
+/// whole connection, and at most ``connectionLimit`` connections at once. At the limit a new connection evicts
+/// the oldest one still waiting for its head: a newcomer (a probe sends its request at once) is never the one
+/// refused, and a client that trickles one byte a second holds a place for ``headSeconds`` at most.
 package final class HealthServer: Sendable {
     package static let headLimit = 8192
+    package static let headSeconds: Int64 = 2
     package static let connectionSeconds: Int64 = 5
     package static let connectionLimit = 64
+    /// The kernel's queue of connections not yet accepted: a burst of connections waits here, not refused.
+    static let backlog: Int32 = 1024
 
     private let group: MultiThreadedEventLoopGroup
     private let channel: Channel
@@ -25,7 +31,7 @@ package final class HealthServer: Sendable {
     package init(address: Address, board: HealthBoard) throws(CommandFailure) {
         let listener: Listener
         do {
-            listener = try Listener(address, policy: .restartable, backlog: Int32(Self.connectionLimit))
+            listener = try Listener(address, policy: .restartable, backlog: Self.backlog)
         } catch {
             throw CommandFailure("--health \(address): \(error)", exitCode: 3)
         }
@@ -35,28 +41,29 @@ package final class HealthServer: Sendable {
         Signals.setBlocked(SignalPipe.handled, true)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         Signals.setBlocked(SignalPipe.handled, false)
-        let open = Mutex(0)
+        let waiting = WaitingConnections(limit: Self.connectionLimit)
         let bootstrap = ServerBootstrap(group: group)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
             .childChannelInitializer { channel in
-                let admitted = open.withLock { count in
-                    guard count < Self.connectionLimit else { return false }
-                    count += 1
-                    return true
+                waiting.admit(channel)
+                let head = channel.eventLoop.scheduleTask(in: .seconds(Self.headSeconds)) { channel.close(promise: nil) }
+                let whole = channel.eventLoop.scheduleTask(in: .seconds(Self.connectionSeconds)) { channel.close(promise: nil) }
+                channel.closeFuture.whenComplete { _ in
+                    head.cancel()
+                    whole.cancel()
+                    waiting.remove(channel)
                 }
-                guard admitted else { return channel.close() }
-                channel.closeFuture.whenComplete { _ in open.withLock { $0 -= 1 } }
-                // Whatever the client does, the connection ends within connectionSeconds.
-                let timeout = channel.eventLoop.scheduleTask(in: .seconds(Self.connectionSeconds)) { channel.close(promise: nil) }
-                channel.closeFuture.whenComplete { _ in timeout.cancel() }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(HeadLimit())
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(HealthHandler(board: board))
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false)
+                    try channel.pipeline.syncOperations.addHandler(HealthHandler(board: board) {
+                        head.cancel()
+                        waiting.remove(channel)
+                    })
                 }
             }
         do {
-            channel = try bootstrap.serve(listener, backlog: Int32(Self.connectionLimit)).wait()
+            channel = try bootstrap.serve(listener, backlog: Self.backlog).wait()
         } catch {
             try? group.syncShutdownGracefully()
             throw CommandFailure("--health \(address): \(error)", exitCode: 3)
@@ -68,6 +75,32 @@ package final class HealthServer: Sendable {
     package func shutDown() {
         try? channel.close().wait()
         try? group.syncShutdownGracefully()
+    }
+}
+
+/// The connections still waiting for their request's head, oldest first: at the limit, admitting one closes the
+/// oldest.
+private final class WaitingConnections: Sendable {
+    private let limit: Int
+    private let channels = Mutex<[ObjectIdentifier: (order: UInt64, channel: Channel)]>([:])
+    private let counter = Atomic<UInt64>(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    func admit(_ channel: Channel) {
+        let order = counter.add(1, ordering: .relaxed).newValue
+        let evicted: Channel? = channels.withLock { waiting in
+            waiting[ObjectIdentifier(channel)] = (order, channel)
+            guard waiting.count > limit, let oldest = waiting.min(by: { $0.value.order < $1.value.order }) else { return nil }
+            waiting[oldest.key] = nil
+            return oldest.value.channel
+        }
+        evicted?.close(promise: nil)
+    }
+
+    /// It got its head (it is being answered), or it closed.
+    func remove(_ channel: Channel) {
+        _ = channels.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) }
     }
 }
 
@@ -91,18 +124,24 @@ private final class HeadLimit: ChannelInboundHandler {
     }
 }
 
-/// Answers the one request of a connection from its head (a body, if any, is not read), then closes.
+/// Answers the one request of a connection from its head (a body, if any, is not read), then closes. A request
+/// the parser refuses gets one 400 and the connection closes at once; nothing after it is read.
 private final class HealthHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
     private let board: HealthBoard
+    private let headArrived: () -> Void
     private var answered = false
 
-    init(board: HealthBoard) { self.board = board }
+    init(board: HealthBoard, headArrived: @escaping () -> Void) {
+        self.board = board
+        self.headArrived = headArrived
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(let head) = unwrapInboundIn(data), !answered else { return }
         answered = true
+        headArrived()
         let response = HealthEndpoint.respond(method: head.method.rawValue, target: head.uri, board: board)
         var headers = HTTPHeaders([("Content-Type", response.contentType), ("Connection", "close")])
         if let allow = response.allow { headers.add(name: "Allow", value: allow) }
@@ -111,6 +150,15 @@ private final class HealthHandler: ChannelInboundHandler {
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: response.status), headers: headers))), promise: nil)
         if head.method != .HEAD { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
         let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        let channel = context.channel
+        guard error is HTTPParserError, !answered else { return channel.close(promise: nil) }
+        answered = true
+        let head = HTTPResponseHead(version: .http1_1, status: .badRequest, headers: HTTPHeaders([("Connection", "close"), ("Content-Length", "0")]))
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 }
