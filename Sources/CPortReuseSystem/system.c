@@ -35,6 +35,11 @@ int csystem_pipe2(int ends[2], int flags) { return pipe2(ends, flags); }
 // Raw system calls rather than glibc 2.36's wrappers, so that older glibc builds link too.
 int csystem_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 int csystem_pidfd_open_thread(int tid) { return (int)syscall(SYS_pidfd_open, tid, O_EXCL); }  // PIDFD_THREAD is O_EXCL
+int csystem_attach_reuseport_cbpf(int fd, const csystem_bpf_instruction *program, unsigned short count) {
+    _Static_assert(sizeof(csystem_bpf_instruction) == sizeof(struct sock_filter), "struct sock_filter");
+    struct sock_fprog fprog = {.len = count, .filter = (struct sock_filter *)program};
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fprog, sizeof fprog);
+}
 int csystem_pidfd_getfd(int pidfd, int target) { return (int)syscall(SYS_pidfd_getfd, pidfd, target, 0); }
 int csystem_pidfd_send_signal(int pidfd, int signal) { return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0); }
 
@@ -418,6 +423,7 @@ int csystem_accept4(int fd, struct sockaddr *address, unsigned int *length, int 
 int csystem_pipe2(int ends[2], int flags) CSYSTEM_MISSING
 int csystem_pidfd_open(int pid) CSYSTEM_MISSING
 int csystem_pidfd_open_thread(int tid) CSYSTEM_MISSING
+int csystem_attach_reuseport_cbpf(int fd, const csystem_bpf_instruction *program, unsigned short count) CSYSTEM_MISSING
 int csystem_pidfd_getfd(int pidfd, int target) CSYSTEM_MISSING
 int csystem_pidfd_send_signal(int pidfd, int signal) CSYSTEM_MISSING
 int csystem_pidfd_inode_id(int pid, unsigned long long *id) CSYSTEM_MISSING

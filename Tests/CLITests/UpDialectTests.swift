@@ -323,8 +323,11 @@ struct UpDialectDocumentationTests {
             try folder.write("app.socket", local(try unit("app.socket")))
             try folder.write("app.service", local(try unit(service)))
             let verified = try capture(["/usr/bin/systemd-analyze", "verify", "--man=no", folder.path + "/app.socket", folder.path + "/app.service"])
+            // Only what concerns our two units: systemd-analyze also loads the machine's units (Debian's unicorn
+            // package installs one it warns about), and those are not ours to judge.
+            let ours = (verified.stderr + verified.output).split(separator: "\n").filter { $0.contains(folder.path) || $0.contains("app.s") }
             if major >= needs {
-                #expect(verified.status == 0 && verified.stderr.isEmpty && verified.output.isEmpty, "\(service) on systemd \(major): \(verified.stderr)\(verified.output)")
+                #expect(verified.status == 0 && ours.isEmpty, "\(service) on systemd \(major): \(verified.stderr)\(verified.output)")
             } else {
                 #expect(verified.stderr.contains("Failed to parse service type, ignoring: notify-reload"), "systemd \(major) does not know notify-reload: \(verified.stderr)")
             }

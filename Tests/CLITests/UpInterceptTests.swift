@@ -372,14 +372,15 @@ struct InterceptorGoneTests {
         let path = try folder.write("binder.py", script)
         let run = try spawn([portreuse, "run", "--intercept", "kernel", "--policy", "shared", "--", systemPython, path, folder.path], log: folder.path + "/run.log")
         defer { killAndReap(run) }
-        let first = waitFor(timeout: 20) { try? String(contentsOfFile: folder.path + "/first", encoding: .utf8) }
+        // Written by open() then write(): wait for the text, not for the file.
+        let first = waitFor(timeout: 20) { (try? String(contentsOfFile: folder.path + "/first", encoding: .utf8)).flatMap { $0.isEmpty ? nil : $0 } }
         #expect(first == "ok", "\((try? String(contentsOfFile: folder.path + "/run.log", encoding: .utf8)) ?? "")")
         let program = try #require(Processes.descendants(of: run).first?.pid)
         defer { kill(program, SIGKILL) }
         kill(run, SIGKILL)
         _ = reap(run, timeout: 10)
         _ = FileManager.default.createFile(atPath: folder.path + "/go", contents: nil)
-        let second = waitFor(timeout: 20) { try? String(contentsOfFile: folder.path + "/second", encoding: .utf8) }
+        let second = waitFor(timeout: 20) { (try? String(contentsOfFile: folder.path + "/second", encoding: .utf8)).flatMap { $0.isEmpty ? nil : $0 } }
         #expect(second == "ENOSYS")
     }
 }

@@ -30,6 +30,19 @@ int csystem_pidfd_open(int pid);
 /// EINVAL before). A thread id is reused as soon as its thread is gone; this descriptor then names nothing.
 int csystem_pidfd_open_thread(int tid);
 
+/// One instruction of a classic BPF program (`struct sock_filter`).
+typedef struct {
+    uint16_t code;
+    uint8_t jt;
+    uint8_t jf;
+    uint32_t k;
+} csystem_bpf_instruction;
+
+/// `setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, …)`: the classic BPF program that picks, for each new
+/// connection or datagram, the socket of `fd`'s SO_REUSEPORT group that gets it (its return value is an index in
+/// the group, in join order; one out of range falls back to the kernel's hash). No capability needed (Linux 4.5+).
+int csystem_attach_reuseport_cbpf(int fd, const csystem_bpf_instruction *program, unsigned short count);
+
 /// `pidfd_getfd(pidfd, target, 0)`: a duplicate of another process's descriptor (Linux 5.6+, ptrace rights).
 int csystem_pidfd_getfd(int pidfd, int target);
 

@@ -5,7 +5,7 @@ extension SocketHandle {
     /// A failed bind comes back diagnosed (who holds the port, a privileged port, an address not on this machine).
     /// `options` replaces the policy's row (multicast and broadcast receivers read their own row); `prepare`
     /// sets further options before the bind.
-    static func bound(
+    package static func bound(
         to address: SocketAddress, transport: Transport, policy: SharingPolicy, dualStack: Bool,
         options: ReuseOptions? = nil, prepare: (SocketHandle) throws(PortReuseError) -> Void = { _ in }
     ) throws(PortReuseError) -> SocketHandle {

@@ -3,8 +3,9 @@ import PortReuse
 
 /// A socket `up` holds for its whole life and hands to every generation.
 package struct HeldSocket {
-    /// `up`'s own descriptor (moved to 100 or above, close-on-exec; a generation gets it as 3, 4, …).
-    package let descriptor: Int32
+    /// `up`'s own descriptor (moved to 100 or above, close-on-exec; a generation gets it as 3, 4, …). Where
+    /// generations are steered, the socket new connections go to now (the serving generation's own).
+    package internal(set) var descriptor: Int32
     package let name: String
     package let transport: Transport
     package let address: SocketAddress

@@ -9,19 +9,22 @@ extension Supervisor {
         if reason == .restart { counters.restarts += 1 }
         let now = Processes.monotonicNanoseconds
         for index in sockets.indices {
-            if let repaired = sockets[index].refresh() { logger.warning("\(repaired)") }
+            // A steered socket that stopped listening is replaced by a new one, not opened again in place.
+            if groups[index] == nil, let repaired = sockets[index].refresh() { logger.warning("\(repaired)") }
             if configuration.dialect.nonBlockingSockets, sockets[index].transport == .tcp {
                 let flags = fcntl(sockets[index].descriptor, F_GETFL)
                 if flags >= 0 && flags & O_NONBLOCK == 0 { _ = fcntl(sockets[index].descriptor, F_SETFL, flags | O_NONBLOCK) }
             }
         }
+        let descriptors = groups.isEmpty ? sockets.map(\.descriptor) : socketsForNewGeneration(number: number)
         do throws(CommandFailure) {
             let notify = try NotifyReceiver(path: "\(runtimeFolder)/notify-\(number).sock")
-            let (pid, interceptor) = try spawn(number: number, environment: environment(number: number, notifyPath: notify.path))
+            let (pid, interceptor) = try spawn(number: number, descriptors: descriptors, environment: environment(number: number, notifyPath: notify.path))
             var record = GenerationRecord(
                 number: number, pid: pid, reason: reason, startedAt: Processes.wallClockSeconds, startedMonotonic: now,
                 deadline: now + UInt64(configuration.readyTimeout * 1e9))
             record.notifyPath = notify.path
+            if !groups.isEmpty { record.sockets = descriptors }
             let generation = Generation(record: record, notify: notify)
             generation.interceptor = interceptor
             // The reload's window opens once the program runs (the spawn returns after its exec): what the read of
@@ -29,23 +32,25 @@ extension Supervisor {
             if reason == .reload { generation.reloadWatch = ReloadWatch.start() }
             generations.append(generation)
             logger.info("\(generation.label) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))")
+            steer()
         } catch {
             logger.error("cannot start generation \(number): \(error.message)")
             failures.inARow += 1
+            retireUnusedSockets()
             afterFailure()
         }
         statusChanged = true
     }
 
     /// Starts the program: under the bind filter when it can, else with LISTEN_FDS only (as before the filter).
-    private func spawn(number: Int, environment: [String]) throws(CommandFailure) -> (pid_t, SocketCallInterceptor?) {
+    private func spawn(number: Int, descriptors: [Int32], environment: [String]) throws(CommandFailure) -> (pid_t, SocketCallInterceptor?) {
         let setListenPID = configuration.reusePortEnvironment == nil && configuration.dialect.setsListenPID
         #if os(Linux)
         if configuration.intercepts, interceptionOff == nil, !sockets.isEmpty {
-            switch try Spawner.spawnIntercepted(configuration.command, environment: environment, descriptors: sockets.map(\.descriptor), setListenPID: setListenPID) {
+            switch try Spawner.spawnIntercepted(configuration.command, environment: environment, descriptors: descriptors, setListenPID: setListenPID) {
             case .started(let pid, let notification?):
                 do {
-                    let interceptor = try SocketCallInterceptor(notificationDescriptor: notification, rules: interceptionRules(number: number))
+                    let interceptor = try SocketCallInterceptor(notificationDescriptor: notification, rules: interceptionRules(number: number, sockets: descriptors))
                     try interceptor.start()
                     return (pid, interceptor)
                 } catch {
@@ -66,15 +71,24 @@ extension Supervisor {
             }
         }
         #endif
-        let pid = try Spawner.spawn(configuration.command, environment: environment, descriptors: sockets.map(\.descriptor), setListenPID: setListenPID)
+        let pid = try Spawner.spawn(configuration.command, environment: environment, descriptors: descriptors, setListenPID: setListenPID)
         return (pid, nil)
     }
 
     #if os(Linux)
-    /// The rules for generation `number`: swap the held sockets in; every line goes to the log.
-    func interceptionRules(number: Int) -> InterceptionRules {
+    /// The rules for generation `number`: swap its sockets (`sockets`, one per held socket) in; every line goes to
+    /// the log.
+    func interceptionRules(number: Int, sockets descriptors: [Int32]) -> InterceptionRules {
         let logger = self.logger
-        return .swapping(socketSwap) { line in logger.info("generation \(number): \(line)") }
+        // Generations that share sockets share their swap, which tracks the sockets' blocking mode between them.
+        let swap = swaps[descriptors] ?? SocketSwap(held: zip(sockets, descriptors).map { socket, descriptor in
+            let borrowed = SocketHandle(adopting: descriptor)
+            let dualStack = socket.address.family == .ipv6 && ((try? borrowed.isDualStack()) ?? false)
+            _ = borrowed.takeDescriptor()  // still ours: only read
+            return SocketSwap.Held(descriptor: descriptor, name: socket.name, transport: socket.transport, address: socket.address, dualStack: dualStack)
+        })
+        swaps[descriptors] = swap
+        return .swapping(swap) { line in logger.info("generation \(number): \(line)") }
     }
     #endif
 
@@ -107,8 +121,15 @@ extension Supervisor {
         if generation.record.reason == .reload { record(generation, .ready, reason: nil, tree: tree) }
         statusChanged = true
         logger.info("\(generation.label) ready after \(Self.milliseconds(now - generation.record.startedMonotonic)) (\(how))")
-        noteBlockingMode(of: generation)
-        for serving in old { drain(serving, tree: tree) }
+        steer()  // the cutover: new connections go to this generation's sockets from now on
+        if generation.record.sockets == nil { noteBlockingMode(of: generation) }
+        for serving in old {
+            if !steeredSockets(of: serving).isEmpty && steeredSockets(of: serving).map(\.descriptor) != steeredSockets(of: generation).map(\.descriptor) {
+                drainQuietly(serving)
+            } else {
+                drain(serving, tree: tree)
+            }
+        }
         if adopted?.stopSent == nil, adopted?.idleStopBy == nil { stopAdopted() }
         generation.record.noteMembers(in: tree)
         if reloadQueued && !state.isStopping {
@@ -252,9 +273,12 @@ extension Supervisor {
         releaseAdopted()
         reloadQueued = false
         _ = try? Readiness.notify(.stopping, .status("stopping"))
-        let running = generations.filter { $0.phase.isLive }
+        let running = generations.filter { $0.phase.isLive || $0.record.quietStopBy != nil && $0.record.exit == nil }
         logger.info("stopping (\(reason)): \(SignalName(configuration.stopSignal)) to \(running.count) generation(s), killed if still running in \(Seconds(configuration.grace))")
-        for generation in running { askToStop(generation, phase: .draining) }
+        for generation in running {
+            generation.record.quietStopBy = nil
+            askToStop(generation, phase: .draining)
+        }
     }
 
     /// A duration for the log, written as the options take them (as ``Seconds`` prints): 39ms, 1.1s, 12s.

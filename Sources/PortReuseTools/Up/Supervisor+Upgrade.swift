@@ -58,7 +58,8 @@ extension Supervisor {
         return UpgradeHandover(
             sockets: sockets.map { .init(descriptor: $0.descriptor, name: $0.name, backlog: $0.backlog) }, generations: records, state: state,
             nextNumber: nextNumber, reloadQueued: reloadQueued, failures: failures, history: history,
-            upgrades: upgrades, upgradeFailures: upgradeFailures, startedWall: startedWall, runtimeFolder: runtimeFolder)
+            upgrades: upgrades, upgradeFailures: upgradeFailures, startedWall: startedWall, runtimeFolder: runtimeFolder,
+            groups: groups.isEmpty ? nil : groups, steeredDescriptors: groups.isEmpty ? nil : steeredDescriptors.sorted())
     }
 
     /// After a failed exec: new threads answer the generations' binds (on duplicates of the descriptors; the
@@ -68,7 +69,7 @@ extension Supervisor {
         for generation in generations {
             guard let old = generation.interceptor else { continue }
             let copy = fcntl(old.notificationDescriptor, F_DUPFD_CLOEXEC, 0)
-            guard copy >= 0, let fresh = try? SocketCallInterceptor(notificationDescriptor: copy, rules: interceptionRules(number: generation.number)),
+            guard copy >= 0, let fresh = try? SocketCallInterceptor(notificationDescriptor: copy, rules: interceptionRules(number: generation.number, sockets: generation.record.sockets ?? sockets.map(\.descriptor))),
                 (try? fresh.start()) != nil
             else {
                 logger.error("\(generation.label): cannot answer its binds again after the failed upgrade")
@@ -82,6 +83,11 @@ extension Supervisor {
     /// Takes the generations and the state over from the previous `up` of this process.
     package func adopt(_ handover: UpgradeHandover) {
         enter(handover.state)
+        groups = handover.groups ?? [:]
+        steeredDescriptors = Set(handover.steeredDescriptors ?? [])
+        for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor >= 0 {
+            _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+        }
         nextNumber = handover.nextNumber
         reloadQueued = handover.reloadQueued
         failures = handover.failures
@@ -94,7 +100,7 @@ extension Supervisor {
             #if os(Linux)
             if let descriptor = record.interceptDescriptor, fcntl(descriptor, F_SETFD, FD_CLOEXEC) == 0 {
                 do throws(SystemError) {
-                    let interceptor = try SocketCallInterceptor(notificationDescriptor: descriptor, rules: interceptionRules(number: record.number))
+                    let interceptor = try SocketCallInterceptor(notificationDescriptor: descriptor, rules: interceptionRules(number: record.number, sockets: record.sockets ?? sockets.map(\.descriptor)))
                     try interceptor.start()
                     generation.interceptor = interceptor
                 } catch {

@@ -41,6 +41,12 @@ package final class Supervisor {
         package var dialect = Dialect.systemd
         /// `--stop-delay`: seconds between SIGTERM/SIGINT and the drain, while `/readyz` answers 503 (``SupervisorState/delayingStop(until:exitCode:)``).
         package var stopDelay = 0.0
+        /// Whether each generation gets sockets of its own in one steered SO_REUSEPORT group (Supervisor+Steering);
+        /// off with `--reuseport` and `--adopt` (sockets `up` did not make), and with `--shared-socket`.
+        package var steers = false
+        /// `--drain-timeout`: how long a generation out of rotation may hold connections before it gets its stop
+        /// signal anyway (steered generations).
+        package var drainTimeout = 10.0
 
         package init(
             command: [String], readiness: ReadinessCheck, readyTimeout: Double, grace: Double, stopSignal: Int32, statusPath: String?,
@@ -69,6 +75,8 @@ package final class Supervisor {
         var idleStopBy: UInt64?
         /// When the next readiness probe may run (not carried across an upgrade: probing restarts at once).
         var nextProbe: UInt64 = 0
+        /// When a generation out of rotation is looked at next (Supervisor+Steering).
+        var nextQuietCheck: UInt64 = 0
         /// A reload's generation: what the reload does to the listeners, until its outcome.
         var reloadWatch: ReloadWatch?
         /// Whether the shared TCP sockets were non-blocking when it became ready: they share one open file
@@ -113,13 +121,6 @@ package final class Supervisor {
     var statusWriteFailed = false
     /// Why generations start without the bind filter, once that is known (said once in the log).
     var interceptionOff: String?
-    /// The held sockets as the interceptors see them (made once: the descriptors never change).
-    lazy var socketSwap = SocketSwap(held: sockets.map { socket in
-        let borrowed = SocketHandle(adopting: socket.descriptor)
-        let dualStack = socket.address.family == .ipv6 && ((try? borrowed.isDualStack()) ?? false)
-        _ = borrowed.takeDescriptor()  // still ours: only read
-        return SocketSwap.Held(descriptor: socket.descriptor, name: socket.name, transport: socket.transport, address: socket.address, dualStack: dualStack)
-    })
     /// The generation that served when the stop began, and its exit once it came (``Configuration/exitsWithProgram``).
     var servingAtStop: Int?
     var servingAtStopExit: ExitStatus?
@@ -129,6 +130,19 @@ package final class Supervisor {
     package var health: HealthBoard?
     /// What `/metrics` counts since this `up` started (Supervisor+Health).
     package internal(set) var counters = SupervisorCounters()
+    /// Steered generations: the SO_REUSEPORT group of each held TCP socket that is steered, by its index in
+    /// ``sockets`` (whose descriptor is then the socket traffic goes to now); empty when every generation shares
+    /// the held sockets.
+    package internal(set) var groups: [Int: ReuseportGroup] = [:]
+    /// The steered sockets `up` opened itself (shut down when retired and at exit).
+    var steeredDescriptors: Set<Int32> = []
+    /// The reserved source port of up's probes, by held index; the program attached to each group.
+    var probeSources: [Int: ProbeSource] = [:]
+    var attachedPrograms: [Int: [SteeringProgram.Instruction]] = [:]
+    #if os(Linux)
+    /// The interceptors' view of each set of sockets generations got (``interceptionRules(number:sockets:)``).
+    var swaps: [[Int32]: SocketSwap] = [:]
+    #endif
     /// Whether orphans of the generations come to this process (set by `run`).
     private var isSubreaper = false
 
@@ -145,10 +159,12 @@ package final class Supervisor {
     /// Runs until every generation is gone after a stop; returns `up`'s exit status.
     package func run(startFirst: Bool) -> Int32 {
         isSubreaper = (try? Processes.becomeSubreaper()) != nil
+        startSteering()
         if startFirst { startGeneration(.start) }
         while true {
             if case .stopping(let exitCode) = state, generations.isEmpty {
                 _ = try? Readiness.notify(.status("stopped"))
+                shutDownSteeredSockets()
                 writeStatus()
                 if configuration.exitsWithProgram, let exit = servingAtStopExit { return exit.shellStatus }
                 return exitCode
@@ -174,7 +190,7 @@ package final class Supervisor {
     }
 
     private func pollTimeout() -> Int32 {
-        if generations.contains(where: { $0.phase == .starting || $0.record.exit != nil || $0.idleStopBy != nil }) { return 10 }
+        if generations.contains(where: { $0.phase == .starting || $0.record.exit != nil || $0.idleStopBy != nil || $0.record.quietStopBy != nil }) { return 10 }
         if adopted?.stopSent != nil || adopted?.idleStopBy != nil { return 10 }
         if let until = state.movesOnAt {
             let now = Processes.monotonicNanoseconds
@@ -275,7 +291,13 @@ package final class Supervisor {
             switch generation.phase {
             case .starting:
                 if now >= generation.record.deadline {
-                    fail(generation, "was not ready within \(Seconds(configuration.readyTimeout)) (--ready \(configuration.readiness))")
+                    // A generation seen serving is never stopped for want of a readiness signal.
+                    if connections(of: generation) > 0 {
+                        markReady(generation, how: "seen serving: it holds connections it accepted, though --ready \(configuration.readiness) said nothing "
+                            + "within \(Seconds(configuration.readyTimeout))")
+                    } else {
+                        fail(generation, "was not ready within \(Seconds(configuration.readyTimeout)) (--ready \(configuration.readiness))")
+                    }
                 } else if isReady(generation, now: now) {
                     markReady(generation, how: readinessWord)
                 }
@@ -307,6 +329,8 @@ package final class Supervisor {
         }
         tickAdopted(now: now)
         tickStopDelay(now: now)
+        checkSteeredSockets()
+        tickQuietDrains(now: now)
         let stableSince = now - min(now, UInt64(FailureCount.stableSeconds * 1e9))
         if failures.inARow > 0, generations.contains(where: { $0.phase == .ready && ($0.record.readyMonotonic ?? .max) <= stableSince }) {
             failures.inARow = 0
@@ -318,7 +342,10 @@ package final class Supervisor {
             gone.interceptor = nil
         }
         generations.removeAll { $0.record.exit != nil && !Processes.groupExists($0.pid) && $0.record.membersOutsideGroup.isEmpty }
-        if generations.count != before { statusChanged = true }
+        if generations.count != before {
+            statusChanged = true
+            retireUnusedSockets()
+        }
         if case .backingOff(let until) = state, now >= until {
             enter(.running)
             startGeneration(.restart)

@@ -122,6 +122,13 @@ package struct GenerationRecord: Codable, Sendable {
     package var notifyPath: String?
     /// The notification descriptor of its bind filter (kept open across an upgrade), when it has one.
     package var interceptDescriptor: Int32?
+    /// `up`'s descriptors of the sockets this generation got, one per held socket (its own where steered, kept
+    /// open across an upgrade); `nil` when every generation shares the held ones.
+    package var sockets: [Int32]?
+    /// When the cutover took it out of rotation, and the latest time it gets its stop signal unless it is idle
+    /// before (CLOCK_MONOTONIC nanoseconds); `nil` once the signal is sent.
+    package var outOfRotation: UInt64?
+    package var quietStopBy: UInt64?
 
     /// One process of a generation.
     package struct Member: Codable, Sendable, Hashable {
@@ -131,7 +138,7 @@ package struct GenerationRecord: Codable, Sendable {
 
     private enum CodingKeys: String, CodingKey {
         case number, pid, reason, phase = "state", startedAt, startedMonotonic, readySeconds, status, mainPID, heardFrom, deadline, killed, exit
-        case members, notifyDescriptor, notifyPath, interceptDescriptor
+        case members, notifyDescriptor, notifyPath, interceptDescriptor, sockets, outOfRotation, quietStopBy
     }
 
     package init(number: Int, pid: Int32, reason: StartReason, startedAt: Double, startedMonotonic: UInt64, deadline: UInt64) {

@@ -26,6 +26,10 @@ package struct UpOptions {
     package var health: Address?
     /// `--stop-delay`: seconds between SIGTERM/SIGINT and the drain, while /readyz answers 503.
     package var stopDelay = 0.0
+    /// Whether each generation gets TCP sockets of its own, steered by `up` (`--shared-socket` says no).
+    package var steers = true
+    /// `--drain-timeout`: how long a generation out of rotation may hold connections before its stop signal.
+    package var drainTimeout = 10.0
     /// The program and its arguments.
     package var command: [String]
 
@@ -100,6 +104,8 @@ package struct UpOptions {
         configuration.exitsWithProgram = exitsWithProgram || getpid() == 1
         configuration.dialect = dialect
         configuration.stopDelay = stopDelay
+        configuration.steers = steers && !reuseport && adoption == nil
+        configuration.drainTimeout = drainTimeout
         let supervisor = Supervisor(
             configuration: configuration,
             sockets: sockets, runtimeFolder: runtimeFolder, signals: signals, startedWall: inherited?.startedWall ?? Processes.wallClockSeconds)
@@ -186,7 +192,11 @@ package struct UpOptions {
                 let first = try spec.address.checked(for: spec.transport, operation: .bind).resolveForBinding(spec.transport)
                 let dual = dualStack && first.family == .ipv6
                 switch spec.transport {
-                case .tcp: descriptor = try Listener(address: first, policy: .restartable, dualStack: dual).takeDescriptor()
+                case .tcp:
+                    // Shared (SO_REUSEPORT), so that each generation's own socket can join its group; a listener
+                    // of anyone else on the address is refused first, as restartable refuses it.
+                    if steers && first.port != 0 { _ = try Listener(address: first, policy: .restartable, dualStack: dual) }
+                    descriptor = try Listener(address: first, policy: steers ? .shared : .restartable, dualStack: dual).takeDescriptor()
                 case .udp: descriptor = try DatagramSocket(address: first, policy: .restartable, dualStack: dual).takeDescriptor()
                 }
                 held.append(try HeldSocket.hold(descriptor!, name: spec.name, floor: floor, backlog: Sys.defaultBacklog))

@@ -26,6 +26,10 @@ package struct UpgradeHandover: Codable {
     package var upgradeFailures: Int
     package var startedWall: Double
     package var runtimeFolder: String
+    /// Steered generations: each group's members in the kernel's order, by held index, and the steered sockets
+    /// `up` opened itself (the attached programs stay with the groups in the kernel).
+    package var groups: [Int: ReuseportGroup]?
+    package var steeredDescriptors: [Int32]?
 
     /// The file of this process's executable, as it is named now (a replaced binary's path, not "(deleted)").
     package static var executablePath: String {
@@ -73,6 +77,7 @@ package struct UpgradeHandover: Codable {
     /// only by throwing, with every descriptor close-on-exec again.
     package func execute(binary: String, arguments: [String], path: String) throws(CommandFailure) {
         let kept = sockets.map(\.descriptor) + generations.compactMap(\.notifyDescriptor) + generations.compactMap(\.interceptDescriptor)
+            + generations.flatMap { $0.sockets ?? [] } + (groups ?? [:]).values.flatMap(\.members).filter { $0 >= 0 }
         for descriptor in kept { _ = fcntl(descriptor, F_SETFD, 0) }
         setenv(Self.variable, path, 1)
         fflush(nil)

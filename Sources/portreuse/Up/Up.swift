@@ -233,8 +233,20 @@ struct UpServe: ParsableCommand {
     @Flag(help: "Start each generation with LISTEN_FDS only, without the bind filter that gives a program binding a held address the held socket.")
     var noIntercept = false
 
-    @Flag(help: "Send a draining generation its stop signal at a moment it holds no connection (within 5 s), for programs that die at once on it (python3 -m http.server).")
+    @Flag(help: "Send a draining generation its stop signal at a moment it holds no connection (within 5 s), for programs that die at once on it (python3 -m http.server). Steered generations always drain so.")
     var stopWhenIdle = false
+
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "How long a generation taken out of rotation may keep connections before it gets the stop signal anyway, as in 10s (default: 10s).",
+            discussion: "After a reload's cutover the old generation gets no new connection; its stop signal waits until its queue is empty and it holds no connection.",
+            valueName: "duration"),
+        transform: { try Seconds(parsing: $0, option: "--drain-timeout") })
+    var drainTimeout: Seconds?
+
+    @Flag(help: "Hand every generation the same socket (one accept queue), instead of a socket of its own steered by up.")
+    var sharedSocket = false
 
     @Option(
         help: ArgumentHelp(
@@ -281,6 +293,7 @@ struct UpServe: ParsableCommand {
             let given: [(String, Bool)] = [
                 ("--listen", !listen.isEmpty), ("--ready", ready != nil), ("--ready-timeout", readyTimeout != nil), ("--grace", grace != nil),
                 ("--stop-signal", stopSignal != nil), ("--protocol", dialect != nil), ("--reuseport", reuseport), ("--no-intercept", noIntercept), ("--stop-when-idle", stopWhenIdle),
+                ("--drain-timeout", drainTimeout != nil), ("--shared-socket", sharedSocket),
                 ("--adopt", adopt != nil), ("--init", exitsWithProgram), ("--health", health != nil), ("--stop-delay", stopDelay != nil),
             ]
             let serving = given.filter(\.1).map(\.0)
@@ -324,6 +337,8 @@ struct UpServe: ParsableCommand {
         options.exitsWithProgram = exitsWithProgram
         options.health = health
         options.stopDelay = stopDelay?.value ?? 0
+        options.drainTimeout = drainTimeout?.value ?? 10
+        options.steers = !sharedSocket
         return options
     }
 

@@ -1,0 +1,167 @@
+import CPortReuseSystem
+import Glibc
+import PortReuse
+
+// Steered generations (shared/DESIGN.md, "Steered generations"): every generation gets a listening socket of
+// its own for each TCP `--listen`, all of them in one SO_REUSEPORT group that `up` creates and holds, and a
+// classic BPF program attached to the group picks the socket of each new connection: the serving generation's,
+// or, for the connections of up's readiness probe (known by their source port), the starting one's. A reload
+// replaces the program (the cutover); the old generation then gets no new connection, and gets its stop signal
+// only once its queue is empty and it holds no connection. A generation's `shutdown()` touches its own socket.
+
+/// The sockets of one SO_REUSEPORT group, as the kernel indexes them: a socket joins at the end when it starts
+/// listening, and when one leaves (its last descriptor closed, or shut down) the last one moves into its slot
+/// (`reuseport_detach_sock`). The BPF program returns these indices, so `up` keeps this model of the kernel's
+/// array and re-attaches the program whenever it changes.
+package struct ReuseportGroup: Codable, Equatable, Sendable {
+    /// `up`'s descriptors of the group's sockets, in the kernel's index order (-1: one `up` no longer holds).
+    package private(set) var members: [Int32]
+
+    package init(members: [Int32]) { self.members = members }
+
+    package mutating func join(_ descriptor: Int32) { members.append(descriptor) }
+
+    package mutating func leave(_ descriptor: Int32) {
+        guard let index = members.firstIndex(of: descriptor) else { return }
+        members[index] = members[members.count - 1]
+        members.removeLast()
+    }
+
+    /// A member closed by `up` that stays in the kernel's group (another process, systemd, holds it): its slot
+    /// keeps its place, under a descriptor that names nothing (-1).
+    package mutating func forget(_ descriptor: Int32) {
+        guard let index = members.firstIndex(of: descriptor) else { return }
+        members[index] = -1
+    }
+
+    package func index(of descriptor: Int32) -> UInt32? { members.firstIndex(of: descriptor).map { UInt32($0) } }
+}
+
+/// The classic BPF programs `up` attaches to a group (`SO_ATTACH_REUSEPORT_CBPF`), as data.
+package enum SteeringProgram {
+    package typealias Instruction = csystem_bpf_instruction
+
+    /// Where the network header starts, for loads relative to it (`SKF_NET_OFF`, -0x100000).
+    static let networkOffset = UInt32(bitPattern: -0x100000)
+
+    /// Every connection to the socket at `serving`; with a `probe`, connections whose TCP source port is one of
+    /// `probe.ports` to the socket at `probe.index`. The source port is found after the IP header: its length from
+    /// the IPv4 header (IHL), 40 bytes for IPv6 (no extension headers are followed: a connection with one is not
+    /// a probe of up's, which never sends any, and goes to the serving socket).
+    package static func instructions(serving: UInt32, probe: (ports: [UInt16], index: UInt32)?) -> [Instruction] {
+        guard let probe, !probe.ports.isEmpty else { return [statement(0x06, serving)] }  // ret #serving
+        let ports = probe.ports.prefix(255)  // a jump reaches 255 instructions ahead at most
+        var program = [
+            statement(0x30, networkOffset),  // ldb [net + 0]: version and IHL
+            statement(0x74, 4),  // rsh #4: the version
+            jump(0x15, 6, whenTrue: 2, whenFalse: 0),  // jeq #6: IPv6 at 5, IPv4 at 3
+            statement(0xb1, networkOffset),  // ldxb 4*([net + 0] & 0xf): X = the IPv4 header's length
+            statement(0x05, 1),  // ja 6
+            statement(0x01, 40),  // ldx #40: the IPv6 header's length
+            statement(0x48, networkOffset),  // ldh [x + net]: the TCP source port
+        ]
+        for (offset, port) in ports.enumerated() {  // jeq #port: to "ret #probe", past the rest and "ret #serving"
+            program.append(jump(0x15, UInt32(port), whenTrue: UInt8(ports.count - offset), whenFalse: 0))
+        }
+        program.append(statement(0x06, serving))  // ret #serving
+        program.append(statement(0x06, probe.index))  // ret #probe
+        return program
+    }
+
+    private static func statement(_ code: UInt16, _ k: UInt32) -> Instruction { Instruction(code: code, jt: 0, jf: 0, k: k) }
+    private static func jump(_ code: UInt16, _ k: UInt32, whenTrue: UInt8, whenFalse: UInt8) -> Instruction {
+        Instruction(code: code, jt: whenTrue, jf: whenFalse, k: k)
+    }
+
+    /// Attaches `program` to the group of the socket `descriptor`; 0, or the errno.
+    static func attach(_ program: [Instruction], to descriptor: Int32) -> Int32 {
+        program.withUnsafeBufferPointer { csystem_attach_reuseport_cbpf(descriptor, $0.baseAddress, UInt16($0.count)) } == 0 ? 0 : errno
+    }
+}
+
+extension SteeringProgram.Instruction: @retroactive Equatable {
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code && lhs.jt == rhs.jt && lhs.jf == rhs.jf && lhs.k == rhs.k }
+}
+
+/// A listening socket's own view of itself, read through `up`'s descriptor (TCP_INFO).
+package enum ListenerState {
+    /// Whether the socket still listens (a `shutdown()` by any holder ends that for good).
+    package static func isListening(_ descriptor: Int32) -> Bool { info(descriptor).map { $0.tcpi_state == 10 } ?? false }  // TCP_LISTEN
+
+    /// Connections waiting in its accept queue.
+    package static func queued(_ descriptor: Int32) -> Int { info(descriptor).map { Int($0.tcpi_unacked) } ?? 0 }
+
+    /// Whether TCP_DEFER_ACCEPT is set on it (unicorn and Starlet set it): a connection is queued only once data
+    /// arrives, so a probe that sends nothing is never accepted.
+    package static func defersAccept(_ descriptor: Int32) -> Bool {
+        var seconds: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(descriptor, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, &seconds, &length) == 0 && seconds > 0
+    }
+
+    /// Whether SO_REUSEPORT is set on it: only then can siblings join its group.
+    package static func reusesPort(_ descriptor: Int32) -> Bool {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(descriptor, SOL_SOCKET, SO_REUSEPORT, &value, &length) == 0 && value != 0
+    }
+
+    private static func info(_ descriptor: Int32) -> tcp_info? {
+        var info = tcp_info()
+        var length = socklen_t(MemoryLayout<tcp_info>.size)
+        return getsockopt(descriptor, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 ? info : nil
+    }
+}
+
+/// The source of up's readiness probes for one listener: a few ports, each reserved by a socket bound to it that
+/// never listens (the kernel then never picks those ports for anyone else's connection). Each probe connects from
+/// the next of them with SO_REUSEADDR and closes as any client does; the TIME-WAIT it leaves blocks that port to
+/// the same listener for a while (on loopback the kernel reuses it after a second, `tcp_tw_reuse`), so the probes
+/// take turns.
+package final class ProbeSource {
+    package static let portCount = 16
+    package let ip: IPAddress
+    package let ports: [UInt16]
+    private let reservations: [Int32]
+    private var next = 0
+
+    /// Ports reserved on the address a probe of `listener` comes from: the listener's own IP, or the loopback
+    /// address of its family for a wildcard.
+    package init(for listener: SocketAddress) throws(PortReuseError) {
+        ip = listener.ip.isUnspecified ? (listener.family == .ipv4 ? IPAddress.loopbackIPv4 : .loopbackIPv6) : listener.ip
+        var ports: [UInt16] = []
+        var reservations: [Int32] = []
+        do {
+            for _ in 0..<Self.portCount {
+                let handle = try SocketHandle.bound(to: SocketAddress(ip: ip, port: 0), transport: .tcp, policy: .restartable, dualStack: false)
+                ports.append(try handle.localAddress().port)
+                reservations.append(handle.takeDescriptor()!)
+            }
+        } catch {
+            for descriptor in reservations { close(descriptor) }
+            throw error
+        }
+        self.ports = ports
+        self.reservations = reservations
+    }
+
+    deinit { for descriptor in reservations { close(descriptor) } }
+
+    /// Connects from the next free reserved port to `listener` (a wildcard as its loopback address), each
+    /// attempt within `timeout`; `nil` when none connects.
+    package func connect(to listener: SocketAddress, timeout: Duration) -> Connection? {
+        let target = SocketAddress(ip: listener.ip.isUnspecified ? ip : listener.ip, port: listener.port)
+        for _ in ports.indices {
+            let port = ports[next]
+            next = (next + 1) % ports.count
+            do {
+                return try Connection.dial(to: target, from: SocketAddress(ip: ip, port: port), policy: .restartable, timeout: timeout)
+            } catch where error.errno == .addressNotAvailable {
+                continue  // that port's last probe is still in TIME-WAIT
+            } catch {
+                return nil
+            }
+        }
+        return nil
+    }
+}

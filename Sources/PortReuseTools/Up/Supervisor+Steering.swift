@@ -1,0 +1,225 @@
+import Glibc
+import PortReuse
+import SystemPackage
+
+/// Steered generations (Steering.swift): each generation's own sockets, the program that steers the groups,
+/// the quiet drain of a generation out of rotation, and the sockets retired once nobody uses them.
+extension Supervisor {
+    /// How long after the cutover a connection whose handshake began before it may still land on the old socket:
+    /// its queue is read only after this.
+    static let settleNanoseconds: UInt64 = 100_000_000
+
+    /// Starts steering the held TCP sockets that can join a group of siblings (SO_REUSEPORT set: up opens its own
+    /// that way; systemd's only with `ReusePort=yes`); says once which cannot, and why.
+    func startSteering() {
+        guard configuration.steers, groups.isEmpty else { return }
+        for (index, socket) in sockets.enumerated() where socket.transport == .tcp {
+            if ListenerState.reusesPort(socket.descriptor) {
+                groups[index] = ReuseportGroup(members: [socket.descriptor])
+                if socket.backlog != nil { steeredDescriptors.insert(socket.descriptor) }  // opened by up, not systemd's
+            } else {
+                logger.info(.init(stringLiteral: "\(socket.name) \(socket.address) has no SO_REUSEPORT (a socket from systemd needs ReusePort=yes in its .socket unit): "
+                    + "every generation shares it, and an old generation takes connections from its queue until it stops"))
+            }
+        }
+    }
+
+    /// The descriptors generation-to-be gets, one per held socket: the held one where nothing is steered (UDP,
+    /// a socket without SO_REUSEPORT); where it is steered, a new socket of its own when another generation serves
+    /// (a reload), else the socket traffic goes to now, with whatever waits in its queue (a restart after a crash).
+    func socketsForNewGeneration(number: Int) -> [Int32] {
+        var descriptors = sockets.map(\.descriptor)
+        let anotherServes = generations.contains { $0.phase == .ready }
+        for index in groups.keys.sorted() where anotherServes || !ListenerState.isListening(descriptors[index]) {
+            let template = sockets[index]
+            do {
+                let borrowed = SocketHandle(adopting: template.descriptor)
+                let dualStack = template.address.family == .ipv6 && ((try? borrowed.isDualStack()) ?? false)
+                _ = borrowed.takeDescriptor()  // still ours: only read
+                let listener = try Listener(address: template.address, policy: .shared, backlog: template.backlog ?? Sys.defaultBacklog, dualStack: dualStack)
+                guard let fresh = listener.takeDescriptor() else { continue }
+                let moved = fcntl(fresh, F_DUPFD_CLOEXEC, try HeldSocket.firstDescriptor(holding: sockets.count))
+                close(fresh)
+                guard moved >= 0 else { throw CommandFailure(Files.errorText()) }
+                if configuration.dialect.nonBlockingSockets { _ = fcntl(moved, F_SETFL, fcntl(moved, F_GETFL) | O_NONBLOCK) }
+                groups[index]?.join(moved)
+                steeredDescriptors.insert(moved)
+                descriptors[index] = moved
+            } catch {
+                logger.warning(.init(stringLiteral: "generation \(number) shares \(template.name) \(template.address) with the serving generation: "
+                    + "a socket of its own could not be opened (\(error))"))
+            }
+        }
+        return descriptors
+    }
+
+    /// Points each group's program at the serving generation's socket (the newest ready one, else the newest
+    /// starting one), and the probe's source port at the starting generation's socket while one starts beside a
+    /// serving one. Runs after every change of phase or membership; attaches only a program that changed.
+    func steer() {
+        guard !groups.isEmpty else { return }
+        let own = generations.filter { $0.record.sockets != nil }
+        guard let serving = own.last(where: { $0.phase == .ready }) ?? own.last(where: { $0.phase == .starting }),
+            let servingSockets = serving.record.sockets
+        else { return }
+        let starting = generations.last { $0.phase == .starting && $0 !== serving }
+        for (index, group) in groups {
+            let target = servingSockets[index]
+            guard let servingIndex = group.index(of: target) else { continue }
+            var probe: (ports: [UInt16], index: UInt32)?
+            if let theirs = starting?.record.sockets?[index], theirs != target, let probeIndex = group.index(of: theirs),
+                let source = probeSource(for: index)
+            {
+                probe = (source.ports, probeIndex)
+            }
+            let program = SteeringProgram.instructions(serving: servingIndex, probe: probe)
+            if attachedPrograms[index] != program {
+                let code = SteeringProgram.attach(program, to: target)
+                if code == 0 {
+                    attachedPrograms[index] = program
+                } else {
+                    logger.error(.init(stringLiteral: "cannot steer \(sockets[index].name) \(sockets[index].address) (SO_ATTACH_REUSEPORT_CBPF: \(Errno(rawValue: code))): "
+                        + "the kernel spreads its connections over every generation's socket"))
+                }
+            }
+            if sockets[index].descriptor != target {
+                sockets[index].descriptor = target
+                sockets[index].inode = GenerationProbe.inode(of: target)
+            }
+        }
+    }
+
+    /// The reserved source of up's probes to held socket `index`, made at its first use.
+    private func probeSource(for index: Int) -> ProbeSource? {
+        if let source = probeSources[index] { return source }
+        do {
+            let source = try ProbeSource(for: sockets[index].address)
+            probeSources[index] = source
+            return source
+        } catch {
+            logger.warning("no port for up's readiness probe to \(sockets[index].address) (\(error)): a starting generation is ready once it waits for connections")
+            return nil
+        }
+    }
+
+    /// The steered sockets of `generation` (its own, in groups), by held index.
+    func steeredSockets(of generation: Generation) -> [(index: Int, descriptor: Int32)] {
+        guard let own = generation.record.sockets else { return [] }
+        return groups.keys.sorted().compactMap { own.indices.contains($0) && groups[$0]!.members.contains(own[$0]) ? ($0, own[$0]) : nil }
+    }
+
+    /// A generation out of rotation (the cutover sent every new connection elsewhere): its stop signal waits until
+    /// its sockets' queues are empty and its processes hold no connection, at most the drain limit.
+    func drainQuietly(_ generation: Generation) {
+        let now = Processes.monotonicNanoseconds
+        let limit = configuration.drainTimeout
+        generation.phase = .draining
+        generation.record.outOfRotation = now
+        generation.record.quietStopBy = now + UInt64(limit * 1e9)
+        generation.record.deadline = now + UInt64((limit + configuration.grace) * 1e9)
+        logger.info(.init(stringLiteral: "\(generation.label) out of rotation: \(SignalName(configuration.stopSignal)) once its queue is empty and it holds no connection "
+            + "(within \(Seconds(limit))), killed if still running \(Seconds(configuration.grace)) later"))
+        statusChanged = true
+    }
+
+    /// The quiet drains: sends the stop signal to each generation out of rotation that is idle, or whose limit ran out.
+    func tickQuietDrains(now: UInt64) {
+        for generation in generations {
+            guard let by = generation.record.quietStopBy, let cutAt = generation.record.outOfRotation, generation.phase == .draining else { continue }
+            if generation.record.exit != nil {
+                generation.record.quietStopBy = nil
+                continue
+            }
+            guard now >= cutAt + Self.settleNanoseconds, now >= generation.nextQuietCheck else { continue }
+            generation.nextQuietCheck = now + 20_000_000
+            let queued = steeredSockets(of: generation).map { ListenerState.queued($0.descriptor) }.reduce(0, +)
+            let held = queued > 0 ? 0 : connections(of: generation)
+            if queued == 0 && held == 0 {
+                generation.record.quietStopBy = nil
+                askToStop(generation, phase: .draining)
+                logger.info("\(generation.label) is idle (its queue is empty, it holds no connection): sent \(SignalName(configuration.stopSignal))")
+            } else if now >= by {
+                generation.record.quietStopBy = nil
+                askToStop(generation, phase: .draining)
+                logger.info(.init(stringLiteral: "\(generation.label) still \(queued > 0 ? "had \(queued) connection(s) queued" : "held \(held) connection(s)") "
+                    + "\(Seconds(configuration.drainTimeout)) after the cutover: sent \(SignalName(configuration.stopSignal))"))
+            }
+            statusChanged = true
+        }
+    }
+
+    /// The connections accepted on up's listeners that the processes of `generation` hold.
+    func connections(of generation: Generation) -> Int {
+        let view = HealthSnapshot.GenerationView(number: generation.number, phase: generation.phase, pids: [generation.pid] + generation.record.members.map(\.pid))
+        return KernelReadings.connections(of: [view], listeners: HealthListener.of(sockets)).values.reduce(0, +)
+    }
+
+    /// A generation whose own socket stopped listening (it called `shutdown()` on it) leaves the group at that
+    /// moment: the model follows, and a starting or serving generation in that state has failed.
+    func checkSteeredSockets() {
+        var changed = false
+        for generation in generations where generation.record.exit == nil {
+            let dead = steeredSockets(of: generation).filter { !ListenerState.isListening($0.descriptor) }
+            guard !dead.isEmpty else { continue }
+            for (index, descriptor) in dead { groups[index]?.leave(descriptor) }
+            changed = true
+            let names = dead.map { "\(sockets[$0.index].name) \(sockets[$0.index].address)" }.joined(separator: ", ")
+            switch generation.phase {
+            case .starting:
+                fail(generation, "shut its socket (\(names)) down: it no longer listens")
+            case .ready:
+                logger.error("\(generation.label) shut its socket (\(names)) down: it no longer listens, so it serves no one")
+                askToStop(generation, phase: .failed)
+                failures.inARow += 1
+                if !reviveDrainingGeneration() { afterFailure() }
+            case .draining, .exiting, .failed:
+                break
+            }
+        }
+        if changed {
+            statusChanged = true
+            steer()
+        }
+    }
+
+    /// After the serving generation failed: the newest generation out of rotation that still listens and was not yet
+    /// told to stop serves again (its program goes back to it at the next ``steer()``). Whether there was one.
+    func reviveDrainingGeneration() -> Bool {
+        guard !groups.isEmpty, !state.isStopping,
+            let previous = generations.last(where: { $0.phase == .draining && $0.record.quietStopBy != nil && $0.record.exit == nil }),
+            steeredSockets(of: previous).allSatisfy({ ListenerState.isListening($0.descriptor) })
+        else { return false }
+        previous.record.quietStopBy = nil
+        previous.phase = .ready
+        previous.record.deadline = .max
+        logger.warning("\(previous.label) serves again: the generation that replaced it failed")
+        statusChanged = true
+        steer()
+        return true
+    }
+
+    /// Shuts down and closes the steered sockets no generation uses any more and traffic does not go to: a
+    /// socket that stays open in a detached helper of a stopped generation then stops listening too, and leaves
+    /// its group. A socket from systemd is only closed: systemd keeps it, so it stays in the group, where its
+    /// index is kept (``ReuseportGroup/forget(_:)``) and nothing is steered to it.
+    func retireUnusedSockets() {
+        guard !groups.isEmpty else { return }
+        let used = Set(generations.flatMap { $0.record.sockets ?? [] } + sockets.map(\.descriptor))
+        var changed = false
+        for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor >= 0 && !used.contains(descriptor) {
+            let ours = steeredDescriptors.remove(descriptor) != nil
+            if ours { _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
+            close(descriptor)
+            for index in groups.keys {
+                if ours { groups[index]?.leave(descriptor) } else { groups[index]?.forget(descriptor) }
+            }
+            changed = true
+        }
+        if changed { steer() }
+    }
+
+    /// At up's exit: its own steered sockets stop listening, so that no process left behind keeps the port.
+    func shutDownSteeredSockets() {
+        for descriptor in steeredDescriptors { _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
+    }
+}
