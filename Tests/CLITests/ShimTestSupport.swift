@@ -59,7 +59,14 @@ func httpGet(_ address: SocketAddress, _ path: String = "/") throws -> String {
     let connection = try Connection.dial(to: address, policy: .exclusive, timeout: .seconds(5))
     try connection.send("GET \(path) HTTP/1.0\r\nHost: test\r\n\r\n")
     let response = String(decoding: try connection.receiveAll(timeout: .seconds(10)), as: UTF8.self)
+    // A server that closes without a word (a sloppy stop) failed this request: never an empty success.
+    guard !response.isEmpty else { throw EmptyAnswer(address: address) }
     return response.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n")
+}
+
+struct EmptyAnswer: Error, CustomStringConvertible {
+    var address: SocketAddress
+    var description: String { "\(address) closed the connection without an answer" }
 }
 
 /// A folder that is removed when the test drops it.

@@ -116,6 +116,17 @@ public struct PortHolder: Sendable, Hashable {
         KernelTables.holders(transport: transport, port: port, states: states, family: family, withProcesses: processes, withOptions: options)
     }
 
+    /// The TCP socket whose local end is `local` and remote end `remote` (the server side of a connection, seen
+    /// from its client's addresses swapped), without its processes: one sock_diag request for that socket alone.
+    /// `nil` when there is none, or off Linux. Its ``inode`` is 0 until a process accepted it.
+    package static func tcpSocket(local: SocketAddress, remote: SocketAddress) -> PortHolder? {
+        #if os(Linux)
+        SocketDiagnostics.tcpSocket(local: local, remote: remote)
+        #else
+        nil
+        #endif
+    }
+
     /// Every socket of `transport` in the given states (all states when `nil`), for `portreuse who --all`.
     public static func all(transport: Transport, states: Set<State>? = nil, processes: Bool = true, options: Bool = true) -> [PortHolder] {
         KernelTables.holders(transport: transport, port: nil, states: states, withProcesses: processes, withOptions: options)

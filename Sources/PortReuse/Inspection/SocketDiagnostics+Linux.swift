@@ -42,6 +42,39 @@ enum SocketDiagnostics {
         return found
     }
 
+    /// The TCP socket whose local end is `local` and remote end `remote`, found by one request for exactly that
+    /// socket (no walk of the table: tens of microseconds); `nil` when there is none or sock_diag is refused.
+    static func tcpSocket(local: SocketAddress, remote: SocketAddress) -> PortHolder? {
+        guard local.family == remote.family else { return nil }
+        let fd = socket(AF_NETLINK, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), netlinkSockDiag)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var body: [UInt8] = [UInt8(local.family == .ipv4 ? AF_INET : AF_INET6), UInt8(IPPROTO_TCP), 0, 0]
+        append(UInt32.max, to: &body)  // every state
+        append(local.port.bigEndian, to: &body)
+        append(remote.port.bigEndian, to: &body)
+        for ip in [local.ip, remote.ip] { body += ip.bytes + [UInt8](repeating: 0, count: 16 - ip.bytes.count) }
+        append(UInt32(0), to: &body)  // any interface
+        append(UInt32.max, to: &body)  // INET_DIAG_NOCOOKIE
+        append(UInt32.max, to: &body)
+        var message: [UInt8] = []
+        append(UInt32(16 + body.count), to: &message)
+        append(sockDiagByFamily, to: &message)
+        append(request, to: &message)  // one socket: no dump
+        append(UInt32(1), to: &message)
+        append(UInt32(0), to: &message)
+        message += body
+        let sent = message.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        guard sent == message.count else { return nil }
+        var reply = [UInt8](repeating: 0, count: 1024)
+        let count = reply.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        guard count >= 16 + 72 else { return nil }  // NLMSG_ERROR (ENOENT: no such socket) is shorter
+        return reply.withUnsafeBytes { bytes in
+            bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self) == sockDiagByFamily
+                ? holder(UnsafeRawBufferPointer(rebasing: bytes[16..<(16 + 72)]), transport: .tcp) : nil
+        }
+    }
+
     /// nlmsghdr, inet_diag_req_v2 and, for one port, a bytecode attribute: sport >= port, then sport <= port.
     private static func requestMessage(family: UInt8, transport: Transport, states: UInt32, port: UInt16?) -> [UInt8] {
         var body: [UInt8] = [family, UInt8(transport == .tcp ? IPPROTO_TCP : IPPROTO_UDP), 0, 0]

@@ -122,10 +122,7 @@ package enum GenerationProbe {
     /// The `pause` groups are stopped first, and only once every one of their processes is seen stopped
     /// (SIGSTOP is asynchronous: a generation idle in `accept` would otherwise take the probe itself) does the
     /// probe connect; they are always continued.
-    ///
-    /// With a `source` (steered generations: only connections from its ports reach the starting generation),
-    /// nothing needs pausing: the probe connects from it.
-    package static func connectionIsAccepted(listener: SocketAddress, from source: ProbeSource?, pausing groups: [pid_t], timeout: UInt64) -> Bool {
+    package static func connectionIsAccepted(listener: SocketAddress, pausing groups: [pid_t], timeout: UInt64) -> Bool {
         for group in groups { kill(-group, SIGSTOP) }
         defer { for group in groups { kill(-group, SIGCONT) } }
         let stopDeadline = Processes.monotonicNanoseconds + timeout
@@ -135,9 +132,7 @@ package enum GenerationProbe {
             usleep(200)
         }
         let target = SocketAddress(ip: listener.ip.isUnspecified ? (listener.family == .ipv4 ? .loopbackIPv4 : .loopbackIPv6) : listener.ip, port: listener.port)
-        let connected = source.map { $0.connect(to: listener, timeout: .milliseconds(Int(timeout / 1_000_000))) }
-            ?? (try? Connection.dial(to: target, timeout: .milliseconds(Int(timeout / 1_000_000))))
-        guard let probe = connected else { return false }
+        guard let probe = try? Connection.dial(to: target, timeout: .milliseconds(Int(timeout / 1_000_000))) else { return false }
         let local = probe.localAddress
         defer { probe.close() }
         let deadline = Processes.monotonicNanoseconds + timeout

@@ -74,7 +74,7 @@ package enum SteeringProgram {
     }
 
     /// Attaches `program` to the group of the socket `descriptor`; 0, or the errno.
-    static func attach(_ program: [Instruction], to descriptor: Int32) -> Int32 {
+    package static func attach(_ program: [Instruction], to descriptor: Int32) -> Int32 {
         program.withUnsafeBufferPointer { csystem_attach_reuseport_cbpf(descriptor, $0.baseAddress, UInt16($0.count)) } == 0 ? 0 : errno
     }
 }

@@ -111,6 +111,7 @@ extension Supervisor {
     func markReady(_ generation: Generation, how: String) {
         let now = Processes.monotonicNanoseconds
         generation.phase = .ready
+        steer()  // the cutover, first of all: new connections go to this generation's sockets from now on
         generation.record.readySeconds = Double(now - generation.record.startedMonotonic) / 1e9
         failures.everReady = true  // the failures in a row are cleared once it served for FailureCount.stableSeconds (tick)
         // Whoever waits for the reload (systemd, `up reload`) hears of it first: the old generations' stop and
@@ -121,7 +122,6 @@ extension Supervisor {
         if generation.record.reason == .reload { record(generation, .ready, reason: nil, tree: tree) }
         statusChanged = true
         logger.info("\(generation.label) ready after \(Self.milliseconds(now - generation.record.startedMonotonic)) (\(how))")
-        steer()  // the cutover: new connections go to this generation's sockets from now on
         if generation.record.sockets == nil { noteBlockingMode(of: generation) }
         for serving in old {
             if !steeredSockets(of: serving).isEmpty && steeredSockets(of: serving).map(\.descriptor) != steeredSockets(of: generation).map(\.descriptor) {

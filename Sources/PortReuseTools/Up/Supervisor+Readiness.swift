@@ -19,7 +19,8 @@ extension Supervisor {
         case .auto where generation.record.heardFrom: return false
         case .auto, .probe:
             guard now >= generation.nextProbe else { return false }
-            generation.nextProbe = now + (canLook ? 10_000_000 : 200_000_000)
+            // A steered generation's probe is one getsockopt a turn; the look at /proc costs more.
+            generation.nextProbe = now + (!steeredSockets(of: generation).isEmpty ? 0 : canLook ? 10_000_000 : 200_000_000)
             return probe(generation)
         }
     }
@@ -37,6 +38,9 @@ extension Supervisor {
         let first = sockets[index]
         // Its own socket where generations are steered, else the one they all share.
         let own = steeredSockets(of: generation).first { $0.index == index }?.descriptor
+        // A probe already made is followed to its end even if the program set TCP_DEFER_ACCEPT since: a server
+        // that accepted it waits for its request, and is freed only when the probe closes.
+        if let own, generation.probe != nil || !ListenerState.defersAccept(own) { return probe(generation, ownSocket: own, index: index) }
         if canLook && !GenerationProbe.isWaiting(group: generation.pid, on: own.map(GenerationProbe.inode(of:)) ?? first.inode) { return false }
         // A program that says READY=1 says it before it waits for connections: read it now, so that auto uses it.
         if let notify = generation.notify { handle(messages: notify.take(), from: generation) }
@@ -45,11 +49,34 @@ extension Supervisor {
         if let own {
             // With TCP_DEFER_ACCEPT (unicorn, Starlet) a connection that sends nothing is never accepted: waiting on
             // its own socket, which nothing but the probe reaches, is the proof.
-            if ListenerState.defersAccept(own) { return canLook }
-            // Only the probe's source port is steered to the starting generation: accepted means accepted by it.
-            return GenerationProbe.connectionIsAccepted(listener: first.address, from: probeSources[index], pausing: [], timeout: 100_000_000)
+            if ListenerState.defersAccept(own) {
+                generation.readyNote = "waits on its own socket, which defers accept (TCP_DEFER_ACCEPT): no probe without data is accepted"
+                return canLook
+            }
         }
         let others = generations.filter { $0 !== generation && $0.record.exit == nil && ($0.phase == .ready || $0.phase == .draining) }.map(\.pid)
-        return GenerationProbe.connectionIsAccepted(listener: first.address, from: nil, pausing: others, timeout: 100_000_000)
+        return GenerationProbe.connectionIsAccepted(listener: first.address, pausing: others, timeout: 100_000_000)
+    }
+
+    /// The probe of a steered generation: one connection from up's probe ports, which the program steers to the
+    /// generation's own socket and nowhere else, made once and kept until a process accepts it: the kernel's
+    /// socket for its server side then has an inode (one sock_diag request for that socket a turn; no look at
+    /// /proc, no pause of any other generation, and whatever other traffic the socket gets does not matter).
+    private func probe(_ generation: Generation, ownSocket own: Int32, index: Int) -> Bool {
+        if let notify = generation.notify { handle(messages: notify.take(), from: generation) }
+        if generation.phase != .starting || configuration.readiness == .auto && generation.record.heardFrom { return false }
+        guard ListenerState.isListening(own) else { return false }  // checkSteeredSockets fails it
+        if generation.probe == nil {
+            guard let source = probeSource(for: index),
+                let connection = source.connect(to: sockets[index].address, timeout: .milliseconds(100))
+            else { return false }
+            generation.probe = connection
+        }
+        guard let connection = generation.probe,
+            let serverSide = PortHolder.tcpSocket(local: connection.remoteAddress, remote: connection.localAddress), serverSide.inode != 0
+        else { return false }
+        connection.close()
+        generation.probe = nil
+        return true
     }
 }

@@ -90,7 +90,7 @@ extension Supervisor {
     }
 
     /// The reserved source of up's probes to held socket `index`, made at its first use.
-    private func probeSource(for index: Int) -> ProbeSource? {
+    func probeSource(for index: Int) -> ProbeSource? {
         if let source = probeSources[index] { return source }
         do {
             let source = try ProbeSource(for: sockets[index].address)
@@ -114,6 +114,9 @@ extension Supervisor {
         let now = Processes.monotonicNanoseconds
         let limit = configuration.drainTimeout
         generation.phase = .draining
+        // The program may have shortened its socket's queue (Python's listen(5)): up's length again, so that a
+        // connection whose handshake began before the cutover is not dropped on a full queue and left to retry.
+        for (index, descriptor) in steeredSockets(of: generation) { _ = Sys.listen(descriptor, sockets[index].backlog ?? Sys.defaultBacklog) }
         generation.record.outOfRotation = now
         generation.record.quietStopBy = now + UInt64(limit * 1e9)
         generation.record.deadline = now + UInt64((limit + configuration.grace) * 1e9)
@@ -134,7 +137,9 @@ extension Supervisor {
             generation.nextQuietCheck = now + 20_000_000
             let queued = steeredSockets(of: generation).map { ListenerState.queued($0.descriptor) }.reduce(0, +)
             let held = queued > 0 ? 0 : connections(of: generation)
-            if queued == 0 && held == 0 {
+            // A handshake not yet complete (its ACK dropped on a full queue, to be retried) may still land on the
+            // old socket: none may be pending on the port. (Under a flood that keeps some pending, the limit decides.)
+            if queued == 0 && held == 0 && !handshakesPending(for: generation) {
                 generation.record.quietStopBy = nil
                 askToStop(generation, phase: .draining)
                 logger.info("\(generation.label) is idle (its queue is empty, it holds no connection): sent \(SignalName(configuration.stopSignal))")
@@ -145,6 +150,15 @@ extension Supervisor {
                     + "\(Seconds(configuration.drainTimeout)) after the cutover: sent \(SignalName(configuration.stopSignal))"))
             }
             statusChanged = true
+        }
+    }
+
+    /// Whether any connection to the ports of the generation's steered sockets is still in its handshake
+    /// (SYN-RECV: the kernel does not say on which listener of the group).
+    private func handshakesPending(for generation: Generation) -> Bool {
+        steeredSockets(of: generation).contains { socket in
+            let address = sockets[socket.index].address
+            return !PortHolder.find(port: address.port, transport: .tcp, states: [.synReceived], family: address.family, processes: false, options: false).isEmpty
         }
     }
 

@@ -77,6 +77,10 @@ package final class Supervisor {
         var nextProbe: UInt64 = 0
         /// When a generation out of rotation is looked at next (Supervisor+Steering).
         var nextQuietCheck: UInt64 = 0
+        /// How its readiness was seen, where the probe knows better than ``Supervisor/readinessWord``.
+        var readyNote: String?
+        /// A steered generation's probe connection, until the generation accepts it.
+        var probe: Connection?
         /// A reload's generation: what the reload does to the listeners, until its outcome.
         var reloadWatch: ReloadWatch?
         /// Whether the shared TCP sockets were non-blocking when it became ready: they share one open file
@@ -190,6 +194,8 @@ package final class Supervisor {
     }
 
     private func pollTimeout() -> Int32 {
+        // A steered generation's readiness is one getsockopt a turn: looked at often, so that a reload costs little more than a start.
+        if generations.contains(where: { $0.phase == .starting && $0.record.sockets != nil && !groups.isEmpty }) { return 1 }
         if generations.contains(where: { $0.phase == .starting || $0.record.exit != nil || $0.idleStopBy != nil || $0.record.quietStopBy != nil }) { return 10 }
         if adopted?.stopSent != nil || adopted?.idleStopBy != nil { return 10 }
         if let until = state.movesOnAt {
@@ -299,7 +305,7 @@ package final class Supervisor {
                         fail(generation, "was not ready within \(Seconds(configuration.readyTimeout)) (--ready \(configuration.readiness))")
                     }
                 } else if isReady(generation, now: now) {
-                    markReady(generation, how: readinessWord)
+                    markReady(generation, how: generation.readyNote ?? readinessWord)
                 }
             case .draining, .exiting, .failed:
                 let outside = generation.record.membersOutsideGroup
