@@ -184,6 +184,11 @@ struct UpSteeringTests {
         #expect(up.waitForStatus { $0.serving.map(\.number) == [2] && $0.generations.count == 1 } != nil, "\(up.logText)")
         let answers = try (0..<40).map { _ in try httpGet(address) }
         #expect(!answers.contains("helper\n"), "the helper answered \(answers.filter { $0 == "helper\n" }.count) of 40")
+        // The helper held generation 1's socket, so it belonged to generation 1 and was stopped with it: only up and
+        // generation 2 hold a listener on the port now.
+        let serving = try #require(up.status?.serving.first?.pid)
+        let holders = Set(PortHolder.find(port: address.port, transport: .tcp, states: [.listen], options: false).flatMap(\.processes).map(\.pid))
+        #expect(holders == [up.pid, serving], "\(holders)\n\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")
     }
 }

@@ -124,6 +124,9 @@ package enum Processes {
             }
         }
 
+        /// Every process, each with its start time, as they were when the tree was read.
+        package var all: [(pid: pid_t, startTime: UInt64)] { children.values.flatMap { $0.map { (pid: $0.0, startTime: $0.1) } } }
+
         /// The processes descended from `pid`, each with its start time, as they were when the tree was read.
         package func descendants(of pid: pid_t) -> [(pid: pid_t, startTime: UInt64)] {
             var found: [(pid: pid_t, startTime: UInt64)] = []

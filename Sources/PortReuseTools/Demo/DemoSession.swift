@@ -216,8 +216,10 @@ package struct DemoSession {
             for line in swapLines().prefix(1) { say("  " + style.dim(line)) }
             say()
         }
-        say("On SIGHUP the new generation starts beside the old one, on the same socket and accept queue; the old one")
-        say("stops only once the new one is ready.")
+        say("On SIGHUP the new generation starts beside the old one on a socket of its own, in one SO_REUSEPORT group up")
+        say("holds. up's BPF program sends every new connection to the serving generation and only up's readiness probe")
+        say("to the new one; once the new one accepts it, up switches the program over, and the old generation gets its")
+        say("stop signal only once its queue is empty and it holds no connection: its own stop cannot cut a request.")
         let load = DemoLoad(address: SocketAddress(ip: .loopbackIPv4, port: port), clients: options.clients,
             label: "portreuse up", seconds: options.seconds, progress: progress)
         var times: [Double] = []
@@ -244,8 +246,10 @@ package struct DemoSession {
         processes.stop(up, timeout: 10)
         let pids = Set(figures.answers.keys.compactMap { $0.split(separator: " ").last.map(String.init) })
         let swaps = swapLines().count
+        let idle = logLines(containing: "is idle (its queue is empty, it holds no connection)").count
         say("  up: \(figures.sent) requests, \(figures.failed) failed, served by \(pids.count) generations"
             + (refusal == nil ? "; their \(swaps) bind() calls were all answered with up's socket" : ""))
+        if idle > 0 { say("  \(idle) old generation(s) got their stop signal once idle, after the switch-over") }
         var restarts = DemoFigures.Restarts(
             style: "portreuse up (SIGHUP)", load: figures, restarts: options.restarts, failedRestarts: failedReloads,
             milliseconds: times, servedBy: pids.count)
@@ -254,9 +258,12 @@ package struct DemoSession {
     }
 
     /// up's log lines that say a generation's own bind got up's socket (through the seccomp filter).
-    private func swapLines() -> [String] {
+    private func swapLines() -> [String] { logLines(containing: "got up's socket") }
+
+    /// up's log lines that contain `text`, each from "generation" on.
+    private func logLines(containing text: String) -> [String] {
         let bytes = Files.read(processes.logPath, limit: 1 << 22) ?? []
-        return String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.contains("got up's socket") }.map { line in
+        return String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.contains(text) }.map { line in
             // "HH:MM:SS.mmm portreuse up[PID]: generation 1: bind …": from "generation" on.
             let text = String(line)
             return text.firstRange(of: "generation ").map { String(text[$0.lowerBound...]) } ?? text

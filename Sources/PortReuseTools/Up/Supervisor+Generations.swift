@@ -112,6 +112,7 @@ extension Supervisor {
         let now = Processes.monotonicNanoseconds
         generation.phase = .ready
         steer()  // the cutover, first of all: new connections go to this generation's sockets from now on
+        closeProbe(of: generation)
         generation.record.readySeconds = Double(now - generation.record.startedMonotonic) / 1e9
         failures.everReady = true  // the failures in a row are cleared once it served for FailureCount.stableSeconds (tick)
         // Whoever waits for the reload (systemd, `up reload`) hears of it first: the old generations' stop and
@@ -165,7 +166,10 @@ extension Supervisor {
     /// Moves a generation to `phase`, asks its main process to stop (unless it has exited already) and starts
     /// its grace period, after which `tick` kills its process group.
     func askToStop(_ generation: Generation, phase: GenerationPhase, tree: Processes.Tree? = nil) {
-        if generation.record.exit == nil { generation.record.noteMembers(in: tree ?? Processes.Tree()) }
+        closeProbe(of: generation)
+        let tree = tree ?? Processes.Tree()
+        if generation.record.exit == nil { generation.record.noteMembers(in: tree) }
+        noteSocketHolders(of: generation, in: tree)
         generation.phase = generation.record.exit != nil && phase == .draining ? .exiting : phase
         generation.record.deadline = Processes.monotonicNanoseconds + UInt64(configuration.grace * 1e9)
         if generation.record.exit == nil { _ = try? Processes.kill(generation.record.mainProcess, configuration.stopSignal) }

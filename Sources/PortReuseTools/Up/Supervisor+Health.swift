@@ -12,6 +12,7 @@ extension Supervisor {
                 number: generation.number, phase: generation.phase, pids: [generation.pid] + generation.record.members.map(\.pid))
         }
         snapshot.counters = counters
+        snapshot.listeners = HealthListener.of(sockets)
         health.publish(snapshot)
     }
 }

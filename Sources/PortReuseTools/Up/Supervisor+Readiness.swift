@@ -75,8 +75,15 @@ extension Supervisor {
         guard let connection = generation.probe,
             let serverSide = PortHolder.tcpSocket(local: connection.remoteAddress, remote: connection.localAddress), serverSide.inode != 0
         else { return false }
-        connection.close()
-        generation.probe = nil
+        closeProbe(of: generation)
         return true
+    }
+
+    /// Closes a steered generation's probe connection: a server that accepted it and waits for its request (a
+    /// single-threaded one, or unicorn's worker) then reads its end and moves on. Done as soon as the generation
+    /// leaves `starting`, whatever made it ready (READY=1 may come before the probe is accepted).
+    func closeProbe(of generation: Generation) {
+        generation.probe?.close()
+        generation.probe = nil
     }
 }

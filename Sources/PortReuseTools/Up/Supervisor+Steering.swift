@@ -222,6 +222,12 @@ extension Supervisor {
         var changed = false
         for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor >= 0 && !used.contains(descriptor) {
             let ours = steeredDescriptors.remove(descriptor) != nil
+            let queued = ours ? ListenerState.queued(descriptor) : 0
+            if queued > 0 {
+                // Its generation is gone without accepting them (it hung, or --drain-timeout ran out).
+                counters.resetAtRetire += queued
+                logger.warning("\(queued) connection(s) still queued on a retired generation's socket are reset by the kernel (no generation accepted them)")
+            }
             if ours { _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
             close(descriptor)
             for index in groups.keys {
@@ -229,7 +235,25 @@ extension Supervisor {
             }
             changed = true
         }
-        if changed { steer() }
+        if changed {
+            #if os(Linux)
+            swaps = swaps.filter { used.isSuperset(of: $0.key) }
+            #endif
+            steer()
+        }
+    }
+
+    /// Every process that holds one of the generation's own sockets belongs to it, whatever its parent (a helper
+    /// that detached with setsid or a double fork): it is killed with the generation's process group when the grace
+    /// runs out. A socket another live generation shares (a crashed one's, given to its replacement) names nobody.
+    func noteSocketHolders(of generation: Generation, in tree: Processes.Tree) {
+        let others = Set(generations.filter { $0 !== generation && $0.record.exit == nil }.flatMap { $0.record.sockets ?? [] })
+        let inodes = Set(steeredSockets(of: generation).map(\.descriptor).filter { !others.contains($0) }.map(GenerationProbe.inode(of:)))
+        guard !inodes.isEmpty else { return }
+        let known = Set(generation.record.members.map(\.pid) + [generation.pid, getpid()])
+        for process in tree.all where !known.contains(process.pid) && !Processes.socketInodes(of: process.pid).isDisjoint(with: inodes) {
+            generation.record.members.append(GenerationRecord.Member(pid: process.pid, startTime: process.startTime))
+        }
     }
 
     /// At up's exit: its own steered sockets stop listening, so that no process left behind keeps the port.

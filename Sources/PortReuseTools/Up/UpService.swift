@@ -118,6 +118,9 @@ package struct UpOptions {
             throw error
         }
         if let reason = interceptionOff, !reuseport { supervisor.logger.info("generations start without the bind filter: \(reason)") }
+        if steers && !configuration.steers {
+            supervisor.logger.info("every generation shares the held sockets (one accept queue): \(reuseport ? "--reuseport" : "--adopt") holds sockets up did not open")
+        }
         if let inherited {
             supervisor.adopt(inherited)
         } else {

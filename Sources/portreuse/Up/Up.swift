@@ -16,7 +16,7 @@ struct Up: ParsableCommand {
             portreuse up upgrade --pid-file PATH
             """,
         discussion: """
-            up opens every --listen socket once (policy restartable, so up itself can restart at once) and \
+            up opens every --listen socket once (SO_REUSEADDR, so up itself can restart at once) and \
             starts the command with them by systemd socket activation: descriptors 3, 4, … with LISTEN_FDS, \
             LISTEN_FDNAMES and LISTEN_PID, and a NOTIFY_SOCKET for readiness. --protocol speaks another \
             supervisor's hand-over instead (\(Dialect.all.dropFirst().map(\.name).joined(separator: ", "))): the same \
@@ -24,11 +24,13 @@ struct Up: ParsableCommand {
             (gunicorn, uvicorn --fd, systemd-aware servers, Swift servers using PortReuse's \
             Listener.activated) need no change.
 
-            On SIGHUP (or `portreuse up reload`) up starts a new generation on the same sockets, waits \
-            until it is ready, then sends the old one the stop signal and gives it --grace to finish. Old and \
-            new share one accept queue, so no connection waiting in it is refused or reset (the program's own \
-            stop decides what happens to the connections it holds). A new generation that exits or \
-            is not ready in time is stopped and the old one keeps serving. SIGHUPs that arrive while a new \
+            On SIGHUP (or `portreuse up reload`) up starts a new generation beside the old one, waits \
+            until it is ready, then switches new connections over to it. Each generation has a TCP socket of \
+            its own in one SO_REUSEPORT group that up holds and steers with a BPF program: only up's readiness \
+            probe reaches a starting generation, and the old one gets no new connection after the switch-over \
+            and its stop signal once it holds none (--drain-timeout at most), then --grace to finish. \
+            --shared-socket hands every generation the same socket instead. A new generation that exits, shuts \
+            its socket down or is not ready in time is stopped and the old one keeps serving. SIGHUPs that arrive while a new \
             generation starts are coalesced into one more reload after it. Any number of old generations may \
             drain side by side. SIGUSR2 (or `portreuse up upgrade`) replaces up's own binary in place, keeping the \
             sockets and the running program.

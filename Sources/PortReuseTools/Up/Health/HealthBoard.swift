@@ -9,6 +9,9 @@ package struct SupervisorCounters: Sendable, Equatable {
     package var reloadsFailed = 0
     /// Generations started after a crash or a failed start, when nothing served.
     package var restarts = 0
+    /// Connections still queued on a steered socket when `up` retired it (its generation gone without accepting
+    /// them): the kernel resets them.
+    package var resetAtRetire = 0
     /// The duration of the last reload that ended (ready or failed), in seconds.
     package var lastReloadSeconds: Double?
 
@@ -44,6 +47,8 @@ package struct HealthSnapshot: Sendable {
     package var state = SupervisorState.running
     package var generations: [GenerationView] = []
     package var counters = SupervisorCounters()
+    /// The held TCP listeners as they are now: steered, each one's descriptor is the serving generation's socket.
+    package var listeners: [HealthListener] = []
 
     package init() {}
 
@@ -94,12 +99,16 @@ package struct HealthListener: Sendable, Equatable {
 
 /// The meeting point of the supervisor's thread (which writes) and the health listener's (which reads).
 package final class HealthBoard: Sendable {
-    private let current = Mutex(HealthSnapshot())
-    package let listeners: [HealthListener]
+    private let current: Mutex<HealthSnapshot>
 
     package init(listeners: [HealthListener]) {
-        self.listeners = listeners
+        var first = HealthSnapshot()
+        first.listeners = listeners
+        current = Mutex(first)
     }
+
+    /// The listeners of the last snapshot.
+    package var listeners: [HealthListener] { snapshot.listeners }
 
     package func publish(_ snapshot: HealthSnapshot) {
         current.withLock { $0 = snapshot }

@@ -39,8 +39,8 @@ package enum HealthEndpoint {
             let (live, reason) = snapshot.liveness(now: now)
             return Response(status: live ? 200 : 503, body: reason + "\n")
         default:
-            let kernel = KernelReadings.read(generations: snapshot.generations, listeners: board.listeners)
-            return Response(status: 200, contentType: metricsContentType, body: Metrics.render(snapshot, listeners: board.listeners, kernel: kernel))
+            let kernel = KernelReadings.read(generations: snapshot.generations, listeners: snapshot.listeners)
+            return Response(status: 200, contentType: metricsContentType, body: Metrics.render(snapshot, listeners: snapshot.listeners, kernel: kernel))
         }
     }
 }

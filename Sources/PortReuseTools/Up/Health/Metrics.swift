@@ -18,7 +18,8 @@ package struct KernelReadings: Sendable {
     /// listen counters.
     package static func read(generations: [HealthSnapshot.GenerationView], listeners: [HealthListener]) -> KernelReadings {
         var readings = KernelReadings()
-        for listener in listeners {
+        // The inode check skips a descriptor the supervisor's thread retired (and maybe reused) since the snapshot.
+        for listener in listeners where GenerationProbe.inode(of: listener.descriptor) == listener.inode {
             if let queue = acceptQueue(of: listener.descriptor) { readings.queues[listener.inode] = (queue.depth, queue.backlog) }
         }
         readings.connections = connections(of: generations, listeners: listeners)
@@ -155,6 +156,8 @@ package enum Metrics {
         family("portreuse_up_last_reload_duration_seconds", "gauge", "How long the last reload took, from its start to ready or failed (no sample before the first).",
             counters.lastReloadSeconds.map { [([], "\($0)")] } ?? [])
         family("portreuse_up_restarts_total", "counter", "Generations started after a crash or a failed start while nothing served.", [([], "\(counters.restarts)")])
+        family("portreuse_up_retired_queue_resets_total", "counter", "Connections still queued on a generation's own socket when up retired it, which the kernel reset.",
+            [([], "\(counters.resetAtRetire)")])
         family("portreuse_up_generation_connections", "gauge", "Connections accepted on the held listeners (established TCP sockets on their ports) that the processes of each generation hold.",
             kernel.connections.sorted { $0.key < $1.key }.map { ([("generation", "\($0.key)")], "\($0.value)") })
         let rows = listeners.compactMap { listener in kernel.queues[listener.inode].map { (listener, $0) } }
