@@ -1,6 +1,8 @@
 // Restarts under load, four ways, in one run: 16 clients keep sending short HTTP requests to the hello
 // example while it is restarted 100 times per style; the table counts requests sent and failed, and the p99
-// latency, per style.
+// latency, per style. Then real servers (uvicorn, hypercorn, php -S, node cluster, http.server; those installed),
+// 20 reloads each under up with default flags and with --shared-socket, beside their own reloads as anchors
+// (gunicorn with uvicorn's worker, nginx).
 //
 //   swift build -c release && .build/release/reload-bench [restarts (100)] [clients (16)]
 //
@@ -216,7 +218,9 @@ final class Load: @unchecked Sendable {
                 try connection.send(request)
                 let response = try connection.receiveAll(timeout: .seconds(5))
                 connection.close()
-                guard response.starts(with: Array("HTTP/1.1 200".utf8)) else { throw PortReuseError(.receive, diagnosis: .other("empty or bad response")) }
+                // HTTP/1.0 or 1.1 (python's http.server answers 1.0), status 200.
+                guard response.starts(with: Array("HTTP/1.".utf8)), response.count > 12, Array(response[9..<12]) == Array("200".utf8)
+                else { throw PortReuseError(.receive, diagnosis: .other("empty or bad response")) }
                 latencies.append(now() - started)
             } catch {
                 failed += 1
@@ -274,17 +278,18 @@ struct Row {
     var errors: [String: Int]
 }
 
-func measure(_ style: String, keepAlive: Bool = false, setUp: (SocketAddress) -> Void, restart: (SocketAddress) -> Void, tearDown: () -> Void) -> Row {
+func measure(_ style: String, keepAlive: Bool = false, times: Int = restarts, setUp: (SocketAddress) -> Void, restart: (SocketAddress) -> Void,
+             tearDown: () -> Void) -> Row {
     let address = SocketAddress(ip: .loopbackIPv4, port: freePort())
     setUp(address)
     waitUntilAccepting(address)
     let load = Load(address, keepAlive: keepAlive)
     load.start()
     usleep(pause)
-    for round in 1...restarts {
+    for round in 1...times {
         restart(address)
         usleep(pause)
-        FileDescriptorOutput.error("\r\(style): restart \(round)/\(restarts)   ")
+        FileDescriptorOutput.error("\r\(style): restart \(round)/\(times)   ")
     }
     let result = load.stop()
     tearDown()
@@ -404,6 +409,106 @@ if access(nioHello, X_OK) == 0 {
     }
 } else {
     say("(no keep-alive rows: \(nioHello) is missing; swift build -c release --product nio-hello)")
+}
+// MARK: Real programs, default flags
+
+/// Servers nobody here wrote, each reloaded by `up` with its default flags (steered generations) and, side by
+/// side, with `--shared-socket` (one accept queue for all generations, the design before): whatever a program's
+/// own stop does to the connections it just accepted shows in the second row and must not in the first. Anchors:
+/// the programs' own reloads where they have one (gunicorn with uvicorn's worker, nginx), SIGHUP under the same load.
+struct Program {
+    var name: String
+    var executable: String
+    /// The command after `--` (or the whole command for an anchor), for the address and a folder with `files`.
+    var command: (_ executable: String, _ address: SocketAddress, _ folder: String) -> [String]
+    var files: [String: String] = [:]
+    var upOptions: [String] = []
+}
+
+func onPath(_ name: String) -> String? {
+    if name.hasPrefix("/") { return access(name, X_OK) == 0 ? name : nil }
+    let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/bin:/bin"
+    return path.split(separator: ":").map { "\($0)/\(name)" }.first { access($0, X_OK) == 0 }
+}
+
+let asgi = """
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"asgi"})
+    """
+let programs = [
+    Program(name: "uvicorn --fd 3", executable: "uvicorn", command: { [$0, "--app-dir", $2, "--fd", "3", "app:app"] }, files: ["app.py": asgi]),
+    Program(name: "hypercorn --bind fd://3", executable: "hypercorn", command: { [$0, "--bind", "fd://3", $2 + "/app.py:app"] }, files: ["app.py": asgi]),
+    Program(name: "php -S", executable: "php", command: { [$0, "-S", "\($1)", "-t", $2] }, files: ["index.php": "<?php echo \"php\\n\";"]),
+    Program(name: "node cluster, 2 workers", executable: "node", command: { [$0, $2 + "/cluster.js", "\($1.port)"] }, files: ["cluster.js": """
+        const cluster = require('cluster'), http = require('http');
+        if (cluster.isPrimary) { for (let i = 0; i < 2; i++) cluster.fork(); }
+        else { http.createServer((req, res) => res.end('node\\n')).listen(Number(process.argv[2]), '127.0.0.1'); }
+        """]),
+    Program(name: "python3 -m http.server", executable: "/usr/bin/python3",
+            command: { [$0, "-m", "http.server", "--bind", "127.0.0.1", "--directory", $2, "\($1.port)"] }, files: ["index.html": "http.server\n"]),
+]
+let anchors = [
+    Program(name: "gunicorn -k uvicorn.workers.UvicornWorker, its own SIGHUP", executable: "gunicorn",
+            command: { [$0, "-k", "uvicorn.workers.UvicornWorker", "-w", "2", "-b", "\($1)", "--chdir", $2, "app:app"] }, files: ["app.py": asgi]),
+    Program(name: "nginx, its own SIGHUP", executable: "/usr/sbin/nginx", command: { [$0, "-p", $2, "-e", $2 + "/error.log", "-c", $2 + "/nginx.conf", "-g", "daemon off;"] }),
+]
+let programRestarts = min(restarts, 20)
+
+/// A folder with `files`, and nginx's configuration for `address` when asked.
+func programFolder(_ program: Program, address: SocketAddress) -> String {
+    var template = Array("/tmp/reload-bench-XXXXXX".utf8CString)
+    guard let made = mkdtemp(&template) else { fail("cannot make a folder in /tmp") }
+    let folder = String(cString: made)
+    var files = program.files
+    if program.executable.hasSuffix("nginx") {
+        files["nginx.conf"] = """
+            worker_processes 2; pid \(folder)/nginx.pid;
+            events { worker_connections 1024; }
+            http { access_log off; client_body_temp_path \(folder)/body; proxy_temp_path \(folder)/proxy; fastcgi_temp_path \(folder)/fastcgi;
+                   uwsgi_temp_path \(folder)/uwsgi; scgi_temp_path \(folder)/scgi;
+                   server { listen \(address); location / { return 200 "nginx\\n"; } } }
+            """
+    }
+    for (name, text) in files {
+        guard let file = fopen(folder + "/" + name, "w") else { fail("cannot write \(name)") }
+        fputs(text, file)
+        fclose(file)
+    }
+    return folder
+}
+
+for program in programs {
+    guard let executable = onPath(program.executable) else {
+        say("(no row for \(program.name): \(program.executable) is not installed)")
+        continue
+    }
+    for shared in [false, true] {
+        var folder = ""
+        rows.append(measure("up, \(program.name)\(shared ? ", --shared-socket" : "")", times: programRestarts, setUp: { address in
+            folder = programFolder(program, address: address)
+            current = start([portreuse, "up", "--listen", "\(address)"] + (shared ? ["--shared-socket"] : []) + program.upOptions + ["--"]
+                + program.command(executable, address, folder))
+            guard waitForNotify("READY=1", timeout: 60) else { fail("portreuse up with \(program.name) did not become ready") }
+        }, restart: { _ in
+            kill(current, SIGHUP)
+            guard waitForNotify("READY=1", timeout: 60) else { fail("a reload of \(program.name) did not finish") }
+        }, tearDown: { stopAndWait(current) }))
+    }
+}
+for anchor in anchors {
+    guard let executable = onPath(anchor.executable) else {
+        say("(no anchor row for \(anchor.name): \(anchor.executable) is not installed)")
+        continue
+    }
+    rows.append(measure(anchor.name, times: programRestarts, setUp: { address in
+        current = start(anchor.command(executable, address, programFolder(anchor, address: address)))
+    }, restart: { _ in
+        kill(current, SIGHUP)
+        usleep(500_000)  // neither says when its reload is done: half a second each, more than either takes here
+    }, tearDown: { stopAndWait(current) }))
 }
 unlink(notifyPath)
 
