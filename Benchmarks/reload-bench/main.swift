@@ -110,6 +110,7 @@ func waitForNotify(_ text: String, timeout: Double = 30) -> Bool {
 func start(_ arguments: [String]) -> pid_t {
     var spawn = ProcessSpawn(arguments, environment: ["NOTIFY_SOCKET=\(notifyPath)", "PATH=/usr/bin:/bin"])
     spawn.standardError = getenv("RELOAD_BENCH_LOG").map { .appending(toFile: String(cString: $0)) } ?? .null  // the servers' logs
+    spawn.standardOutput = .null  // uvicorn's access log, for one: never into the table
     guard let pid = try? spawn.start() else { fail("cannot start \(arguments[0])") }
     return pid
 }
@@ -272,6 +273,7 @@ let pause: useconds_t = 150_000  // between restarts: the load runs against a se
 
 struct Row {
     var style: String
+    var seconds: Double
     var sent: Int
     var failed: Int
     var p99: Double
@@ -284,6 +286,7 @@ func measure(_ style: String, keepAlive: Bool = false, times: Int = restarts, se
     setUp(address)
     waitUntilAccepting(address)
     let load = Load(address, keepAlive: keepAlive)
+    let started = now()
     load.start()
     usleep(pause)
     for round in 1...times {
@@ -294,7 +297,7 @@ func measure(_ style: String, keepAlive: Bool = false, times: Int = restarts, se
     let result = load.stop()
     tearDown()
     FileDescriptorOutput.error("")
-    return Row(style: style, sent: result.sent, failed: result.failed, p99: result.p99, errors: result.errors)
+    return Row(style: style, seconds: Double(now() - started) / 1e9, sent: result.sent, failed: result.failed, p99: result.p99, errors: result.errors)
 }
 
 // MARK: The styles
@@ -517,11 +520,11 @@ unlink(notifyPath)
 say("")
 say("\(clients) clients, \(restarts) restarts per style, loopback in a network namespace of its own")
 say("")
-say("| style | requests sent | failed | p99 latency ms | failures |")
-say("|---|---|---|---|---|")
+say("| style | seconds | requests sent | per second | failed | p99 latency ms | failures |")
+say("|---|---|---|---|---|---|---|")
 for row in rows {
     let errors = row.errors.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
-    say("| \(row.style) | \(row.sent) | \(row.failed) | \(fixed(row.p99, 1)) | \(errors.isEmpty ? "-" : errors) |")
+    say("| \(row.style) | \(fixed(row.seconds, 1)) | \(row.sent) | \(Int(Double(row.sent) / max(row.seconds, 0.001))) | \(row.failed) | \(fixed(row.p99, 1)) | \(errors.isEmpty ? "-" : errors) |")
 }
 if let steady = rows.first(where: { $0.style.hasPrefix("steady state: portreuse up") }), let up = rows.first(where: { $0.style == "portreuse up (SIGHUP)" }), steady.p99 > 0 {
     say("")

@@ -119,3 +119,57 @@ struct UpSecurityTests {
         #expect(Self.content(notState) == "not a state file\n", "the file was deleted")
     }
 }
+
+extension UpSecurityTests {
+    @Test("copies of a root up's pid and status files planted by user nobody: up reload refuses them and signals nothing",
+          .needsRoot("files of user nobody beside a root up"))
+    func plantedPidFileCopies() throws {
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello])
+        _ = try up.servingAddress()
+        let folder = try TemporaryFolder()
+        chmod(folder.path, 0o1777)  // sticky and shared, as /tmp
+        let copy = folder.path + "/copy.pid"
+        // Copies as user nobody would make them (up's own folder is private, so they are made here and given to nobody).
+        for (source, target) in [(up.pidFile, copy), (UpStatus.path(forPIDFile: up.pidFile), UpStatus.path(forPIDFile: copy))] {
+            try #require(FileManager.default.createFile(atPath: target, contents: FileManager.default.contents(atPath: source)))
+            try #require(chown(target, 65534, 65534) == 0)
+        }
+        let reload = try capture([portreuse, "up", "reload", "--pid-file", copy], timeout: 30)
+        #expect(reload.status == 1, "\(reload.stdout)\(reload.stderr)")
+        #expect(reload.stderr.contains("belongs to uid 65534") && reload.stderr.contains("nothing signalled"), "\(reload.stderr)")
+        #expect(up.status?.generations.map(\.number) == [1], "the up was not reloaded: \(up.logText)")
+        // Its own files still work.
+        #expect(try capture([portreuse, "up", "reload", "--pid-file", up.pidFile], timeout: 60).status == 0, "\(up.logText)")
+        #expect(up.stop() == 0)
+    }
+
+    @Test("a TMPDIR other users may write into and that is not sticky: up refuses to keep its private folder there (exit 3)")
+    func unsafeRuntimeFolder() throws {
+        let folder = try TemporaryFolder()
+        let open = folder.path + "/open"
+        mkdir(open, 0o777)
+        chmod(open, 0o777)
+        let up = try capture([portreuse, "up", "--listen", "127.0.0.1:0", "--", "/bin/sleep", "5"], environment: environment(["TMPDIR": open]), timeout: 30)
+        #expect(up.status == 3, "\(up.stderr)")
+        #expect(up.stderr.contains("\(open) (TMPDIR)") && up.stderr.contains("not sticky"), "\(up.stderr)")
+        #expect(Files.list(open).isEmpty, "nothing was created there")
+    }
+
+    @Test("up reload --timeout is the client's: it returns within it (exit 124) while up goes on with a slow start")
+    func reloadTimeoutIsTheClients() throws {
+        let folder = try TemporaryFolder()
+        let marker = folder.path + "/started"
+        // The first generation is ready at once; every later one only after 8 s.
+        let script = try folder.write("slow.sh", "#!/bin/sh\nif [ -e \(marker) ]; then sleep 8; fi\ntouch \(marker)\nexec \(hello)\n", executable: true)
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--ready", "notify", "--", script])
+        _ = try up.servingAddress()
+        let started = Date()
+        let reload = try capture([portreuse, "up", "reload", "--timeout", "1s", "--pid-file", up.pidFile], timeout: 30)
+        let waited = Date().timeIntervalSince(started)
+        #expect(reload.status == 124, "\(reload.stdout)\(reload.stderr)")
+        #expect(waited < 4, "waited \(waited) s for a --timeout of 1 s")
+        #expect(reload.stderr.contains("goes on with it"), "\(reload.stderr)")
+        #expect(up.waitForStatus(timeout: 30) { $0.serving.map(\.number) == [2] } != nil, "up finished the reload: \(up.logText)")
+        #expect(up.stop() == 0)
+    }
+}

@@ -395,7 +395,14 @@ package final class SocketCallInterceptor: @unchecked Sendable {
 
     /// `portreuse up`'s bind: the held socket under the program's descriptor, or the call untouched.
     private func swapBind(_ swap: SocketSwap, _ notification: csystem_notification, fd: Int32, requested: SocketAddress) -> Answer {
-        guard swap.holds(port: requested.port) else { return .proceed }  // the common case: no duplicate, nothing read
+        guard swap.holds(port: requested.port) else {  // the common case: no duplicate, nothing read
+            // A listener the program makes beside up's (a wrong port in its configuration?) is said once.
+            if requested.port != 0 {
+                refuse("bind of \(requested) by \(who(notification.pid)): not an address up holds (up holds "
+                    + swap.held.map { "\($0.address)" }.joined(separator: ", ") + "): the program serves it by itself, outside up's reloads")
+            }
+            return .proceed
+        }
         let socket: SocketHandle, transport: Transport
         switch target(notification, fd: fd, families: [.ipv4, .ipv6]) {
         case .socket(let handle, let kind): (socket, transport) = (handle, kind)

@@ -115,10 +115,12 @@ package final class SocketSwap: Sendable {
             defer { modes[held.descriptor] = (nonBlocking, pid) }
             return modes[held.descriptor]
         }
-        guard current != nonBlocking, let previous, previous.pid != pid, kill(previous.pid, 0) == 0 || errno == EPERM else { return nil }
+        guard current != nonBlocking, let previous, previous.pid != pid, previous.nonBlocking != nonBlocking,
+            kill(previous.pid, 0) == 0 || errno == EPERM
+        else { return nil }
         func word(_ value: Bool) -> String { value ? "non-blocking" : "blocking" }
-        return "\(held.name) \(held.address): the shared socket becomes \(word(nonBlocking)) (O_NONBLOCK) for pid \(pid), "
-            + "but pid \(previous.pid), still running, had it \(word(previous.nonBlocking)): they share one file description"
+        return "\(held.name) \(held.address): the shared socket changes from \(word(current)) to \(word(nonBlocking)) (O_NONBLOCK) for pid \(pid), "
+            + "while pid \(previous.pid), still running, took it \(word(previous.nonBlocking)): they share one file description"
     }
 }
 #endif

@@ -15,6 +15,11 @@ package enum RuntimeFolder {
 
     /// A new folder owned by this process (the stale folders of this user's killed `up`s are removed first).
     package static func make() throws(CommandFailure) -> String {
+        // Another user who may replace the folder could swap it for a link to a folder of theirs.
+        if let reason = Files.unsafeFolderReason(base) {
+            throw CommandFailure("cannot keep up's private folder in \(base) (TMPDIR): \(reason); set TMPDIR to a folder of your own, or leave it unset for /tmp",
+                                 exitCode: 3)
+        }
         sweep()
         for _ in 0..<4 {
             var template = Array("\(base)/\(prefix)XXXXXX".utf8CString)

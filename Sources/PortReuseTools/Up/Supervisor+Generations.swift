@@ -278,7 +278,10 @@ extension Supervisor {
         reloadQueued = false
         _ = try? Readiness.notify(.stopping, .status("stopping"))
         let running = generations.filter { $0.phase.isLive || $0.record.quietStopBy != nil && $0.record.exit == nil }
-        logger.info("stopping (\(reason)): \(SignalName(configuration.stopSignal)) to \(running.count) generation(s), killed if still running in \(Seconds(configuration.grace))")
+        let exiting = generations.count - running.count
+        logger.info(.init(stringLiteral: "stopping (\(reason)): "
+            + (running.isEmpty ? "no generation left to signal" : "\(SignalName(configuration.stopSignal)) to \(running.count) generation(s), killed if still running in \(Seconds(configuration.grace))")
+            + (exiting > 0 ? "; \(exiting) already stopping" : "")))
         for generation in running {
             generation.record.quietStopBy = nil
             askToStop(generation, phase: .draining)

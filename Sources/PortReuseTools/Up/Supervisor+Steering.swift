@@ -31,26 +31,37 @@ extension Supervisor {
         var descriptors = sockets.map(\.descriptor)
         let anotherServes = generations.contains { $0.phase == .ready }
         for index in groups.keys.sorted() where anotherServes || !ListenerState.isListening(descriptors[index]) {
-            let template = sockets[index]
+            // A spare (Supervisor+Steering's retireUnusedSockets) is a member already: its slot never moved a target.
+            if let spare = spares[index]?.popLast() {
+                descriptors[index] = spare
+                continue
+            }
             do {
-                let borrowed = SocketHandle(adopting: template.descriptor)
-                let dualStack = template.address.family == .ipv6 && ((try? borrowed.isDualStack()) ?? false)
-                _ = borrowed.takeDescriptor()  // still ours: only read
-                let listener = try Listener(address: template.address, policy: .shared, backlog: template.backlog ?? Sys.defaultBacklog, dualStack: dualStack)
-                guard let fresh = listener.takeDescriptor() else { continue }
-                let moved = fcntl(fresh, F_DUPFD_CLOEXEC, try HeldSocket.firstDescriptor(holding: sockets.count))
-                close(fresh)
-                guard moved >= 0 else { throw CommandFailure(Files.errorText()) }
-                if configuration.dialect.nonBlockingSockets { _ = fcntl(moved, F_SETFL, fcntl(moved, F_GETFL) | O_NONBLOCK) }
-                groups[index]?.join(moved)
-                steeredDescriptors.insert(moved)
-                descriptors[index] = moved
+                descriptors[index] = try openSibling(index)
             } catch {
-                logger.warning(.init(stringLiteral: "generation \(number) shares \(template.name) \(template.address) with the serving generation: "
+                logger.warning(.init(stringLiteral: "generation \(number) shares \(sockets[index].name) \(sockets[index].address) with the serving generation: "
                     + "a socket of its own could not be opened (\(error))"))
             }
         }
         return descriptors
+    }
+
+    /// A new listening socket on held socket `index`'s address, in its group (it joins at the end), kept by `up`
+    /// at a high descriptor number.
+    private func openSibling(_ index: Int) throws -> Int32 {
+        let template = sockets[index]
+        let borrowed = SocketHandle(adopting: template.descriptor)
+        let dualStack = template.address.family == .ipv6 && ((try? borrowed.isDualStack()) ?? false)
+        _ = borrowed.takeDescriptor()  // still ours: only read
+        let listener = try Listener(address: template.address, policy: .shared, backlog: template.backlog ?? Sys.defaultBacklog, dualStack: dualStack)
+        guard let fresh = listener.takeDescriptor() else { throw CommandFailure("the new socket is gone") }
+        let moved = fcntl(fresh, F_DUPFD_CLOEXEC, try HeldSocket.firstDescriptor(holding: sockets.count))
+        close(fresh)
+        guard moved >= 0 else { throw CommandFailure(Files.errorText()) }
+        if configuration.dialect.nonBlockingSockets { _ = fcntl(moved, F_SETFL, fcntl(moved, F_GETFL) | O_NONBLOCK) }
+        groups[index]?.join(moved)
+        steeredDescriptors.insert(moved)
+        return moved
     }
 
     /// Points each group's program at the serving generation's socket (the newest ready one, else the newest
@@ -134,22 +145,26 @@ extension Supervisor {
                 continue
             }
             guard now >= cutAt + Self.settleNanoseconds, now >= generation.nextQuietCheck else { continue }
-            generation.nextQuietCheck = now + 20_000_000
+            generation.nextQuietCheck = now + 50_000_000
+            // The cheap look first: its queue (TCP_INFO); then the connections its processes hold (a pass over
+            // their descriptors); last, once it looks idle, a handshake not yet complete on the port (its ACK dropped
+            // on a full queue, to be retried: it may still land on the old socket; a walk of the kernel's table,
+            // TIME-WAIT sockets included). Under a flood that keeps handshakes pending, the limit decides.
             let queued = steeredSockets(of: generation).map { ListenerState.queued($0.descriptor) }.reduce(0, +)
-            let held = queued > 0 ? 0 : connections(of: generation)
-            // A handshake not yet complete (its ACK dropped on a full queue, to be retried) may still land on the
-            // old socket: none may be pending on the port. (Under a flood that keeps some pending, the limit decides.)
-            if queued == 0 && held == 0 && !handshakesPending(for: generation) {
+            var held = queued > 0 ? nil : connections(of: generation)
+            if held == 0 && handshakesPending(for: generation) { held = nil }
+            if queued == 0 && held == 0 {
                 generation.record.quietStopBy = nil
                 askToStop(generation, phase: .draining)
                 logger.info("\(generation.label) is idle (its queue is empty, it holds no connection): sent \(SignalName(configuration.stopSignal))")
+                statusChanged = true
             } else if now >= by {
                 generation.record.quietStopBy = nil
                 askToStop(generation, phase: .draining)
-                logger.info(.init(stringLiteral: "\(generation.label) still \(queued > 0 ? "had \(queued) connection(s) queued" : "held \(held) connection(s)") "
-                    + "\(Seconds(configuration.drainTimeout)) after the cutover: sent \(SignalName(configuration.stopSignal))"))
+                let what = queued > 0 ? "had \(queued) connection(s) queued" : held.map { "held \($0) connection(s)" } ?? "had a handshake pending on its port"
+                logger.info("\(generation.label) still \(what) \(Seconds(configuration.drainTimeout)) after the cutover: sent \(SignalName(configuration.stopSignal))")
+                statusChanged = true
             }
-            statusChanged = true
         }
     }
 
@@ -216,9 +231,15 @@ extension Supervisor {
     /// socket that stays open in a detached helper of a stopped generation then stops listening too, and leaves
     /// its group. A socket from systemd is only closed: systemd keeps it, so it stays in the group, where its
     /// index is kept (``ReuseportGroup/forget(_:)``) and nothing is steered to it.
+    ///
+    /// A socket that leaves moves the group's last one into its slot, and until the program is attached again the
+    /// kernel would spread connections by its hash over every member, old ones included. So the last one must never
+    /// be a socket traffic or the probe goes to: where it is, a spare joins first (and is the last that moves), which
+    /// the next generation gets as its socket. The program then stays right throughout.
     func retireUnusedSockets() {
         guard !groups.isEmpty else { return }
-        let used = Set(generations.flatMap { $0.record.sockets ?? [] } + sockets.map(\.descriptor))
+        let used = Set(generations.flatMap { $0.record.sockets ?? [] } + sockets.map(\.descriptor) + spares.values.flatMap { $0 })
+        let targets = Set(generations.filter { $0.phase == .ready || $0.phase == .starting }.flatMap { $0.record.sockets ?? [] } + sockets.map(\.descriptor))
         var changed = false
         for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor >= 0 && !used.contains(descriptor) {
             let ours = steeredDescriptors.remove(descriptor) != nil
@@ -228,11 +249,20 @@ extension Supervisor {
                 counters.resetAtRetire += queued
                 logger.warning("\(queued) connection(s) still queued on a retired generation's socket are reset by the kernel (no generation accepted them)")
             }
-            if ours { _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
-            close(descriptor)
-            for index in groups.keys {
-                if ours { groups[index]?.leave(descriptor) } else { groups[index]?.forget(descriptor) }
+            for index in groups.keys where groups[index]!.members.contains(descriptor) {
+                guard ours else {
+                    groups[index]?.forget(descriptor)
+                    continue
+                }
+                if let last = groups[index]!.members.last, last != descriptor, targets.contains(last) {
+                    do { spares[index, default: []].append(try openSibling(index)) } catch {
+                        logger.warning("no spare socket for \(sockets[index].address) (\(error)): new connections may be spread by the kernel's hash for a moment")
+                    }
+                }
+                _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR))
+                groups[index]?.leave(descriptor)
             }
+            close(descriptor)
             changed = true
         }
         if changed {

@@ -59,7 +59,8 @@ extension Supervisor {
             sockets: sockets.map { .init(descriptor: $0.descriptor, name: $0.name, backlog: $0.backlog) }, generations: records, state: state,
             nextNumber: nextNumber, reloadQueued: reloadQueued, failures: failures, history: history,
             upgrades: upgrades, upgradeFailures: upgradeFailures, startedWall: startedWall, runtimeFolder: runtimeFolder,
-            groups: groups.isEmpty ? nil : groups, steeredDescriptors: groups.isEmpty ? nil : steeredDescriptors.sorted())
+            groups: groups.isEmpty ? nil : groups, steeredDescriptors: groups.isEmpty ? nil : steeredDescriptors.sorted(),
+            spares: groups.isEmpty ? nil : spares)
     }
 
     /// After a failed exec: new threads answer the generations' binds (on duplicates of the descriptors; the
@@ -85,6 +86,7 @@ extension Supervisor {
         enter(handover.state)
         groups = handover.groups ?? [:]
         steeredDescriptors = Set(handover.steeredDescriptors ?? [])
+        spares = handover.spares ?? [:]
         for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor >= 0 {
             _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
         }

@@ -140,6 +140,9 @@ package final class Supervisor {
     package internal(set) var groups: [Int: ReuseportGroup] = [:]
     /// The steered sockets `up` opened itself (shut down when retired and at exit).
     var steeredDescriptors: Set<Int32> = []
+    /// Members of each group that no generation has yet (made so that a retired socket never moves a target's
+    /// slot): the next generation's sockets, by held index.
+    var spares: [Int: [Int32]] = [:]
     /// The reserved source port of up's probes, by held index; the program attached to each group.
     var probeSources: [Int: ProbeSource] = [:]
     var attachedPrograms: [Int: [SteeringProgram.Instruction]] = [:]
@@ -194,8 +197,13 @@ package final class Supervisor {
     }
 
     private func pollTimeout() -> Int32 {
-        // A steered generation's readiness is one getsockopt a turn: looked at often, so that a reload costs little more than a start.
-        if generations.contains(where: { $0.phase == .starting && $0.record.sockets != nil && !groups.isEmpty }) { return 1 }
+        // A steered generation's readiness costs one sock_diag request a turn: looked at often, so that a reload costs
+        // little more than the program's start, and less often as the start goes on (a tenth of its time so far,
+        // 1 to 10 ms), so that a slow start costs up little CPU.
+        if !groups.isEmpty, let starting = generations.first(where: { $0.phase == .starting && $0.record.sockets != nil }) {
+            let elapsed = (Processes.monotonicNanoseconds - starting.record.startedMonotonic) / 1_000_000
+            return Int32(min(10, max(1, elapsed / 10)))
+        }
         if generations.contains(where: { $0.phase == .starting || $0.record.exit != nil || $0.idleStopBy != nil || $0.record.quietStopBy != nil }) { return 10 }
         if adopted?.stopSent != nil || adopted?.idleStopBy != nil { return 10 }
         if let until = state.movesOnAt {

@@ -23,13 +23,20 @@ package struct UpClient {
     package enum Request: Sendable { case reload, reloadJSON, upgrade, status, statusJSON }
 
     package func run(_ request: Request) throws(CommandFailure) {
+        let statusPath = UpStatus.path(forPIDFile: pidFile)
+        // Whoever could write these files could make this client signal another service's up: only files of this
+        // user or root, in a folder nobody else may write to (or a sticky one), are believed.
+        for path in [pidFile, statusPath] {
+            if let reason = Self.untrustedReason(path) {
+                throw CommandFailure("\(path) \(reason): not believed, nothing signalled (give the --pid-file the running up writes)")
+            }
+        }
         guard let pid = Self.readPID(pidFile) else {
             throw CommandFailure("cannot read a pid from \(pidFile): is portreuse up running with --pid-file \(pidFile)?")
         }
         guard Processes.exists(pid) else {
             throw CommandFailure("\(pidFile) names pid \(pid), which is not running (a stale pid file: portreuse up is not running)")
         }
-        let statusPath = UpStatus.path(forPIDFile: pidFile)
         guard let before = UpStatus.read(from: statusPath) else { throw CommandFailure("cannot read \(statusPath), which the running up writes") }
         guard before.pid == pid else {
             throw CommandFailure("\(pidFile) names pid \(pid) but \(statusPath) was written by pid \(before.pid): not signalled")
@@ -82,10 +89,10 @@ package struct UpClient {
         print("upgraded: portreuse up (pid \(pid)) runs the new binary; \(after.generations.count) generation(s) kept")
     }
 
-    /// Reads the status file every 20 ms until `done` gives a value, at most `timeout` + 10 s; fails at once
-    /// when `up` stops or exits meanwhile.
+    /// Reads the status file every 20 ms until `done` gives a value, at most `timeout` (the client's own: up
+    /// goes on with what it was asked); fails at once when `up` stops or exits meanwhile.
     private func wait<T>(_ path: String, pid: pid_t, until done: (UpStatus) -> T?) throws(CommandFailure) -> T {
-        let deadline = Processes.monotonicNanoseconds + UInt64((timeout + 10) * 1e9)
+        let deadline = Processes.monotonicNanoseconds + UInt64(timeout * 1e9)
         while Processes.monotonicNanoseconds < deadline {
             if let status = UpStatus.read(from: path) {
                 if let value = done(status) { return value }
@@ -94,7 +101,20 @@ package struct UpClient {
             guard Processes.exists(pid) else { throw CommandFailure("portreuse up (pid \(pid)) exited before it answered (see its log)") }
             usleep(20_000)
         }
-        throw CommandFailure("no answer from portreuse up within \(Seconds(timeout + 10)) (see its log)")
+        throw CommandFailure("no outcome within \(Seconds(timeout)): portreuse up (pid \(pid)) goes on with it; `portreuse up status` shows how it ends",
+                             exitCode: 124)
+    }
+
+    /// Why a pid or status file may have been written by someone other than this user's (or root's) `up`, or
+    /// `nil`: it must be a regular file (not a symbolic link), belong to this user or root, and sit in a folder
+    /// ``Files/unsafeFolderReason(_:)`` accepts. A missing file is left to the reads that follow.
+    package static func untrustedReason(_ path: String) -> String? {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return nil }
+        if info.st_mode & S_IFMT != S_IFREG { return "is not a regular file (a symbolic link, or another kind)" }
+        if info.st_uid != geteuid() && info.st_uid != 0 { return "belongs to uid \(info.st_uid), not to you (uid \(geteuid())) or root" }
+        if let folder = Files.unsafeFolderReason(Files.parent(of: path)) { return "sits in a folder where \(folder)" }
+        return nil
     }
 
     package static func seconds(_ value: Double) -> String {

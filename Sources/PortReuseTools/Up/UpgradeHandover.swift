@@ -30,6 +30,7 @@ package struct UpgradeHandover: Codable {
     /// `up` opened itself (the attached programs stay with the groups in the kernel).
     package var groups: [Int: ReuseportGroup]?
     package var steeredDescriptors: [Int32]?
+    package var spares: [Int: [Int32]]?
 
     /// The file of this process's executable, as it is named now (a replaced binary's path, not "(deleted)").
     package static var executablePath: String {

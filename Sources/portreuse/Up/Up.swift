@@ -102,7 +102,7 @@ struct UpPIDFile: ParsableArguments {
 struct UpReload: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reload",
-        abstract: "Reload the up of --pid-file and wait until the new generation is ready or failed (exit 0 or 1).",
+        abstract: "Reload the up of --pid-file and wait until the new generation is ready or failed (exit 0 or 1; 124 past --timeout).",
         discussion: """
             Example:
               portreuse up reload --pid-file /tmp/app.pid     (the same as kill -HUP, but waits and reports)
@@ -111,7 +111,7 @@ struct UpReload: ParsableCommand {
 
     @OptionGroup var target: UpPIDFile
 
-    @Option(parsing: .unconditional, help: ArgumentHelp("How long to wait for the new generation (default: 60s; up's --ready-timeout if that is longer).", valueName: "duration"),
+    @Option(parsing: .unconditional, help: ArgumentHelp("How long to wait for the new generation's outcome, as in 30s (default: 60s); past it, exit 124 and up goes on with the reload.", valueName: "duration"),
         transform: { try Seconds(parsing: $0, option: "--timeout") })
     var timeout = Seconds(60)
 

@@ -101,7 +101,12 @@ package struct HealthListener: Sendable, Equatable {
 package final class HealthBoard: Sendable {
     private let current: Mutex<HealthSnapshot>
 
+    /// The namespace's TcpExt ListenOverflows and ListenDrops when this board was made (up's start): /metrics
+    /// counts from there, as its other counters count from 0 in each `up` process.
+    package let listenBaseline: (overflows: UInt64?, drops: UInt64?)
+
     package init(listeners: [HealthListener]) {
+        listenBaseline = KernelReadings.listenCounters()
         var first = HealthSnapshot()
         first.listeners = listeners
         current = Mutex(first)

@@ -39,7 +39,10 @@ package enum HealthEndpoint {
             let (live, reason) = snapshot.liveness(now: now)
             return Response(status: live ? 200 : 503, body: reason + "\n")
         default:
-            let kernel = KernelReadings.read(generations: snapshot.generations, listeners: snapshot.listeners)
+            var kernel = KernelReadings.read(generations: snapshot.generations, listeners: snapshot.listeners)
+            let since = { (now: UInt64?, start: UInt64?) in now.map { $0 - min($0, start ?? 0) } }
+            kernel.listenOverflows = since(kernel.listenOverflows, board.listenBaseline.overflows)
+            kernel.listenDrops = since(kernel.listenDrops, board.listenBaseline.drops)
             return Response(status: 200, contentType: metricsContentType, body: Metrics.render(snapshot, listeners: snapshot.listeners, kernel: kernel))
         }
     }

@@ -165,9 +165,9 @@ package enum Metrics {
             rows.map { ([("listener", "\($0.0.address)"), ("name", $0.0.name)], "\($0.1.depth)") })
         family("portreuse_up_listener_backlog", "gauge", "The length each held listener's accept queue may reach (its listen backlog).",
             rows.compactMap { row in row.1.backlog.map { ([("listener", "\(row.0.address)"), ("name", row.0.name)], "\($0)") } })
-        family("portreuse_up_tcp_listen_overflows_total", "counter", "TcpExt ListenOverflows of up's network namespace: times a full accept queue, of any listener, refused a connection.",
+        family("portreuse_up_tcp_listen_overflows_total", "counter", "TcpExt ListenOverflows of up's network namespace since this up started: times a full accept queue, of any listener, refused a connection.",
             kernel.listenOverflows.map { [([], "\($0)")] } ?? [])
-        family("portreuse_up_tcp_listen_drops_total", "counter", "TcpExt ListenDrops of up's network namespace: connection requests any listener dropped (overflows included).",
+        family("portreuse_up_tcp_listen_drops_total", "counter", "TcpExt ListenDrops of up's network namespace since this up started: connection requests any listener dropped (overflows included).",
             kernel.listenDrops.map { [([], "\($0)")] } ?? [])
         return text
     }
