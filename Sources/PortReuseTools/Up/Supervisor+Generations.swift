@@ -126,7 +126,10 @@ extension Supervisor {
         if generation.record.sockets == nil { noteBlockingMode(of: generation) }
         for serving in old {
             if !steeredSockets(of: serving).isEmpty && steeredSockets(of: serving).map(\.descriptor) != steeredSockets(of: generation).map(\.descriptor) {
-                drainQuietly(serving)
+                // Whether a handshake may have been dropped on a full queue before the switch-over (and so be retried
+                // on the old socket after it): only then is the kernel's table walked before the old one stops.
+                let report = generation.record.reason == .reload ? history.last.flatMap { $0.generation == generation.number ? $0 : nil } : nil
+                drainQuietly(serving, dropsBefore: report?.listenDrops.map { $0 > 0 } ?? true)
             } else {
                 drain(serving, tree: tree)
             }

@@ -121,8 +121,9 @@ extension Supervisor {
 
     /// A generation out of rotation (the cutover sent every new connection elsewhere): its stop signal waits until
     /// its sockets' queues are empty and its processes hold no connection, at most the drain limit.
-    func drainQuietly(_ generation: Generation) {
+    func drainQuietly(_ generation: Generation, dropsBefore: Bool) {
         let now = Processes.monotonicNanoseconds
+        generation.stragglers = (dropsAtCut: KernelReadings.listenCounters().drops, dropsBefore: dropsBefore)
         let limit = configuration.drainTimeout
         generation.phase = .draining
         // The program may have shortened its socket's queue (Python's listen(5)): up's length again, so that a
@@ -169,9 +170,13 @@ extension Supervisor {
     }
 
     /// Whether any connection to the ports of the generation's steered sockets is still in its handshake
-    /// (SYN-RECV: the kernel does not say on which listener of the group).
+    /// (SYN-RECV: the kernel does not say on which listener of the group). On loopback a handshake completes at
+    /// once unless a full queue dropped its last ACK, which the namespace's ListenDrops counts: while it has not
+    /// moved since before the switch-over, none can be pending, and the kernel's table (every TIME-WAIT socket of
+    /// the namespace: tens of milliseconds under load) is not walked.
     private func handshakesPending(for generation: Generation) -> Bool {
-        steeredSockets(of: generation).contains { socket in
+        if let (atCut, before) = generation.stragglers, !before, let atCut, KernelReadings.listenCounters().drops == atCut { return false }
+        return steeredSockets(of: generation).contains { socket in
             let address = sockets[socket.index].address
             return !PortHolder.find(port: address.port, transport: .tcp, states: [.synReceived], family: address.family, processes: false, options: false).isEmpty
         }

@@ -81,6 +81,9 @@ package final class Supervisor {
         var readyNote: String?
         /// A steered generation's probe connection, until the generation accepts it.
         var probe: Connection?
+        /// Out of rotation: the namespace's ListenDrops at the switch-over, and whether any were counted during the
+        /// reload before it (Supervisor+Steering's handshakesPending).
+        var stragglers: (dropsAtCut: UInt64?, dropsBefore: Bool)?
         /// A reload's generation: what the reload does to the listeners, until its outcome.
         var reloadWatch: ReloadWatch?
         /// Whether the shared TCP sockets were non-blocking when it became ready: they share one open file
