@@ -348,17 +348,18 @@ extension UpInterceptTests {
 
 @Suite("portreuse run through the kernel: when portreuse is gone")
 struct InterceptorGoneTests {
-    @Test("kill -9 of portreuse run: the program's next bind fails with ENOSYS, nobody answers it (as the README says)")
+    @Test("kill -9 of portreuse run: the program gets SIGTERM; one that ignores it gets ENOSYS from its next bind (as the README says)")
     func bindAfterRunDiedFailsWithENOSYS() throws {
         let folder = try TemporaryFolder()
         let script = """
-            import errno, os, socket, sys, time
+            import errno, os, signal, socket, sys, time
             folder = sys.argv[1]
             def bind():
                 s = socket.socket()
                 try: s.bind(("127.0.0.1", 0)); return "ok"
                 except OSError as e: return errno.errorcode.get(e.errno, str(e.errno))
                 finally: s.close()
+            signal.signal(signal.SIGTERM, lambda *a: open(folder + "/term", "w").write("SIGTERM"))
             open(folder + "/first", "w").write(bind())
             end = time.time() + 30
             while not os.path.exists(folder + "/go") and time.time() < end: time.sleep(0.01)
@@ -377,6 +378,7 @@ struct InterceptorGoneTests {
         _ = FileManager.default.createFile(atPath: folder.path + "/go", contents: nil)
         let second = waitFor(timeout: 20) { (try? String(contentsOfFile: folder.path + "/second", encoding: .utf8)).flatMap { $0.isEmpty ? nil : $0 } }
         #expect(second == "ENOSYS")
+        #expect((try? String(contentsOfFile: folder.path + "/term", encoding: .utf8)) == "SIGTERM", "the program got SIGTERM when run died")
     }
 }
 

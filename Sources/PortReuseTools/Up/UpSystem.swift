@@ -178,7 +178,8 @@ extension Spawner {
         /// `up`'s generations: a process group of their own, SIGTERM when the starting thread dies, stdin from /dev/null.
         case supervised
         /// `portreuse run`'s program: the caller's process group, terminal, stdin and descriptors (those not
-        /// close-on-exec), as if the caller had exec'd it.
+        /// close-on-exec), as if the caller had exec'd it; SIGTERM when `run` dies (its binds would fail with
+        /// ENOSYS from then on: nobody answers them).
         case foreground
     }
 
@@ -207,7 +208,7 @@ extension Spawner {
                                         path: path, argv: argv.baseAddress, envp: envp.baseAddress,
                                         descriptors: mapped.baseAddress, count: Int32(mapped.count), keep_descriptors: supervised ? 0 : 1,
                                         output: output ?? -1, keep_stdin: supervised ? 0 : 1,
-                                        new_process_group: supervised ? 1 : 0, death_signal: supervised ? SIGTERM : 0,
+                                        new_process_group: supervised ? 1 : 0, death_signal: SIGTERM,
                                         set_listen_pid: setListenPID ? 1 : 0, filter_calls: calls.baseAddress, filter_count: Int32(calls.count))
                                     let pid = csystem_spawn_supervised(&request, &notification, &step)
                                     return (pid, errno)
