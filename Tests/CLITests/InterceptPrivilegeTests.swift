@@ -209,3 +209,33 @@ struct InterceptPrivilegeTests {
         #expect(result.output == "child 8080\nparent 0\n", "\(result.stderr)")
     }
 }
+
+@Suite("run refuses what it cannot reach")
+struct ForeignABITests {
+    /// The first 64 bytes of an ELF file of `class` (1: 32-bit) for `machine` (3: i386, 62: x86-64), no segments.
+    static func elfHeader(class elfClass: UInt8, machine: UInt16) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 64)
+        bytes[0..<4] = [0x7F, 0x45, 0x4C, 0x46]
+        bytes[4] = elfClass
+        bytes[5] = 1  // little-endian
+        bytes[6] = 1
+        bytes[16] = 2  // ET_EXEC
+        bytes[18] = UInt8(machine & 0xFF)
+        bytes[19] = UInt8(machine >> 8)
+        if elfClass == 1 { bytes[42] = 32 } else { bytes[54] = 56 }  // e_phentsize, no program headers
+        return bytes
+    }
+
+    @Test("a 32-bit or x32 program: exit 126 before it runs, saying that neither the shim nor the kernel path reaches it",
+          arguments: [(UInt8(1), UInt16(3), "a 32-bit program (ELFCLASS32, i386)"), (UInt8(1), UInt16(62), "an x32 program (ELFCLASS32, x86-64)")])
+    func refused(_ elfClass: UInt8, _ machine: UInt16, _ words: String) throws {
+        let folder = try TemporaryFolder()
+        let path = folder.path + "/program"
+        try #require(FileManager.default.createFile(atPath: path, contents: Data(Self.elfHeader(class: elfClass, machine: machine)), attributes: [.posixPermissions: 0o755]))
+        for intercept in ["auto", "kernel", "preload"] {
+            let run = try capture([portreuse, "run", "--intercept", intercept, "--policy", "shared", "--", path], timeout: 20)
+            #expect(run.status == 126, "\(intercept): \(run.stderr)")
+            #expect(run.stderr.contains(words) && run.stderr.contains("portreuse up"), "\(intercept): \(run.stderr)")
+        }
+    }
+}

@@ -55,10 +55,26 @@ package struct Program {
         package var staticExecutable: String?
         /// The first Go executable on the way and what shows it is Go, or `nil`.
         package var goExecutable: (path: String, mark: String)?
+        /// The first executable on the way built for another ABI than portreuse's (32-bit, x32, another machine),
+        /// as a message names it, or `nil`: neither the shim nor the kernel path reaches its socket calls.
+        package var foreignExecutable: String?
 
         package static func == (a: Inspection, b: Inspection) -> Bool {
             a.staticExecutable == b.staticExecutable && a.goExecutable?.path == b.goExecutable?.path && a.goExecutable?.mark == b.goExecutable?.mark
+                && a.foreignExecutable == b.foreignExecutable
         }
+    }
+
+    /// Refuses (exit 126) a program built for another ABI than portreuse's: a 64-bit shim is not loaded into a
+    /// 32-bit program (the loader skips it with "wrong ELF class"), and the kernel path's filter sees the calls
+    /// of portreuse's own architecture only, so `--policy`, `--bind` and `--source` would silently not apply.
+    package func checkABI(searchPath: String?) throws(CommandFailure) {
+        guard let foreign = try inspect(searchPath: searchPath).foreignExecutable else { return }
+        throw CommandFailure(
+            "\(foreign): portreuse run reaches neither its socket calls through the LD_PRELOAD shim (built for \(ExecutableFormat.ownABI)) "
+                + "nor through the kernel (the seccomp filter sees \(ExecutableFormat.ownABI) system calls only), so the options would not apply. "
+                + "Use `portreuse up`, which opens the port itself and hands it to the program by socket activation (LISTEN_FDS), or a build of the program for \(ExecutableFormat.ownABI).",
+            exitCode: 126)
     }
 
     /// Follows `#!` lines to their interpreter, and `#!/usr/bin/env NAME` to NAME, and says what it found. Throws
@@ -92,6 +108,7 @@ package struct Program {
             return  // an unreadable (execute-only) file cannot be checked: let it run
         case .dynamicELF, .staticELF:
             if case .staticELF = format, found.staticExecutable == nil { found.staticExecutable = via }
+            if found.foreignExecutable == nil, let abi = ExecutableFormat.foreignABI(path) { found.foreignExecutable = "\(via) is \(abi)" }
             if found.goExecutable == nil, let mark = ExecutableFormat.goMark(path) { found.goExecutable = (path, mark) }
         case .other:
             throw CommandFailure("\(via) is neither an ELF executable nor a script with a #! line", exitCode: 126)
@@ -205,6 +222,36 @@ package enum ExecutableFormat: Equatable {
 }
 
 extension ExecutableFormat {
+    /// The ABI portreuse itself is built for, as messages name it.
+    package static var ownABI: String {
+        #if arch(x86_64)
+        "x86-64"
+        #elseif arch(arm64)
+        "arm64"
+        #else
+        "this machine's 64-bit ABI"
+        #endif
+    }
+
+    /// What an ELF file is built for when that is not portreuse's own ABI ("a 32-bit program (ELFCLASS32, i386)"),
+    /// from its class and machine (e_ident[EI_CLASS], e_machine); `nil` for one of ours, or a file it cannot read.
+    package static func foreignABI(_ path: String) -> String? {
+        guard let head = Files.read(path, limit: 20), head.count >= 20, head.starts(with: [0x7F, 0x45, 0x4C, 0x46]) else { return nil }
+        let little = head[5] == 1
+        let machine = little ? Int(head[18]) | Int(head[19]) << 8 : Int(head[18]) << 8 | Int(head[19])
+        let names = [3: "i386", 40: "ARM", 62: "x86-64", 183: "AArch64", 8: "MIPS", 20: "PowerPC", 21: "PowerPC64", 243: "RISC-V"]
+        let name = names[machine] ?? "machine \(machine)"
+        #if arch(x86_64)
+        let own = 62
+        #elseif arch(arm64)
+        let own = 183
+        #else
+        return nil
+        #endif
+        if head[4] == 1 { return machine == own ? "an x32 program (ELFCLASS32, \(name))" : "a 32-bit program (ELFCLASS32, \(name))" }
+        return machine == own ? nil : "a program for another machine (\(name))"
+    }
+
     /// What shows that an ELF file was built by the Go toolchain (which makes its system calls itself, cgo or
     /// not, so LD_PRELOAD cannot reach its sockets): a `.go.buildinfo` or `.note.go.buildid` section, or a
     /// PT_NOTE segment holding the Go build ID note (name "Go", type 4), for a file without section headers.
