@@ -296,3 +296,18 @@ extension InterceptTests {
         #expect(stderr.contains("is a Go program") && stderr.contains("use --intercept kernel"), "\(stderr)")
     }
 }
+
+extension InterceptTests {
+    @Test("--bind: a bind to port 0 first (as Go's IPv6 probe) is no second listener: no warning")
+    func portZeroIsNoListener() throws {
+        let script = """
+            import socket
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); probe.bind(("127.0.0.1", 0)); probe.close()
+            s = socket.socket(); s.bind(("127.0.0.1", 1)); print("bound", s.getsockname()[1])
+            """
+        let reservation = try PortReservation()
+        let run = try capture([portreuse, "run", "--intercept", "kernel", "--bind", "127.0.0.1:\(reservation.port)", "--", systemPython, "-c", script], timeout: 20)
+        #expect(run.output == "bound \(reservation.port)\n", "\(run.stderr)")
+        #expect(!run.stderr.contains("second listener"), "\(run.stderr)")
+    }
+}

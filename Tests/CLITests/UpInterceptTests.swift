@@ -404,3 +404,37 @@ extension InterceptorGoneTests {
         #expect(result.output == "ok 1\n", "\(result.output) \(result.stderr)")
     }
 }
+
+extension UpInterceptTests {
+    /// Binds the held address `argv[2]` times (closing each socket), then an IPv4 address on an IPv6 socket
+    /// (a 16-byte sockaddr_in, through libc: Python would not pass one), writing that bind's errno to `argv[3]`.
+    static let binder = """
+        import ctypes, os, socket, struct, sys, time
+        port, count, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+        for _ in range(count):
+            s = socket.socket(); s.bind(("127.0.0.1", port)); s.close()
+        libc = ctypes.CDLL(None, use_errno=True)
+        v6 = socket.socket(socket.AF_INET6)
+        address = struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton("127.0.0.1") + bytes(8)
+        result = libc.bind(v6.fileno(), address, len(address))
+        open(out, "w").write(str(ctypes.get_errno() if result != 0 else 0))
+        time.sleep(60)
+        """
+
+    @Test("200 binds of the held address log a handful of lines, not 200; an IPv4 address on an IPv6 socket fails as without up (EINVAL)")
+    func bindsInALoopAndWrongFamily() throws {
+        let folder = try TemporaryFolder()
+        let script = try folder.write("binder.py", Self.binder)
+        let reservation = try PortReservation()
+        let up = try UpProcess(["--listen", "127.0.0.1:\(reservation.port)", "--ready", "delay:100ms", "--", systemPython, script,
+                                "\(reservation.port)", "200", folder.path + "/errno"])
+        _ = try up.servingAddress()
+        reservation.release()
+        let errno = waitFor { (try? String(contentsOfFile: folder.path + "/errno", encoding: .utf8)).flatMap { $0.isEmpty ? nil : $0 } }
+        #expect(errno == "\(EINVAL)", "the kernel's answer to a 16-byte address on an IPv6 socket: \(up.logText)")
+        #expect(up.waitForLog("bind 100 given up's socket"), "\(up.logText)")
+        let lines = up.logText.components(separatedBy: "\n").filter { $0.contains("got up's socket") }.count
+        #expect(lines <= 6, "\(lines) lines for 200 binds")
+        #expect(up.stop() == 0)
+    }
+}

@@ -90,6 +90,8 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     private var saidMerged = false
     /// Refusals said so far (``refuse(_:)``).
     private var saidRefusals: Set<String> = []
+    /// Binds given a held socket so far (`portreuse up`), for the log's sake.
+    private var swapped = 0
     private let answered = Atomic<Int>(0)
 
     /// Takes ownership of `notificationDescriptor`.
@@ -363,6 +365,8 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// --bind moves every bind to one address: a program with two listeners (an API and an admin port) would
     /// have both on one port, splitting its connections. Said once, at the first bind of another address.
     private func noteMoved(_ requested: SocketAddress, to target: SocketAddress) {
+        // A bind to port 0 is no listener of its own (Go binds [::1]:0 once to learn whether IPv6 works).
+        guard requested.port != 0 else { return }
         guard let first = firstMoved else { return firstMoved = requested }
         guard first != requested, !saidMerged else { return }
         saidMerged = true
@@ -420,6 +424,9 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         // A socket bound already: the kernel says EINVAL itself.
         if let local = try? socket.localAddress(), local.port != 0 { return .proceed }
         let family: AddressFamily = (try? socket.option(SOL_SOCKET, SO_DOMAIN, label: "SO_DOMAIN")) == AF_INET6 ? .ipv6 : .ipv4
+        // An address of the other family (an AF_INET one on an AF_INET6 socket): the kernel says EAFNOSUPPORT or
+        // EINVAL itself, as it would without up.
+        guard requested.family == family else { return .proceed }
         let v6Only = family == .ipv6 && (try? socket.option(Sys.ipv6Level, Sys.ipv6Only, label: "IPV6_V6ONLY")) == 1
         let kind = transport == .tcp ? "TCP" : "UDP"
         switch SocketSwap.decide(requested: requested, programFamily: family, programIPv6Only: v6Only, transport: transport, held: swap.held) {
@@ -442,10 +449,16 @@ package final class SocketCallInterceptor: @unchecked Sendable {
                     + "(SECCOMP_IOCTL_NOTIF_ADDFD: \(Errno(rawValue: code))): the kernel answers the bind")
                 return .proceed
             }
-            // "unknown" is the name systemd gives a socket without one (LISTEN_FDNAMES): not worth a word.
-            rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.pid)): got up's socket \(held.address)"
-                + (held.name == "unknown" ? "" : " (\(held.name))")
-                + (flags >= 0 && flags & O_NONBLOCK != 0 ? ", non-blocking" : "") + (note.map { "; \($0)" } ?? ""))
+            // One line for each of the first swaps, then one at each power of ten: a program that binds in a loop
+            // does not fill the log (31,000 lines in 30 s before).
+            swapped += 1
+            if swapped <= 3 || swapped.isPowerOfTen {
+                // "unknown" is the name systemd gives a socket without one (LISTEN_FDNAMES): not worth a word.
+                rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.pid)): got up's socket \(held.address)"
+                    + (held.name == "unknown" ? "" : " (\(held.name))")
+                    + (flags >= 0 && flags & O_NONBLOCK != 0 ? ", non-blocking" : "") + (note.map { "; \($0)" } ?? "")
+                    + (swapped > 3 ? " (bind \(swapped) given up's socket; the ones between are not logged)" : ""))
+            }
             return .result(errno: 0)
         }
     }
@@ -634,6 +647,14 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     private func who(_ pid: UInt32) -> String {
         let name = Files.read("/proc/\(pid)/comm", limit: 64).map { String(decoding: $0.prefix { $0 != 10 }, as: UTF8.self) } ?? "?"
         return "\(name)[\(pid)]"
+    }
+}
+extension Int {
+    /// 10, 100, 1000, …
+    fileprivate var isPowerOfTen: Bool {
+        var value = self
+        while value >= 10 && value % 10 == 0 { value /= 10 }
+        return value == 1 && self >= 10
     }
 }
 #endif
