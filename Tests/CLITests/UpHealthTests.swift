@@ -270,3 +270,27 @@ struct UpHealthTests {
         #expect(result.status == 3 && result.stderr.contains("--health \(taken.localAddress)"), "\(result.status) \(result.stderr)")
     }
 }
+
+extension UpHealthTests {
+    @Test("in-place upgrades with --health leak no descriptor (SwiftNIO's epoll, eventfd and timerfd do not cross the exec)")
+    func upgradesLeakNothing() throws {
+        // A fixed --health port: with port 0 each new up would bind another one.
+        let reservation = try PortReservation()
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--health", "127.0.0.1:\(reservation.port)", "--", hello])
+        _ = try up.servingAddress()
+        reservation.release()
+        let health = SocketAddress(ip: .loopbackIPv4, port: reservation.port)
+        func descriptors() -> [String] {
+            Files.list("/proc/\(up.pid)/fd").compactMap { try? Processes.readLink("/proc/\(up.pid)/fd/\($0)") }.filter { $0.hasPrefix("anon_inode:") }.sorted()
+        }
+        var counts: [Int] = []
+        for round in 1...4 {
+            let upgraded = try capture([portreuse, "up", "upgrade", "--pid-file", up.pidFile], timeout: 60)
+            try #require(upgraded.status == 0, "upgrade \(round): \(upgraded.stderr)\n\(up.logText)")
+            try #require(waitUntil { (try? Self.get(health, "/livez").status) == 200 }, "the new up serves --health again: \(up.logText)")
+            counts.append(descriptors().count)
+        }
+        #expect(Set(counts).count == 1, "anon_inode descriptors after each upgrade: \(counts): \(descriptors())")
+        #expect(up.stop() == 0)
+    }
+}
