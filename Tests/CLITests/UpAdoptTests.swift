@@ -63,6 +63,25 @@ struct UpAdoptTests {
         result = try adopt(bound.pid, "127.0.0.1:\(boundPort)")
         #expect(result.status == 3 && result.stderr.contains("is UNCONN, not listening"), "\(result)")
         #expect((try? httpGet(SocketAddress(ip: .loopbackIPv4, port: port))) != nil, "the server must be untouched")
+        if isRoot {
+            result = try adopt(2, "127.0.0.1:\(port)")
+            #expect(result.status == 3 && result.stderr.contains("is a kernel thread"), "\(result)")
+        }
+    }
+
+    @Test("root adopting a server of user nobody is refused unless asked in words (--adopt-any-user): its next versions would run as root",
+          .needsRoot("a server of user nobody"))
+    func anotherUsersServer() throws {
+        let server = try Child(python: """
+            import socket, time
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); print(s.getsockname()[1], flush=True); time.sleep(60)
+            """, asNobody: true)
+        let port = try server.port()
+        let refused = try capture([portreuse, "up", "--adopt", "\(server.pid)", "--listen", "127.0.0.1:\(port)", "--", "/bin/true"], timeout: 30)
+        #expect(refused.status == 3, "\(refused.stderr)")
+        #expect(refused.stderr.contains("runs as uid 65534") && refused.stderr.contains("--adopt-any-user"), "\(refused.stderr)")
+        let asked = try capture([portreuse, "up", "--adopt", "\(server.pid)", "--adopt-any-user", "--listen", "127.0.0.1:\(port)", "--ready", "delay:0.1", "--", "/bin/true"], timeout: 30)
+        #expect(!asked.stderr.contains("--adopt-any-user to run them"), "\(asked.stderr)")
     }
 
     @Test("--listen on a port another process holds: exit 3, the holder named, and advice up can follow (--adopt)")

@@ -17,11 +17,22 @@ package struct Adoption {
     /// Finds `pid`'s socket on each of `listen` (by address, in the kernel's tables as `who` reads them) and
     /// takes a duplicate of it, held at `floor` or above. Throws, with exit status 3, what is wrong: no such
     /// process, no socket of it on the address, a TCP socket that is not listening, or no right to take it.
-    package static func take(from pid: pid_t, listen: [ListenSpec], floor: Int32) throws(CommandFailure) -> (Adoption, [HeldSocket]) {
+    package static func take(from pid: pid_t, listen: [ListenSpec], floor: Int32, anyUser: Bool = false) throws(CommandFailure) -> (Adoption, [HeldSocket]) {
         guard pid > 0, let pidfd = try? Processes.open(pid) else {
             throw CommandFailure("--adopt \(pid): no such process (give the pid of the running server, as `portreuse who PORT` shows it)", exitCode: 3)
         }
         let info = KernelTables.processInfo(pid: pid)
+        if (try? Processes.readLink("/proc/\(pid)/exe")) == nil, Processes.exists(pid), info.commandLine.isEmpty, geteuid() == 0 {
+            Files.close(pidfd)
+            throw CommandFailure("--adopt \(pid) (\(info.name)) is a kernel thread: it holds no socket", exitCode: 3)
+        }
+        // The generations run as up's user: adopting another user's server would run its next versions as this one.
+        if let uid = info.uid, uid != geteuid(), geteuid() == 0, !anyUser {
+            Files.close(pidfd)
+            throw CommandFailure(
+                "--adopt \(pid) (\(info.name)) runs as uid \(uid), and up runs as uid \(geteuid()): its next generations would run as uid \(geteuid()), "
+                    + "not as the server's user. Run up as that user, or say --adopt-any-user to run them as up's user anyway", exitCode: 3)
+        }
         let adoption = Adoption(
             pid: pid, pidfd: pidfd, name: info.name, command: info.commandLine.isEmpty ? info.name : info.commandLine.joined(separator: " "))
         var held: [HeldSocket] = []
@@ -30,6 +41,9 @@ package struct Adoption {
                 let descriptor = try adoption.descriptor(for: spec)
                 let copy: Int32
                 do { copy = try Processes.duplicate(descriptor, of: pidfd) } catch {
+                    if error.errno == .noSuchProcess || !Processes.exists(pid) {
+                        throw CommandFailure("--adopt \(pid): it exited while up took its sockets; nothing was adopted", exitCode: 3)
+                    }
                     throw CommandFailure("--adopt \(pid): cannot take its descriptor \(descriptor) (\(spec)): \(error.errno.description). "
                         + adoption.rightsAdvice(uid: info.uid), exitCode: 3)
                 }
@@ -58,6 +72,7 @@ package struct Adoption {
         }
         let entries = Files.list("/proc/\(pid)/fd")
         guard !entries.isEmpty else {
+            if !Processes.exists(pid) { throw CommandFailure("--adopt \(pid): it exited while up took its sockets; nothing was adopted", exitCode: 3) }
             throw CommandFailure("--adopt \(pid): cannot read /proc/\(pid)/fd: \(Files.errorText()) (\(rightsAdvice(uid: KernelTables.processInfo(pid: pid).uid)))", exitCode: 3)
         }
         for entry in entries {

@@ -20,6 +20,8 @@ package struct UpOptions {
     package var exitsWithProgram = false
     /// `--adopt PID`: take the --listen sockets from this running process, and stop it once generation 1 is ready.
     package var adopt: pid_t?
+    /// `--adopt-any-user`: adopt a server of another user, its next generations running as `up`'s user.
+    package var adoptAnyUser = false
     /// How generations are told which descriptors are their sockets (`--protocol`).
     package var dialect = Dialect.systemd
     /// `--health ADDR`: `up`'s own HTTP listener for /readyz, /livez and /metrics.
@@ -73,7 +75,7 @@ package struct UpOptions {
             }
             runtimeFolder = inherited.runtimeFolder
         } else if let adopt {
-            let taken = try Adoption.take(from: adopt, listen: listen, floor: try HeldSocket.firstDescriptor(holding: listen.count))
+            let taken = try Adoption.take(from: adopt, listen: listen, floor: try HeldSocket.firstDescriptor(holding: listen.count), anyUser: adoptAnyUser)
             adoption = taken.0
             sockets = taken.1
             runtimeFolder = try RuntimeFolder.make()

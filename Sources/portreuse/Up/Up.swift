@@ -232,6 +232,9 @@ struct UpServe: ParsableCommand {
         valueName: "pid"))
     var adopt: Int32?
 
+    @Flag(help: "With --adopt: adopt a server that runs as another user; its next generations then run as up's user (refused without it).")
+    var adoptAnyUser = false
+
     @Flag(help: "Start each generation with LISTEN_FDS only, without the bind filter that gives a program binding a held address the held socket.")
     var noIntercept = false
 
@@ -296,7 +299,7 @@ struct UpServe: ParsableCommand {
                 ("--listen", !listen.isEmpty), ("--ready", ready != nil), ("--ready-timeout", readyTimeout != nil), ("--grace", grace != nil),
                 ("--stop-signal", stopSignal != nil), ("--protocol", dialect != nil), ("--reuseport", reuseport), ("--no-intercept", noIntercept), ("--stop-when-idle", stopWhenIdle),
                 ("--drain-timeout", drainTimeout != nil), ("--shared-socket", sharedSocket),
-                ("--adopt", adopt != nil), ("--init", exitsWithProgram), ("--health", health != nil), ("--stop-delay", stopDelay != nil),
+                ("--adopt", adopt != nil), ("--adopt-any-user", adoptAnyUser), ("--init", exitsWithProgram), ("--health", health != nil), ("--stop-delay", stopDelay != nil),
             ]
             let serving = given.filter(\.1).map(\.0)
             if !serving.isEmpty {
@@ -320,6 +323,8 @@ struct UpServe: ParsableCommand {
             guard adopt > 0 else { throw ValidationError("--adopt \(adopt): give the pid of the running server (portreuse who PORT shows it)") }
             guard !listen.isEmpty else { throw ValidationError("--adopt needs the --listen addresses to take from pid \(adopt), as in --adopt \(adopt) --listen 127.0.0.1:8080") }
             guard !reuseport else { throw ValidationError("--adopt and --reuseport do not go together: up holds the adopted sockets") }
+        } else if adoptAnyUser {
+            throw ValidationError("--adopt-any-user goes with --adopt PID")
         }
         if let refusal = (dialect ?? .systemd).refusal(count: listen.count, transports: listen.map(\.transport)) { throw ValidationError(refusal) }
         if reuseport && dialect != nil { throw ValidationError("--protocol hands over up's sockets, and --reuseport holds none: drop one of them") }
@@ -336,6 +341,7 @@ struct UpServe: ParsableCommand {
         options.dialect = dialect ?? .systemd
         options.stopWhenIdle = stopWhenIdle ? 5 : nil
         options.adopt = adopt
+        options.adoptAnyUser = adoptAnyUser
         options.exitsWithProgram = exitsWithProgram
         options.health = health
         options.stopDelay = stopDelay?.value ?? 0
