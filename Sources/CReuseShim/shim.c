@@ -111,6 +111,7 @@ static struct {
     struct endpoint bind_to;   // rewrites the address of bind()
     struct endpoint source;    // binds unbound sockets before connect(), sendto(), sendmsg()
     int bind_active, source_active;
+    int options_only;          // a policy alone: bind() reads no address (its short path)
     int stderr_usable;         // fd 2 was open at start; its identity, to check before each message
     dev_t stderr_device;
     ino_t stderr_inode;
@@ -526,6 +527,8 @@ static void load(void) {
     int bind_has_options = stream || datagram || config.udp_reuseaddr_refused || config.transparent;
     config.bind_active = bind_has_options || config.bind_to.has_address || config.bind_to.has_port;
     config.source_active = config.source.has_address || config.source.has_port;
+    config.options_only = bind_has_options && !config.transparent && !config.udp_reuseaddr_refused && !config.verbose &&
+                          !config.bind_to.has_address && !config.bind_to.has_port && !config.source_active;
 
     say_bad_settings();
     errno = saved;
@@ -790,6 +793,19 @@ static int copy_peer(const struct sockaddr *address, socklen_t length, struct so
 
 EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
     ensure_loaded();
+    if (config.options_only) {
+        // The short path of a policy alone (the common case, and a program that binds in a loop pays it each time):
+        // the address is not read at all; the socket's protocol (SO_PROTOCOL: TCP, MPTCP or UDP; 0 for a Unix
+        // socket) says which options, in one call. A bind the kernel then refuses (a bad pointer) fails as it would.
+        int saved = errno, protocol = 0;
+        socklen_t size = sizeof protocol;
+        if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &size) == 0) {
+            int kind = protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP ? 0 : protocol == IPPROTO_UDP ? 1 : -1;
+            if (kind >= 0) (void)set_options(fd, AF_INET, kind);
+        }
+        errno = saved;
+        return next_bind(fd, address, length);
+    }
     if ((!config.bind_active && !config.source_active) || address == NULL || length < sizeof(sa_family_t) ||
         length > sizeof(struct sockaddr_storage))
         return next_bind(fd, address, length);
