@@ -125,6 +125,7 @@ struct Run: ParsableCommand {
             let program = try Program.find(command[0], searchPath: searchPath)
             let inspection = try program.inspect(searchPath: searchPath)
             try program.checkABI(searchPath: searchPath)
+            try program.checkNotUp(arguments: command)
             var (method, reason) = intercept.resolve(for: inspection)
             if method == .kernel, let missing = KernelRun.unsupportedReason() {
                 guard inspection.preloadReaches else { throw CommandFailure("\(program.path): \(reason), and \(missing)", exitCode: 126) }

@@ -334,7 +334,9 @@ extension UpInterceptTests {
 extension UpInterceptTests {
     @Test("where the kernel refuses the bind filter (here: up runs under another seccomp listener), up says so once and serves and reloads with LISTEN_FDS")
     func refusedFilterFallsBack() throws {
-        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello], launcher: [portreuse, "run", "--intercept", "kernel", "--"])
+        // Through a shell: `portreuse run -- portreuse up` itself is refused (below); a runtime's seccomp supervisor
+        // is what this stands for.
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello], launcher: [portreuse, "run", "--intercept", "kernel", "--", "/bin/sh", "-c", "exec \"$0\" \"$@\""])
         let address = try up.servingAddress()
         #expect((try? httpGet(address)) != nil)
         up.signal(SIGHUP)  // to run, which forwards it to up
@@ -436,5 +438,14 @@ extension UpInterceptTests {
         let lines = up.logText.components(separatedBy: "\n").filter { $0.contains("got up's socket") }.count
         #expect(lines <= 6, "\(lines) lines for 200 binds")
         #expect(up.stop() == 0)
+    }
+}
+
+extension UpInterceptTests {
+    @Test("portreuse run -- portreuse up is refused (exit 64), saying to run up directly: run would answer the binds up and its programs make")
+    func runWrappingUpIsRefused() throws {
+        let result = try capture([portreuse, "run", "--intercept", "kernel", "--", portreuse, "up", "--listen", "127.0.0.1:0", "--", "/bin/true"], timeout: 20)
+        #expect(result.status == 64, "\(result.stderr)")
+        #expect(result.stderr.contains("Run `portreuse up …` directly"), "\(result.stderr)")
     }
 }

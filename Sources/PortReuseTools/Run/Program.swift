@@ -65,6 +65,19 @@ package struct Program {
         }
     }
 
+    /// Refuses (exit 64) `portreuse run … -- portreuse up …`: up shares its port itself, and under run's filter
+    /// run would answer the binds of up and of its programs: a program binding the address by itself would get
+    /// a socket of its own beside up's (made shareable by run), where up's steering does not reach, unserved.
+    package func checkNotUp(arguments: [String]) throws(CommandFailure) {
+        guard arguments.count > 1, arguments[1] == "up" || arguments[1] == "serve", let own = try? Processes.currentExecutable(),
+            let mine = Files.status(own), let theirs = Files.status(path), mine.st_dev == theirs.st_dev, mine.st_ino == theirs.st_ino
+        else { return }
+        throw CommandFailure(
+            "portreuse run would wrap portreuse up: up shares its port itself (each generation gets a socket up steers, or up's own socket "
+                + "through its own bind filter), and under run the binds of up and of its programs would be answered by run instead. "
+                + "Run `portreuse up …` directly.", exitCode: 64)
+    }
+
     /// Refuses (exit 126) a program built for another ABI than portreuse's: a 64-bit shim is not loaded into a
     /// 32-bit program (the loader skips it with "wrong ELF class"), and the kernel path's filter sees the calls
     /// of portreuse's own architecture only, so `--policy`, `--bind` and `--source` would silently not apply.

@@ -67,7 +67,12 @@ extension Supervisor {
                 throw CommandFailure(reason)
             case .refused(let code):
                 interceptionOff = "the kernel refused the seccomp filter (\(code))"
-                logger.warning("\(interceptionOff!): generations get the sockets as LISTEN_FDS only; a program that binds them by itself fails with EADDRINUSE")
+                let binds = code == .resourceBusy
+                    ? "another seccomp supervisor answers the calls of up's process tree (EBUSY), so a program that binds a held address by itself is "
+                        + "answered by that one, not by up: it fails with EADDRINUSE, or, where that supervisor makes its socket shareable (portreuse run "
+                        + "--policy shared), gets a socket of its own beside up's that up does not steer to"
+                    : "a program that binds them by itself fails with EADDRINUSE"
+                logger.warning(.init(stringLiteral: "\(interceptionOff!): generations get the sockets as LISTEN_FDS only; " + binds))
             }
         }
         #endif
