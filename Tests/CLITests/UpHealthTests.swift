@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PortReuse
+import PortReuseTools
 import TestSupport
 import Testing
 
@@ -291,6 +292,41 @@ extension UpHealthTests {
             counts.append(descriptors().count)
         }
         #expect(Set(counts).count == 1, "anon_inode descriptors after each upgrade: \(counts): \(descriptors())")
+        #expect(up.stop() == 0)
+    }
+}
+
+extension UpHealthTests {
+    @Test("/metrics counts listen drops from up's start: those of the namespace before it are not its own",
+          .enabled(if: isRoot && prometheusPython != nil, "needs root (unshare -n) and prometheus_client"))
+    func listenDropsFromStart() throws {
+        let namespace = try NetworkNamespace()
+        // A listener of someone else's with a queue of 1 that never accepts, and 8 connections to it: drops.
+        let full = try Child(namespace.command([systemPython, "-c", """
+            import socket, time
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1); print(s.getsockname()[1], flush=True); time.sleep(60)
+            """]))
+        let port = try full.port()
+        let clients = try namespace.run {
+            (0..<8).map { _ in
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+                var address = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: port.bigEndian, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+                _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+                return fd
+            }
+        }
+        defer { for fd in clients { close(fd) } }
+        let netstat = { () -> UInt64 in
+            let text = (try? capture(namespace.command(["/bin/cat", "/proc/net/netstat"])).output) ?? ""
+            return KernelReadings.netstat(Array(text.utf8), group: "TcpExt", names: ["ListenDrops"])["ListenDrops"] ?? 0
+        }
+        try #require(waitUntil { netstat() > 0 }, "the namespace counted no drop")
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--", hello], launcher: namespace.command([]))
+        let health = try Self.healthAddress(up)
+        _ = try up.servingAddress()
+        let scrape = try Self.scrape(health, launcher: namespace.command([]))
+        #expect(netstat() > 0)
+        #expect(scrape["portreuse_up_tcp_listen_drops_total{}"] == 0, "drops before up started are not up's")
         #expect(up.stop() == 0)
     }
 }

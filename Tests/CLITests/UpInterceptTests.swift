@@ -449,3 +449,23 @@ extension UpInterceptTests {
         #expect(result.stderr.contains("Run `portreuse up …` directly"), "\(result.stderr)")
     }
 }
+
+extension UpInterceptTests {
+    @Test("a program that listens on another address than the held one (a wrong port in its configuration) is named once in the log")
+    func bindOfAnotherAddressIsNamed() throws {
+        let other = try PortReservation()
+        other.release()
+        let script = """
+            import socket, time
+            for _ in range(3):
+                s = socket.socket(); s.bind(("127.0.0.1", \(other.port))); s.close()
+            time.sleep(60)
+            """
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--ready", "delay:100ms", "--", systemPython, "-c", script])
+        _ = try up.servingAddress()
+        #expect(up.waitForLog("127.0.0.1:\(other.port)"), "\(up.logText)")
+        let lines = up.logText.components(separatedBy: "\n").filter { $0.contains("not an address up holds") }
+        #expect(lines.count == 1 && lines[0].contains("up holds 127.0.0.1:"), "\(lines)")
+        #expect(up.stop() == 0)
+    }
+}
