@@ -57,6 +57,14 @@ package struct HeldSocket {
             descriptor: descriptor, name: name, transport: transport, address: address, inode: GenerationProbe.inode(of: descriptor), backlog: nil)
     }
 
+    /// Whether the IPv6 socket `descriptor` (bound to `address`) takes IPv4 too (IPV6_V6ONLY 0); read, not taken.
+    static func isDualStack(_ descriptor: Int32, _ address: SocketAddress) -> Bool {
+        guard address.family == .ipv6 else { return false }
+        let borrowed = SocketHandle(adopting: descriptor)
+        defer { _ = borrowed.takeDescriptor() }  // still ours: only read
+        return (try? borrowed.isDualStack()) ?? false
+    }
+
     /// Makes the socket fit for the next generation: a TCP socket that stopped listening (a generation called
     /// `shutdown` on it, which no `listen` revives) is opened again at its address and put under the same
     /// descriptor number; a listening one gets `up`'s accept queue length back. Returns what it did, in words,
@@ -69,10 +77,7 @@ package struct HeldSocket {
             return nil
         }
         do {
-            let borrowed = SocketHandle(adopting: descriptor)
-            let dualStack = address.family == .ipv6 && ((try? borrowed.isDualStack()) ?? false)
-            _ = borrowed.takeDescriptor()  // still ours: only read
-            let fresh = try Listener(address: address, policy: .restartable, backlog: backlog, dualStack: dualStack)
+            let fresh = try Listener(address: address, policy: .restartable, backlog: backlog, dualStack: Self.isDualStack(descriptor, address))
             guard let new = fresh.takeDescriptor() else { return "\(name) \(address) stopped listening, and no new socket could be made" }
             defer { close(new) }
             guard dup2(new, descriptor) >= 0 else { return "\(name) \(address) stopped listening; cannot put a new socket in its place: \(Files.errorText())" }

@@ -87,10 +87,8 @@ extension Supervisor {
         let logger = self.logger
         // Generations that share sockets share their swap, which tracks the sockets' blocking mode between them.
         let swap = swaps[descriptors] ?? SocketSwap(held: zip(sockets, descriptors).map { socket, descriptor in
-            let borrowed = SocketHandle(adopting: descriptor)
-            let dualStack = socket.address.family == .ipv6 && ((try? borrowed.isDualStack()) ?? false)
-            _ = borrowed.takeDescriptor()  // still ours: only read
-            return SocketSwap.Held(descriptor: descriptor, name: socket.name, transport: socket.transport, address: socket.address, dualStack: dualStack)
+            SocketSwap.Held(descriptor: descriptor, name: socket.name, transport: socket.transport, address: socket.address,
+                            dualStack: HeldSocket.isDualStack(descriptor, socket.address))
         })
         swaps[descriptors] = swap
         return .swapping(swap) { line in logger.info("generation \(number): \(line)") }
@@ -129,8 +127,11 @@ extension Supervisor {
         statusChanged = true
         logger.info("\(generation.label) ready after \(Self.milliseconds(now - generation.record.startedMonotonic)) (\(how))")
         if generation.record.sockets == nil { noteBlockingMode(of: generation) }
+        let newSockets = steeredSockets(of: generation).map(\.descriptor)
         for serving in old {
-            if !steeredSockets(of: serving).isEmpty && steeredSockets(of: serving).map(\.descriptor) != steeredSockets(of: generation).map(\.descriptor) {
+            let oldSockets = steeredSockets(of: serving).map(\.descriptor)
+            // Out of rotation only where it has sockets of its own (not a crashed one's it shares with this one).
+            if !oldSockets.isEmpty && oldSockets != newSockets {
                 // Whether a handshake may have been dropped on a full queue before the switch-over (and so be retried
                 // on the old socket after it): only then is the kernel's table walked before the old one stops.
                 let report = generation.record.reason == .reload ? history.last.flatMap { $0.generation == generation.number ? $0 : nil } : nil

@@ -19,7 +19,7 @@ extension Supervisor {
         case .auto where generation.record.heardFrom: return false
         case .auto, .probe:
             guard now >= generation.nextProbe else { return false }
-            // A steered generation's probe is one getsockopt a turn; the look at /proc costs more.
+            // A steered generation's probe is one sock_diag request a turn (the loop's turns pace it); the look at /proc costs more.
             generation.nextProbe = now + (!steeredSockets(of: generation).isEmpty ? 0 : canLook ? 10_000_000 : 200_000_000)
             return probe(generation)
         }
@@ -67,9 +67,9 @@ extension Supervisor {
         if generation.phase != .starting || configuration.readiness == .auto && generation.record.heardFrom { return false }
         guard ListenerState.isListening(own) else { return false }  // checkSteeredSockets fails it
         if generation.probe == nil {
-            guard let source = probeSource(for: index),
-                let connection = source.connect(to: sockets[index].address, timeout: .milliseconds(100))
-            else { return false }
+            // Without probe ports, waiting on its own socket is as far as one can see.
+            guard let source = probeSource(for: index) else { return canLook && GenerationProbe.isWaiting(group: generation.pid, on: GenerationProbe.inode(of: own)) }
+            guard let connection = source.connect(to: sockets[index].address, timeout: .milliseconds(100)) else { return false }
             generation.probe = connection
         }
         guard let connection = generation.probe,

@@ -50,10 +50,8 @@ extension Supervisor {
     /// at a high descriptor number.
     private func openSibling(_ index: Int) throws -> Int32 {
         let template = sockets[index]
-        let borrowed = SocketHandle(adopting: template.descriptor)
-        let dualStack = template.address.family == .ipv6 && ((try? borrowed.isDualStack()) ?? false)
-        _ = borrowed.takeDescriptor()  // still ours: only read
-        let listener = try Listener(address: template.address, policy: .shared, backlog: template.backlog ?? Sys.defaultBacklog, dualStack: dualStack)
+        let listener = try Listener(address: template.address, policy: .shared, backlog: template.backlog ?? Sys.defaultBacklog,
+                                    dualStack: HeldSocket.isDualStack(template.descriptor, template.address))
         guard let fresh = listener.takeDescriptor() else { throw CommandFailure("the new socket is gone") }
         let moved = fcntl(fresh, F_DUPFD_CLOEXEC, try HeldSocket.firstDescriptor(holding: sockets.count))
         close(fresh)
@@ -102,13 +100,14 @@ extension Supervisor {
 
     /// The reserved source of up's probes to held socket `index`, made at its first use.
     func probeSource(for index: Int) -> ProbeSource? {
-        if let source = probeSources[index] { return source }
+        if let made = probeSources[index] { return made }  // nil inside: tried, failed, said
         do {
             let source = try ProbeSource(for: sockets[index].address)
             probeSources[index] = source
             return source
         } catch {
-            logger.warning("no port for up's readiness probe to \(sockets[index].address) (\(error)): a starting generation is ready once it waits for connections")
+            logger.warning("no port for up's readiness probe to \(sockets[index].address) (\(error)): a starting generation is ready once it waits on its socket")
+            probeSources[index] = .some(nil)
             return nil
         }
     }

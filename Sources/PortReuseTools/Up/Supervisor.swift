@@ -146,8 +146,9 @@ package final class Supervisor {
     /// Members of each group that no generation has yet (made so that a retired socket never moves a target's
     /// slot): the next generation's sockets, by held index.
     var spares: [Int: [Int32]] = [:]
-    /// The reserved source port of up's probes, by held index; the program attached to each group.
-    var probeSources: [Int: ProbeSource] = [:]
+    /// The reserved source ports of up's probes, by held index (nil: they could not be reserved); the program
+    /// attached to each group.
+    var probeSources: [Int: ProbeSource?] = [:]
     var attachedPrograms: [Int: [SteeringProgram.Instruction]] = [:]
     #if os(Linux)
     /// The interceptors' view of each set of sockets generations got (``interceptionRules(number:sockets:)``).
