@@ -88,8 +88,8 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// The first address a --bind moved (``noteMoved(_:to:)``), and whether a second one was said.
     private var firstMoved: SocketAddress?
     private var saidMerged = false
-    /// Refusals said so far (``refuse(_:)``).
-    private var saidRefusals: Set<String> = []
+    /// Lines said once so far (``sayOnce(_:)``): refusals on the program's behalf, a bind of an address up does not hold.
+    private var saidOnce: Set<String> = []
     /// Binds given a held socket so far (`portreuse up`), for the log's sake.
     private var swapped = 0
     private let answered = Atomic<Int>(0)
@@ -330,7 +330,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         if let target = rewritten {
             if let privileges, !privileges.mayBind(port: target.port) {
                 code = EACCES
-                refuse("bind of \(target) for \(who(notification.pid)) (asked for \(requested)) refused with EACCES, as the kernel would refuse "
+                sayOnce("bind of \(target) for \(who(notification.pid)) (asked for \(requested)) refused with EACCES, as the kernel would refuse "
                     + "the program: \(privileges.refusal(port: target.port))")
             } else {
                 code = bindDuplicate(socket, to: target)
@@ -354,11 +354,11 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         return read ?? CallerPrivileges(capabilities: 0, unprivilegedPortStart: 1024, portStartIsAssumed: true)
     }
 
-    /// Says a refusal on the program's behalf whatever the verbosity, once per text: a program that retries in a
+    /// Says a line whatever the verbosity, once per text (a refusal on the program's behalf, say): a program that retries in a
     /// loop does not flood its log.
-    private func refuse(_ text: String) {
-        guard !saidRefusals.contains(text), saidRefusals.count < 64 else { return }
-        saidRefusals.insert(text)
+    private func sayOnce(_ text: String) {
+        guard !saidOnce.contains(text), saidOnce.count < 64 else { return }
+        saidOnce.insert(text)
         (rules.warn ?? rules.log)?(text)
     }
 
@@ -402,7 +402,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         guard swap.holds(port: requested.port) else {  // the common case: no duplicate, nothing read
             // A listener the program makes beside up's (a wrong port in its configuration?) is said once.
             if requested.port != 0 {
-                refuse("bind of \(requested) by \(who(notification.pid)): not an address up holds (up holds "
+                sayOnce("bind of \(requested) by \(who(notification.pid)): not an address up holds (up holds "
                     + swap.held.map { "\($0.address)" }.joined(separator: ", ") + "): the program serves it by itself, outside up's reloads")
             }
             return .proceed
@@ -502,7 +502,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         }
         guard let privileges = callerPrivileges(notification, socket: socket) else { return .none }
         guard privileges.mayBind(port: target.port) else {
-            refuse("\(call) of \(who(notification.pid)) from --source \(target) refused with EACCES, as the kernel would refuse the program's own bind: "
+            sayOnce("\(call) of \(who(notification.pid)) from --source \(target) refused with EACCES, as the kernel would refuse the program's own bind: "
                 + privileges.refusal(port: target.port))
             return .result(errno: EACCES)
         }
@@ -524,7 +524,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         for (option, _) in ReuseOptions.all where options.contains(option) { try? socket.enable(option) }
         guard rules.transparent, let family = try? socket.option(SOL_SOCKET, SO_DOMAIN, label: "SO_DOMAIN") else { return (options, false) }
         guard privileges?.maySetTransparent == true else {
-            refuse("--transparent: IP_TRANSPARENT not set on a socket of \(who(caller)): it needs CAP_NET_RAW or CAP_NET_ADMIN, "
+            sayOnce("--transparent: IP_TRANSPARENT not set on a socket of \(who(caller)): it needs CAP_NET_RAW or CAP_NET_ADMIN, "
                 + "which the program does not have; portreuse does not set it on the program's behalf (its bind of a non-local address fails as it would alone)")
             return (options, false)
         }

@@ -86,10 +86,10 @@ extension SteeringProgram.Instruction: @retroactive Equatable {
 /// A listening socket's own view of itself, read through `up`'s descriptor (TCP_INFO).
 package enum ListenerState {
     /// Whether the socket still listens (a `shutdown()` by any holder ends that for good).
-    package static func isListening(_ descriptor: Int32) -> Bool { info(descriptor).map { $0.tcpi_state == 10 } ?? false }  // TCP_LISTEN
+    package static func isListening(_ descriptor: Int32) -> Bool { KernelReadings.tcpInfo(of: descriptor)?.tcpi_state == 10 }  // TCP_LISTEN
 
     /// Connections waiting in its accept queue.
-    package static func queued(_ descriptor: Int32) -> Int { info(descriptor).map { Int($0.tcpi_unacked) } ?? 0 }
+    package static func queued(_ descriptor: Int32) -> Int { KernelReadings.acceptQueue(of: descriptor)?.depth ?? 0 }
 
     /// Whether TCP_DEFER_ACCEPT is set on it (unicorn and Starlet set it): a connection is queued only once data
     /// arrives, so a probe that sends nothing is never accepted.
@@ -104,12 +104,6 @@ package enum ListenerState {
         var value: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
         return getsockopt(descriptor, SOL_SOCKET, SO_REUSEPORT, &value, &length) == 0 && value != 0
-    }
-
-    private static func info(_ descriptor: Int32) -> tcp_info? {
-        var info = tcp_info()
-        var length = socklen_t(MemoryLayout<tcp_info>.size)
-        return getsockopt(descriptor, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 ? info : nil
     }
 }
 

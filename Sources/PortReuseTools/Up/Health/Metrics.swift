@@ -61,7 +61,7 @@ package struct KernelReadings: Sendable {
     }
 
     /// TCP_INFO of a socket of ours (a duplicate of a program's included); `nil` for any socket but TCP.
-    private static func tcpInfo(of descriptor: Int32) -> tcp_info? {
+    static func tcpInfo(of descriptor: Int32) -> tcp_info? {
         var info = tcp_info()
         var length = socklen_t(MemoryLayout<tcp_info>.size)
         return getsockopt(descriptor, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 ? info : nil
