@@ -44,15 +44,15 @@ struct SupervisorStateTests {
         // What `up` writes before execve, read back by the new `up` of the same process.
         let bytes = try JSONEncoder().encode(failing.handover(upgrades: 1))
         let handover = try JSONDecoder().decode(UpgradeHandover.self, from: bytes)
-        #expect(handover.state == failing.state)
-        #expect(handover.failures.inARow == 1)
+        #expect(handover.record.state == failing.state)
+        #expect(handover.record.failures.inARow == 1)
 
         let upgraded = try Self.supervisor(["/bin/sleep", "30"], folder: folder)
         upgraded.adopt(handover)
         defer { for generation in upgraded.generations { kill(-generation.pid, SIGKILL) } }
         #expect(Self.step(upgraded) { upgraded.generations.contains { $0.phase == .ready } })
         #expect(upgraded.state == .running)
-        #expect(upgraded.generations.map(\.record.reason) == [.restart])
+        #expect(upgraded.generations.map(\.reason) == [.restart])
         #expect(upgraded.nextNumber == 3)
     }
 
@@ -80,9 +80,11 @@ struct SupervisorStateTests {
     }
 
     static func status(next: Int, reloads: [ReloadRecord], generations: [GenerationRecord] = []) -> UpStatus {
-        UpStatus(
-            pid: 1, processStartTime: nil, command: ["x"], startedAt: 0, sockets: [], generations: generations, state: .running, reloadQueued: false,
-            reloads: reloads, upgrades: 0, upgradeFailures: 0, nextGeneration: next, writtenAt: 0)
+        var record = SupervisorRecord()
+        record.nextNumber = next
+        record.history = reloads
+        record.generations = generations
+        return UpStatus(pid: 1, processStartTime: nil, command: ["x"], startedAt: 0, sockets: [], record: record, writtenAt: 0)
     }
 
     @Test("a reload's outcome is its own, never the failure of the reload before it")
@@ -90,17 +92,17 @@ struct SupervisorStateTests {
         let failed = ReloadRecord(generation: 3, startedAt: 0, result: .failed, reason: "exited before it was ready", seconds: 0.1)
         let before = Self.status(next: 4, reloads: [failed])
         #expect(before.outcome(ofReloadAskedAt: before) == nil)
-        var starting = GenerationRecord(number: 4, pid: 10, reason: .reload, startedAt: 0, startedMonotonic: 0, deadline: 0)
+        var starting = GenerationRecord(number: 4, pid: 10, reason: .reload, startedAt: 0, startedMonotonic: 0, readyBy: 0)
         #expect(Self.status(next: 5, reloads: [failed], generations: [starting]).outcome(ofReloadAskedAt: before) == nil)
-        starting.phase = .ready
+        starting.stage = .ready
         let ready = ReloadRecord(generation: 4, startedAt: 0, result: .ready, reason: nil, seconds: 0.2)
         #expect(Self.status(next: 5, reloads: [failed, ready], generations: [starting]).outcome(ofReloadAskedAt: before) == ready)
     }
 
     @Test("the status file's JSON: states as words, reload results and reasons apart, no frozen ages")
     func statusJSON() throws {
-        var generation = GenerationRecord(number: 2, pid: 42, reason: .reload, startedAt: 1, startedMonotonic: 5, deadline: 9)
-        generation.phase = .exiting
+        var generation = GenerationRecord(number: 2, pid: 42, reason: .reload, startedAt: 1, startedMonotonic: 5, readyBy: 9)
+        generation.stage = .exiting(killAt: 9)
         let failed = ReloadRecord(generation: 2, startedAt: 1, result: .failed, reason: "was not ready within 60s", seconds: 60)
         var status = Self.status(next: 3, reloads: [failed], generations: [generation])
         status.state = .backingOff(until: 7)

@@ -66,9 +66,9 @@ struct UpSecurityTests {
     /// A pid file and a status file as an attacker would write them, naming `target`.
     static func forgedPIDFile(naming target: pid_t, in folder: TemporaryFolder) throws -> String {
         let pidFile = try folder.write("up.pid", "\(target)\n")
-        let status = UpStatus(
-            pid: target, processStartTime: nil, command: ["x"], startedAt: 0, sockets: [], generations: [], state: .running,
-            reloadQueued: false, reloads: [], upgrades: 0, upgradeFailures: 0, nextGeneration: 2, writtenAt: 0)
+        var record = SupervisorRecord()
+        record.nextNumber = 2
+        let status = UpStatus(pid: target, processStartTime: nil, command: ["x"], startedAt: 0, sockets: [], record: record, writtenAt: 0)
         try status.write(to: UpStatus.path(forPIDFile: pidFile))
         return pidFile
     }

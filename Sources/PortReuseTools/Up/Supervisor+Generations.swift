@@ -1,13 +1,11 @@
 import Glibc
 import PortReuse
 
-/// Starting generations, making them ready, stopping them; the reload and stop requests.
+/// Starting generations: their sockets, their environment, the spawn; the report of a reload.
 extension Supervisor {
-    package func startGeneration(_ reason: StartReason) {
-        let number = nextNumber
-        nextNumber += 1
-        if reason == .restart { counters.restarts += 1 }
-        let now = Processes.monotonicNanoseconds
+    /// Carries out ``UpMachine/Action/start(_:reason:)``: the sockets generation `number` gets, its notify socket and
+    /// its first process.
+    func spawnGeneration(_ number: Int, reason: StartReason) -> UpMachine.Event {
         for index in sockets.indices {
             // A steered socket that stopped listening is replaced by a new one, not opened again in place.
             if groups[index] == nil, let repaired = sockets[index].refresh() { logger.warning("\(repaired)") }
@@ -20,26 +18,20 @@ extension Supervisor {
         do throws(CommandFailure) {
             let notify = try NotifyReceiver(path: "\(runtimeFolder)/notify-\(number).sock")
             let (pid, interceptor) = try spawn(number: number, descriptors: descriptors, environment: environment(number: number, notifyPath: notify.path))
-            var record = GenerationRecord(
-                number: number, pid: pid, reason: reason, startedAt: Processes.wallClockSeconds, startedMonotonic: now,
-                deadline: now + UInt64(configuration.readyTimeout * 1e9))
-            record.notifyPath = notify.path
-            if !groups.isEmpty { record.sockets = descriptors }
-            let generation = Generation(record: record, notify: notify)
-            generation.interceptor = interceptor
+            let held = Resources(notify: notify)
+            held.interceptor = interceptor
             // The reload's window opens once the program runs (the spawn returns after its exec): what the read of
             // /proc/net/netstat costs does not hold up the spawn, and nothing the program did is missed.
-            if reason == .reload { generation.reloadWatch = ReloadWatch.start() }
-            generations.append(generation)
-            logger.info("\(generation.label) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))")
-            steer()
+            if reason == .reload { held.reloadWatch = ReloadWatch.start() }
+            resources[number] = held
+            logger.info("generation \(number) (pid \(pid)) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))")
+            return .started(UpMachine.Spawned(
+                number: number, reason: reason, pid: pid, startedAt: Processes.wallClockSeconds, notifyPath: notify.path,
+                sockets: groups.isEmpty ? nil : descriptors))
         } catch {
-            logger.error("cannot start generation \(number): \(error.message)")
-            failures.inARow += 1
-            retireUnusedSockets()
-            afterFailure()
+            for answer in retireUnusedSockets() { handle(answer) }
+            return .startFailed(number: number, reason: error.message)
         }
-        statusChanged = true
     }
 
     /// Starts the program: under the bind filter when it can, else with LISTEN_FDS only (as before the filter).
@@ -111,56 +103,18 @@ extension Supervisor {
         return entries
     }
 
-    func markReady(_ generation: Generation, how: String) {
-        let now = Processes.monotonicNanoseconds
-        generation.phase = .ready
-        steer()  // the cutover, first of all: new connections go to this generation's sockets from now on
-        closeProbe(of: generation)
-        generation.record.readySeconds = Double(now - generation.record.startedMonotonic) / 1e9
-        failures.everReady = true  // the failures in a row are cleared once it served for FailureCount.stableSeconds (tick)
-        // Whoever waits for the reload (systemd, `up reload`) hears of it first: the old generations' stop and
-        // the look at the processes (a pass over /proc, milliseconds on a loaded machine) come after.
-        let old = generations.filter { $0 !== generation && $0.phase == .ready }
-        _ = try? Readiness.notify(.ready, .status(statusLine(serving: generation, draining: old.count + generations.filter { $0.phase == .draining }.count)))
-        let tree = Processes.Tree()  // one pass over /proc for the report and every generation's members
-        if generation.record.reason == .reload { record(generation, .ready, reason: nil, tree: tree) }
-        statusChanged = true
-        logger.info("\(generation.label) ready after \(Self.milliseconds(now - generation.record.startedMonotonic)) (\(how))")
-        if generation.record.sockets == nil { noteBlockingMode(of: generation) }
-        let newSockets = steeredSockets(of: generation).map(\.descriptor)
-        for serving in old {
-            let oldSockets = steeredSockets(of: serving).map(\.descriptor)
-            // Out of rotation only where it has sockets of its own (not a crashed one's it shares with this one).
-            if !oldSockets.isEmpty && oldSockets != newSockets {
-                // Whether a handshake may have been dropped on a full queue before the switch-over (and so be retried
-                // on the old socket after it): only then is the kernel's table walked before the old one stops.
-                let report = generation.record.reason == .reload ? history.last.flatMap { $0.generation == generation.number ? $0 : nil } : nil
-                drainQuietly(serving, dropsBefore: report?.listenDrops.map { $0 > 0 } ?? true)
-            } else {
-                drain(serving, tree: tree)
-            }
-        }
-        if adopted?.stopSent == nil, adopted?.idleStopBy == nil { stopAdopted() }
-        generation.record.noteMembers(in: tree)
-        if reloadQueued && !state.isStopping {
-            reloadQueued = false
-            logger.info("starting the reload requested while \(generation.label) was starting")
-            beginReload()
-        }
-    }
-
     /// Says when a generation made the shared sockets blocking or non-blocking unlike an older one still running
     /// (node sets O_NONBLOCK, a perl server blocks in accept): the older one then sees EAGAIN from accept, or
     /// blocks where it polled, since they share one open file description.
-    private func noteBlockingMode(of generation: Generation) {
+    func noteBlockingMode(of generation: GenerationRecord) {
         guard let socket = sockets.first(where: { $0.transport == .tcp }) else { return }
         let flags = fcntl(socket.descriptor, F_GETFL)
         guard flags >= 0 else { return }
         let nonBlocking = flags & O_NONBLOCK != 0
-        generation.nonBlockingWhenReady = nonBlocking
+        resources[generation.number]?.nonBlockingWhenReady = nonBlocking
         let word = { (value: Bool) in value ? "non-blocking" : "blocking" }
-        for older in generations where older !== generation && older.phase.isLive && older.record.exit == nil {
-            guard let theirs = older.nonBlockingWhenReady, theirs != nonBlocking else { continue }
+        for older in generations where older.number < generation.number && older.exit == nil {
+            guard let theirs = resources[older.number]?.nonBlockingWhenReady, theirs != nonBlocking else { continue }
             let text = "\(generation.label) made the shared socket \(word(nonBlocking)) (O_NONBLOCK), and \(older.label) took it "
                 + "\(word(theirs)): they share one open file description, so \(older.label) may fail in accept (EAGAIN) or block "
                 + "while it drains; programs that share sockets across a reload must agree on the mode"
@@ -168,141 +122,28 @@ extension Supervisor {
         }
     }
 
-    func statusLine(serving generation: Generation, draining: Int) -> String {
-        "serving: generation \(generation.number) (pid \(generation.pid))" + (draining > 0 ? ", \(draining) draining" : "")
-    }
-
-    /// Moves a generation to `phase`, asks its main process to stop (unless it has exited already) and starts
-    /// its grace period, after which `tick` kills its process group.
-    func askToStop(_ generation: Generation, phase: GenerationPhase, tree: Processes.Tree? = nil) {
-        closeProbe(of: generation)
-        let tree = tree ?? Processes.Tree()
-        if generation.record.exit == nil { generation.record.noteMembers(in: tree) }
-        noteSocketHolders(of: generation, in: tree)
-        generation.phase = generation.record.exit != nil && phase == .draining ? .exiting : phase
-        generation.record.deadline = Processes.monotonicNanoseconds + UInt64(configuration.grace * 1e9)
-        if generation.record.exit == nil { _ = try? Processes.kill(generation.record.mainProcess, configuration.stopSignal) }
-    }
-
-    private func drain(_ generation: Generation, tree: Processes.Tree) {
-        if let wait = configuration.stopWhenIdle, generation.record.exit == nil, !state.isStopping {
-            generation.phase = .draining
-            generation.record.deadline = Processes.monotonicNanoseconds + UInt64((configuration.grace + wait) * 1e9)
-            generation.idleStopBy = Processes.monotonicNanoseconds + UInt64(wait * 1e9)
-            logger.info("\(generation.label) draining: \(SignalName(configuration.stopSignal)) once it holds no connection (within \(Seconds(wait))), killed if still running \(Seconds(configuration.grace)) later")
-            statusChanged = true
-            return
-        }
-        askToStop(generation, phase: .draining, tree: tree)
-        let draining = generations.filter { $0.phase == .draining }.count
-        logger.info(
-            "\(generation.label) draining: sent \(SignalName(configuration.stopSignal)), killed if still running in \(Seconds(configuration.grace)) (\(draining) draining)")
-        statusChanged = true
-    }
-
-    /// A generation that will not serve: stop it, and tell what keeps serving.
-    func fail(_ generation: Generation, _ reason: String) {
-        askToStop(generation, phase: .failed)
-        failures.inARow += 1
-        if generation.record.reason == .reload { record(generation, .failed, reason: reason) }
-        if let serving = generations.first(where: { $0.phase == .ready }) {
-            logger.error("\(generation.label) \(reason); \(serving.label) keeps serving")
-            _ = try? Readiness.notify(.ready, .status("reload failed: generation \(generation.number) \(reason); " + statusLine(serving: serving, draining: 0)))
-        } else {
-            logger.error("\(generation.label) \(reason)")
-        }
-        statusChanged = true
-        afterFailure()
-        if reloadQueued && !state.isStopping && generations.contains(where: { $0.phase == .ready }) {
-            reloadQueued = false
-            beginReload()
-        }
-    }
-
-    /// After a failed start or a crash: when nothing serves or starts, back off and restart, or give up after
-    /// ``FailureCount/attemptsBeforeGivingUp`` failures in a row of a program that never served.
-    func afterFailure() {
-        guard !state.isStopping, !generations.contains(where: { $0.phase.isLive }) else { return }
-        if failures.shouldGiveUp {
-            logger.critical("the program failed \(failures.inARow) times in a row and never became ready: giving up")
-            stop(because: "giving up", exitCode: 4)
-            return
-        }
-        let delay = failures.backoffSeconds
-        enter(.backingOff(until: Processes.monotonicNanoseconds + UInt64(delay * 1e9)))
-        logger.warning("no generation serves: restarting in \(Seconds(delay)); connections wait in the accept queue meanwhile")
-    }
-
-    func requestReload() {
-        guard !state.isStopping else { return logger.info("reload ignored: stopping") }
-        if let starting = generations.first(where: { $0.phase == .starting }) {
-            if !reloadQueued { logger.info("reload requested while \(starting.label) starts: one more reload follows once it is ready") }
-            reloadQueued = true
-            statusChanged = true
-            return
-        }
-        if case .backingOff = state { enter(.running) }  // a reload is a restart now
-        beginReload()
-    }
-
-    private func beginReload() {
-        _ = try? Readiness.notify(.reloading, .status("reloading"))
-        startGeneration(.reload)
-    }
-
-    private func record(_ generation: Generation, _ result: ReloadResult, reason: String?, tree: Processes.Tree? = nil) {
+    /// The report of a reload at its outcome: what the reload did to the listeners, and (ready) the connections the
+    /// older generations still held.
+    func measureReload(_ generation: GenerationRecord, _ result: ReloadResult, reason: String?) -> ReloadRecord {
         var report = ReloadRecord(
-            generation: generation.number, startedAt: generation.record.startedAt, result: result, reason: reason,
-            seconds: Double(Processes.monotonicNanoseconds - generation.record.startedMonotonic) / 1e9)
-        generation.reloadWatch?.sample(sockets)
-        generation.reloadWatch?.finish(&report)
-        generation.reloadWatch = nil
+            generation: generation.number, startedAt: generation.startedAt, result: result, reason: reason,
+            seconds: Double(clock() - min(clock(), generation.startedMonotonic)) / 1e9)
+        var watch = resources[generation.number]?.reloadWatch
+        watch?.sample(sockets)
+        watch?.finish(&report)
+        resources[generation.number]?.reloadWatch = nil
         if result == .ready {
-            // As /metrics counts them, once per reload.
-            let older = generations.filter { $0 !== generation && $0.phase.isLive && $0.record.exit == nil }
-            let views = older.map { HealthSnapshot.GenerationView(number: $0.number, phase: $0.phase, pids: [$0.pid] + $0.record.members.map(\.pid)) }
-            report.connectionsOnOlderGenerations = views.isEmpty ? 0
-                : KernelReadings.connections(of: views, listeners: HealthListener.of(sockets), tree: tree ?? Processes.Tree()).values.reduce(0, +)
+            // As /metrics counts them, once per reload: every older generation still running (the cutover has just taken
+            // the serving one out of rotation).
+            let older = generations.filter { $0.number < generation.number && $0.exit == nil }
+            report.connectionsOnOlderGenerations = older.isEmpty ? 0
+                : KernelReadings.connections(of: older.map(\.view), listeners: HealthListener.of(sockets), tree: Processes.Tree()).values.reduce(0, +)
         }
-        history.append(report)
-        counters.count(history[history.count - 1])
-        if history.count > 20 { history.removeFirst(history.count - 20) }
+        return report
     }
+}
 
-    /// Asks every live generation to stop; `up` exits with `exitCode` (or worse) once all are gone. A second
-    /// stop kills them all at once.
-    func stop(because reason: String, exitCode: Int32 = 0) {
-        if case .stopping(let code) = state {
-            logger.warning("\(reason) again: killing every generation now")
-            for generation in generations {
-                _ = try? Processes.kill(-generation.pid, SIGKILL)
-                generation.record.killed = true
-            }
-            enter(.stopping(exitCode: max(code, 1)))
-            return
-        }
-        servingAtStop = generations.first(where: { $0.phase == .ready })?.number
-        enter(.stopping(exitCode: exitCode))
-        releaseAdopted()
-        reloadQueued = false
-        _ = try? Readiness.notify(.stopping, .status("stopping"))
-        let running = generations.filter { $0.phase.isLive || $0.record.quietStopBy != nil && $0.record.exit == nil }
-        let exiting = generations.count - running.count
-        logger.info(.init(stringLiteral: "stopping (\(reason)): "
-            + (running.isEmpty ? "no generation left to signal" : "\(SignalName(configuration.stopSignal)) to \(running.count) generation(s), killed if still running in \(Seconds(configuration.grace))")
-            + (exiting > 0 ? "; \(exiting) already stopping" : "")))
-        for generation in running {
-            generation.record.quietStopBy = nil
-            askToStop(generation, phase: .draining)
-        }
-    }
-
-    /// A duration for the log, written as the options take them (as ``Seconds`` prints): 39ms, 1.1s, 12s.
-    static func milliseconds(_ nanoseconds: UInt64) -> String {
-        switch nanoseconds {
-        case ..<1_000_000_000: "\(nanoseconds / 1_000_000)ms"
-        case ..<10_000_000_000: "\(Double(nanoseconds / 100_000_000) / 10)s"
-        default: "\(nanoseconds / 1_000_000_000)s"
-        }
-    }
+extension GenerationRecord {
+    /// The generation as `/metrics` and the connection counts see it: its first process and the members seen so far.
+    var view: HealthSnapshot.GenerationView { HealthSnapshot.GenerationView(number: number, phase: phase, pids: [pid] + members.map(\.pid)) }
 }

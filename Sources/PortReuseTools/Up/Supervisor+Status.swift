@@ -1,18 +1,18 @@
 import Glibc
 import PortReuse
 
-/// The status file (`--pid-file PATH` → PATH.status) that `up status` and `up reload` read.
+/// What others read of the supervisor's record: the status file (`--pid-file PATH` → PATH.status) that `up status`
+/// and `up reload` read, and what `--health` answers (HealthBoard), published at every turn of the loop.
 extension Supervisor {
     package var status: UpStatus {
         UpStatus(
             pid: getpid(), processStartTime: ownStartTime, command: configuration.command, startedAt: startedWall,
             sockets: sockets.map { UpStatus.Socket(name: $0.name, address: $0.address.description, transport: $0.transport.rawValue) },
-            generations: generations.map(\.record), state: state, reloadQueued: reloadQueued, reloads: history,
-            upgrades: upgrades, upgradeFailures: upgradeFailures, nextGeneration: nextNumber, writtenAt: Processes.wallClockSeconds)
+            record: record, writtenAt: Processes.wallClockSeconds)
     }
 
     func writeStatus() {
-        statusChanged = false
+        written = record
         guard let path = configuration.statusPath else { return }
         do {
             try status.write(to: path)
@@ -22,5 +22,9 @@ extension Supervisor {
             return
         }
         statusWriteFailed = false
+    }
+
+    func publishHealth() {
+        health?.publish(HealthSnapshot(record: record, listeners: HealthListener.of(sockets), lastTurn: clock()))
     }
 }

@@ -5,10 +5,6 @@ import SystemPackage
 /// Steered generations (Steering.swift): each generation's own sockets, the program that steers the groups,
 /// the quiet drain of a generation out of rotation, and the sockets retired once nobody uses them.
 extension Supervisor {
-    /// How long after the cutover a connection whose handshake began before it may still land on the old socket:
-    /// its queue is read only after this.
-    static let settleNanoseconds: UInt64 = 100_000_000
-
     /// Starts steering the held TCP sockets that can join a group of siblings (SO_REUSEPORT set: up opens its own
     /// that way; systemd's only with `ReusePort=yes`); says once which cannot, and why.
     func startSteering() {
@@ -67,16 +63,16 @@ extension Supervisor {
     /// serving one. Runs after every change of phase or membership; attaches only a program that changed.
     func steer() {
         guard !groups.isEmpty else { return }
-        let own = generations.filter { $0.record.sockets != nil }
+        let own = generations.filter { $0.sockets != nil }
         guard let serving = own.last(where: { $0.phase == .ready }) ?? own.last(where: { $0.phase == .starting }),
-            let servingSockets = serving.record.sockets
+            let servingSockets = serving.sockets
         else { return }
-        let starting = generations.last { $0.phase == .starting && $0 !== serving }
+        let starting = generations.last { $0.phase == .starting && $0.number != serving.number }
         for (index, group) in groups {
             let target = servingSockets[index]
             guard let servingIndex = group.index(of: target) else { continue }
             var probe: (ports: [UInt16], index: UInt32)?
-            if let theirs = starting?.record.sockets?[index], theirs != target, let probeIndex = group.index(of: theirs),
+            if let theirs = starting?.sockets?[index], theirs != target, let probeIndex = group.index(of: theirs),
                 let source = probeSource(for: index)
             {
                 probe = (source.ports, probeIndex)
@@ -113,59 +109,34 @@ extension Supervisor {
     }
 
     /// The steered sockets of `generation` (its own, in groups), by held index.
-    func steeredSockets(of generation: Generation) -> [(index: Int, descriptor: Int32)] {
-        guard let own = generation.record.sockets else { return [] }
+    func steeredSockets(of generation: GenerationRecord) -> [(index: Int, descriptor: Int32)] {
+        guard let own = generation.sockets else { return [] }
         return groups.keys.sorted().compactMap { own.indices.contains($0) && groups[$0]!.members.contains(own[$0]) ? ($0, own[$0]) : nil }
     }
 
-    /// A generation out of rotation (the cutover sent every new connection elsewhere): its stop signal waits until
-    /// its sockets' queues are empty and its processes hold no connection, at most the drain limit.
-    func drainQuietly(_ generation: Generation, dropsBefore: Bool) {
-        let now = Processes.monotonicNanoseconds
-        generation.stragglers = (dropsAtCut: KernelReadings.listenCounters().drops, dropsBefore: dropsBefore)
-        let limit = configuration.drainTimeout
-        generation.phase = .draining
-        // The program may have shortened its socket's queue (Python's listen(5)): up's length again, so that a
-        // connection whose handshake began before the cutover is not dropped on a full queue and left to retry.
+    /// Carries out ``UpMachine/Action/takeOutOfRotation(_:)``: the program may have shortened its socket's queue
+    /// (Python's listen(5)), so up's length again, so that a connection whose handshake began before the cutover is not
+    /// dropped on a full queue and left to retry; and the counters its drain reads.
+    func takeOutOfRotation(_ number: Int) {
+        guard let generation = generation(number) else { return }
+        // Whether a handshake may have been dropped on a full queue before the switch-over (and so be retried on the
+        // old socket after it): only then is the kernel's table walked before the old one stops.
+        let report = record.history.last.flatMap { $0.generation == generations.last(where: { $0.phase == .ready })?.number ? $0 : nil }
+        resources[number]?.stragglers = (dropsAtCut: KernelReadings.listenCounters().drops, dropsBefore: report?.listenDrops.map { $0 > 0 } ?? true)
         for (index, descriptor) in steeredSockets(of: generation) { _ = Sys.listen(descriptor, sockets[index].backlog ?? Sys.defaultBacklog) }
-        generation.record.outOfRotation = now
-        generation.record.quietStopBy = now + UInt64(limit * 1e9)
-        generation.record.deadline = now + UInt64((limit + configuration.grace) * 1e9)
-        logger.info(.init(stringLiteral: "\(generation.label) out of rotation: \(SignalName(configuration.stopSignal)) once its queue is empty and it holds no connection "
-            + "(within \(Seconds(limit))), killed if still running \(Seconds(configuration.grace)) later"))
-        statusChanged = true
     }
 
-    /// The quiet drains: sends the stop signal to each generation out of rotation that is idle, or whose limit ran out.
-    func tickQuietDrains(now: UInt64) {
-        for generation in generations {
-            guard let by = generation.record.quietStopBy, let cutAt = generation.record.outOfRotation, generation.phase == .draining else { continue }
-            if generation.record.exit != nil {
-                generation.record.quietStopBy = nil
-                continue
-            }
-            guard now >= cutAt + Self.settleNanoseconds, now >= generation.nextQuietCheck else { continue }
-            generation.nextQuietCheck = now + 50_000_000
-            // The cheap look first: its queue (TCP_INFO); then the connections its processes hold (a pass over
-            // their descriptors); last, once it looks idle, a handshake not yet complete on the port (its ACK dropped
-            // on a full queue, to be retried: it may still land on the old socket; a walk of the kernel's table,
-            // TIME-WAIT sockets included). Under a flood that keeps handshakes pending, the limit decides.
-            let queued = steeredSockets(of: generation).map { ListenerState.queued($0.descriptor) }.reduce(0, +)
-            var held = queued > 0 ? nil : connections(of: generation)
-            if held == 0 && handshakesPending(for: generation) { held = nil }
-            if queued == 0 && held == 0 {
-                generation.record.quietStopBy = nil
-                askToStop(generation, phase: .draining)
-                logger.info("\(generation.label) is idle (its queue is empty, it holds no connection): sent \(SignalName(configuration.stopSignal))")
-                statusChanged = true
-            } else if now >= by {
-                generation.record.quietStopBy = nil
-                askToStop(generation, phase: .draining)
-                let what = queued > 0 ? "had \(queued) connection(s) queued" : held.map { "held \($0) connection(s)" } ?? "had a handshake pending on its port"
-                logger.info("\(generation.label) still \(what) \(Seconds(configuration.drainTimeout)) after the cutover: sent \(SignalName(configuration.stopSignal))")
-                statusChanged = true
-            }
-        }
+    /// Carries out ``UpMachine/Action/lookQuiet(_:)``: what keeps a generation out of rotation busy, in words; nil
+    /// when it is idle. The cheap look first: its queue (TCP_INFO); then the connections its processes hold (a pass
+    /// over their descriptors); last, once it looks idle, a handshake not yet complete on the port (its ACK dropped
+    /// on a full queue, to be retried: it may still land on the old socket; a walk of the kernel's table, TIME-WAIT
+    /// sockets included). Under a flood that keeps handshakes pending, the limit decides.
+    func busyness(of generation: GenerationRecord) -> String? {
+        let queued = steeredSockets(of: generation).map { ListenerState.queued($0.descriptor) }.reduce(0, +)
+        if queued > 0 { return "had \(queued) connection(s) queued" }
+        let held = connections(of: generation)
+        if held > 0 { return "held \(held) connection(s)" }
+        return handshakesPending(for: generation) ? "had a handshake pending on its port" : nil
     }
 
     /// Whether any connection to the ports of the generation's steered sockets is still in its handshake
@@ -173,8 +144,8 @@ extension Supervisor {
     /// once unless a full queue dropped its last ACK, which the namespace's ListenDrops counts: while it has not
     /// moved since before the switch-over, none can be pending, and the kernel's table (every TIME-WAIT socket of
     /// the namespace: tens of milliseconds under load) is not walked.
-    private func handshakesPending(for generation: Generation) -> Bool {
-        if let (atCut, before) = generation.stragglers, !before, let atCut, KernelReadings.listenCounters().drops == atCut { return false }
+    private func handshakesPending(for generation: GenerationRecord) -> Bool {
+        if let (atCut, before) = resources[generation.number]?.stragglers, !before, let atCut, KernelReadings.listenCounters().drops == atCut { return false }
         return steeredSockets(of: generation).contains { socket in
             let address = sockets[socket.index].address
             return !PortHolder.find(port: address.port, transport: .tcp, states: [.synReceived], family: address.family, processes: false, options: false).isEmpty
@@ -182,53 +153,21 @@ extension Supervisor {
     }
 
     /// The connections accepted on up's listeners that the processes of `generation` hold.
-    func connections(of generation: Generation) -> Int {
-        let view = HealthSnapshot.GenerationView(number: generation.number, phase: generation.phase, pids: [generation.pid] + generation.record.members.map(\.pid))
-        return KernelReadings.connections(of: [view], listeners: HealthListener.of(sockets)).values.reduce(0, +)
+    func connections(of generation: GenerationRecord) -> Int {
+        KernelReadings.connections(of: [generation.view], listeners: HealthListener.of(sockets)).values.reduce(0, +)
     }
 
-    /// A generation whose own socket stopped listening (it called `shutdown()` on it) leaves the group at that
-    /// moment: the model follows, and a starting or serving generation in that state has failed.
-    func checkSteeredSockets() {
-        var changed = false
-        for generation in generations where generation.record.exit == nil {
+    /// Carries out ``UpMachine/Action/lookAtSteeredSockets``: a generation whose own socket stopped listening (it
+    /// called `shutdown()` on it) left the group at that moment; the model follows, and the machine hears of it.
+    func lookAtSteeredSockets() -> [UpMachine.Event] {
+        var events: [UpMachine.Event] = []
+        for generation in generations where generation.exit == nil {
             let dead = steeredSockets(of: generation).filter { !ListenerState.isListening($0.descriptor) }
             guard !dead.isEmpty else { continue }
             for (index, descriptor) in dead { groups[index]?.leave(descriptor) }
-            changed = true
-            let names = dead.map { "\(sockets[$0.index].name) \(sockets[$0.index].address)" }.joined(separator: ", ")
-            switch generation.phase {
-            case .starting:
-                fail(generation, "shut its socket (\(names)) down: it no longer listens")
-            case .ready:
-                logger.error("\(generation.label) shut its socket (\(names)) down: it no longer listens, so it serves no one")
-                askToStop(generation, phase: .failed)
-                failures.inARow += 1
-                if !reviveDrainingGeneration() { afterFailure() }
-            case .draining, .exiting, .failed:
-                break
-            }
+            events.append(.socketsStopped(number: generation.number, names: dead.map { "\(sockets[$0.index].name) \(sockets[$0.index].address)" }.joined(separator: ", ")))
         }
-        if changed {
-            statusChanged = true
-            steer()
-        }
-    }
-
-    /// After the serving generation failed: the newest generation out of rotation that still listens and was not yet
-    /// told to stop serves again (its program goes back to it at the next ``steer()``). Whether there was one.
-    func reviveDrainingGeneration() -> Bool {
-        guard !groups.isEmpty, !state.isStopping,
-            let previous = generations.last(where: { $0.phase == .draining && $0.record.quietStopBy != nil && $0.record.exit == nil }),
-            steeredSockets(of: previous).allSatisfy({ ListenerState.isListening($0.descriptor) })
-        else { return false }
-        previous.record.quietStopBy = nil
-        previous.phase = .ready
-        previous.record.deadline = .max
-        logger.warning("\(previous.label) serves again: the generation that replaced it failed")
-        statusChanged = true
-        steer()
-        return true
+        return events
     }
 
     /// Shuts down and closes the steered sockets no generation uses any more and traffic does not go to: a
@@ -240,17 +179,18 @@ extension Supervisor {
     /// kernel would spread connections by its hash over every member, old ones included. So the last one must never
     /// be a socket traffic or the probe goes to: where it is, a spare joins first (and is the last that moves), which
     /// the next generation gets as its socket. The program then stays right throughout.
-    func retireUnusedSockets() {
-        guard !groups.isEmpty else { return }
-        let used = Set(generations.flatMap { $0.record.sockets ?? [] } + sockets.map(\.descriptor) + spares.values.flatMap { $0 })
-        let targets = Set(generations.filter { $0.phase == .ready || $0.phase == .starting }.flatMap { $0.record.sockets ?? [] } + sockets.map(\.descriptor))
+    func retireUnusedSockets() -> [UpMachine.Event] {
+        guard !groups.isEmpty else { return [] }
+        let used = Set(generations.flatMap { $0.sockets ?? [] } + sockets.map(\.descriptor) + spares.values.flatMap { $0 })
+        let targets = Set(generations.filter { $0.phase == .ready || $0.phase == .starting }.flatMap { $0.sockets ?? [] } + sockets.map(\.descriptor))
         var changed = false
+        var reset = 0
         for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor >= 0 && !used.contains(descriptor) {
             let ours = steeredDescriptors.remove(descriptor) != nil
             let queued = ours ? ListenerState.queued(descriptor) : 0
             if queued > 0 {
                 // Its generation is gone without accepting them (it hung, or --drain-timeout ran out).
-                counters.resetAtRetire += queued
+                reset += queued
                 logger.warning("\(queued) connection(s) still queued on a retired generation's socket are reset by the kernel (no generation accepted them)")
             }
             for index in groups.keys where groups[index]!.members.contains(descriptor) {
@@ -275,19 +215,19 @@ extension Supervisor {
             #endif
             steer()
         }
+        return reset > 0 ? [.queuedResetAtRetire(reset)] : []
     }
 
     /// Every process that holds one of the generation's own sockets belongs to it, whatever its parent (a helper
     /// that detached with setsid or a double fork): it is killed with the generation's process group when the grace
     /// runs out. A socket another live generation shares (a crashed one's, given to its replacement) names nobody.
-    func noteSocketHolders(of generation: Generation, in tree: Processes.Tree) {
-        let others = Set(generations.filter { $0 !== generation && $0.record.exit == nil }.flatMap { $0.record.sockets ?? [] })
+    func socketHolders(of generation: GenerationRecord, in tree: Processes.Tree) -> [GenerationRecord.Member] {
+        let others = Set(generations.filter { $0.number != generation.number && $0.exit == nil }.flatMap { $0.sockets ?? [] })
         let inodes = Set(steeredSockets(of: generation).map(\.descriptor).filter { !others.contains($0) }.map(GenerationProbe.inode(of:)))
-        guard !inodes.isEmpty else { return }
-        let known = Set(generation.record.members.map(\.pid) + [generation.pid, getpid()])
-        for process in tree.all where !known.contains(process.pid) && !Processes.socketInodes(of: process.pid).isDisjoint(with: inodes) {
-            generation.record.members.append(GenerationRecord.Member(pid: process.pid, startTime: process.startTime))
-        }
+        guard !inodes.isEmpty else { return [] }
+        let known = Set(generation.members.map(\.pid) + [generation.pid, getpid()])
+        return tree.all.filter { !known.contains($0.pid) && !Processes.socketInodes(of: $0.pid).isDisjoint(with: inodes) }
+            .map { GenerationRecord.Member(pid: $0.pid, startTime: $0.startTime) }
     }
 
     /// At up's exit: its own steered sockets stop listening, so that no process left behind keeps the port.

@@ -5,21 +5,17 @@ import PortReuse
 extension Supervisor {
     /// Replaces this process's program with the (possibly new) `portreuse` binary, keeping the pid, the
     /// sockets and the generations: checks first that the binary runs, then hands its state over in a file.
-    func upgrade() {
-        guard !state.isStopping else { return logger.info("upgrade ignored: stopping") }
+    /// Carries out ``UpMachine/Action/upgrade``; returns (whether it did not fail) only when the exec did not happen.
+    func upgrade() -> Bool {
         if let adopted {
             logger.error("upgrade refused while \(adopted.label) hands over (its pidfd does not cross exec); try again once it exited")
-            upgradeFailures += 1
-            statusChanged = true
-            return
+            return false
         }
         let binary = UpgradeHandover.executablePath
         logger.info("upgrading: checking \(binary)")
         guard let version = UpgradeHandover.check(binary: binary) else {
             logger.error("upgrade failed: \(binary) --version did not succeed within 5 s; this process keeps running")
-            upgradeFailures += 1
-            statusChanged = true
-            return
+            return false
         }
         // Signal handlers reset to their defaults at execve: a SIGHUP or SIGTERM in that window would kill up and
         // orphan the program. So the signals are blocked from here on (the new up unblocks them once its handlers
@@ -28,7 +24,7 @@ extension Supervisor {
         Signals.setBlocked(SignalPipe.handled, true)
         for signal in Set(signals.take()) where signal != SIGCHLD && signal != SIGUSR2 { raise(signal) }
         do throws(CommandFailure) {
-            let state = handover(upgrades: upgrades + 1)
+            let state = handover(upgrades: record.upgrades + 1)
             let path = try state.write()
             if let refusal = UpgradeHandover.preflight(binary: binary, path: path) {
                 unlink(path)
@@ -36,29 +32,29 @@ extension Supervisor {
             }
             logger.info("upgrading to \(version) with \(generations.count) generation(s) and \(sockets.count) socket(s) kept")
             // An answer cut in half by exec would leave a bind waiting for ever: the threads end first.
-            for generation in generations { generation.interceptor?.stop(timeout: 1) }
+            for held in resources.values { held.interceptor?.stop(timeout: 1) }
             LogWriter.standardError.flush(timeout: 1)  // the writer thread does not survive exec
             defer { restartInterceptors() }  // reached only when exec failed
             try state.execute(binary: binary, arguments: configuration.arguments, path: path)
         } catch {
             logger.error("upgrade failed: \(error.message); this process keeps running")
-            upgradeFailures += 1
-            statusChanged = true
         }
         Signals.setBlocked(SignalPipe.handled, false)  // what arrived meanwhile reaches the handlers now
+        return false
     }
 
     /// Everything the next `up` of this process needs to carry on exactly where this one is.
     package func handover(upgrades: Int) -> UpgradeHandover {
-        var records = generations.map(\.record)
-        for index in records.indices {
-            records[index].notifyDescriptor = generations[index].notify?.descriptor
-            records[index].interceptDescriptor = generations[index].interceptor?.notificationDescriptor
+        var carried = record
+        carried.upgrades = upgrades
+        for index in carried.generations.indices {
+            let held = resources[carried.generations[index].number]
+            carried.generations[index].notifyDescriptor = held?.notify?.descriptor
+            carried.generations[index].interceptDescriptor = held?.interceptor?.notificationDescriptor
         }
         return UpgradeHandover(
-            sockets: sockets.map { .init(descriptor: $0.descriptor, name: $0.name, backlog: $0.backlog) }, generations: records, state: state,
-            nextNumber: nextNumber, reloadQueued: reloadQueued, failures: failures, history: history,
-            upgrades: upgrades, upgradeFailures: upgradeFailures, startedWall: startedWall, runtimeFolder: runtimeFolder,
+            sockets: sockets.map { .init(descriptor: $0.descriptor, name: $0.name, backlog: $0.backlog) }, record: carried,
+            startedWall: startedWall, runtimeFolder: runtimeFolder,
             groups: groups.isEmpty ? nil : groups, steeredDescriptors: groups.isEmpty ? nil : steeredDescriptors.sorted(),
             spares: groups.isEmpty ? nil : spares)
     }
@@ -68,58 +64,51 @@ extension Supervisor {
     private func restartInterceptors() {
         #if os(Linux)
         for generation in generations {
-            guard let old = generation.interceptor else { continue }
+            guard let held = resources[generation.number], let old = held.interceptor else { continue }
             let copy = fcntl(old.notificationDescriptor, F_DUPFD_CLOEXEC, 0)
-            guard copy >= 0, let fresh = try? SocketCallInterceptor(notificationDescriptor: copy, rules: interceptionRules(number: generation.number, sockets: generation.record.sockets ?? sockets.map(\.descriptor))),
+            guard copy >= 0, let fresh = try? SocketCallInterceptor(notificationDescriptor: copy, rules: interceptionRules(number: generation.number, sockets: generation.sockets ?? sockets.map(\.descriptor))),
                 (try? fresh.start()) != nil
             else {
                 logger.error("\(generation.label): cannot answer its binds again after the failed upgrade")
                 continue
             }
-            generation.interceptor = fresh
+            held.interceptor = fresh
         }
         #endif
     }
 
     /// Takes the generations and the state over from the previous `up` of this process.
     package func adopt(_ handover: UpgradeHandover) {
-        enter(handover.state)
+        machine = UpMachine(settings: machine.settings, record: handover.record)
         groups = handover.groups ?? [:]
         steeredDescriptors = Set(handover.steeredDescriptors ?? [])
         spares = handover.spares ?? [:]
         for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor >= 0 {
             _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
         }
-        nextNumber = handover.nextNumber
-        reloadQueued = handover.reloadQueued
-        failures = handover.failures
-        history = handover.history
-        upgrades = handover.upgrades
-        upgradeFailures = handover.upgradeFailures
-        generations = handover.generations.map { record in
+        for record in handover.record.generations {
             let notify = record.notifyDescriptor.flatMap { try? NotifyReceiver(adopting: $0, path: record.notifyPath ?? "") }
-            let generation = Generation(record: record, notify: notify)
+            let held = Resources(notify: notify)
             #if os(Linux)
             if let descriptor = record.interceptDescriptor, fcntl(descriptor, F_SETFD, FD_CLOEXEC) == 0 {
                 do throws(SystemError) {
                     let interceptor = try SocketCallInterceptor(notificationDescriptor: descriptor, rules: interceptionRules(number: record.number, sockets: record.sockets ?? sockets.map(\.descriptor)))
                     try interceptor.start()
-                    generation.interceptor = interceptor
+                    held.interceptor = interceptor
                 } catch {
-                    logger.error("\(generation.label): cannot answer its binds after the upgrade: \(error); its next bind fails with ENOSYS")
+                    logger.error("\(record.label): cannot answer its binds after the upgrade: \(error); its next bind fails with ENOSYS")
                 }
             }
             #endif
-            generation.record.interceptDescriptor = nil
-            return generation
+            resources[record.number] = held
         }
         logger.info("upgraded: \(UpgradeHandover.executablePath) runs with \(generations.count) generation(s) and \(sockets.count) socket(s)")
         if case .backingOff(let until) = state {
-            let now = Processes.monotonicNanoseconds
+            let now = clock()
             logger.info("restarting the program in \(Seconds(until > now ? Double(until - now) / 1e9 : 0)), as planned before the upgrade")
         }
         if let serving = generations.first(where: { $0.phase == .ready }) {
-            _ = try? Readiness.notify(.ready, .status(statusLine(serving: serving, draining: generations.filter { $0.phase == .draining }.count)))
+            _ = try? Readiness.notify(.ready, .status(UpMachine.statusLine(serving: serving, draining: generations.filter { $0.phase == .draining }.count)))
         }
     }
 }

@@ -2,16 +2,18 @@ import Glibc
 import Logging
 import PortReuse
 
-/// The heart of `portreuse up`: one thread, one `poll` loop, and generations of the program that move
-/// through explicit phases (``GenerationPhase``) while the supervisor as a whole is in one ``SupervisorState``.
+/// The heart of `portreuse up`: one thread, one `poll` loop around a pure state machine (``UpMachine``). Each
+/// turn gathers what happened (signals, exits, notify messages, the clock) as events, hands them to the machine,
+/// and carries out the actions it returns, here and only here: spawns, signals, steering, the looks at the
+/// kernel that the machine asks for (whose answers are events again).
 ///
-/// `up` holds the sockets for the whole of its life; every generation gets the same ones. A reload starts a
-/// new generation beside the serving one, and only once it is ready does the old one get the stop signal:
-/// old and new share the kernel's accept queue, so no connection waiting in it is refused or reset.
+/// `up` holds the sockets for the whole of its life. Steered (Supervisor+Steering), every generation gets a
+/// socket of its own in one SO_REUSEPORT group and a BPF program sends new connections to the serving one;
+/// otherwise every generation shares the held sockets.
 ///
-/// The concerns live in one file each: this one (state, loop, events), +Generations (starting, readiness,
-/// stopping), +Readiness (how a generation is known to serve), +Upgrade (in-place upgrade and its hand-over),
-/// +Status (the status file).
+/// The effects live in one file each: this one (the loop, events in, actions out), +Generations (the spawn and
+/// what a generation gets), +Readiness (how a generation is seen to serve), +Steering (sockets per generation),
+/// +Adoption (`--adopt`), +Upgrade (in-place upgrade), +Status (the status file and `--health`).
 package final class Supervisor {
     package struct Configuration {
         /// The program (its path first) and its arguments.
@@ -65,20 +67,14 @@ package final class Supervisor {
         }
     }
 
-    /// One run of the program: its record (what the status file and an upgrade carry) and its notify socket.
-    package final class Generation {
-        package var record: GenerationRecord
-        package let notify: NotifyReceiver?
+
+    /// What `up` holds for one generation besides its record: its notify socket, its interceptor, its probe.
+    final class Resources {
+        let notify: NotifyReceiver?
         /// Answers the generation's binds (``SocketSwap``), when it started under the filter.
-        package var interceptor: SocketCallInterceptor?
-        /// `--stop-when-idle`: the stop signal is still to send, at the latest at this time (monotonic ns).
-        var idleStopBy: UInt64?
+        var interceptor: SocketCallInterceptor?
         /// When the next readiness probe may run (not carried across an upgrade: probing restarts at once).
         var nextProbe: UInt64 = 0
-        /// When a generation out of rotation is looked at next (Supervisor+Steering).
-        var nextQuietCheck: UInt64 = 0
-        /// How its readiness was seen, where the probe knows better than ``Supervisor/readinessWord``.
-        var readyNote: String?
         /// A steered generation's probe connection, until the generation accepts it.
         var probe: Connection?
         /// Out of rotation: the namespace's ListenDrops at the switch-over, and whether any were counted during the
@@ -90,18 +86,7 @@ package final class Supervisor {
         /// description, so a generation that changes O_NONBLOCK changes it for the older ones too.
         var nonBlockingWhenReady: Bool?
 
-        init(record: GenerationRecord, notify: NotifyReceiver?) {
-            self.record = record
-            self.notify = notify
-        }
-
-        package var phase: GenerationPhase {
-            get { record.phase }
-            set { record.phase = newValue }
-        }
-        package var number: Int { record.number }
-        package var pid: pid_t { record.pid }
-        package var label: String { record.label }
+        init(notify: NotifyReceiver?) { self.notify = notify }
     }
 
     package let configuration: Configuration
@@ -109,18 +94,15 @@ package final class Supervisor {
     package let runtimeFolder: String
     package var logger = Logger(label: "portreuse.up") { _ in UpLogHandler() }
     let signals: SignalPipe
-    package private(set) var state = SupervisorState.running
-    package internal(set) var generations: [Generation] = []
-    package internal(set) var nextNumber = 1
-    /// A reload was asked while a generation started: one more follows once it is ready.
-    package internal(set) var reloadQueued = false
-    package internal(set) var failures = FailureCount()
-    package internal(set) var history: [ReloadRecord] = []
-    package internal(set) var upgrades = 0
-    package internal(set) var upgradeFailures = 0
+    /// The clock (CLOCK_MONOTONIC nanoseconds); a test may set its own.
+    let clock: () -> UInt64
+    /// The decisions, and the supervisor's record: the status file, the hand-over and `/metrics` read it.
+    package internal(set) var machine: UpMachine
+    /// What `up` holds for each generation, by number.
+    var resources: [Int: Resources] = [:]
     let startedWall: Double
-    /// Whether something the status file shows changed since it was last written.
-    var statusChanged = true
+    /// The record as the status file last got it.
+    var written: SupervisorRecord?
     let canLook = GenerationProbe.canLook
     /// This process's start time (/proc/self/stat), written into the status file for ``UpIdentity``.
     let ownStartTime = Processes.stat(of: getpid())?.startTime
@@ -128,15 +110,10 @@ package final class Supervisor {
     var statusWriteFailed = false
     /// Why generations start without the bind filter, once that is known (said once in the log).
     var interceptionOff: String?
-    /// The generation that served when the stop began, and its exit once it came (``Configuration/exitsWithProgram``).
-    var servingAtStop: Int?
-    var servingAtStopExit: ExitStatus?
     /// `--adopt`: the running server whose sockets `up` took, until it is gone (Supervisor+Adoption).
     package var adopted: AdoptedProcess?
-    /// `--health`: where each turn of the loop publishes what `/readyz`, `/livez` and `/metrics` answer (Supervisor+Health).
+    /// `--health`: where each turn of the loop publishes what `/readyz`, `/livez` and `/metrics` answer (Supervisor+Status).
     package var health: HealthBoard?
-    /// What `/metrics` counts since this `up` started (Supervisor+Health).
-    package internal(set) var counters = SupervisorCounters()
     /// Steered generations: the SO_REUSEPORT group of each held TCP socket that is steered, by its index in
     /// ``sockets`` (whose descriptor is then the socket traffic goes to now); empty when every generation shares
     /// the held sockets.
@@ -157,13 +134,36 @@ package final class Supervisor {
     /// Whether orphans of the generations come to this process (set by `run`).
     private var isSubreaper = false
 
-    package init(configuration: Configuration, sockets: [HeldSocket], runtimeFolder: String, signals: SignalPipe, startedWall: Double) {
+    /// A supervisor of `configuration` holding `sockets`, or (`handover`) the one the previous `up` of this
+    /// process was, carried on exactly where it stood.
+    package init(
+        configuration: Configuration, sockets: [HeldSocket], runtimeFolder: String, signals: SignalPipe, startedWall: Double,
+        handover: UpgradeHandover? = nil, clock: @escaping () -> UInt64 = { Processes.monotonicNanoseconds }
+    ) {
         self.configuration = configuration
         self.sockets = sockets
         self.runtimeFolder = runtimeFolder
         self.signals = signals
         self.startedWall = startedWall
+        self.clock = clock
+        var settings = UpMachine.Settings(
+            readiness: configuration.readiness, readyTimeout: configuration.readyTimeout, grace: configuration.grace, stopSignal: configuration.stopSignal)
+        settings.stopWhenIdle = configuration.stopWhenIdle
+        settings.stopDelay = configuration.stopDelay
+        settings.drainTimeout = configuration.drainTimeout
+        settings.readinessWord = Self.readinessWord(configuration, sockets: sockets)
+        machine = UpMachine(settings: settings, record: handover?.record ?? SupervisorRecord())
+        if let handover { adopt(handover) }
     }
+
+    // MARK: The record, as tests and the other parts read it
+
+    package var record: SupervisorRecord { machine.record }
+    package var state: SupervisorState { record.state }
+    package var generations: [GenerationRecord] { record.generations }
+    package var failures: FailureCount { record.failures }
+    package var nextNumber: Int { record.nextNumber }
+    package var counters: SupervisorCounters { record.counters }
 
     // MARK: The loop
 
@@ -172,72 +172,44 @@ package final class Supervisor {
         isSubreaper = (try? Processes.becomeSubreaper()) != nil
         startSteering()
         if startFirst { startGeneration(.start) }
-        while true {
-            if case .stopping(let exitCode) = state, generations.isEmpty {
-                _ = try? Readiness.notify(.status("stopped"))
-                shutDownSteeredSockets()
-                writeStatus()
-                if configuration.exitsWithProgram, let exit = servingAtStopExit { return exit.shellStatus }
-                return exitCode
-            }
-            step()
-        }
+        while !machine.isFinished { step() }
+        _ = try? Readiness.notify(.status("stopped"))
+        shutDownSteeredSockets()
+        writeStatus()
+        return machine.exitStatus(withProgram: configuration.exitsWithProgram)
     }
 
-    /// One turn of the loop: waits for a signal, a notify message or the next tick, then acts on all of them.
+    /// Starts a generation (the first one; a test's).
+    package func startGeneration(_ reason: StartReason) {
+        var actions: [UpMachine.Action] = []
+        machine.start(reason, &actions)
+        execute(actions)
+    }
+
+    /// One turn of the loop: waits for a signal, a notify message or the next tick, then hands all that happened
+    /// to the machine.
     package func step() {
         var descriptors = [pollfd(fd: signals.readEnd, events: Int16(POLLIN), revents: 0)]
-        descriptors += generations.compactMap { $0.notify.map { pollfd(fd: $0.descriptor, events: Int16(POLLIN), revents: 0) } }
+        descriptors += resources.values.compactMap { $0.notify.map { pollfd(fd: $0.descriptor, events: Int16(POLLIN), revents: 0) } }
         _ = poll(&descriptors, nfds_t(descriptors.count), pollTimeout())
         // An upgrade replaces this program: every other signal of the batch is handled first.
         let batch = signals.take()
-        for signal in batch where signal != SIGUSR2 { handle(signal: signal) }
-        if batch.contains(SIGUSR2) { handle(signal: SIGUSR2) }
+        for signal in batch where signal != SIGUSR2 { handle(.signal(signal)) }
+        if batch.contains(SIGUSR2) { handle(.signal(SIGUSR2)) }
         reap()
-        for generation in generations { if let notify = generation.notify { handle(messages: notify.take(), from: generation) } }
-        tick()
-        if statusChanged { writeStatus() }
+        for generation in generations { readMessages(of: generation.number, exited: false) }
+        for generation in generations where generation.phase == .starting { resources[generation.number]?.reloadWatch?.sample(sockets) }
+        handle(.tick)
+        tickAdopted(now: clock())
+        if written != record { writeStatus() }
         publishHealth()
     }
 
     private func pollTimeout() -> Int32 {
-        // A steered generation's readiness costs one sock_diag request a turn: looked at often, so that a reload costs
-        // little more than the program's start, and less often as the start goes on (a tenth of its time so far,
-        // 1 to 10 ms), so that a slow start costs up little CPU.
-        if !groups.isEmpty, let starting = generations.first(where: { $0.phase == .starting && $0.record.sockets != nil }) {
-            let elapsed = (Processes.monotonicNanoseconds - starting.record.startedMonotonic) / 1_000_000
-            return Int32(min(10, max(1, elapsed / 10)))
-        }
-        if generations.contains(where: { $0.phase == .starting || $0.record.exit != nil || $0.idleStopBy != nil || $0.record.quietStopBy != nil }) { return 10 }
-        if adopted?.stopSent != nil || adopted?.idleStopBy != nil { return 10 }
-        if let until = state.movesOnAt {
-            let now = Processes.monotonicNanoseconds
-            return until <= now ? 0 : Int32(min(250, (until - now) / 1_000_000 + 1))
-        }
-        return 250
+        var nanoseconds = machine.nextTick(now: clock())
+        if adopted?.stopSent != nil || adopted?.idleStopBy != nil { nanoseconds = min(nanoseconds, 10_000_000) }
+        return Int32(nanoseconds / 1_000_000)
     }
-
-    private func handle(signal: Int32) {
-        switch signal {
-        case SIGHUP: requestReload()
-        case SIGTERM, SIGINT: stopAfterDelay(because: "received \(SignalName(signal))")
-        case SIGQUIT: stop(because: "received \(SignalName(signal))")
-        case SIGUSR2: upgrade()
-        case SIGUSR1, SIGWINCH: forward(signal)
-        default: break  // SIGCHLD: reap() runs after every wake-up
-        }
-    }
-
-    /// SIGUSR1 and SIGWINCH are the program's (log reopening, and the like): they go to the main process of
-    /// every generation that serves or starts, never to draining ones.
-    private func forward(_ signal: Int32) {
-        let targets = generations.filter { $0.phase == .ready || $0.phase == .starting }
-        for generation in targets { _ = try? Processes.kill(generation.record.mainProcess, signal) }
-        logger.info(targets.isEmpty ? "\(SignalName(signal)): no generation to forward it to"
-            : "\(SignalName(signal)) forwarded to \(targets.map(\.label).joined(separator: ", "))")
-    }
-
-    // MARK: Events
 
     /// Collects the exits of the generations' main processes and, once `run` made `up` their subreaper, of
     /// any orphaned descendant. A supervisor driven by `step` alone (a test) waits only for its own children,
@@ -247,147 +219,114 @@ package final class Supervisor {
         if isSubreaper {
             while let exit = (try? Processes.wait(noHang: true)) ?? nil { exits.append(exit) }
         } else {
-            for generation in generations where generation.record.exit == nil {
+            for generation in generations where generation.exit == nil {
                 if let exit = (try? Processes.wait(generation.pid, noHang: true)) ?? nil { exits.append(exit) }
             }
         }
         for (pid, exit) in exits {
-            guard let generation = generations.first(where: { $0.pid == pid }) else { continue }  // an orphaned worker
             // What it said before it exited comes first in the log ("is stopping", a last STATUS=), but a READY=1
             // of a process that is gone makes nothing ready.
-            if let notify = generation.notify { handle(messages: notify.take(), from: generation, exited: true) }
-            generation.record.exit = exit
-            if generation.number == servingAtStop { servingAtStopExit = exit }
-            switch generation.phase {
-            case .starting:
-                fail(generation, "exited before it was ready (\(exit))")
-            case .ready:
-                logger.error("\(generation.label) exited unexpectedly (\(exit))")
-                askToStop(generation, phase: .failed)
-                _ = try? Processes.kill(-generation.pid, configuration.stopSignal)  // its workers, if any, must not serve on
-                failures.inARow += 1
-                afterFailure()
-            case .draining, .exiting, .failed:
-                if generation.phase == .draining { generation.phase = .exiting }
-                let age = Double(Processes.monotonicNanoseconds - generation.record.startedMonotonic) / 1e9
-                logger.info("\(generation.label) exited (\(exit)) after \(Seconds((age * 10).rounded() / 10))")
-            }
-            statusChanged = true
+            if let generation = generations.first(where: { $0.pid == pid }) { readMessages(of: generation.number, exited: true) }
+            handle(.exited(pid: pid, exit))
         }
     }
 
-    func handle(messages: [String], from generation: Generation, exited: Bool = false) {
-        guard !messages.isEmpty else { return }
-        generation.record.heardFrom = true
-        for message in messages {
-            let (key, value) = message.split(separator: "=", maxSplits: 1).map(String.init).pairOrKey
-            switch key {
-            case "READY" where value == "1":
-                if generation.phase == .starting, !exited, configuration.readiness.acceptsNotify { markReady(generation, how: "READY=1") }
-            case "STATUS":
-                if generation.record.status != value { logger.info("\(generation.label) status: \(value)") }
-                generation.record.status = value
-            case "MAINPID":
-                if let pid = pid_t(value), pid > 0 {
-                    generation.record.mainPID = pid
-                    logger.info("\(generation.label) names pid \(pid) as its main process")
-                }
-            case "STOPPING" where value == "1": logger.info("\(generation.label) is stopping")
-            case "RELOADING" where value == "1": logger.info("\(generation.label) is reloading itself")
-            case "ERRNO": logger.warning("\(generation.label) reports errno \(value)")
-            default: break
-            }
-        }
-        statusChanged = true
+    /// What a generation sent on its notify socket since the last read.
+    func readMessages(of number: Int, exited: Bool) {
+        guard let messages = resources[number]?.notify?.take(), !messages.isEmpty else { return }
+        handle(.notified(number: number, messages: messages, exited: exited))
     }
 
-    /// Deadlines, readiness checks, the restart after a backoff, and generations whose processes are all gone.
-    private func tick() {
-        let now = Processes.monotonicNanoseconds
-        for generation in generations {
-            if generation.phase == .starting { generation.reloadWatch?.sample(sockets) }
-            switch generation.phase {
-            case .starting:
-                if now >= generation.record.deadline {
-                    // A generation seen serving is never stopped for want of a readiness signal.
-                    if connections(of: generation) > 0 {
-                        markReady(generation, how: "seen serving: it holds connections it accepted, though --ready \(configuration.readiness) said nothing "
-                            + "within \(Seconds(configuration.readyTimeout))")
-                    } else {
-                        fail(generation, "was not ready within \(Seconds(configuration.readyTimeout)) (--ready \(configuration.readiness))")
-                    }
-                } else if isReady(generation, now: now) {
-                    markReady(generation, how: generation.readyNote ?? readinessWord)
-                }
-            case .draining, .exiting, .failed:
-                let outside = generation.record.membersOutsideGroup
-                if now >= generation.record.deadline && !generation.record.killed && (Processes.groupExists(generation.pid) || !outside.isEmpty) {
-                    _ = try? Processes.kill(-generation.pid, SIGKILL)
-                    for member in outside { _ = try? Processes.kill(member.pid, SIGKILL) }
-                    if !outside.isEmpty { logger.warning("\(generation.label): \(outside.count) process(es) had left its process group (setsid): killed too") }
-                    generation.record.killed = true
-                    if generation.phase != .failed, case .stopping(let code) = state { enter(.stopping(exitCode: max(code, 1))) }
-                    logger.warning("\(generation.label) still running \(Seconds(configuration.grace)) after \(SignalName(configuration.stopSignal)): killed")
-                }
-            case .ready:
-                break
-            }
-            if let by = generation.idleStopBy, generation.phase == .draining {
-                if generation.record.exit != nil {
-                    generation.idleStopBy = nil
-                } else if GenerationProbe.signalWhenIdle(pausing: -generation.pid, main: generation.record.mainProcess, signal: configuration.stopSignal) {
-                    generation.idleStopBy = nil
-                    logger.info("\(generation.label) holds no connection: sent \(SignalName(configuration.stopSignal))")
-                } else if now >= by {
-                    generation.idleStopBy = nil
-                    _ = try? Processes.kill(generation.record.mainProcess, configuration.stopSignal)
-                    logger.info("\(generation.label) held connections for \(Seconds(configuration.stopWhenIdle ?? 0)): sent \(SignalName(configuration.stopSignal)) anyway")
-                }
-            }
-        }
-        tickAdopted(now: now)
-        tickStopDelay(now: now)
-        checkSteeredSockets()
-        tickQuietDrains(now: now)
-        let stableSince = now - min(now, UInt64(FailureCount.stableSeconds * 1e9))
-        if failures.inARow > 0, generations.contains(where: { $0.phase == .ready && ($0.record.readyMonotonic ?? .max) <= stableSince }) {
-            failures.inARow = 0
-            statusChanged = true
-        }
-        let before = generations.count
-        for gone in generations where gone.record.exit != nil && !Processes.groupExists(gone.pid) && gone.record.membersOutsideGroup.isEmpty {
-            gone.interceptor?.stop(timeout: 0.5)
-            gone.interceptor = nil
-        }
-        generations.removeAll { $0.record.exit != nil && !Processes.groupExists($0.pid) && $0.record.membersOutsideGroup.isEmpty }
-        if generations.count != before {
-            statusChanged = true
-            retireUnusedSockets()
-        }
-        if case .backingOff(let until) = state, now >= until {
-            enter(.running)
-            startGeneration(.restart)
+    // MARK: Events in, actions out
+
+    /// Hands `event` to the machine and carries out what it decides.
+    func handle(_ event: UpMachine.Event) {
+        execute(machine.handle(event, now: clock()))
+    }
+
+    /// Carries out the machine's actions in order; the answer to a look is handed back at once, before the next action.
+    private func execute(_ actions: [UpMachine.Action]) {
+        for action in actions {
+            for answer in perform(action) { handle(answer) }
         }
     }
 
-    /// Moves the supervisor to `new`; the only place a state changes.
-    func enter(_ new: SupervisorState) {
-        state = new
-        statusChanged = true
-    }
-}
-
-extension ReadinessCheck {
-    /// Whether READY=1 makes a generation ready.
-    var acceptsNotify: Bool {
-        switch self {
-        case .auto, .notify: true
-        case .probe, .delay: false
+    /// The one place where a decision becomes an effect; returns what the effect found out, as events.
+    private func perform(_ action: UpMachine.Action) -> [UpMachine.Event] {
+        switch action {
+        case .start(let number, let reason): return [spawnGeneration(number, reason: reason)]
+        case .signal(let pid, let signal):
+            _ = try? Processes.kill(pid, signal)
+        case .kill(let number): return kill(number).map { [$0] } ?? []
+        case .prepareStop(let number): return prepareStop(number)
+        case .noteReady(let number): return noteReady(number)
+        case .steer: steer()
+        case .takeOutOfRotation(let number): takeOutOfRotation(number)
+        case .lookForReadiness(let number): return lookForReadiness(number)
+        case .countConnections(let number): return generation(number).map { [.connectionsAtReadyTimeout(number: number, count: connections(of: $0))] } ?? []
+        case .lookQuiet(let number): return generation(number).map { [.quietLook(number: number, busy: busyness(of: $0))] } ?? []
+        case .stopWhenIdle(let number):
+            guard let generation = generation(number),
+                GenerationProbe.signalWhenIdle(pausing: -generation.pid, main: generation.mainProcess, signal: configuration.stopSignal)
+            else { return [] }
+            return [.stoppedWhenIdle(number: number)]
+        case .lookAtSockets: return lookAtSteeredSockets()
+        case .lookGone(let number):
+            guard let generation = generation(number), !Processes.groupExists(generation.pid), generation.membersOutsideGroup.isEmpty else { return [] }
+            return [.gone(number: number)]
+        case .forget(let number): return forget(number)
+        case .measureReload(let number, let result, let reason): return generation(number).map { [.reloadMeasured(measureReload($0, result, reason: reason))] } ?? []
+        case .tellSystemd(let states): _ = try? Readiness.notify(states)
+        case .log(let level, let text): logger.log(level: level, .init(stringLiteral: text))
+        case .upgrade: return upgrade() ? [] : [.upgradeFailed]
+        case .stopAdopted: if adopted?.stopSent == nil, adopted?.idleStopBy == nil { stopAdopted() }
+        case .releaseAdopted: releaseAdopted()
         }
+        return []
     }
-}
 
-extension Array where Element == String {
-    /// `["KEY", "VALUE"]` as a pair; `["KEY"]` as `(KEY, "")`.
-    var pairOrKey: (String, String) { (first ?? "", count > 1 ? self[1] : "") }
+    func generation(_ number: Int) -> GenerationRecord? { record.generation(number) }
+
+    /// SIGKILL to what is left of a generation: its process group and its members outside it.
+    private func kill(_ number: Int) -> UpMachine.Event? {
+        guard let generation = generation(number) else { return nil }
+        let outside = generation.membersOutsideGroup
+        let any = Processes.groupExists(generation.pid) || !outside.isEmpty
+        _ = try? Processes.kill(-generation.pid, SIGKILL)
+        for member in outside { _ = try? Processes.kill(member.pid, SIGKILL) }
+        return .killed(number: number, any: any, outside: outside.count)
+    }
+
+    /// Before a generation's stop signal: its probe closes, and its processes (descendants, and whoever holds its
+    /// own sockets) are noted, so that each is stopped with it.
+    private func prepareStop(_ number: Int) -> [UpMachine.Event] {
+        closeProbe(of: number)
+        guard let generation = generation(number) else { return [] }
+        let tree = Processes.Tree()
+        var members = generation.exit == nil ? Self.descendants(of: generation, in: tree) : []
+        members += socketHolders(of: generation, in: tree)
+        return members.isEmpty ? [] : [.members(number: number, members)]
+    }
+
+    /// After a generation became ready: its members, and the blocking mode of shared sockets.
+    private func noteReady(_ number: Int) -> [UpMachine.Event] {
+        closeProbe(of: number)
+        guard let generation = generation(number) else { return [] }
+        if generation.sockets == nil { noteBlockingMode(of: generation) }
+        let members = Self.descendants(of: generation, in: Processes.Tree())
+        return members.isEmpty ? [] : [.members(number: number, members)]
+    }
+
+    /// The processes now descended from the generation's first process.
+    static func descendants(of generation: GenerationRecord, in tree: Processes.Tree) -> [GenerationRecord.Member] {
+        tree.descendants(of: generation.pid).map { GenerationRecord.Member(pid: $0.pid, startTime: $0.startTime) }
+    }
+
+    /// A generation is gone: its interceptor ends, and the sockets nobody uses any more are retired.
+    private func forget(_ number: Int) -> [UpMachine.Event] {
+        resources[number]?.interceptor?.stop(timeout: 0.5)
+        closeProbe(of: number)
+        resources[number] = nil
+        return retireUnusedSockets()
+    }
 }

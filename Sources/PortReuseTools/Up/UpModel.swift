@@ -91,12 +91,58 @@ package struct FailureCount: Equatable, Codable, Sendable {
     package var shouldGiveUp: Bool { !everReady && inARow >= Self.attemptsBeforeGivingUp }
 }
 
+/// Where a generation stands, with the data of that stage: the times it moves on at (CLOCK_MONOTONIC
+/// nanoseconds). ``GenerationPhase`` is its word, as the status file and `/metrics` show it.
+package enum GenerationStage: Equatable, Codable, Sendable {
+    /// Started; fails unless ready by this time.
+    case starting(readyBy: UInt64)
+    case ready
+    /// Steered: the cutover sent every new connection elsewhere; its stop signal waits until its queue is empty and
+    /// it holds no connection, at the latest `stopBy`.
+    case outOfRotation(since: UInt64, stopBy: UInt64)
+    /// `--stop-when-idle`: its stop signal waits for a moment it holds no connection, at the latest `stopBy`.
+    case waitingForIdle(stopBy: UInt64)
+    /// Its stop signal went; killed at `killAt` if still running.
+    case draining(killAt: UInt64)
+    /// Its main process exited while it drained; some of its processes still run.
+    case exiting(killAt: UInt64)
+    /// Will not serve; killed at `killAt` if still running.
+    case failed(killAt: UInt64)
+
+    package var phase: GenerationPhase {
+        switch self {
+        case .starting: .starting
+        case .ready: .ready
+        case .outOfRotation, .waitingForIdle, .draining: .draining
+        case .exiting: .exiting
+        case .failed: .failed
+        }
+    }
+
+    /// When its processes are killed if they still run (its stop signal's time plus `grace` where the signal waits).
+    package func killAt(grace: UInt64) -> UInt64? {
+        switch self {
+        case .starting, .ready: nil
+        case .outOfRotation(_, let stopBy), .waitingForIdle(let stopBy): stopBy + grace
+        case .draining(let killAt), .exiting(let killAt), .failed(let killAt): killAt
+        }
+    }
+
+    /// Whether its stop signal still waits (out of rotation, or for a moment without connections).
+    package var signalWaits: Bool {
+        switch self {
+        case .outOfRotation, .waitingForIdle: true
+        default: false
+        }
+    }
+}
+
 /// One generation as the status file shows it and as an in-place upgrade hands it to the next `up`.
-package struct GenerationRecord: Codable, Sendable {
+package struct GenerationRecord: Codable, Sendable, Equatable {
     package var number: Int
     package var pid: Int32
     package var reason: StartReason
-    package var phase: GenerationPhase
+    package var stage: GenerationStage
     /// When it started: wall clock (seconds since 1970) for people, monotonic (nanoseconds) for deadlines.
     package var startedAt: Double
     package var startedMonotonic: UInt64
@@ -108,9 +154,7 @@ package struct GenerationRecord: Codable, Sendable {
     package var mainPID: Int32?
     /// Whether it sent anything on its notify socket.
     package var heardFrom = false
-    /// When it must be ready (starting) or gone (stopping): CLOCK_MONOTONIC nanoseconds.
-    package var deadline: UInt64
-    /// Whether its process group got SIGKILL.
+    /// Whether `up` killed what was left of it when its grace ran out.
     package var killed = false
     /// How its main process ended, once it did.
     package var exit: ExitStatus?
@@ -125,10 +169,8 @@ package struct GenerationRecord: Codable, Sendable {
     /// `up`'s descriptors of the sockets this generation got, one per held socket (its own where steered, kept
     /// open across an upgrade); `nil` when every generation shares the held ones.
     package var sockets: [Int32]?
-    /// When the cutover took it out of rotation, and the latest time it gets its stop signal unless it is idle
-    /// before (CLOCK_MONOTONIC nanoseconds); `nil` once the signal is sent.
-    package var outOfRotation: UInt64?
-    package var quietStopBy: UInt64?
+    /// Whether one of its own steered sockets stopped listening (it called `shutdown()` on it).
+    package var socketsDown = false
 
     /// One process of a generation.
     package struct Member: Codable, Sendable, Hashable {
@@ -137,27 +179,67 @@ package struct GenerationRecord: Codable, Sendable {
     }
 
     private enum CodingKeys: String, CodingKey {
-        case number, pid, reason, phase = "state", startedAt, startedMonotonic, readySeconds, status, mainPID, heardFrom, deadline, killed, exit
-        case members, notifyDescriptor, notifyPath, interceptDescriptor, sockets, outOfRotation, quietStopBy
+        case number, pid, reason, stage, phase = "state", startedAt, startedMonotonic, readySeconds, status, mainPID, heardFrom, killed, exit
+        case members, notifyDescriptor, notifyPath, interceptDescriptor, sockets, socketsDown
     }
 
-    package init(number: Int, pid: Int32, reason: StartReason, startedAt: Double, startedMonotonic: UInt64, deadline: UInt64) {
+    package init(number: Int, pid: Int32, reason: StartReason, startedAt: Double, startedMonotonic: UInt64, readyBy: UInt64) {
         self.number = number
         self.pid = pid
         self.reason = reason
-        self.phase = .starting
+        self.stage = .starting(readyBy: readyBy)
         self.startedAt = startedAt
         self.startedMonotonic = startedMonotonic
-        self.deadline = deadline
     }
 
+    package init(from decoder: any Decoder) throws {
+        let values = try decoder.container(keyedBy: CodingKeys.self)
+        number = try values.decode(Int.self, forKey: .number)
+        pid = try values.decode(Int32.self, forKey: .pid)
+        reason = try values.decode(StartReason.self, forKey: .reason)
+        stage = try values.decode(GenerationStage.self, forKey: .stage)
+        startedAt = try values.decode(Double.self, forKey: .startedAt)
+        startedMonotonic = try values.decode(UInt64.self, forKey: .startedMonotonic)
+        readySeconds = try values.decodeIfPresent(Double.self, forKey: .readySeconds)
+        status = try values.decodeIfPresent(String.self, forKey: .status)
+        mainPID = try values.decodeIfPresent(Int32.self, forKey: .mainPID)
+        heardFrom = try values.decodeIfPresent(Bool.self, forKey: .heardFrom) ?? false
+        killed = try values.decodeIfPresent(Bool.self, forKey: .killed) ?? false
+        exit = try values.decodeIfPresent(ExitStatus.self, forKey: .exit)
+        members = try values.decodeIfPresent([Member].self, forKey: .members) ?? []
+        notifyDescriptor = try values.decodeIfPresent(Int32.self, forKey: .notifyDescriptor)
+        notifyPath = try values.decodeIfPresent(String.self, forKey: .notifyPath)
+        interceptDescriptor = try values.decodeIfPresent(Int32.self, forKey: .interceptDescriptor)
+        sockets = try values.decodeIfPresent([Int32].self, forKey: .sockets)
+        socketsDown = try values.decodeIfPresent(Bool.self, forKey: .socketsDown) ?? false
+    }
+
+    /// Everything, and its phase as a word (`state`) for readers of the status file.
+    package func encode(to encoder: any Encoder) throws {
+        var values = encoder.container(keyedBy: CodingKeys.self)
+        try values.encode(number, forKey: .number)
+        try values.encode(pid, forKey: .pid)
+        try values.encode(reason, forKey: .reason)
+        try values.encode(stage, forKey: .stage)
+        try values.encode(phase, forKey: .phase)
+        try values.encode(startedAt, forKey: .startedAt)
+        try values.encode(startedMonotonic, forKey: .startedMonotonic)
+        try values.encodeIfPresent(readySeconds, forKey: .readySeconds)
+        try values.encodeIfPresent(status, forKey: .status)
+        try values.encodeIfPresent(mainPID, forKey: .mainPID)
+        try values.encode(heardFrom, forKey: .heardFrom)
+        try values.encode(killed, forKey: .killed)
+        try values.encodeIfPresent(exit, forKey: .exit)
+        try values.encode(members, forKey: .members)
+        try values.encodeIfPresent(notifyDescriptor, forKey: .notifyDescriptor)
+        try values.encodeIfPresent(notifyPath, forKey: .notifyPath)
+        try values.encodeIfPresent(interceptDescriptor, forKey: .interceptDescriptor)
+        try values.encodeIfPresent(sockets, forKey: .sockets)
+        try values.encode(socketsDown, forKey: .socketsDown)
+    }
+
+    package var phase: GenerationPhase { stage.phase }
     package var label: String { "generation \(number) (pid \(pid))" }
-
-    /// Adds the processes now descended from the generation's first process to ``members``.
-    package mutating func noteMembers(in tree: Processes.Tree = Processes.Tree()) {
-        let seen = Set(members)
-        members += tree.descendants(of: pid).map { Member(pid: $0.pid, startTime: $0.startTime) }.filter { !seen.contains($0) }
-    }
 
     /// The members still alive that are outside the generation's process group (a group kill misses them).
     package var membersOutsideGroup: [Member] {
@@ -167,6 +249,29 @@ package struct GenerationRecord: Codable, Sendable {
     package var readyMonotonic: UInt64? { readySeconds.map { startedMonotonic + UInt64($0 * 1e9) } }
     /// The process the stop signal goes to: MAINPID= if the program named one, else the one `up` started.
     package var mainProcess: Int32 { mainPID ?? pid }
+}
+
+/// The supervisor as one value: what its state machine (``UpMachine``) changes, and all that the status file,
+/// the hand-over of an in-place upgrade and `/metrics` read.
+package struct SupervisorRecord: Codable, Sendable, Equatable {
+    package var state = SupervisorState.running
+    package var generations: [GenerationRecord] = []
+    package var nextNumber = 1
+    /// A reload was asked while a generation started: one more follows once it is ready.
+    package var reloadQueued = false
+    package var failures = FailureCount()
+    /// The last 20 reloads.
+    package var history: [ReloadRecord] = []
+    package var upgrades = 0
+    package var upgradeFailures = 0
+    package var counters = SupervisorCounters()
+    /// The generation that served when the stop began, and its exit once it came (`--init`).
+    package var servingAtStop: Int?
+    package var servingAtStopExit: ExitStatus?
+
+    package init() {}
+
+    package func generation(_ number: Int) -> GenerationRecord? { generations.first { $0.number == number } }
 }
 
 /// One reload as the status file keeps it (the last 20).

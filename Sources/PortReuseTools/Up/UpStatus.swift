@@ -31,23 +31,23 @@ package struct UpStatus: Codable {
     /// When `up` wrote this (wall clock).
     package var writtenAt: Double
 
+    /// The status of a supervisor whose record is `record`.
     package init(
-        pid: pid_t, processStartTime: UInt64?, command: [String], startedAt: Double, sockets: [Socket], generations: [GenerationRecord], state: SupervisorState,
-        reloadQueued: Bool, reloads: [ReloadRecord], upgrades: Int, upgradeFailures: Int, nextGeneration: Int, writtenAt: Double
+        pid: pid_t, processStartTime: UInt64?, command: [String], startedAt: Double, sockets: [Socket], record: SupervisorRecord, writtenAt: Double
     ) {
-        self.nextGeneration = nextGeneration
         self.pid = pid
         self.processStartTime = processStartTime
         self.command = command
         self.startedAt = startedAt
         self.sockets = sockets
-        self.generations = generations
-        self.state = state
-        self.stopping = state.isStopping
-        self.reloadPending = reloadQueued
-        self.reloads = reloads
-        self.upgrades = upgrades
-        self.upgradeFailures = upgradeFailures
+        self.generations = record.generations
+        self.state = record.state
+        self.stopping = record.state.isStopping
+        self.reloadPending = record.reloadQueued
+        self.reloads = record.history
+        self.upgrades = record.upgrades
+        self.upgradeFailures = record.upgradeFailures
+        self.nextGeneration = record.nextNumber
         self.writtenAt = writtenAt
     }
 

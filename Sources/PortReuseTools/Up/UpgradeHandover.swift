@@ -16,14 +16,8 @@ package struct UpgradeHandover: Codable {
     }
 
     package var sockets: [Socket]
-    package var generations: [GenerationRecord]
-    package var state: SupervisorState
-    package var nextNumber: Int
-    package var reloadQueued: Bool
-    package var failures: FailureCount
-    package var history: [ReloadRecord]
-    package var upgrades: Int
-    package var upgradeFailures: Int
+    /// The supervisor's record, whole: state, generations, reloads, counters.
+    package var record: SupervisorRecord
     package var startedWall: Double
     package var runtimeFolder: String
     /// Steered generations: each group's members in the kernel's order, by held index, and the steered sockets
@@ -77,6 +71,7 @@ package struct UpgradeHandover: Codable {
     /// Lets the descriptors live through exec and becomes `binary`, which finds the state at `path`. Returns
     /// only by throwing, with every descriptor close-on-exec again.
     package func execute(binary: String, arguments: [String], path: String) throws(CommandFailure) {
+        let generations = record.generations
         let kept = sockets.map(\.descriptor) + generations.compactMap(\.notifyDescriptor) + generations.compactMap(\.interceptDescriptor)
             + generations.flatMap { $0.sockets ?? [] } + (groups ?? [:]).values.flatMap(\.members).filter { $0 >= 0 }
         for descriptor in kept { _ = fcntl(descriptor, F_SETFD, 0) }

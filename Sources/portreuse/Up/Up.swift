@@ -172,7 +172,7 @@ struct UpCheckHandover: ParsableCommand {
     func run() throws {
         try CommandFailure.reporting {
             let state = try UpgradeHandover.read(from: path)
-            print("ok: \(state.generations.count) generation(s), \(state.sockets.count) socket(s)")
+            print("ok: \(state.record.generations.count) generation(s), \(state.sockets.count) socket(s)")
         }
     }
 }

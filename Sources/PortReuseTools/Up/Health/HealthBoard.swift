@@ -4,7 +4,7 @@ import Synchronization
 
 /// What `/metrics` counts over the life of one `up` process (an in-place upgrade starts again from 0, which
 /// Prometheus's `rate` and `increase` take as a counter reset).
-package struct SupervisorCounters: Sendable, Equatable {
+package struct SupervisorCounters: Sendable, Equatable, Codable {
     package var reloadsReady = 0
     package var reloadsFailed = 0
     /// Generations started after a crash or a failed start, when nothing served.
@@ -51,6 +51,15 @@ package struct HealthSnapshot: Sendable {
     package var listeners: [HealthListener] = []
 
     package init() {}
+
+    /// What a supervisor whose record is `record` publishes at a turn of its loop.
+    package init(record: SupervisorRecord, listeners: [HealthListener], lastTurn: UInt64) {
+        self.lastTurn = lastTurn
+        state = record.state
+        generations = record.generations.map(\.view)
+        counters = record.counters
+        self.listeners = listeners
+    }
 
     /// `/livez` fails once the loop has not turned for this long: it turns at least every 250 ms.
     package static let livenessNanoseconds: UInt64 = 2_000_000_000
