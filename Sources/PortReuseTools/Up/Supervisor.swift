@@ -135,10 +135,11 @@ package final class Supervisor {
     private var isSubreaper = false
 
     /// A supervisor of `configuration` holding `sockets`, or (`handover`) the one the previous `up` of this
-    /// process was, carried on exactly where it stood.
+    /// process was, carried on exactly where it stood; publishing to `health`, taking over from `adopted`.
     package init(
         configuration: Configuration, sockets: [HeldSocket], runtimeFolder: String, signals: SignalPipe, startedWall: Double,
-        handover: UpgradeHandover? = nil, clock: @escaping () -> UInt64 = { Processes.monotonicNanoseconds }
+        handover: UpgradeHandover? = nil, health: HealthBoard? = nil, adopted: AdoptedProcess? = nil,
+        clock: @escaping () -> UInt64 = { Processes.monotonicNanoseconds }
     ) {
         self.configuration = configuration
         self.sockets = sockets
@@ -146,6 +147,8 @@ package final class Supervisor {
         self.signals = signals
         self.startedWall = startedWall
         self.clock = clock
+        self.health = health
+        self.adopted = adopted
         var settings = UpMachine.Settings(
             readiness: configuration.readiness, readyTimeout: configuration.readyTimeout, grace: configuration.grace, stopSignal: configuration.stopSignal)
         settings.stopWhenIdle = configuration.stopWhenIdle

@@ -1,4 +1,5 @@
 import Glibc
+import Logging
 import PortReuse
 
 /// What `portreuse up` serves with: the command's options, checked by the command before it gets here.
@@ -108,33 +109,30 @@ package struct UpOptions {
         configuration.stopDelay = stopDelay
         configuration.steers = steers && !reuseport && adoption == nil
         configuration.drainTimeout = drainTimeout
-        let supervisor = Supervisor(
-            configuration: configuration,
-            sockets: sockets, runtimeFolder: runtimeFolder, signals: signals, startedWall: inherited?.startedWall ?? Processes.wallClockSeconds)
-        let healthServer: HealthServer?
+        let logger = Logger(label: "portreuse.up") { _ in UpLogHandler() }
+        let health: (server: HealthServer, board: HealthBoard)?
         do {
-            healthServer = try startHealth(for: supervisor, afterUpgrade: inherited != nil)
+            health = try startHealth(listeners: HealthListener.of(sockets), logger: logger, afterUpgrade: inherited != nil)
         } catch {
             if let pidFile, inherited == nil { unlink(pidFile) }
             RuntimeFolder.remove(runtimeFolder)
             throw error
         }
-        if let reason = interceptionOff, !reuseport { supervisor.logger.info("generations start without the bind filter: \(reason)") }
+        if let reason = interceptionOff, !reuseport { logger.info("generations start without the bind filter: \(reason)") }
         if steers && !configuration.steers {
-            supervisor.logger.info("every generation shares the held sockets (one accept queue): \(reuseport ? "--reuseport" : "--adopt") holds sockets up did not open")
+            logger.info("every generation shares the held sockets (one accept queue): \(reuseport ? "--reuseport" : "--adopt") holds sockets up did not open")
         }
-        if let inherited {
-            supervisor.adopt(inherited)
-        } else {
+        if inherited == nil {
             let names = sockets.map { "\($0.name)=\($0.transport.rawValue):\($0.address)" }.joined(separator: " ")
-            supervisor.logger.info("holding \(sockets.isEmpty ? "no sockets (--reuseport)" : names); readiness: \(readiness)")
+            logger.info("holding \(sockets.isEmpty ? "no sockets (--reuseport)" : names); readiness: \(readiness)")
         }
-        if let adoption {
-            supervisor.adopted = AdoptedProcess(adoption)
-            supervisor.logger.info("took the sockets of pid \(adoption.pid) (\(adoption.command)), which serves on until generation 1 is ready")
-        }
+        if let adoption { logger.info("took the sockets of pid \(adoption.pid) (\(adoption.command)), which serves on until generation 1 is ready") }
+        let supervisor = Supervisor(
+            configuration: configuration, sockets: sockets, runtimeFolder: runtimeFolder, signals: signals,
+            startedWall: inherited?.startedWall ?? Processes.wallClockSeconds, handover: inherited, health: health?.board,
+            adopted: adoption.map(AdoptedProcess.init))
         let code = supervisor.run(startFirst: inherited == nil)
-        healthServer?.shutDown()
+        health?.server.shutDown()
         if let pidFile {
             unlink(pidFile)
             unlink(UpStatus.path(forPIDFile: pidFile))
@@ -146,16 +144,15 @@ package struct UpOptions {
 
     /// The `--health` listener, on a board the supervisor publishes to. After an in-place upgrade a failed bind
     /// is only logged: the sockets and the program must survive it (the probes fail until the next upgrade).
-    private func startHealth(for supervisor: Supervisor, afterUpgrade: Bool) throws(CommandFailure) -> HealthServer? {
+    private func startHealth(listeners: [HealthListener], logger: Logger, afterUpgrade: Bool) throws(CommandFailure) -> (server: HealthServer, board: HealthBoard)? {
         guard let health else { return nil }
-        let board = HealthBoard(listeners: HealthListener.of(supervisor.sockets))
+        let board = HealthBoard(listeners: listeners)
         do {
             let server = try HealthServer(address: health, board: board)
-            supervisor.health = board
-            supervisor.logger.info("health: http://\(server.localAddress)/readyz, /livez and /metrics")
-            return server
+            logger.info("health: http://\(server.localAddress)/readyz, /livez and /metrics")
+            return (server, board)
         } catch where afterUpgrade {
-            supervisor.logger.error("\(error.message): serving without the health listener")
+            logger.error("\(error.message): serving without the health listener")
             return nil
         }
     }
