@@ -146,7 +146,7 @@ struct UpProductionTests {
             numbers = Set(((try? String(contentsOfFile: received, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int($0) })
             return numbers.count >= total
         }
-        #expect(numbers.count == total, "lost \(total - numbers.count) of \(total) datagrams across 10 reloads")
+        #expect(numbers.count == total, "lost \(total - numbers.count) of \(total) datagrams across 10 reloads: \(Set(0..<total).subtracting(numbers).sorted().prefix(5))\n\(up.logText)")
         #expect(up.stop() == 0)
     }
 

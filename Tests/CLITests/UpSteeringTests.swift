@@ -75,6 +75,22 @@ struct SteeringProgramTests {
         withExtendedLifetime(clients) {}
     }
 
+    @Test("UDP groups follow the same rules: ret #1 reaches the second socket; after the first closes, the third holds slot 0")
+    func udpGroup() throws {
+        let first = try DatagramSocket(udp: "127.0.0.1:0", policy: .shared)
+        let (second, third) = (try DatagramSocket(address: first.localAddress, policy: .shared), try DatagramSocket(address: first.localAddress, policy: .shared))
+        let sender = try DatagramSocket(udp: "127.0.0.1:0")
+        let descriptors = [first, second, third].map { $0.handle.descriptor! }
+        #expect(SteeringProgram.attach(SteeringProgram.instructions(serving: 1, probe: nil), to: descriptors[0]) == 0)
+        for _ in 0..<10 { try sender.send([1], to: first.localAddress) }
+        #expect(waitUntil(timeout: 5) { ListenerState.waiting(descriptors[1], .udp) != nil })
+        #expect(ListenerState.waiting(descriptors[0], .udp) == nil && ListenerState.waiting(descriptors[2], .udp) == nil)
+        first.close()
+        #expect(SteeringProgram.attach(SteeringProgram.instructions(serving: 0, probe: nil), to: descriptors[1]) == 0)
+        for _ in 0..<10 { try sender.send([1], to: second.localAddress) }
+        #expect(waitUntil(timeout: 5) { ListenerState.waiting(descriptors[2], .udp) != nil })
+    }
+
     static func attach(_ program: [SteeringProgram.Instruction], to listener: Listener) -> Int32 {
         SteeringProgram.attach(program, to: listener.handle.descriptor!)
     }
@@ -189,6 +205,49 @@ struct UpSteeringTests {
         let serving = try #require(up.status?.serving.first?.pid)
         let holders = Set(PortHolder.find(port: address.port, transport: .tcp, states: [.listen], options: false).flatMap(\.processes).map(\.pid))
         #expect(holders == [up.pid, serving], "\(holders)\n\(up.logText)")
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
+    /// A UDP server that answers each datagram with its pid, and on SIGTERM goes on answering for one more second
+    /// (a slow stop): with one shared socket, the old generation takes datagrams meant for the new one all that time.
+    static let slowUDPServer = """
+        import os, signal, socket, time
+        sock = socket.fromfd(3, socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(0.05)
+        until = []
+        signal.signal(signal.SIGTERM, lambda *_: until.append(time.monotonic() + 1.0))
+        signal.alarm(120)
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+        me = str(os.getpid()).encode()
+        while not until or time.monotonic() < until[0]:
+            try:
+                data, peer = sock.recvfrom(64)
+            except socket.timeout:
+                continue
+            sock.sendto(me, peer)
+        """
+
+    @Test("UDP is steered too: once the new generation is ready every datagram reaches it, while the old one stops slowly")
+    func udpSteered() throws {
+        let folder = try TemporaryFolder()
+        let up = try UpProcess(["--listen", "udp:127.0.0.1:0", "--ready", "notify", "--", systemPython, "-c", Self.slowUDPServer], folder: folder)
+        let address = try up.servingAddress()
+        let client = try DatagramSocket(udp: "127.0.0.1:0")
+        func ask() -> String? {
+            guard (try? client.send(Array("?".utf8), to: address)) != nil, let answer = try? client.receive(timeout: .seconds(2)) else { return nil }
+            return String(decoding: answer.bytes, as: UTF8.self)
+        }
+        let first = try #require(up.status?.serving.first?.pid)
+        #expect(ask() == "\(first)")
+        up.signal(SIGHUP)
+        let status = try #require(up.waitForStatus { $0.serving.map(\.number) == [2] }, "\(up.logText)")
+        let second = try #require(status.serving.first?.pid)
+        // The old generation, told to stop, answers for a second more; none of these may reach it.
+        let answers = (0..<100).map { _ in ask() }
+        let fromOld = answers.filter { $0 == "\(first)" }.count
+        #expect(fromOld == 0, "\(fromOld) of 100 datagrams sent after the reload reached the old generation\n\(up.logText)")
+        #expect(answers.allSatisfy { $0 == "\(second)" }, "\(Set(answers.map { $0 ?? "none" }))")
+        #expect(up.waitForLog("generation 1 (pid \(first)) is idle (its queue is empty, it holds no connection): sent SIGTERM", timeout: 10), "\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")
     }
 }

@@ -16,6 +16,8 @@ package struct HeldSocket {
     /// `listen(fd, 1)` would otherwise stay for all later ones); `nil` for a socket whose length `up` did not
     /// choose (handed over by systemd).
     package var backlog: Int32?
+    /// Whether `up` opened it (not systemd, nor an adopted server): then no one else holds it.
+    package var openedByUp = false
 
     /// Where `up` keeps its sockets: from descriptor 100 up where the limit on descriptors allows (the soft limit
     /// is raised toward the hard one if needed), else just above 3 + `count` + 1 (the spawn's report socket), so that the spawn's dup2 to
@@ -35,7 +37,8 @@ package struct HeldSocket {
         return Int32(lowest)
     }
 
-    /// Takes `descriptor` over: a close-on-exec duplicate at `floor` or above replaces it.
+    /// Takes `descriptor` over: a close-on-exec duplicate at `floor` or above replaces it. A `backlog` says that
+    /// `up` opened it, and listens with that length (TCP).
     package static func hold(_ descriptor: Int32, name: String, floor: Int32, backlog: Int32?) throws(CommandFailure) -> HeldSocket {
         let moved = fcntl(descriptor, F_DUPFD_CLOEXEC, floor)
         guard moved >= 0 else {
@@ -44,6 +47,7 @@ package struct HeldSocket {
         close(descriptor)
         var held = try describe(moved, name: name)
         held.backlog = held.transport == .tcp ? backlog : nil
+        held.openedByUp = backlog != nil
         return held
     }
 

@@ -91,6 +91,25 @@ package enum ListenerState {
     /// Connections waiting in its accept queue.
     package static func queued(_ descriptor: Int32) -> Int { KernelReadings.acceptQueue(of: descriptor)?.depth ?? 0 }
 
+    /// Whether it is still a member of its SO_REUSEPORT group: a TCP listener leaves when it stops listening (a
+    /// `shutdown()` does that, whoever holds it); a UDP socket stays until its last descriptor closes.
+    package static func isInGroup(_ descriptor: Int32, _ transport: Transport) -> Bool { transport == .udp || isListening(descriptor) }
+
+    /// What waits on it, in words, or nil: TCP connections in its accept queue; UDP datagrams in its receive
+    /// queue (SO_MEMINFO's receive memory, so that an empty datagram counts too).
+    package static func waiting(_ descriptor: Int32, _ transport: Transport) -> String? {
+        switch transport {
+        case .tcp:
+            let count = queued(descriptor)
+            return count > 0 ? "\(count) connection(s) queued" : nil
+        case .udp:
+            var memory = [UInt32](repeating: 0, count: 16)
+            var length = socklen_t(memory.count * MemoryLayout<UInt32>.size)
+            guard getsockopt(descriptor, SOL_SOCKET, SO_MEMINFO, &memory, &length) == 0, memory[0] > 0 else { return nil }  // SK_MEMINFO_RMEM_ALLOC
+            return "datagrams queued (\(memory[0]) bytes of receive memory)"
+        }
+    }
+
     /// Whether TCP_DEFER_ACCEPT is set on it (unicorn and Starlet set it): a connection is queued only once data
     /// arrives, so a probe that sends nothing is never accepted.
     package static func defersAccept(_ descriptor: Int32) -> Bool {

@@ -41,6 +41,10 @@ extension Supervisor {
         let first = sockets[index]
         // Its own socket where generations are steered, else the one they all share.
         let own = steeredSockets(of: generation).first { $0.index == index }?.descriptor
+        if let own, first.transport == .udp {
+            // UDP: waiting in recv on its own socket is as far as one can see.
+            return canLook && GenerationProbe.isWaiting(group: generation.pid, on: GenerationProbe.inode(of: own)) ? .some(nil) : nil
+        }
         if let own {
             // A probe already made is followed to its end even if the program set TCP_DEFER_ACCEPT since: a server
             // that accepted it waits for its request, and is freed only when the probe closes.

@@ -5,28 +5,28 @@ import SystemPackage
 /// Steered generations (Steering.swift): each generation's own sockets, the program that steers the groups,
 /// the quiet drain of a generation out of rotation, and the sockets retired once nobody uses them.
 extension Supervisor {
-    /// Starts steering the held TCP sockets that can join a group of siblings (SO_REUSEPORT set: up opens its own
+    /// Starts steering the held sockets that can join a group of siblings (SO_REUSEPORT set: up opens its own
     /// that way; systemd's only with `ReusePort=yes`); says once which cannot, and why.
     func startSteering() {
         guard configuration.steers, groups.isEmpty else { return }
-        for (index, socket) in sockets.enumerated() where socket.transport == .tcp {
+        for (index, socket) in sockets.enumerated() {
             if ListenerState.reusesPort(socket.descriptor) {
                 groups[index] = ReuseportGroup(members: [socket.descriptor])
-                if socket.backlog != nil { steeredDescriptors.insert(socket.descriptor) }  // opened by up, not systemd's
+                if socket.openedByUp { steeredDescriptors.insert(socket.descriptor) }  // not systemd's
             } else {
                 logger.info(.init(stringLiteral: "\(socket.name) \(socket.address) has no SO_REUSEPORT (a socket from systemd needs ReusePort=yes in its .socket unit): "
-                    + "every generation shares it, and an old generation takes connections from its queue until it stops"))
+                    + "every generation shares it, and an old generation takes \(socket.transport == .tcp ? "connections" : "datagrams") from its queue until it stops"))
             }
         }
     }
 
-    /// The descriptors generation-to-be gets, one per held socket: the held one where nothing is steered (UDP,
-    /// a socket without SO_REUSEPORT); where it is steered, a new socket of its own when another generation serves
+    /// The descriptors generation-to-be gets, one per held socket: the held one where nothing is steered (a socket
+    /// without SO_REUSEPORT); where it is steered, a new socket of its own when another generation serves
     /// (a reload), else the socket traffic goes to now, with whatever waits in its queue (a restart after a crash).
     func socketsForNewGeneration(number: Int) -> [Int32] {
         var descriptors = sockets.map(\.descriptor)
         let anotherServes = generations.contains { $0.phase == .ready }
-        for index in groups.keys.sorted() where anotherServes || !ListenerState.isListening(descriptors[index]) {
+        for index in groups.keys.sorted() where anotherServes || !ListenerState.isInGroup(descriptors[index], sockets[index].transport) {
             // A spare (Supervisor+Steering's retireUnusedSockets) is a member already: its slot never moved a target.
             if let spare = spares[index]?.popLast() {
                 descriptors[index] = spare
@@ -46,13 +46,16 @@ extension Supervisor {
     /// at a high descriptor number.
     private func openSibling(_ index: Int) throws -> Int32 {
         let template = sockets[index]
-        let listener = try Listener(address: template.address, policy: .shared, backlog: template.backlog ?? Sys.defaultBacklog,
-                                    dualStack: HeldSocket.isDualStack(template.descriptor, template.address))
-        guard let fresh = listener.takeDescriptor() else { throw CommandFailure("the new socket is gone") }
+        let dualStack = HeldSocket.isDualStack(template.descriptor, template.address)
+        let made = switch template.transport {
+        case .tcp: try Listener(address: template.address, policy: .shared, backlog: template.backlog ?? Sys.defaultBacklog, dualStack: dualStack).takeDescriptor()
+        case .udp: try DatagramSocket(address: template.address, policy: .shared, dualStack: dualStack).takeDescriptor()
+        }
+        guard let fresh = made else { throw CommandFailure("the new socket is gone") }
         let moved = fcntl(fresh, F_DUPFD_CLOEXEC, try HeldSocket.firstDescriptor(holding: sockets.count))
         close(fresh)
         guard moved >= 0 else { throw CommandFailure(Files.errorText()) }
-        if configuration.dialect.nonBlockingSockets { _ = fcntl(moved, F_SETFL, fcntl(moved, F_GETFL) | O_NONBLOCK) }
+        if configuration.dialect.nonBlockingSockets, template.transport == .tcp { _ = fcntl(moved, F_SETFL, fcntl(moved, F_GETFL) | O_NONBLOCK) }
         groups[index]?.join(moved)
         steeredDescriptors.insert(moved)
         return moved
@@ -72,7 +75,7 @@ extension Supervisor {
             let target = servingSockets[index]
             guard let servingIndex = group.index(of: target) else { continue }
             var probe: (ports: [UInt16], index: UInt32)?
-            if let theirs = starting?.sockets?[index], theirs != target, let probeIndex = group.index(of: theirs),
+            if sockets[index].transport == .tcp, let theirs = starting?.sockets?[index], theirs != target, let probeIndex = group.index(of: theirs),
                 let source = probeSource(for: index)
             {
                 probe = (source.ports, probeIndex)
@@ -123,7 +126,9 @@ extension Supervisor {
         // old socket after it): only then is the kernel's table walked before the old one stops.
         let report = record.history.last.flatMap { $0.generation == generations.last(where: { $0.phase == .ready })?.number ? $0 : nil }
         resources[number]?.stragglers = (dropsAtCut: KernelReadings.listenCounters().drops, dropsBefore: report?.listenDrops.map { $0 > 0 } ?? true)
-        for (index, descriptor) in steeredSockets(of: generation) { _ = Sys.listen(descriptor, sockets[index].backlog ?? Sys.defaultBacklog) }
+        for (index, descriptor) in steeredSockets(of: generation) where sockets[index].transport == .tcp {
+            _ = Sys.listen(descriptor, sockets[index].backlog ?? Sys.defaultBacklog)
+        }
     }
 
     /// Carries out ``UpMachine/Action/lookQuiet(_:)``: what keeps a generation out of rotation busy, in words; nil
@@ -132,8 +137,9 @@ extension Supervisor {
     /// on a full queue, to be retried: it may still land on the old socket; a walk of the kernel's table, TIME-WAIT
     /// sockets included). Under a flood that keeps handshakes pending, the limit decides.
     func busyness(of generation: GenerationRecord) -> String? {
-        let queued = steeredSockets(of: generation).map { ListenerState.queued($0.descriptor) }.reduce(0, +)
-        if queued > 0 { return "had \(queued) connection(s) queued" }
+        if let waiting = steeredSockets(of: generation).lazy.compactMap({ ListenerState.waiting($0.descriptor, self.sockets[$0.index].transport) }).first {
+            return "had \(waiting)"
+        }
         let held = connections(of: generation)
         if held > 0 { return "held \(held) connection(s)" }
         return handshakesPending(for: generation) ? "had a handshake pending on its port" : nil
@@ -148,6 +154,7 @@ extension Supervisor {
         if let (atCut, before) = resources[generation.number]?.stragglers, !before, let atCut, KernelReadings.listenCounters().drops == atCut { return false }
         return steeredSockets(of: generation).contains { socket in
             let address = sockets[socket.index].address
+            guard sockets[socket.index].transport == .tcp else { return false }
             return !PortHolder.find(port: address.port, transport: .tcp, states: [.synReceived], family: address.family, processes: false, options: false).isEmpty
         }
     }
@@ -162,7 +169,7 @@ extension Supervisor {
     func lookAtSteeredSockets() -> [UpMachine.Event] {
         var events: [UpMachine.Event] = []
         for generation in generations where generation.exit == nil {
-            let dead = steeredSockets(of: generation).filter { !ListenerState.isListening($0.descriptor) }
+            let dead = steeredSockets(of: generation).filter { !ListenerState.isInGroup($0.descriptor, sockets[$0.index].transport) }
             guard !dead.isEmpty else { continue }
             for (index, descriptor) in dead { groups[index]?.leave(descriptor) }
             events.append(.socketsStopped(number: generation.number, names: dead.map { "\(sockets[$0.index].name) \(sockets[$0.index].address)" }.joined(separator: ", ")))
@@ -186,25 +193,33 @@ extension Supervisor {
         var changed = false
         var reset = 0
         for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor >= 0 && !used.contains(descriptor) {
-            let ours = steeredDescriptors.remove(descriptor) != nil
-            let queued = ours ? ListenerState.queued(descriptor) : 0
-            if queued > 0 {
-                // Its generation is gone without accepting them (it hung, or --drain-timeout ran out).
-                reset += queued
-                logger.warning("\(queued) connection(s) still queued on a retired generation's socket are reset by the kernel (no generation accepted them)")
+            guard let index = groups.keys.first(where: { groups[$0]!.members.contains(descriptor) }) else {
+                steeredDescriptors.remove(descriptor)
+                close(descriptor)
+                continue
             }
-            for index in groups.keys where groups[index]!.members.contains(descriptor) {
-                guard ours else {
-                    groups[index]?.forget(descriptor)
-                    continue
-                }
+            let transport = sockets[index].transport
+            let ours = steeredDescriptors.contains(descriptor)
+            // A UDP socket leaves its group only when its last descriptor closes: one that a process outside up still
+            // holds keeps its slot, and up keeps its own descriptor (and so the model) until that process lets go.
+            if ours, transport == .udp, heldElsewhere(descriptor) { continue }
+            steeredDescriptors.remove(descriptor)
+            if ours, let waiting = ListenerState.waiting(descriptor, transport) {
+                // Its generation is gone without taking them (it hung, or --drain-timeout ran out).
+                if transport == .tcp { reset += ListenerState.queued(descriptor) }
+                logger.warning("\(waiting) on a retired generation's socket: \(transport == .tcp ? "reset by the kernel" : "dropped") (no generation took them)")
+            }
+            if ours {
                 if let last = groups[index]!.members.last, last != descriptor, targets.contains(last) {
                     do { spares[index, default: []].append(try openSibling(index)) } catch {
                         logger.warning("no spare socket for \(sockets[index].address) (\(error)): new connections may be spread by the kernel's hash for a moment")
                     }
                 }
-                _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR))
+                // A TCP listener leaves its group at once, whoever else holds it (a helper left behind).
+                if transport == .tcp { _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
                 groups[index]?.leave(descriptor)
+            } else {
+                groups[index]?.forget(descriptor)
             }
             close(descriptor)
             changed = true
@@ -216,6 +231,13 @@ extension Supervisor {
             steer()
         }
         return reset > 0 ? [.queuedResetAtRetire(reset)] : []
+    }
+
+    /// Whether a process other than `up` holds the socket `descriptor` names.
+    private func heldElsewhere(_ descriptor: Int32) -> Bool {
+        let inode = GenerationProbe.inode(of: descriptor)
+        let me = getpid()
+        return Processes.Tree().all.contains { $0.pid != me && Processes.socketInodes(of: $0.pid).contains(inode) }
     }
 
     /// Every process that holds one of the generation's own sockets belongs to it, whatever its parent (a helper

@@ -199,7 +199,9 @@ package struct UpOptions {
                     // of anyone else on the address is refused first, as restartable refuses it.
                     if steers && first.port != 0 { _ = try Listener(address: first, policy: .restartable, dualStack: dual) }
                     descriptor = try Listener(address: first, policy: steers ? .shared : .restartable, dualStack: dual).takeDescriptor()
-                case .udp: descriptor = try DatagramSocket(address: first, policy: .restartable, dualStack: dual).takeDescriptor()
+                case .udp:
+                    if steers && first.port != 0 { _ = try DatagramSocket(address: first, policy: .restartable, dualStack: dual) }
+                    descriptor = try DatagramSocket(address: first, policy: steers ? .shared : .restartable, dualStack: dual).takeDescriptor()
                 }
                 held.append(try HeldSocket.hold(descriptor!, name: spec.name, floor: floor, backlog: Sys.defaultBacklog))
             } catch let failure as CommandFailure {
