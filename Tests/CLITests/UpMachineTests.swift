@@ -268,6 +268,17 @@ struct UpMachineTests {
         #expect(up.signals.map(\.0) == [200])
     }
 
+    @Test("connections reset on a retired socket count in /metrics and in the report of the reload that replaced its generation")
+    func resetsAttributed() {
+        var up = Driver()
+        up.serving()
+        up.reloaded()
+        up.send(.reloadMeasured(ReloadRecord(generation: 2, startedAt: 0, result: .ready, reason: nil, seconds: 0.1)))
+        up.send(.queuedResetAtRetire(3, generation: 1))
+        #expect(up.machine.record.counters.resetAtRetire == 3)
+        #expect(up.machine.record.history.last?.resetOnRetiredSockets == 3)
+    }
+
     @Test("the record the status file, the hand-over and /metrics read carries the stages whole through JSON")
     func recordRoundTrip() throws {
         var up = Driver()

@@ -99,7 +99,50 @@ struct UpProductionTests {
         let answer = waitFor(timeout: 10, interval: 0.05) { try? httpGet(SocketAddress(ip: .loopbackIPv4, port: port)) } ?? ""
         #expect(answer.hasPrefix("hello from via-systemd pid"), "\(up.logText)")
         #expect(up.waitForLog("holding web=tcp:127.0.0.1:\(port)", timeout: 10), "the name comes from systemd: \(up.logText)")
+        #expect(up.waitForLog("has no SO_REUSEPORT (a socket from systemd needs ReusePort=yes in its .socket unit): every generation shares it", timeout: 10),
+                "without ReusePort=yes up says why it cannot steer: \(up.logText)")
         #expect(up.stop() == 0)
+    }
+
+    /// What systemd does for a .socket unit with `ReusePort=yes`: it opens the listener with SO_REUSEPORT, keeps it for
+    /// as long as the unit lives, and execs the service with it as descriptor 3 (LISTEN_FDS=1, LISTEN_PID).
+    static let reusePortLauncher = """
+        import os, socket, sys, time
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", 0))
+        s.listen(128)
+        open(sys.argv[1], "w").write(str(s.getsockname()[1]))
+        parent = os.getpid()
+        if os.fork() == 0:
+            end = time.time() + 120
+            while os.getppid() == parent and time.time() < end:
+                time.sleep(0.1)
+            os._exit(0)
+        if s.fileno() != 3:
+            os.dup2(s.fileno(), 3)
+        os.set_inheritable(3, True)
+        os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="web")
+        os.execv(sys.argv[2], sys.argv[2:])
+        """
+
+    @Test("a socket from systemd with ReusePort=yes is steered: each generation gets its own, a sloppy stop loses nothing")
+    func systemdReusePortSteered() throws {
+        let folder = try TemporaryFolder()
+        let script = try folder.write("sloppy.py", sloppyServer)
+        let portFile = folder.path + "/port"
+        let up = try UpProcess(
+            ["--", systemPython, script, "plain", folder.path + "/marker"], folder: folder,
+            launcher: [systemPython, "-c", Self.reusePortLauncher, portFile])
+        let address = try up.servingAddress()
+        #expect(String(address.port) == (try? String(contentsOfFile: portFile, encoding: .utf8)), "up serves systemd's socket")
+        let outcome = up.reloadUnderLoad(address, times: 3, clients: 4)
+        #expect(outcome.reloads == 3, "\(up.logText)")
+        #expect(outcome.failures.isEmpty, "\(outcome.failures.count) failed: \(outcome.failures.prefix(3))\n\(up.logText)")
+        #expect(up.waitForLog("is idle (its queue is empty, it holds no connection): sent SIGTERM", count: 3, timeout: 20), "\(up.logText)")
+        #expect(!up.logText.contains("has no SO_REUSEPORT"), "\(up.logText)")
+        #expect(up.stop() == 0, "\(up.logText)")
     }
 
     static let udpCounter = """

@@ -186,7 +186,8 @@ extension Supervisor {
     /// kernel would spread connections by its hash over every member, old ones included. So the last one must never
     /// be a socket traffic or the probe goes to: where it is, a spare joins first (and is the last that moves), which
     /// the next generation gets as its socket. The program then stays right throughout.
-    func retireUnusedSockets() -> [UpMachine.Event] {
+    /// `generation`: the generation that just went, whose sockets these likely were (for the reload report).
+    func retireUnusedSockets(after generation: Int? = nil) -> [UpMachine.Event] {
         guard !groups.isEmpty else { return [] }
         let used = Set(generations.flatMap { $0.sockets ?? [] } + sockets.map(\.descriptor) + spares.values.flatMap { $0 })
         let targets = Set(generations.filter { $0.phase == .ready || $0.phase == .starting }.flatMap { $0.sockets ?? [] } + sockets.map(\.descriptor))
@@ -230,7 +231,7 @@ extension Supervisor {
             #endif
             steer()
         }
-        return reset > 0 ? [.queuedResetAtRetire(reset)] : []
+        return reset > 0 ? [.queuedResetAtRetire(reset, generation: generation)] : []
     }
 
     /// Whether a process other than `up` holds the socket `descriptor` names.
@@ -242,10 +243,12 @@ extension Supervisor {
 
     /// Every process that holds one of the generation's own sockets belongs to it, whatever its parent (a helper
     /// that detached with setsid or a double fork): it is killed with the generation's process group when the grace
-    /// runs out. A socket another live generation shares (a crashed one's, given to its replacement) names nobody.
+    /// runs out. A socket another live generation shares (a crashed one's, given to its replacement), or one from
+    /// systemd, names nobody.
     func socketHolders(of generation: GenerationRecord, in tree: Processes.Tree) -> [GenerationRecord.Member] {
         let others = Set(generations.filter { $0.number != generation.number && $0.exit == nil }.flatMap { $0.sockets ?? [] })
-        let inodes = Set(steeredSockets(of: generation).map(\.descriptor).filter { !others.contains($0) }.map(GenerationProbe.inode(of:)))
+        // Only sockets up opened: systemd keeps its own, and is no member of anything.
+        let inodes = Set(steeredSockets(of: generation).map(\.descriptor).filter { !others.contains($0) && steeredDescriptors.contains($0) }.map(GenerationProbe.inode(of:)))
         guard !inodes.isEmpty else { return [] }
         let known = Set(generation.members.map(\.pid) + [generation.pid, getpid()])
         return tree.all.filter { !known.contains($0.pid) && !Processes.socketInodes(of: $0.pid).isDisjoint(with: inodes) }

@@ -262,6 +262,7 @@ package final class Supervisor {
             _ = try? Processes.kill(pid, signal)
         case .kill(let number): return kill(number).map { [$0] } ?? []
         case .prepareStop(let number): return prepareStop(number)
+        case .closeProbe(let number): closeProbe(of: number)
         case .noteReady(let number): return noteReady(number)
         case .steer: steer()
         case .takeOutOfRotation(let number): takeOutOfRotation(number)
@@ -313,7 +314,6 @@ package final class Supervisor {
 
     /// After a generation became ready: its members, and the blocking mode of shared sockets.
     private func noteReady(_ number: Int) -> [UpMachine.Event] {
-        closeProbe(of: number)
         guard let generation = generation(number) else { return [] }
         if generation.sockets == nil { noteBlockingMode(of: generation) }
         let members = Self.descendants(of: generation, in: Processes.Tree())
@@ -330,6 +330,6 @@ package final class Supervisor {
         resources[number]?.interceptor?.stop(timeout: 0.5)
         closeProbe(of: number)
         resources[number] = nil
-        return retireUnusedSockets()
+        return retireUnusedSockets(after: number)
     }
 }

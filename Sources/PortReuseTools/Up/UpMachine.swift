@@ -58,8 +58,8 @@ package struct UpMachine {
         case gone(number: Int)
         case reloadMeasured(ReloadRecord)
         case upgradeFailed
-        /// Connections the kernel reset when `up` retired a socket whose generation never accepted them.
-        case queuedResetAtRetire(Int)
+        /// Connections the kernel reset when `up` retired a socket whose generation (if known) never accepted them.
+        case queuedResetAtRetire(Int, generation: Int?)
         /// The clock moved: deadlines, readiness looks, the end of a backoff or of the stop delay.
         case tick
     }
@@ -95,6 +95,9 @@ package struct UpMachine {
         case kill(Int)
         /// Before a generation's stop signal: close its probe, note its members and the holders of its sockets.
         case prepareStop(Int)
+        /// A generation left `starting`: `up`'s probe connection to it closes (a single-threaded server that accepted
+        /// it waits for its request until then).
+        case closeProbe(Int)
         /// After a generation became ready: note its members, and the blocking mode of shared sockets.
         case noteReady(Int)
         /// Point the steering programs at the generations as they stand.
@@ -198,7 +201,12 @@ package struct UpMachine {
             record.counters.count(report)
             if record.history.count > 20 { record.history.removeFirst(record.history.count - 20) }
         case .upgradeFailed: record.upgradeFailures += 1
-        case .queuedResetAtRetire(let count): record.counters.resetAtRetire += count
+        case .queuedResetAtRetire(let count, let generation):
+            record.counters.resetAtRetire += count
+            // In the report of the reload that replaced that generation.
+            if let generation, let i = record.history.firstIndex(where: { $0.generation > generation && $0.result == .ready }) {
+                record.history[i].resetOnRetiredSockets = (record.history[i].resetOnRetiredSockets ?? 0) + count
+            }
         case .tick: tick(now: now, &actions)
         }
         return actions
@@ -397,15 +405,15 @@ package struct UpMachine {
         record.generations[i].readySeconds = Double(now - min(now, record.generations[i].startedMonotonic)) / 1e9
         record.failures.everReady = true  // the failures in a row are cleared once it served for FailureCount.stableSeconds (tick)
         let generation = record.generations[i]
-        // The cutover first of all: new connections go to this generation's sockets from now on. Whoever waits for
-        // the reload (systemd, `up reload`) hears of it next; the old generations' stop comes after.
-        actions.append(.steer)
+        // The cutover first of all: new connections go to this generation's sockets from now on, and the probe lets go
+        // of it. Whoever waits for the reload (systemd, `up reload`) hears of it next; the old generations' stop comes
+        // after, and last the look at its processes (a pass over /proc).
+        actions += [.steer, .closeProbe(number)]
         let old = record.generations.filter { $0.number != number && $0.phase == .ready }
         let draining = old.count + record.generations.filter { $0.phase == .draining }.count
         actions.append(.tellSystemd([.ready, .status(Self.statusLine(serving: generation, draining: draining))]))
         if generation.reason == .reload { actions.append(.measureReload(number, .ready, reason: nil)) }
         actions.append(.log(.info, "\(generation.label) ready after \(Self.milliseconds(now - min(now, generation.startedMonotonic))) (\(how))"))
-        actions.append(.noteReady(number))
         for serving in old {
             // Out of rotation only where it has sockets of its own (not a crashed one's that it shares with this one).
             if let own = serving.sockets, own != generation.sockets, !serving.socketsDown {
@@ -414,7 +422,7 @@ package struct UpMachine {
                 drain(serving.number, now: now, &actions)
             }
         }
-        actions.append(.stopAdopted)
+        actions += [.stopAdopted, .noteReady(number)]
         if record.reloadQueued && !record.state.isStopping {
             record.reloadQueued = false
             actions.append(.log(.info, "starting the reload requested while \(generation.label) was starting"))

@@ -292,6 +292,9 @@ package struct ReloadRecord: Codable, Sendable, Equatable {
     package var backlog: Int?
     /// The established connections that the older generations still held when this one became ready.
     package var connectionsOnOlderGenerations: Int?
+    /// Connections the kernel reset when `up` retired the socket of a generation this one replaced, which had gone
+    /// without accepting them (it hung, crashed for good, or ran out of `--drain-timeout`); counted once it is retired.
+    package var resetOnRetiredSockets: Int?
 
     package init(generation: Int, startedAt: Double, result: ReloadResult, reason: String?, seconds: Double) {
         self.generation = generation
