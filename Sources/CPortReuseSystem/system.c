@@ -10,6 +10,8 @@
 #ifdef __linux__
 #include <fcntl.h>
 #include <linux/audit.h>
+#include <arpa/inet.h>
+#include <linux/bpf.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
@@ -40,6 +42,96 @@ int csystem_attach_reuseport_cbpf(int fd, const csystem_bpf_instruction *program
     struct sock_fprog fprog = {.len = count, .filter = (struct sock_filter *)program};
     return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fprog, sizeof fprog);
 }
+static int csystem_bpf(int command, union bpf_attr *attributes) { return (int)syscall(SYS_bpf, command, attributes, sizeof *attributes); }
+
+int csystem_reuseport_map_create(unsigned entries) {
+    union bpf_attr attributes;
+    memset(&attributes, 0, sizeof attributes);
+    attributes.map_type = BPF_MAP_TYPE_REUSEPORT_SOCKARRAY;
+    attributes.key_size = sizeof(uint32_t);
+    attributes.value_size = sizeof(uint64_t);
+    attributes.max_entries = entries;
+    attributes.map_flags = 0;
+    int map = csystem_bpf(BPF_MAP_CREATE, &attributes);
+    if (map >= 0) fcntl(map, F_SETFD, FD_CLOEXEC);
+    return map;
+}
+
+int csystem_reuseport_map_set(int map, unsigned key, int socket) {
+    uint32_t index = key;
+    uint64_t value = (uint64_t)socket;
+    union bpf_attr attributes;
+    memset(&attributes, 0, sizeof attributes);
+    attributes.map_fd = (uint32_t)map;
+    attributes.key = (uint64_t)(uintptr_t)&index;
+    attributes.value = (uint64_t)(uintptr_t)&value;
+    attributes.flags = BPF_ANY;
+    return csystem_bpf(BPF_MAP_UPDATE_ELEM, &attributes);
+}
+
+int csystem_attach_reuseport_ebpf(int fd, int map, unsigned serving, int probe, const uint16_t *ports, unsigned count, char *log, unsigned log_size) {
+    struct bpf_insn program[32 + 256];
+    int n = 0;
+#define INSN(c, d, s, o, i) program[n++] = (struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)}
+    if (count > 256) count = 256;
+    INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_6, BPF_REG_1, 0, 0);  // r6 = the context
+    INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_7, 0, 0, (int32_t)serving);  // r7 = the key of the serving socket
+    if (probe >= 0 && count > 0) {
+        // The TCP source port, where the packet has one (a request that migrates from a closed listener has none).
+        INSN(BPF_LDX | BPF_MEM | BPF_DW, BPF_REG_2, BPF_REG_6, offsetof(struct sk_reuseport_md, data), 0);
+        INSN(BPF_LDX | BPF_MEM | BPF_DW, BPF_REG_3, BPF_REG_6, offsetof(struct sk_reuseport_md, data_end), 0);
+        INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_4, BPF_REG_2, 0, 0);
+        INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_4, 0, 0, 2);
+        int too_short = n;
+        INSN(BPF_JMP | BPF_JGT | BPF_X, BPF_REG_4, BPF_REG_3, 0, 0);  // past the end: to select
+        INSN(BPF_LDX | BPF_MEM | BPF_H, BPF_REG_5, BPF_REG_2, 0, 0);  // the port as it lies in memory (network order)
+        int first = n;
+        for (unsigned i = 0; i < count; i++) INSN(BPF_JMP | BPF_JEQ | BPF_K, BPF_REG_5, 0, 0, (int32_t)htons(ports[i]));
+        INSN(BPF_JMP | BPF_JA, 0, 0, 1, 0);  // no probe: past the next
+        int to_probe = n;
+        INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_7, 0, 0, probe);  // r7 = the key of the probe's socket
+        for (unsigned i = 0; i < count; i++) program[first + i].off = (int16_t)(to_probe - (first + (int)i) - 1);
+        program[too_short].off = (int16_t)(n - too_short - 1);
+    }
+    INSN(BPF_STX | BPF_MEM | BPF_W, BPF_REG_10, BPF_REG_7, -4, 0);  // the key on the stack
+    INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_1, BPF_REG_6, 0, 0);
+    INSN(BPF_LD | BPF_DW | BPF_IMM, BPF_REG_2, BPF_PSEUDO_MAP_FD, 0, map);  // r2 = the map (two instructions)
+    INSN(0, 0, 0, 0, 0);
+    INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_3, BPF_REG_10, 0, 0);
+    INSN(BPF_ALU64 | BPF_ADD | BPF_K, BPF_REG_3, 0, 0, -4);
+    INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_4, 0, 0, 0);
+    INSN(BPF_JMP | BPF_CALL, 0, 0, 0, BPF_FUNC_sk_select_reuseport);  // an empty slot leaves the choice to the kernel's hash
+    INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, SK_PASS);
+    INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
+#undef INSN
+    union bpf_attr attributes;
+    memset(&attributes, 0, sizeof attributes);
+    attributes.prog_type = BPF_PROG_TYPE_SK_REUSEPORT;
+    attributes.expected_attach_type = BPF_SK_REUSEPORT_SELECT_OR_MIGRATE;
+    attributes.insn_cnt = (uint32_t)n;
+    attributes.insns = (uint64_t)(uintptr_t)program;
+    attributes.license = (uint64_t)(uintptr_t)"Dual MIT/GPL";
+    if (log && log_size > 0) {
+        log[0] = 0;
+        attributes.log_level = 1;
+        attributes.log_buf = (uint64_t)(uintptr_t)log;
+        attributes.log_size = log_size;
+    }
+    int loaded = csystem_bpf(BPF_PROG_LOAD, &attributes);
+    if (loaded < 0 && log && errno == ENOSPC) {  // the log was too small: load again without it
+        attributes.log_level = 0;
+        attributes.log_buf = 0;
+        attributes.log_size = 0;
+        loaded = csystem_bpf(BPF_PROG_LOAD, &attributes);
+    }
+    if (loaded < 0) return -1;
+    int result = setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, &loaded, sizeof loaded);
+    int saved = errno;
+    close(loaded);
+    errno = saved;
+    return result;
+}
+
 int csystem_pidfd_getfd(int pidfd, int target) { return (int)syscall(SYS_pidfd_getfd, pidfd, target, 0); }
 int csystem_pidfd_send_signal(int pidfd, int signal) { return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0); }
 
@@ -424,6 +516,9 @@ int csystem_pipe2(int ends[2], int flags) CSYSTEM_MISSING
 int csystem_pidfd_open(int pid) CSYSTEM_MISSING
 int csystem_pidfd_open_thread(int tid) CSYSTEM_MISSING
 int csystem_attach_reuseport_cbpf(int fd, const csystem_bpf_instruction *program, unsigned short count) CSYSTEM_MISSING
+int csystem_reuseport_map_create(unsigned entries) CSYSTEM_MISSING
+int csystem_reuseport_map_set(int map, unsigned key, int socket) CSYSTEM_MISSING
+int csystem_attach_reuseport_ebpf(int fd, int map, unsigned serving, int probe, const uint16_t *ports, unsigned count, char *log, unsigned log_size) CSYSTEM_MISSING
 int csystem_pidfd_getfd(int pidfd, int target) CSYSTEM_MISSING
 int csystem_pidfd_send_signal(int pidfd, int signal) CSYSTEM_MISSING
 int csystem_pidfd_inode_id(int pid, unsigned long long *id) CSYSTEM_MISSING

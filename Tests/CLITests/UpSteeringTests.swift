@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PortReuse
+import Synchronization
 import PortReuseTools
 import TestSupport
 import Testing
@@ -91,6 +92,45 @@ struct SteeringProgramTests {
         #expect(waitUntil(timeout: 5) { ListenerState.waiting(descriptors[2], .udp) != nil })
     }
 
+    @Test("eBPF: the program picks a socket by up's key; a listener that shuts down hands its queue to the serving one",
+          .needsRoot("CAP_BPF for a SK_REUSEPORT program"))
+    func ebpfSelectsAndMigrates() throws {
+        let (first, second) = try pair()
+        let (a, b) = (first.handle.descriptor!, second.handle.descriptor!)
+        var map = try #require(SteeringMap.make().map)
+        defer { close(map.descriptor) }
+        #expect(map.add(a) == 0 && map.add(b) == 0)
+        #expect(map.keys == [a: 0, b: 1])
+        #expect(map.attach(.init(serving: 1), to: a).errno == 0)
+        var clients = try (0..<10).map { _ in try Connection.dial(to: first.localAddress, timeout: .seconds(5)) }
+        #expect(waitUntil(timeout: 5) { queued(second) == 10 }, "\(queued(first)) / \(queued(second))")
+        #expect(queued(first) == 0)
+        let attached = map.attach(.init(serving: 0), to: b)
+        #expect(attached.errno == 0, "\(attached.log)")
+        clients += try (0..<5).map { _ in try Connection.dial(to: first.localAddress, timeout: .seconds(5)) }
+        #expect(waitUntil(timeout: 5) { queued(first) == 5 }, "\(queued(first)) / \(queued(second))")
+        // The first stops listening while 5 wait in its queue: they move to the serving second, not reset.
+        #expect(map.attach(.init(serving: 1), to: b).errno == 0)
+        #expect(shutdown(a, Int32(SHUT_RDWR)) == 0)
+        #expect(waitUntil(timeout: 5) { queued(second) == 15 }, "\(queued(second)) queued on the second after the first shut down")
+        withExtendedLifetime(clients) {}
+    }
+
+    @Test("eBPF: the probe's source ports reach the probe's socket alone", .needsRoot("CAP_BPF for a SK_REUSEPORT program"))
+    func ebpfProbe() throws {
+        let (serving, starting) = try pair()
+        var map = try #require(SteeringMap.make().map)
+        defer { close(map.descriptor) }
+        #expect(map.add(serving.handle.descriptor!) == 0 && map.add(starting.handle.descriptor!) == 0)
+        let source = try ProbeSource(for: serving.localAddress)
+        let attached = map.attach(.init(serving: 0, probe: (source.ports, 1)), to: serving.handle.descriptor!)
+        #expect(attached.errno == 0, "\(attached.log)")
+        let load = try (0..<20).map { _ in try Connection.dial(to: serving.localAddress, timeout: .seconds(5)) }
+        let probes = (0..<3).compactMap { _ in source.connect(to: serving.localAddress, timeout: .seconds(5)) }
+        #expect(waitUntil(timeout: 5) { queued(serving) == 20 && queued(starting) == 3 }, "\(queued(serving)) / \(queued(starting))")
+        withExtendedLifetime((load, probes)) {}
+    }
+
     static func attach(_ program: [SteeringProgram.Instruction], to listener: Listener) -> Int32 {
         SteeringProgram.attach(program, to: listener.handle.descriptor!)
     }
@@ -101,7 +141,7 @@ struct SteeringProgramTests {
 /// every reload; steered, the old generation is stopped only once it holds nothing. `shutdown-new` makes every
 /// generation after the first shut its socket down at start; `shutdown-on-stop` shuts it down on SIGTERM (to wake
 /// an accept thread, a common idiom) before it waits for its requests; `helper` double-forks a helper that keeps
-/// descriptor 3 and answers "helper".
+/// descriptor 3 and answers "helper"; `stall` makes the first generation say READY=1 and never accept.
 let sloppyServer = """
     import os, signal, socket, sys, threading, time
     mode, marker = sys.argv[1], sys.argv[2]
@@ -118,6 +158,11 @@ let sloppyServer = """
                 try: c, _ = s.accept()
                 except OSError: time.sleep(0.05); continue
                 c.recv(4096); c.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\nhelper\\n"); c.close()
+        os._exit(0)
+    if mode == "stall" and first:
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        time.sleep(120)
         os._exit(0)
     pending = []
     lock = threading.Lock()
@@ -146,19 +191,22 @@ let sloppyServer = """
 
 @Suite("steered generations: reloads under load, and generations that cannot hurt each other")
 struct UpSteeringTests {
-    private func sloppy(_ mode: String, extra: [String] = []) throws -> (UpProcess, TemporaryFolder) {
+    private func sloppy(_ mode: String, extra: [String] = [], environment: [String: String]? = nil) throws -> (UpProcess, TemporaryFolder) {
         let folder = try TemporaryFolder()
         let script = try folder.write("sloppy.py", sloppyServer)
-        let up = try UpProcess(["--listen", "127.0.0.1:0"] + extra + ["--", systemPython, script, mode, folder.path + "/marker"], folder: folder)
+        let up = try UpProcess(
+            ["--listen", "127.0.0.1:0"] + extra + ["--", systemPython, script, mode, folder.path + "/marker"], environment: environment, folder: folder)
         return (up, folder)
     }
 
-    @Test("a server whose stop closes what it just accepted: 5 reloads under 8 clients, 0 failed; each old generation stopped once idle")
-    func sloppyStopLosesNothing() throws {
-        let (up, _) = try sloppy("plain")
+    @Test("a server whose stop closes what it just accepted: 5 reloads under 8 clients, 0 failed; each old generation stopped once idle",
+          arguments: ["eBPF", "classic"])
+    func sloppyStopLosesNothing(steering: String) throws {
+        let environment = steering == "classic" ? ProcessInfo.processInfo.environment.merging(["PORTREUSE_UP_STEERING": "classic"]) { $1 } : nil
+        let (up, _) = try sloppy("plain", environment: environment)
         let address = try up.servingAddress()
         let outcome = up.reloadUnderLoad(address, times: 5, clients: 8)
-        print("measured: sloppy stop, steered: \(outcome.answered) answered, \(outcome.failures.count) failed over \(outcome.reloads) reloads")
+        print("measured: sloppy stop, steered (\(steering)): \(outcome.answered) answered, \(outcome.failures.count) failed over \(outcome.reloads) reloads")
         #expect(outcome.reloads == 5, "\(up.logText)")
         #expect(outcome.failures.isEmpty, "\(outcome.failures.count) failed: \(outcome.failures.prefix(3))\n\(up.logText)")
         #expect(up.waitForLog("is idle (its queue is empty, it holds no connection): sent SIGTERM", count: 4, timeout: 20), "\(up.logText)")
@@ -205,6 +253,48 @@ struct UpSteeringTests {
         let serving = try #require(up.status?.serving.first?.pid)
         let holders = Set(PortHolder.find(port: address.port, transport: .tcp, states: [.listen], options: false).flatMap(\.processes).map(\.pid))
         #expect(holders == [up.pid, serving], "\(holders)\n\(up.logText)")
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
+    /// Requests queued on generation 1, which never accepts, while generation 2 takes over: `--drain-timeout 1`
+    /// then stops generation 1 and `up` retires its socket with them in its queue. How many were answered.
+    private func requestsQueuedOnAHungGeneration(environment: [String: String]? = nil) throws -> (answered: [String], up: UpProcess) {
+        let (up, _) = try sloppy("stall", extra: ["--drain-timeout", "1", "--grace", "1"], environment: environment)
+        let address = try up.servingAddress()
+        let answers = Mutex<[String]>([])
+        let done = DispatchSemaphore(value: 0)
+        for _ in 0..<5 {
+            Thread.detachNewThread {
+                let outcome = (try? httpGet(address)) ?? "failed"
+                answers.withLock { $0.append(outcome) }
+                done.signal()
+            }
+        }
+        let queued = { PortHolder.find(port: address.port, transport: .tcp, states: [.listen], processes: false, options: false).map(\.receiveQueue).reduce(0, +) }
+        #expect(waitUntil(timeout: 10) { queued() >= 5 }, "5 requests wait in generation 1's queue: \(queued())")
+        up.signal(SIGHUP)
+        for _ in 0..<5 { _ = done.wait(timeout: .now() + 30) }
+        return (answers.withLock { $0.filter { $0 != "failed" } }, up)
+    }
+
+    @Test("a hung old generation's queued requests move to the new generation when up retires its socket (eBPF), not reset",
+          .needsRoot("CAP_BPF for a SK_REUSEPORT program"))
+    func hungGenerationQueueMigrates() throws {
+        let (answers, up) = try requestsQueuedOnAHungGeneration()
+        #expect(answers.count == 5 && answers.allSatisfy { $0.contains("gen ") }, "\(answers)\n\(up.logText)")
+        #expect(up.waitForLog("connection(s) queued on a retired generation's socket: moved to the serving generation's socket (eBPF)", timeout: 10), "\(up.logText)")
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
+    @Test("without eBPF (PORTREUSE_UP_STEERING=classic) the same requests are reset, and counted in the reload report")
+    func hungGenerationQueueResetWithClassicBPF() throws {
+        let (answers, up) = try requestsQueuedOnAHungGeneration(environment: ProcessInfo.processInfo.environment.merging(["PORTREUSE_UP_STEERING": "classic"]) { $1 })
+        #expect(answers.isEmpty, "\(answers)\n\(up.logText)")
+        #expect(up.waitForLog("connection(s) queued on a retired generation's socket: reset by the kernel", timeout: 10), "\(up.logText)")
+        let status = try capture([portreuse, "up", "status", "--json", "--pid-file", up.pidFile], timeout: 30)
+        let object = try JSONSerialization.jsonObject(with: Data(status.output.utf8)) as? [String: Any]
+        let reset = (object?["reloads"] as? [[String: Any]])?.last?["resetOnRetiredSockets"] as? Int
+        #expect((reset ?? 0) >= 5, "the 5 requests (and any other connection that waited) in the reload's report: \(status.output)")
         #expect(up.stop() == 0, "\(up.logText)")
     }
 

@@ -43,6 +43,20 @@ typedef struct {
 /// the group, in join order; one out of range falls back to the kernel's hash). No capability needed (Linux 4.5+).
 int csystem_attach_reuseport_cbpf(int fd, const csystem_bpf_instruction *program, unsigned short count);
 
+/// A `BPF_MAP_TYPE_REUSEPORT_SOCKARRAY` of `entries` sockets of one SO_REUSEPORT group, by a key of the caller's
+/// choosing (close-on-exec). A socket leaves it by itself when it closes or stops listening. -1 and errno (EPERM
+/// without CAP_BPF, or where unprivileged BPF is off).
+int csystem_reuseport_map_create(unsigned entries);
+/// Puts the socket `socket` (listening, or a bound UDP socket, in the map's group) at `key`.
+int csystem_reuseport_map_set(int map, unsigned key, int socket);
+
+/// Loads and attaches to `fd`'s group (`SO_ATTACH_REUSEPORT_EBPF`) an eBPF program of type SK_REUSEPORT with
+/// `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`: each new connection or datagram goes to the socket at key `serving` of
+/// `map`, those whose TCP source port is one of `ports` to the one at key `probe` (if `probe` >= 0); and the
+/// connections queued on a listener that closes or shuts down move to the one at `serving` instead of being reset
+/// (Linux 5.14+). The verifier's words go to `log` when it refuses the program. 0, or -1 and errno.
+int csystem_attach_reuseport_ebpf(int fd, int map, unsigned serving, int probe, const uint16_t *ports, unsigned count, char *log, unsigned log_size);
+
 /// `pidfd_getfd(pidfd, target, 0)`: a duplicate of another process's descriptor (Linux 5.6+, ptrace rights).
 int csystem_pidfd_getfd(int pidfd, int target);
 

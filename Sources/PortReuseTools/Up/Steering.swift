@@ -178,3 +178,61 @@ package final class ProbeSource {
         return nil
     }
 }
+
+/// Steering with eBPF where `up` may load it (CAP_BPF, or unprivileged BPF): the sockets of one group in a
+/// `REUSEPORT_SOCKARRAY` map under keys `up` chooses, and a `SK_REUSEPORT` program that picks a socket by its key.
+/// Unlike the classic program it needs no model of the kernel's array, and it is attached as
+/// `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`: the connections still queued on a listener that closes or shuts down move
+/// to the serving socket instead of being reset.
+package struct SteeringMap: Codable, Equatable, Sendable {
+    /// The map's descriptor (close-on-exec; kept open across an in-place upgrade).
+    package let descriptor: Int32
+    /// `up`'s descriptor of each socket in the map, and its key.
+    package private(set) var keys: [Int32: UInt32] = [:]
+    /// Keys this many and more are never used: more sockets than this at once fall back to the serving one.
+    package static let capacity: UInt32 = 256
+
+    /// A new map, or nil with the errno when the kernel refuses (EPERM without CAP_BPF).
+    package static func make() -> (map: SteeringMap?, errno: Int32) {
+        let descriptor = csystem_reuseport_map_create(capacity)
+        return descriptor >= 0 ? (SteeringMap(descriptor: descriptor), 0) : (nil, errno)
+    }
+
+    private init(descriptor: Int32) { self.descriptor = descriptor }
+
+    /// Puts `socket` in the map under the lowest free key; 0, or the errno.
+    package mutating func add(_ socket: Int32) -> Int32 {
+        let used = Set(keys.values)
+        guard let key = (0..<Self.capacity).first(where: { !used.contains($0) }) else { return ENOSPC }
+        guard csystem_reuseport_map_set(descriptor, key, socket) == 0 else { return errno }
+        keys[socket] = key
+        return 0
+    }
+
+    /// Forgets `socket`'s key (the kernel drops the entry itself when the socket closes or stops listening).
+    package mutating func remove(_ socket: Int32) { keys[socket] = nil }
+
+    /// What the program picks: the serving socket's key, and the probe's source ports with its socket's key.
+    package struct Choice: Equatable, Sendable {
+        package var serving: UInt32
+        package var probe: (ports: [UInt16], key: UInt32)?
+
+        package init(serving: UInt32, probe: (ports: [UInt16], key: UInt32)? = nil) {
+            self.serving = serving
+            self.probe = probe
+        }
+
+        package static func == (a: Choice, b: Choice) -> Bool { a.serving == b.serving && a.probe?.ports == b.probe?.ports && a.probe?.key == b.probe?.key }
+    }
+
+    /// Loads the program for `choice` and attaches it to the group of `socket`; 0, or the errno, with the verifier's words.
+    package func attach(_ choice: Choice, to socket: Int32) -> (errno: Int32, log: String) {
+        let ports = choice.probe?.ports ?? []
+        var log = [CChar](repeating: 0, count: 4096)
+        let result = ports.withUnsafeBufferPointer { pointer in
+            csystem_attach_reuseport_ebpf(socket, descriptor, choice.serving, choice.probe.map { Int32($0.key) } ?? -1, pointer.baseAddress, UInt32(ports.count), &log, UInt32(log.count))
+        }
+        let code = result == 0 ? 0 : errno
+        return (code, code == 0 ? "" : String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+    }
+}

@@ -9,10 +9,21 @@ extension Supervisor {
     /// that way; systemd's only with `ReusePort=yes`); says once which cannot, and why.
     func startSteering() {
         guard configuration.steers, groups.isEmpty else { return }
+        var classic = getenv("PORTREUSE_UP_STEERING").map { String(cString: $0) == "classic" } ?? false
+        if classic { logger.info("PORTREUSE_UP_STEERING=classic: steered by classic BPF; connections queued on a retired socket are reset, not moved") }
         for (index, socket) in sockets.enumerated() {
             if ListenerState.reusesPort(socket.descriptor) {
                 groups[index] = ReuseportGroup(members: [socket.descriptor])
                 if socket.openedByUp { steeredDescriptors.insert(socket.descriptor) }  // not systemd's
+                guard !classic else { continue }
+                let (made, code) = SteeringMap.make()
+                if var map = made, map.add(socket.descriptor) == 0 {
+                    steeringMaps[index] = map
+                } else {
+                    if let map = made { close(map.descriptor) }
+                    classic = true
+                    logger.info("no eBPF steering (\(Errno(rawValue: code == 0 ? errno : code)); it needs CAP_BPF): steered by classic BPF; connections queued on a retired socket are reset, not moved")
+                }
             } else {
                 logger.info(.init(stringLiteral: "\(socket.name) \(socket.address) has no SO_REUSEPORT (a socket from systemd needs ReusePort=yes in its .socket unit): "
                     + "every generation shares it, and an old generation takes \(socket.transport == .tcp ? "connections" : "datagrams") from its queue until it stops"))
@@ -58,6 +69,10 @@ extension Supervisor {
         if configuration.dialect.nonBlockingSockets, template.transport == .tcp { _ = fcntl(moved, F_SETFL, fcntl(moved, F_GETFL) | O_NONBLOCK) }
         groups[index]?.join(moved)
         steeredDescriptors.insert(moved)
+        if let code = steeringMaps[index]?.add(moved), code != 0 {
+            logger.warning("\(template.address): a socket could not join up's eBPF map (\(Errno(rawValue: code))): back to classic BPF for it")
+            dropSteeringMap(index)
+        }
         return moved
     }
 
@@ -73,15 +88,32 @@ extension Supervisor {
         let starting = generations.last { $0.phase == .starting && $0.number != serving.number }
         for (index, group) in groups {
             let target = servingSockets[index]
+            let theirs = starting?.sockets?[index]
+            if let map = steeringMaps[index], let key = map.keys[target] {
+                var choice = SteeringMap.Choice(serving: key)
+                if sockets[index].transport == .tcp, let theirs, theirs != target, let probeKey = map.keys[theirs], let source = probeSource(for: index) {
+                    choice.probe = (source.ports, probeKey)
+                }
+                if attachedChoices[index] != choice {
+                    let (code, log) = map.attach(choice, to: target)
+                    if code == 0 {
+                        attachedChoices[index] = choice
+                    } else {
+                        logger.error(.init(stringLiteral: "cannot attach up's eBPF program to \(sockets[index].address) (\(Errno(rawValue: code))"
+                            + (log.isEmpty ? "" : ": \(log.split(separator: "\n").suffix(2).joined(separator: " "))") + "): back to classic BPF"))
+                        dropSteeringMap(index)
+                    }
+                }
+            }
             guard let servingIndex = group.index(of: target) else { continue }
             var probe: (ports: [UInt16], index: UInt32)?
-            if sockets[index].transport == .tcp, let theirs = starting?.sockets?[index], theirs != target, let probeIndex = group.index(of: theirs),
+            if sockets[index].transport == .tcp, let theirs, theirs != target, let probeIndex = group.index(of: theirs),
                 let source = probeSource(for: index)
             {
                 probe = (source.ports, probeIndex)
             }
             let program = SteeringProgram.instructions(serving: servingIndex, probe: probe)
-            if attachedPrograms[index] != program {
+            if steeringMaps[index] == nil, attachedPrograms[index] != program {
                 let code = SteeringProgram.attach(program, to: target)
                 if code == 0 {
                     attachedPrograms[index] = program
@@ -171,7 +203,10 @@ extension Supervisor {
         for generation in generations where generation.exit == nil {
             let dead = steeredSockets(of: generation).filter { !ListenerState.isInGroup($0.descriptor, sockets[$0.index].transport) }
             guard !dead.isEmpty else { continue }
-            for (index, descriptor) in dead { groups[index]?.leave(descriptor) }
+            for (index, descriptor) in dead {
+                groups[index]?.leave(descriptor)
+                steeringMaps[index]?.remove(descriptor)
+            }
             events.append(.socketsStopped(number: generation.number, names: dead.map { "\(sockets[$0.index].name) \(sockets[$0.index].address)" }.joined(separator: ", ")))
         }
         return events
@@ -207,11 +242,15 @@ extension Supervisor {
             steeredDescriptors.remove(descriptor)
             if ours, let waiting = ListenerState.waiting(descriptor, transport) {
                 // Its generation is gone without taking them (it hung, or --drain-timeout ran out).
-                if transport == .tcp { reset += ListenerState.queued(descriptor) }
-                logger.warning("\(waiting) on a retired generation's socket: \(transport == .tcp ? "reset by the kernel" : "dropped") (no generation took them)")
+                let migrates = transport == .tcp && steeringMaps[index] != nil
+                if transport == .tcp && !migrates { reset += ListenerState.queued(descriptor) }
+                let fate = migrates ? "moved to the serving generation's socket (eBPF)" : transport == .tcp ? "reset by the kernel" : "dropped"
+                logger.warning("\(waiting) on a retired generation's socket: \(fate) (its generation went without taking them)")
             }
+            steeringMaps[index]?.remove(descriptor)
             if ours {
-                if let last = groups[index]!.members.last, last != descriptor, targets.contains(last) {
+                // The classic program picks by index: the last member must never be one traffic goes to (see above).
+                if steeringMaps[index] == nil, let last = groups[index]!.members.last, last != descriptor, targets.contains(last) {
                     do { spares[index, default: []].append(try openSibling(index)) } catch {
                         logger.warning("no spare socket for \(sockets[index].address) (\(error)): new connections may be spread by the kernel's hash for a moment")
                     }
@@ -232,6 +271,14 @@ extension Supervisor {
             steer()
         }
         return reset > 0 ? [.queuedResetAtRetire(reset, generation: generation)] : []
+    }
+
+    /// Classic BPF for group `index` from now on: where eBPF failed for it.
+    private func dropSteeringMap(_ index: Int) {
+        guard let map = steeringMaps.removeValue(forKey: index) else { return }
+        close(map.descriptor)
+        attachedChoices[index] = nil
+        attachedPrograms[index] = nil
     }
 
     /// Whether a process other than `up` holds the socket `descriptor` names.

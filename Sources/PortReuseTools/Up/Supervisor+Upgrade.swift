@@ -56,7 +56,7 @@ extension Supervisor {
             sockets: sockets.map { .init(descriptor: $0.descriptor, name: $0.name, backlog: $0.backlog) }, record: carried,
             startedWall: startedWall, runtimeFolder: runtimeFolder,
             groups: groups.isEmpty ? nil : groups, steeredDescriptors: groups.isEmpty ? nil : steeredDescriptors.sorted(),
-            spares: groups.isEmpty ? nil : spares)
+            spares: groups.isEmpty ? nil : spares, steeringMaps: steeringMaps.isEmpty ? nil : steeringMaps)
     }
 
     /// After a failed exec: new threads answer the generations' binds (on duplicates of the descriptors; the
@@ -83,7 +83,8 @@ extension Supervisor {
         groups = handover.groups ?? [:]
         steeredDescriptors = Set(handover.steeredDescriptors ?? [])
         spares = handover.spares ?? [:]
-        for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor >= 0 {
+        steeringMaps = handover.steeringMaps ?? [:]
+        for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)).union(steeringMaps.values.map(\.descriptor)) where descriptor >= 0 {
             _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
         }
         for record in handover.record.generations {

@@ -127,6 +127,9 @@ package final class Supervisor {
     /// attached to each group.
     var probeSources: [Int: ProbeSource?] = [:]
     var attachedPrograms: [Int: [SteeringProgram.Instruction]] = [:]
+    /// Steered by eBPF (where `up` may load it): each group's map of sockets by key, and the choice attached.
+    var steeringMaps: [Int: SteeringMap] = [:]
+    var attachedChoices: [Int: SteeringMap.Choice] = [:]
     #if os(Linux)
     /// The interceptors' view of each set of sockets generations got (``interceptionRules(number:sockets:)``).
     var swaps: [[Int32]: SocketSwap] = [:]

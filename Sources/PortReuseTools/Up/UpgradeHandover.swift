@@ -25,6 +25,8 @@ package struct UpgradeHandover: Codable {
     package var groups: [Int: ReuseportGroup]?
     package var steeredDescriptors: [Int32]?
     package var spares: [Int: [Int32]]?
+    /// Steered by eBPF: each group's map (its descriptor kept open across exec) and the keys in it.
+    package var steeringMaps: [Int: SteeringMap]?
 
     /// The file of this process's executable, as it is named now (a replaced binary's path, not "(deleted)").
     package static var executablePath: String {
@@ -73,7 +75,7 @@ package struct UpgradeHandover: Codable {
     package func execute(binary: String, arguments: [String], path: String) throws(CommandFailure) {
         let generations = record.generations
         let kept = sockets.map(\.descriptor) + generations.compactMap(\.notifyDescriptor) + generations.compactMap(\.interceptDescriptor)
-            + generations.flatMap { $0.sockets ?? [] } + (groups ?? [:]).values.flatMap(\.members).filter { $0 >= 0 }
+            + generations.flatMap { $0.sockets ?? [] } + (groups ?? [:]).values.flatMap(\.members).filter { $0 >= 0 } + (steeringMaps ?? [:]).values.map(\.descriptor)
         for descriptor in kept { _ = fcntl(descriptor, F_SETFD, 0) }
         Self.closeOnExecLibraryDescriptors(keeping: Set(kept))
         setenv(Self.variable, path, 1)
