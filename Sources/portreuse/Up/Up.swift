@@ -25,10 +25,11 @@ struct Up: ParsableCommand {
             Listener.activated) need no change.
 
             On SIGHUP (or `portreuse up reload`) up starts a new generation beside the old one, waits \
-            until it is ready, then switches new connections over to it. Each generation has a TCP socket of \
-            its own in one SO_REUSEPORT group that up holds and steers with a BPF program: only up's readiness \
-            probe reaches a starting generation, and the old one gets no new connection after the switch-over \
-            and its stop signal once it holds none (--drain-timeout at most), then --grace to finish. \
+            until it is ready, then switches new connections over to it. Each generation has a socket (TCP or \
+            UDP) of its own in one SO_REUSEPORT group that up holds and steers with a BPF program (eBPF where up \
+            may load it, which also moves connections left queued on a retired socket; else classic BPF): only \
+            up's readiness probe reaches a starting generation, and the old one gets no new connection after the \
+            switch-over and its stop signal once it holds none (--drain-timeout at most), then --grace to finish. \
             --shared-socket hands every generation the same socket instead. A new generation that exits, shuts \
             its socket down or is not ready in time is stopped and the old one keeps serving. SIGHUPs that arrive while a new \
             generation starts are coalesced into one more reload after it. Any number of old generations may \
