@@ -137,7 +137,7 @@ extension Supervisor {
             // the serving one out of rotation).
             let older = generations.filter { $0.number < generation.number && $0.exit == nil }
             report.connectionsOnOlderGenerations = older.isEmpty ? 0
-                : KernelReadings.connections(of: older.map(\.view), listeners: HealthListener.of(sockets), tree: Processes.Tree()).values.reduce(0, +)
+                : KernelReadings.connections(of: older.map(\.view), listeners: HealthListener.of(sockets), tree: processTree()).values.reduce(0, +)
         }
         return report
     }

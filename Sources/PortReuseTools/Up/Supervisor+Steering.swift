@@ -193,7 +193,7 @@ extension Supervisor {
 
     /// The connections accepted on up's listeners that the processes of `generation` hold.
     func connections(of generation: GenerationRecord) -> Int {
-        KernelReadings.connections(of: [generation.view], listeners: HealthListener.of(sockets)).values.reduce(0, +)
+        KernelReadings.connections(of: [generation.view], listeners: HealthListener.of(sockets), tree: processTree()).values.reduce(0, +)
     }
 
     /// Carries out ``UpMachine/Action/lookAtSteeredSockets``: a generation whose own socket stopped listening (it
@@ -298,7 +298,10 @@ extension Supervisor {
         let inodes = Set(steeredSockets(of: generation).map(\.descriptor).filter { !others.contains($0) && steeredDescriptors.contains($0) }.map(GenerationProbe.inode(of:)))
         guard !inodes.isEmpty else { return [] }
         let known = Set(generation.members.map(\.pid) + [generation.pid, getpid()])
-        return tree.all.filter { !known.contains($0.pid) && !Processes.socketInodes(of: $0.pid).isDisjoint(with: inodes) }
+        // A process the generation made started after its first one: older ones are not read (a pass over every
+        // process's descriptors is the dearest look of a reload).
+        let since = tree.all.first { $0.pid == generation.pid }?.startTime ?? generation.members.map(\.startTime).min() ?? 0
+        return tree.all.filter { $0.startTime >= since && !known.contains($0.pid) && !Processes.socketInodes(of: $0.pid).isDisjoint(with: inodes) }
             .map { GenerationRecord.Member(pid: $0.pid, startTime: $0.startTime) }
     }
 

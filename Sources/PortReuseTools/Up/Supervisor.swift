@@ -103,6 +103,8 @@ package final class Supervisor {
     let startedWall: Double
     /// The record as the status file last got it.
     var written: SupervisorRecord?
+    /// The processes as one pass over /proc found them this turn of the loop (``processTree()``).
+    private var turnTree: Processes.Tree?
     let canLook = GenerationProbe.canLook
     /// This process's start time (/proc/self/stat), written into the status file for ``UpIdentity``.
     let ownStartTime = Processes.stat(of: getpid())?.startTime
@@ -198,6 +200,7 @@ package final class Supervisor {
         var descriptors = [pollfd(fd: signals.readEnd, events: Int16(POLLIN), revents: 0)]
         descriptors += resources.values.compactMap { $0.notify.map { pollfd(fd: $0.descriptor, events: Int16(POLLIN), revents: 0) } }
         _ = poll(&descriptors, nfds_t(descriptors.count), pollTimeout())
+        turnTree = nil
         // An upgrade replaces this program: every other signal of the batch is handled first.
         let batch = signals.take()
         for signal in batch where signal != SIGUSR2 { handle(.signal(signal)) }
@@ -294,6 +297,14 @@ package final class Supervisor {
 
     func generation(_ number: Int) -> GenerationRecord? { record.generation(number) }
 
+    /// The processes, read once a turn however many looks need them (a pass over /proc costs about a millisecond).
+    func processTree() -> Processes.Tree {
+        if let turnTree { return turnTree }
+        let tree = Processes.Tree()
+        turnTree = tree
+        return tree
+    }
+
     /// SIGKILL to what is left of a generation: its process group and its members outside it.
     private func kill(_ number: Int) -> UpMachine.Event? {
         guard let generation = generation(number) else { return nil }
@@ -309,7 +320,7 @@ package final class Supervisor {
     private func prepareStop(_ number: Int) -> [UpMachine.Event] {
         closeProbe(of: number)
         guard let generation = generation(number) else { return [] }
-        let tree = Processes.Tree()
+        let tree = processTree()
         var members = generation.exit == nil ? Self.descendants(of: generation, in: tree) : []
         members += socketHolders(of: generation, in: tree)
         return members.isEmpty ? [] : [.members(number: number, members)]
@@ -319,7 +330,7 @@ package final class Supervisor {
     private func noteReady(_ number: Int) -> [UpMachine.Event] {
         guard let generation = generation(number) else { return [] }
         if generation.sockets == nil { noteBlockingMode(of: generation) }
-        let members = Self.descendants(of: generation, in: Processes.Tree())
+        let members = Self.descendants(of: generation, in: processTree())
         return members.isEmpty ? [] : [.members(number: number, members)]
     }
 
