@@ -4,7 +4,8 @@ import PortReuseTools
 
 @main
 struct PortReuseCommand: ParsableCommand {
-    static let version = "0.1.0"
+    /// The version and the commit it was built from: `0.2.0 (commit 1a2b3c4)`.
+    static let version = "\(BuildInfo.version) (commit \(BuildInfo.commit))"
 
     static let configuration = CommandConfiguration(
         commandName: "portreuse",
