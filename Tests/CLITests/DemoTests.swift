@@ -74,15 +74,14 @@ struct DemoTests {
         }
         #expect(output.split(separator: "\n").filter { $0.hasPrefix("  worker ") && $0.contains("#") }.count == 2, "\(output)")
 
-        // The README's sample run has the same parts, in the same words.
-        let readme = try String(contentsOfFile: packageRoot + "/README.md", encoding: .utf8)
-        let section = try #require(readme.components(separatedBy: "## `portreuse demo`").dropFirst().first?.components(separatedBy: "\n## ").first)
+        // docs/demo.md's sample run has the same parts, in the same words.
+        let section = try String(contentsOfFile: packageRoot + "/docs/demo.md", encoding: .utf8)
         let sample = try #require(section.components(separatedBy: "```text\n").dropFirst().first?.components(separatedBy: "```").first)
         let headings = sample.split(separator: "\n").filter { $0.first?.isNumber == true && $0.dropFirst().hasPrefix(". ") }
         #expect(headings.count == 4, "\(sample)")
         for heading in headings {
             let words = heading.split(separator: ":").first.map(String.init) ?? ""
-            #expect(output.contains(words), "the README's sample says \"\(heading)\", the demo no longer does")
+            #expect(output.contains(words), "docs/demo.md's sample says \"\(heading)\", the demo no longer does")
         }
         for text in ["swift run portreuse demo", "--workers", "--seconds", "--json"] { #expect(section.contains(text)) }
     }

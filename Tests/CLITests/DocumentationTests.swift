@@ -25,15 +25,19 @@ struct DocumentationTests {
         #expect(output.contains("taken, by quickstart (pid "), "a sentence, not an enum case: \(output)")
     }
 
-    @Test("the README's PortReuseNIO block is Examples/nio-snippet/main.swift, which the build compiles")
+    /// A page of docs/.
+    static func page(_ name: String) throws -> String { try String(contentsOfFile: packageRoot + "/docs/" + name, encoding: .utf8) }
+
+    @Test("docs/library.md's PortReuseNIO block is Examples/nio-snippet/main.swift, which the build compiles")
     func nioSnippet() throws {
         let example = try String(contentsOfFile: packageRoot + "/Examples/nio-snippet/main.swift", encoding: .utf8)
-        let block = try #require(readme.components(separatedBy: "```swift\nimport NIOCore\n").dropFirst().first?.components(separatedBy: "```").first)
+        let library = try Self.page("library.md")
+        let block = try #require(library.components(separatedBy: "```swift\nimport NIOCore\n").dropFirst().first?.components(separatedBy: "```").first)
         #expect("import NIOCore\n" + block == example)
         #expect(FileManager.default.isExecutableFile(atPath: productsFolder + "/nio-snippet"), "the snippet did not build")
     }
 
-    @Test("the README's table of shim variables names every variable the shim reads")
+    @Test("docs/run.md's table of shim variables names every variable the shim reads")
     func shimVariables() throws {
         let source = try String(contentsOfFile: packageRoot + "/Sources/CReuseShim/shim.c", encoding: .utf8)
         let reads = source.split(separator: "\n").filter { $0.contains("variable(\"") || $0.contains("read_boolean(\"") || $0.contains("read_endpoint(&") }
@@ -42,8 +46,38 @@ struct DocumentationTests {
                 .filter { $0.count > 3 && $0.allSatisfy { $0.isUppercase || $0 == "_" } }.map(String.init)
         })
         #expect(names.count >= 9, "found \(names.sorted())")
-        let section = try #require(readme.components(separatedBy: "## `portreuse run`").dropFirst().first?.components(separatedBy: "\n## ").first)
-        for name in names { #expect(section.contains("`\(name)`"), "\(name) is read by the shim but not in the README") }
+        let section = try Self.page("run.md")
+        for name in names { #expect(section.contains("`\(name)`"), "\(name) is read by the shim but not in docs/run.md") }
+    }
+
+    @Test("every link between the README and docs/ reaches a page, and a heading in it")
+    func links() throws {
+        let pages = ["README.md"] + (try FileManager.default.contentsOfDirectory(atPath: packageRoot + "/docs")).filter { $0.hasSuffix(".md") }.map { "docs/" + $0 }
+        #expect(pages.count >= 8)
+        func anchors(_ text: String) -> Set<String> {
+            var inFence = false
+            var found: Set<String> = []
+            for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+                if line.hasPrefix("```") { inFence.toggle() }
+                guard !inFence, line.hasPrefix("#") else { continue }
+                let title = line.drop { $0 == "#" }.trimmingCharacters(in: .whitespaces).lowercased()
+                found.insert(String(title.filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == " " }).replacingOccurrences(of: " ", with: "-"))
+            }
+            return found
+        }
+        for page in pages {
+            let text = try String(contentsOfFile: packageRoot + "/" + page, encoding: .utf8)
+            for match in text.matches(of: /\]\(([^)\s]+)\)/) {
+                let target = String(match.1)
+                guard !target.hasPrefix("http") else { continue }
+                let parts = target.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+                let folder = (page as NSString).deletingLastPathComponent
+                let file = parts[0].isEmpty ? page : ((folder as NSString).appendingPathComponent(parts[0]) as NSString).standardizingPath
+                let contents = try? String(contentsOfFile: packageRoot + "/" + file, encoding: .utf8)
+                #expect(contents != nil, "\(page) links to \(target): no file \(file)")
+                if parts.count == 2, let contents { #expect(anchors(contents).contains(parts[1]), "\(page) links to \(target): no such heading in \(file)") }
+            }
+        }
     }
 
     @Test("portreuse --help and --version work")

@@ -295,22 +295,22 @@ struct UpDialectTests {
     }
 }
 
-@Suite("README: dialects and systemd units")
+@Suite("docs/up.md: dialects and systemd units")
 struct UpDialectDocumentationTests {
-    let readme = (try? String(contentsOfFile: packageRoot + "/README.md", encoding: .utf8)) ?? ""
+    let readme = (try? String(contentsOfFile: packageRoot + "/docs/up.md", encoding: .utf8)) ?? ""
 
-    @Test("the README's table of --protocol dialects is the table up uses")
+    @Test("docs/up.md's table of --protocol dialects is the table up uses")
     func dialectTable() {
-        #expect(readme.contains(Dialect.markdownTable + "\n"), "README.md must contain, exactly:\n\(Dialect.markdownTable)")
+        #expect(readme.contains(Dialect.markdownTable + "\n"), "docs/up.md must contain, exactly:\n\(Dialect.markdownTable)")
     }
 
-    /// The ```ini block after the line `# /etc/systemd/system/NAME` in the README.
+    /// The ```ini block after the line `# /etc/systemd/system/NAME` in docs/up.md.
     func unit(_ heading: String) throws -> String {
-        let after = try #require(readme.components(separatedBy: "```ini\n# /etc/systemd/system/" + heading + "\n").dropFirst().first, "no unit \(heading) in the README")
+        let after = try #require(readme.components(separatedBy: "```ini\n# /etc/systemd/system/" + heading + "\n").dropFirst().first, "no unit \(heading) in docs/up.md")
         return try #require(after.components(separatedBy: "```").first)
     }
 
-    @Test("the README's units pass systemd-analyze verify: Type=notify with ExecReload everywhere, Type=notify-reload on systemd 253+",
+    @Test("docs/up.md's units pass systemd-analyze verify: Type=notify with ExecReload everywhere, Type=notify-reload on systemd 253+",
           .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze"), "systemd-analyze is not installed (.ci/run installs systemd)"))
     func unitsVerify() throws {
         let version = try capture(["/usr/bin/systemd-analyze", "--version"]).output

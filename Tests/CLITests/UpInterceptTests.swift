@@ -350,7 +350,7 @@ extension UpInterceptTests {
 
 @Suite("portreuse run through the kernel: when portreuse is gone")
 struct InterceptorGoneTests {
-    @Test("kill -9 of portreuse run: the program gets SIGTERM; one that ignores it gets ENOSYS from its next bind (as the README says)")
+    @Test("kill -9 of portreuse run: the program gets SIGTERM; one that ignores it gets ENOSYS from its next bind (as docs/run.md says)")
     func bindAfterRunDiedFailsWithENOSYS() throws {
         let folder = try TemporaryFolder()
         let script = """

@@ -219,7 +219,7 @@ struct WhoTests {
         }
     }
 
-    @Test("--json has the documented fields, each documented in --help and in the README")
+    @Test("--json has the documented fields, each documented in --help and in docs/who.md")
     func jsonFields() throws {
         let listener = try Listener(tcp: "127.0.0.1:0", policy: .shared)
         let client = try Connection.dial(to: listener.localAddress, timeout: .seconds(5))
@@ -243,13 +243,13 @@ struct WhoTests {
             ("sharing", sharing(socket), ["sameUserMayJoin", "otherUsersMayJoin", "hijackable", "source", "verdict", "group"]),
         ]
         let help = try run([portreuse, "who", "--help"]).output
-        let readme = try String(contentsOfFile: packageRoot + "/README.md", encoding: .utf8)
+        let readme = try String(contentsOfFile: packageRoot + "/docs/who.md", encoding: .utf8)
         for (name, object, keys) in expected {
             #expect(Set(object.keys) == keys, "\(name) fields")
             for key in keys {
                 let inHelp = help.contains(key), inReadme = readme.contains("`\(key)`")
                 #expect(inHelp, "--help does not document \(key)")
-                #expect(inReadme, "the README does not document `\(key)`")
+                #expect(inReadme, "docs/who.md does not document `\(key)`")
             }
         }
         #expect((socket["connections"] as? [String: Any])?["established"] as? Int == 1)

@@ -359,7 +359,7 @@ package struct DemoSession {
             ("", "(the server binds 127.0.0.1:8080 itself: Go, Python, Java …)"),
             ("\(command) run --policy shared -- ./server", "share a port without changing the program, Go too"),
             ("\(command) who 8080", "who holds a port, and could you bind it"),
-            ("\(command) --help, and the README", "the library, the policies, systemd, containers"),
+            ("\(command) --help, README.md and docs/", "the library, the policies, systemd, containers"),
         ]
         let width = rows.map(\.0.count).max() ?? 0
         for (left, right) in rows { lines.append("  " + left.padding(width) + "    " + right) }

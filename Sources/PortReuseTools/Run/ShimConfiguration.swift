@@ -2,7 +2,7 @@ import Glibc
 import PortReuse
 
 /// What the shim does inside a program, and the environment that says it. The shim reads environment
-/// variables only (documented in the README, section "portreuse run"); this type is the one place where the
+/// variables only (documented in docs/run.md); this type is the one place where the
 /// CLI writes them.
 package struct ShimConfiguration: Sendable {
     /// The options every AF_INET/AF_INET6 socket gets before bind (`PORTREUSE_POLICY`).

@@ -7,7 +7,7 @@ import PortReuse
 /// close-on-exec); a dialect only says what the environment tells the program about them.
 ///
 /// ``all`` is the one table: the CLI's names, the environment of each generation, the variables `up` strips from
-/// what it inherited, the default stop signals and the README's table all come from it.
+/// what it inherited, the default stop signals and docs/up.md's table all come from it.
 package struct Dialect: Sendable, CustomStringConvertible {
     /// What a dialect's variables are made of, for one generation.
     package struct Context: Sendable {
@@ -21,7 +21,7 @@ package struct Dialect: Sendable, CustomStringConvertible {
 
     /// The `--protocol` name.
     package let name: String
-    /// Whose hand-over it is, for the README.
+    /// Whose hand-over it is, for docs/up.md.
     package let supervisor: String
     /// Every variable the dialect owns (a trailing `*`: any name with that prefix): `up` strips them all, of
     /// every dialect, from what it inherited, so that only the chosen dialect's, made for this generation, reach it.
@@ -35,9 +35,9 @@ package struct Dialect: Sendable, CustomStringConvertible {
     /// Whether the spawn sets `LISTEN_PID` and `LISTEN_PIDFDID` (systemd's) in the program's own process, before
     /// it execs: values only that process knows.
     package let setsListenPID: Bool
-    /// What the tests run it with, for the README.
+    /// What the tests run it with, for docs/up.md.
     package let testedWith: String
-    /// What a user should know, for the README.
+    /// What a user should know, for docs/up.md.
     package let notes: String
     /// The variables `up` sets for a generation (besides `NOTIFY_SOCKET`, which every dialect gets).
     let assignments: @Sendable (Context) -> [(String, String)]
@@ -153,7 +153,7 @@ package struct Dialect: Sendable, CustomStringConvertible {
         address.family == .ipv4 && address.ip.isUnspecified ? "\(address.port)" : "\(address)"
     }
 
-    /// The README's table of dialects, made from ``all`` (a test checks that the README shows exactly this).
+    /// docs/up.md's table of dialects, made from ``all`` (a test checks that the page shows exactly this).
     package static var markdownTable: String {
         let example = Context(
             sockets: [
