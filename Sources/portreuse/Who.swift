@@ -11,7 +11,7 @@ import Darwin
 /// `portreuse who`: who holds a port, how it is shared, and whether another process or user could bind it.
 /// The library's `PortReport` does the work; this file parses the question and prints the answer.
 struct Who: ParsableCommand {
-    static let schema = "portreuse.who/1"
+    static let schema = WhoOutput.schema
 
     static let configuration = CommandConfiguration(
         commandName: "who",
