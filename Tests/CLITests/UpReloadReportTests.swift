@@ -62,4 +62,22 @@ struct UpReloadReportTests {
         #expect(report["connectionsOnOlderGenerations"] == nil)
         #expect(up.stop() == 0, "\(up.logText)")
     }
+
+    @Test("a reload whose program cannot even start (removed since): up reload fails at once with the reason, the old generation serves on")
+    func reloadThatCannotStart() throws {
+        let folder = try TemporaryFolder()
+        let script = try folder.write("server.sh", "#!/bin/sh\nexec \(systemPython) -c \"$1\"\n", executable: true)
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--ready", "notify", "--", script, Self.holder], folder: folder)
+        _ = try up.servingAddress()
+        #expect(unlink(script) == 0)
+        let started = Processes.monotonicNanoseconds
+        let result = try capture([portreuse, "up", "reload", "--json", "--pid-file", up.pidFile], timeout: 60)
+        #expect(result.status == 1, "\(result.output)\(result.stderr)")
+        #expect(Processes.monotonicNanoseconds - started < 20_000_000_000, "the outcome comes at once, not after up reload's timeout")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any], "\(result.output)")
+        #expect(report["result"] as? String == "failed")
+        #expect((report["reason"] as? String)?.contains("could not start") == true, "\(report)")
+        #expect(up.status?.serving.map(\.number) == [1], "\(up.logText)")
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
 }

@@ -4,8 +4,8 @@ import PortReuse
 /// Starting generations: their sockets, their environment, the spawn; the report of a reload.
 extension Supervisor {
     /// Carries out ``UpMachine/Action/start(_:reason:)``: the sockets generation `number` gets, its notify socket and
-    /// its first process.
-    func spawnGeneration(_ number: Int, reason: StartReason) -> UpMachine.Event {
+    /// its first process. A reload that cannot even start is a failed reload, with its record (`up reload` waits for it).
+    func spawnGeneration(_ number: Int, reason: StartReason) -> [UpMachine.Event] {
         for index in sockets.indices {
             // A steered socket that stopped listening is replaced by a new one, not opened again in place.
             if groups[index] == nil, let repaired = sockets[index].refresh() { logger.warning("\(repaired)") }
@@ -25,12 +25,13 @@ extension Supervisor {
             if reason == .reload { held.reloadWatch = ReloadWatch.start() }
             resources[number] = held
             logger.info("generation \(number) (pid \(pid)) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))")
-            return .started(UpMachine.Spawned(
+            return [.started(UpMachine.Spawned(
                 number: number, reason: reason, pid: pid, startedAt: Processes.wallClockSeconds, notifyPath: notify.path,
-                sockets: groups.isEmpty ? nil : descriptors))
+                sockets: groups.isEmpty ? nil : descriptors))]
         } catch {
             for answer in retireUnusedSockets() { handle(answer) }
-            return .startFailed(number: number, reason: error.message)
+            let report = ReloadRecord(generation: number, startedAt: Processes.wallClockSeconds, result: .failed, reason: "could not start: \(error.message)", seconds: 0)
+            return (reason == .reload ? [.reloadMeasured(report)] : []) + [.startFailed(number: number, reason: error.message)]
         }
     }
 
