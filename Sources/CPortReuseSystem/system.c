@@ -117,7 +117,9 @@ int csystem_attach_reuseport_ebpf(int fd, int map, unsigned serving, int probe, 
         attributes.log_buf = (uint64_t)(uintptr_t)log;
         attributes.log_size = log_size;
     }
-    int loaded = csystem_bpf(BPF_PROG_LOAD, &attributes);
+    // The kernel may answer EAGAIN for a moment (a transient allocation failure, as libbpf knows it): try again.
+    int loaded = -1;
+    for (int attempt = 0; attempt < 5 && (loaded = csystem_bpf(BPF_PROG_LOAD, &attributes)) < 0 && errno == EAGAIN; attempt++) {}
     if (loaded < 0 && log && errno == ENOSPC) {  // the log was too small: load again without it
         attributes.log_level = 0;
         attributes.log_buf = 0;

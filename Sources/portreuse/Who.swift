@@ -35,52 +35,7 @@ struct Who: ParsableCommand {
               2  bad input: the error names it and lists the accepted forms
 
             JSON (--json): one object on one line, schema "\(schema)". Fields keep their meaning within a schema version; new fields may be added.
-              schema            "\(schema)"
-              query             {"text": the argument or null, "all": bool,
-                                 "transports": ["tcp", "udp"], "port": number or null}
-              privileged        whether who ran as root (it sees every process, option)
-              held              whether anything holds the port (exit status 0)
-              hiddenSockets     how many listed sockets have processes who cannot see
-              notes             [string]: what is hidden, and how to see it
-              ports             one object per transport and port:
-                transport       "tcp" or "udp"
-                port            the port number
-                held            whether a socket or a connection holds it
-                connections     {"established", "timeWait", "other"}: TCP
-                                connections on the port
-                restartableMayBind  only connections hold the port: whether a
-                                new listener with SO_REUSEADDR can bind now;
-                                else null
-                warnings        [string]: where another user could take this
-                                port's traffic (sockets of several users on
-                                it, a wildcard that leaves IPv4 or IPv6 free)
-                sockets         one object per bound socket:
-                  address       "127.0.0.1:8080", "[::1]:8080"
-                  ip            "127.0.0.1", "::1"
-                  family        "ipv4" or "ipv6"
-                  state         "LISTEN", "UNCONN", or "ESTAB" (connected UDP)
-                  inode         the kernel's socket inode
-                  uid, user     the socket's owner, the user that created it
-                                (user: null when the uid has no name)
-                  dualStack     IPv6: whether it also takes IPv4 (IPV6_V6ONLY
-                                off); null when unreadable or IPv4
-                  receiveQueue  listener: connections waiting for accept;
-                                UDP: bytes waiting to be read
-                  options       ["SO_REUSEADDR", "SO_REUSEPORT"] as read from
-                                the socket, [] for none, null when unreadable
-                  connections   {"established", "timeWait", "other"} on this
-                                socket's address
-                  processesHidden  whether its processes could not be seen
-                  processes     [{"pid", "fd", "name", "uid", "user",
-                                  "commandLine": [string]}]
-                  sharing       {"sameUserMayJoin": bool or null,
-                                 "otherUsersMayJoin": bool or null,
-                                 "hijackable": bool,
-                                 "source": "options", "probe" or "rules",
-                                 "verdict": string,
-                                 "group": "multicast" or "broadcast" when
-                                 bound to such an address (every socket
-                                 there gets each datagram), else null}
+            \(WhoSchema.help)
 
             Examples:
               portreuse who 8080                 TCP and UDP port 8080

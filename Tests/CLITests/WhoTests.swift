@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PortReuse
+import PortReuseTools
 import TestSupport
 import Testing
 
@@ -217,6 +218,13 @@ struct WhoTests {
         for text in ["0  something holds the port", "1  nothing holds it", "2  bad input", "portreuse.who/1", "--probe-udp", "hijacked"] {
             #expect(output.contains(text), "help lacks \(text)")
         }
+    }
+
+    @Test("docs/who.md's table of the JSON schema is the one who --help shows (WhoSchema)")
+    func schemaTable() throws {
+        let page = try String(contentsOfFile: packageRoot + "/docs/who.md", encoding: .utf8)
+        #expect(page.contains(WhoSchema.markdown + "\n"), "docs/who.md must contain, exactly:\n\(WhoSchema.markdown)")
+        #expect(WhoSchema.help.split(separator: "\n").allSatisfy { $0.count <= 76 }, "\(WhoSchema.help)")
     }
 
     @Test("--json has the documented fields, each documented in --help and in docs/who.md")

@@ -99,7 +99,8 @@ extension Supervisor {
                     if code == 0 {
                         attachedChoices[index] = choice
                     } else {
-                        logger.error(.init(stringLiteral: "cannot attach up's eBPF program to \(sockets[index].address) (\(Errno(rawValue: code))"
+                        // Classic BPF steers on: only a queue left on a retired socket is no longer moved.
+                        logger.warning(.init(stringLiteral: "cannot attach up's eBPF program to \(sockets[index].address) (\(Errno(rawValue: code))"
                             + (log.isEmpty ? "" : ": \(log.split(separator: "\n").suffix(2).joined(separator: " "))") + "): back to classic BPF"))
                         dropSteeringMap(index)
                     }
