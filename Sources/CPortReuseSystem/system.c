@@ -1,4 +1,4 @@
-// The one file compiled with _GNU_SOURCE: what Glibc's module map hides from Swift. See CSystem.h.
+// The one file compiled with _GNU_SOURCE: what Glibc's module map hides from Swift. See include/CPortReuseSystem.h.
 #define _GNU_SOURCE
 #include "CPortReuseSystem.h"
 

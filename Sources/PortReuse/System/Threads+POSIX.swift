@@ -9,11 +9,7 @@ import Darwin
 /// server and load, the benchmarks, the interceptors' and the log's threads. It never takes asynchronous signals. The corresponding C functions are `pthread_create`, `pthread_join` and
 /// `pthread_detach`.
 package struct SystemThread: @unchecked Sendable {
-    #if canImport(Glibc)
     private let thread: pthread_t
-    #else
-    private let thread: pthread_t
-    #endif
 
     /// Starts a thread that runs `body`; joined with ``join()``, or detached with `detached`.
     package static func start(detached: Bool = false, _ body: @escaping @Sendable () -> Void) throws(SystemError) -> SystemThread {
