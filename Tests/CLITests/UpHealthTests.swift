@@ -116,8 +116,9 @@ struct UpHealthTests {
         #expect(waitUntil { load.count > 20 })
         up.signal(SIGTERM)
         #expect(waitUntil(timeout: 2) { (try? Self.get(health, "/readyz").status) == 503 }, "\(up.logText)")
+        // The log is written by a thread of its own: its line may come a moment after /readyz flips.
+        #expect(up.waitForLog("(--stop-delay)", timeout: 2), "\(up.logText)")
         let atFlip = up.logText
-        #expect(atFlip.contains("(--stop-delay)"))
         #expect(!atFlip.contains("draining") && !atFlip.contains("is stopping"), "a generation got its stop signal before /readyz said 503:\n\(atFlip)")
         let before = load.count
         #expect(waitUntil { load.count > before + 50 }, "the generation serves on during the delay")
