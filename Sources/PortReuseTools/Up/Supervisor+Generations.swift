@@ -29,9 +29,9 @@ extension Supervisor {
                 number: number, reason: reason, pid: pid, startedAt: Processes.wallClockSeconds, notifyPath: notify.path,
                 sockets: groups.isEmpty ? nil : descriptors))]
         } catch {
-            for answer in retireUnusedSockets() { handle(answer) }
+            let retired = retireUnusedSockets()
             let report = ReloadRecord(generation: number, startedAt: Processes.wallClockSeconds, result: .failed, reason: "could not start: \(error.message)", seconds: 0)
-            return (reason == .reload ? [.reloadMeasured(report)] : []) + [.startFailed(number: number, reason: error.message)]
+            return retired + (reason == .reload ? [.reloadMeasured(report)] : []) + [.startFailed(number: number, reason: error.message)]
         }
     }
 

@@ -263,7 +263,9 @@ package final class Supervisor {
     /// The one place where a decision becomes an effect; returns what the effect found out, as events.
     private func perform(_ action: UpMachine.Action) -> [UpMachine.Event] {
         switch action {
-        case .start(let number, let reason): return spawnGeneration(number, reason: reason)
+        case .start(let number, let reason):
+            defer { turnTree = nil }  // the tree read this turn knows nothing of the new generation
+            return spawnGeneration(number, reason: reason)
         case .signal(let pid, let signal):
             _ = try? Processes.kill(pid, signal)
         case .kill(let number): return kill(number).map { [$0] } ?? []

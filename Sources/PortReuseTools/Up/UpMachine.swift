@@ -301,7 +301,7 @@ package struct UpMachine {
     /// told to stop serves again (the next ``Action/steer`` sends traffic back to it). Whether there was one.
     private mutating func reviveOutOfRotation(_ actions: inout [Action]) -> Bool {
         guard !record.state.isStopping,
-            let i = record.generations.lastIndex(where: { if case .outOfRotation = $0.stage { $0.exit == nil && !$0.socketsDown } else { false } })
+            let i = record.generations.lastIndex(where: { if case .outOfRotation = $0.stage { !$0.socketsDown } else { false } })
         else { return false }
         record.generations[i].stage = .ready
         nextQuietLook[record.generations[i].number] = nil
@@ -310,7 +310,7 @@ package struct UpMachine {
     }
 
     private mutating func onQuietLook(_ number: Int, busy: String?, now: UInt64, _ actions: inout [Action]) {
-        guard let generation = record.generation(number), case .outOfRotation(_, let stopBy) = generation.stage, generation.exit == nil else { return }
+        guard let generation = record.generation(number), case .outOfRotation(_, let stopBy) = generation.stage else { return }
         if let busy {
             guard now >= stopBy else { return }
             askToStop(number, to: .draining, now: now, &actions)
@@ -342,14 +342,12 @@ package struct UpMachine {
             case .ready:
                 break
             case .outOfRotation(let since, _):
-                if generation.exit == nil, now >= since + Self.settleNanoseconds, now >= nextQuietLook[number] ?? 0 {
+                if now >= since + Self.settleNanoseconds, now >= nextQuietLook[number] ?? 0 {
                     nextQuietLook[number] = now + Self.quietLookNanoseconds
                     actions.append(.lookQuiet(number))
                 }
             case .waitingForIdle(let stopBy):
-                if generation.exit != nil {
-                    if let i = index(number) { record.generations[i].stage = .exiting(killAt: stopBy + grace) }
-                } else if now >= stopBy {
+                if now >= stopBy {
                     askToStop(number, to: .draining, now: now, &actions)
                     actions.append(.log(.info, "\(generation.label) held connections for \(Seconds(settings.stopWhenIdle ?? 0)): sent \(stopName) anyway"))
                 } else {
@@ -358,8 +356,8 @@ package struct UpMachine {
             case .draining, .exiting, .failed:
                 break
             }
-            if let killAt = record.generation(number)?.stage.killAt(grace: grace), now >= killAt, !(record.generation(number)?.killed ?? true) {
-                if let i = index(number) { record.generations[i].killed = true }
+            if let i = index(number), let killAt = record.generations[i].stage.killAt(grace: grace), now >= killAt, !record.generations[i].killed {
+                record.generations[i].killed = true
                 actions.append(.kill(number))
             }
         }
@@ -563,7 +561,7 @@ package struct UpMachine {
         record.reloadQueued = false
         actions.append(.releaseAdopted)
         actions.append(.tellSystemd([.stopping, .status("stopping")]))
-        let running = record.generations.filter { $0.phase.isLive || $0.stage.signalWaits && $0.exit == nil }
+        let running = record.generations.filter { $0.phase.isLive || $0.stage.signalWaits }
         let exiting = record.generations.count - running.count
         actions.append(.log(.info, "stopping (\(reason)): "
             + (running.isEmpty ? "no generation left to signal" : "\(stopName) to \(running.count) generation(s), killed if still running in \(Seconds(settings.grace))")

@@ -128,7 +128,8 @@ package enum GenerationStage: Equatable, Codable, Sendable {
         }
     }
 
-    /// Whether its stop signal still waits (out of rotation, or for a moment without connections).
+    /// Whether its stop signal still waits (out of rotation, or for a moment without connections). Such a generation's
+    /// main process still runs: its exit moves it to `exiting` (UpMachine's onExit).
     package var signalWaits: Bool {
         switch self {
         case .outOfRotation, .waitingForIdle: true
