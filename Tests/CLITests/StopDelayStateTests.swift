@@ -53,7 +53,8 @@ struct StopDelayStateTests {
         #expect(SupervisorStateTests.step(supervisor) { Self.draining(supervisor) })
         #expect(Processes.monotonicNanoseconds >= until, "the drain began before the delay was over")
         #expect(supervisor.state == .stopping(exitCode: 0))
-        #expect(supervisor.generations.first?.phase == .draining)
+        let phase = supervisor.generations.first?.phase
+        #expect(phase == nil || phase == .draining || phase == .exiting, "asked to stop (sleep may exit and be reaped in that step)")
         #expect(SupervisorStateTests.step(supervisor) { supervisor.generations.isEmpty }, "sleep dies on SIGTERM")
         #expect(supervisor.state == .stopping(exitCode: 0))
     }
