@@ -19,18 +19,36 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
     ],
     targets: [
+        // The layers, bottom up: CPortReuseSystem → PortReuseSystem → PortReuse (the public library) →
+        // PortReuseInterception → PortReuseTools → portreuse. CReuseShim (C, LD_PRELOAD) stands apart.
+
+        // The system calls Glibc's module map hides (accept4, pipe2, pidfd_*, prctl, setns, seccomp, …), declared
+        // with their real types; the only code compiled with _GNU_SOURCE. Reached through the Swift system layers.
+        .target(name: "CPortReuseSystem"),
+        // The system layer (package access only): SystemError and systemCall, files and pipes, processes and
+        // pidfds, the one posix_spawn, threads and signals. What the library's inspection and the tools share.
         .target(
-            name: "PortReuse",
+            name: "PortReuseSystem",
             dependencies: ["CPortReuseSystem", .product(name: "SystemPackage", package: "swift-system")]
         ),
-        // The system calls Glibc's module map hides (accept4, pipe2, pidfd_*, prctl, setns, seccomp, …), declared
-        // with their real types; the only code compiled with _GNU_SOURCE. Reached through PortReuse's System layer.
-        .target(name: "CPortReuseSystem"),
+        // The public library: addresses, the sharing policy, sockets and their system calls, inspection of the
+        // kernel's socket tables, socket activation. libc and swift-system, nothing more.
+        .target(
+            name: "PortReuse",
+            dependencies: ["PortReuseSystem", "CPortReuseSystem", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // The seccomp path of `portreuse run` and `up` (Linux): the user-notification interceptor, the rules it
+        // applies to a caller's socket calls, the caller's privileges, the socket swap. Only the tools use it.
+        .target(
+            name: "PortReuseInterception",
+            dependencies: ["PortReuse", "PortReuseSystem", "CPortReuseSystem", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // NIO lives here, never in PortReuse: the core library stays light.
         .target(
             name: "PortReuseNIO",
             dependencies: [
                 "PortReuse",
+                "PortReuseSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
@@ -41,6 +59,8 @@ let package = Package(
             name: "PortReuseTools",
             dependencies: [
                 "PortReuse",
+                "PortReuseSystem",
+                "PortReuseInterception",
                 "DemoServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -56,13 +76,15 @@ let package = Package(
             name: "portreuse",
             dependencies: [
                 "PortReuse",
+                "PortReuseSystem",
+                "PortReuseInterception",
                 "PortReuseTools",
                 "DemoServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // The tiny HTTP server of Examples/hello and of `portreuse demo`'s workers (portreuse demo-worker).
-        .target(name: "DemoServer", dependencies: ["PortReuse"]),
+        .target(name: "DemoServer", dependencies: ["PortReuse", "PortReuseSystem"]),
         // C only, and linked against libc alone: it is loaded into programs that know nothing of Swift.
         // SwiftPM links every product with swiftrt.o and libswiftCore; -nostartfiles drops the first,
         // -static-stdlib turns the second into archives nothing pulls in, and the empty libstdc++.a and libm.a
@@ -77,13 +99,13 @@ let package = Package(
                     .when(platforms: [.linux]))
             ]
         ),
-        .target(name: "TestSupport", dependencies: ["PortReuse"], path: "Tests/TestSupport"),
-        .testTarget(name: "PortReuseTests", dependencies: ["PortReuse", "TestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["PortReuse", "PortReuseTools", "TestSupport"]),
+        .target(name: "TestSupport", dependencies: ["PortReuse", "PortReuseSystem"], path: "Tests/TestSupport"),
+        .testTarget(name: "PortReuseTests", dependencies: ["PortReuse", "PortReuseSystem", "TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["PortReuse", "PortReuseSystem", "PortReuseInterception", "PortReuseTools", "TestSupport"]),
         .testTarget(
             name: "PortReuseNIOTests",
             dependencies: [
-                "PortReuseNIO", "TestSupport",
+                "PortReuseNIO", "PortReuseSystem", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
@@ -124,16 +146,16 @@ let package = Package(
         // Benchmarks: plain executables that print ratios measured side by side in one run.
         // swift run -c release socket-bench
         .target(name: "CBaseline", dependencies: ["CPortReuseSystem"], path: "Benchmarks/CBaseline"),
-        .target(name: "BenchmarkSupport", dependencies: ["PortReuse"], path: "Benchmarks/BenchmarkSupport"),
+        .target(name: "BenchmarkSupport", dependencies: ["PortReuse", "PortReuseSystem"], path: "Benchmarks/BenchmarkSupport"),
         .executableTarget(name: "socket-bench", dependencies: ["PortReuse", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/socket-bench"),
         // swift build -c release --product CReuseShim && swift run -c release shim-bench
         .executableTarget(name: "shim-bench", dependencies: ["PortReuse", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/shim-bench"),
         // swift build -c release && .build/release/intercept-bench
-        .executableTarget(name: "intercept-bench", dependencies: ["PortReuse", "CPortReuseSystem", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/intercept-bench"),
+        .executableTarget(name: "intercept-bench", dependencies: ["PortReuse", "PortReuseSystem", "CPortReuseSystem", "CBaseline", "BenchmarkSupport"], path: "Benchmarks/intercept-bench"),
         // swift build -c release && .build/release/who-bench
-        .executableTarget(name: "who-bench", dependencies: ["PortReuse", "BenchmarkSupport"], path: "Benchmarks/who-bench"),
+        .executableTarget(name: "who-bench", dependencies: ["PortReuse", "PortReuseSystem", "BenchmarkSupport"], path: "Benchmarks/who-bench"),
         // swift build -c release && .build/release/reload-bench
-        .executableTarget(name: "reload-bench", dependencies: ["PortReuse", "BenchmarkSupport"], path: "Benchmarks/reload-bench"),
+        .executableTarget(name: "reload-bench", dependencies: ["PortReuse", "PortReuseSystem", "BenchmarkSupport"], path: "Benchmarks/reload-bench"),
         // apt-get install wrk nginx-light; swift build -c release --product nio-hello
         // swift build -c release --product nio-bench && .build/release/nio-bench
         .executableTarget(name: "nio-bench", dependencies: ["BenchmarkSupport"], path: "Benchmarks/nio-bench"),

@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 // What the benchmarks share: a monotonic clock, the median, and ratios printed with three decimals.
 

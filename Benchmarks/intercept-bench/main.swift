@@ -9,6 +9,7 @@ import CBaseline
 import Glibc
 import CPortReuseSystem
 import PortReuse
+import PortReuseSystem
 
 let arguments = CommandLine.arguments
 

@@ -20,6 +20,7 @@ import BenchmarkSupport
 import Glibc
 import PortReuse
 import Synchronization
+import PortReuseSystem
 
 func fail(_ message: String) -> Never {
     FileDescriptorOutput.error("reload-bench: \(message)")

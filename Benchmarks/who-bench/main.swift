@@ -9,6 +9,7 @@
 import BenchmarkSupport
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 let connections = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 10_000 : 10_000
 let rounds = CommandLine.arguments.count > 2 ? Int(CommandLine.arguments[2]) ?? 11 : 11

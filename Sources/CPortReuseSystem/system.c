@@ -184,6 +184,36 @@ int csystem_syscall_connect(void) { return SYS_connect; }
 int csystem_syscall_sendto(void) { return SYS_sendto; }
 int csystem_syscall_sendmsg(void) { return SYS_sendmsg; }
 
+csystem_wait_kind csystem_syscall_wait_kind(long number) {
+    // Not a switch: some of these calls do not exist on every architecture (arm64 has no accept, poll, select
+    // or epoll_wait of their own), and two names may share a number nowhere.
+#define CSYSTEM_WAIT(name, kind) if (number == SYS_##name) return kind;
+#ifdef SYS_accept
+    CSYSTEM_WAIT(accept, csystem_wait_accept)
+#endif
+    CSYSTEM_WAIT(accept4, csystem_wait_accept)
+#ifdef SYS_epoll_wait
+    CSYSTEM_WAIT(epoll_wait, csystem_wait_epoll)
+#endif
+    CSYSTEM_WAIT(epoll_pwait, csystem_wait_epoll)
+#ifdef SYS_epoll_pwait2
+    CSYSTEM_WAIT(epoll_pwait2, csystem_wait_epoll)
+#endif
+#ifdef SYS_poll
+    CSYSTEM_WAIT(poll, csystem_wait_poll)
+#endif
+    CSYSTEM_WAIT(ppoll, csystem_wait_poll)
+#ifdef SYS_select
+    CSYSTEM_WAIT(select, csystem_wait_select)
+#endif
+    CSYSTEM_WAIT(pselect6, csystem_wait_select)
+    CSYSTEM_WAIT(recvfrom, csystem_wait_receive)
+    CSYSTEM_WAIT(recvmsg, csystem_wait_receive)
+    CSYSTEM_WAIT(recvmmsg, csystem_wait_receive)
+#undef CSYSTEM_WAIT
+    return csystem_wait_none;
+}
+
 uint32_t csystem_audit_arch(void) {
 #if defined(__x86_64__)
     return AUDIT_ARCH_X86_64;
@@ -538,6 +568,7 @@ int csystem_syscall_connect(void) { return -1; }
 int csystem_syscall_sendto(void) { return -1; }
 int csystem_syscall_sendmsg(void) { return -1; }
 uint32_t csystem_audit_arch(void) { return 0; }
+csystem_wait_kind csystem_syscall_wait_kind(long number) { return csystem_wait_none; }
 int csystem_seccomp_listen(const int *syscalls, int count) CSYSTEM_MISSING
 int csystem_seccomp_receive(int notify_fd, csystem_notification *notification) CSYSTEM_MISSING
 int csystem_seccomp_id_valid(int notify_fd, uint64_t id) CSYSTEM_MISSING

@@ -2,6 +2,7 @@
 // serving threads, an answer per request, and a graceful drain on SIGTERM or SIGINT (stop accepting, answer
 // the connections already accepted, return). Written over pthreads so that the CLI does not load Foundation.
 import PortReuse
+import PortReuseSystem
 import Synchronization
 
 #if canImport(Glibc)

@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import PortReuse
 import Synchronization
+import PortReuseSystem
 
 /// Accepts connections from a listening socket that other processes accept from too (the one socket that
 /// `portreuse up` or systemd hands to every generation of a server), and gives each connection to the next

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Glibc
 import PortReuse
+import PortReuseInterception
 import PortReuseTools
+import PortReuseSystem
 
 /// `portreuse run`: starts an unmodified program with the LD_PRELOAD shim, or under a seccomp filter whose
 /// calls portreuse answers (`--intercept`), which sets the sharing policy's socket options before each of its
@@ -62,8 +64,8 @@ struct Run: ParsableCommand {
             "Rewrite every bind() to this address and/or port.",
             discussion: "ADDR:PORT, :PORT or PORT (keep the program's address), ADDR or [IPv6] (keep its port).",
             valueName: "address"),
-        transform: { try ShimEndpoint.parse($0) })
-    var bindTo: ShimEndpoint?
+        transform: { try EndpointRewrite.parse($0) })
+    var bindTo: EndpointRewrite?
 
     @Option(
         help: ArgumentHelp(
@@ -73,8 +75,8 @@ struct Run: ParsableCommand {
                 connect() (TCP and UDP, blocking or not) and before sendto()/sendmsg() on UDP.
                 """,
             valueName: "address"),
-        transform: { try ShimEndpoint.parse($0) })
-    var source: ShimEndpoint?
+        transform: { try EndpointRewrite.parse($0) })
+    var source: EndpointRewrite?
 
     @Flag(help: "Set IP_TRANSPARENT on bound sockets (bind non-local addresses, TPROXY); needs CAP_NET_ADMIN.")
     var transparent = false

@@ -4,6 +4,7 @@ import PortReuse
 import PortReuseTools
 import TestSupport
 import Testing
+import PortReuseSystem
 
 /// `portreuse demo`, run whole with small settings: the figures it prints, its text when piped, bad input,
 /// and Ctrl-C stopping everything it started.

@@ -3,6 +3,7 @@ import Glibc
 import PortReuse
 import TestSupport
 import Testing
+import PortReuseSystem
 
 // The shim inside hostile hosts (issue 16): a stderr that kills or blocks, pointers the kernel would refuse,
 // scopes that wrap, a process tree that repeats itself, and randomized settings.

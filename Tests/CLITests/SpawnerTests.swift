@@ -4,6 +4,8 @@ import PortReuse
 import PortReuseTools
 import TestSupport
 import Testing
+import PortReuseSystem
+import PortReuseInterception
 
 /// `up`'s and `portreuse run`'s spawn (`csystem_spawn_supervised`): what the program finds in its process when it
 /// starts, with no trampoline between them and it, and what a start that cannot happen leaves.

@@ -3,6 +3,7 @@ import PortReuse
 import PortReuseTools
 import TestSupport
 import Testing
+import PortReuseSystem
 
 /// `--stop-delay` in the supervisor's state (``SupervisorState/delayingStop(until:exitCode:)``), and what
 /// `--health` reads of it: a Supervisor driven step by step, signals put into its pipe as the handler does.

@@ -4,6 +4,7 @@ import PortReuse
 import PortReuseTools
 import TestSupport
 import Testing
+import PortReuseSystem
 
 /// The supervisor's state and its JSON, without a `portreuse` binary: a Supervisor driven step by step, with
 /// real (short) programs as its generations.

@@ -4,6 +4,7 @@ import PortReuse
 import PortReuseTools
 import TestSupport
 import Testing
+import PortReuseSystem
 
 /// `portreuse up --protocol`: each dialect of `Dialect.all` with the real program where one installs here (nginx,
 /// Starlet for Server::Starter, gunicorn), else with a program that reads the variables exactly as that supervisor's

@@ -4,6 +4,7 @@ import PortReuse
 import PortReuseTools
 import TestSupport
 import Testing
+import PortReuseSystem
 
 /// `portreuse up --health` and `--stop-delay` end to end: a real `up`, real HTTP clients, and `/metrics` read by
 /// the real Prometheus parser (prometheus_client, which .ci/run installs with pip beside gunicorn).

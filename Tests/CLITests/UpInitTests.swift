@@ -3,6 +3,7 @@ import Glibc
 import PortReuse
 import TestSupport
 import Testing
+import PortReuseSystem
 
 /// `portreuse up` as a container's entrypoint: PID 1 of a pid namespace of its own (`unshare --pid --fork
 /// --mount-proc`; the network is the host's, so the test reaches its port on loopback).

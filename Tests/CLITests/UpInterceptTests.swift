@@ -3,6 +3,8 @@ import Glibc
 import PortReuse
 import TestSupport
 import Testing
+import PortReuseSystem
+import PortReuseInterception
 
 // `portreuse up` for programs that bind by themselves (issue 17): each generation starts under the bind
 // filter, and a bind to the address up holds gets up's socket, so all generations share one accept queue.

@@ -3,6 +3,7 @@ import Glibc
 import PortReuse
 import PortReuseTools
 import Testing
+import PortReuseSystem
 
 /// The decisions of `up` as its state machine makes them: events in, actions out, a clock the test moves. No
 /// process, no socket: what a look at the kernel would find is an event the test makes up.

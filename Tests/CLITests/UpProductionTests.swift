@@ -4,6 +4,7 @@ import PortReuse
 import Synchronization
 import TestSupport
 import Testing
+import PortReuseSystem
 
 /// `portreuse up` in production: bursts of reloads, slow drains, systemd's notify protocol and sockets,
 /// UDP, and upgrading up itself.

@@ -3,6 +3,7 @@ import Glibc
 import PortReuse
 import TestSupport
 import Testing
+import PortReuseSystem
 
 /// `portreuse up reload --json`: the report of exactly the reload it caused.
 @Suite("portreuse up reload --json")

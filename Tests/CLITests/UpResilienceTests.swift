@@ -3,6 +3,7 @@ import Glibc
 import PortReuse
 import TestSupport
 import Testing
+import PortReuseSystem
 
 /// What a generation can do to the sockets it shares with the generations after it, and the limits `up`
 /// itself runs under.

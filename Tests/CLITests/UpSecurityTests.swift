@@ -4,6 +4,7 @@ import PortReuse
 import PortReuseTools
 import TestSupport
 import Testing
+import PortReuseSystem
 
 /// What an attacker (user nobody) tried on main, each refused now: planted symlinks, pid files that name
 /// other processes, state files that are not `up`'s.

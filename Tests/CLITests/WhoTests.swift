@@ -290,7 +290,14 @@ struct WhoTests {
             s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
             child = subprocess.Popen(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                 "/usr/bin/python3", "-c", "import time; time.sleep(30)"], pass_fds=[s.fileno()])
-            time.sleep(0.3)
+            # Until setpriv has become nobody and executed python (bounded: 5 s), then the port.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    status = open(f"/proc/{child.pid}/status").read()
+                    if "\\nUid:\\t65534\\t" in status and status.startswith("Name:\\tpython3"): break
+                except OSError: pass
+                time.sleep(0.01)
             print(s.getsockname()[1], flush=True)
             time.sleep(30)
             child.kill()

@@ -4,6 +4,7 @@ import NIOPosix
 import PortReuse
 @testable import PortReuseNIO
 import Testing
+import PortReuseSystem
 
 @Suite("PortReuseNIO: the shared socket acceptor")
 struct SharedSocketAcceptorTests {

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import PortReuse
 import Testing
+import PortReuseSystem
 
 // What the test targets share: the one way to run a program (ProcessSpawn, always with a deadline), child
 // processes, waiting for a condition, reserved ports, the built products. Every wait is bounded in time and
@@ -105,9 +106,9 @@ public func spawn(_ arguments: [String], log: String, environment: [String: Stri
 
 /// Waits (at most `timeout` seconds) for child `pid` to end and reaps it; how it ended, or `nil`.
 @discardableResult
-package func reap(_ pid: pid_t, timeout: Double = 10) -> PortReuse.ExitStatus? {
+package func reap(_ pid: pid_t, timeout: Double = 10) -> PortReuseSystem.ExitStatus? {
     // ECHILD: reaped already (or not our child): nothing to wait for, so stop at once.
-    let outcome = waitFor(timeout: timeout, interval: 0.01) { () -> PortReuse.ExitStatus?? in
+    let outcome = waitFor(timeout: timeout, interval: 0.01) { () -> PortReuseSystem.ExitStatus?? in
         do { return try Processes.wait(pid, noHang: true).map { .some($0.status) } } catch { return .some(nil) }
     }
     return outcome ?? nil
@@ -127,7 +128,7 @@ public final class Child: @unchecked Sendable {
     private var input: Int32
     private var buffer: [UInt8] = []
     private let lock = NSLock()
-    private var ended: PortReuse.ExitStatus?
+    private var ended: PortReuseSystem.ExitStatus?
 
     /// Starts `arguments[0]` with the rest as arguments; stdout is readable with `line(timeout:)`, stdin
     /// written with `send(_:)`. Its stderr is the test's, or /dev/null with `discardingStandardError`
@@ -207,7 +208,7 @@ public final class Child: @unchecked Sendable {
     }
 
     /// How it ended, once it did (reaped by this call if needed); `nil` while it runs.
-    package var exitStatus: PortReuse.ExitStatus? {
+    package var exitStatus: PortReuseSystem.ExitStatus? {
         lock.withLock {
             if ended == nil, let (_, status) = (try? Processes.wait(pid, noHang: true)) ?? nil { ended = status }
             return ended

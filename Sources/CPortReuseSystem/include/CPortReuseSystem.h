@@ -151,6 +151,18 @@ int csystem_syscall_sendto(void);
 int csystem_syscall_sendmsg(void);
 uint32_t csystem_audit_arch(void);
 
+/// What a thread blocked in system call `number` waits for (`/proc/PID/task/TID/syscall`), by the names of
+/// this architecture's calls: the readiness probe of `up` reads it.
+typedef enum {
+    csystem_wait_none = 0,
+    csystem_wait_accept,   ///< accept, accept4: argument 0 is the socket.
+    csystem_wait_epoll,    ///< epoll_wait, epoll_pwait, epoll_pwait2: argument 0 is the epoll descriptor.
+    csystem_wait_poll,     ///< poll, ppoll: arguments 0 and 1 are the pollfd array and its count.
+    csystem_wait_select,   ///< select, pselect6: arguments 0 and 1 are the count and the read set.
+    csystem_wait_receive,  ///< recvfrom, recvmsg, recvmmsg: argument 0 is the socket.
+} csystem_wait_kind;
+csystem_wait_kind csystem_syscall_wait_kind(long number);
+
 /// Installs a seccomp filter on the calling thread that hands the listed system calls of this architecture
 /// to a supervisor (SECCOMP_RET_USER_NOTIF) and allows everything else, after PR_SET_NO_NEW_PRIVS.
 /// Survives execve and is inherited by every child. Returns the notification descriptor (close-on-exec).

@@ -38,7 +38,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Reads an AF_INET or AF_INET6 address; `nil` for any other family.
-    init?(_ storage: sockaddr_storage) {
+    package init?(_ storage: sockaddr_storage) {
         guard let address = Sys.readSockAddr(storage) else { return nil }
         self = address
     }

@@ -1,5 +1,6 @@
 #if os(Linux)
 import Glibc
+import PortReuseSystem
 
 /// Linux: the kernel's socket tables (netlink sock_diag, as `ss` reads them; /proc/net where sock_diag is
 /// refused), the processes that hold each socket (/proc/PID/fd) and their sockets' options (a `pidfd_getfd`

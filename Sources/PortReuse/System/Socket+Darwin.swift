@@ -29,7 +29,7 @@ package enum Sys {
     }
 
     private static func prepare(_ s: Descriptor) {
-        _ = fcntl(s, F_SETFD, FD_CLOEXEC)
+        _ = setCloseOnExec(s)
         var one: Int32 = 1
         _ = Darwin.setsockopt(s, SOL_SOCKET, SO_NOSIGPIPE, &one, socklen_t(MemoryLayout<Int32>.size))
     }

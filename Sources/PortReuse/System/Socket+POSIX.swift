@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import PortReuseSystem
 import SystemPackage
 
 #if canImport(Glibc) || canImport(Darwin)
@@ -17,7 +18,7 @@ extension Sys {
 
     package static func lastError() -> Int32 { errno }
 
-    static func family(_ family: AddressFamily) -> Int32 { family == .ipv4 ? AF_INET : AF_INET6 }
+    package static func family(_ family: AddressFamily) -> Int32 { family == .ipv4 ? AF_INET : AF_INET6 }
 
     static let inProgress = EINPROGRESS
     static let interrupted = EINTR
@@ -25,8 +26,8 @@ extension Sys {
     static let socketError = SO_ERROR
     static let socketTypeOption = SO_TYPE
     static let acceptConnections = SO_ACCEPTCONN
-    static let ipv6Level = Int32(IPPROTO_IPV6)
-    static let ipv6Only = IPV6_V6ONLY
+    package static let ipv6Level = Int32(IPPROTO_IPV6)
+    package static let ipv6Only = IPV6_V6ONLY
 
     // The plain forwarders, alike on Linux and Darwin (the file-scope functions below reach the C calls, which
     // these members' own names shadow inside Sys).
@@ -39,7 +40,7 @@ extension Sys {
     static func setsockopt(_ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeRawPointer, _ length: socklen_t) -> Int32 {
         cSetsockopt(s, level, name, value, length)
     }
-    static func getsockopt(
+    package static func getsockopt(
         _ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeMutableRawPointer, _ length: UnsafeMutablePointer<socklen_t>
     ) -> Int32 {
         cGetsockopt(s, level, name, value, length)
@@ -60,11 +61,7 @@ extension Sys {
         }
     }
 
-    package static func setBlocking(_ s: Descriptor, _ blocking: Bool) -> Int32 {
-        let flags = fcntl(s, F_GETFL)
-        guard flags >= 0 else { return -1 }
-        return fcntl(s, F_SETFL, blocking ? flags & ~O_NONBLOCK : flags | O_NONBLOCK)
-    }
+    package static func setBlocking(_ s: Descriptor, _ blocking: Bool) -> Int32 { Files.setNonBlocking(s, !blocking) ? 0 : -1 }
 
     /// Waits until the socket is readable (`forWriting` false) or writable, or `milliseconds` pass
     /// (-1: no limit). Returns 1 when ready, 0 on timeout, -1 on error.
@@ -98,7 +95,7 @@ extension Sys {
         }
     }
 
-    static func makeSockAddr(_ address: SocketAddress) -> (sockaddr_storage, socklen_t) {
+    package static func makeSockAddr(_ address: SocketAddress) -> (sockaddr_storage, socklen_t) {
         var storage = sockaddr_storage()
         switch address.ip.storage {
         case .v4(let raw):
@@ -323,11 +320,7 @@ extension Sys {
     }
 
     /// Marks a descriptor close-on-exec. The corresponding C function is `fcntl(F_SETFD)`.
-    static func setCloseOnExec(_ descriptor: Descriptor) -> Int32 {
-        let flags = fcntl(descriptor, F_GETFD)
-        guard flags >= 0 else { return -1 }
-        return fcntl(descriptor, F_SETFD, flags | FD_CLOEXEC)
-    }
+    static func setCloseOnExec(_ descriptor: Descriptor) -> Int32 { Files.setCloseOnExec(descriptor) ? 0 : -1 }
 
     static func processID() -> Int32 { getpid() }
 

@@ -19,7 +19,7 @@ package enum Sys {
     }()
 
     package static func lastError() -> Int32 { WSAGetLastError() }
-    static func family(_ family: AddressFamily) -> Int32 { family == .ipv4 ? AF_INET : AF_INET6 }
+    package static func family(_ family: AddressFamily) -> Int32 { family == .ipv4 ? AF_INET : AF_INET6 }
     static func socketType(_ transport: Transport) -> Int32 { transport == .tcp ? SOCK_STREAM : SOCK_DGRAM }
 
     static let inProgress = WSAEWOULDBLOCK
@@ -28,8 +28,8 @@ package enum Sys {
     static let socketError = SO_ERROR
     static let socketTypeOption = SO_TYPE
     static let acceptConnections = SO_ACCEPTCONN
-    static let ipv6Level = Int32(IPPROTO_IPV6.rawValue)
-    static let ipv6Only = IPV6_V6ONLY
+    package static let ipv6Level = Int32(IPPROTO_IPV6.rawValue)
+    package static let ipv6Only = IPV6_V6ONLY
 
     static func constant(for option: ReuseOptions) -> (level: Int32, name: Int32)? {
         switch option {
@@ -67,7 +67,7 @@ package enum Sys {
         WinSDK.setsockopt(s, level, name, value.assumingMemoryBound(to: CChar.self), length)
     }
 
-    static func getsockopt(
+    package static func getsockopt(
         _ s: Descriptor, _ level: Int32, _ name: Int32, _ value: UnsafeMutableRawPointer, _ length: UnsafeMutablePointer<socklen_t>
     ) -> Int32 {
         WinSDK.getsockopt(s, level, name, value.assumingMemoryBound(to: CChar.self), length)
@@ -200,7 +200,7 @@ package enum Sys {
 
     /// sockaddr_in and sockaddr_in6 have the same layout as on Linux; Winsock spells the address unions
     /// differently, so the fields are written by offset.
-    static func makeSockAddr(_ address: SocketAddress) -> (sockaddr_storage, socklen_t) {
+    package static func makeSockAddr(_ address: SocketAddress) -> (sockaddr_storage, socklen_t) {
         var storage = sockaddr_storage()
         let length: Int
         withUnsafeMutableBytes(of: &storage) { bytes in

@@ -78,7 +78,7 @@ public final class SocketHandle: Sendable {
     }
 
     /// Sets an integer socket option. The corresponding C function is `setsockopt`.
-    func setOption(_ level: Int32, _ name: Int32, _ value: Int32, label: @autoclosure () -> String) throws(PortReuseError) {
+    package func setOption(_ level: Int32, _ name: Int32, _ value: Int32, label: @autoclosure () -> String) throws(PortReuseError) {
         let descriptor = try live(.setOption(label()))
         var value = value
         guard Sys.setsockopt(descriptor, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
@@ -87,7 +87,7 @@ public final class SocketHandle: Sendable {
     }
 
     /// Reads an integer socket option. The corresponding C function is `getsockopt`.
-    func option(_ level: Int32, _ name: Int32, label: @autoclosure () -> String) throws(PortReuseError) -> Int32 {
+    package func option(_ level: Int32, _ name: Int32, label: @autoclosure () -> String) throws(PortReuseError) -> Int32 {
         let descriptor = try live(.getOption(label()))
         var value: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
@@ -98,7 +98,7 @@ public final class SocketHandle: Sendable {
     }
 
     /// Sets every option in `options` to 1 (the sharing table says which, per policy).
-    func enable(_ options: ReuseOptions) throws(PortReuseError) {
+    package func enable(_ options: ReuseOptions) throws(PortReuseError) {
         for (option, name) in ReuseOptions.all where options.contains(option) {
             guard let constant = Sys.constant(for: option) else {
                 throw PortReuseError(.setOption(name), diagnosis: .other("\(name) does not exist on \(OperatingSystem.current)."))
@@ -124,7 +124,7 @@ public final class SocketHandle: Sendable {
     }
 
     /// The transport of the socket, read from the kernel (`SO_TYPE`).
-    func transport() throws(PortReuseError) -> Transport? {
+    package func transport() throws(PortReuseError) -> Transport? {
         switch try option(Sys.solSocket, Sys.socketTypeOption, label: "SO_TYPE") {
         case Sys.socketType(.tcp): .tcp
         case Sys.socketType(.udp): .udp

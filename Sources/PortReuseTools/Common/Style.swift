@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import PortReuse
+import PortReuseSystem
 import Glibc
 #elseif canImport(Darwin)
 import Darwin

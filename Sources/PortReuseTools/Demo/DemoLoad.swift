@@ -1,6 +1,7 @@
 import Glibc
 import PortReuse
 import Synchronization
+import PortReuseSystem
 
 /// Load for the demo: `clients` threads that each send one short HTTP request per connection to `address`,
 /// a millisecond apart, until stopped, and count what came back. With `progress`, a thread rewrites one line

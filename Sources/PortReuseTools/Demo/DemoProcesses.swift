@@ -1,6 +1,7 @@
 import Glibc
 import PortReuse
 import Synchronization
+import PortReuseSystem
 
 /// Set by SIGINT, SIGTERM and SIGHUP while the demo runs; every wait of the demo looks at it.
 private let interruptRequested = Atomic<Int32>(0)

@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// One run of the demo: the four parts, in order, printing as it goes (unless --json).
 package struct DemoSession {

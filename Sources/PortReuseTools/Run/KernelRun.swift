@@ -2,6 +2,8 @@
 import Glibc
 import PortReuse
 import SystemPackage
+import PortReuseSystem
+import PortReuseInterception
 
 /// How `portreuse run` reaches a program's socket calls (`--intercept`).
 package enum InterceptionMethod: String, CaseIterable, Sendable {
@@ -40,8 +42,8 @@ extension ShimConfiguration {
     package func interceptionRules(log: @escaping @Sendable (String) -> Void) -> InterceptionRules {
         var rules = InterceptionRules(
             policy: policy,
-            bind: bind.map { InterceptionRules.Endpoint(ip: $0.ip, port: $0.port) },
-            source: source.map { InterceptionRules.Endpoint(ip: $0.ip, port: $0.port == 0 ? nil : $0.port) },
+            bind: bind,
+            source: source.map { EndpointRewrite(ip: $0.ip, port: $0.port == 0 ? nil : $0.port) },
             transparent: transparent,
             log: verbose ? log : nil)
         rules.warn = log

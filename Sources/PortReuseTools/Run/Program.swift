@@ -1,5 +1,6 @@
 import PortReuse
 import Glibc
+import PortReuseSystem
 
 /// A program to start with the shim preloaded: found through PATH as a shell finds it, and checked for
 /// what would keep the dynamic loader from loading the shim into it.

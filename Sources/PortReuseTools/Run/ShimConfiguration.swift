@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import PortReuseInterception
 
 /// What the shim does inside a program, and the environment that says it. The shim reads environment
 /// variables only (documented in docs/run.md); this type is the one place where the
@@ -8,16 +9,16 @@ package struct ShimConfiguration: Sendable {
     /// The options every AF_INET/AF_INET6 socket gets before bind (`PORTREUSE_POLICY`).
     package var policy: SharingPolicy = .shared
     /// Rewrites the address and/or port of every bind (`PORTREUSE_BIND_ADDR`, `PORTREUSE_BIND_PORT`).
-    package var bind: ShimEndpoint?
+    package var bind: EndpointRewrite?
     /// Binds sockets the program did not bind to this address and/or port before connect(), or before
     /// sendto()/sendmsg() on UDP (`PORTREUSE_SOURCE_ADDR`, `PORTREUSE_SOURCE_PORT`).
-    package var source: ShimEndpoint?
+    package var source: EndpointRewrite?
     /// Sets IP_TRANSPARENT (IPV6_TRANSPARENT on IPv6 sockets) before bind (`IP_TRANSPARENT`).
     package var transparent = false
     /// One line on stderr per call the shim changes (`PORTREUSE_VERBOSE`).
     package var verbose = false
 
-    package init(policy: SharingPolicy, bind: ShimEndpoint?, source: ShimEndpoint?, transparent: Bool, verbose: Bool) {
+    package init(policy: SharingPolicy, bind: EndpointRewrite?, source: EndpointRewrite?, transparent: Bool, verbose: Bool) {
         self.policy = policy
         self.bind = bind
         self.source = source
@@ -76,23 +77,17 @@ package struct ShimConfiguration: Sendable {
     }
 }
 
-/// An IP address and/or a port for the shim: what `--bind` rewrites, and where `--source` connects from.
-package struct ShimEndpoint: Sendable, Hashable, CustomStringConvertible {
-    /// The address, or `nil` to keep the program's.
-    package var ip: IPAddress?
-    /// The port, or `nil` to keep the program's.
-    package var port: UInt16?
+extension EndpointRewrite {
+    /// What --bind and --source take, for their errors.
+    package static let acceptedForms = "127.0.0.1:9000, :9000, 9000, 127.0.0.1, localhost:9000 or [::1]:9000 (no network prefix: TCP and UDP alike)"
 
     /// Parses `ADDR:PORT`, `:PORT`, `PORT`, `ADDR` or `[IPv6]`, with every address form of `Address`;
     /// a host name (`localhost:8080`) is resolved here, to its first IPv4 address if it has one, since the
     /// shim takes numbers only. Network prefixes (`tcp:`) are refused: the shim applies to both transports.
-    /// What --bind and --source take, for their errors.
-    package static let acceptedForms = "127.0.0.1:9000, :9000, 9000, 127.0.0.1, localhost:9000 or [::1]:9000 (no network prefix: TCP and UDP alike)"
-
-    package static func parse(_ text: String) throws(CommandFailure) -> ShimEndpoint {
-        if let ip = IPAddress(text) { return ShimEndpoint(ip: ip) }
+    package static func parse(_ text: String) throws(CommandFailure) -> EndpointRewrite {
+        if let ip = IPAddress(text) { return EndpointRewrite(ip: ip) }
         if text.hasPrefix("["), text.hasSuffix("]"), let ip = IPAddress(String(text.dropFirst().dropLast())) {
-            return ShimEndpoint(ip: ip)
+            return EndpointRewrite(ip: ip)
         }
         let address: Address
         do {
@@ -102,16 +97,16 @@ package struct ShimEndpoint: Sendable, Hashable, CustomStringConvertible {
             guard !text.contains(":"), let named = try? Address(text + ":0"), case .name = named.host else {
                 throw CommandFailure(error.description(acceptedForms: acceptedForms))
             }
-            return ShimEndpoint(ip: try resolve(named, text), port: nil)
+            return EndpointRewrite(ip: try resolve(named, text), port: nil)
         }
         if let network = address.network {
             throw CommandFailure(
                 "\"\(text)\": drop the network prefix \"\(network):\"; the shim applies to TCP and UDP sockets alike")
         }
         switch address.host {
-        case .unspecified: return ShimEndpoint(ip: nil, port: address.port)
-        case .ip(let ip): return ShimEndpoint(ip: ip, port: address.port)
-        case .name: return ShimEndpoint(ip: try resolve(address, text), port: address.port)
+        case .unspecified: return EndpointRewrite(ip: nil, port: address.port)
+        case .ip(let ip): return EndpointRewrite(ip: ip, port: address.port)
+        case .name: return EndpointRewrite(ip: try resolve(address, text), port: address.port)
         }
     }
 
@@ -121,16 +116,6 @@ package struct ShimEndpoint: Sendable, Hashable, CustomStringConvertible {
             return (all.first { $0.family == .ipv4 } ?? all[0]).ip
         } catch {
             throw CommandFailure(error.description)
-        }
-    }
-
-    /// `127.0.0.1:8080`, `[::1]` (address only) or `:8080` (port only).
-    package var description: String {
-        switch (ip, port) {
-        case (let ip?, let port?): SocketAddress(ip: ip, port: port).description
-        case (let ip?, nil): ip.family == .ipv6 ? "[\(ip)]" : ip.description
-        case (nil, let port?): ":\(port)"
-        case (nil, nil): "(nothing)"
         }
     }
 }

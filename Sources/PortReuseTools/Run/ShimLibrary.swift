@@ -1,5 +1,6 @@
 import PortReuse
 import Glibc
+import PortReuseSystem
 
 /// The LD_PRELOAD shim (`libCReuseShim.so`, the C target `CReuseShim`) that `portreuse run` loads into a
 /// program, and where to find it.

@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// `up --adopt PID`: a running server that `up` did not start hands over its listening sockets. `up` takes a
 /// duplicate of each (pidfd_open + pidfd_getfd, which needs ptrace rights over the process: root, or the same

@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// How a supervisor tells its program which descriptors are its sockets (`--protocol NAME`): `up` speaks each
 /// one, so a program written for nginx's, Server::Starter's, einhorn's, gunicorn's, unicorn's, puma's or catflap's

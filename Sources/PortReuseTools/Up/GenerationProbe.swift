@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// How `up --ready probe` learns that a new generation serves, on Linux.
 ///
@@ -12,7 +13,7 @@ import PortReuse
 /// kernel wakes the longest waiter first and would give the probe to the old generation.
 package enum GenerationProbe {
     /// The system calls a serving process waits in, by number on this architecture.
-    package enum Wait {
+    package enum Wait: Equatable {
         case accept(descriptor: Int32)
         case epoll(descriptor: Int32)
         case poll(array: UInt64, count: Int)
@@ -23,34 +24,16 @@ package enum GenerationProbe {
     /// What a thread waits for, from its system call number and arguments (`/proc/PID/task/TID/syscall`).
     package static func wait(_ number: Int, _ arguments: [UInt64]) -> Wait? {
         let descriptor = Int32(truncatingIfNeeded: arguments[0])
-        #if arch(x86_64)
-        switch number {
-        case 43, 288: return .accept(descriptor: descriptor)  // accept, accept4
-        case 232, 281, 441: return .epoll(descriptor: descriptor)  // epoll_wait, epoll_pwait, epoll_pwait2
-        case 7, 271: return .poll(array: arguments[0], count: Int(arguments[1]))  // poll, ppoll
-        case 23, 270: return .select(count: Int(arguments[0]), readSet: arguments[1])  // select, pselect6
-        case 45, 47, 299: return .receive(descriptor: descriptor)  // recvfrom, recvmsg, recvmmsg
-        default: return nil
+        switch BlockingCall(number: number) {
+        case .accept: return .accept(descriptor: descriptor)
+        case .epoll: return .epoll(descriptor: descriptor)
+        case .poll: return .poll(array: arguments[0], count: Int(arguments[1]))
+        case .select: return .select(count: Int(arguments[0]), readSet: arguments[1])
+        case .receive: return .receive(descriptor: descriptor)
+        case nil: return nil
         }
-        #elseif arch(arm64)
-        switch number {
-        case 202, 242: return .accept(descriptor: descriptor)
-        case 22, 441: return .epoll(descriptor: descriptor)
-        case 73: return .poll(array: arguments[0], count: Int(arguments[1]))
-        case 72: return .select(count: Int(arguments[0]), readSet: arguments[1])
-        case 207, 212, 243: return .receive(descriptor: descriptor)
-        default: return nil
-        }
-        #else
-        return nil
-        #endif
     }
 
-    #if arch(x86_64) || arch(arm64)
-    package static let architectureKnown = true
-    #else
-    package static let architectureKnown = false
-    #endif
 
     /// The processes of a process group (a generation: its leader and every worker it forked). One `getpgid`
     /// per process of the host, not a read of its stat: the readiness probe asks every 10 ms while a
@@ -63,7 +46,7 @@ package enum GenerationProbe {
     }
 
     /// Whether the /proc files the first look needs are there (not in every container).
-    package static var canLook: Bool { architectureKnown && Files.read("/proc/self/syscall", limit: 16) != nil }
+    package static var canLook: Bool { Files.read("/proc/self/syscall", limit: 16) != nil }
 
     /// Whether a thread of a process in `group` is blocked waiting for the socket with inode `inode`.
     package static func isWaiting(group: pid_t, on inode: UInt64) -> Bool {

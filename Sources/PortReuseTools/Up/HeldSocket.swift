@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// A socket `up` holds for its whole life and hands to every generation.
 package struct HeldSocket {
@@ -85,7 +86,7 @@ package struct HeldSocket {
             guard let new = fresh.takeDescriptor() else { return "\(name) \(address) stopped listening, and no new socket could be made" }
             defer { close(new) }
             guard dup2(new, descriptor) >= 0 else { return "\(name) \(address) stopped listening; cannot put a new socket in its place: \(Files.errorText())" }
-            _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+            Files.setCloseOnExec(descriptor)
             inode = GenerationProbe.inode(of: descriptor)
             return "\(name) \(address) stopped listening (a generation shut it down): opened it again for the next generation"
         } catch {
@@ -97,7 +98,7 @@ package struct HeldSocket {
 extension NotifyReceiver {
     /// The receiver of a generation started by the previous `up` of this process.
     package convenience init(adopting descriptor: Int32, path: String) throws(CommandFailure) {
-        guard fcntl(descriptor, F_SETFD, FD_CLOEXEC) == 0 else { throw CommandFailure("notify socket \(descriptor) is gone") }
+        guard Files.setCloseOnExec(descriptor) else { throw CommandFailure("notify socket \(descriptor) is gone") }
         self.init(descriptor: descriptor, path: path)
     }
 }

@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// `up`'s private folder (`$TMPDIR/portreuse-up.XXXXXX`, mode 0700): the generations' notify sockets and the
 /// upgrade hand-over. `up` holds an exclusive `flock` on its `owner` file (which names its pid, for people) for

@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// The server adopted with `--adopt`: stopped once generation 1 is ready, watched until it is gone.
 package final class AdoptedProcess {

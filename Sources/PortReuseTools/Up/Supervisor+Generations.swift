@@ -1,5 +1,7 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
+import PortReuseInterception
 
 /// Starting generations: their sockets, their environment, the spawn; the report of a reload.
 extension Supervisor {
@@ -9,10 +11,7 @@ extension Supervisor {
         for index in sockets.indices {
             // A steered socket that stopped listening is replaced by a new one, not opened again in place.
             if groups[index] == nil, let repaired = sockets[index].refresh() { logger.warning("\(repaired)") }
-            if configuration.dialect.nonBlockingSockets, sockets[index].transport == .tcp {
-                let flags = fcntl(sockets[index].descriptor, F_GETFL)
-                if flags >= 0 && flags & O_NONBLOCK == 0 { _ = fcntl(sockets[index].descriptor, F_SETFL, flags | O_NONBLOCK) }
-            }
+            if configuration.dialect.nonBlockingSockets, sockets[index].transport == .tcp { Files.setNonBlocking(sockets[index].descriptor, true) }
         }
         let descriptors = groups.isEmpty ? sockets.map(\.descriptor) : socketsForNewGeneration(number: number)
         do throws(CommandFailure) {
@@ -109,9 +108,7 @@ extension Supervisor {
     /// blocks where it polled, since they share one open file description.
     func noteBlockingMode(of generation: GenerationRecord) {
         guard let socket = sockets.first(where: { $0.transport == .tcp }) else { return }
-        let flags = fcntl(socket.descriptor, F_GETFL)
-        guard flags >= 0 else { return }
-        let nonBlocking = flags & O_NONBLOCK != 0
+        guard let nonBlocking = Files.isNonBlocking(socket.descriptor) else { return }
         resources[generation.number]?.nonBlockingWhenReady = nonBlocking
         let word = { (value: Bool) in value ? "non-blocking" : "blocking" }
         for older in generations where older.number < generation.number && older.exit == nil {

@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// What others read of the supervisor's record: the status file (`--pid-file PATH` → PATH.status) that `up status`
 /// and `up reload` read, and what `--health` answers (HealthBoard), published at every turn of the loop.

@@ -1,6 +1,7 @@
 import Glibc
 import PortReuse
 import SystemPackage
+import PortReuseSystem
 
 /// Steered generations (Steering.swift): each generation's own sockets, the program that steers the groups,
 /// the quiet drain of a generation out of rotation, and the sockets retired once nobody uses them.
@@ -66,7 +67,7 @@ extension Supervisor {
         let moved = fcntl(fresh, F_DUPFD_CLOEXEC, try HeldSocket.firstDescriptor(holding: sockets.count))
         close(fresh)
         guard moved >= 0 else { throw CommandFailure(Files.errorText()) }
-        if configuration.dialect.nonBlockingSockets, template.transport == .tcp { _ = fcntl(moved, F_SETFL, fcntl(moved, F_GETFL) | O_NONBLOCK) }
+        if configuration.dialect.nonBlockingSockets, template.transport == .tcp { Files.setNonBlocking(moved, true) }
         groups[index]?.join(moved)
         steeredDescriptors.insert(moved)
         if let code = steeringMaps[index]?.add(moved), code != 0 {

@@ -1,5 +1,7 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
+import PortReuseInterception
 
 /// Upgrading `up` itself in place (SIGUSR2, `up upgrade`): same pid, same sockets, same generations.
 extension Supervisor {
@@ -85,13 +87,13 @@ extension Supervisor {
         spares = handover.spares ?? [:]
         steeringMaps = handover.steeringMaps ?? [:]
         for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)).union(steeringMaps.values.map(\.descriptor)) where descriptor >= 0 {
-            _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+            Files.setCloseOnExec(descriptor)
         }
         for record in handover.record.generations {
             let notify = record.notifyDescriptor.flatMap { try? NotifyReceiver(adopting: $0, path: record.notifyPath ?? "") }
             let held = Resources(notify: notify)
             #if os(Linux)
-            if let descriptor = record.interceptDescriptor, fcntl(descriptor, F_SETFD, FD_CLOEXEC) == 0 {
+            if let descriptor = record.interceptDescriptor, Files.setCloseOnExec(descriptor) {
                 do throws(SystemError) {
                     let interceptor = try SocketCallInterceptor(notificationDescriptor: descriptor, rules: interceptionRules(number: record.number, sockets: record.sockets ?? sockets.map(\.descriptor)))
                     try interceptor.start()

@@ -1,6 +1,8 @@
 import Glibc
 import Logging
 import PortReuse
+import PortReuseSystem
+import PortReuseInterception
 
 /// The heart of `portreuse up`: one thread, one `poll` loop around a pure state machine (``UpMachine``). Each
 /// turn gathers what happened (signals, exits, notify messages, the clock) as events, hands them to the machine,

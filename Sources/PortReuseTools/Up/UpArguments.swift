@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// `--listen [NAME=]ADDR`: a socket `up` opens once and hands to every generation.
 package struct ListenSpec: Hashable, Sendable, CustomStringConvertible {

@@ -1,6 +1,7 @@
 import PortReuse
 import FoundationEssentials
 import Glibc
+import PortReuseSystem
 
 /// The `--reload`, `--status` and `--upgrade` side of `portreuse up`: talks to a running `up` through its
 /// pid file (signals) and its status file (what happened).

@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// Proof that a pid read from a pid file names the `portreuse up` that wrote it, before anything signals it.
 ///

@@ -1,6 +1,7 @@
 import PortReuse
 import Glibc
 import Logging
+import PortReuseSystem
 
 /// One line per event on stderr: `12:00:01.234 portreuse up[812]: generation 2 (pid 4242) ready after 180 ms (notify)`.
 /// Warnings and errors say so after the pid; metadata follows as `key=value`.

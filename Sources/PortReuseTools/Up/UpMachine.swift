@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import PortReuse
+import PortReuseSystem
 
 /// The decisions of `portreuse up`, as a pure state machine: ``handle(_:now:)`` takes one ``Event`` (a signal, an
 /// exit, a notify message, what a look at a generation found, the clock's tick) at time `now` and returns the

@@ -1,4 +1,5 @@
 import PortReuse
+import PortReuseSystem
 
 // The vocabulary of `portreuse up`, shared by the supervisor, its status file, the hand-over of an in-place
 // upgrade, the reload client and the demo: every state is a value, nothing is parsed back out of a string.

@@ -1,6 +1,8 @@
 import Glibc
 import Logging
 import PortReuse
+import PortReuseSystem
+import PortReuseInterception
 
 /// What `portreuse up` serves with: the command's options, checked by the command before it gets here.
 package struct UpOptions {

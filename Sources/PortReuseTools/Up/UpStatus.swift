@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// What `portreuse up status` shows: written by the running `up` next to its pid file (PATH.status) whenever
 /// something in it changes. Ages are not stored: the reader computes them from `startedAt` and its own clock.

@@ -4,6 +4,7 @@ import CPortReuseSystem
 import Glibc
 import SystemPackage
 import PortReuse
+import PortReuseSystem
 
 /// The write end of the signal pipe, set once before any handler is installed.
 nonisolated(unsafe) private var signalPipeWriteEnd: Int32 = -1

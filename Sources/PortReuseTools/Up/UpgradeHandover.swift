@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// What `up` passes to its next self when it upgrades in place (`execve` of the new binary, same pid): the
 /// sockets (their descriptors stay open across exec), the supervisor's state (a restart backoff too) and
@@ -85,7 +86,7 @@ package struct UpgradeHandover: Codable {
             return errno
         }
         unsetenv(Self.variable)
-        for descriptor in kept { _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC) }
+        for descriptor in kept { Files.setCloseOnExec(descriptor) }
         throw CommandFailure("cannot execute \(binary): \(Files.errorText(code))")
     }
 
@@ -95,11 +96,8 @@ package struct UpgradeHandover: Codable {
     private static func closeOnExecLibraryDescriptors(keeping kept: Set<Int32>) {
         for entry in Files.list("/proc/self/fd") {
             guard let descriptor = Int32(entry), descriptor > 2, !kept.contains(descriptor) else { continue }
-            let flags = fcntl(descriptor, F_GETFD)
-            guard flags >= 0, flags & FD_CLOEXEC == 0,
-                let target = try? Processes.readLink("/proc/self/fd/\(descriptor)"), target.hasPrefix("anon_inode:")
-            else { continue }
-            _ = fcntl(descriptor, F_SETFD, flags | FD_CLOEXEC)
+            guard let target = try? Processes.readLink("/proc/self/fd/\(descriptor)"), target.hasPrefix("anon_inode:") else { continue }
+            Files.setCloseOnExec(descriptor)
         }
     }
 

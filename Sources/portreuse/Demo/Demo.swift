@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import PortReuse
 import PortReuseTools
+import PortReuseSystem
 
 /// `portreuse demo`: the whole story in under a minute, on loopback. Why restarts fail (TIME-WAIT), how a
 /// shared port spreads load over worker processes, and a rolling restart under load through `portreuse up`

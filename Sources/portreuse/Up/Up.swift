@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import PortReuse
 import PortReuseTools
+import PortReuseSystem
 
 /// `portreuse up`: a zero-downtime supervisor. It opens the sockets once, hands them to the program by
 /// systemd socket activation, and on a reload starts the new version beside the old one, switching over

@@ -1,4 +1,5 @@
 import PortReuse
+import PortReuseSystem
 
 /// The answers of `--health`, apart from HTTP's bytes: `/readyz`, `/livez`, `/metrics`; 405 for any method but
 /// GET and HEAD (whatever the path: `OPTIONS *` and `CONNECT` too), 404 for any other path.

@@ -4,6 +4,7 @@ import NIOPosix
 import PortReuse
 import PortReuseNIO
 import Synchronization
+import PortReuseSystem
 
 /// `--health ADDR`: `up`'s own HTTP listener (never handed to a generation), served by SwiftNIO's HTTP/1 parser
 /// on one event-loop thread of its own, so that a slow or hostile client never holds up the supervisor's loop.

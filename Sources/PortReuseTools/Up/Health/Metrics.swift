@@ -1,5 +1,6 @@
 import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// What `/metrics` and a reload's report read from the kernel when they are asked (never at every turn of the loop).
 package struct KernelReadings: Sendable {

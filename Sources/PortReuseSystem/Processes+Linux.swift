@@ -230,6 +230,33 @@ package enum Processes {
     }
 }
 
+/// The blocking system calls a thread may wait in (its number read from `/proc/PID/task/TID/syscall`), told
+/// apart by the names of this architecture's calls (`csystem_syscall_wait_kind`), not by numbers written here.
+package enum BlockingCall: Sendable {
+    /// accept, accept4: argument 0 is the socket.
+    case accept
+    /// epoll_wait, epoll_pwait, epoll_pwait2: argument 0 is the epoll descriptor.
+    case epoll
+    /// poll, ppoll: arguments 0 and 1 are the pollfd array and its count.
+    case poll
+    /// select, pselect6: arguments 0 and 1 are the count and the read set.
+    case select
+    /// recvfrom, recvmsg, recvmmsg: argument 0 is the socket.
+    case receive
+
+    /// The call with this number, or `nil` for any other.
+    package init?(number: Int) {
+        switch csystem_syscall_wait_kind(number) {
+        case csystem_wait_accept: self = .accept
+        case csystem_wait_epoll: self = .epoll
+        case csystem_wait_poll: self = .poll
+        case csystem_wait_select: self = .select
+        case csystem_wait_receive: self = .receive
+        default: return nil
+        }
+    }
+}
+
 /// How a process ended, as `waitpid` reports it and a person reads it.
 package struct ExitStatus: Hashable, Sendable, Codable, CustomStringConvertible {
     /// The wait status from `waitpid`.

@@ -1,5 +1,7 @@
 #if os(Linux)
 import Glibc
+import PortReuseSystem
+import PortReuse
 
 /// What the kernel lets the thread that made an intercepted call do by itself. Whatever the interceptor does on
 /// a program's behalf (a bind to a rewritten address or a source, IP_TRANSPARENT) runs with portreuse's

@@ -1,6 +1,8 @@
 #if os(Linux)
 import Glibc
 import Synchronization
+import PortReuse
+import PortReuseSystem
 
 /// The sockets a supervisor (`portreuse up`) holds and swaps into a program that binds their address by
 /// itself: the program's descriptor is replaced by the held socket (SECCOMP_IOCTL_NOTIF_ADDFD with
@@ -107,10 +109,8 @@ package final class SocketSwap: Sendable {
     /// Sets the held file description's O_NONBLOCK to the program's (`nonBlocking`, for process `pid`);
     /// returns a warning when that changes the mode another live process was given.
     package func adoptMode(of held: Held, nonBlocking: Bool, pid: Int32) -> String? {
-        let flags = fcntl(held.descriptor, F_GETFL)
-        guard flags >= 0 else { return nil }
-        let current = flags & O_NONBLOCK != 0
-        if current != nonBlocking { _ = fcntl(held.descriptor, F_SETFL, nonBlocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) }
+        guard let current = Files.isNonBlocking(held.descriptor) else { return nil }
+        if current != nonBlocking { Files.setNonBlocking(held.descriptor, nonBlocking) }
         let previous = modes.withLock { modes -> (nonBlocking: Bool, pid: Int32)? in
             defer { modes[held.descriptor] = (nonBlocking, pid) }
             return modes[held.descriptor]

@@ -1,4 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import SystemPackage
+
+#if canImport(Glibc) || canImport(Darwin)
 
 /// A system call that failed: its name and the errno it left. The one error type of the system layer, which
 /// PortReuseNIO, the CLI's library and the tests share; the library's public API turns it into a
@@ -29,7 +36,7 @@ package func systemCall<Result: FixedWidthInteger>(
     while true {
         let result = body()
         if result != -1 { return result }
-        let code = Errno(rawValue: Sys.lastError())
+        let code = Errno(rawValue: errno)
         if retryOnInterrupt && code == .interrupted { continue }
         throw SystemError(name, code)
     }
@@ -42,3 +49,4 @@ package func systemCallReturningCode(_ name: String, _ body: () -> Int32) throws
     let code = body()
     if code != 0 { throw SystemError(name, Errno(rawValue: code)) }
 }
+#endif

@@ -3,27 +3,19 @@ import CPortReuseSystem
 import Glibc
 import Synchronization
 import SystemPackage
+import PortReuseSystem
+import PortReuse
 
 /// What `portreuse run`'s kernel path does to a program's socket calls: the same rules as the LD_PRELOAD
 /// shim (Sources/CReuseShim/shim.c), applied from outside the program.
 package struct InterceptionRules: Sendable {
-    /// An address and/or a port: `nil` keeps the program's.
-    package struct Endpoint: Sendable, Hashable {
-        package var ip: IPAddress?
-        package var port: UInt16?
-        package init(ip: IPAddress?, port: UInt16?) {
-            self.ip = ip
-            self.port = port
-        }
-        var isEmpty: Bool { ip == nil && port == nil }
-    }
 
     /// The policy whose options (``SharingTable/options(_:_:)``) every bound AF_INET/AF_INET6 socket gets.
     package var policy: SharingPolicy
     /// Rewrites every bind (`--bind`).
-    package var bind: Endpoint?
+    package var bind: EndpointRewrite?
     /// Binds unbound sockets here before connect(), sendto() and sendmsg() (`--source`).
-    package var source: Endpoint?
+    package var source: EndpointRewrite?
     /// IP_TRANSPARENT / IPV6_TRANSPARENT before bind.
     package var transparent: Bool
     /// Called with one line per call changed (`--verbose`), or `nil`.
@@ -35,7 +27,7 @@ package struct InterceptionRules: Sendable {
     /// policy, no rewrite). Refusals are said through `log` (which is then always set).
     package var swap: SocketSwap?
 
-    package init(policy: SharingPolicy, bind: Endpoint? = nil, source: Endpoint? = nil, transparent: Bool = false,
+    package init(policy: SharingPolicy, bind: EndpointRewrite? = nil, source: EndpointRewrite? = nil, transparent: Bool = false,
                  log: (@Sendable (String) -> Void)? = nil) {
         self.policy = policy
         self.bind = bind.flatMap { $0.isEmpty ? nil : $0 }
@@ -307,9 +299,9 @@ package final class SocketCallInterceptor: @unchecked Sendable {
                 if let port = rewrite.port {
                     rewritten = SocketAddress(ip: requested.ip, port: port)
                     noteMoved(requested, to: rewritten!)
-                    note = "; the address of --bind \(describe(rewrite)) not applied (\(reason.text)), its port is"
+                    note = "; the address of --bind \(rewrite) not applied (\(reason.text)), its port is"
                 } else {
-                    note = "; --bind \(describe(rewrite)) not applied: \(reason.text)"
+                    note = "; --bind \(rewrite) not applied: \(reason.text)"
                 }
             }
         } else if let source = rules.source, requested.port == 0, requested.ip.isUnspecified,
@@ -438,8 +430,8 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             return .result(errno: code)
         case .swap(let index, let note):
             let held = swap.held[index]
-            let flags = fcntl(descriptor, F_GETFL)
-            let modeWarning = flags < 0 ? nil : swap.adoptMode(of: held, nonBlocking: flags & O_NONBLOCK != 0, pid: pid)
+            let nonBlocking = Files.isNonBlocking(descriptor)
+            let modeWarning = nonBlocking.flatMap { swap.adoptMode(of: held, nonBlocking: $0, pid: pid) }
             if let modeWarning { rules.log?(modeWarning) }
             let closeOnExec = Self.closeOnExec(pid: notification.pid, fd: fd)
             guard csystem_seccomp_add_fd(notificationDescriptor, notification.id, held.descriptor, fd, closeOnExec ? 1 : 0) >= 0 else {
@@ -456,7 +448,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
                 // "unknown" is the name systemd gives a socket without one (LISTEN_FDNAMES): not worth a word.
                 rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.pid)): got up's socket \(held.address)"
                     + (held.name == "unknown" ? "" : " (\(held.name))")
-                    + (flags >= 0 && flags & O_NONBLOCK != 0 ? ", non-blocking" : "") + (note.map { "; \($0)" } ?? "")
+                    + (nonBlocking == true ? ", non-blocking" : "") + (note.map { "; \($0)" } ?? "")
                     + (swapped > 3 ? " (bind \(swapped) given up's socket; the ones between are not logged)" : ""))
             }
             return .result(errno: 0)
@@ -497,7 +489,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         switch apply(sourceRule, to: local, socket: socket, peer: peer) {
         case .success(let address): target = address
         case .failure(let reason):
-            rules.log?("\(call) fd \(fd) to \(peer) of \(who(notification.pid)): --source \(describe(sourceRule)) not applied: \(reason.text)")
+            rules.log?("\(call) fd \(fd) to \(peer) of \(who(notification.pid)): --source \(sourceRule) not applied: \(reason.text)")
             return .proceed
         }
         guard let privileges = callerPrivileges(notification, socket: socket) else { return .none }
@@ -609,7 +601,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// The endpoint's address and/or port put into `address`, of the socket's family, as the shim's
     /// apply_endpoint does: IPv4 on an IPv6 socket becomes the IPv4-mapped address (not on an IPV6_V6ONLY
     /// socket, nor toward a peer of the other IP version); a mapped address on an IPv4 socket, plain IPv4.
-    private func apply(_ endpoint: InterceptionRules.Endpoint, to address: SocketAddress, socket: SocketHandle,
+    private func apply(_ endpoint: EndpointRewrite, to address: SocketAddress, socket: SocketHandle,
                        peer: SocketAddress?) -> Result<SocketAddress, Skipped> {
         var ip = address.ip
         if address.family == .ipv4 {
@@ -634,14 +626,6 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         return .success(SocketAddress(ip: ip, port: endpoint.port ?? address.port))
     }
 
-    private func describe(_ endpoint: InterceptionRules.Endpoint) -> String {
-        switch (endpoint.ip, endpoint.port) {
-        case (let ip?, let port?): SocketAddress(ip: ip, port: port).description
-        case (let ip?, nil): ip.family == .ipv6 ? "[\(ip)]" : ip.description
-        case (nil, let port?): ":\(port)"
-        case (nil, nil): "(nothing)"
-        }
-    }
 
     /// `name[pid]`, from /proc/PID/comm (only for log lines).
     private func who(_ pid: UInt32) -> String {

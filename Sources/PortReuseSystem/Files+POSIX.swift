@@ -11,7 +11,7 @@ import SystemPackage
 /// EINTR and errno path.
 package enum Files {
     /// The text of an errno value, such as `No such file or directory`. The corresponding C function is `strerror`.
-    package static func errorText(_ code: Int32 = Sys.lastError()) -> String { String(cString: strerror(code)) }
+    package static func errorText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
 
     /// The whole content of a file (a /proc file too), at most `limit` bytes; `nil` when it cannot be read.
     package static func read(_ path: String, limit: Int = 1 << 26) -> [UInt8]? {
@@ -165,15 +165,38 @@ package enum Files {
         #else
         _ = try systemCall("pipe") { Darwin.pipe(&ends) }
         for end in ends {
-            _ = Sys.setCloseOnExec(end)
-            if nonBlocking { _ = Sys.setBlocking(end, false) }
+            setCloseOnExec(end)
+            if nonBlocking { setNonBlocking(end, true) }
         }
         #endif
         return (ends[0], ends[1])
     }
 
     /// Closes a descriptor, once; EINTR is not retried (the descriptor is gone either way on Linux).
-    package static func close(_ descriptor: Int32) { _ = Sys.close(descriptor) }
+    package static func close(_ descriptor: Int32) { _ = systemClose(descriptor) }
+
+    /// Whether a descriptor is in non-blocking mode (O_NONBLOCK), or `nil` if it is not open.
+    package static func isNonBlocking(_ descriptor: Int32) -> Bool? {
+        let flags = fcntl(descriptor, F_GETFL)
+        return flags < 0 ? nil : flags & O_NONBLOCK != 0
+    }
+
+    /// Sets or clears O_NONBLOCK, leaving the other status flags as they are; false if the descriptor is not open.
+    @discardableResult
+    package static func setNonBlocking(_ descriptor: Int32, _ on: Bool) -> Bool {
+        let flags = fcntl(descriptor, F_GETFL)
+        guard flags >= 0 else { return false }
+        let wanted = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
+        return wanted == flags || fcntl(descriptor, F_SETFL, wanted) == 0
+    }
+
+    /// Marks a descriptor close-on-exec (FD_CLOEXEC), or clears the mark; false if the descriptor is not open.
+    @discardableResult
+    package static func setCloseOnExec(_ descriptor: Int32, _ on: Bool = true) -> Bool {
+        let flags = fcntl(descriptor, F_GETFD)
+        guard flags >= 0 else { return false }
+        return fcntl(descriptor, F_SETFD, on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC) == 0
+    }
 
     /// Calls `body` with a NULL-terminated array of C strings (for `execve` and `posix_spawn`).
     package static func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
@@ -183,7 +206,8 @@ package enum Files {
     }
 }
 
-// The C functions under names that Files' own `read` and `write` do not shadow.
+// The C functions under names that Files' own `read`, `write` and `close` do not shadow.
+@inline(__always) private func systemClose(_ fd: Int32) -> Int32 { close(fd) }
 @inline(__always) private func systemRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int { read(fd, buffer, count) }
 @inline(__always) private func systemWrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: Int) -> Int { write(fd, buffer, count) }
 #endif
