@@ -3,7 +3,6 @@
 #include "CPortReuseSystem.h"
 
 #include <errno.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -160,16 +159,6 @@ int csystem_setns(int fd, int nstype) { return setns(fd, nstype); }
 int csystem_clone_newnet(void) { return CLONE_NEWNET; }
 
 long csystem_getxattr(const char *path, const char *name, void *value, unsigned long size) { return getxattr(path, name, value, size); }
-
-int csystem_spawn_addclosefrom(void *actions, int from) {
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
-    return posix_spawn_file_actions_addclosefrom_np((posix_spawn_file_actions_t *)actions, from);
-#else
-    (void)actions;
-    (void)from;
-    return ENOSYS;
-#endif
-}
 
 long csystem_read_process_memory(int pid, uint64_t address, void *buffer, unsigned long length) {
     struct iovec local = {buffer, length};
@@ -374,7 +363,7 @@ int csystem_receive_descriptor(int socket, unsigned char *tag, int *descriptor) 
 
 // MARK: supervised spawn
 
-// What the child of csystem_spawn_supervised shares with its parent (CLONE_VM): the request, the environment it
+// What the child of csystem_spawn shares with its parent (CLONE_VM): the request, the environment it
 // completes, and how it failed.
 struct spawn_child {
     const csystem_spawn_request *request;
@@ -418,11 +407,12 @@ static int spawn_child_main(void *argument) {
             goto fail;
         }
     }
-    if (!request->keep_stdin) {
-        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if (null < 0 || dup2(null, 0) < 0) goto fail;
-    }
-    if (request->output >= 0 && (dup2(request->output, 1) < 0 || dup2(request->output, 2) < 0)) goto fail;
+    // The streams first: their sources may be any descriptor, and the mappings below only write 3 and above.
+    if (request->stdin_fd >= 0 && dup2(request->stdin_fd, 0) < 0) goto fail;
+    if (request->stdout_fd >= 0 && dup2(request->stdout_fd, 1) < 0) goto fail;
+    if (request->stderr_fd >= 0 && dup2(request->stderr_fd, 2) < 0) goto fail;
+    if (request->stdout_fd == CSYSTEM_SPAWN_OTHER && dup2(2, 1) < 0) goto fail;
+    if (request->stderr_fd == CSYSTEM_SPAWN_OTHER && dup2(1, 2) < 0) goto fail;
     // Each source is at 3 + count or above (the caller checks), so no mapping overwrites one still to be made;
     // dup2 clears close-on-exec on the target.
     for (int i = 0; i < request->count; i++) {
@@ -450,7 +440,8 @@ static int spawn_child_main(void *argument) {
     sigemptyset(&none);
     child->failed_step = CSYSTEM_SPAWN_EXEC;
     sigprocmask(SIG_SETMASK, &none, NULL);
-    execve(request->path, request->argv, child->envp);
+    if (request->search_path) execvpe(request->path, request->argv, child->envp);
+    else execve(request->path, request->argv, child->envp);
 fail:
     child->error = errno ? errno : EINVAL;
     _exit(127);
@@ -458,7 +449,7 @@ fail:
 
 static int has_prefix(const char *text, const char *prefix) { return strncmp(text, prefix, strlen(prefix)) == 0; }
 
-int csystem_spawn_supervised(const csystem_spawn_request *request, int *notification, int *failed_step) {
+int csystem_spawn(const csystem_spawn_request *request, int *notification, int *failed_step) {
     *notification = -1;
     *failed_step = CSYSTEM_SPAWN_SETUP;
     struct spawn_child child = {.request = request, .report = -1, .parent = getpid()};
@@ -560,8 +551,7 @@ int csystem_set_no_new_privileges(void) CSYSTEM_MISSING
 int csystem_setns(int fd, int nstype) CSYSTEM_MISSING
 int csystem_clone_newnet(void) { return 0; }
 long csystem_getxattr(const char *path, const char *name, void *value, unsigned long size) CSYSTEM_MISSING
-int csystem_spawn_addclosefrom(void *actions, int from) { return ENOSYS; }
-int csystem_spawn_supervised(const csystem_spawn_request *request, int *notification, int *failed_step) CSYSTEM_MISSING
+int csystem_spawn(const csystem_spawn_request *request, int *notification, int *failed_step) CSYSTEM_MISSING
 long csystem_read_process_memory(int pid, uint64_t address, void *buffer, unsigned long length) CSYSTEM_MISSING
 int csystem_syscall_bind(void) { return -1; }
 int csystem_syscall_connect(void) { return -1; }

@@ -52,7 +52,7 @@ package struct InterceptionRules: Sendable {
 
     /// The system calls the filter hands to the interceptor under these rules.
     package var systemCalls: [Int32] {
-        [csystem_syscall_bind()] + (interceptsClients ? [csystem_syscall_connect(), csystem_syscall_sendto(), csystem_syscall_sendmsg()] : [])
+        [SocketCall.bind] + (interceptsClients ? [SocketCall.connect, SocketCall.sendto, SocketCall.sendmsg] : [])
     }
 }
 
@@ -149,30 +149,15 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// Answers notifications until the notification descriptor fails or hangs up (every process under the
     /// filter is gone) or ``stop(timeout:)`` is called.
     package func serve() {
-        var entries = [pollfd(fd: notificationDescriptor, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0)]
-        while true {
-            entries[0].revents = 0
-            entries[1].revents = 0
-            let ready = poll(&entries, 2, -1)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                return
+        while Sys.waitReadable(notificationDescriptor, orWake: wake.read) == .readable {
+            // The receive ioctl blocks whatever O_NONBLOCK says: it runs only once poll saw a notification, so
+            // that stop() is seen.
+            var notification = csystem_notification()
+            if csystem_seccomp_receive(notificationDescriptor, &notification) == 0 {
+                answer(notification)
+            } else if errno != ENOENT && errno != EINTR {
+                return  // ENOENT: the caller went away (killed) between poll and receive
             }
-            if entries[1].revents != 0 { return }
-            let events = Int32(entries[0].revents)
-            if events & Int32(POLLIN) != 0 {
-                // The receive ioctl blocks whatever O_NONBLOCK says: poll first, so that stop() is seen.
-                var notification = csystem_notification()
-                if csystem_seccomp_receive(notificationDescriptor, &notification) == 0 {
-                    answer(notification)
-                    continue
-                }
-                // ENOENT: the caller went away (killed) between poll and receive.
-                if errno == ENOENT || errno == EINTR { continue }
-                return
-            }
-            if events & Int32(POLLHUP | POLLERR | POLLNVAL) != 0 { return }
         }
     }
 
@@ -187,10 +172,10 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         case none
     }
 
-    private static let bindCall = csystem_syscall_bind()
-    private static let connectCall = csystem_syscall_connect()
-    private static let sendtoCall = csystem_syscall_sendto()
-    private static let sendmsgCall = csystem_syscall_sendmsg()
+    private static let bindCall = SocketCall.bind
+    private static let connectCall = SocketCall.connect
+    private static let sendtoCall = SocketCall.sendto
+    private static let sendmsgCall = SocketCall.sendmsg
     private static let fastOpen: Int32 = 0x2000_0000  // MSG_FASTOPEN
     private static let storageSize = MemoryLayout<sockaddr_storage>.size
 

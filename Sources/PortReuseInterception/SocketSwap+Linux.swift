@@ -116,7 +116,7 @@ package final class SocketSwap: Sendable {
             return modes[held.descriptor]
         }
         guard current != nonBlocking, let previous, previous.pid != pid, previous.nonBlocking != nonBlocking,
-            kill(previous.pid, 0) == 0 || errno == EPERM
+            Processes.exists(previous.pid)
         else { return nil }
         func word(_ value: Bool) -> String { value ? "non-blocking" : "blocking" }
         return "\(held.name) \(held.address): the shared socket changes from \(word(current)) to \(word(nonBlocking)) (O_NONBLOCK) for pid \(pid), "

@@ -74,7 +74,7 @@ final class SharedSocketAcceptor: Sendable {
             switch Sys.waitReadable(descriptor, orWake: wake) {
             case .wake, .failed:
                 return
-            case .readable:
+            case .readable, .hungUp:
                 // Take what is queued; EAGAIN means another process (or nobody) was quicker.
                 for _ in 0..<256 {
                     let connection = Sys.accept(descriptor, nil, nil)

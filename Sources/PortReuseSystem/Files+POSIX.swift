@@ -198,7 +198,7 @@ package enum Files {
         return fcntl(descriptor, F_SETFD, on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC) == 0
     }
 
-    /// Calls `body` with a NULL-terminated array of C strings (for `execve` and `posix_spawn`).
+    /// Calls `body` with a NULL-terminated array of C strings (for `execve` and the spawn).
     package static func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
         let pointers = strings.map { strdup($0) } + [nil]
         defer { pointers.forEach { free($0) } }

@@ -3,13 +3,16 @@ import CPortReuseSystem
 import Glibc
 import SystemPackage
 
-/// Starting a program: the one `posix_spawn` of PortReuse, the CLI, the benchmarks and the tests.
+/// Starting a program: the one spawn of PortReuse, the CLI, the benchmarks and the tests, in C
+/// (`csystem_spawn`: one clone that shares our memory until its one `execve`, as posix_spawn does).
 ///
 /// Swift cannot run code between fork and exec, so every detail of the child is said here as data: which of
 /// our descriptors it gets as 3, 4, … (not close-on-exec there), where its standard streams go, whether it
-/// leads a process group of its own. Every other descriptor is closed in the child, its signal mask is empty
-/// and every signal has its default action: a Swift process's threads block signals (Swift Testing's workers
-/// block SIGTERM), and a child must not inherit that.
+/// leads a process group of its own, and for a supervisor (`portreuse up`, `run`'s kernel path) its death
+/// signal, LISTEN_PID and a seccomp filter whose notification descriptor comes back to the caller. Every other
+/// descriptor is closed in the child (unless ``keepsInheritedDescriptors``), its signal mask is empty and every
+/// signal has its default action: a Swift process's threads block signals (Swift Testing's workers block
+/// SIGTERM), and a child must not inherit that.
 package struct ProcessSpawn {
     /// Where the child's standard input comes from.
     package enum Input: Sendable {
@@ -29,6 +32,8 @@ package struct ProcessSpawn {
 
     /// The program (its path, or with ``searchPath`` a name) and its arguments.
     package var arguments: [String]
+    /// The file to execute when it is not `arguments[0]` (which is then only the name the program sees).
+    package var executable: String?
     /// `NAME=value` entries; `nil`: this process's environment.
     package var environment: [String]?
     /// Our descriptors that the child gets as 3, 4, …; each must be 3 + `descriptors.count` or above, so that
@@ -39,72 +44,132 @@ package struct ProcessSpawn {
     package var standardError = Output.inherit
     /// Whether the child leads a process group of its own (so that one signal reaches its whole tree).
     package var newProcessGroup = false
-    /// Whether `arguments[0]` is looked up in PATH (`posix_spawnp`).
+    /// Whether `arguments[0]` is looked up in PATH (as `posix_spawnp`).
     package var searchPath = false
+    /// Whether our descriptors without close-on-exec pass on above the mapped ones, as through an exec (the
+    /// foreground program of `portreuse run`); else the child has only its streams and ``descriptors``.
+    package var keepsInheritedDescriptors = false
+    /// The signal the child gets when the thread that started it dies (PR_SET_PDEATHSIG), or 0.
+    package var deathSignal: Int32 = 0
+    /// Whether LISTEN_PID (and LISTEN_PIDFDID) name the child itself, for socket activation: set in the child,
+    /// since only it knows its pid before it runs the program.
+    package var setsListenPID = false
+    /// System call numbers (at most 8) handed to the caller under a seccomp filter (SECCOMP_RET_USER_NOTIF),
+    /// whose notification descriptor ``launch()`` returns; none: no filter.
+    package var interceptedCalls: [Int32] = []
 
     package init(_ arguments: [String], environment: [String]? = nil) {
         self.arguments = arguments
         self.environment = environment
     }
 
-    /// Starts the program and returns its pid. The corresponding C function is `posix_spawn`.
+    /// Why nothing runs: the step of the child's set-up that failed, and its errno.
+    package struct Failure: Error, Sendable {
+        package enum Step: Sendable {
+            /// The streams, the descriptors, the process group, the death signal, or an argument (EINVAL).
+            case setup
+            /// The starting thread was gone before the child could take its death signal.
+            case parentGone
+            /// The kernel refused the seccomp filter.
+            case filter
+            /// execve (or the PATH search) failed: no such file, not executable, …
+            case exec
+        }
+        package var step: Step
+        package var errno: Errno
+        /// What was wrong with the request itself, when nothing was tried.
+        package var reason: String? = nil
+
+        /// The same as a ``SystemError`` naming the program.
+        package func systemError(_ program: String) -> SystemError {
+            SystemError(step == .exec ? "execve \(program)" : step == .filter ? "seccomp (\(program))" : "spawn \(program)" + (reason.map { " (\($0))" } ?? ""), errno)
+        }
+    }
+
+    /// Starts the program and returns its pid.
     package func start() throws(SystemError) -> pid_t {
-        guard !arguments.isEmpty else { throw SystemError("posix_spawn", .invalidArgument) }
+        do {
+            let started = try launch()
+            if let notification = started.notification { Files.close(notification) }
+            return started.pid
+        } catch {
+            throw error.systemError(arguments.first ?? "")
+        }
+    }
+
+    /// Starts the program; returns its pid and, under a filter, the filter's notification descriptor
+    /// (close-on-exec; `nil` if the child was killed before it could hand it over).
+    package func launch() throws(Failure) -> (pid: pid_t, notification: Int32?) {
+        guard !arguments.isEmpty else { throw Failure(step: .setup, errno: .invalidArgument, reason: "no program") }
+        guard interceptedCalls.count <= 8 else { throw Failure(step: .setup, errno: .invalidArgument, reason: "more than 8 system calls to intercept") }
         let firstFree = 3 + Int32(descriptors.count)
-        guard descriptors.allSatisfy({ $0 >= firstFree }) else { throw SystemError("posix_spawn (descriptor below \(firstFree))", .invalidArgument) }
-
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        switch standardInput {
-        case .null: posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0)
-        case .inherit: break
-        case .descriptor(let fd): posix_spawn_file_actions_adddup2(&actions, fd, STDIN_FILENO)
+        if let low = descriptors.first(where: { $0 < firstFree }) {
+            throw Failure(step: .setup, errno: .invalidArgument, reason: "descriptor \(low) is below \(firstFree): mapping 3, 4, … would overwrite it")
         }
-        Self.redirect(standardOutput, to: STDOUT_FILENO, other: STDERR_FILENO, &actions)
-        Self.redirect(standardError, to: STDERR_FILENO, other: STDOUT_FILENO, &actions)
-        // adddup2 clears close-on-exec on the target, also when source and target are the same number.
-        for (index, descriptor) in descriptors.enumerated() { posix_spawn_file_actions_adddup2(&actions, descriptor, 3 + Int32(index)) }
-        let closing = csystem_spawn_addclosefrom(&actions, firstFree)
-        guard closing == 0 || closing == ENOSYS else { throw SystemError("posix_spawn_file_actions_addclosefrom_np", Errno(rawValue: closing)) }
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var none = sigset_t(), all = sigset_t()
-        sigemptyset(&none)
-        sigfillset(&all)
-        sigdelset(&all, SIGKILL)
-        sigdelset(&all, SIGSTOP)
-        posix_spawnattr_setsigmask(&attributes, &none)
-        posix_spawnattr_setsigdefault(&attributes, &all)
-        var flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF
-        if newProcessGroup {
-            posix_spawnattr_setpgroup(&attributes, 0)
-            flags |= POSIX_SPAWN_SETPGROUP
+        // Files the streams open are opened here (close-on-exec: the child's dup2 keeps only its copy).
+        var opened: [Int32] = []
+        defer { opened.forEach(Files.close) }
+        func stream(_ input: Input) throws(Failure) -> Int32 {
+            switch input {
+            case .inherit: return Int32(CSYSTEM_SPAWN_INHERIT)
+            case .descriptor(let fd): return fd
+            case .null: return try open("/dev/null", O_RDONLY)
+            }
         }
-        posix_spawnattr_setflags(&attributes, Int16(flags))
+        func stream(_ output: Output) throws(Failure) -> Int32 {
+            switch output {
+            case .inherit: return Int32(CSYSTEM_SPAWN_INHERIT)
+            case .other: return Int32(CSYSTEM_SPAWN_OTHER)
+            case .descriptor(let fd): return fd
+            case .null: return try open("/dev/null", O_WRONLY)
+            case .appending(let path): return try open(path, O_WRONLY | O_CREAT | O_APPEND)
+            }
+        }
+        func open(_ path: String, _ flags: Int32) throws(Failure) -> Int32 {
+            let fd = Glibc.open(path, flags | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw Failure(step: .setup, errno: Errno(rawValue: errno)) }
+            opened.append(fd)
+            return fd
+        }
+        let (input, output, error) = (try stream(standardInput), try stream(standardOutput), try stream(standardError))
+        if case .other = standardOutput, case .other = standardError {
+            throw Failure(step: .setup, errno: .invalidArgument, reason: "stdout and stderr each go where the other goes")
+        }
 
-        var pid = pid_t()
+        var notification: Int32 = -1
+        var step: Int32 = 0
         let entries = environment ?? Self.currentEnvironment()
-        try systemCallReturningCode(searchPath ? "posix_spawnp \(arguments[0])" : "posix_spawn \(arguments[0])") {
+        let (pid, code) = (executable ?? arguments[0]).withCString { path in
             Files.withCStrings(arguments) { argv in
                 Files.withCStrings(entries) { envp in
-                    searchPath ? posix_spawnp(&pid, argv[0]!, &actions, &attributes, argv, envp) : posix_spawn(&pid, argv[0]!, &actions, &attributes, argv, envp)
+                    argv.withUnsafeBufferPointer { argv in
+                        envp.withUnsafeBufferPointer { envp in
+                            descriptors.withUnsafeBufferPointer { mapped in
+                                interceptedCalls.withUnsafeBufferPointer { calls in
+                                    var request = csystem_spawn_request(
+                                        path: path, argv: argv.baseAddress, envp: envp.baseAddress,
+                                        descriptors: mapped.baseAddress, count: Int32(mapped.count),
+                                        keep_descriptors: keepsInheritedDescriptors ? 1 : 0,
+                                        stdin_fd: input, stdout_fd: output, stderr_fd: error, search_path: searchPath ? 1 : 0,
+                                        new_process_group: newProcessGroup ? 1 : 0, death_signal: deathSignal,
+                                        set_listen_pid: setsListenPID ? 1 : 0, filter_calls: calls.baseAddress, filter_count: Int32(calls.count))
+                                    let pid = csystem_spawn(&request, &notification, &step)
+                                    return (pid, Glibc.errno)
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
-        return pid
-    }
-
-    private static func redirect(_ output: Output, to target: Int32, other: Int32, _ actions: inout posix_spawn_file_actions_t) {
-        switch output {
-        case .inherit: break
-        case .null: posix_spawn_file_actions_addopen(&actions, target, "/dev/null", O_WRONLY, 0)
-        case .descriptor(let fd): posix_spawn_file_actions_adddup2(&actions, fd, target)
-        case .appending(let path): posix_spawn_file_actions_addopen(&actions, target, path, O_WRONLY | O_CREAT | O_APPEND, 0o644)  // the child's own: never close-on-exec
-        case .other: posix_spawn_file_actions_adddup2(&actions, other, target)
+        guard pid < 0 else { return (pid, notification >= 0 ? notification : nil) }
+        let failed: Failure.Step = switch Int(step) {
+        case CSYSTEM_SPAWN_FILTER: .filter
+        case CSYSTEM_SPAWN_PARENT_GONE: .parentGone
+        case CSYSTEM_SPAWN_EXEC: .exec
+        default: .setup
         }
+        throw Failure(step: failed, errno: Errno(rawValue: code))
     }
 
     /// This process's environment as `NAME=value` entries.

@@ -38,9 +38,28 @@ package enum Processes {
         _ = try systemCall("pidfd_send_signal") { csystem_pidfd_send_signal(pidfd, signal) }
     }
 
-    /// Sends `signal` to a process (pid > 0) or a process group (pid < 0). The corresponding C call is `kill`.
-    package static func kill(_ pid: pid_t, _ signal: Int32) throws(SystemError) {
-        _ = try systemCall("kill") { Glibc.kill(pid, signal) }
+    /// Sends `signal` to a process (pid > 0) or a process group (pid < 0); whether it was sent. A process that
+    /// is gone (ESRCH) or not ours (EPERM) is an answer, not an error; a signal number that is not one (EINVAL)
+    /// is a programmer's error and stops the program. The corresponding C call is `kill`.
+    @discardableResult
+    package static func kill(_ pid: pid_t, _ signal: Int32) -> Bool {
+        if Glibc.kill(pid, signal) == 0 { return true }
+        precondition(errno != EINVAL, "kill(\(pid), \(signal)): \(signal) is not a signal")
+        return false
+    }
+
+    /// Replaces this process's image with `path` (`environment`: `NAME=value` entries, `nil` for this process's
+    /// own), after flushing what stdio buffered; returns only when that failed, with why. The corresponding C
+    /// call is `execve`.
+    package static func replaceImage(with path: String, arguments: [String], environment: [String]? = nil) -> Errno {
+        fflush(nil)  // what print() buffered must not be lost with this process image
+        let code = Files.withCStrings(arguments) { argv in
+            Files.withCStrings(environment ?? ProcessSpawn.currentEnvironment()) { envp in
+                execve(path, argv, envp)
+                return errno
+            }
+        }
+        return Errno(rawValue: code)
     }
 
     /// Whether process `pid` exists (EPERM: it exists, as another user's). The corresponding C call is `kill(pid, 0)`.
@@ -228,6 +247,14 @@ package enum Processes {
         clock_gettime(CLOCK_REALTIME, &time)
         return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
     }
+}
+
+/// The numbers of the socket calls a seccomp filter may hand to a supervisor, on this architecture.
+package enum SocketCall {
+    package static var bind: Int32 { csystem_syscall_bind() }
+    package static var connect: Int32 { csystem_syscall_connect() }
+    package static var sendto: Int32 { csystem_syscall_sendto() }
+    package static var sendmsg: Int32 { csystem_syscall_sendmsg() }
 }
 
 /// The blocking system calls a thread may wait in (its number read from `/proc/PID/task/TID/syscall`), told

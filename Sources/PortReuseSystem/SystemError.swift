@@ -13,7 +13,7 @@ import SystemPackage
 package struct SystemError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The C function, as in `pidfd_getfd`.
     package var call: String
-    /// What it set errno to (or returned, for calls such as `posix_spawn` that return the code).
+    /// What it set errno to (or returned, for calls such as the pthread functions that return the code).
     package var errno: Errno
 
     package init(_ call: String, _ errno: Errno) {

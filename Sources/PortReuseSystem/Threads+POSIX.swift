@@ -61,6 +61,13 @@ package enum Signals {
     /// Runs `handler` on each of `signals` (async-signal-safe code only: an atomic store, a write to a pipe),
     /// with SA_RESTART when `restart`, and SA_NOCLDSTOP. The corresponding C function is `sigaction`.
     package static func handle(_ signals: [Int32], restart: Bool, with handler: @escaping @convention(c) (Int32) -> Void) {
+        install(handler, on: signals, flags: (restart ? SA_RESTART : 0) | SA_NOCLDSTOP)
+    }
+
+    /// Ignores `signal` (SIGPIPE: a peer that went away is an error, not a death).
+    package static func ignore(_ signal: Int32) { install(SIG_IGN, on: [signal], flags: 0) }
+
+    private static func install(_ handler: (@convention(c) (Int32) -> Void)?, on signals: [Int32], flags: Int32) {
         var action = sigaction()
         #if canImport(Glibc)
         action.__sigaction_handler.sa_handler = handler
@@ -68,20 +75,8 @@ package enum Signals {
         action.__sigaction_u.__sa_handler = handler
         #endif
         sigemptyset(&action.sa_mask)
-        action.sa_flags = (restart ? SA_RESTART : 0) | SA_NOCLDSTOP
+        action.sa_flags = flags
         for signal in signals { sigaction(signal, &action, nil) }
-    }
-
-    /// Ignores `signal` (SIGPIPE: a peer that went away is an error, not a death).
-    package static func ignore(_ signal: Int32) {
-        var action = sigaction()
-        #if canImport(Glibc)
-        action.__sigaction_handler.sa_handler = SIG_IGN
-        #else
-        action.__sigaction_u.__sa_handler = SIG_IGN
-        #endif
-        sigemptyset(&action.sa_mask)
-        sigaction(signal, &action, nil)
     }
 
     /// Blocks (`true`) or unblocks `signals` for the calling thread. The corresponding C function is

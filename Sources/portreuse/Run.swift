@@ -180,13 +180,7 @@ struct Run: ParsableCommand {
 
     /// `execve`: the program takes this process's place. Returns only by throwing.
     static func replaceProcess(with program: Program, arguments: [String], environment: [String]) throws(CommandFailure) {
-        fflush(nil)  // what print() buffered must not be lost with this process image
-        let code = Files.withCStrings(arguments) { argv in
-            Files.withCStrings(environment) { envp in
-                execve(program.path, argv, envp)
-                return errno
-            }
-        }
-        throw CommandFailure("cannot start \(program.path): \(Files.errorText(code))", exitCode: code == ENOENT ? 127 : 126)
+        let code = Processes.replaceImage(with: program.path, arguments: arguments, environment: environment)
+        throw CommandFailure("cannot start \(program.path): \(code.description)", exitCode: code == .noSuchFileOrDirectory ? 127 : 126)
     }
 }

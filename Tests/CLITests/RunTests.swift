@@ -70,11 +70,15 @@ struct RunTests {
             return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         def talk(process):
             print("old:", process.stdout.readline().strip())
-            c = socket.create_connection(("127.0.0.1", 8080), timeout=30); data = c.recv(16); c.close()
+            # Read to the server's FIN before closing: the server closes first, so its side is the one in TIME-WAIT.
+            c = socket.create_connection(("127.0.0.1", 8080), timeout=30); data = c.recv(16)
+            while c.recv(16): pass
+            c.close()
             process.wait(timeout=30)
             print("answer:", data.decode())
         talk(serve(True))
-        print("time-wait:", subprocess.run(["ss", "-Htan", "state", "time-wait"], capture_output=True, text=True).stdout.count("8080"))
+        # The server's side (local port 8080; a simultaneous close puts the client's side in TIME-WAIT too).
+        print("time-wait:", len(subprocess.run(["ss", "-Htan", "state", "time-wait", "sport", "=", ":8080"], capture_output=True, text=True).stdout.splitlines()))
         # Without run it must fail in bind: its first line says whether it listened instead (no fixed wait, which
         # a loaded machine outlasts while python starts).
         plain = serve(False)

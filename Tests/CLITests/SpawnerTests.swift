@@ -7,7 +7,7 @@ import Testing
 import PortReuseSystem
 import PortReuseInterception
 
-/// `up`'s and `portreuse run`'s spawn (`csystem_spawn_supervised`): what the program finds in its process when it
+/// `up`'s and `portreuse run`'s spawn (`csystem_spawn`): what the program finds in its process when it
 /// starts, with no trampoline between them and it, and what a start that cannot happen leaves.
 @Suite("up's and run's spawn: the program's process as it starts")
 struct SpawnerTests {

@@ -11,8 +11,7 @@
 // Only <stdint.h> here: a system header included from this module's header would make the module own its
 // declarations, and Swift would then no longer find them in Glibc (SOCK_DGRAM, in release builds). Types are
 // spelled out instead: pid_t is int, socklen_t unsigned int, ssize_t long, size_t unsigned long;
-// posix_spawn_file_actions_t and
-// struct sockaddr are passed as pointers.
+// struct sockaddr is passed as a pointer.
 #include <stdint.h>
 
 struct sockaddr;
@@ -86,13 +85,9 @@ int csystem_clone_newnet(void);
 /// `getxattr`: the value of an extended attribute (size 0: only its length).
 long csystem_getxattr(const char *path, const char *name, void *value, unsigned long size);
 
-/// `posix_spawn_file_actions_addclosefrom_np`: the child closes every descriptor from `from` up (glibc 2.34+;
-/// returns ENOSYS where it is missing, like posix_spawn returns an error code rather than setting errno).
-int csystem_spawn_addclosefrom(void *actions, int from);
-
-/// What `csystem_spawn_supervised` starts, and how.
+/// What `csystem_spawn` starts, and how.
 typedef struct {
-    /// The program's path (no PATH search), its arguments and its environment (NULL-terminated).
+    /// The program's path (a name with search_path), its arguments and its environment (NULL-terminated).
     const char *path;
     char *const *argv;
     char *const *envp;
@@ -101,10 +96,13 @@ typedef struct {
     const int *descriptors;
     int count;
     int keep_descriptors;
-    /// -1: stdout and stderr are inherited; else both go to this descriptor.
-    int output;
-    /// Whether stdin is inherited; else it is /dev/null.
-    int keep_stdin;
+    /// The program's stdin, stdout and stderr: CSYSTEM_SPAWN_INHERIT, a descriptor of ours (dup2'ed), or for stdout
+    /// and stderr CSYSTEM_SPAWN_OTHER (wherever the program's other output goes).
+    int stdin_fd;
+    int stdout_fd;
+    int stderr_fd;
+    /// Whether `path` is a name looked up in the caller's PATH (execvpe's rules, as posix_spawnp) rather than a path.
+    int search_path;
     /// Whether the program leads a process group of its own.
     int new_process_group;
     /// The signal the program gets when the calling thread dies (PR_SET_PDEATHSIG), or 0.
@@ -117,16 +115,19 @@ typedef struct {
     int filter_count;
 } csystem_spawn_request;
 
-/// Where `csystem_spawn_supervised` failed.
+/// The standard stream values of `csystem_spawn_request` that are not descriptors.
+enum { CSYSTEM_SPAWN_INHERIT = -1, CSYSTEM_SPAWN_OTHER = -2 };
+
+/// Where `csystem_spawn` failed.
 enum { CSYSTEM_SPAWN_SETUP = 1, CSYSTEM_SPAWN_PARENT_GONE = 2, CSYSTEM_SPAWN_FILTER = 3, CSYSTEM_SPAWN_EXEC = 4 };
 
-/// Starts a supervised program with no trampoline: a child that shares our memory until it execs
+/// Starts a program (the one spawn of PortReuse: `ProcessSpawn` in Swift) with no trampoline: a child that shares our memory until it execs
 /// (clone(CLONE_VM | CLONE_VFORK), as posix_spawn does) sets default signal actions, the process group, the death
-/// signal, stdin, the descriptors, the seccomp filter (handing its notification descriptor back over a socket pair)
+/// signal, the standard streams, the descriptors, the seccomp filter (handing its notification descriptor back over a socket pair)
 /// and LISTEN_PID, then execs the program with an empty signal mask. Returns the pid, with `*notification` the
 /// filter's descriptor (close-on-exec) or -1; or -1 with errno and `*failed_step` (a CSYSTEM_SPAWN_ value) when
 /// nothing runs (a child that failed is reaped).
-int csystem_spawn_supervised(const csystem_spawn_request *request, int *notification, int *failed_step);
+int csystem_spawn(const csystem_spawn_request *request, int *notification, int *failed_step);
 
 /// `process_vm_readv` of one range: reads `length` bytes at `address` in process `pid` (ptrace rights).
 /// Returns the number of bytes read.

@@ -71,7 +71,12 @@ extension Sys {
     }
 
     /// What ``waitReadable(_:orWake:)`` saw.
-    package enum Wakeup { case readable, wake, failed }
+    package enum Wakeup {
+        case readable, wake, failed
+        /// The other end is gone and nothing is left to read (POLLHUP without POLLIN): a seccomp listener whose
+        /// every process exited, a listening socket shut down.
+        case hungUp
+    }
 
     /// Waits until `s` is readable, or `wake` is (or was closed); EINTR is retried. The corresponding C
     /// function is `poll`.
@@ -81,7 +86,8 @@ extension Sys {
             let result = poll(&entries, 2, -1)
             if result < 0 && errno == EINTR { continue }
             if result < 0 || entries[0].revents & Int16(POLLNVAL | POLLERR) != 0 { return .failed }
-            return entries[1].revents != 0 ? .wake : .readable
+            if entries[1].revents != 0 { return .wake }
+            return entries[0].revents & Int16(POLLIN) == 0 && entries[0].revents & Int16(POLLHUP) != 0 ? .hungUp : .readable
         }
     }
 

@@ -106,15 +106,15 @@ package final class DemoProcesses {
     /// and reaps it. Returns the exit status, and whether it had to be killed.
     @discardableResult
     package func stop(_ pid: pid_t, signal: Int32 = SIGTERM, timeout: Double) -> (status: ExitStatus, killed: Bool) {
-        kill(-pid, signal)
-        kill(pid, signal)  // in case it left its group
+        Processes.kill(-pid, signal)
+        Processes.kill(pid, signal)  // in case it left its group
         let deadline = Processes.monotonicNanoseconds + UInt64(timeout * 1e9)
         while Processes.monotonicNanoseconds < deadline {
             if let status = exited(pid) { return (status, false) }
             usleep(5_000)
         }
-        kill(-pid, SIGKILL)
-        kill(pid, SIGKILL)
+        Processes.kill(-pid, SIGKILL)
+        Processes.kill(pid, SIGKILL)
         let status = (try? Processes.wait(pid, noHang: false))??.status ?? ExitStatus(raw: SIGKILL)
         running.removeAll { $0.pid == pid }
         return (status, true)
@@ -127,7 +127,7 @@ package final class DemoProcesses {
         stopped = true
         for (pid, _) in running.reversed() {
             if stop(pid, timeout: 8).killed {
-                for group in orphanGroups { kill(-group, SIGKILL) }
+                for group in orphanGroups { Processes.kill(-group, SIGKILL) }
             }
         }
         close(log)

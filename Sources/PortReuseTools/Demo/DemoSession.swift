@@ -232,7 +232,7 @@ package struct DemoSession {
                 load.note.withLock { $0 = "reload \(round) of \(options.restarts)" }
                 let before = status
                 for generation in status.generations { processes.orphanGroups.insert(generation.pid) }
-                kill(up, SIGHUP)
+                Processes.kill(up, SIGHUP)
                 let outcome = try waitForStatus(statusPath, up: up, timeout: 20, what: "reload \(round)") { $0.outcome(ofReloadAskedAt: before) }
                 if outcome.result == .ready { times.append(outcome.seconds * 1000) } else { failedReloads += 1 }
                 status = UpStatus.read(from: statusPath) ?? status

@@ -102,7 +102,7 @@ package enum KernelRun {
         case .started(let started, let descriptor?):
             (pid, notification) = (started, descriptor)
         case .started(let started, nil):
-            _ = try? Processes.kill(started, SIGKILL)
+            Processes.kill(started, SIGKILL)
             _ = waitForever(started)
             throw CommandFailure("\(path) started without handing over its seccomp descriptor", exitCode: 126)
         case .refused(let code):
@@ -117,7 +117,7 @@ package enum KernelRun {
             interceptor = try SocketCallInterceptor(notificationDescriptor: notification, rules: rules)
             try interceptor.start()
         } catch {
-            _ = try? Processes.kill(pid, SIGKILL)
+            Processes.kill(pid, SIGKILL)
             _ = waitForever(pid)
             throw CommandFailure("cannot answer the program's system calls: \(error)")
         }

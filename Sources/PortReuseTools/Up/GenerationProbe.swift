@@ -106,8 +106,8 @@ package enum GenerationProbe {
     /// (SIGSTOP is asynchronous: a generation idle in `accept` would otherwise take the probe itself) does the
     /// probe connect; they are always continued.
     package static func connectionIsAccepted(listener: SocketAddress, pausing groups: [pid_t], timeout: UInt64) -> Bool {
-        for group in groups { kill(-group, SIGSTOP) }
-        defer { for group in groups { kill(-group, SIGCONT) } }
+        for group in groups { Processes.kill(-group, SIGSTOP) }
+        defer { for group in groups { Processes.kill(-group, SIGCONT) } }
         let stopDeadline = Processes.monotonicNanoseconds + timeout
         let paused = groups.flatMap { processes(inGroup: $0) }
         while !paused.allSatisfy(Processes.isStopped) {
@@ -150,14 +150,14 @@ extension GenerationProbe {
     /// does not handle ends it on SIGCONT before any of its code runs (so nothing more is accepted); a handled one
     /// may let a thread accept a connection it had just seen. Always continues them; whether it was sent.
     package static func signalWhenIdle(pausing target: pid_t, main: pid_t, signal: Int32) -> Bool {
-        guard kill(target, SIGSTOP) == 0 else { return false }
-        defer { kill(target, SIGCONT) }
+        guard Processes.kill(target, SIGSTOP) else { return false }
+        defer { Processes.kill(target, SIGCONT) }
         let members = target < 0 ? processes(inGroup: -target) : [target]
         let stopped = waitForStop(members)
         guard stopped else { return false }
         let connections = connectionInodes()
         if members.contains(where: { !Processes.socketInodes(of: $0).isDisjoint(with: connections) }) { return false }
-        return kill(main, signal) == 0
+        return Processes.kill(main, signal)
     }
 
     private static func waitForStop(_ members: [pid_t]) -> Bool {

@@ -47,12 +47,12 @@ extension Supervisor {
                     return (pid, interceptor)
                 } catch {
                     // Without an answer its binds would wait for ever: this generation cannot run.
-                    _ = try? Processes.kill(-pid, SIGKILL)
+                    Processes.kill(-pid, SIGKILL)
                     _ = try? Processes.wait(pid, noHang: false)
                     throw CommandFailure("cannot answer the binds of generation \(number): \(error)")
                 }
             case .started(let pid, nil):
-                _ = try? Processes.kill(-pid, SIGKILL)
+                Processes.kill(-pid, SIGKILL)
                 _ = try? Processes.wait(pid, noHang: false)
                 throw CommandFailure("generation \(number) started without handing over its seccomp descriptor")
             case .failed(let reason):

@@ -269,7 +269,7 @@ package final class Supervisor {
             defer { turnTree = nil }  // the tree read this turn knows nothing of the new generation
             return spawnGeneration(number, reason: reason)
         case .signal(let pid, let signal):
-            _ = try? Processes.kill(pid, signal)
+            Processes.kill(pid, signal)
         case .kill(let number): return kill(number).map { [$0] } ?? []
         case .prepareStop(let number): return prepareStop(number)
         case .closeProbe(let number): closeProbe(of: number)
@@ -314,8 +314,8 @@ package final class Supervisor {
         guard let generation = generation(number) else { return nil }
         let outside = generation.membersOutsideGroup
         let any = Processes.groupExists(generation.pid) || !outside.isEmpty
-        _ = try? Processes.kill(-generation.pid, SIGKILL)
-        for member in outside { _ = try? Processes.kill(member.pid, SIGKILL) }
+        Processes.kill(-generation.pid, SIGKILL)
+        for member in outside { Processes.kill(member.pid, SIGKILL) }
         return .killed(number: number, any: any, outside: outside.count)
     }
 

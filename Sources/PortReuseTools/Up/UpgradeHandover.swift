@@ -77,17 +77,13 @@ package struct UpgradeHandover: Codable {
         let generations = record.generations
         let kept = sockets.map(\.descriptor) + generations.compactMap(\.notifyDescriptor) + generations.compactMap(\.interceptDescriptor)
             + generations.flatMap { $0.sockets ?? [] } + (groups ?? [:]).values.flatMap(\.members).filter { $0 >= 0 } + (steeringMaps ?? [:]).values.map(\.descriptor)
-        for descriptor in kept { _ = fcntl(descriptor, F_SETFD, 0) }
+        for descriptor in kept { Files.setCloseOnExec(descriptor, false) }
         Self.closeOnExecLibraryDescriptors(keeping: Set(kept))
         setenv(Self.variable, path, 1)
-        fflush(nil)
-        let code = Files.withCStrings([binary] + arguments.dropFirst()) { argv in
-            execv(binary, argv)
-            return errno
-        }
+        let code = Processes.replaceImage(with: binary, arguments: [binary] + arguments.dropFirst())
         unsetenv(Self.variable)
         for descriptor in kept { Files.setCloseOnExec(descriptor) }
-        throw CommandFailure("cannot execute \(binary): \(Files.errorText(code))")
+        throw CommandFailure("cannot execute \(binary): \(code.description)")
     }
 
     /// Makes close-on-exec the kernel objects a library opened without it (SwiftNIO's epoll, eventfd and timerfd
