@@ -20,7 +20,8 @@ let package = Package(
     ],
     targets: [
         // The layers, bottom up: CPortReuseSystem → PortReuseSystem → PortReuse (the public library) →
-        // PortReuseInterception → PortReuseTools → portreuse. CReuseShim (C, LD_PRELOAD) stands apart.
+        // PortReuseInterception → PortReuseTools → portreuse. CReuseShim (C, LD_PRELOAD) stands apart; it and
+        // PortReuseInterception share CReuseRules.
 
         // The system calls Glibc's module map hides (accept4, pipe2, pidfd_*, prctl, setns, seccomp, …), declared
         // with their real types; the only code compiled with _GNU_SOURCE. Reached through the Swift system layers.
@@ -41,8 +42,12 @@ let package = Package(
         // applies to a caller's socket calls, the caller's privileges, the socket swap. Only the tools use it.
         .target(
             name: "PortReuseInterception",
-            dependencies: ["PortReuse", "PortReuseSystem", "CPortReuseSystem", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["PortReuse", "PortReuseSystem", "CPortReuseSystem", "CReuseRules", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // The rules both paths of `portreuse run` apply to a program's socket calls (the endpoint rewrite of --bind
+        // and --source, IP_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT), written once in C: the shim links it, the
+        // interceptor calls it.
+        .target(name: "CReuseRules"),
         // NIO lives here, never in PortReuse: the core library stays light.
         .target(
             name: "PortReuseNIO",
@@ -92,6 +97,7 @@ let package = Package(
         // (a test reads the NEEDED entries). unsafeFlags are fine here: no other package depends on this target.
         .target(
             name: "CReuseShim",
+            dependencies: ["CReuseRules"],
             exclude: ["link"],
             linkerSettings: [
                 .unsafeFlags(
@@ -101,7 +107,10 @@ let package = Package(
         ),
         .target(name: "TestSupport", dependencies: ["PortReuse", "PortReuseSystem"], path: "Tests/TestSupport"),
         .testTarget(name: "PortReuseTests", dependencies: ["PortReuse", "PortReuseSystem", "TestSupport"]),
+        // The portreuse binary and the programs it runs, end to end.
         .testTarget(name: "CLITests", dependencies: ["PortReuse", "PortReuseSystem", "PortReuseInterception", "PortReuseTools", "TestSupport"]),
+        // up's supervisor without the binary: the state machine alone, and a Supervisor stepped by the test.
+        .testTarget(name: "SupervisorTests", dependencies: ["PortReuse", "PortReuseSystem", "PortReuseTools", "TestSupport"]),
         .testTarget(
             name: "PortReuseNIOTests",
             dependencies: [

@@ -1,8 +1,12 @@
-import Glibc
+@preconcurrency import Glibc
 import PortReuse
 import PortReuseSystem
 
 // What the benchmarks share: a monotonic clock, the median, and ratios printed with three decimals.
+
+/// Makes stdout line-buffered, so that each result line shows as it is measured also when the output is piped
+/// (`| tee`): every benchmark calls it first.
+public func printLinesAsTheyCome() { setvbuf(stdout, nil, _IOLBF, 0) }
 
 /// Nanoseconds on the monotonic clock.
 public func now() -> UInt64 {

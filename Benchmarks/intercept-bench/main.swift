@@ -11,6 +11,8 @@ import CPortReuseSystem
 import PortReuse
 import PortReuseSystem
 
+printLinesAsTheyCome()
+
 let arguments = CommandLine.arguments
 
 // Worker: `intercept-bench --worker TYPE OPTIONS PORT ITERATIONS [round-trip]` prints nanoseconds per cycle of

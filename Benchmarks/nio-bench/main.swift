@@ -27,6 +27,37 @@ func say(_ text: String) {
     FileHandle.standardOutput.write(Data((text + "\n").utf8))
 }
 
+/// The server under test, while it runs: Ctrl-C (SIGINT) or SIGTERM stops it and removes nginx's folders before
+/// nio-bench exits, so that no nginx is left running on its own.
+let running = NSLock()
+nonisolated(unsafe) var serverUnderTest: Process?
+
+/// Removes the folders this run made for nginx.
+func removeNginxFolders() {
+    let prefix = "nio-bench-nginx-\(getpid())-"
+    let temporary = NSTemporaryDirectory()
+    for name in (try? FileManager.default.contentsOfDirectory(atPath: temporary)) ?? [] where name.hasPrefix(prefix) {
+        try? FileManager.default.removeItem(atPath: temporary + "/" + name)
+    }
+}
+
+let interruptions = [SIGINT, SIGTERM].map { number in
+    signal(number, SIG_IGN)
+    let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+    source.setEventHandler {
+        running.lock()
+        if let process = serverUnderTest, process.isRunning {
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+        }
+        removeNginxFolders()
+        FileHandle.standardError.write(Data("nio-bench: interrupted; the server under test is stopped\n".utf8))
+        exit(128 + number)
+    }
+    source.resume()
+    return source
+}
+
 let folder = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().path
 let nioHello = folder + "/nio-hello"
 guard access(nioHello, X_OK) == 0 else { fail("\(nioHello) is missing: run `swift build -c release --product nio-hello` first") }
@@ -199,7 +230,10 @@ for round in 0..<rounds {
     for index in order {
         let server = servers[index]
         let port = freePort()
+        running.lock()
         let (process, perLoop) = server.start(port)
+        serverUnderTest = process
+        running.unlock()
         var ready = false
         for _ in 0..<200 where !ready { usleep(25_000); ready = accepts(port) }
         guard ready else { process.terminate(); fail("\(server.label) did not start on port \(port)") }
@@ -208,8 +242,11 @@ for round in 0..<rounds {
         let closing = wrkRun(port: port, connections: closeConnections, close: true)
         let after = perLoop()
         let keepAlive = wrkRun(port: port, connections: keepAliveConnections, close: false)
+        running.lock()
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
+        serverUnderTest = nil
+        running.unlock()
         let counts = before.count == after.count ? zip(after, before).map { $0 - $1 } : after
         let spread = Double(counts.max() ?? 0) / Double(max(1, counts.min() ?? 0))
         results[index].keepAlive.append(keepAlive)
@@ -220,6 +257,8 @@ for round in 0..<rounds {
             + "close \(fixed(closing.requestsPerSecond, 0)) conn/s, connections per loop \(counts)")
     }
 }
+
+removeNginxFolders()
 
 let nginxIndex = servers.count - 1
 let nginxKeepAlive = median(results[nginxIndex].keepAlive.map(\.requestsPerSecond))

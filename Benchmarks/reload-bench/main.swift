@@ -22,6 +22,8 @@ import PortReuse
 import Synchronization
 import PortReuseSystem
 
+printLinesAsTheyCome()
+
 func fail(_ message: String) -> Never {
     FileDescriptorOutput.error("reload-bench: \(message)")
     exit(1)

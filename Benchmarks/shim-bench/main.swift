@@ -8,6 +8,8 @@ import CBaseline
 import Glibc
 import PortReuse
 
+printLinesAsTheyCome()
+
 let arguments = CommandLine.arguments
 
 // Worker: `shim-bench --worker TYPE OPTIONS PORT ITERATIONS` prints nanoseconds per cycle.

@@ -8,6 +8,8 @@ import CBaseline
 import Glibc
 import PortReuse
 
+printLinesAsTheyCome()
+
 let iterations = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 20_000 : 20_000
 let rounds = CommandLine.arguments.count > 2 ? Int(CommandLine.arguments[2]) ?? 15 : 15
 

@@ -11,6 +11,8 @@ import Glibc
 import PortReuse
 import PortReuseSystem
 
+printLinesAsTheyCome()
+
 let connections = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 10_000 : 10_000
 let rounds = CommandLine.arguments.count > 2 ? Int(CommandLine.arguments[2]) ?? 11 : 11
 

@@ -202,7 +202,7 @@ struct Answer: Sendable {
     /// The headers and the body for a request.
     func response(for uri: String, closing: Bool) -> (HTTPHeaders, ByteBuffer) {
         if stats && uri == "/stats" {
-            let body = ByteBuffer(string: state.perLoop.map(String.init).joined(separator: " ") + "\n")
+            let body = ByteBuffer(string: "connections accepted per event loop: " + state.perLoop.map(String.init).joined(separator: " ") + "\n")
             return (Self.headers(length: body.readableBytes, closing: closing), body)
         }
         return (closing ? closingHeaders : headers, greeting)

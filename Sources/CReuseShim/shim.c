@@ -19,6 +19,7 @@
 // - It never clears an option the program set itself: it only adds what the policy asks for.
 #define _GNU_SOURCE
 #include "CReuseShim.h"
+#include "CReuseRules.h"
 
 #include <arpa/inet.h>
 #include <dlfcn.h>
@@ -39,12 +40,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef IP_BIND_ADDRESS_NO_PORT
-#define IP_BIND_ADDRESS_NO_PORT 24
-#endif
-#ifndef IPV6_TRANSPARENT
-#define IPV6_TRANSPARENT 75
-#endif
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -95,12 +90,7 @@ EXPORT int portreuse_shim_policy_options(const char *policy, int socket_type) {
 struct endpoint {
     const char *address_variable, *port_variable; // where the values came from, for messages
     const char *address_text;                     // the value as written, for messages
-    int has_address, family;                      // AF_INET or AF_INET6
-    struct in_addr v4;
-    struct in6_addr v6;
-    uint32_t scope;
-    int has_port;
-    uint16_t port; // host order
+    portreuse_rules_endpoint at;                  // what the rules put into the calls (CReuseRules)
 };
 
 static struct {
@@ -430,8 +420,8 @@ static int read_address(const char *name, struct endpoint *endpoint) {
         literal[length - 1] = 0;
         literal++;
     }
-    if (inet_pton(AF_INET, literal, &endpoint->v4) == 1) {
-        endpoint->family = AF_INET;
+    if (inet_pton(AF_INET, literal, endpoint->at.address) == 1) {
+        endpoint->at.family = AF_INET;
     } else {
         char *percent = strchr(literal, '%');
         uint32_t scope = 0;
@@ -440,15 +430,15 @@ static int read_address(const char *name, struct endpoint *endpoint) {
             *percent = 0;
             scope_valid = read_scope(percent + 1, &scope);
         }
-        if (inet_pton(AF_INET6, literal, &endpoint->v6) != 1 || !scope_valid) {
+        if (inet_pton(AF_INET6, literal, endpoint->at.address) != 1 || !scope_valid) {
             report_bad(name, value,
                        percent ? "not an IPv6 address followed by % and an interface name or a number from 0 to 4294967295"
                                : "not an IP address (the shim takes numeric addresses such as 127.0.0.1 or ::1; "
                                  "portreuse run --bind/--source also resolve host names)");
             return 0;
         }
-        endpoint->family = AF_INET6;
-        endpoint->scope = scope;
+        endpoint->at.family = AF_INET6;
+        endpoint->at.scope = scope;
     }
     endpoint->address_text = value;
     return 1;
@@ -459,9 +449,9 @@ static int read_endpoint(struct endpoint *endpoint, const char *address_variable
     memset(endpoint, 0, sizeof *endpoint);
     endpoint->address_variable = address_variable;
     endpoint->port_variable = port_variable;
-    endpoint->has_address = read_address(address_variable, endpoint);
-    endpoint->has_port = read_port(port_variable, &endpoint->port);
-    return endpoint->has_address || endpoint->has_port;
+    endpoint->at.has_address = read_address(address_variable, endpoint);
+    endpoint->at.has_port = read_port(port_variable, &endpoint->at.port);
+    return endpoint->at.has_address || endpoint->at.has_port;
 }
 
 static void load(void) {
@@ -525,10 +515,10 @@ static void load(void) {
         config.source = bindp;
 
     int bind_has_options = stream || datagram || config.udp_reuseaddr_refused || config.transparent;
-    config.bind_active = bind_has_options || config.bind_to.has_address || config.bind_to.has_port;
-    config.source_active = config.source.has_address || config.source.has_port;
+    config.bind_active = bind_has_options || config.bind_to.at.has_address || config.bind_to.at.has_port;
+    config.source_active = config.source.at.has_address || config.source.at.has_port;
     config.options_only = bind_has_options && !config.transparent && !config.udp_reuseaddr_refused && !config.verbose &&
-                          !config.bind_to.has_address && !config.bind_to.has_port && !config.source_active;
+                          !config.bind_to.at.has_address && !config.bind_to.at.has_port && !config.source_active;
 
     say_bad_settings();
     errno = saved;
@@ -580,8 +570,6 @@ static socklen_t length_of(sa_family_t family) {
     return family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
 }
 
-static int is_mapped(const struct in6_addr *address) { return IN6_IS_ADDR_V4MAPPED(address); }
-
 // 0.0.0.0:0 or [::]:0: a bind that asks for no address and no port.
 static int is_unspecified_any_port(const struct sockaddr_storage *address) {
     if (address->ss_family == AF_INET) {
@@ -590,11 +578,6 @@ static int is_unspecified_any_port(const struct sockaddr_storage *address) {
     }
     const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)address;
     return in6->sin6_port == 0 && IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr);
-}
-
-// Whether a peer address on an IPv6 socket is IPv4: AF_INET (Linux maps it for UDP) or ::ffff:a.b.c.d.
-static int peer_is_ipv4(const struct sockaddr *peer) {
-    return peer->sa_family == AF_INET || is_mapped(&((const struct sockaddr_in6 *)peer)->sin6_addr);
 }
 
 // Sets the policy's options (and IP_TRANSPARENT) on a socket about to be bound; returns the options set.
@@ -618,77 +601,21 @@ static int set_options(int fd, sa_family_t family, int kind) {
                    "port and take its datagrams; set PORTREUSE_POLICY=unsafe-any-user if that is what you want");
         emit(&line);
     }
-    if (config.transparent) {
-        int level = family == AF_INET ? IPPROTO_IP : IPPROTO_IPV6;
-        int name = family == AF_INET ? IP_TRANSPARENT : IPV6_TRANSPARENT;
-        if (setsockopt(fd, level, name, &one, sizeof one) != 0 && say(&said_transparent_failed)) {
+    int transparent_error = config.transparent ? portreuse_rules_set_transparent(fd, family) : 0;
+    if (transparent_error) {
+        if (say(&said_transparent_failed)) {
             struct line line;
             start(&line);
             put(&line, family == AF_INET ? "IP_TRANSPARENT" : "IPV6_TRANSPARENT");
             put(&line, " could not be set: ");
-            put_error(&line, errno);
-            put(&line, errno == EPERM ? "; it needs CAP_NET_ADMIN (run as root, or grant the capability); "
-                                        "the socket is bound without it"
-                                      : "; the socket is bound without it");
+            put_error(&line, transparent_error);
+            put(&line, transparent_error == EPERM ? "; it needs CAP_NET_ADMIN (run as root, or grant the capability); "
+                                                    "the socket is bound without it"
+                                                  : "; the socket is bound without it");
             emit(&line);
         }
     }
     return options;
-}
-
-// Puts the endpoint's address and/or port into `target`, an address of the socket's family. `peer` is the
-// destination of a connect()/sendto()/sendmsg(), or NULL for bind(). Returns NULL, or why the endpoint's
-// address cannot apply to this socket (then the call goes through as the program made it).
-//
-// IPv4 on an IPv6 socket becomes the IPv4-mapped address (::ffff:a.b.c.d), which is what a dual-stack
-// socket uses for IPv4; it is skipped where it cannot work: an IPV6_V6ONLY socket, or a connection that
-// goes to an address of the other IP version. An IPv4-mapped address on an IPv4 socket becomes the plain
-// IPv4 address.
-static const char *apply_endpoint(const struct endpoint *endpoint, int fd, struct sockaddr_storage *target,
-                                  const struct sockaddr *peer) {
-    if (target->ss_family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)target;
-        struct in_addr address = in->sin_addr;
-        if (endpoint->has_address) {
-            if (endpoint->family == AF_INET) address = endpoint->v4;
-            else if (is_mapped(&endpoint->v6)) memcpy(&address, &endpoint->v6.s6_addr[12], 4);
-            else {
-                if (endpoint->has_port) in->sin_port = htons(endpoint->port);  // the part that fits
-                return "it is an IPv6 address and this is an IPv4 socket";
-            }
-        }
-        in->sin_addr = address;
-        if (endpoint->has_port) in->sin_port = htons(endpoint->port);
-        return NULL;
-    }
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)target;
-    struct in6_addr address = in6->sin6_addr;
-    uint32_t scope = in6->sin6_scope_id;
-    if (endpoint->has_address) {
-        if (endpoint->family == AF_INET6) {
-            address = endpoint->v6;
-            scope = endpoint->scope;
-        } else {
-            memset(&address, 0, sizeof address);
-            address.s6_addr[10] = address.s6_addr[11] = 0xff;
-            memcpy(&address.s6_addr[12], &endpoint->v4, 4);
-            scope = 0;
-        }
-        if (!peer && endpoint->has_port) in6->sin6_port = htons(endpoint->port);  // the part that fits, for bind()
-        if (peer && peer_is_ipv4(peer) != is_mapped(&address))
-            return is_mapped(&address) ? "it is an IPv4 address and the connection goes to an IPv6 address"
-                                       : "it is an IPv6 address and the connection goes to an IPv4 address";
-        if (!peer && is_mapped(&address)) {
-            int only = 0;
-            socklen_t length = sizeof only;
-            if (getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &only, &length) == 0 && only)
-                return "it is an IPv4 address and this IPv6 socket is IPv6-only (IPV6_V6ONLY)";
-        }
-    }
-    in6->sin6_addr = address;
-    in6->sin6_scope_id = scope;
-    if (endpoint->has_port) in6->sin6_port = htons(endpoint->port);
-    return NULL;
 }
 
 static void say_skipped(const char *call, const struct endpoint *endpoint, const struct sockaddr *address,
@@ -706,7 +633,7 @@ static void say_skipped(const char *call, const struct endpoint *endpoint, const
     put(&line, why);
     if (port_applied) {
         put(&line, "; its port ");
-        put_number(&line, endpoint->port);
+        put_number(&line, endpoint->at.port);
         put(&line, " is applied");
     }
     put(&line, config.verbose ? "" : " (said once)");
@@ -733,16 +660,14 @@ static int bind_source(const char *call, int fd, const struct sockaddr *peer, in
     // sendto/sendmsg on a stream socket only connects with TCP Fast Open.
     if (kind == 0 && send_flags != -1 && !(send_flags & MSG_FASTOPEN)) return 0;
 
-    const char *skipped = apply_endpoint(&config.source, fd, &source, peer);
+    const char *skipped = portreuse_rules_apply_endpoint(&config.source.at, fd, &source, peer);
     if (skipped) {
         if (say(&said_source_skipped)) say_skipped(call, &config.source, peer, skipped, 0);
         return 0;
     }
     int options = set_options(fd, source.ss_family, kind);
     // With an address but no port, let connect() choose the port per 4-tuple, as it does unbound.
-    static const int one = 1;
-    if (kind == 0 && !config.source.has_port)
-        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    if (kind == 0 && !config.source.at.has_port) (void)portreuse_rules_set_bind_address_no_port(fd);
 
     if (next_bind(fd, (const struct sockaddr *)&source, length_of(source.ss_family)) != 0) {
         int code = errno;
@@ -821,10 +746,10 @@ EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
     copy = asked;
     const struct sockaddr *bound = address;
     socklen_t bound_length = length;
-    if (config.bind_to.has_address || config.bind_to.has_port) {
-        const char *skipped = apply_endpoint(&config.bind_to, fd, &copy, NULL);
-        if (skipped && say(&said_bind_skipped)) say_skipped("bind", &config.bind_to, (const struct sockaddr *)&asked, skipped, config.bind_to.has_port);
-        if (!skipped || config.bind_to.has_port) {  // the port applies even where the address cannot
+    if (config.bind_to.at.has_address || config.bind_to.at.has_port) {
+        const char *skipped = portreuse_rules_apply_endpoint(&config.bind_to.at, fd, &copy, NULL);
+        if (skipped && say(&said_bind_skipped)) say_skipped("bind", &config.bind_to, (const struct sockaddr *)&asked, skipped, config.bind_to.at.has_port);
+        if (!skipped || config.bind_to.at.has_port) {  // the port applies even where the address cannot
             bound = (const struct sockaddr *)&copy;
             if (bound_length < length_of(copy.ss_family)) bound_length = length_of(copy.ss_family);
             if (!has_first_moved) {
@@ -844,11 +769,11 @@ EXPORT int bind(int fd, const struct sockaddr *address, socklen_t length) {
     } else if (config.source_active && is_unspecified_any_port(&asked)) {
         // A bind to 0.0.0.0:0 or [::]:0 (node's dgram, Java's DatagramSocket before they send) asks for nothing:
         // the socket is as unbound as before, so it gets the source, as connect() and sendto() would give it.
-        if (!apply_endpoint(&config.source, fd, &copy, NULL)) {
+        if (!portreuse_rules_apply_endpoint(&config.source.at, fd, &copy, NULL)) {
             bound = (const struct sockaddr *)&copy;
             if (bound_length < length_of(copy.ss_family)) bound_length = length_of(copy.ss_family);
             int one = 1;
-            if (kind == 0 && !config.source.has_port) (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+            if (kind == 0 && !config.source.at.has_port) (void)portreuse_rules_set_bind_address_no_port(fd);
         }
     }
     int options = set_options(fd, asked.ss_family, kind);

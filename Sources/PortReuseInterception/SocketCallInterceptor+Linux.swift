@@ -1,5 +1,6 @@
 #if os(Linux)
 import CPortReuseSystem
+import CReuseRules
 import Glibc
 import Synchronization
 import SystemPackage
@@ -294,7 +295,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         {
             // A bind to 0.0.0.0:0 or [::]:0 leaves the socket as unbound as before: it gets the source (issue 20).
             rewritten = address
-            if transport == .tcp && source.port == nil { try? socket.setOption(Int32(IPPROTO_IP), 24, 1, label: "IP_BIND_ADDRESS_NO_PORT") }
+            if transport == .tcp && source.port == nil, let descriptor = socket.descriptor { _ = portreuse_rules_set_bind_address_no_port(descriptor) }
         }
         // What portreuse does here runs with its own credentials: only what the program may do itself.
         var privileges: CallerPrivileges?
@@ -484,7 +485,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             return .result(errno: EACCES)
         }
         let (options, _) = setOptions(socket, transport, caller: notification.pid, privileges: privileges)
-        if transport == .tcp && sourceRule.port == nil { try? socket.setOption(Int32(IPPROTO_IP), 24, 1, label: "IP_BIND_ADDRESS_NO_PORT") }
+        if transport == .tcp && sourceRule.port == nil, let descriptor = socket.descriptor { _ = portreuse_rules_set_bind_address_no_port(descriptor) }
         let code = bindDuplicate(socket, to: target)
         rules.log?("\(call) fd \(fd) to \(peer) of \(who(notification.pid)) from \(target), options \(options)"
             + (code == 0 ? "" : ": the source could not be bound: \(Errno(rawValue: code))"))
@@ -505,9 +506,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
                 + "which the program does not have; portreuse does not set it on the program's behalf (its bind of a non-local address fails as it would alone)")
             return (options, false)
         }
-        // IP_TRANSPARENT is 19, IPV6_TRANSPARENT 75.
-        let set: ()? = try? socket.setOption(family == AF_INET ? Int32(IPPROTO_IP) : Int32(IPPROTO_IPV6), family == AF_INET ? 19 : 75, 1, label: "IP_TRANSPARENT")
-        return (options, set != nil)
+        return (options, socket.descriptor.map { portreuse_rules_set_transparent($0, family) == 0 } ?? false)
     }
 
     private enum Duplicate {
@@ -583,34 +582,33 @@ package final class SocketCallInterceptor: @unchecked Sendable {
 
     private struct Skipped: Error { let text: String }
 
-    /// The endpoint's address and/or port put into `address`, of the socket's family, as the shim's
-    /// apply_endpoint does: IPv4 on an IPv6 socket becomes the IPv4-mapped address (not on an IPV6_V6ONLY
-    /// socket, nor toward a peer of the other IP version); a mapped address on an IPv4 socket, plain IPv4.
+    /// The endpoint's address and/or port put into `address`, of the socket's family, by the rule the shim
+    /// applies too (`portreuse_rules_apply_endpoint`, CReuseRules); or why the address cannot apply.
     private func apply(_ endpoint: EndpointRewrite, to address: SocketAddress, socket: SocketHandle,
                        peer: SocketAddress?) -> Result<SocketAddress, Skipped> {
-        var ip = address.ip
-        if address.family == .ipv4 {
-            if let wanted = endpoint.ip {
-                if wanted.family == .ipv4 { ip = wanted }
-                else if let plain = wanted.unmappedIPv4 { ip = plain }
-                else { return .failure(Skipped(text: "it is an IPv6 address and this is an IPv4 socket")) }
-            }
-            return .success(SocketAddress(ip: ip, port: endpoint.port ?? address.port))
+        var rule = portreuse_rules_endpoint()
+        if let ip = endpoint.ip {
+            rule.has_address = 1
+            rule.family = ip.family == .ipv4 ? AF_INET : AF_INET6
+            withUnsafeMutableBytes(of: &rule.address) { $0.copyBytes(from: ip.bytes) }
+            rule.scope = ip.scope
         }
-        if let wanted = endpoint.ip {
-            ip = wanted.family == .ipv6 ? wanted : IPAddress(ipv6: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF] + wanted.bytes)
-            let mapped = ip.unmappedIPv4 != nil
-            if let peer, (peer.family == .ipv4 || peer.ip.unmappedIPv4 != nil) != mapped {
-                return .failure(Skipped(text: mapped ? "it is an IPv4 address and the connection goes to an IPv6 address"
-                                                     : "it is an IPv6 address and the connection goes to an IPv4 address"))
-            }
-            if peer == nil && mapped, (try? socket.option(Sys.ipv6Level, Sys.ipv6Only, label: "IPV6_V6ONLY")) == 1 {
-                return .failure(Skipped(text: "it is an IPv4 address and this IPv6 socket is IPv6-only (IPV6_V6ONLY)"))
-            }
+        if let port = endpoint.port {
+            rule.has_port = 1
+            rule.port = port
         }
-        return .success(SocketAddress(ip: ip, port: endpoint.port ?? address.port))
+        var (target, _) = Sys.makeSockAddr(address)
+        let reason: UnsafePointer<CChar>?
+        if let peer {
+            var (peerStorage, _) = Sys.makeSockAddr(peer)
+            reason = portreuse_rules_apply_endpoint(&rule, socket.descriptor ?? -1, &target, &peerStorage)
+        } else {
+            reason = portreuse_rules_apply_endpoint(&rule, socket.descriptor ?? -1, &target, nil)
+        }
+        if let reason { return .failure(Skipped(text: String(cString: reason))) }
+        guard let result = SocketAddress(target) else { return .failure(Skipped(text: "not an IP address")) }
+        return .success(result)
     }
-
 
     /// `name[pid]`, from /proc/PID/comm (only for log lines).
     private func who(_ pid: UInt32) -> String {

@@ -317,11 +317,14 @@ struct RunTests {
 
     @Test("in a SwiftPM build folder, a missing or outdated shim is built on first use, with its output on stderr")
     func buildsTheShimOnDemand() throws {
-        // A package with only the shim's target, and a copy of portreuse in its build folder.
+        // A package with only the shim's targets (the shim and the rules it links), and a copy of portreuse in its
+        // build folder.
         let package = try TemporaryFolder()
         let manifest = try String(contentsOfFile: packageRoot + "/Package.swift", encoding: .utf8)
         let target = try #require(manifest.range(of: "        .target(\n            name: \"CReuseShim\""))
-        let targetText = String(manifest[target.lowerBound...]).components(separatedBy: "        ),\n")[0] + "        ),\n"
+        let rules = "        .target(name: \"CReuseRules\"),\n"
+        try #require(manifest.contains(rules))
+        let targetText = rules + String(manifest[target.lowerBound...]).components(separatedBy: "        ),\n")[0] + "        ),\n"
         try package.write("Package.swift", """
             // swift-tools-version: 6.1
             import PackageDescription
@@ -333,7 +336,7 @@ struct RunTests {
             )
             """)
         try FileManager.default.copyItem(atPath: packageRoot + "/Sources", toPath: package.path + "/Sources")
-        for other in try FileManager.default.contentsOfDirectory(atPath: package.path + "/Sources") where other != "CReuseShim" {
+        for other in try FileManager.default.contentsOfDirectory(atPath: package.path + "/Sources") where !["CReuseShim", "CReuseRules"].contains(other) {
             try FileManager.default.removeItem(atPath: package.path + "/Sources/" + other)
         }
         // SwiftPM's real products folder is .build/TRIPLE/debug; .build/debug is a link to it.

@@ -69,32 +69,6 @@ struct EmptyAnswer: Error, CustomStringConvertible {
     var description: String { "\(address) closed the connection without an answer" }
 }
 
-/// A folder that is removed when the test drops it.
-final class TemporaryFolder {
-    let path: String
-
-    init() throws {
-        var template = Array("/tmp/portreuse-test-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
-        path = String(cString: made).resolvingSymlinks
-    }
-
-    /// Writes a file (made executable with `executable`) through a close-on-exec descriptor (see
-    /// `copyExecutable`) and returns its path.
-    @discardableResult
-    func write(_ name: String, _ text: String, executable: Bool = false) throws -> String {
-        let file = path + "/" + name
-        let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, executable ? 0o755 : 0o644)
-        guard fd >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
-        defer { close(fd) }
-        let bytes = Array(text.utf8)
-        try #require(Glibc.write(fd, bytes, bytes.count) == bytes.count, "short write to \(file)")
-        return file
-    }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-}
-
 /// A folder served by `python3 -m http.server`, with one file `who` that names the server.
 func servedFolder(named name: String) throws -> TemporaryFolder {
     let folder = try TemporaryFolder()

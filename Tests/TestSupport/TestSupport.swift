@@ -468,3 +468,29 @@ public final class NetworkNamespace: @unchecked Sendable {
         var description: String { message }
     }
 }
+
+/// A folder that is removed when the test drops it.
+public final class TemporaryFolder {
+    public let path: String
+
+    public init() throws {
+        var template = Array("/tmp/portreuse-test-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        path = URL(fileURLWithPath: String(cString: made)).resolvingSymlinksInPath().path
+    }
+
+    /// Writes a file (made executable with `executable`) through a close-on-exec descriptor (see
+    /// `copyExecutable`) and returns its path.
+    @discardableResult
+    public func write(_ name: String, _ text: String, executable: Bool = false) throws -> String {
+        let file = path + "/" + name
+        let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, executable ? 0o755 : 0o644)
+        guard fd >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        try #require(Glibc.write(fd, bytes, bytes.count) == bytes.count, "short write to \(file)")
+        return file
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}

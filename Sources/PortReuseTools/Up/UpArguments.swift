@@ -35,7 +35,11 @@ package struct ListenSpec: Hashable, Sendable, CustomStringConvertible {
         self.name = name
     }
 
-    package var description: String { name == Self.defaultName ? "\(address)" : "\(name)=\(address)" }
+    package var description: String { Self.label(name: name, "\(address)") }
+
+    /// `NAME=address`, or the address alone for a socket without a name (systemd calls it "unknown", which
+    /// would read like an error in a log line).
+    package static func label(name: String, _ address: String) -> String { name == defaultName ? address : "\(name)=\(address)" }
 }
 
 /// `--ready`: how `up` learns that a generation serves.

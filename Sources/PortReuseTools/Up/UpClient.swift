@@ -135,7 +135,7 @@ package struct UpClient {
         let now = Processes.wallClockSeconds
         var lines = ["portreuse up (pid \(status.pid)), running \(age(now - status.startedAt)): \(status.command.joined(separator: " "))"]
         if status.stopping { lines.append("stopping") }
-        let sockets = status.sockets.enumerated().map { "\($1.name)=\($1.transport):\($1.address) (fd \(3 + $0))" }
+        let sockets = status.sockets.enumerated().map { ListenSpec.label(name: $1.name, "\($1.transport):\($1.address)") + " (fd \(3 + $0))" }
         lines.append("sockets: " + (sockets.isEmpty ? "none (--reuseport)" : sockets.joined(separator: ", ")))
         let rows = [["generation", "pid", "state", "age", "ready after", "status"]] + status.generations.map { generation in
             [String(generation.number), String(generation.pid), generation.phase.rawValue, age(max(0, now - generation.startedAt)),

@@ -125,7 +125,7 @@ package struct UpOptions {
             logger.info("every generation shares the held sockets (one accept queue): \(reuseport ? "--reuseport" : "--adopt") holds sockets up did not open")
         }
         if inherited == nil {
-            let names = sockets.map { "\($0.name)=\($0.transport.rawValue):\($0.address)" }.joined(separator: " ")
+            let names = sockets.map { ListenSpec.label(name: $0.name, "\($0.transport.rawValue):\($0.address)") }.joined(separator: " ")
             logger.info("holding \(sockets.isEmpty ? "no sockets (--reuseport)" : names); readiness: \(readiness)")
         }
         if let adoption { logger.info("took the sockets of pid \(adoption.pid) (\(adoption.command)), which serves on until generation 1 is ready") }
