@@ -37,6 +37,26 @@ struct DocumentationTests {
         #expect(FileManager.default.isExecutableFile(atPath: productsFolder + "/nio-snippet"), "the snippet did not build")
     }
 
+    @Test("the DocC catalog lists every public type of the library, and only those (scripts/docs builds it)")
+    func doccCatalog() throws {
+        let catalog = try String(contentsOfFile: packageRoot + "/Sources/PortReuse/PortReuse.docc/PortReuse.md", encoding: .utf8)
+        let listed = Set(catalog.components(separatedBy: "\n- ``").dropFirst().compactMap { $0.components(separatedBy: "``").first })
+        var declared: Set<String> = []
+        let folder = packageRoot + "/Sources/PortReuse"
+        for file in FileManager.default.enumerator(atPath: folder)?.compactMap({ $0 as? String }) ?? [] where file.hasSuffix(".swift") {
+            let text = try String(contentsOfFile: folder + "/" + file, encoding: .utf8)
+            for line in text.split(separator: "\n") where line.hasPrefix("public ") {
+                let words = line.split(whereSeparator: { " :<{=".contains($0) })
+                guard let kind = words.firstIndex(where: { ["struct", "enum", "class", "protocol", "typealias"].contains($0) }), kind + 1 < words.count
+                else { continue }
+                declared.insert(String(words[kind + 1]))
+            }
+        }
+        #expect(declared.count >= 25, "found \(declared.sorted())")
+        #expect(declared.subtracting(listed).isEmpty, "public types missing from the catalog: \(declared.subtracting(listed).sorted())")
+        #expect(listed.subtracting(declared).isEmpty, "the catalog lists what the library does not declare: \(listed.subtracting(declared).sorted())")
+    }
+
     @Test("docs/run.md's table of shim variables names every variable the shim reads")
     func shimVariables() throws {
         let source = try String(contentsOfFile: packageRoot + "/Sources/CReuseShim/shim.c", encoding: .utf8)
