@@ -388,8 +388,9 @@ struct UpRealServerTests {
         Server(name: "python3 -m http.server", executable: "/usr/bin/python3", arguments: { python, port, folder in
             ["--listen", "127.0.0.1:\(port)", "--", python, "-m", "http.server", "--bind", "127.0.0.1", "--directory", folder, "\(port)"] },
             files: ["index.html": "http.server\n"]),
-        Server(name: "unicorn --protocol unicorn (TCP_DEFER_ACCEPT)", executable: "unicorn", arguments: { unicorn, port, folder in
-            ["--protocol", "unicorn", "--listen", "127.0.0.1:\(port)", "--", unicorn, "-l", "127.0.0.1:\(port)", folder + "/config.ru"] },
+        // No --protocol: up knows unicorn (KnownServer) and speaks its UNICORN_FD; TCP_DEFER_ACCEPT readiness.
+        Server(name: "unicorn (TCP_DEFER_ACCEPT)", executable: "unicorn", arguments: { unicorn, port, folder in
+            ["--listen", "127.0.0.1:\(port)", "--", unicorn, "-l", "127.0.0.1:\(port)", folder + "/config.ru"] },
             files: ["config.ru": "run lambda { |env| [200, {'content-type' => 'text/plain'}, [\"unicorn #{Process.pid}\\n\"]] }\n"]),
     ]
 

@@ -167,19 +167,7 @@ extension Sys {
             throw PortReuseError(.resolve, address: name, diagnosis: .unknownHost(name: name, reason: reason))
         }
         defer { freeaddrinfo(list) }
-        var found: [IPAddress] = []
-        var entry = list
-        while let current = entry {
-            if let address = current.pointee.ai_addr {
-                var storage = sockaddr_storage()
-                withUnsafeMutableBytes(of: &storage) {
-                    $0.copyMemory(from: UnsafeRawBufferPointer(start: address, count: Int(current.pointee.ai_addrlen)))
-                }
-                if let socketAddress = readSockAddr(storage) { found.append(socketAddress.ip) }
-            }
-            entry = current.pointee.ai_next
-        }
-        return found
+        return addresses(of: list) { ($0.ai_addr, Int($0.ai_addrlen), $0.ai_next) }
     }
 
     /// The interfaces, with their flags and addresses. The corresponding C function is `getifaddrs`.

@@ -23,7 +23,8 @@ extension Supervisor {
             // /proc/net/netstat costs does not hold up the spawn, and nothing the program did is missed.
             if reason == .reload { held.reloadWatch = ReloadWatch.start() }
             resources[number] = held
-            logger.info("generation \(number) (pid \(pid)) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))")
+            let known = configuration.serverNote.map { " (\($0))" } ?? ""
+            logger.info("generation \(number) (pid \(pid)) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))\(known)")
             return [.started(UpMachine.Spawned(
                 number: number, reason: reason, pid: pid, startedAt: Processes.wallClockSeconds, notifyPath: notify.path,
                 sockets: groups.isEmpty ? nil : descriptors))]

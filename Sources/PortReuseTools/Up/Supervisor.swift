@@ -43,6 +43,8 @@ package final class Supervisor {
         package var intercepts = false
         /// How generations are told which descriptors are their sockets (`--protocol`).
         package var dialect = Dialect.systemd
+        /// What up knows of the server (``UpDefaults/note``): said in the log line of each generation's start.
+        package var serverNote: String?
         /// `--stop-delay`: seconds between SIGTERM/SIGINT and the drain, while `/readyz` answers 503 (``SupervisorState/delayingStop(until:exitCode:)``).
         package var stopDelay = 0.0
         /// Whether each generation gets sockets of its own in one steered SO_REUSEPORT group (Supervisor+Steering);

@@ -27,6 +27,8 @@ package struct UpOptions {
     package var adoptAnyUser = false
     /// How generations are told which descriptors are their sockets (`--protocol`).
     package var dialect = Dialect.systemd
+    /// What up knows of the server it runs (``UpDefaults/note``), for the log line of each generation's start.
+    package var serverNote: String?
     /// `--health ADDR`: `up`'s own HTTP listener for /readyz, /livez and /metrics.
     package var health: Address?
     /// `--stop-delay`: seconds between SIGTERM/SIGINT and the drain, while /readyz answers 503.
@@ -108,6 +110,7 @@ package struct UpOptions {
         configuration.stopWhenIdle = stopWhenIdle
         configuration.exitsWithProgram = exitsWithProgram || getpid() == 1
         configuration.dialect = dialect
+        configuration.serverNote = serverNote
         configuration.stopDelay = stopDelay
         configuration.steers = steers && !reuseport && adoption == nil
         configuration.drainTimeout = drainTimeout

@@ -41,6 +41,11 @@ struct Up: ParsableCommand {
             generation accepts a connection on the first TCP socket; delay:S waits S; auto (the default) \
             uses notify when the program sends anything, else probe.
 
+            Servers up knows by the executable's name get their graceful stop signal, --ready and --protocol \
+            without flags (the flags override; the log line of each generation's start says what was picked): \
+            \(KnownServer.all.map { "\($0.name) (\(SignalName($0.stopSignal)))" }.joined(separator: ", ")). \
+            See docs/up.md, "Servers up knows".
+
             Examples:
               Serve; the program gets 127.0.0.1:8080 as descriptor 3:
                 portreuse up --listen 127.0.0.1:8080 --pid-file /tmp/app.pid -- ./app
@@ -54,8 +59,8 @@ struct Up: ParsableCommand {
                 portreuse up status --pid-file /tmp/app.pid
               Move a running server (pid 4242, started by hand) under up with no failed connection:
                 portreuse up --adopt 4242 --listen 127.0.0.1:8080 -- ./server
-              nginx takes its sockets from NGINX="3;" (and stops gracefully on QUIT, the default here):
-                portreuse up --protocol nginx --listen 127.0.0.1:8080 -- nginx -c /etc/app/nginx.conf -g 'daemon off;'
+              nginx, known: up speaks its NGINX="3;" and stops it with QUIT (its graceful stop):
+                portreuse up --listen 127.0.0.1:8080 -- nginx -c /path/to/nginx.conf -g 'daemon off;'
               In a Kubernetes pod: probes on /readyz and /livez, metrics, 5 s out of rotation before the drain:
                 portreuse up --listen 0.0.0.0:8080 --health 0.0.0.0:9090 --stop-delay 5s -- ./server
               A Server::Starter program (SERVER_STARTER_PORT; Starlet defers accept, so no probe):
@@ -194,7 +199,7 @@ struct UpServe: ParsableCommand {
         transform: { try ListenSpec(parsing: $0) })
     var listen: [ListenSpec] = []
 
-    @Option(help: ArgumentHelp("How to know a generation is ready: auto, notify, probe or delay:SECONDS (default: auto).", valueName: "mode"), transform: { try ReadinessCheck(parsing: $0) })
+    @Option(help: ArgumentHelp("How to know a generation is ready: auto, notify, probe or delay:SECONDS (default: a known server's, else auto).", valueName: "mode"), transform: { try ReadinessCheck(parsing: $0) })
     var ready: ReadinessCheck?
 
     @Option(parsing: .unconditional, help: ArgumentHelp("How long a new generation may take to become ready, as in 60, 1.5, 500ms, 2m (default: 60s).", valueName: "duration"), transform: { try Seconds(parsing: $0, option: "--ready-timeout") })
@@ -203,13 +208,13 @@ struct UpServe: ParsableCommand {
     @Option(parsing: .unconditional, help: ArgumentHelp("How long an old generation may drain after the stop signal before SIGKILL (default: 30s).", valueName: "duration"), transform: { try Seconds(parsing: $0, option: "--grace") })
     var grace: Seconds?
 
-    @Option(help: ArgumentHelp("The signal that asks a generation to stop: TERM, INT, QUIT, WINCH, … (default: TERM, or the --protocol's).", valueName: "signal"), transform: { try SignalName.parse($0) })
+    @Option(help: ArgumentHelp("The signal that asks a generation to stop: TERM, INT, QUIT, WINCH, … (default: a known server's, else the --protocol's, else TERM).", valueName: "signal"), transform: { try SignalName.parse($0) })
     var stopSignal: SignalName?
 
     @Option(
         name: .customLong("protocol"),
         help: ArgumentHelp(
-            "How the program learns its sockets: \(Dialect.all.map(\.name).joined(separator: ", ")) (default: systemd).",
+            "How the program learns its sockets: \(Dialect.all.map(\.name).joined(separator: ", ")) (default: a known server's, else systemd).",
             discussion: "The environment of another supervisor, so that a program written for it runs unchanged; also sets the default --stop-signal (nginx, unicorn: QUIT; einhorn: USR2).",
             valueName: "name"),
         transform: { try Dialect.parse($0) })
@@ -336,11 +341,15 @@ struct UpServe: ParsableCommand {
     }
 
     var options: UpOptions {
+        // The flags given, else what up knows of the server (KnownServer), else the defaults.
+        let defaults = UpDefaults(
+            command: command, stopSignal: stopSignal?.number, readiness: ready, dialect: dialect, listen: listen, reuseport: reuseport)
         var options = UpOptions(
-            listen: listen, readiness: ready ?? .auto, readyTimeout: readyTimeout?.value ?? 60, grace: grace?.value ?? 30,
-            stopSignal: stopSignal?.number ?? (dialect ?? .systemd).stopSignal, pidFile: pidFile, reuseport: reuseport, dualStack: dualStack, command: command)
+            listen: listen, readiness: defaults.readiness, readyTimeout: readyTimeout?.value ?? 60, grace: grace?.value ?? 30,
+            stopSignal: defaults.stopSignal, pidFile: pidFile, reuseport: reuseport, dualStack: dualStack, command: command)
         options.intercept = !noIntercept
-        options.dialect = dialect ?? .systemd
+        options.dialect = defaults.dialect
+        options.serverNote = defaults.note
         options.stopWhenIdle = stopWhenIdle ? 5 : nil
         options.adopt = adopt
         options.adoptAnyUser = adoptAnyUser
