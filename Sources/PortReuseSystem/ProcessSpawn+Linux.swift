@@ -225,8 +225,11 @@ package struct ProcessSpawn {
             guard poll(&polled, nfds_t(polled.count), waitMilliseconds) > 0 else { continue }
             for entry in polled where entry.revents != 0 {
                 var chunk = [UInt8](repeating: 0, count: 65_536)
-                let count = read(entry.fd, &chunk, chunk.count)
-                if count > 0 { collected[entry.fd, default: []] += chunk[0..<count] } else if count == 0 || errno != EINTR { open.removeAll { $0 == entry.fd } }
+                if let count = try? systemCall("read", { read(entry.fd, &chunk, chunk.count) }), count > 0 {
+                    collected[entry.fd, default: []] += chunk[0..<count]
+                } else {
+                    open.removeAll { $0 == entry.fd }  // the end, or an error: nothing more comes
+                }
             }
         }
         // The pipes closed (or time ran out): the program ends now or is made to.

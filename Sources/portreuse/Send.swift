@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import PortReuse
+import PortReuseSystem
 import PortReuseTools
 
 /// `portreuse send`: sends a datagram to a multicast group, a broadcast address or any UDP address, so that a
@@ -103,15 +104,6 @@ struct Send: ParsableCommand {
         }
     }
 
-    private func readStandardInput() -> [UInt8] {
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65_536)
-        while bytes.count <= 65_507 {
-            let count = read(0, &chunk, chunk.count)
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { break }
-            bytes += chunk[0..<count]
-        }
-        return bytes
-    }
+    /// Standard input, up to one byte more than a datagram holds (so that a longer message is refused).
+    private func readStandardInput() -> [UInt8] { Files.read(descriptor: 0, limit: 65_508) ?? [] }
 }

@@ -119,10 +119,7 @@ struct KnownServerTests {
     @Test("the row's stop signal, sent to the real server with a request in flight: answered where the row says graceful", arguments: recipes)
     func stopSignal(_ recipe: Recipe) throws {
         let row = try #require(KnownServer.all.first { $0.name == recipe.server })
-        guard let executable = UpRealServerTests.onPath(recipe.executable) else {
-            withKnownIssue("\(recipe.executable) is not installed (.ci/run installs it)") { throw BuildFailure(message: "missing") }
-            return
-        }
+        guard let executable = UpRealServerTests.installed(recipe.executable) else { return }
         let folder = try TemporaryFolder()
         let reservation = try PortReservation()
         let port = reservation.port
@@ -161,21 +158,12 @@ struct KnownServerTests {
 
     @Test("under up with no flag (the row decides): 10 reloads under 8 clients, 0 failed", .serialized, arguments: underUp)
     func reloads(_ recipe: Recipe) throws {
-        guard let executable = UpRealServerTests.onPath(recipe.executable) else {
-            withKnownIssue("\(recipe.executable) is not installed (.ci/run installs it)") { throw BuildFailure(message: "missing") }
-            return
-        }
+        guard let executable = UpRealServerTests.installed(recipe.executable) else { return }
         let folder = try TemporaryFolder()
         let reservation = try PortReservation()
         for (name, text) in recipe.files(reservation.port, folder.path) { try folder.write(name, text) }
-        let up = try UpProcess(["--listen", "127.0.0.1:\(reservation.port)", "--"] + recipe.command(executable, reservation.port, folder.path),
-                               environment: nil, folder: folder)
-        let address = try up.servingAddress(timeout: 60)
-        reservation.release()
-        let outcome = up.reloadUnderLoad(address, times: 10, clients: 8)
-        print("measured: \(recipe.server) under up, no flag: \(outcome.answered) answered, \(outcome.failures.count) failed over \(outcome.reloads) reloads")
-        #expect(outcome.reloads == 10, "\(up.logText)")
-        #expect(outcome.failures.isEmpty, "\(outcome.failures.count) failed: \(outcome.failures.prefix(3))\n\(up.logText)")
-        #expect(up.stop() == 0, "\(up.logText)")
+        let command = recipe.command(executable, reservation.port, folder.path)
+        try UpRealServerTests.reloadsLoseNothing(
+            "\(recipe.server), no flag", ["--listen", "127.0.0.1:\(reservation.port)", "--"] + command, reservation: reservation, folder: folder)
     }
 }

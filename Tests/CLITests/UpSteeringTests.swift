@@ -396,19 +396,31 @@ struct UpRealServerTests {
 
     @Test("10 reloads under 8 clients, default flags: 0 failed", arguments: servers)
     func reloads(_ server: Server) throws {
-        guard let executable = Self.onPath(server.executable) else {
-            // .ci/run installs every one of them; elsewhere the test says what is missing.
-            withKnownIssue("\(server.executable) is not installed (.ci/run installs it)") { throw BuildFailure(message: "missing") }
-            return
-        }
+        guard let executable = Self.installed(server.executable) else { return }
         let folder = try TemporaryFolder()
         for (name, text) in server.files { try folder.write(name, text) }
         let reservation = try PortReservation()
-        let up = try UpProcess(server.arguments(executable, reservation.port, folder.path), environment: nil, folder: folder)
+        try Self.reloadsLoseNothing(server.name, server.arguments(executable, reservation.port, folder.path), reservation: reservation, folder: folder)
+    }
+
+    /// The executable's path; `nil`, with a known issue that says so, where it is not installed (.ci/run installs
+    /// every one of them).
+    static func installed(_ executable: String) -> String? {
+        guard let path = onPath(executable) else {
+            withKnownIssue("\(executable) is not installed (.ci/run installs it)") { throw BuildFailure(message: "missing") }
+            return nil
+        }
+        return path
+    }
+
+    /// `up` with `arguments` on the reserved port, reloaded 10 times under 8 clients: no request fails, and it stops
+    /// with status 0.
+    static func reloadsLoseNothing(_ name: String, _ arguments: [String], reservation: PortReservation, folder: TemporaryFolder) throws {
+        let up = try UpProcess(arguments, environment: nil, folder: folder)
         let address = try up.servingAddress(timeout: 60)
         reservation.release()
         let outcome = up.reloadUnderLoad(address, times: 10, clients: 8)
-        print("measured: \(server.name) under up: \(outcome.answered) answered, \(outcome.failures.count) failed over \(outcome.reloads) reloads")
+        print("measured: \(name) under up: \(outcome.answered) answered, \(outcome.failures.count) failed over \(outcome.reloads) reloads")
         #expect(outcome.reloads == 10, "\(up.logText)")
         #expect(outcome.failures.isEmpty, "\(outcome.failures.count) failed of \(outcome.answered + outcome.failures.count): \(outcome.failures.prefix(3))\n\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")

@@ -1,6 +1,7 @@
 #if os(Linux)
 import CPortReuseSystem  // <sys/socket.h> comes through it: SOCK_DGRAM and SOCK_CLOEXEC are seen from its module
 import Glibc
+import PortReuseSystem
 
 /// Linux's socket tables through netlink sock_diag (`NETLINK_SOCK_DIAG`, `inet_diag_req_v2`), as `ss` reads
 /// them: binary records instead of text, and a port filter that runs in the kernel, so that a port on a machine
@@ -115,9 +116,7 @@ enum SocketDiagnostics {
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 8)
         defer { buffer.deallocate() }
         while true {
-            let count = recv(fd, buffer, capacity, 0)
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { return false }
+            guard let count = try? systemCall("recv", { recv(fd, buffer, capacity, 0) }), count > 0 else { return false }
             var offset = 0
             while offset + 16 <= count {
                 let length = Int(buffer.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
