@@ -15,7 +15,8 @@ import PortReuseSystem
 /// `EAGAIN` as the normal answer it is for a shared socket.
 final class SharedSocketAcceptor: Sendable {
     let localAddress: PortReuse.SocketAddress
-    /// Completes when the loop has stopped and closed this process's descriptor of the socket.
+    /// Completes when the loop has stopped and closed this process's descriptor of the socket, and every
+    /// connection it accepted has its channel (its initializer ran): a drain that starts then sees them all.
     let closeFuture: EventLoopFuture<Void>
     private let wake: (read: Int32, write: Int32)
     /// Set by the first ``close()``: later ones do nothing (the pipe's descriptor number may belong to
@@ -47,9 +48,13 @@ final class SharedSocketAcceptor: Sendable {
         let promise = loops[0].makePromise(of: Void.self)
         closeFuture = promise.futureResult
         DispatchQueue(label: "PortReuseNIO acceptor \(label)").async {
-            Self.run(descriptor, wake: pipe.read, loops: loops, childChannelInitializer: childChannelInitializer)
+            let handedOver = DispatchGroup()
+            Self.run(descriptor, wake: pipe.read, loops: loops, handedOver: handedOver, childChannelInitializer: childChannelInitializer)
             Files.close(descriptor)
             Files.close(pipe.read)
+            // A connection accepted just before the stop may still be registering with its loop: a drain that
+            // began meanwhile would not see it, and close it unanswered (the NIO reload test lost one request so).
+            _ = handedOver.wait(timeout: .now() + 10)
             promise.succeed()
         }
     }
@@ -66,7 +71,7 @@ final class SharedSocketAcceptor: Sendable {
     }
 
     private static func run(
-        _ descriptor: Int32, wake: Int32, loops: [any EventLoop],
+        _ descriptor: Int32, wake: Int32, loops: [any EventLoop], handedOver: DispatchGroup,
         childChannelInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) {
         var next = 0
@@ -81,7 +86,9 @@ final class SharedSocketAcceptor: Sendable {
                     if connection >= 0 {
                         let loop = loops[next % loops.count]
                         next &+= 1
-                        _ = ClientBootstrap(group: loop).channelInitializer(childChannelInitializer).withConnectedSocket(connection)
+                        handedOver.enter()
+                        ClientBootstrap(group: loop).channelInitializer(childChannelInitializer).withConnectedSocket(connection)
+                            .whenComplete { _ in handedOver.leave() }
                         continue
                     }
                     if Sys.shouldRetryAccept(Sys.lastError()) { continue }
