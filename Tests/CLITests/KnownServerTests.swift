@@ -164,6 +164,7 @@ struct KnownServerTests {
         for (name, text) in recipe.files(reservation.port, folder.path) { try folder.write(name, text) }
         let command = recipe.command(executable, reservation.port, folder.path)
         try UpRealServerTests.reloadsLoseNothing(
-            "\(recipe.server), no flag", ["--listen", "127.0.0.1:\(reservation.port)", "--"] + command, reservation: reservation, folder: folder)
+            "\(recipe.server), no flag", ["--listen", "127.0.0.1:\(reservation.port)", "--"] + command, reservation: reservation, folder: folder,
+            known: recipe.server)
     }
 }

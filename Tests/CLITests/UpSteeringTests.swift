@@ -414,11 +414,14 @@ struct UpRealServerTests {
     }
 
     /// `up` with `arguments` on the reserved port, reloaded 10 times under 8 clients: no request fails, and it stops
-    /// with status 0.
-    static func reloadsLoseNothing(_ name: String, _ arguments: [String], reservation: PortReservation, folder: TemporaryFolder) throws {
+    /// with status 0. With `known`, its status names that known server.
+    static func reloadsLoseNothing(
+        _ name: String, _ arguments: [String], reservation: PortReservation, folder: TemporaryFolder, known: String? = nil
+    ) throws {
         let up = try UpProcess(arguments, environment: nil, folder: folder)
         let address = try up.servingAddress(timeout: 60)
         reservation.release()
+        if let known { #expect(up.status?.knownServer?.hasPrefix("known server \(known):") == true, "\(String(describing: up.status?.knownServer))") }
         let outcome = up.reloadUnderLoad(address, times: 10, clients: 8)
         print("measured: \(name) under up: \(outcome.answered) answered, \(outcome.failures.count) failed over \(outcome.reloads) reloads")
         #expect(outcome.reloads == 10, "\(up.logText)")

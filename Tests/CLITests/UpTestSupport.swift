@@ -13,6 +13,7 @@ struct UpSnapshot: Decodable {
     struct Generation: Decodable { var number: Int; var pid: Int32; var state: String; var status: String? }
     struct Reload: Decodable { var generation: Int; var result: String; var seconds: Double }
     var pid: Int32
+    var knownServer: String?
     var sockets: [Socket]
     var generations: [Generation]
     var reloads: [Reload]

@@ -6,10 +6,12 @@ import PortReuseSystem
 /// and `up reload` read, and what `--health` answers (HealthBoard), published at every turn of the loop.
 extension Supervisor {
     package var status: UpStatus {
-        UpStatus(
+        var status = UpStatus(
             pid: getpid(), processStartTime: ownStartTime, command: configuration.command, startedAt: startedWall,
             sockets: sockets.map { UpStatus.Socket(name: $0.name, address: $0.address.description, transport: $0.transport.rawValue) },
             record: record, writtenAt: Processes.wallClockSeconds)
+        status.knownServer = configuration.serverNote
+        return status
     }
 
     func writeStatus() {

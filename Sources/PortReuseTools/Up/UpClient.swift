@@ -134,6 +134,7 @@ package struct UpClient {
     package static func describe(_ status: UpStatus) -> String {
         let now = Processes.wallClockSeconds
         var lines = ["portreuse up (pid \(status.pid)), running \(age(now - status.startedAt)): \(status.command.joined(separator: " "))"]
+        if let known = status.knownServer { lines.append(known) }
         if status.stopping { lines.append("stopping") }
         let sockets = status.sockets.enumerated().map { ListenSpec.label(name: $1.name, "\($1.transport):\($1.address)") + " (fd \(3 + $0))" }
         lines.append("sockets: " + (sockets.isEmpty ? "none (--reuseport)" : sockets.joined(separator: ", ")))

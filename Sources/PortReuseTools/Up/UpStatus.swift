@@ -18,6 +18,8 @@ package struct UpStatus: Codable {
     /// wrote this file before a client signals it (``UpIdentity``).
     package var processStartTime: UInt64?
     package var command: [String]
+    /// What up knows of the server and picked for it (``UpDefaults/note``), or `nil` for a server it does not know.
+    package var knownServer: String?
     package var startedAt: Double
     package var sockets: [Socket]
     package var generations: [GenerationRecord]
