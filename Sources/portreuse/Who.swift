@@ -19,6 +19,7 @@ struct Who: ParsableCommand {
         usage: """
             portreuse who [tcp:|udp:][ADDR:]PORT [--json] [--probe-udp]
               portreuse who --all [--json] [--probe-udp]
+              portreuse who unix:PATH|unix:@NAME [--json]
             """,
         discussion: """
             For each socket bound to the port: the protocol, the local address, the state (LISTEN, or UNCONN for a bound UDP socket) with the ESTABLISHED and TIME-WAIT connections on its address, every process that holds it (pid, user, command line; a socket inherited by child processes lists each one), its SO_REUSEADDR/SO_REUSEPORT options, and its sharing: whether a new socket of the same user could join it now, whether one of another user could, and a verdict ("shared by 4 processes of user www", "exclusive", "UDP socket bound with SO_REUSEADDR: any local user can bind this port and receive its datagrams").
@@ -29,8 +30,13 @@ struct Who: ParsableCommand {
 
             Addresses: \(Address.acceptedForms). A port alone means TCP and UDP at every address; tcp4, tcp6, udp4 and udp6 keep one IP version; an address keeps the sockets that compete with a socket bound to it (the same address, or a wildcard on either side).
 
+            Unix-domain sockets (unix:PATH, or unix:@NAME for an abstract name): whether the socket file is live \
+            (something accepts connections on it: a new server must not replace it), stale (a socket file that \
+            nothing accepts behind, left by a server that ended: safe to replace or remove), free, or not a socket; \
+            and the sockets bound to it with the processes that hold them. JSON: schema "\(WhoUnixOutput.schema)".
+
             Exit status:
-              0  something holds the port (with --all: some socket is listed)
+              0  something holds the port (with --all: some socket is listed; for unix:, the socket is live)
               1  nothing holds it
               2  bad input: the error names it and lists the accepted forms
 
@@ -42,12 +48,13 @@ struct Who: ParsableCommand {
               portreuse who tcp:127.0.0.1:8080   one address, TCP only
               portreuse who udp:53 --probe-udp   learn UDP sharing without root
               portreuse who --all --json         every listening and bound socket
+              portreuse who unix:/run/app.sock   who holds a socket file, and whether it is stale
             """)
 
     /// The port (and anything unexpected, so that who can reject it with status 2: the argument parser's own
     /// status for bad input is 64, and it would answer an unknown option before who sees it).
     @Argument(parsing: .allUnrecognized, help: ArgumentHelp(
-        "The port, optionally after a network and an address: 8080, tcp:8080, udp:[::1]:53, 127.0.0.1:8080.",
+        "The port, optionally after a network and an address: 8080, tcp:8080, udp:[::1]:53, 127.0.0.1:8080; or unix:PATH.",
         valueName: "[tcp:|udp:][ADDR:]PORT"))
     var arguments: [String] = []
 
@@ -71,11 +78,12 @@ struct Who: ParsableCommand {
 
     func validate() throws {
         do {
-            _ = try query()
+            if try unixName() == nil { _ = try query() }
         } catch {
             printError("Error: \(error.message)")
             printError("Usage: portreuse who [tcp:|udp:][ADDR:]PORT [--json] [--probe-udp]")
             printError("       portreuse who --all [--json] [--probe-udp]")
+            printError("       portreuse who unix:PATH [--json]")
             printError("See 'portreuse who --help'.")
             throw ExitCode(2)
         }
@@ -119,7 +127,29 @@ struct Who: ParsableCommand {
         return Query(text: target, transports: transports, port: address.port, family: address.network?.family, addresses: addresses)
     }
 
+    /// The Unix-domain socket name asked about (`unix:PATH`), or `nil` for a port.
+    func unixName() throws(BadInput) -> String? {
+        guard let target = arguments.first(where: { $0.hasPrefix(WhoUnixOutput.prefix) }) else { return nil }
+        let name = String(target.dropFirst(WhoUnixOutput.prefix.count))
+        if all || probeUDP || arguments.count > 1 {
+            throw BadInput(message: "\"\(target)\" is a Unix-domain socket: give it alone (with --json at most), not with a port, --all or --probe-udp.")
+        }
+        guard !name.isEmpty, name != "@" else {
+            throw BadInput(message: "\"\(target)\": give the socket file's path (unix:/run/app.sock) or an abstract name (unix:@name).")
+        }
+        guard name.utf8.count < 108 else {
+            throw BadInput(message: "\"\(target)\": a Unix-domain socket's name has at most 107 bytes, and this one has \(name.utf8.count).")
+        }
+        return name
+    }
+
     func run() throws {
+        if let name = try unixName() {
+            let output = WhoUnixOutput(UnixSocketFile.inspect(name))
+            print(json ? output.json() : output.text(style: .standardOutput))
+            if !output.held { throw ExitCode(1) }
+            return
+        }
         let query = try query()
         let probes: PortReport.Probes = probeUDP ? [.tcp, .udp] : [.tcp]
         var reports: [PortReport]

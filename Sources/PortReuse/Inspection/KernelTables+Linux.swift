@@ -151,23 +151,31 @@ package enum KernelTables {
     /// Fills in the processes of the sockets in `states` (all when `nil`) by reading the links in /proc/PID/fd
     /// (`socket:[INODE]`), and the options of each such socket through its first process.
     /// Other users' processes are unreadable without root; their sockets keep an empty list.
+    static func attachProcesses(_ found: inout [PortHolder], states: Set<PortHolder.State>? = nil, withOptions: Bool) {
+        let wanted = Set(found.filter { $0.inode != 0 && (states?.contains($0.state) ?? true) }.map(\.inode))
+        let (byInode, unreadable) = processes(holding: wanted)
+        for index in found.indices where wanted.contains(found[index].inode) {
+            found[index].processes += byInode[found[index].inode] ?? []
+            if unreadable { found[index].processesMayBeMissing = true }
+            if withOptions, found[index].options == nil, let first = found[index].processes.first {
+                (found[index].options, found[index].dualStack) = readOptions(pid: first.pid, descriptor: first.descriptor)
+            }
+        }
+    }
+
+    /// The processes that hold each socket of `inodes` (any socket: TCP, UDP, Unix), by a pass over /proc/PID/fd;
+    /// `unreadable` when some process's descriptors were hidden from us (another user's, without root).
     ///
     /// This reads every descriptor of every process, so it avoids allocating per descriptor, and it leaves a
     /// process's folder early once that process has shown every wanted socket.
-    static func attachProcesses(_ found: inout [PortHolder], states: Set<PortHolder.State>? = nil, withOptions: Bool) {
-        var byInode: [UInt64: [Int]] = [:]
-        for (index, holder) in found.enumerated() where holder.inode != 0 && (states?.contains(holder.state) ?? true) {
-            byInode[holder.inode, default: []].append(index)
-        }
-        guard !byInode.isEmpty, let proc = opendir("/proc") else { return }
+    package static func processes(holding inodes: Set<UInt64>) -> (byInode: [UInt64: [PortHolder.Process]], unreadable: Bool) {
+        var byInode: [UInt64: [PortHolder.Process]] = [:]
+        guard !inodes.isEmpty, let proc = opendir("/proc") else { return ([:], false) }
         defer { closedir(proc) }
         let procFD = dirfd(proc)
         var users: [UInt32: String?] = [:]
         var seen = Set<UInt64>()
         var unreadable = false
-        defer {
-            if unreadable { for indexes in byInode.values { for index in indexes { found[index].processesMayBeMissing = true } } }
-        }
         let link = UnsafeMutablePointer<CChar>.allocate(capacity: 64)
         defer { link.deallocate() }
         while let entry = readdir(proc) {
@@ -189,25 +197,20 @@ package enum KernelTables {
                 // "socket:[12345]"
                 guard length > 9, link[0] == CChar(UInt8(ascii: "s")), link[6] == CChar(UInt8(ascii: ":")),
                     let inode = link.withMemoryRebound(to: UInt8.self, capacity: length, { parseDecimal(UnsafeBufferPointer(start: $0 + 8, count: length - 9)) }),
-                    let indexes = byInode[inode]
+                    inodes.contains(inode)
                 else { continue }
                 if info == nil { info = processInfo(pid: Int32(pid)) }
                 let user: String? = info!.uid.flatMap { uid in
                     if users[uid] == nil { users[uid] = userName(uid) }
                     return users[uid] ?? nil
                 }
-                for index in indexes {
-                    found[index].processes.append(PortHolder.Process(
-                        pid: Int32(pid), descriptor: Int32(fd), name: info!.name, commandLine: info!.commandLine,
-                        uid: info!.uid, user: user))
-                    if withOptions && found[index].options == nil {
-                        (found[index].options, found[index].dualStack) = readOptions(pid: Int32(pid), descriptor: Int32(fd))
-                    }
-                }
+                byInode[inode, default: []].append(PortHolder.Process(
+                    pid: Int32(pid), descriptor: Int32(fd), name: info!.name, commandLine: info!.commandLine, uid: info!.uid, user: user))
                 seen.insert(inode)
-                if seen.count == byInode.count { break }
+                if seen.count == inodes.count { break }
             }
         }
+        return (byInode, unreadable)
     }
 
     /// The number a /proc entry is named by (a pid, a descriptor), or `nil` for any other name.

@@ -204,13 +204,7 @@ package struct WhoOutput {
         let ports = reports.filter { $0.isHeld || query.port != nil }.map { report -> JSON in
             let sockets = report.sockets.map { socket -> JSON in
                 let holder = socket.holder
-                let processes = holder.processes.map { process -> JSON in
-                    .object([
-                        ("pid", number(process.pid)), ("fd", number(process.descriptor)), ("name", .string(process.name)),
-                        ("uid", number(process.uid)), ("user", string(process.user)),
-                        ("commandLine", .array(process.commandLine.map(JSON.string))),
-                    ])
-                }
+                let processes = holder.processes.map(Self.json)
                 let sharing = socket.sharing
                 return .object([
                     ("address", .string(holder.localAddress.description)), ("ip", .string(holder.localAddress.ip.description)),
@@ -247,4 +241,13 @@ package struct WhoOutput {
     }
 
     package func json() -> String { document().description }
+
+    /// A process that holds a socket, as both schemas print it: `pid`, `fd`, `name`, `uid`, `user`, `commandLine`.
+    static func json(_ process: PortHolder.Process) -> JSON {
+        .object([
+            ("pid", .number(Int64(process.pid))), ("fd", .number(Int64(process.descriptor))), ("name", .string(process.name)),
+            ("uid", .optional(process.uid) { .number(Int64($0)) }), ("user", .optional(process.user, JSON.string)),
+            ("commandLine", .array(process.commandLine.map(JSON.string))),
+        ])
+    }
 }
