@@ -40,7 +40,6 @@
 #include <time.h>
 #include <unistd.h>
 
-
 #define EXPORT __attribute__((visibility("default")))
 
 // MARK: - The policy table

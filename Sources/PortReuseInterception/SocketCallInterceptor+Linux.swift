@@ -8,9 +8,9 @@ import PortReuseSystem
 import PortReuse
 
 /// What `portreuse run`'s kernel path does to a program's socket calls: the same rules as the LD_PRELOAD
-/// shim (Sources/CReuseShim/shim.c), applied from outside the program.
+/// shim (Sources/CReuseShim/shim.c), applied from outside the program; the endpoint rewrite and the socket
+/// options both set are one C implementation they share (CReuseRules).
 package struct InterceptionRules: Sendable {
-
     /// The policy whose options (``SharingTable/options(_:_:)``) every bound AF_INET/AF_INET6 socket gets.
     package var policy: SharingPolicy
     /// Rewrites every bind (`--bind`).

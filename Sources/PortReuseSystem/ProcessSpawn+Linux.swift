@@ -127,7 +127,7 @@ package struct ProcessSpawn {
         }
         func open(_ path: String, _ flags: Int32) throws(Failure) -> Int32 {
             let fd = Glibc.open(path, flags | O_CLOEXEC, 0o644)
-            guard fd >= 0 else { throw Failure(step: .setup, errno: Errno(rawValue: errno)) }
+            guard fd >= 0 else { throw Failure(step: .setup, errno: Errno(rawValue: errno), reason: "cannot open \(path)") }
             opened.append(fd)
             return fd
         }
