@@ -17,49 +17,43 @@ package struct KnownServer: Sendable, CustomStringConvertible {
     package let arguments: [String]
     /// What stops it gracefully: it stops listening and finishes the requests it has.
     package let stopSignal: Int32
+    /// Whether it stops at once whatever the signal (a request in flight is cut): then only `up`'s steering, which
+    /// holds the stop until the old generation holds no connection, keeps its reloads whole.
+    package var stopsAtOnce = false
     /// How `up` learns that a generation serves.
     package let readiness: ReadinessCheck
     /// How it takes its sockets (`--protocol`); systemd's LISTEN_FDS also stands for a server that binds by
     /// itself, which up's bind filter hands its own socket.
     package let dialect: Dialect
-    /// Why, in words (docs/up.md and the log).
+    /// Why, in words (docs/up.md and `up --help`).
     package let why: String
-    /// What the tests run it with.
-    package let testedWith: String
 
     package var description: String { name }
 
     package static let all: [KnownServer] = [
         KnownServer(
             name: "haproxy", executables: ["haproxy"], arguments: [], stopSignal: SIGUSR1, readiness: .probe, dialect: .systemd,
-            why: "SIGTERM is its hard stop (every connection closed at once); SIGUSR1, its soft stop, stops listening and finishes what it has",
-            testedWith: "haproxy (Debian)"),
+            why: "SIGTERM is its hard stop (every connection closed at once); SIGUSR1, its soft stop, stops listening and finishes what it has"),
         KnownServer(
             name: "nginx", executables: ["nginx"], arguments: [], stopSignal: SIGQUIT, readiness: .probe, dialect: Dialect.named("nginx")!,
-            why: "SIGTERM and SIGINT are its fast shutdown; SIGQUIT is its graceful one; it takes inherited sockets from NGINX",
-            testedWith: "nginx-light (Debian)"),
+            why: "SIGTERM and SIGINT are its fast shutdown; SIGQUIT is its graceful one; it takes inherited sockets from NGINX"),
         KnownServer(
             name: "unicorn", executables: ["unicorn", "unicorn_rails"], arguments: [], stopSignal: SIGQUIT, readiness: .probe,
             dialect: Dialect.named("unicorn")!,
-            why: "SIGTERM and SIGINT stop it at once; SIGQUIT lets each worker finish its request; it takes inherited sockets from UNICORN_FD",
-            testedWith: "unicorn (Debian)"),
+            why: "SIGTERM and SIGINT stop it at once; SIGQUIT lets each worker finish its request; it takes inherited sockets from UNICORN_FD"),
         KnownServer(
             name: "lighttpd", executables: ["lighttpd"], arguments: [], stopSignal: SIGINT, readiness: .probe, dialect: .systemd,
-            why: "SIGTERM stops it at once (connections reset); SIGINT is its graceful shutdown",
-            testedWith: "lighttpd (Debian)"),
+            why: "SIGTERM stops it at once (connections reset); SIGINT is its graceful shutdown"),
         KnownServer(
             name: "gunicorn", executables: ["gunicorn"], arguments: [], stopSignal: SIGTERM, readiness: .auto, dialect: .systemd,
-            why: "SIGTERM is its graceful stop (SIGQUIT and SIGINT are quick: a request in flight gets a 500); it reads LISTEN_FDS and sends READY=1",
-            testedWith: "gunicorn (PyPI)"),
+            why: "SIGTERM is its graceful stop (SIGQUIT and SIGINT are quick: a request in flight gets a 500); it reads LISTEN_FDS and sends READY=1"),
         KnownServer(
-            name: "php -S", executables: ["php"], arguments: ["-S"], stopSignal: SIGTERM, readiness: .probe, dialect: .systemd,
-            why: "it stops at once whatever the signal: up's steering keeps reloads whole (the old generation's stop waits until it holds no connection)",
-            testedWith: "php-cli (Debian)"),
+            name: "php -S", executables: ["php"], arguments: ["-S"], stopSignal: SIGTERM, stopsAtOnce: true, readiness: .probe, dialect: .systemd,
+            why: "it stops at once whatever the signal: up's steering keeps reloads whole (the old generation's stop waits until it holds no connection)"),
         KnownServer(
             name: "python3 -m http.server", executables: ["python3", "python"], arguments: ["-m", "http.server"], stopSignal: SIGTERM,
-            readiness: .probe, dialect: .systemd,
-            why: "it stops at once whatever the signal: up's steering keeps reloads whole (the old generation's stop waits until it holds no connection)",
-            testedWith: "python3 (Debian)"),
+            stopsAtOnce: true, readiness: .probe, dialect: .systemd,
+            why: "it stops at once whatever the signal: up's steering keeps reloads whole (the old generation's stop waits until it holds no connection)"),
     ]
 
     /// The row that runs `command`, or `nil`. `env` and its `NAME=value` assignments in front are looked through.
