@@ -142,7 +142,7 @@ package enum KernelRun {
             guard number > 0, number != SIGCHLD else { continue }
             // A terminal's signal (SI_KERNEL) went to the whole foreground process group, the program included.
             if info.si_code == 0x80 { continue }
-            _ = Glibc.kill(pid, number)
+            Processes.kill(pid, number)
         }
     }
 
