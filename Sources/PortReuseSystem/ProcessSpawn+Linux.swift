@@ -238,7 +238,7 @@ package struct ProcessSpawn {
             if let (_, status) = try Processes.wait(pid, noHang: true) { finished = status; break }
             if timedOut || Processes.monotonicNanoseconds >= deadline {
                 timedOut = true
-                _ = Glibc.kill(pid, SIGKILL)
+                Processes.kill(pid, SIGKILL)
                 finished = try Processes.wait(pid, noHang: false)?.status
             } else {
                 usleep(2_000)

@@ -109,10 +109,12 @@ struct KnownServerTests {
         }
     }
 
-    /// Whether a listening socket is on `port`.
-    static func listens(_ port: UInt16) -> Bool {
-        PortHolder.find(port: port, transport: .tcp, processes: false, options: false).contains { $0.state == .listen }
+    /// The listening socket on `port`, if any.
+    static func listener(_ port: UInt16) -> PortHolder? {
+        PortHolder.find(port: port, transport: .tcp, processes: false, options: false).first { $0.state == .listen }
     }
+
+    static func listens(_ port: UInt16) -> Bool { listener(port) != nil }
 
     /// The real server alone: a request whose headers are still coming when the row's stop signal arrives is
     /// answered (the stop is graceful), or, for a row that says the server stops at once whatever the signal, is not.
@@ -131,9 +133,7 @@ struct KnownServerTests {
         // A request under way: its first line and one header, not yet the blank line that ends it, accepted.
         let client = try Connection.dial(to: SocketAddress(ip: IPAddress(ipv4: 127, 0, 0, 1), port: port), timeout: .seconds(10))
         try client.send(Array("GET / HTTP/1.1\r\nHost: localhost\r\n".utf8))
-        #expect(waitUntil(timeout: 10) {
-            PortHolder.find(port: port, transport: .tcp, processes: false, options: false).first { $0.state == .listen }?.receiveQueue == 0
-        }, "the server never accepted the connection")
+        #expect(waitUntil(timeout: 10) { Self.listener(port)?.receiveQueue == 0 }, "the server never accepted the connection")
 
         server.signal(row.stopSignal)
         // The signal has acted once the server no longer listens (unicorn's master listens until its worker is

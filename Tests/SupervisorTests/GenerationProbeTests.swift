@@ -1,5 +1,4 @@
 import PortReuse
-import PortReuseSystem
 import PortReuseTools
 import TestSupport
 import Testing
@@ -8,18 +7,9 @@ import Testing
 /// `/proc/PID/syscall` and told apart by the call's name on this architecture (no number written here).
 @Suite("up: the readiness probe reads what a process waits in")
 struct GenerationProbeTests {
-    /// The system call a process is blocked in and its arguments, once it is blocked in one it names.
+    /// What a process waits for, once it is blocked in a call the probe names.
     static func blocked(_ child: Child) -> GenerationProbe.Wait? {
-        var found: GenerationProbe.Wait?
-        _ = waitUntil(timeout: 10) {
-            guard let bytes = Files.read("/proc/\(child.pid)/syscall", limit: 256) else { return false }
-            let fields = String(decoding: bytes, as: UTF8.self).split(separator: " ")
-            guard fields.count >= 3, let number = Int(fields[0]) else { return false }
-            let arguments = fields.dropFirst().prefix(6).compactMap { UInt64($0.dropFirst(2), radix: 16) }
-            found = GenerationProbe.wait(number, arguments)
-            return found != nil
-        }
-        return found
+        waitFor(timeout: 10) { GenerationProbe.wait(readingSyscallFile: "/proc/\(child.pid)/syscall") }
     }
 
     @Test("python blocked in accept, in poll and in recvfrom: accept on its socket, poll of one descriptor, receive on its socket")

@@ -65,7 +65,7 @@ public struct UnixSocketFile: Sendable {
         }
         var info = stat()
         guard lstat(path, &info) == 0 else {
-            report.explanation = errno == ENOENT ? "no such file" : "cannot look at it: \(String(cString: strerror(errno)))"
+            report.explanation = errno == ENOENT ? "no such file" : "cannot look at it: \(Files.errorText())"
             return report
         }
         guard info.st_mode & S_IFMT == S_IFSOCK else {
@@ -93,11 +93,8 @@ public struct UnixSocketFile: Sendable {
     /// Whether something accepts a connection on the socket file at `path` (a stream, seqpacket or datagram
     /// socket), or `nil` when connecting is not allowed.
     static func accepts(_ path: String) -> Bool? {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        guard let (unix, length) = Sys.unixAddress(path) else { return false }
+        var address = unix
         for type in [SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM] {
             #if canImport(Glibc)
             let fd = socket(AF_UNIX, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
@@ -107,7 +104,7 @@ public struct UnixSocketFile: Sendable {
             guard fd >= 0 else { continue }
             defer { close(fd) }
             let result = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, length) }
             }
             if result == 0 { return true }
             switch errno {

@@ -21,7 +21,17 @@ package enum GenerationProbe {
         case receive(descriptor: Int32)
     }
 
-    /// What a thread waits for, from its system call number and arguments (`/proc/PID/task/TID/syscall`).
+    /// What a thread waits for, read from its syscall file (`/proc/PID/task/TID/syscall`; `/proc/PID/syscall` for
+    /// a process's first thread): `nil` when it runs, waits in another call, or the file cannot be read.
+    package static func wait(readingSyscallFile path: String) -> Wait? {
+        guard let line = Files.read(path, limit: 256) else { return nil }
+        let fields = String(decoding: line, as: UTF8.self).split(separator: " ")
+        let arguments = fields.dropFirst().prefix(6).map { UInt64($0.dropFirst(2), radix: 16) ?? 0 }
+        guard let number = fields.first.flatMap({ Int($0) }), arguments.count == 6 else { return nil }
+        return wait(number, arguments)
+    }
+
+    /// What a thread waits for, from its system call number and arguments.
     package static func wait(_ number: Int, _ arguments: [UInt64]) -> Wait? {
         let descriptor = Int32(truncatingIfNeeded: arguments[0])
         switch BlockingCall(number: number) {
@@ -52,10 +62,7 @@ package enum GenerationProbe {
     package static func isWaiting(group: pid_t, on inode: UInt64) -> Bool {
         processes(inGroup: group).contains { pid in
             Files.list("/proc/\(pid)/task").contains { task in
-                guard let line = Files.read("/proc/\(pid)/task/\(task)/syscall", limit: 256) else { return false }
-                let fields = String(decoding: line, as: UTF8.self).split(separator: " ")
-                let arguments = fields.dropFirst().prefix(6).map { UInt64($0.dropFirst(2), radix: 16) ?? 0 }
-                guard let number = fields.first.flatMap({ Int($0) }), arguments.count == 6, let wait = wait(number, arguments) else { return false }
+                guard let wait = wait(readingSyscallFile: "/proc/\(pid)/task/\(task)/syscall") else { return false }
                 return isWaiting(pid: pid, wait, on: inode)
             }
         }

@@ -88,8 +88,6 @@ package struct UpDefaults: Sendable {
     package var stopSignal: Int32
     package var readiness: ReadinessCheck
     package var dialect: Dialect
-    /// The row the command matched, if any.
-    package var known: KnownServer?
     /// What the known server set and what the flags kept, for the log line of each generation's start.
     package var note: String?
 
@@ -97,7 +95,6 @@ package struct UpDefaults: Sendable {
     /// hands over no socket).
     package init(command: [String], stopSignal: Int32?, readiness: ReadinessCheck?, dialect: Dialect?, listen: [ListenSpec], reuseport: Bool) {
         let known = KnownServer.matching(command)
-        self.known = known
         let knownDialect = known.map(\.dialect).flatMap { reuseport || $0.refusal(count: listen.count, transports: listen.map(\.transport)) != nil ? nil : $0 }
         self.dialect = dialect ?? knownDialect ?? .systemd
         self.stopSignal = stopSignal ?? (known?.stopSignal ?? self.dialect.stopSignal)

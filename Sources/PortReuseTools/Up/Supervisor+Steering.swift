@@ -287,7 +287,7 @@ extension Supervisor {
     private func heldElsewhere(_ descriptor: Int32) -> Bool {
         let inode = GenerationProbe.inode(of: descriptor)
         let me = getpid()
-        return Processes.Tree().all.contains { $0.pid != me && Processes.socketInodes(of: $0.pid).contains(inode) }
+        return processTree().all.contains { $0.pid != me && Processes.socketInodes(of: $0.pid).contains(inode) }
     }
 
     /// Every process that holds one of the generation's own sockets belongs to it, whatever its parent (a helper
