@@ -68,13 +68,28 @@ int csystem_reuseport_map_set(int map, unsigned key, int socket) {
     return csystem_bpf(BPF_MAP_UPDATE_ELEM, &attributes);
 }
 
-int csystem_attach_reuseport_ebpf(int fd, int map, unsigned serving, int probe, const uint16_t *ports, unsigned count, char *log, unsigned log_size) {
-    struct bpf_insn program[32 + 256];
+int csystem_attach_reuseport_ebpf(int fd, int map, const unsigned *serving, unsigned serving_count, int probe, const uint16_t *ports, unsigned count,
+                                  char *log, unsigned log_size) {
+    struct bpf_insn program[32 + 256 + 2 * 256];
     int n = 0;
 #define INSN(c, d, s, o, i) program[n++] = (struct bpf_insn){.code = (c), .dst_reg = (d), .src_reg = (s), .off = (o), .imm = (i)}
     if (count > 256) count = 256;
+    if (serving_count == 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (serving_count > 256) serving_count = 256;
     INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_6, BPF_REG_1, 0, 0);  // r6 = the context
-    INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_7, 0, 0, (int32_t)serving);  // r7 = the key of the serving socket
+    INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_7, 0, 0, (int32_t)serving[0]);  // r7 = the key of the (first) serving socket
+    if (serving_count > 1) {
+        // Several workers: the one at the connection's hash (the kernel's own hash of its addresses and ports) modulo their count.
+        INSN(BPF_LDX | BPF_MEM | BPF_W, BPF_REG_5, BPF_REG_6, offsetof(struct sk_reuseport_md, hash), 0);
+        INSN(BPF_ALU | BPF_MOD | BPF_K, BPF_REG_5, 0, 0, (int32_t)serving_count);
+        for (unsigned i = 1; i < serving_count; i++) {
+            INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_5, 0, 1, (int32_t)i);  // not this one: past the next
+            INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_7, 0, 0, (int32_t)serving[i]);
+        }
+    }
     if (probe >= 0 && count > 0) {
         // The TCP source port, where the packet has one (a request that migrates from a closed listener has none).
         INSN(BPF_LDX | BPF_MEM | BPF_DW, BPF_REG_2, BPF_REG_6, offsetof(struct sk_reuseport_md, data), 0);
@@ -541,7 +556,8 @@ int csystem_pidfd_open_thread(int tid) CSYSTEM_MISSING
 int csystem_attach_reuseport_cbpf(int fd, const csystem_bpf_instruction *program, unsigned short count) CSYSTEM_MISSING
 int csystem_reuseport_map_create(unsigned entries) CSYSTEM_MISSING
 int csystem_reuseport_map_set(int map, unsigned key, int socket) CSYSTEM_MISSING
-int csystem_attach_reuseport_ebpf(int fd, int map, unsigned serving, int probe, const uint16_t *ports, unsigned count, char *log, unsigned log_size) CSYSTEM_MISSING
+int csystem_attach_reuseport_ebpf(int fd, int map, const unsigned *serving, unsigned serving_count, int probe, const uint16_t *ports, unsigned count,
+                                  char *log, unsigned log_size) CSYSTEM_MISSING
 int csystem_pidfd_getfd(int pidfd, int target) CSYSTEM_MISSING
 int csystem_pidfd_send_signal(int pidfd, int signal) CSYSTEM_MISSING
 int csystem_pidfd_inode_id(int pid, unsigned long long *id) CSYSTEM_MISSING

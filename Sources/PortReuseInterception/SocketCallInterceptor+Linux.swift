@@ -395,7 +395,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         let pid = Int32(bitPattern: notification.pid)
         // A call that comes back after our answer (interrupted, restarted): the descriptor is ours already.
         let inode = Self.inode(descriptor)
-        if let already = swap.held.first(where: { Self.inode($0.descriptor) == inode }) {
+        if let already = swap.held.first(where: { $0.workers.contains { Self.inode($0) == inode } }) {
             rules.log?("bind fd \(fd) \(requested) of \(who(notification.pid)): already \(already.name) \(already.address)")
             return .result(errno: 0)
         }
@@ -415,7 +415,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.pid)) fails with \(Errno(rawValue: code)): \(reason)")
             return .result(errno: code)
         case .swap(let index, let note):
-            let held = swap.held[index]
+            let held = swap.held[index].forWorker(swap.hasWorkers ? SocketSwap.workerIndex(of: pid) : nil)
             let nonBlocking = Files.isNonBlocking(descriptor)
             let modeWarning = nonBlocking.flatMap { swap.adoptMode(of: held, nonBlocking: $0, pid: pid) }
             if let modeWarning { rules.log?(modeWarning) }

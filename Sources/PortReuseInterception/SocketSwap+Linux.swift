@@ -27,13 +27,24 @@ package final class SocketSwap: Sendable {
         package var address: SocketAddress
         /// An IPv6 wildcard that takes IPv4 too (IPV6_V6ONLY 0).
         package var dualStack: Bool
+        /// `up --workers`: each worker's socket for this address, by worker index (the first is ``descriptor``); a
+        /// process gets its worker's (PORTREUSE_WORKER in its environment).
+        package var workers: [Int32]
 
-        package init(descriptor: Int32, name: String, transport: Transport, address: SocketAddress, dualStack: Bool) {
+        package init(descriptor: Int32, name: String, transport: Transport, address: SocketAddress, dualStack: Bool, workers: [Int32] = []) {
             self.descriptor = descriptor
             self.name = name
             self.transport = transport
             self.address = address
             self.dualStack = dualStack
+            self.workers = workers.isEmpty ? [descriptor] : workers
+        }
+
+        /// This socket as worker `index` gets it (the first worker's for an index out of range, or none).
+        package func forWorker(_ index: Int?) -> Held {
+            var socket = self
+            if let index, workers.indices.contains(index) { socket.descriptor = workers[index] }
+            return socket
         }
     }
 
@@ -57,6 +68,22 @@ package final class SocketSwap: Sendable {
 
     /// Whether any held socket has this port (the cheap check made before anything else).
     package func holds(port: UInt16) -> Bool { held.contains { $0.address.port == port } }
+
+    /// Whether the sockets differ by worker (`up --workers`): a bind then reads the caller's worker index.
+    package var hasWorkers: Bool { held.contains { $0.workers.count > 1 } }
+
+    /// The variable that tells a process of `up --workers` its worker's index, 0 to N − 1.
+    package static let workerVariable = "PORTREUSE_WORKER"
+
+    /// The worker index a process was started with (``workerVariable`` in /proc/PID/environ; its children inherit
+    /// it), or nil. A process may rewrite its own environment: it then gets another worker's socket of its own generation.
+    package static func workerIndex(of pid: Int32) -> Int? {
+        guard let environment = Files.read("/proc/\(pid)/environ", limit: 1 << 20) else { return nil }
+        let prefix = Array("\(workerVariable)=".utf8)
+        return environment.split(separator: 0).lazy.compactMap { entry in
+            entry.starts(with: prefix) ? Int(String(decoding: entry.dropFirst(prefix.count), as: UTF8.self)) : nil
+        }.first
+    }
 
     package static func decide(
         requested: SocketAddress, programFamily: AddressFamily, programIPv6Only: Bool, transport: Transport, held: [Held]

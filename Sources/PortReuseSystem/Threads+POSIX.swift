@@ -67,6 +67,9 @@ package enum Signals {
     /// Ignores `signal` (SIGPIPE: a peer that went away is an error, not a death).
     package static func ignore(_ signal: Int32) { install(SIG_IGN, on: [signal], flags: 0) }
 
+    /// Back to the default action (a process that ends itself by the signal a child ended by).
+    package static func restoreDefault(_ signal: Int32) { install(SIG_DFL, on: [signal], flags: 0) }
+
     private static func install(_ handler: (@convention(c) (Int32) -> Void)?, on signals: [Int32], flags: Int32) {
         var action = sigaction()
         #if canImport(Glibc)

@@ -19,6 +19,6 @@ struct PortReuseCommand: ParsableCommand {
             (udp:[::1]:53).
             """,
         version: version,
-        subcommands: [Demo.self, Up.self, Run.self, Who.self, Listen.self, Send.self, DemoWorker.self]
+        subcommands: [Demo.self, Up.self, Run.self, Who.self, Listen.self, Send.self, DemoWorker.self, UpWorkers.self]
     )
 }

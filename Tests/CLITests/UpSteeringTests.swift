@@ -28,8 +28,8 @@ struct SteeringProgramTests {
 
     @Test("the programs as data: one instruction without a probe; with one, a jump per probe port to the probe's socket")
     func programShape() {
-        #expect(SteeringProgram.instructions(serving: 3, probe: nil).map(\.k) == [3])
-        let program = SteeringProgram.instructions(serving: 1, probe: (ports: [40000, 40001], index: 2))
+        #expect(SteeringProgram.instructions(serving: [3], probe: nil).map(\.k) == [3])
+        let program = SteeringProgram.instructions(serving: [1], probe: (ports: [40000, 40001], index: 2))
         #expect(program.count == 7 + 2 + 2)
         #expect(program.suffix(2).map(\.k) == [1, 2])  // ret #serving, ret #probe
         // Each jeq on a port jumps over the rest of the chain and "ret #serving" to "ret #probe".
@@ -48,7 +48,7 @@ struct SteeringProgramTests {
     @Test("ret #1 sends every connection to the socket that joined second; the probe's ports reach the probe's socket alone")
     func steersByIndexAndSourcePort() throws {
         let (first, second) = try pair()
-        #expect(SteeringProgramTests.attach(SteeringProgram.instructions(serving: 1, probe: nil), to: first) == 0)
+        #expect(SteeringProgramTests.attach(SteeringProgram.instructions(serving: [1], probe: nil), to: first) == 0)
         let clients = try (0..<20).map { _ in try Connection.dial(to: first.localAddress, timeout: .seconds(5)) }
         #expect(waitUntil(timeout: 5) { queued(second) == 20 }, "all 20 on the second: \(queued(first)) / \(queued(second))")
         #expect(queued(first) == 0)
@@ -56,7 +56,7 @@ struct SteeringProgramTests {
 
         let (serving, starting) = try pair()
         let source = try ProbeSource(for: serving.localAddress)
-        #expect(SteeringProgramTests.attach(SteeringProgram.instructions(serving: 0, probe: (source.ports, 1)), to: serving) == 0)
+        #expect(SteeringProgramTests.attach(SteeringProgram.instructions(serving: [0], probe: (source.ports, 1)), to: serving) == 0)
         let load = try (0..<20).map { _ in try Connection.dial(to: serving.localAddress, timeout: .seconds(5)) }
         let probes = (0..<3).compactMap { _ in source.connect(to: serving.localAddress, timeout: .seconds(5)) }
         #expect(probes.count == 3)
@@ -70,7 +70,7 @@ struct SteeringProgramTests {
         let third = try Listener(address: first.localAddress, policy: .shared)
         first.close()
         // Model: [first, second, third] - first = [third, second].
-        #expect(SteeringProgramTests.attach(SteeringProgram.instructions(serving: 0, probe: nil), to: second) == 0)
+        #expect(SteeringProgramTests.attach(SteeringProgram.instructions(serving: [0], probe: nil), to: second) == 0)
         let clients = try (0..<10).map { _ in try Connection.dial(to: second.localAddress, timeout: .seconds(5)) }
         #expect(waitUntil(timeout: 5) { queued(third) == 10 }, "\(queued(second)) / \(queued(third))")
         withExtendedLifetime(clients) {}
@@ -82,12 +82,12 @@ struct SteeringProgramTests {
         let (second, third) = (try DatagramSocket(address: first.localAddress, policy: .shared), try DatagramSocket(address: first.localAddress, policy: .shared))
         let sender = try DatagramSocket(udp: "127.0.0.1:0")
         let descriptors = [first, second, third].map { $0.handle.descriptor! }
-        #expect(SteeringProgram.attach(SteeringProgram.instructions(serving: 1, probe: nil), to: descriptors[0]) == 0)
+        #expect(SteeringProgram.attach(SteeringProgram.instructions(serving: [1], probe: nil), to: descriptors[0]) == 0)
         for _ in 0..<10 { try sender.send([1], to: first.localAddress) }
         #expect(waitUntil(timeout: 5) { ListenerState.waiting(descriptors[1], .udp) != nil })
         #expect(ListenerState.waiting(descriptors[0], .udp) == nil && ListenerState.waiting(descriptors[2], .udp) == nil)
         first.close()
-        #expect(SteeringProgram.attach(SteeringProgram.instructions(serving: 0, probe: nil), to: descriptors[1]) == 0)
+        #expect(SteeringProgram.attach(SteeringProgram.instructions(serving: [0], probe: nil), to: descriptors[1]) == 0)
         for _ in 0..<10 { try sender.send([1], to: second.localAddress) }
         #expect(waitUntil(timeout: 5) { ListenerState.waiting(descriptors[2], .udp) != nil })
     }
@@ -101,16 +101,16 @@ struct SteeringProgramTests {
         defer { close(map.descriptor) }
         #expect(map.add(a) == 0 && map.add(b) == 0)
         #expect(map.keys == [a: 0, b: 1])
-        #expect(map.attach(.init(serving: 1), to: a).errno == 0)
+        #expect(map.attach(.init(serving: [1]), to: a).errno == 0)
         var clients = try (0..<10).map { _ in try Connection.dial(to: first.localAddress, timeout: .seconds(5)) }
         #expect(waitUntil(timeout: 5) { queued(second) == 10 }, "\(queued(first)) / \(queued(second))")
         #expect(queued(first) == 0)
-        let attached = map.attach(.init(serving: 0), to: b)
+        let attached = map.attach(.init(serving: [0]), to: b)
         #expect(attached.errno == 0, "\(attached.log)")
         clients += try (0..<5).map { _ in try Connection.dial(to: first.localAddress, timeout: .seconds(5)) }
         #expect(waitUntil(timeout: 5) { queued(first) == 5 }, "\(queued(first)) / \(queued(second))")
         // The first stops listening while 5 wait in its queue: they move to the serving second, not reset.
-        #expect(map.attach(.init(serving: 1), to: b).errno == 0)
+        #expect(map.attach(.init(serving: [1]), to: b).errno == 0)
         #expect(shutdown(a, Int32(SHUT_RDWR)) == 0)
         #expect(waitUntil(timeout: 5) { queued(second) == 15 }, "\(queued(second)) queued on the second after the first shut down")
         withExtendedLifetime(clients) {}
@@ -123,7 +123,7 @@ struct SteeringProgramTests {
         defer { close(map.descriptor) }
         #expect(map.add(serving.handle.descriptor!) == 0 && map.add(starting.handle.descriptor!) == 0)
         let source = try ProbeSource(for: serving.localAddress)
-        let attached = map.attach(.init(serving: 0, probe: (source.ports, 1)), to: serving.handle.descriptor!)
+        let attached = map.attach(.init(serving: [0], probe: (source.ports, 1)), to: serving.handle.descriptor!)
         #expect(attached.errno == 0, "\(attached.log)")
         let load = try (0..<20).map { _ in try Connection.dial(to: serving.localAddress, timeout: .seconds(5)) }
         let probes = (0..<3).compactMap { _ in source.connect(to: serving.localAddress, timeout: .seconds(5)) }

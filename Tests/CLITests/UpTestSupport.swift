@@ -10,7 +10,8 @@ let hello = productsFolder + "/hello"
 /// What the status file says (the parts the tests read).
 struct UpSnapshot: Decodable {
     struct Socket: Decodable { var name: String; var address: String; var transport: String }
-    struct Generation: Decodable { var number: Int; var pid: Int32; var state: String; var status: String? }
+    struct Workers: Decodable { var total: Int; var ready: Int; var replaced: Int }
+    struct Generation: Decodable { var number: Int; var pid: Int32; var state: String; var status: String?; var workers: Workers? }
     struct Reload: Decodable { var generation: Int; var result: String; var seconds: Double }
     var pid: Int32
     var knownServer: String?

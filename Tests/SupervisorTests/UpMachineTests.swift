@@ -293,6 +293,35 @@ struct UpMachineTests {
     }
 }
 
+@Suite("up --workers: what the pool tells the machine")
+struct UpWorkerMessagesTests {
+    @Test("the pool's counts go into the generation's record and /metrics; its READY=1 once all are ready makes it ready")
+    func poolMessages() {
+        var up = UpMachineTests.Driver(readiness: .notify)
+        var start: [UpMachine.Action] = []
+        up.machine.start(.start, &start)
+        up.started(1, reason: .start)
+        up.send(.notified(number: 1, messages: ["X_PORTREUSE_WORKERS_READY=1/2", "X_PORTREUSE_WORKERS_REPLACED=0"], exited: false))
+        #expect(up.machine.record.generation(1)?.workers == GenerationRecord.WorkerCounts(total: 2, ready: 1))
+        #expect(up.stage(1) != .ready)
+        up.send(.notified(number: 1, messages: ["X_PORTREUSE_WORKERS_READY=2/2", "STATUS=2 workers ready", "READY=1"], exited: false))
+        #expect(up.stage(1) == .ready)
+        #expect(up.actions.contains(.log(.info, "generation 1 (pid 100) ready after 0ms (all 2 workers ready)")), "\(up.actions)")
+        // A worker replaced while it serves: counted once, however often the pool repeats its count.
+        up.send(.notified(number: 1, messages: ["X_PORTREUSE_WORKERS_READY=1/2", "X_PORTREUSE_WORKERS_REPLACED=1"], exited: false))
+        up.send(.notified(number: 1, messages: ["X_PORTREUSE_WORKERS_READY=2/2", "X_PORTREUSE_WORKERS_REPLACED=1"], exited: false))
+        #expect(up.machine.record.generation(1)?.workers == GenerationRecord.WorkerCounts(total: 2, ready: 2, replaced: 1))
+        #expect(up.machine.record.counters.workerReplacements == 1)
+        #expect(up.stage(1) == .ready, "a replaced worker does not take the generation out of service")
+
+        let snapshot = HealthSnapshot(record: up.machine.record, listeners: [], lastTurn: 1)
+        let text = Metrics.render(snapshot, listeners: [], kernel: KernelReadings())
+        #expect(text.contains("portreuse_up_generation_workers{generation=\"1\",state=\"all\"} 2"), "\(text)")
+        #expect(text.contains("portreuse_up_generation_workers{generation=\"1\",state=\"ready\"} 2"), "\(text)")
+        #expect(text.contains("portreuse_up_worker_replacements_total 1"), "\(text)")
+    }
+}
+
 extension GenerationStage {
     /// Generation 1's stage while it starts, as a Driver made it.
     static func readyBy60s(from up: UpMachineTests.Driver) -> GenerationStage {

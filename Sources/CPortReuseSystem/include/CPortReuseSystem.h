@@ -50,11 +50,13 @@ int csystem_reuseport_map_create(unsigned entries);
 int csystem_reuseport_map_set(int map, unsigned key, int socket);
 
 /// Loads and attaches to `fd`'s group (`SO_ATTACH_REUSEPORT_EBPF`) an eBPF program of type SK_REUSEPORT with
-/// `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`: each new connection or datagram goes to the socket at key `serving` of
-/// `map`, those whose TCP source port is one of `ports` to the one at key `probe` (if `probe` >= 0); and the
-/// connections queued on a listener that closes or shuts down move to the one at `serving` instead of being reset
+/// `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`: each new connection or datagram goes to the socket of `map` at one of the
+/// `serving_count` keys of `serving` (by its hash modulo the count), those whose TCP source port is one of `ports`
+/// to the one at key `probe` (if `probe` >= 0); and the connections queued on a listener that closes or shuts down
+/// move to a serving one instead of being reset
 /// (Linux 5.14+). The verifier's words go to `log` when it refuses the program. 0, or -1 and errno.
-int csystem_attach_reuseport_ebpf(int fd, int map, unsigned serving, int probe, const uint16_t *ports, unsigned count, char *log, unsigned log_size);
+int csystem_attach_reuseport_ebpf(int fd, int map, const unsigned *serving, unsigned serving_count, int probe, const uint16_t *ports,
+                                  unsigned count, char *log, unsigned log_size);
 
 /// `pidfd_getfd(pidfd, target, 0)`: a duplicate of another process's descriptor (Linux 5.6+, ptrace rights).
 int csystem_pidfd_getfd(int pidfd, int target);

@@ -64,6 +64,9 @@ package enum Spawner {
         /// close-on-exec), as if the caller had exec'd it; SIGTERM when `run` dies (its binds would fail with
         /// ENOSYS from then on: nobody answers them).
         case foreground
+        /// A worker of `up --workers`: as `supervised`, in its pool's process group (a kill of the generation's
+        /// group reaches it).
+        case worker
     }
 
     /// Starts `arguments` (from `path`, else from `arguments[0]`; no PATH search) with `descriptors` as 3, 4, …
@@ -83,6 +86,8 @@ package enum Spawner {
         switch attachment {
         case .supervised:
             spawn.newProcessGroup = true
+        case .worker:
+            break
         case .foreground:
             spawn.standardInput = .inherit
             spawn.keepsInheritedDescriptors = true

@@ -60,7 +60,12 @@ package enum GenerationProbe {
 
     /// Whether a thread of a process in `group` is blocked waiting for the socket with inode `inode`.
     package static func isWaiting(group: pid_t, on inode: UInt64) -> Bool {
-        processes(inGroup: group).contains { pid in
+        isWaiting(processes: processes(inGroup: group), on: inode)
+    }
+
+    /// Whether a thread of one of `processes` is blocked waiting for the socket with inode `inode`.
+    package static func isWaiting(processes: [pid_t], on inode: UInt64) -> Bool {
+        processes.contains { pid in
             Files.list("/proc/\(pid)/task").contains { task in
                 guard let wait = wait(readingSyscallFile: "/proc/\(pid)/task/\(task)/syscall") else { return false }
                 return isWaiting(pid: pid, wait, on: inode)

@@ -44,13 +44,16 @@ package enum SteeringProgram {
     /// Where the network header starts, for loads relative to it (`SKF_NET_OFF`, -0x100000).
     static let networkOffset = UInt32(bitPattern: -0x100000)
 
-    /// Every connection to the socket at `serving`; with a `probe`, connections whose TCP source port is one of
+    /// Every connection to a socket of `serving` (one per worker: picked by a hash of the client's source port,
+    /// so that all of one connection's packets agree); with a `probe`, connections whose TCP source port is one of
     /// `probe.ports` to the socket at `probe.index`. The source port is found after the IP header: its length from
     /// the IPv4 header (IHL), 40 bytes for IPv6 (no extension headers are followed: a connection with one is not
     /// a probe of up's, which never sends any, and goes to the serving socket).
-    package static func instructions(serving: UInt32, probe: (ports: [UInt16], index: UInt32)?) -> [Instruction] {
-        guard let probe, !probe.ports.isEmpty else { return [statement(0x06, serving)] }  // ret #serving
-        let ports = probe.ports.prefix(255)  // a jump reaches 255 instructions ahead at most
+    package static func instructions(serving: [UInt32], probe: (ports: [UInt16], index: UInt32)?) -> [Instruction] {
+        precondition(!serving.isEmpty && serving.count <= 255, "1 to 255 serving sockets")
+        // A jump reaches 255 instructions ahead at most: past the rest of the ports and the serving part.
+        let ports = probe.map { Array($0.ports.prefix(250 - 2 * serving.count)) } ?? []
+        guard !ports.isEmpty || serving.count > 1 else { return [statement(0x06, serving[0])] }  // ret #serving
         var program = [
             statement(0x30, networkOffset),  // ldb [net + 0]: version and IHL
             statement(0x74, 4),  // rsh #4: the version
@@ -58,13 +61,26 @@ package enum SteeringProgram {
             statement(0xb1, networkOffset),  // ldxb 4*([net + 0] & 0xf): X = the IPv4 header's length
             statement(0x05, 1),  // ja 6
             statement(0x01, 40),  // ldx #40: the IPv6 header's length
-            statement(0x48, networkOffset),  // ldh [x + net]: the TCP source port
+            statement(0x48, networkOffset),  // ldh [x + net]: the source port (TCP and UDP alike)
         ]
-        for (offset, port) in ports.enumerated() {  // jeq #port: to "ret #probe", past the rest and "ret #serving"
-            program.append(jump(0x15, UInt32(port), whenTrue: UInt8(ports.count - offset), whenFalse: 0))
+        let chain = program.count
+        program += ports.map { jump(0x15, UInt32($0), whenTrue: 0, whenFalse: 0) }  // jeq #port: to "ret #probe" (below)
+        if serving.count > 1 {
+            // A = (port × 2654435761 mod 2³²) >> 16, mod the count (Knuth's multiplicative hash: connect() hands out
+            // source ports of one parity, which a plain modulo would send to every other worker only).
+            program += [statement(0x24, 2_654_435_761), statement(0x74, 16), statement(0x94, UInt32(serving.count))]
+            // jeq #i: to "ret #serving[i]"; the last one falls through to its own ret.
+            let count = serving.count
+            program += (0..<(count - 1)).map { jump(0x15, UInt32($0), whenTrue: UInt8(count - 1), whenFalse: 0) }
+            program.append(statement(0x06, serving[count - 1]))
+            program += serving.dropLast().map { statement(0x06, $0) }
+        } else {
+            program.append(statement(0x06, serving[0]))  // ret #serving
         }
-        program.append(statement(0x06, serving))  // ret #serving
-        program.append(statement(0x06, probe.index))  // ret #probe
+        if let probe, !ports.isEmpty {
+            program.append(statement(0x06, probe.index))  // ret #probe
+            for offset in ports.indices { program[chain + offset].jt = UInt8(program.count - 1 - (chain + offset) - 1) }
+        }
         return program
     }
 
@@ -212,12 +228,13 @@ package struct SteeringMap: Codable, Equatable, Sendable {
     /// Forgets `socket`'s key (the kernel drops the entry itself when the socket closes or stops listening).
     package mutating func remove(_ socket: Int32) { keys[socket] = nil }
 
-    /// What the program picks: the serving socket's key, and the probe's source ports with its socket's key.
+    /// What the program picks: the serving sockets' keys (one per worker, picked by the connection's hash), and
+    /// the probe's source ports with its socket's key.
     package struct Choice: Equatable, Sendable {
-        package var serving: UInt32
+        package var serving: [UInt32]
         package var probe: (ports: [UInt16], key: UInt32)?
 
-        package init(serving: UInt32, probe: (ports: [UInt16], key: UInt32)? = nil) {
+        package init(serving: [UInt32], probe: (ports: [UInt16], key: UInt32)? = nil) {
             self.serving = serving
             self.probe = probe
         }
@@ -230,7 +247,11 @@ package struct SteeringMap: Codable, Equatable, Sendable {
         let ports = choice.probe?.ports ?? []
         var log = [CChar](repeating: 0, count: 4096)
         let result = ports.withUnsafeBufferPointer { pointer in
-            csystem_attach_reuseport_ebpf(socket, descriptor, choice.serving, choice.probe.map { Int32($0.key) } ?? -1, pointer.baseAddress, UInt32(ports.count), &log, UInt32(log.count))
+            choice.serving.withUnsafeBufferPointer { serving in
+                csystem_attach_reuseport_ebpf(
+                    socket, descriptor, serving.baseAddress, UInt32(serving.count), choice.probe.map { Int32($0.key) } ?? -1, pointer.baseAddress,
+                    UInt32(ports.count), &log, UInt32(log.count))
+            }
         }
         let code = result == 0 ? 0 : errno
         return (code, code == 0 ? "" : String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))

@@ -24,7 +24,8 @@ extension Supervisor {
             if reason == .reload { held.reloadWatch = ReloadWatch.start() }
             resources[number] = held
             let known = configuration.serverNote.map { " (\($0))" } ?? ""
-            logger.info("generation \(number) (pid \(pid)) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))\(known)")
+            let workers = configuration.workers > 1 ? " × \(configuration.workers) workers" : ""
+            logger.info("generation \(number) (pid \(pid)) started (\(reason.rawValue)): \(configuration.command.joined(separator: " "))\(workers)\(known)")
             return [.started(UpMachine.Spawned(
                 number: number, reason: reason, pid: pid, startedAt: Processes.wallClockSeconds, notifyPath: notify.path,
                 sockets: groups.isEmpty ? nil : descriptors))]
@@ -35,12 +36,21 @@ extension Supervisor {
         }
     }
 
-    /// Starts the program: under the bind filter when it can, else with LISTEN_FDS only (as before the filter).
+    /// Starts the program (with `--workers`, its pool, which starts the workers): under the bind filter when it
+    /// can, else with LISTEN_FDS only (as before the filter).
     private func spawn(number: Int, descriptors: [Int32], environment: [String]) throws(CommandFailure) -> (pid_t, SocketCallInterceptor?) {
-        let setListenPID = configuration.reusePortEnvironment == nil && configuration.dialect.setsListenPID
+        var setListenPID = configuration.reusePortEnvironment == nil && configuration.dialect.setsListenPID
+        var command = configuration.command
+        if configuration.workers > 1 {
+            let pool = WorkerPoolOptions(
+                count: configuration.workers, socketsPerWorker: sockets.count, readiness: configuration.readiness, stopSignal: configuration.stopSignal,
+                generation: number, setListenPID: setListenPID, command: command)
+            command = [UpgradeHandover.executablePath] + pool.arguments
+            setListenPID = false  // the pool sets it for each worker
+        }
         #if os(Linux)
         if configuration.intercepts, interceptionOff == nil, !sockets.isEmpty {
-            switch try Spawner.spawnIntercepted(configuration.command, environment: environment, descriptors: descriptors, setListenPID: setListenPID) {
+            switch try Spawner.spawnIntercepted(command, environment: environment, descriptors: descriptors, setListenPID: setListenPID) {
             case .started(let pid, let notification?):
                 do {
                     let interceptor = try SocketCallInterceptor(notificationDescriptor: notification, rules: interceptionRules(number: number, sockets: descriptors))
@@ -69,7 +79,7 @@ extension Supervisor {
             }
         }
         #endif
-        let pid = try Spawner.spawn(configuration.command, environment: environment, descriptors: descriptors, setListenPID: setListenPID)
+        let pid = try Spawner.spawn(command, environment: environment, descriptors: descriptors, setListenPID: setListenPID)
         return (pid, nil)
     }
 
@@ -78,10 +88,13 @@ extension Supervisor {
     /// the log.
     func interceptionRules(number: Int, sockets descriptors: [Int32]) -> InterceptionRules {
         let logger = self.logger
-        // Generations that share sockets share their swap, which tracks the sockets' blocking mode between them.
-        let swap = swaps[descriptors] ?? SocketSwap(held: zip(sockets, descriptors).map { socket, descriptor in
-            SocketSwap.Held(descriptor: descriptor, name: socket.name, transport: socket.transport, address: socket.address,
-                            dualStack: HeldSocket.isDualStack(descriptor, socket.address))
+        // Generations that share sockets share their swap, which tracks the sockets' blocking mode between them. With
+        // --workers, each worker's own (worker by worker in `descriptors`).
+        let swap = swaps[descriptors] ?? SocketSwap(held: zip(sockets, descriptors).enumerated().map { index, pair in
+            let (socket, descriptor) = pair
+            return SocketSwap.Held(descriptor: descriptor, name: socket.name, transport: socket.transport, address: socket.address,
+                                   dualStack: HeldSocket.isDualStack(descriptor, socket.address),
+                                   workers: Array(stride(from: index, to: descriptors.count, by: sockets.count).map { descriptors[$0] }))
         })
         swaps[descriptors] = swap
         return .swapping(swap) { line in logger.info("generation \(number): \(line)") }
@@ -144,5 +157,7 @@ extension Supervisor {
 
 extension GenerationRecord {
     /// The generation as `/metrics` and the connection counts see it: its first process and the members seen so far.
-    var view: HealthSnapshot.GenerationView { HealthSnapshot.GenerationView(number: number, phase: phase, pids: [pid] + members.map(\.pid)) }
+    var view: HealthSnapshot.GenerationView {
+        HealthSnapshot.GenerationView(number: number, phase: phase, pids: [pid] + members.map(\.pid), workers: workers)
+    }
 }

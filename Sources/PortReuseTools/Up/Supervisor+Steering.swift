@@ -32,24 +32,35 @@ extension Supervisor {
         }
     }
 
-    /// The descriptors generation-to-be gets, one per held socket: the held one where nothing is steered (a socket
-    /// without SO_REUSEPORT); where it is steered, a new socket of its own when another generation serves
-    /// (a reload), else the socket traffic goes to now, with whatever waits in its queue (a restart after a crash).
+    /// The descriptors generation-to-be gets, one per held socket (with `--workers`, one set per worker, worker by
+    /// worker): the held one where nothing is steered (a socket without SO_REUSEPORT); where it is steered, a new
+    /// socket of its own when another generation serves (a reload), else the socket traffic goes to now, with
+    /// whatever waits in its queue (a restart after a crash).
     func socketsForNewGeneration(number: Int) -> [Int32] {
-        var descriptors = sockets.map(\.descriptor)
         let anotherServes = generations.contains { $0.phase == .ready }
-        for index in groups.keys.sorted() where anotherServes || !ListenerState.isInGroup(descriptors[index], sockets[index].transport) {
-            // A spare (Supervisor+Steering's retireUnusedSockets) is a member already: its slot never moved a target.
-            if let spare = spares[index]?.popLast() {
-                descriptors[index] = spare
-                continue
+        var descriptors: [Int32] = []
+        for worker in 0..<configuration.workers {
+            var set = sockets.map(\.descriptor)
+            for index in groups.keys.sorted() {
+                let targets = servingTargets[index] ?? [sockets[index].descriptor]
+                let current = targets.indices.contains(worker) ? targets[worker] : nil
+                if !anotherServes, let current, ListenerState.isInGroup(current, sockets[index].transport) {
+                    set[index] = current
+                    continue
+                }
+                // A spare (Supervisor+Steering's retireUnusedSockets) is a member already: its slot never moved a target.
+                if let spare = spares[index]?.popLast() {
+                    set[index] = spare
+                    continue
+                }
+                do {
+                    set[index] = try openSibling(index)
+                } catch {
+                    logger.warning(.init(stringLiteral: "generation \(number)\(worker > 0 ? " worker \(worker)" : "") shares \(sockets[index].name) \(sockets[index].address) "
+                        + "with the serving generation: a socket of its own could not be opened (\(error))"))
+                }
             }
-            do {
-                descriptors[index] = try openSibling(index)
-            } catch {
-                logger.warning(.init(stringLiteral: "generation \(number) shares \(sockets[index].name) \(sockets[index].address) with the serving generation: "
-                    + "a socket of its own could not be opened (\(error))"))
-            }
+            descriptors += set
         }
         return descriptors
     }
@@ -77,9 +88,10 @@ extension Supervisor {
         return moved
     }
 
-    /// Points each group's program at the serving generation's socket (the newest ready one, else the newest
-    /// starting one), and the probe's source port at the starting generation's socket while one starts beside a
-    /// serving one. Runs after every change of phase or membership; attaches only a program that changed.
+    /// Points each group's program at the serving generation's sockets (the newest ready one, else the newest
+    /// starting one; with `--workers`, one per worker, picked by the connection's hash), and the probe's source
+    /// port at the starting generation's socket while one starts beside a serving one. Runs after every change of
+    /// phase or membership; attaches only a program that changed.
     func steer() {
         guard !groups.isEmpty else { return }
         let own = generations.filter { $0.sockets != nil }
@@ -88,33 +100,33 @@ extension Supervisor {
         else { return }
         let starting = generations.last { $0.phase == .starting && $0.number != serving.number }
         for (index, group) in groups {
-            let target = servingSockets[index]
+            let targets = Self.perWorker(servingSockets, index: index, held: sockets.count)
+            let target = targets[0]
             let theirs = starting?.sockets?[index]
-            if let map = steeringMaps[index], let key = map.keys[target] {
-                var choice = SteeringMap.Choice(serving: key)
-                if sockets[index].transport == .tcp, let theirs, theirs != target, let probeKey = map.keys[theirs], let source = probeSource(for: index) {
-                    choice.probe = (source.ports, probeKey)
-                }
-                if attachedChoices[index] != choice {
-                    let (code, log) = map.attach(choice, to: target)
-                    if code == 0 {
-                        attachedChoices[index] = choice
-                    } else {
-                        // Classic BPF steers on: only a queue left on a retired socket is no longer moved.
-                        logger.warning(.init(stringLiteral: "cannot attach up's eBPF program to \(sockets[index].address) (\(Errno(rawValue: code))"
-                            + (log.isEmpty ? "" : ": \(log.split(separator: "\n").suffix(2).joined(separator: " "))") + "): back to classic BPF"))
-                        dropSteeringMap(index)
+            let probing = sockets[index].transport == .tcp && theirs != nil && !targets.contains(theirs!)
+            if let map = steeringMaps[index] {
+                let keys = targets.compactMap { map.keys[$0] }
+                if keys.count == targets.count {
+                    var choice = SteeringMap.Choice(serving: keys)
+                    if probing, let probeKey = map.keys[theirs!], let source = probeSource(for: index) { choice.probe = (source.ports, probeKey) }
+                    if attachedChoices[index] != choice {
+                        let (code, log) = map.attach(choice, to: target)
+                        if code == 0 {
+                            attachedChoices[index] = choice
+                        } else {
+                            // Classic BPF steers on: only a queue left on a retired socket is no longer moved.
+                            logger.warning(.init(stringLiteral: "cannot attach up's eBPF program to \(sockets[index].address) (\(Errno(rawValue: code))"
+                                + (log.isEmpty ? "" : ": \(log.split(separator: "\n").suffix(2).joined(separator: " "))") + "): back to classic BPF"))
+                            dropSteeringMap(index)
+                        }
                     }
                 }
             }
-            guard let servingIndex = group.index(of: target) else { continue }
+            let servingIndices = targets.compactMap { group.index(of: $0) }
+            guard servingIndices.count == targets.count else { continue }
             var probe: (ports: [UInt16], index: UInt32)?
-            if sockets[index].transport == .tcp, let theirs, theirs != target, let probeIndex = group.index(of: theirs),
-                let source = probeSource(for: index)
-            {
-                probe = (source.ports, probeIndex)
-            }
-            let program = SteeringProgram.instructions(serving: servingIndex, probe: probe)
+            if probing, let probeIndex = group.index(of: theirs!), let source = probeSource(for: index) { probe = (source.ports, probeIndex) }
+            let program = SteeringProgram.instructions(serving: servingIndices, probe: probe)
             if steeringMaps[index] == nil, attachedPrograms[index] != program {
                 let code = SteeringProgram.attach(program, to: target)
                 if code == 0 {
@@ -124,11 +136,18 @@ extension Supervisor {
                         + "the kernel spreads its connections over every generation's socket"))
                 }
             }
+            servingTargets[index] = targets
             if sockets[index].descriptor != target {
                 sockets[index].descriptor = target
                 sockets[index].inode = GenerationProbe.inode(of: target)
             }
         }
+    }
+
+    /// The descriptors of held socket `index` in a generation's `own` sockets, one per worker (they are worker by
+    /// worker, `held` each).
+    static func perWorker(_ own: [Int32], index: Int, held: Int) -> [Int32] {
+        Array(stride(from: index, to: own.count, by: held).map { own[$0] })
     }
 
     /// The reserved source of up's probes to held socket `index`, made at its first use.
@@ -145,10 +164,13 @@ extension Supervisor {
         }
     }
 
-    /// The steered sockets of `generation` (its own, in groups), by held index.
+    /// The steered sockets of `generation` (its own, in groups), by held index (every worker's, worker by worker).
     func steeredSockets(of generation: GenerationRecord) -> [(index: Int, descriptor: Int32)] {
-        guard let own = generation.sockets else { return [] }
-        return groups.keys.sorted().compactMap { own.indices.contains($0) && groups[$0]!.members.contains(own[$0]) ? ($0, own[$0]) : nil }
+        guard let own = generation.sockets, !sockets.isEmpty else { return [] }
+        return own.indices.compactMap { position in
+            let index = position % sockets.count
+            return groups[index]?.members.contains(own[position]) == true ? (index, own[position]) : nil
+        }
     }
 
     /// Carries out ``UpMachine/Action/takeOutOfRotation(_:)``: the program may have shortened its socket's queue

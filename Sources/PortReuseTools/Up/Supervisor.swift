@@ -53,6 +53,9 @@ package final class Supervisor {
         /// `--drain-timeout`: how long a generation out of rotation may hold connections before it gets its stop
         /// signal anyway (steered generations).
         package var drainTimeout = 10.0
+        /// `--workers`: each generation is this many copies of the program, started by a ``WorkerPool``, each on
+        /// sockets of its own (where steered).
+        package var workers = 1
 
         package init(
             command: [String], readiness: ReadinessCheck, readyTimeout: Double, grace: Double, stopSignal: Int32, statusPath: String?,
@@ -133,6 +136,9 @@ package final class Supervisor {
     /// attached to each group.
     var probeSources: [Int: ProbeSource?] = [:]
     var attachedPrograms: [Int: [SteeringProgram.Instruction]] = [:]
+    /// The sockets each group's program sends new connections to, by held index: the serving generation's, one
+    /// per worker (the first is that held socket's ``HeldSocket/descriptor``).
+    var servingTargets: [Int: [Int32]] = [:]
     /// Steered by eBPF (where `up` may load it): each group's map of sockets by key, and the choice attached.
     var steeringMaps: [Int: SteeringMap] = [:]
     var attachedChoices: [Int: SteeringMap.Choice] = [:]
@@ -158,8 +164,10 @@ package final class Supervisor {
         self.clock = clock
         self.health = health
         self.adopted = adopted
+        // With --workers, the pool of each generation sees its workers ready by --ready, and says READY=1 once all are.
         var settings = UpMachine.Settings(
-            readiness: configuration.readiness, readyTimeout: configuration.readyTimeout, grace: configuration.grace, stopSignal: configuration.stopSignal)
+            readiness: configuration.workers > 1 ? .notify : configuration.readiness, readyTimeout: configuration.readyTimeout, grace: configuration.grace,
+            stopSignal: configuration.stopSignal)
         settings.stopWhenIdle = configuration.stopWhenIdle
         settings.stopDelay = configuration.stopDelay
         settings.drainTimeout = configuration.drainTimeout

@@ -261,7 +261,21 @@ package struct UpMachine {
             switch key {
             case "READY" where value == "1":
                 // A READY=1 of a process that is gone makes nothing ready.
-                if record.generation(number)?.phase == .starting, !exited, settings.readiness.acceptsNotify { markReady(number, how: "READY=1", now: now, &actions) }
+                guard record.generation(number)?.phase == .starting, !exited, settings.readiness.acceptsNotify else { break }
+                let workers = record.generations[i].workers.map { "all \($0.total) workers ready" }
+                markReady(number, how: workers ?? "READY=1", now: now, &actions)
+            case WorkerPoolOptions.readyMessage:
+                // "ready/total", from the generation's worker pool.
+                let counts = value.split(separator: "/").compactMap { Int($0) }
+                guard counts.count == 2 else { break }
+                var workers = record.generations[i].workers ?? GenerationRecord.WorkerCounts(total: counts[1], ready: counts[0])
+                (workers.ready, workers.total) = (counts[0], counts[1])
+                record.generations[i].workers = workers
+            case WorkerPoolOptions.replacedMessage:
+                guard let replaced = Int(value), var workers = record.generations[i].workers else { break }
+                if replaced > workers.replaced { record.counters.workerReplacements += replaced - workers.replaced }
+                workers.replaced = replaced
+                record.generations[i].workers = workers
             case "STATUS":
                 if record.generations[i].status != value { actions.append(.log(.info, "\(label) status: \(value)")) }
                 record.generations[i].status = value

@@ -173,6 +173,22 @@ package struct GenerationRecord: Codable, Sendable, Equatable {
     package var sockets: [Int32]?
     /// Whether one of its own steered sockets stopped listening (it called `shutdown()` on it).
     package var socketsDown = false
+    /// `--workers`: its workers as its pool last said (``WorkerPool``); nil for a generation of one process.
+    package var workers: WorkerCounts?
+
+    /// The workers of a generation of `up --workers`.
+    package struct WorkerCounts: Codable, Sendable, Equatable {
+        package var total: Int
+        package var ready: Int
+        /// Workers that exited while it served and were replaced.
+        package var replaced = 0
+
+        package init(total: Int, ready: Int, replaced: Int = 0) {
+            self.total = total
+            self.ready = ready
+            self.replaced = replaced
+        }
+    }
 
     /// One process of a generation.
     package struct Member: Codable, Sendable, Hashable {
@@ -182,7 +198,7 @@ package struct GenerationRecord: Codable, Sendable, Equatable {
 
     private enum CodingKeys: String, CodingKey {
         case number, pid, reason, stage, phase = "state", startedAt, startedMonotonic, readySeconds, status, mainPID, heardFrom, killed, exit
-        case members, notifyDescriptor, notifyPath, interceptDescriptor, sockets, socketsDown
+        case members, notifyDescriptor, notifyPath, interceptDescriptor, sockets, socketsDown, workers
     }
 
     package init(number: Int, pid: Int32, reason: StartReason, startedAt: Double, startedMonotonic: UInt64, readyBy: UInt64) {
@@ -214,6 +230,7 @@ package struct GenerationRecord: Codable, Sendable, Equatable {
         interceptDescriptor = try values.decodeIfPresent(Int32.self, forKey: .interceptDescriptor)
         sockets = try values.decodeIfPresent([Int32].self, forKey: .sockets)
         socketsDown = try values.decodeIfPresent(Bool.self, forKey: .socketsDown) ?? false
+        workers = try values.decodeIfPresent(WorkerCounts.self, forKey: .workers)
     }
 
     /// Everything, and its phase as a word (`state`) for readers of the status file.
@@ -238,6 +255,7 @@ package struct GenerationRecord: Codable, Sendable, Equatable {
         try values.encodeIfPresent(interceptDescriptor, forKey: .interceptDescriptor)
         try values.encodeIfPresent(sockets, forKey: .sockets)
         try values.encode(socketsDown, forKey: .socketsDown)
+        try values.encodeIfPresent(workers, forKey: .workers)
     }
 
     package var phase: GenerationPhase { stage.phase }

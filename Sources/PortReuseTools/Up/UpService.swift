@@ -37,6 +37,8 @@ package struct UpOptions {
     package var steers = true
     /// `--drain-timeout`: how long a generation out of rotation may hold connections before its stop signal.
     package var drainTimeout = 10.0
+    /// `--workers`: copies of the program in each generation.
+    package var workers = 1
     /// The program and its arguments.
     package var command: [String]
 
@@ -114,6 +116,7 @@ package struct UpOptions {
         configuration.stopDelay = stopDelay
         configuration.steers = steers && !reuseport && adoption == nil
         configuration.drainTimeout = drainTimeout
+        configuration.workers = workers
         let logger = Logger(label: "portreuse.up") { _ in UpLogHandler() }
         let health: (server: HealthServer, board: HealthBoard)?
         do {

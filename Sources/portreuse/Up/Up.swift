@@ -262,6 +262,13 @@ struct UpServe: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "Run each generation as N copies of the program, each on a socket of its own that up steers to (default: 1).",
+            discussion: "New connections are spread over the serving generation's workers by their hash; a worker that exits is replaced alone. For single-process servers (python3 -m http.server, node without cluster): a program that forks its own workers (gunicorn -w, nginx) would run N times over.",
+            valueName: "n"))
+    var workers = 1
+
+    @Option(
+        help: ArgumentHelp(
             "Serve up's own HTTP endpoints on this TCP address: /readyz, /livez and /metrics (Prometheus), as in 127.0.0.1:9090 or :9090.",
             discussion: "/readyz: 200 while a generation is ready and up is not stopping, else 503; /livez: 200 while the supervisor runs. Never handed to the program.",
             valueName: "address"),
@@ -305,7 +312,7 @@ struct UpServe: ParsableCommand {
             let given: [(String, Bool)] = [
                 ("--listen", !listen.isEmpty), ("--ready", ready != nil), ("--ready-timeout", readyTimeout != nil), ("--grace", grace != nil),
                 ("--stop-signal", stopSignal != nil), ("--protocol", dialect != nil), ("--reuseport", reuseport), ("--no-intercept", noIntercept), ("--stop-when-idle", stopWhenIdle),
-                ("--drain-timeout", drainTimeout != nil), ("--shared-socket", sharedSocket),
+                ("--drain-timeout", drainTimeout != nil), ("--shared-socket", sharedSocket), ("--workers", workers != 1),
                 ("--adopt", adopt != nil), ("--adopt-any-user", adoptAnyUser), ("--init", exitsWithProgram), ("--health", health != nil), ("--stop-delay", stopDelay != nil),
             ]
             let serving = given.filter(\.1).map(\.0)
@@ -334,6 +341,13 @@ struct UpServe: ParsableCommand {
             throw ValidationError("--adopt-any-user goes with --adopt PID")
         }
         if let refusal = (dialect ?? .systemd).refusal(count: listen.count, transports: listen.map(\.transport)) { throw ValidationError(refusal) }
+        guard (1...WorkerPoolOptions.maximum).contains(workers) else {
+            throw ValidationError("--workers \(workers): give 1 to \(WorkerPoolOptions.maximum) (one per core is the usual choice)")
+        }
+        if workers > 1 && reuseport {
+            throw ValidationError(
+                "--workers and --reuseport do not go together: each worker gets a socket of up's; drop --reuseport (the bind filter gives a program that binds by itself its worker's socket)")
+        }
         if reuseport && dialect != nil { throw ValidationError("--protocol hands over up's sockets, and --reuseport holds none: drop one of them") }
         if reuseport && (listen.isEmpty || listen.contains { $0.address.port == 0 }) {
             throw ValidationError("--reuseport needs the --listen addresses the program binds (with their ports), to see when a generation listens")
@@ -358,6 +372,7 @@ struct UpServe: ParsableCommand {
         options.stopDelay = stopDelay?.value ?? 0
         options.drainTimeout = drainTimeout?.value ?? 10
         options.steers = !sharedSocket
+        options.workers = workers
         return options
     }
 

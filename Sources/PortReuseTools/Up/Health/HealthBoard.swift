@@ -14,8 +14,21 @@ package struct SupervisorCounters: Sendable, Equatable, Codable {
     package var resetAtRetire = 0
     /// The duration of the last reload that ended (ready or failed), in seconds.
     package var lastReloadSeconds: Double?
+    /// `--workers`: workers that exited while their generation served, and were replaced alone.
+    package var workerReplacements = 0
 
     package init() {}
+
+    /// Every field may be missing (a status file or a hand-over of an older `up`).
+    package init(from decoder: any Decoder) throws {
+        let values = try decoder.container(keyedBy: CodingKeys.self)
+        reloadsReady = try values.decodeIfPresent(Int.self, forKey: .reloadsReady) ?? 0
+        reloadsFailed = try values.decodeIfPresent(Int.self, forKey: .reloadsFailed) ?? 0
+        restarts = try values.decodeIfPresent(Int.self, forKey: .restarts) ?? 0
+        resetAtRetire = try values.decodeIfPresent(Int.self, forKey: .resetAtRetire) ?? 0
+        lastReloadSeconds = try values.decodeIfPresent(Double.self, forKey: .lastReloadSeconds)
+        workerReplacements = try values.decodeIfPresent(Int.self, forKey: .workerReplacements) ?? 0
+    }
 
     mutating func count(_ reload: ReloadRecord) {
         switch reload.result {
@@ -34,11 +47,14 @@ package struct HealthSnapshot: Sendable {
         package var phase: GenerationPhase
         /// Its first process and the members seen so far; `/metrics` adds the descendants alive when asked.
         package var pids: [Int32]
+        /// `--workers`: its workers as its pool last said.
+        package var workers: GenerationRecord.WorkerCounts?
 
-        package init(number: Int, phase: GenerationPhase, pids: [Int32]) {
+        package init(number: Int, phase: GenerationPhase, pids: [Int32], workers: GenerationRecord.WorkerCounts? = nil) {
             self.number = number
             self.phase = phase
             self.pids = pids
+            self.workers = workers
         }
     }
 

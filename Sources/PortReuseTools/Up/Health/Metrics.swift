@@ -159,6 +159,13 @@ package enum Metrics {
         family("portreuse_up_restarts_total", "counter", "Generations started after a crash or a failed start while nothing served.", [([], "\(counters.restarts)")])
         family("portreuse_up_retired_queue_resets_total", "counter", "Connections still queued on a generation's own socket when up retired it, which the kernel reset.",
             [([], "\(counters.resetAtRetire)")])
+        let pools = snapshot.generations.compactMap { generation in generation.workers.map { (generation.number, $0) } }
+        family("portreuse_up_generation_workers", "gauge", "--workers: the workers of each generation, and how many of them are ready.",
+            pools.flatMap { number, workers in
+                [([("generation", "\(number)"), ("state", "all")], "\(workers.total)"), ([("generation", "\(number)"), ("state", "ready")], "\(workers.ready)")]
+            })
+        family("portreuse_up_worker_replacements_total", "counter", "--workers: workers that exited while their generation served, replaced alone.",
+            [([], "\(counters.workerReplacements)")])
         family("portreuse_up_generation_connections", "gauge", "Connections accepted on the held listeners (established TCP sockets on their ports) that the processes of each generation hold.",
             kernel.connections.sorted { $0.key < $1.key }.map { ([("generation", "\($0.key)")], "\($0.value)") })
         let rows = listeners.compactMap { listener in kernel.queues[listener.inode].map { (listener, $0) } }
