@@ -165,6 +165,8 @@ let package = Package(
         .executableTarget(name: "who-bench", dependencies: ["PortReuse", "PortReuseSystem", "BenchmarkSupport"], path: "Benchmarks/who-bench"),
         // swift build -c release && .build/release/reload-bench
         .executableTarget(name: "reload-bench", dependencies: ["PortReuse", "PortReuseSystem", "BenchmarkSupport"], path: "Benchmarks/reload-bench"),
+        // swift build -c release && .build/release/workers-bench
+        .executableTarget(name: "workers-bench", dependencies: ["PortReuse", "PortReuseSystem", "BenchmarkSupport"], path: "Benchmarks/workers-bench"),
         // apt-get install wrk nginx-light; swift build -c release --product nio-hello
         // swift build -c release --product nio-bench && .build/release/nio-bench
         .executableTarget(name: "nio-bench", dependencies: ["BenchmarkSupport"], path: "Benchmarks/nio-bench"),

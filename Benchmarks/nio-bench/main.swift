@@ -68,20 +68,6 @@ guard let nginx = (["/usr/sbin/nginx", "/usr/local/sbin/nginx"] as [String]).fir
     fail("nginx is missing: apt-get install nginx-light")
 }
 
-/// A port that is free now on 127.0.0.1.
-func freePort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length); return getsockname(fd, $0, &length) }
-    }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
 /// Runs a program to its end and returns its standard output.
 func output(_ arguments: [String]) -> String {
     let process = Process()
@@ -229,7 +215,7 @@ for round in 0..<rounds {
     let order = (0..<servers.count).map { (round + $0) % servers.count }
     for index in order {
         let server = servers[index]
-        let port = freePort()
+        let port = Int(freePort())
         running.lock()
         let (process, perLoop) = server.start(port)
         serverUnderTest = process

@@ -201,6 +201,26 @@ package enum Processes {
     }
 
     /// The real path of this executable, without the " (deleted)" the kernel adds once the file was replaced.
+    /// The id of the user named `name` (or given as a number). The corresponding C function is `getpwnam_r`.
+    package static func userID(_ name: String) -> UInt32? {
+        if let number = UInt32(name) { return number }
+        var entry = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 16_384)
+        guard getpwnam_r(name, &entry, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
+        return entry.pw_uid
+    }
+
+    /// The id of the group named `name` (or given as a number). The corresponding C function is `getgrnam_r`.
+    package static func groupID(_ name: String) -> UInt32? {
+        if let number = UInt32(name) { return number }
+        var entry = group()
+        var result: UnsafeMutablePointer<group>?
+        var buffer = [CChar](repeating: 0, count: 65_536)
+        guard getgrnam_r(name, &entry, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
+        return entry.gr_gid
+    }
+
     /// The corresponding C call is `readlink("/proc/self/exe")`.
     package static func currentExecutable() throws(SystemError) -> String {
         let path = try readLink("/proc/self/exe")

@@ -15,6 +15,13 @@ package enum Sys {
         return s
     }
 
+    /// A close-on-exec unix stream socket without SIGPIPE (``UnixListener``).
+    static func unixStreamSocket() -> Descriptor {
+        let s = Darwin.socket(AF_UNIX, SOCK_STREAM, 0)
+        if s >= 0 { prepare(s) }
+        return s
+    }
+
     /// A new socket, close-on-exec and without SIGPIPE (Darwin has neither SOCK_CLOEXEC nor MSG_NOSIGNAL).
     static func socket(_ family: AddressFamily, _ transport: Transport) -> Descriptor {
         let s = Darwin.socket(Sys.family(family), socketType(transport), 0)

@@ -16,6 +16,11 @@ package enum Sys {
         Glibc.socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
     }
 
+    /// A close-on-exec unix stream socket (``UnixListener``).
+    static func unixStreamSocket() -> Descriptor {
+        Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    }
+
     /// A new socket, close-on-exec from birth.
     static func socket(_ family: AddressFamily, _ transport: Transport) -> Descriptor {
         Glibc.socket(Sys.family(family), socketType(transport) | Int32(SOCK_CLOEXEC.rawValue), 0)

@@ -295,6 +295,32 @@ extension Sys {
         return (address, socklen_t(MemoryLayout<sockaddr_un>.offset(of: \.sun_path)! + pathBytes.count + (pathBytes[0] == 0 ? 0 : 1)))
     }
 
+    /// The name a unix socket is bound to: its path, or `@name` for an abstract one; nil for another kind of
+    /// socket, or an unnamed one. The corresponding C function is `getsockname`.
+    package static func unixSocketName(_ descriptor: Descriptor) -> String? {
+        var address = sockaddr_un()
+        var length = socklen_t(MemoryLayout<sockaddr_un>.size)
+        let result = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { cGetsockname(descriptor, $0, &length) } }
+        let offset = MemoryLayout<sockaddr_un>.offset(of: \.sun_path)!
+        guard result == 0, address.sun_family == sa_family_t(AF_UNIX), Int(length) > offset else { return nil }
+        var bytes = withUnsafeBytes(of: address.sun_path) { Array($0.prefix(Int(length) - offset)) }
+        if bytes.first == 0 {
+            bytes[0] = UInt8(ascii: "@")  // abstract: the whole length is the name
+        } else if let end = bytes.firstIndex(of: 0) {
+            bytes = Array(bytes[..<end])
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Whether `descriptor` is a listening stream socket (SO_ACCEPTCONN, SO_TYPE).
+    package static func isListeningStream(_ descriptor: Descriptor) -> Bool {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(descriptor, SOL_SOCKET, SO_ACCEPTCONN, &value, &length) == 0, value != 0 else { return false }
+        length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(descriptor, SOL_SOCKET, SO_TYPE, &value, &length) == 0 && value == Int32(socketType(.tcp))
+    }
+
     /// A non-blocking, close-on-exec unix datagram socket bound to `path` (a stale file there is replaced):
     /// where a supervisor receives sd_notify messages. The corresponding C functions are `socket` and `bind`.
     package static func unixDatagramReceiver(at path: String) throws(SystemError) -> Descriptor {

@@ -61,7 +61,8 @@ package struct Adoption {
     /// The descriptor number under which the process holds its socket on `spec`.
     private func descriptor(for spec: ListenSpec) throws(CommandFailure) -> Int32 {
         let wanted: SocketAddress
-        do { wanted = try spec.address.checked(for: spec.transport, operation: .bind).resolveForBinding(spec.transport) } catch {
+        guard let address = spec.address else { throw CommandFailure("--adopt takes TCP and UDP sockets, not --listen \(spec)", exitCode: 64) }
+        do { wanted = try address.checked(for: spec.transport, operation: .bind).resolveForBinding(spec.transport) } catch {
             throw CommandFailure("--listen \(spec): \(error)", exitCode: 64)
         }
         guard wanted.port != 0 else {

@@ -13,7 +13,7 @@ package struct Dialect: Sendable, CustomStringConvertible {
     /// What a dialect's variables are made of, for one generation.
     package struct Context: Sendable {
         /// The sockets as the generation numbers them (3, 4, …), in `--listen` order.
-        package var sockets: [(number: Int32, name: String, transport: Transport, address: SocketAddress)]
+        package var sockets: [(number: Int32, name: String, transport: Transport, endpoint: Endpoint)]
         /// The generation's number (1 for the first).
         package var generation: Int
         /// `up`'s own pid: the generation's parent.
@@ -104,7 +104,7 @@ package struct Dialect: Sendable, CustomStringConvertible {
             notes: "keys as `start_server` writes them: `8000` for an IPv4 wildcard, `host:port`, `[v6]:port`",
             assignments: { context in
                 [
-                    ("SERVER_STARTER_PORT", context.sockets.map { "\(serverStarterKey($0.address))=\($0.number)" }.joined(separator: ";")),
+                    ("SERVER_STARTER_PORT", context.sockets.map { "\(serverStarterKey($0.endpoint))=\($0.number)" }.joined(separator: ";")),
                     ("SERVER_STARTER_GENERATION", "\(context.generation)"),
                 ]
             }),
@@ -139,7 +139,7 @@ package struct Dialect: Sendable, CustomStringConvertible {
             testedWith: "a test program that reads them as puma's `Binder#create_inherited_fds` does",
             notes: "puma uses an inherited socket for the `--bind` whose URL is the same (`tcp://127.0.0.1:8080`)",
             assignments: { context in
-                context.sockets.enumerated().map { ("PUMA_INHERIT_\($0.offset)", "\($0.element.number):tcp://\($0.element.address)") }
+                context.sockets.enumerated().map { ("PUMA_INHERIT_\($0.offset)", "\($0.element.number):\(pumaURL($0.element.endpoint))") }
             }),
         Dialect(
             name: "catflap", supervisor: "catflap and systemfd's `LISTEN_FD`", variables: ["LISTEN_FD"], stopSignal: SIGTERM,
@@ -150,16 +150,27 @@ package struct Dialect: Sendable, CustomStringConvertible {
     ]
 
     /// A socket's key in `SERVER_STARTER_PORT`, as `start_server --port` writes it.
-    static func serverStarterKey(_ address: SocketAddress) -> String {
-        address.family == .ipv4 && address.ip.isUnspecified ? "\(address.port)" : "\(address)"
+    static func serverStarterKey(_ endpoint: Endpoint) -> String {
+        switch endpoint {
+        case .ip(let address): address.family == .ipv4 && address.ip.isUnspecified ? "\(address.port)" : "\(address)"
+        case .unix(let path): path
+        }
+    }
+
+    /// A socket's URL as puma's `--bind` writes it: `tcp://127.0.0.1:8080`, `unix:///run/app.sock`.
+    static func pumaURL(_ endpoint: Endpoint) -> String {
+        switch endpoint {
+        case .ip(let address): "tcp://\(address)"
+        case .unix(let path): "unix://\(path)"
+        }
     }
 
     /// docs/up.md's table of dialects, made from ``all`` (a test checks that the page shows exactly this).
     package static var markdownTable: String {
         let example = Context(
             sockets: [
-                (3, "web", .tcp, SocketAddress(ip: IPAddress("127.0.0.1")!, port: 8080)),
-                (4, "admin", .tcp, SocketAddress(ip: IPAddress("::1")!, port: 8443)),
+                (3, "web", .tcp, .ip(SocketAddress(ip: IPAddress("127.0.0.1")!, port: 8080))),
+                (4, "admin", .tcp, .ip(SocketAddress(ip: IPAddress("::1")!, port: 8443))),
             ],
             generation: 2, supervisorPID: 4242)
         let rows = all.map { dialect in

@@ -2,14 +2,33 @@ import Glibc
 import PortReuse
 import PortReuseSystem
 
+/// Where a socket `up` holds is bound: an IP address and port, or a Unix-domain path (`@name`: an abstract one).
+package enum Endpoint: Hashable, Sendable, CustomStringConvertible {
+    case ip(SocketAddress)
+    case unix(String)
+
+    /// `127.0.0.1:8080`, `unix:/run/app.sock`.
+    package var description: String {
+        switch self {
+        case .ip(let address): "\(address)"
+        case .unix(let path): "unix:\(path)"
+        }
+    }
+}
+
 /// A socket `up` holds for its whole life and hands to every generation.
 package struct HeldSocket {
     /// `up`'s own descriptor (moved to 100 or above, close-on-exec; a generation gets it as 3, 4, …). Where
     /// generations are steered, the socket new connections go to now (the serving generation's own).
     package internal(set) var descriptor: Int32
     package let name: String
+    /// TCP or UDP; a Unix-domain stream socket is `.tcp` (a stream, with an accept queue).
     package let transport: Transport
-    package let address: SocketAddress
+    package let endpoint: Endpoint
+    /// The IP address and port; nil for a Unix-domain socket (which no steering, probe or bind filter touches).
+    package var address: SocketAddress? { if case .ip(let address) = endpoint { address } else { nil } }
+    /// `tcp:127.0.0.1:8080`, `udp:[::]:53`, `unix:/run/app.sock`.
+    package var label: String { address == nil ? "\(endpoint)" : "\(transport.rawValue):\(endpoint)" }
     /// The kernel's inode number of the socket (what /proc/PID/fd links name); a new one when `up` had to open
     /// the socket again.
     package var inode: UInt64
@@ -54,17 +73,32 @@ package struct HeldSocket {
 
     /// A descriptor that is already ours (after an upgrade in place).
     package static func describe(_ descriptor: Int32, name: String) throws(CommandFailure) -> HeldSocket {
+        let inode = GenerationProbe.inode(of: descriptor)
+        if let path = Sys.unixSocketName(descriptor), Sys.isListeningStream(descriptor) {
+            return HeldSocket(descriptor: descriptor, name: name, transport: .tcp, endpoint: .unix(path), inode: inode, backlog: nil)
+        }
         let found = ActivatedSocket(describing: descriptor, name: name)
         guard let transport = found.transport, let address = found.localAddress, transport == .udp || found.isListening else {
-            throw CommandFailure("descriptor \(descriptor) (\(name)) is not a listening TCP socket nor a bound UDP socket")
+            throw CommandFailure("descriptor \(descriptor) (\(name)) is not a listening TCP or Unix-domain stream socket nor a bound UDP socket")
         }
-        return HeldSocket(
-            descriptor: descriptor, name: name, transport: transport, address: address, inode: GenerationProbe.inode(of: descriptor), backlog: nil)
+        return HeldSocket(descriptor: descriptor, name: name, transport: transport, endpoint: .ip(address), inode: inode, backlog: nil)
+    }
+
+    /// The socket file of a Unix-domain socket at a path (for its removal at the end: only while the path still
+    /// names this file).
+    package var unixFile: UnixListener? {
+        guard case .unix(let path) = endpoint, !path.hasPrefix("@") else { return nil }
+        let copy = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
+        guard copy >= 0 else { return nil }
+        defer { close(copy) }
+        let file = try? UnixListener(adopting: copy)
+        _ = file?.takeDescriptor()  // it knows its path and file; the copy closes here
+        return file
     }
 
     /// Whether the IPv6 socket `descriptor` (bound to `address`) takes IPv4 too (IPV6_V6ONLY 0); read, not taken.
-    static func isDualStack(_ descriptor: Int32, _ address: SocketAddress) -> Bool {
-        guard address.family == .ipv6 else { return false }
+    static func isDualStack(_ descriptor: Int32, _ address: SocketAddress?) -> Bool {
+        guard let address, address.family == .ipv6 else { return false }
         let borrowed = SocketHandle(adopting: descriptor)
         defer { _ = borrowed.takeDescriptor() }  // still ours: only read
         return (try? borrowed.isDualStack()) ?? false
@@ -76,6 +110,11 @@ package struct HeldSocket {
     /// or `nil` when nothing was needed.
     package mutating func refresh() -> String? {
         guard transport == .tcp else { return nil }
+        guard let address else {
+            // A Unix-domain socket is not opened again at its path (a program's shutdown() of it is its own doing).
+            if let backlog, Sys.isListeningStream(descriptor) { _ = Sys.listen(descriptor, backlog) }
+            return nil
+        }
         let current = ActivatedSocket(describing: descriptor, name: name)
         if current.isListening {
             if let backlog { _ = Sys.listen(descriptor, backlog) }

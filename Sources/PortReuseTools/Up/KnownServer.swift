@@ -20,6 +20,8 @@ package struct KnownServer: Sendable, CustomStringConvertible {
     /// Whether it stops at once whatever the signal (a request in flight is cut): then only `up`'s steering, which
     /// holds the stop until the old generation holds no connection, keeps its reloads whole.
     package var stopsAtOnce = false
+    /// Whether it forks workers of its own (`up --workers N` would run N of it, each with its workers).
+    package var forksWorkers = false
     /// How `up` learns that a generation serves.
     package let readiness: ReadinessCheck
     /// How it takes its sockets (`--protocol`); systemd's LISTEN_FDS also stands for a server that binds by
@@ -35,17 +37,17 @@ package struct KnownServer: Sendable, CustomStringConvertible {
             name: "haproxy", executables: ["haproxy"], arguments: [], stopSignal: SIGUSR1, readiness: .probe, dialect: .systemd,
             why: "SIGTERM is its hard stop (every connection closed at once); SIGUSR1, its soft stop, stops listening and finishes what it has"),
         KnownServer(
-            name: "nginx", executables: ["nginx"], arguments: [], stopSignal: SIGQUIT, readiness: .probe, dialect: Dialect.named("nginx")!,
+            name: "nginx", executables: ["nginx"], arguments: [], stopSignal: SIGQUIT, forksWorkers: true, readiness: .probe, dialect: Dialect.named("nginx")!,
             why: "SIGTERM and SIGINT are its fast shutdown; SIGQUIT is its graceful one; it takes inherited sockets from NGINX"),
         KnownServer(
-            name: "unicorn", executables: ["unicorn", "unicorn_rails"], arguments: [], stopSignal: SIGQUIT, readiness: .probe,
+            name: "unicorn", executables: ["unicorn", "unicorn_rails"], arguments: [], stopSignal: SIGQUIT, forksWorkers: true, readiness: .probe,
             dialect: Dialect.named("unicorn")!,
             why: "SIGTERM and SIGINT stop it at once; SIGQUIT lets each worker finish its request; it takes inherited sockets from UNICORN_FD"),
         KnownServer(
             name: "lighttpd", executables: ["lighttpd"], arguments: [], stopSignal: SIGINT, readiness: .probe, dialect: .systemd,
             why: "SIGTERM stops it at once (connections reset); SIGINT is its graceful shutdown"),
         KnownServer(
-            name: "gunicorn", executables: ["gunicorn"], arguments: [], stopSignal: SIGTERM, readiness: .auto, dialect: .systemd,
+            name: "gunicorn", executables: ["gunicorn"], arguments: [], stopSignal: SIGTERM, forksWorkers: true, readiness: .auto, dialect: .systemd,
             why: "SIGTERM is its graceful stop (SIGQUIT and SIGINT are quick: a request in flight gets a 500); it reads LISTEN_FDS and sends READY=1"),
         KnownServer(
             name: "php -S", executables: ["php"], arguments: ["-S"], stopSignal: SIGTERM, stopsAtOnce: true, readiness: .probe, dialect: .systemd,
@@ -90,6 +92,8 @@ package struct UpDefaults: Sendable {
     package var dialect: Dialect
     /// What the known server set and what the flags kept, for the log line of each generation's start.
     package var note: String?
+    /// The known server's name when it forks workers of its own (said once with `--workers`).
+    package var forksWorkers: String?
 
     /// A known server's `--protocol` applies where it can hand over `listen` (and not with `reuseport`, where up
     /// hands over no socket).
@@ -100,6 +104,7 @@ package struct UpDefaults: Sendable {
         self.stopSignal = stopSignal ?? (known?.stopSignal ?? self.dialect.stopSignal)
         self.readiness = readiness ?? known?.readiness ?? .auto
         guard let known else { return }
+        forksWorkers = known.forksWorkers ? known.name : nil
         var set: [String] = []
         var kept: [String] = []
         if stopSignal == nil { set.append("stop signal \(SignalName(known.stopSignal))") } else { kept.append("--stop-signal") }

@@ -90,11 +90,13 @@ extension Supervisor {
         let logger = self.logger
         // Generations that share sockets share their swap, which tracks the sockets' blocking mode between them. With
         // --workers, each worker's own (worker by worker in `descriptors`).
-        let swap = swaps[descriptors] ?? SocketSwap(held: zip(sockets, descriptors).enumerated().map { index, pair in
+        // A Unix-domain socket is handed over as LISTEN_FDS only: a program that binds its path gets the kernel's answer.
+        let swap = swaps[descriptors] ?? SocketSwap(held: zip(sockets, descriptors).enumerated().compactMap { index, pair in
             let (socket, descriptor) = pair
-            return SocketSwap.Held(descriptor: descriptor, name: socket.name, transport: socket.transport, address: socket.address,
-                                   dualStack: HeldSocket.isDualStack(descriptor, socket.address),
-                                   workers: Array(stride(from: index, to: descriptors.count, by: sockets.count).map { descriptors[$0] }))
+            guard let address = socket.address else { return nil }
+            return SocketSwap.Held(descriptor: descriptor, name: socket.name, transport: socket.transport, address: address,
+                                   dualStack: HeldSocket.isDualStack(descriptor, address),
+                                   workers: Self.perWorker(descriptors, index: index, held: sockets.count))
         })
         swaps[descriptors] = swap
         return .swapping(swap) { line in logger.info("generation \(number): \(line)") }
@@ -110,7 +112,7 @@ extension Supervisor {
             !Dialect.isDialectVariable(entry) && !ours.contains { entry.hasPrefix($0 + "=") }
         }
         if configuration.reusePortEnvironment == nil {
-            let numbered = sockets.enumerated().map { (number: Int32(3 + $0.offset), name: $0.element.name, transport: $0.element.transport, address: $0.element.address) }
+            let numbered = sockets.enumerated().map { (number: Int32(3 + $0.offset), name: $0.element.name, transport: $0.element.transport, endpoint: $0.element.endpoint) }
             entries += configuration.dialect.environment(Dialect.Context(sockets: numbered, generation: number, supervisorPID: getpid()))
         }
         entries.append("NOTIFY_SOCKET=\(notifyPath)")

@@ -9,7 +9,8 @@ extension Supervisor {
         case .delay(let seconds): "delay \(Seconds(seconds))"
         default:
             configuration.reusePortEnvironment != nil ? "listening"
-                : sockets.contains(where: { $0.transport == .tcp }) ? "probe: accepted a connection" : "probe: waiting in recv on the UDP socket"
+                : sockets.contains(where: { $0.transport == .tcp && $0.address != nil }) ? "probe: accepted a connection"
+                : sockets.contains(where: { $0.address == nil }) ? "probe: waiting in accept on the Unix-domain socket" : "probe: waiting in recv on the UDP socket"
         }
     }
 
@@ -31,13 +32,14 @@ extension Supervisor {
         if configuration.reusePortEnvironment != nil {
             let group = Set(GenerationProbe.processes(inGroup: generation.pid))
             let listening = configuration.reusePortListens.allSatisfy { spec in
-                PortHolder.find(port: spec.address.port, transport: spec.transport, options: false).contains { holder in
+                PortHolder.find(port: spec.address?.port ?? 0, transport: spec.transport, options: false).contains { holder in
                     (spec.transport == .udp || holder.state == .listen) && holder.processes.contains { group.contains($0.pid) }
                 }
             }
             return listening ? .some(nil) : nil
         }
-        guard let index = sockets.firstIndex(where: { $0.transport == .tcp }) ?? sockets.indices.first else { return .some(nil) }
+        // An IP TCP socket is probed with a connection; else waiting on the socket is as far as one can see.
+        guard let index = sockets.firstIndex(where: { $0.transport == .tcp && $0.address != nil }) ?? sockets.indices.first else { return .some(nil) }
         let first = sockets[index]
         // Its own socket where generations are steered, else the one they all share.
         let own = steeredSockets(of: generation).first { $0.index == index }?.descriptor
@@ -57,9 +59,10 @@ extension Supervisor {
             return "waits on its own socket, which defers accept (TCP_DEFER_ACCEPT): no probe without data is accepted"
         }
         if canLook && !GenerationProbe.isWaiting(group: generation.pid, on: first.inode) { return nil }
-        guard first.transport == .tcp else { return canLook ? .some(nil) : nil }  // UDP: waiting in recv on it is as far as one can see
+        // UDP, Unix-domain: waiting on it is as far as one can see.
+        guard first.transport == .tcp, let address = first.address else { return canLook ? .some(nil) : nil }
         let others = generations.filter { $0.number != generation.number && $0.exit == nil && ($0.phase == .ready || $0.phase == .draining) }.map(\.pid)
-        return GenerationProbe.connectionIsAccepted(listener: first.address, pausing: others, timeout: 100_000_000) ? .some(nil) : nil
+        return GenerationProbe.connectionIsAccepted(listener: address, pausing: others, timeout: 100_000_000) ? .some(nil) : nil
     }
 
     /// The probe of a steered generation: one connection from up's probe ports, which the program steers to the
@@ -71,7 +74,7 @@ extension Supervisor {
         if held.probe == nil {
             // Without probe ports, waiting on its own socket is as far as one can see.
             guard let source = probeSource(for: index) else { return canLook && GenerationProbe.isWaiting(group: generation.pid, on: GenerationProbe.inode(of: own)) }
-            guard let connection = source.connect(to: sockets[index].address, timeout: .milliseconds(100)) else { return false }
+            guard let address = sockets[index].address, let connection = source.connect(to: address, timeout: .milliseconds(100)) else { return false }
             held.probe = connection
         }
         guard let connection = held.probe,

@@ -8,7 +8,12 @@ extension Supervisor {
     package var status: UpStatus {
         var status = UpStatus(
             pid: getpid(), processStartTime: ownStartTime, command: configuration.command, startedAt: startedWall,
-            sockets: sockets.map { UpStatus.Socket(name: $0.name, address: $0.address.description, transport: $0.transport.rawValue) },
+            sockets: sockets.map { socket in
+                switch socket.endpoint {
+                case .ip(let address): UpStatus.Socket(name: socket.name, address: "\(address)", transport: socket.transport.rawValue)
+                case .unix(let path): UpStatus.Socket(name: socket.name, address: path, transport: "unix")
+                }
+            },
             record: record, writtenAt: Processes.wallClockSeconds)
         status.knownServer = configuration.serverNote
         return status

@@ -13,7 +13,7 @@ extension Supervisor {
         var classic = getenv("PORTREUSE_UP_STEERING").map { String(cString: $0) == "classic" } ?? false
         if classic { logger.info("PORTREUSE_UP_STEERING=classic: steered by classic BPF; connections queued on a retired socket are reset, not moved") }
         for (index, socket) in sockets.enumerated() {
-            if ListenerState.reusesPort(socket.descriptor) {
+            if socket.address != nil, ListenerState.reusesPort(socket.descriptor) {
                 groups[index] = ReuseportGroup(members: [socket.descriptor])
                 if socket.openedByUp { steeredDescriptors.insert(socket.descriptor) }  // not systemd's
                 guard !classic else { continue }
@@ -25,8 +25,12 @@ extension Supervisor {
                     classic = true
                     logger.info("no eBPF steering (\(Errno(rawValue: code == 0 ? errno : code)); it needs CAP_BPF): steered by classic BPF; connections queued on a retired socket are reset, not moved")
                 }
+            } else if socket.address == nil {
+                logger.info(.init(stringLiteral: "\(ListenSpec.label(name: socket.name, socket.label)): every generation shares a Unix-domain socket (no reuseport group "
+                    + "steers one), so an old generation takes connections from its queue until it stops: a program whose stop drops what it accepted "
+                    + "loses requests there at a reload"))
             } else {
-                logger.info(.init(stringLiteral: "\(socket.name) \(socket.address) has no SO_REUSEPORT (a socket from systemd needs ReusePort=yes in its .socket unit): "
+                logger.info(.init(stringLiteral: "\(socket.name) \(socket.endpoint) has no SO_REUSEPORT (a socket from systemd needs ReusePort=yes in its .socket unit): "
                     + "every generation shares it, and an old generation takes \(socket.transport == .tcp ? "connections" : "datagrams") from its queue until it stops"))
             }
         }
@@ -56,7 +60,7 @@ extension Supervisor {
                 do {
                     set[index] = try openSibling(index)
                 } catch {
-                    logger.warning(.init(stringLiteral: "generation \(number)\(worker > 0 ? " worker \(worker)" : "") shares \(sockets[index].name) \(sockets[index].address) "
+                    logger.warning(.init(stringLiteral: "generation \(number)\(worker > 0 ? " worker \(worker)" : "") shares \(sockets[index].name) \(sockets[index].endpoint) "
                         + "with the serving generation: a socket of its own could not be opened (\(error))"))
                 }
             }
@@ -69,10 +73,11 @@ extension Supervisor {
     /// at a high descriptor number.
     private func openSibling(_ index: Int) throws -> Int32 {
         let template = sockets[index]
-        let dualStack = HeldSocket.isDualStack(template.descriptor, template.address)
+        guard let address = template.address else { throw CommandFailure("\(template.label) is not steered") }
+        let dualStack = HeldSocket.isDualStack(template.descriptor, address)
         let made = switch template.transport {
-        case .tcp: try Listener(address: template.address, policy: .shared, backlog: template.backlog ?? Sys.defaultBacklog, dualStack: dualStack).takeDescriptor()
-        case .udp: try DatagramSocket(address: template.address, policy: .shared, dualStack: dualStack).takeDescriptor()
+        case .tcp: try Listener(address: address, policy: .shared, backlog: template.backlog ?? Sys.defaultBacklog, dualStack: dualStack).takeDescriptor()
+        case .udp: try DatagramSocket(address: address, policy: .shared, dualStack: dualStack).takeDescriptor()
         }
         guard let fresh = made else { throw CommandFailure("the new socket is gone") }
         let moved = fcntl(fresh, F_DUPFD_CLOEXEC, try HeldSocket.firstDescriptor(holding: sockets.count))
@@ -82,7 +87,7 @@ extension Supervisor {
         groups[index]?.join(moved)
         steeredDescriptors.insert(moved)
         if let code = steeringMaps[index]?.add(moved), code != 0 {
-            logger.warning("\(template.address): a socket could not join up's eBPF map (\(Errno(rawValue: code))): back to classic BPF for it")
+            logger.warning("\(template.endpoint): a socket could not join up's eBPF map (\(Errno(rawValue: code))): back to classic BPF for it")
             dropSteeringMap(index)
         }
         return moved
@@ -115,7 +120,7 @@ extension Supervisor {
                             attachedChoices[index] = choice
                         } else {
                             // Classic BPF steers on: only a queue left on a retired socket is no longer moved.
-                            logger.warning(.init(stringLiteral: "cannot attach up's eBPF program to \(sockets[index].address) (\(Errno(rawValue: code))"
+                            logger.warning(.init(stringLiteral: "cannot attach up's eBPF program to \(sockets[index].endpoint) (\(Errno(rawValue: code))"
                                 + (log.isEmpty ? "" : ": \(log.split(separator: "\n").suffix(2).joined(separator: " "))") + "): back to classic BPF"))
                             dropSteeringMap(index)
                         }
@@ -132,7 +137,7 @@ extension Supervisor {
                 if code == 0 {
                     attachedPrograms[index] = program
                 } else {
-                    logger.error(.init(stringLiteral: "cannot steer \(sockets[index].name) \(sockets[index].address) (SO_ATTACH_REUSEPORT_CBPF: \(Errno(rawValue: code))): "
+                    logger.error(.init(stringLiteral: "cannot steer \(sockets[index].name) \(sockets[index].endpoint) (SO_ATTACH_REUSEPORT_CBPF: \(Errno(rawValue: code))): "
                         + "the kernel spreads its connections over every generation's socket"))
                 }
             }
@@ -154,11 +159,12 @@ extension Supervisor {
     func probeSource(for index: Int) -> ProbeSource? {
         if let made = probeSources[index] { return made }  // nil inside: tried, failed, said
         do {
-            let source = try ProbeSource(for: sockets[index].address)
+            guard let address = sockets[index].address else { throw CommandFailure("not an IP socket") }
+            let source = try ProbeSource(for: address)
             probeSources[index] = source
             return source
         } catch {
-            logger.warning("no port for up's readiness probe to \(sockets[index].address) (\(error)): a starting generation is ready once it waits on its socket")
+            logger.warning("no port for up's readiness probe to \(sockets[index].endpoint) (\(error)): a starting generation is ready once it waits on its socket")
             probeSources[index] = .some(nil)
             return nil
         }
@@ -209,8 +215,7 @@ extension Supervisor {
     private func handshakesPending(for generation: GenerationRecord) -> Bool {
         if let (atCut, before) = resources[generation.number]?.stragglers, !before, let atCut, KernelReadings.listenCounters().drops == atCut { return false }
         return steeredSockets(of: generation).contains { socket in
-            let address = sockets[socket.index].address
-            guard sockets[socket.index].transport == .tcp else { return false }
+            guard let address = sockets[socket.index].address, sockets[socket.index].transport == .tcp else { return false }
             return !PortHolder.find(port: address.port, transport: .tcp, states: [.synReceived], family: address.family, processes: false, options: false).isEmpty
         }
     }
@@ -231,7 +236,7 @@ extension Supervisor {
                 groups[index]?.leave(descriptor)
                 steeringMaps[index]?.remove(descriptor)
             }
-            events.append(.socketsStopped(number: generation.number, names: dead.map { "\(sockets[$0.index].name) \(sockets[$0.index].address)" }.joined(separator: ", ")))
+            events.append(.socketsStopped(number: generation.number, names: dead.map { "\(sockets[$0.index].name) \(sockets[$0.index].endpoint)" }.joined(separator: ", ")))
         }
         return events
     }
@@ -276,7 +281,7 @@ extension Supervisor {
                 // The classic program picks by index: the last member must never be one traffic goes to (see above).
                 if steeringMaps[index] == nil, let last = groups[index]!.members.last, last != descriptor, targets.contains(last) {
                     do { spares[index, default: []].append(try openSibling(index)) } catch {
-                        logger.warning("no spare socket for \(sockets[index].address) (\(error)): new connections may be spread by the kernel's hash for a moment")
+                        logger.warning("no spare socket for \(sockets[index].endpoint) (\(error)): new connections may be spread by the kernel's hash for a moment")
                     }
                 }
                 // A TCP listener leaves its group at once, whoever else holds it (a helper left behind).

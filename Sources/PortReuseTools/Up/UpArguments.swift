@@ -7,12 +7,20 @@ import PortReuseSystem
 package struct ListenSpec: Hashable, Sendable, CustomStringConvertible {
     /// The name in `LISTEN_FDNAMES` (`unknown` when none is given, as systemd does).
     package var name: String
-    /// The address; TCP unless it says `udp:`.
-    package var address: Address
+    /// An IP address (TCP unless it says `udp:`), or a Unix-domain stream socket's path (`unix:PATH`, `unix:@NAME`).
+    package var target: Target
+
+    package enum Target: Hashable, Sendable {
+        case network(Address)
+        case unix(String)
+    }
 
     package static let defaultName = "unknown"
 
-    package var transport: Transport { address.network?.transport ?? .tcp }
+    /// The IP address; nil for a Unix-domain path.
+    package var address: Address? { if case .network(let address) = target { address } else { nil } }
+    /// A Unix-domain stream socket is `.tcp`: a stream, with an accept queue.
+    package var transport: Transport { address?.network?.transport ?? .tcp }
 
     package init(parsing text: String) throws {
         var name = Self.defaultName, rest = Substring(text)
@@ -27,15 +35,29 @@ package struct ListenSpec: Hashable, Sendable, CustomStringConvertible {
                     "--listen \(text): the name '\(name)' must be 1 to 255 letters, digits, '-', '_' or '.' (it goes into LISTEN_FDNAMES)")
             }
         }
-        do {
-            address = try Address(String(rest))
-        } catch {
-            throw ValidationError("--listen \(text): \(error)")
+        if rest.hasPrefix("unix:") {
+            let path = String(rest.dropFirst(5))
+            // sun_path holds 107 bytes and a NUL; a file's socket is bound beside it under a longer temporary name first.
+            guard !path.isEmpty, path != "@", path.utf8.count <= 90, !path.utf8.contains(0) else {
+                throw ValidationError("--listen \(text): a Unix socket's path is 1 to 90 bytes (as in unix:/run/app.sock), or @NAME for an abstract one")
+            }
+            target = .unix(path)
+        } else {
+            do {
+                target = .network(try Address(String(rest)))
+            } catch {
+                throw ValidationError("--listen \(text): \(error)")
+            }
         }
         self.name = name
     }
 
-    package var description: String { Self.label(name: name, "\(address)") }
+    package var description: String {
+        switch target {
+        case .network(let address): Self.label(name: name, "\(address)")
+        case .unix(let path): Self.label(name: name, "unix:\(path)")
+        }
+    }
 
     /// `NAME=address`, or the address alone for a socket without a name (systemd calls it "unknown", which
     /// would read like an error in a log line).

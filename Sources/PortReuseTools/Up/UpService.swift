@@ -2,7 +2,22 @@ import Glibc
 import Logging
 import PortReuse
 import PortReuseSystem
+import SystemPackage
 import PortReuseInterception
+
+/// The permissions and owner of the socket files of `unix:` --listen sockets (`--unix-mode`, `--unix-owner`,
+/// `--unix-group`); nil: as the umask and the process make them.
+package struct UnixFileSettings: Sendable {
+    package var permissions: FilePermissions?
+    package var owner: UInt32?
+    package var group: UInt32?
+
+    package init(permissions: FilePermissions? = nil, owner: UInt32? = nil, group: UInt32? = nil) {
+        self.permissions = permissions
+        self.owner = owner
+        self.group = group
+    }
+}
 
 /// What `portreuse up` serves with: the command's options, checked by the command before it gets here.
 package struct UpOptions {
@@ -39,6 +54,10 @@ package struct UpOptions {
     package var drainTimeout = 10.0
     /// `--workers`: copies of the program in each generation.
     package var workers = 1
+    /// The files of `unix:` --listen sockets.
+    package var unixFiles = UnixFileSettings()
+    /// The known server's name when it forks workers of its own (``UpDefaults/forksWorkers``).
+    package var serverForksWorkers: String?
     /// The program and its arguments.
     package var command: [String]
 
@@ -72,14 +91,18 @@ package struct UpOptions {
             Self.warnAboutMigration()
         }
         let sockets: [HeldSocket]
+        /// The socket files `up` made (its own `unix:` sockets, also those an earlier `up` of this process made), removed at the end.
+        var unixFiles: [UnixListener] = []
         let runtimeFolder: String
         var adoption: Adoption?
         if let inherited {
             sockets = try inherited.sockets.map { (socket) throws(CommandFailure) in
                 var held = try HeldSocket.describe(socket.descriptor, name: socket.name)
                 held.backlog = socket.backlog
+                held.openedByUp = socket.backlog != nil
                 return held
             }
+            unixFiles = sockets.filter { $0.openedByUp }.compactMap(\.unixFile)
             runtimeFolder = inherited.runtimeFolder
         } else if let adopt {
             let taken = try Adoption.take(from: adopt, listen: listen, floor: try HeldSocket.firstDescriptor(holding: listen.count), anyUser: adoptAnyUser)
@@ -87,7 +110,7 @@ package struct UpOptions {
             sockets = taken.1
             runtimeFolder = try RuntimeFolder.make()
         } else {
-            sockets = reuseport ? [] : try openSockets()
+            (sockets, unixFiles) = reuseport ? ([], []) : try openSockets()
             runtimeFolder = try RuntimeFolder.make()
         }
         if let refusal = dialect.refusal(count: sockets.count, transports: sockets.map(\.transport)) {
@@ -131,8 +154,11 @@ package struct UpOptions {
             logger.info("every generation shares the held sockets (one accept queue): \(reuseport ? "--reuseport" : "--adopt") holds sockets up did not open")
         }
         if inherited == nil {
-            let names = sockets.map { ListenSpec.label(name: $0.name, "\($0.transport.rawValue):\($0.address)") }.joined(separator: " ")
+            let names = sockets.map { ListenSpec.label(name: $0.name, $0.label) }.joined(separator: " ")
             logger.info("holding \(sockets.isEmpty ? "no sockets (--reuseport)" : names); readiness: \(readiness)")
+        }
+        if workers > 1, let server = serverForksWorkers {
+            logger.warning("\(server) forks workers of its own: --workers \(workers) runs \(workers) of it, each with its own workers; its own option for them is usually what you want")
         }
         if let adoption { logger.info("took the sockets of pid \(adoption.pid) (\(adoption.command)), which serves on until generation 1 is ready") }
         let supervisor = Supervisor(
@@ -145,6 +171,7 @@ package struct UpOptions {
             unlink(pidFile)
             unlink(UpStatus.path(forPIDFile: pidFile))
         }
+        for file in unixFiles { file.removeFile() }  // (an in-place upgrade execs before this: the next up removes them)
         RuntimeFolder.remove(runtimeFolder)
         LogWriter.standardError.flush(timeout: 2)
         return code
@@ -177,17 +204,18 @@ package struct UpOptions {
     }
 
     /// Opens the --listen sockets, or takes them from systemd when it handed `up` sockets (LISTEN_FDS):
-    /// a --listen matches an inherited socket by name, or by address.
-    private func openSockets() throws(CommandFailure) -> [HeldSocket] {
+    /// a --listen matches an inherited socket by name, or by address. With the socket files `up` made.
+    private func openSockets() throws(CommandFailure) -> ([HeldSocket], [UnixListener]) {
         let inherited: [ActivatedSocket]
         do { inherited = try SocketActivation.sockets() } catch { throw CommandFailure("\(error)", exitCode: 3) }
-        var unused = inherited.filter { $0.transport != nil }
+        var unused = inherited.filter { $0.transport != nil || Sys.unixSocketName($0.descriptor) != nil }
+        var files: [UnixListener] = []
         let floor = try HeldSocket.firstDescriptor(holding: listen.count + unused.count)
         if listen.isEmpty {
             guard !unused.isEmpty else {
                 throw CommandFailure("give at least one --listen address (as in --listen 127.0.0.1:8080), or start up with sockets from systemd", exitCode: 64)
             }
-            return try unused.map { (socket) throws(CommandFailure) in try HeldSocket.hold(socket.descriptor, name: socket.name, floor: floor, backlog: nil) }
+            return (try unused.map { (socket) throws(CommandFailure) in try HeldSocket.hold(socket.descriptor, name: socket.name, floor: floor, backlog: nil) }, [])
         }
         var held: [HeldSocket] = []
         for spec in listen {
@@ -196,10 +224,26 @@ package struct UpOptions {
                 held.append(try HeldSocket.hold(socket.descriptor, name: spec.name == ListenSpec.defaultName ? socket.name : spec.name, floor: floor, backlog: nil))
                 continue
             }
+            if case .unix(let path) = spec.target {
+                do {
+                    let file = try UnixListener(
+                        path: path, backlog: Sys.defaultBacklog, permissions: unixFiles.permissions,
+                        owner: unixFiles.owner == nil && unixFiles.group == nil ? nil : (unixFiles.owner, unixFiles.group))
+                    files.append(file)
+                    held.append(try HeldSocket.hold(file.takeDescriptor()!, name: spec.name, floor: floor, backlog: Sys.defaultBacklog))
+                } catch let failure as CommandFailure {
+                    for file in files { file.removeFile() }
+                    throw failure
+                } catch {
+                    for file in files { file.removeFile() }
+                    throw CommandFailure("--listen \(spec): \(error)", exitCode: 3)
+                }
+                continue
+            }
             do {
                 let descriptor: Int32?
                 // What Listener(Address) and DatagramSocket(Address) bind: a host name's first IPv4 address if it has one.
-                let first = try spec.address.checked(for: spec.transport, operation: .bind).resolveForBinding(spec.transport)
+                let first = try spec.address!.checked(for: spec.transport, operation: .bind).resolveForBinding(spec.transport)
                 let dual = dualStack && first.family == .ipv6
                 switch spec.transport {
                 case .tcp:
@@ -231,13 +275,14 @@ package struct UpOptions {
         for socket in unused {
             held.append(try HeldSocket.hold(socket.descriptor, name: socket.name, floor: floor, backlog: nil))  // systemd's extra sockets go on too
         }
-        return held
+        return (held, files)
     }
 
     private static func matches(_ spec: ListenSpec, _ socket: ActivatedSocket) -> Bool {
         if spec.name != ListenSpec.defaultName { return spec.name == socket.name }
+        if case .unix(let path) = spec.target { return Sys.unixSocketName(socket.descriptor) == path }
         guard socket.transport == spec.transport, let local = socket.localAddress,
-            let wanted = try? spec.address.resolve(spec.transport)
+            let wanted = try? spec.address?.resolve(spec.transport)
         else { return false }
         return wanted.contains { $0.port == local.port && ($0.ip == local.ip || $0.ip.isUnspecified && local.ip.isUnspecified) }
     }

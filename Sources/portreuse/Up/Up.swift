@@ -3,6 +3,7 @@ import Glibc
 import PortReuse
 import PortReuseTools
 import PortReuseSystem
+import SystemPackage
 
 /// `portreuse up`: a zero-downtime supervisor. It opens the sockets once, hands them to the program by
 /// systemd socket activation, and on a reload starts the new version beside the old one, switching over
@@ -55,6 +56,10 @@ struct Up: ParsableCommand {
                 portreuse up --listen web=0.0.0.0:80 --listen dns=udp:0.0.0.0:53 -- ./app
               gunicorn reads LISTEN_FDS itself:
                 portreuse up --listen 8000 -- gunicorn app:app
+              A single-process server on both cores: 2 workers, each on a socket of its own:
+                portreuse up --listen 127.0.0.1:8080 --workers 2 -- python3 -m http.server 8080 --bind 127.0.0.1
+              A Unix-domain socket for a proxy (a stale file is replaced, a live one refused):
+                portreuse up --listen unix:/run/app/app.sock --unix-mode 660 --unix-group www-data -- gunicorn app:app
               What runs now:
                 portreuse up status --pid-file /tmp/app.pid
               Move a running server (pid 4242, started by hand) under up with no failed connection:
@@ -194,8 +199,8 @@ struct UpServe: ParsableCommand {
     @Option(
         name: .customLong("listen"),
         help: ArgumentHelp(
-            "A socket to hold and hand over: [NAME=]ADDR, as in 8080, 127.0.0.1:8080, web=[::1]:443, udp:0.0.0.0:53.",
-            discussion: "Repeat for several. NAME goes into LISTEN_FDNAMES (default: unknown).", valueName: "address"),
+            "A socket to hold and hand over: [NAME=]ADDR, as in 8080, 127.0.0.1:8080, web=[::1]:443, udp:0.0.0.0:53, unix:/run/app.sock.",
+            discussion: "Repeat for several. NAME goes into LISTEN_FDNAMES (default: unknown). unix:PATH (or unix:@NAME, abstract) is a Unix-domain stream socket: a stale file there is replaced, a live one refused; up removes it when it stops.", valueName: "address"),
         transform: { try ListenSpec(parsing: $0) })
     var listen: [ListenSpec] = []
 
@@ -259,6 +264,20 @@ struct UpServe: ParsableCommand {
 
     @Flag(help: "Hand every generation the same socket (one accept queue), instead of a socket of its own steered by up.")
     var sharedSocket = false
+
+    @Option(
+        help: ArgumentHelp("The permissions of the unix: --listen socket files up creates, in octal, as in 660 (default: as the umask makes them).", valueName: "mode"),
+        transform: { text in
+            guard let mode = UInt16(text, radix: 8), mode <= 0o777 else { throw ValidationError("--unix-mode \(text): give octal permissions such as 660 or 0600") }
+            return mode
+        })
+    var unixMode: UInt16?
+
+    @Option(help: ArgumentHelp("The owner (user name or id) of the unix: --listen socket files up creates (needs privilege).", valueName: "user"))
+    var unixOwner: String?
+
+    @Option(help: ArgumentHelp("The group (name or id) of the unix: --listen socket files up creates, as in www-data for a proxy of that group.", valueName: "group"))
+    var unixGroup: String?
 
     @Option(
         help: ArgumentHelp(
@@ -341,6 +360,17 @@ struct UpServe: ParsableCommand {
             throw ValidationError("--adopt-any-user goes with --adopt PID")
         }
         if let refusal = (dialect ?? .systemd).refusal(count: listen.count, transports: listen.map(\.transport)) { throw ValidationError(refusal) }
+        let unix = listen.filter { $0.address == nil }
+        if unixMode != nil || unixOwner != nil || unixGroup != nil {
+            guard unix.contains(where: { if case .unix(let path) = $0.target { !path.hasPrefix("@") } else { false } }) else {
+                throw ValidationError("--unix-mode, --unix-owner and --unix-group set the files of unix: --listen sockets (as in --listen unix:/run/app.sock); there is none")
+            }
+        }
+        if let unixOwner, Processes.userID(unixOwner) == nil { throw ValidationError("--unix-owner \(unixOwner): no such user") }
+        if let unixGroup, Processes.groupID(unixGroup) == nil { throw ValidationError("--unix-group \(unixGroup): no such group") }
+        if !unix.isEmpty && (reuseport || adopt != nil) {
+            throw ValidationError("--listen \(unix[0]): a Unix-domain socket is opened and held by up; it does not go with \(reuseport ? "--reuseport" : "--adopt")")
+        }
         guard (1...WorkerPoolOptions.maximum).contains(workers) else {
             throw ValidationError("--workers \(workers): give 1 to \(WorkerPoolOptions.maximum) (one per core is the usual choice)")
         }
@@ -349,7 +379,7 @@ struct UpServe: ParsableCommand {
                 "--workers and --reuseport do not go together: each worker gets a socket of up's; drop --reuseport (the bind filter gives a program that binds by itself its worker's socket)")
         }
         if reuseport && dialect != nil { throw ValidationError("--protocol hands over up's sockets, and --reuseport holds none: drop one of them") }
-        if reuseport && (listen.isEmpty || listen.contains { $0.address.port == 0 }) {
+        if reuseport && (listen.isEmpty || listen.contains { ($0.address?.port ?? 0) == 0 }) {
             throw ValidationError("--reuseport needs the --listen addresses the program binds (with their ports), to see when a generation listens")
         }
     }
@@ -373,6 +403,9 @@ struct UpServe: ParsableCommand {
         options.drainTimeout = drainTimeout?.value ?? 10
         options.steers = !sharedSocket
         options.workers = workers
+        options.unixFiles = UnixFileSettings(
+            permissions: unixMode.map { FilePermissions(rawValue: CModeT($0)) }, owner: unixOwner.flatMap(Processes.userID), group: unixGroup.flatMap(Processes.groupID))
+        options.serverForksWorkers = defaults.forksWorkers
         return options
     }
 

@@ -112,12 +112,12 @@ package struct HealthListener: Sendable, Equatable {
     /// `up`'s own descriptor of it, for TCP_INFO.
     package var descriptor: Int32
 
-    /// The TCP sockets among `sockets` (a UDP socket has no accept queue).
+    /// The TCP sockets among `sockets` (a UDP socket has no accept queue; a Unix-domain one no TCP_INFO nor port).
     package static func of(_ sockets: [HeldSocket]) -> [HealthListener] {
         sockets.filter { $0.transport == .tcp }.compactMap { socket in
             var status = stat()
-            guard fstat(socket.descriptor, &status) == 0 else { return nil }
-            return HealthListener(name: socket.name, address: socket.address, inode: UInt64(status.st_ino), descriptor: socket.descriptor)
+            guard let address = socket.address, fstat(socket.descriptor, &status) == 0 else { return nil }
+            return HealthListener(name: socket.name, address: address, inode: UInt64(status.st_ino), descriptor: socket.descriptor)
         }
     }
 }
