@@ -52,6 +52,7 @@ package struct DemoFigures {
         package var failedRestarts: Int
         /// up: SIGHUP to the new generation ready; naive: the old one stopped to the new one ready.
         package var milliseconds: [Double]
+        /// The processes that answered (up: each generation's workers; naive: one per start).
         package var servedBy: Int
         /// up: how many of the generations' own binds got up's socket (the seccomp path); `nil` when the
         /// generations took it as LISTEN_FDS (seccomp refused here), and for the naive restarts.

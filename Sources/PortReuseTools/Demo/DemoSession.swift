@@ -199,17 +199,18 @@ package struct DemoSession {
         let worker = ["demo-worker", "--name", "up"]
             + (refusal == nil ? ["--listen", "127.0.0.1:\(port)", "--policy", "exclusive", "--bind-itself"] : [])
         let up = try processes.start(
-            ["up", "--listen", "127.0.0.1:\(port)", "--pid-file", pidFile, "--ready", "notify", "--grace", "5", "--", processes.executable] + worker,
+            ["up", "--listen", "127.0.0.1:\(port)", "--workers", "\(Self.upWorkers)", "--pid-file", pidFile, "--ready", "notify", "--grace", "5", "--",
+             processes.executable] + worker,
             what: "portreuse up", notifying: false)
         var status = try waitForStatus(statusPath, up: up, timeout: 15, what: "the first generation to be ready") { status in
             status.generations.contains { $0.phase == .ready } ? status : nil
         }
         if let refusal {
-            say("portreuse up --listen 127.0.0.1:\(port) -- portreuse demo-worker: up holds the socket and hands it to each")
-            say("generation as descriptor 3 (LISTEN_FDS). (\(refusal): so a program that binds the port by itself")
+            say("portreuse up --listen 127.0.0.1:\(port) --workers \(Self.upWorkers) -- portreuse demo-worker: up holds the socket and hands")
+            say("each worker its own as descriptor 3 (LISTEN_FDS). (\(refusal): so a program that binds the port by itself")
             say("cannot share up's socket here.)")
         } else {
-            say("portreuse up --listen 127.0.0.1:\(port) -- portreuse demo-worker --listen 127.0.0.1:\(port) --policy exclusive --bind-itself")
+            say("portreuse up --listen 127.0.0.1:\(port) --workers \(Self.upWorkers) -- portreuse demo-worker --listen 127.0.0.1:\(port) --policy exclusive --bind-itself")
             say("The worker binds 127.0.0.1:\(port) itself, with no reuse option and no socket activation, as an unmodified")
             say("Go, Python or Java server does. up holds the port and starts each generation under a seccomp filter: the")
             say("kernel hands the worker's bind() to up, which answers it with its own socket. up's log:")
@@ -221,6 +222,8 @@ package struct DemoSession {
         say("holds. up's BPF program sends every new connection to the serving generation and only up's readiness probe")
         say("to the new one; once the new one accepts it, up switches the program over, and the old generation gets its")
         say("stop signal only once its queue is empty and it holds no connection: its own stop cannot cut a request.")
+        say("Each generation is \(Self.upWorkers) copies of the worker (--workers \(Self.upWorkers)), each on a socket of its own: up's program")
+        say("spreads new connections over them by their hash, and a worker that crashes is replaced alone.")
         let load = DemoLoad(address: SocketAddress(ip: .loopbackIPv4, port: port), clients: options.clients,
             label: "portreuse up", seconds: options.seconds, progress: progress)
         var times: [Double] = []
@@ -248,8 +251,9 @@ package struct DemoSession {
         let pids = Set(figures.answers.keys.compactMap { $0.split(separator: " ").last.map(String.init) })
         let swaps = swapLines().count
         let idle = logLines(containing: "is idle (its queue is empty, it holds no connection)").count
-        say("  up: \(figures.sent) requests, \(figures.failed) failed, served by \(pids.count) generations"
-            + (refusal == nil ? "; their \(swaps) bind() calls were all answered with up's socket" : ""))
+        let generations = options.restarts + 1 - failedReloads
+        say("  up: \(figures.sent) requests, \(figures.failed) failed, answered by \(pids.count) processes (\(generations) generations × \(Self.upWorkers) workers)"
+            + (refusal == nil ? "; their \(swaps) bind() calls were all answered with up's sockets" : ""))
         if idle > 0 { say("  \(idle) old generation(s) got their stop signal once idle, after the switch-over") }
         var restarts = DemoFigures.Restarts(
             style: "portreuse up (SIGHUP)", load: figures, restarts: options.restarts, failedRestarts: failedReloads,
@@ -257,6 +261,9 @@ package struct DemoSession {
         restarts.swappedBinds = refusal == nil ? swaps : nil
         return restarts
     }
+
+    /// The workers of each generation in the demo's `up` (`--workers`).
+    static let upWorkers = 2
 
     /// up's log lines that say a generation's own bind got up's socket (through the seccomp filter).
     private func swapLines() -> [String] { logLines(containing: "got up's socket") }
