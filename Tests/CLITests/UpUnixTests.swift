@@ -75,6 +75,20 @@ struct UpUnixTests {
         #expect(mode(socket) == nil)
     }
 
+    @Test("an abstract name (unix:@NAME): held and handed over as a file would be, nothing to remove")
+    func abstractName() throws {
+        let name = "@portreuse-up-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let folder = try TemporaryFolder()
+        let server = "import socket\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept(); c.recv(1024); c.sendall(b'abstract'); c.close()\n"
+        let up = try UpProcess(["--listen", "unix:" + name, "--", systemPython, "-c", server], folder: folder)
+        #expect(up.waitForStatus { !$0.serving.isEmpty } != nil, "\(up.logText)")
+        #expect(UnixSocketFile.inspect(name).state == .live)
+        let client = try Child(python: "import socket\nc = socket.socket(socket.AF_UNIX)\nc.connect('\\0\(name.dropFirst())')\nc.sendall(b'?')\nprint(c.recv(64).decode(), flush=True)\n")
+        #expect(client.line(timeout: 20) == "abstract")
+        #expect(up.stop() == 0, "\(up.logText)")
+        #expect(UnixSocketFile.inspect(name).state == .free, "gone with its last socket")
+    }
+
     @Test("bad unix: input is refused, naming it", arguments: [
         (["--listen", "unix:"], "a Unix socket's path is 1 to 90 bytes"),
         (["--listen", "unix:/tmp/x.sock", "--unix-group", "no-such-group-here"], "--unix-group no-such-group-here: no such group"),

@@ -3,6 +3,7 @@ import Glibc
 import PortReuse
 import PortReuseSystem
 import PortReuseTools
+import Synchronization
 import TestSupport
 import Testing
 
@@ -98,6 +99,9 @@ struct UpWorkersTests {
         print("measured: node × 2 workers under up: \(outcome.answered) answered, \(outcome.failures.count) failed over \(outcome.reloads) reloads")
         #expect(outcome.reloads == 3, "\(up.logText)")
         #expect(outcome.failures.isEmpty, "\(outcome.failures.prefix(3))\n\(up.logText)")
+        let report = try capture([portreuse, "up", "reload", "--json", "--pid-file", up.pidFile], timeout: 60)
+        let object = try JSONSerialization.jsonObject(with: Data(report.output.utf8)) as? [String: Any]
+        #expect((object?["workers"] as? [String: Any])?["total"] as? Int == 2, "the reload report names the workers: \(report.output)")
 
         // A worker that dies is replaced alone: same generation, the other worker untouched.
         let generation = try #require(up.status?.serving.first?.number)
@@ -109,6 +113,55 @@ struct UpWorkersTests {
         let after = workers(of: up)
         #expect(after.contains(before[1]) && !after.contains(before[0]) && after.count == 2, "\(before) → \(after)")
         #expect(Set(try answers(address, count: 60).keys) == Set(after.map(String.init)))
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
+    @Test("a worker killed with connections waiting on its socket: its replacement answers them, none fails")
+    func queueKeptAcrossReplacement() throws {
+        guard let node = UpRealServerTests.installed("node") else { return }
+        let up = try UpProcess(["--listen", "127.0.0.1:0", "--workers", "2", "--", node, "-e", Self.nodeServer(listen: "{fd: 3}")])
+        let address = try up.servingAddress()
+        #expect(up.waitForStatus { $0.serving.first?.workers?.ready == 2 } != nil, "\(up.logText)")
+        let pids = workers(of: up)
+        try #require(pids.count == 2)
+        // Worker 0 stops taking connections: those steered to it wait in its socket's queue.
+        kill(pids[0], SIGSTOP)
+        let answers = Mutex<[String]>([])
+        let done = DispatchGroup()
+        for _ in 0..<20 {
+            done.enter()
+            Thread.detachNewThread {
+                defer { done.leave() }
+                let answer = (try? httpGet(address)) ?? "failed"
+                answers.withLock { $0.append(answer) }
+            }
+        }
+        let queued = { PortHolder.find(port: address.port, transport: .tcp, states: [.listen], processes: false, options: false).map(\.receiveQueue).reduce(0, +) }
+        #expect(waitUntil(timeout: 10) { queued() > 0 }, "some requests wait on the stopped worker's socket")
+        kill(pids[0], SIGKILL)
+        #expect(done.wait(timeout: .now() + 30) == .success)
+        let seen = answers.withLock { $0 }
+        #expect(!seen.contains("failed"), "\(seen)\n\(up.logText)")
+        let replacement = workers(of: up).filter { !pids.contains($0) }
+        #expect(replacement.count == 1 && seen.contains(String(replacement[0])), "the replacement answered the queued ones: \(seen), \(replacement)")
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
+    /// A UDP server on fd 3 that answers each datagram with its pid.
+    static let udpServer = "import os, socket\ns = socket.socket(fileno=3)\nwhile True:\n    d, peer = s.recvfrom(64); s.sendto(str(os.getpid()).encode(), peer)\n"
+
+    @Test("UDP × 2: datagrams from many source ports reach both workers; reload and stop cleanly")
+    func udpWorkers() throws {
+        let up = try UpProcess(["--listen", "udp:127.0.0.1:0", "--workers", "2", "--", systemPython, "-c", Self.udpServer])
+        let address = try up.servingAddress()
+        #expect(up.waitForStatus { $0.serving.first?.workers?.ready == 2 } != nil, "\(up.logText)")
+        var answered: Set<String> = []
+        for _ in 0..<40 {
+            let client = try DatagramSocket(udp: "127.0.0.1:0")
+            try client.send(Array("?".utf8), to: address)
+            if let answer = try client.receive(timeout: .seconds(5)) { answered.insert(String(decoding: answer.bytes, as: UTF8.self)) }
+        }
+        #expect(answered == Set(workers(of: up).map(String.init)), "\(answered)")
         #expect(up.stop() == 0, "\(up.logText)")
     }
 

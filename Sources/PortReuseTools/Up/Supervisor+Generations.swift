@@ -142,6 +142,7 @@ extension Supervisor {
         var report = ReloadRecord(
             generation: generation.number, startedAt: generation.startedAt, result: result, reason: reason,
             seconds: Double(clock() - min(clock(), generation.startedMonotonic)) / 1e9)
+        report.workers = generation.workers
         var watch = resources[generation.number]?.reloadWatch
         watch?.sample(sockets)
         watch?.finish(&report)

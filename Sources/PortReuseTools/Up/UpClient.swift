@@ -70,6 +70,7 @@ package struct UpClient {
         case .ready:
             let drops = (outcome.listenOverflows ?? 0) + (outcome.listenDrops ?? 0)
             print("reloaded: \(generation) ready in \(Self.seconds(outcome.seconds))"
+                + (outcome.workers.map { " (\($0.total) workers)" } ?? "")
                 + (outcome.peakAcceptQueue.map { "; accept queue at most \($0)" } ?? "")
                 + (outcome.listenOverflows == nil ? "" : drops == 0 ? ", no listen overflow or drop in this network namespace" : ", \(drops) listen overflows or drops in this network namespace")
                 + (outcome.connectionsOnOlderGenerations.map { $0 > 0 ? "; \($0) connection(s) still on older generations" : "" } ?? ""))

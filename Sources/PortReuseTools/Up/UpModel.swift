@@ -315,6 +315,8 @@ package struct ReloadRecord: Codable, Sendable, Equatable {
     /// Connections the kernel reset when `up` retired the socket of a generation this one replaced, which had gone
     /// without accepting them (it hung, crashed for good, or ran out of `--drain-timeout`); counted once it is retired.
     package var resetOnRetiredSockets: Int?
+    /// `--workers`: the generation's workers, and how many were ready at the outcome.
+    package var workers: GenerationRecord.WorkerCounts?
 
     package init(generation: Int, startedAt: Double, result: ReloadResult, reason: String?, seconds: Double) {
         self.generation = generation

@@ -127,7 +127,7 @@ struct UpReload: ParsableCommand {
         transform: { try Seconds(parsing: $0, option: "--timeout") })
     var timeout = Seconds(60)
 
-    @Flag(help: "Print this reload's record as one JSON object: generation, result, seconds, listenOverflows, listenDrops, peakAcceptQueue, backlog, connectionsOnOlderGenerations.")
+    @Flag(help: "Print this reload's record as one JSON object: generation, result, seconds, listenOverflows, listenDrops, peakAcceptQueue, backlog, connectionsOnOlderGenerations, workers.")
     var json = false
 
     func run() throws {
