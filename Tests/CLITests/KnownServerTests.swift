@@ -36,6 +36,9 @@ struct KnownServerTests {
         let unicornUDP = UpDefaults(command: ["unicorn"], stopSignal: nil, readiness: nil, dialect: nil, listen: tcp + udp, reuseport: false)
         #expect(unicornUDP.dialect.name == "systemd" && unicornUDP.stopSignal == SIGQUIT, "UNICORN_FD cannot name a UDP socket")
         #expect(UpDefaults(command: ["nginx"], stopSignal: nil, readiness: nil, dialect: nil, listen: tcp, reuseport: true).dialect.name == "systemd")
+        // --workers N of a server that forks its own workers runs N of it: up says so for these.
+        #expect(UpDefaults(command: ["gunicorn", "app:app"], stopSignal: nil, readiness: nil, dialect: nil, listen: tcp, reuseport: false).forksWorkers == "gunicorn")
+        #expect(UpDefaults(command: ["python3", "-m", "http.server"], stopSignal: nil, readiness: nil, dialect: nil, listen: tcp, reuseport: false).forksWorkers == nil)
         let haproxy = UpDefaults(command: ["haproxy"], stopSignal: nil, readiness: nil, dialect: nil, listen: tcp, reuseport: false)
         #expect(haproxy.stopSignal == SIGUSR1 && haproxy.note == "known server haproxy: stop signal SIGUSR1, --ready probe")
         let einhorn = UpDefaults(command: ["./server"], stopSignal: nil, readiness: nil, dialect: Dialect.named("einhorn"), listen: tcp, reuseport: false)

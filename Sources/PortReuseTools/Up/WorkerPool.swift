@@ -150,7 +150,9 @@ package final class WorkerPool {
         } catch {
             log(.error, "worker \(index): \(error.message)")
             workers[index].lastExit = ExitStatus(raw: 127 << 8)
-            if announced { scheduleRestart(index) } else { failStart(because: index) }
+            guard announced else { return failStart(because: index) }
+            workers[index].quickCrashes += 1  // tried again later, backing off as after a crash
+            scheduleRestart(index)
         }
     }
 
