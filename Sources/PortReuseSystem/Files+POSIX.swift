@@ -39,7 +39,8 @@ package enum Files {
         var chunk = [UInt8](repeating: 0, count: min(65_536, max(limit, 1)))
         while content.count < limit {
             let wanted = min(chunk.count, limit - content.count)
-            guard let count = try? systemCall("read", { chunk.withUnsafeMutableBytes { systemRead(descriptor, $0.baseAddress, wanted) } }) else {
+            let read = { chunk.withUnsafeMutableBytes { systemRead(descriptor, $0.baseAddress, wanted) } }
+            guard let count = try? systemCall("read", unacceptable: Self.unacceptable(descriptor), read) else {
                 return content.isEmpty ? nil : content
             }
             if count == 0 { break }
@@ -48,11 +49,17 @@ package enum Files {
         return content
     }
 
+    /// What a call on `descriptor` may not get: a standard stream (0, 1, 2) may have been closed by whoever started
+    /// this process, which is no bug of its own.
+    static func unacceptable(_ descriptor: Int32) -> Set<Errno> { descriptor <= 2 ? [.badAddress] : programmerErrors }
+
     /// Writes all of `bytes` to `descriptor`. The corresponding C function is `write`.
     package static func write(_ bytes: some Collection<UInt8>, to descriptor: Int32) throws(SystemError) {
         var rest = Array(bytes)[...]
         while !rest.isEmpty {
-            let written = try systemCall("write") { rest.withUnsafeBytes { systemWrite(descriptor, $0.baseAddress, $0.count) } }
+            let written = try systemCall("write", unacceptable: Self.unacceptable(descriptor)) {
+                rest.withUnsafeBytes { systemWrite(descriptor, $0.baseAddress, $0.count) }
+            }
             rest = rest.dropFirst(written)
         }
     }
@@ -172,8 +179,11 @@ package enum Files {
         return (ends[0], ends[1])
     }
 
-    /// Closes a descriptor, once; EINTR is not retried (the descriptor is gone either way on Linux).
-    package static func close(_ descriptor: Int32) { _ = systemClose(descriptor) }
+    /// Closes a descriptor, once; EINTR is not retried (the descriptor is gone either way on Linux). A descriptor
+    /// that is not open (closed twice) is a bug: it stops the process (``programmerErrors``).
+    package static func close(_ descriptor: Int32) {
+        if systemClose(descriptor) != 0 { preconditionAcceptable(Errno(rawValue: errno), from: "close(\(descriptor))") }
+    }
 
     /// Whether a descriptor is in non-blocking mode (O_NONBLOCK), or `nil` if it is not open.
     package static func isNonBlocking(_ descriptor: Int32) -> Bool? {

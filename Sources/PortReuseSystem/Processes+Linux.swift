@@ -22,7 +22,8 @@ package enum Processes {
     /// A duplicate of descriptor `target` of the process `pidfd` names (close-on-exec): the very socket or file,
     /// shared with that process. Needs ptrace rights over it. The corresponding C call is `pidfd_getfd` (5.6+).
     package static func duplicate(_ target: Int32, of pidfd: Int32) throws(SystemError) -> Int32 {
-        try systemCall("pidfd_getfd") { csystem_pidfd_getfd(pidfd, target) }
+        // EBADF: the process no longer holds `target` (it closed it meanwhile), not a bug here.
+        try systemCall("pidfd_getfd", unacceptable: [.badAddress]) { csystem_pidfd_getfd(pidfd, target) }
     }
 
     /// A duplicate of descriptor `target` of process `pid`; see ``duplicate(_:of:)``.
@@ -188,7 +189,8 @@ package enum Processes {
     /// unmapped page. The corresponding C call is `process_vm_readv`.
     package static func readMemory(of pid: pid_t, at address: UInt64, count: Int) throws(SystemError) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
-        let read = try systemCall("process_vm_readv") {
+        // EFAULT: the address is not the other process's memory (what it passed to its call), not this one's bug.
+        let read = try systemCall("process_vm_readv", unacceptable: []) {
             bytes.withUnsafeMutableBytes { csystem_read_process_memory(pid, address, $0.baseAddress, UInt(count)) }
         }
         return Array(bytes[0..<read])

@@ -25,19 +25,34 @@ package struct SystemError: Error, Hashable, Sendable, CustomStringConvertible {
     package var description: String { "\(call): \(errno.description)" }
 }
 
+/// The errors only a bug in this program causes: a descriptor it does not hold (closed twice, never opened) and
+/// a pointer that is not its memory. A call that gets one stops the process with a message, as NIOPosix's
+/// `preconditionIsNotUnacceptableErrno` does, instead of passing for a failure to handle (or to swallow with
+/// `try?`).
+package let programmerErrors: Set<Errno> = [.badFileDescriptor, .badAddress]
+
+/// Stops the process when `code`, left by `name`, is one of `unacceptable` (``programmerErrors``).
+@inline(__always)
+package func preconditionAcceptable(_ code: Errno, from name: String, unacceptable: Set<Errno> = programmerErrors) {
+    precondition(!unacceptable.contains(code), "\(name): \(code) (a bug: a descriptor this process does not hold, or memory that is not its own)")
+}
+
 /// Runs a C call that returns -1 and sets errno when it fails: its value, or a ``SystemError`` naming it.
 /// With `retryOnInterrupt` (the default) a call interrupted by a signal (EINTR) runs again; pass false where
-/// an interruption must reach the caller (a poll loop that reads its signals afterwards).
+/// an interruption must reach the caller (a poll loop that reads its signals afterwards). An error of
+/// `unacceptable` is a bug and stops the process (``preconditionAcceptable(_:from:unacceptable:)``); a call
+/// whose EBADF or EFAULT can come from elsewhere (another process's descriptor or memory) narrows the set.
 /// Modelled on swift-system's `valueOrErrno(retryOnInterrupt:)`.
 @inline(__always)
 package func systemCall<Result: FixedWidthInteger>(
-    _ name: String, retryOnInterrupt: Bool = true, _ body: () -> Result
+    _ name: String, retryOnInterrupt: Bool = true, unacceptable: Set<Errno> = programmerErrors, _ body: () -> Result
 ) throws(SystemError) -> Result {
     while true {
         let result = body()
         if result != -1 { return result }
         let code = Errno(rawValue: errno)
         if retryOnInterrupt && code == .interrupted { continue }
+        preconditionAcceptable(code, from: name, unacceptable: unacceptable)
         throw SystemError(name, code)
     }
 }

@@ -17,12 +17,15 @@ struct UpMachineTests {
         var now: UInt64 = 1_000_000_000
         var actions: [Action] = []
 
-        init(readiness: ReadinessCheck = .probe, stopWhenIdle: Double? = nil, stopDelay: Double = 0) {
+        /// `adopting`: `up --adopt` took the sockets of pid 77 (`server`).
+        init(readiness: ReadinessCheck = .probe, stopWhenIdle: Double? = nil, stopDelay: Double = 0, adopting: Bool = false) {
             var settings = UpMachine.Settings(readiness: readiness, readyTimeout: 60, grace: 5, stopSignal: SIGTERM)
             settings.stopWhenIdle = stopWhenIdle
             settings.stopDelay = stopDelay
             settings.drainTimeout = 10
-            machine = UpMachine(settings: settings)
+            var record = SupervisorRecord()
+            if adopting { record.adopted = AdoptedRecord(pid: 77, name: "server") }
+            machine = UpMachine(settings: settings, record: record)
         }
 
         @discardableResult
@@ -245,7 +248,7 @@ struct UpMachineTests {
         up.send(.tick)
         #expect(up.machine.record.state == .stopping(exitCode: 0))
         #expect(up.signals.map(\.0) == [100])
-        #expect(up.actions.contains(.releaseAdopted))
+        #expect(!up.actions.contains(.releaseAdopted), "nothing adopted, nothing to let go (UpAdoptedDrainTests: what is)")
         up.advance(seconds: 5)
         #expect(up.send(.tick).contains(.kill(1)))
         #expect(!up.send(.tick).contains(.kill(1)), "killed once")
@@ -290,6 +293,63 @@ struct UpMachineTests {
         #expect(decoded == up.machine.record)
         let text = String(decoding: bytes, as: UTF8.self)
         #expect(text.contains("\"state\":\"draining\""), "the phase word for readers")
+    }
+}
+
+@Suite("up --adopt: the adopted server drains as a generation does")
+struct UpAdoptedDrainTests {
+    typealias Driver = UpMachineTests.Driver
+
+    @Test("it serves until generation 1 is ready, then gets its stop signal, and SIGKILL once its grace is over")
+    func handsOverAtReady() {
+        var up = Driver(adopting: true)
+        var start: [UpMachine.Action] = []
+        up.machine.start(.start, &start)
+        up.started(1, reason: .start)
+        #expect(!up.send(.tick).contains(.signalAdopted(SIGTERM)), "it serves while generation 1 starts")
+        #expect(up.send(.probed(number: 1, how: nil)).contains(.signalAdopted(SIGTERM)))
+        #expect(up.machine.record.adopted?.stage == .draining(killAt: up.now + 5_000_000_000))
+        up.advance(seconds: 4.9)
+        #expect(!up.send(.tick).contains(.signalAdopted(SIGKILL)))
+        up.advance(seconds: 0.2)
+        #expect(up.send(.tick).contains(.signalAdopted(SIGKILL)))
+        #expect(!up.send(.tick).contains(.signalAdopted(SIGKILL)), "killed once")
+        #expect(up.send(.adoptedExited).contains(.releaseAdopted))
+        #expect(up.machine.record.adopted == nil)
+    }
+
+    @Test("--stop-when-idle: it is asked at each turn until it holds no connection, signalled at the latest when the wait is over")
+    func stopWhenIdle() {
+        var up = Driver(stopWhenIdle: 5, adopting: true)
+        up.serving()
+        #expect(!up.actions.contains(.signalAdopted(SIGTERM)))
+        #expect(up.send(.tick).contains(.stopAdoptedWhenIdle))
+        up.send(.adoptedStoppedWhenIdle)
+        #expect(up.machine.record.adopted?.stage == .draining(killAt: up.now + 5_000_000_000))
+        #expect(!up.send(.tick).contains(.stopAdoptedWhenIdle), "signalled once")
+
+        var late = Driver(stopWhenIdle: 5, adopting: true)
+        late.serving()
+        late.advance(seconds: 5.1)
+        #expect(late.send(.tick).contains(.signalAdopted(SIGTERM)), "no idle moment within 5 s: signalled anyway")
+    }
+
+    @Test("up stops before any generation took over: the adopted server keeps serving and is let go")
+    func releasedWhenNobodyTookOver() {
+        var up = Driver(adopting: true)
+        var start: [UpMachine.Action] = []
+        up.machine.start(.start, &start)
+        up.started(1, reason: .start)
+        let actions = up.send(.signal(SIGTERM))
+        #expect(actions.contains(.releaseAdopted) && !actions.contains(.signalAdopted(SIGTERM)))
+        #expect(up.machine.record.adopted == nil)
+    }
+
+    @Test("up stops while the adopted server waits for an idle moment: its stop signal goes at once")
+    func stopWhileWaitingForIdle() {
+        var up = Driver(stopWhenIdle: 5, adopting: true)
+        up.serving()
+        #expect(up.send(.signal(SIGTERM)).contains(.signalAdopted(SIGTERM)))
     }
 }
 

@@ -172,7 +172,9 @@ package final class Supervisor {
         settings.stopDelay = configuration.stopDelay
         settings.drainTimeout = configuration.drainTimeout
         settings.readinessWord = Self.readinessWord(configuration, sockets: sockets)
-        machine = UpMachine(settings: settings, record: handover?.record ?? SupervisorRecord())
+        var record = handover?.record ?? SupervisorRecord()
+        if let adopted { record.adopted = AdoptedRecord(pid: adopted.adoption.pid, name: adopted.adoption.name) }
+        machine = UpMachine(settings: settings, record: record)
         if let handover { adopt(handover) }
     }
 
@@ -220,16 +222,14 @@ package final class Supervisor {
         reap()
         for generation in generations { readMessages(of: generation.number, exited: false) }
         for generation in generations where generation.phase == .starting { resources[generation.number]?.reloadWatch?.sample(sockets) }
+        if adopted?.hasExited == true { handle(.adoptedExited) }
         handle(.tick)
-        tickAdopted(now: clock())
         if written != record { writeStatus() }
         publishHealth()
     }
 
     private func pollTimeout() -> Int32 {
-        var nanoseconds = machine.nextTick(now: clock())
-        if adopted?.stopSent != nil || adopted?.idleStopBy != nil { nanoseconds = min(nanoseconds, 10_000_000) }
-        return Int32(nanoseconds / 1_000_000)
+        Int32(machine.nextTick(now: clock()) / 1_000_000)
     }
 
     /// Collects the exits of the generations' main processes and, once `run` made `up` their subreaper, of
@@ -303,7 +303,8 @@ package final class Supervisor {
         case .tellSystemd(let states): _ = try? Readiness.notify(states)
         case .log(let level, let text): logger.log(level: level, .init(stringLiteral: text))
         case .upgrade: return upgrade() ? [] : [.upgradeFailed]
-        case .stopAdopted: if adopted?.stopSent == nil, adopted?.idleStopBy == nil { stopAdopted() }
+        case .signalAdopted(let signal): signalAdopted(signal)
+        case .stopAdoptedWhenIdle: return stopAdoptedWhenIdle()
         case .releaseAdopted: releaseAdopted()
         }
         return []

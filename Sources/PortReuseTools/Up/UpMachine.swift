@@ -59,6 +59,10 @@ package struct UpMachine {
         case gone(number: Int)
         case reloadMeasured(ReloadRecord)
         case upgradeFailed
+        /// ``Action/stopAdoptedWhenIdle``: the adopted server held no connection and got its stop signal.
+        case adoptedStoppedWhenIdle
+        /// The adopted server exited.
+        case adoptedExited
         /// Connections the kernel reset when `up` retired a socket whose generation (if known) never accepted them.
         case queuedResetAtRetire(Int, generation: Int?)
         /// The clock moved: deadlines, readiness looks, the end of a backoff or of the stop delay.
@@ -118,8 +122,11 @@ package struct UpMachine {
         case tellSystemd([Readiness.State])
         case log(Logger.Level, String)
         case upgrade
-        /// `--adopt`: a generation is ready, the adopted server hands over; `up` stops, one that nobody replaced is let go.
-        case stopAdopted
+        /// `--adopt`: a signal to the adopted server (through its pidfd), SIGKILL included.
+        case signalAdopted(Int32)
+        /// `--adopt --stop-when-idle`: its stop signal at a moment it holds no connection, answered by ``Event/adoptedStoppedWhenIdle``.
+        case stopAdoptedWhenIdle
+        /// The adopted server is gone, or `up` stops before any generation took over from it: let it go (its pidfd).
         case releaseAdopted
     }
 
@@ -202,6 +209,16 @@ package struct UpMachine {
             record.counters.count(report)
             if record.history.count > 20 { record.history.removeFirst(record.history.count - 20) }
         case .upgradeFailed: record.upgradeFailures += 1
+        case .adoptedStoppedWhenIdle:
+            guard let adopted = record.adopted, case .waitingForIdle? = adopted.stage else { break }
+            let killAt = now + grace
+            record.adopted?.stage = .draining(killAt: killAt)
+            actions.append(.log(.info, "\(adopted.label) holds no connection: sent \(stopName)"))
+        case .adoptedExited:
+            guard let adopted = record.adopted else { break }
+            record.adopted = nil
+            let signalled = if case .draining? = adopted.stage { true } else { false }
+            actions += [.releaseAdopted, .log(.info, "\(adopted.label) exited\(signalled ? "" : " by itself")")]
         case .queuedResetAtRetire(let count, let generation):
             record.counters.resetAtRetire += count
             // In the report of the reload that replaced that generation.
@@ -377,6 +394,7 @@ package struct UpMachine {
             }
         }
         tickStopDelay(now: now, &actions)
+        tickAdopted(now: now, &actions)
         if record.generations.contains(where: { $0.sockets != nil && $0.exit == nil }) { actions.append(.lookAtSockets) }
         let stableSince = now - min(now, nanoseconds(FailureCount.stableSeconds))
         if record.failures.inARow > 0, record.generations.contains(where: { $0.phase == .ready && ($0.readyMonotonic ?? .max) <= stableSince }) {
@@ -397,7 +415,9 @@ package struct UpMachine {
         if let starting = record.generations.first(where: { $0.phase == .starting && $0.sockets != nil }) {
             return min(10, max(1, (now - min(now, starting.startedMonotonic)) / 10_000_000)) * 1_000_000
         }
-        if record.generations.contains(where: { $0.phase == .starting || $0.exit != nil || $0.stage.signalWaits }) { return 10_000_000 }
+        if record.generations.contains(where: { $0.phase == .starting || $0.exit != nil || $0.stage.signalWaits }) || record.adopted?.stage != nil {
+            return 10_000_000
+        }
         if let until = record.state.movesOnAt { return until <= now ? 0 : min(250_000_000, until - now + 1_000_000) }
         return 250_000_000
     }
@@ -435,7 +455,8 @@ package struct UpMachine {
                 drain(serving.number, now: now, &actions)
             }
         }
-        actions += [.stopAdopted, .noteReady(number)]
+        if record.adopted?.stage == nil { drainAdopted(now: now, &actions) }
+        actions.append(.noteReady(number))
         if record.reloadQueued && !record.state.isStopping {
             record.reloadQueued = false
             actions.append(.log(.info, "starting the reload requested while \(generation.label) was starting"))
@@ -513,6 +534,60 @@ package struct UpMachine {
         actions.append(.log(.warning, "no generation serves: restarting in \(Seconds(delay)); connections wait in the accept queue meanwhile"))
     }
 
+    // MARK: The adopted server (`--adopt`)
+
+    /// A generation is ready: the adopted server drains as an old generation does, its stop signal now or at a
+    /// moment it holds no connection (`--stop-when-idle`), then `--grace`.
+    private mutating func drainAdopted(now: UInt64, _ actions: inout [Action]) {
+        guard let adopted = record.adopted else { return }
+        guard let wait = settings.stopWhenIdle, !record.state.isStopping else { return signalAdopted(now: now, &actions) }
+        let stopBy = now + nanoseconds(wait)
+        record.adopted?.stage = .waitingForIdle(stopBy: stopBy)
+        actions.append(.log(.info, "\(adopted.label): \(stopName) once it holds no connection (within \(Seconds(wait)))"))
+    }
+
+    /// The adopted server's stop signal, now: then `--grace` to finish.
+    private mutating func signalAdopted(now: UInt64, _ actions: inout [Action]) {
+        guard let adopted = record.adopted else { return }
+        let killAt = now + grace
+        record.adopted?.stage = .draining(killAt: killAt)
+        actions += [.signalAdopted(settings.stopSignal),
+                    .log(.info, "\(adopted.label) hands over: sent \(stopName), killed if still running in \(Seconds(settings.grace))")]
+    }
+
+    /// `up` stops: an adopted server a generation was taking over from gets its stop signal now; one that no
+    /// generation replaced keeps serving, and `up` lets it go.
+    private mutating func releaseAdopted(now: UInt64, _ actions: inout [Action]) {
+        guard let adopted = record.adopted else { return }
+        switch adopted.stage {
+        case nil:
+            record.adopted = nil
+            actions += [.releaseAdopted, .log(.info, "\(adopted.label) keeps serving: no generation took over from it")]
+        case .waitingForIdle?:
+            signalAdopted(now: now, &actions)
+        default:
+            break
+        }
+    }
+
+    /// Its --stop-when-idle moment, and the end of its grace.
+    private mutating func tickAdopted(now: UInt64, _ actions: inout [Action]) {
+        guard let adopted = record.adopted else { return }
+        switch adopted.stage {
+        case .waitingForIdle(let stopBy)?:
+            if now >= stopBy {
+                signalAdopted(now: now, &actions)  // no moment without connections in time: its signal anyway
+            } else {
+                actions.append(.stopAdoptedWhenIdle)
+            }
+        case .draining(let killAt)? where now >= killAt && !adopted.killed:
+            record.adopted?.killed = true
+            actions += [.signalAdopted(SIGKILL), .log(.warning, "\(adopted.label) still running \(Seconds(settings.grace)) after \(stopName): killed")]
+        default:
+            break
+        }
+    }
+
     // MARK: Reloads and stops
 
     private mutating func requestReload(now: UInt64, _ actions: inout [Action]) {
@@ -574,7 +649,7 @@ package struct UpMachine {
         record.servingAtStop = first(.ready)?.number
         record.state = .stopping(exitCode: exitCode)
         record.reloadQueued = false
-        actions.append(.releaseAdopted)
+        releaseAdopted(now: now, &actions)
         actions.append(.tellSystemd([.stopping, .status("stopping")]))
         let running = record.generations.filter { $0.phase.isLive || $0.stage.signalWaits }
         let exiting = record.generations.count - running.count

@@ -288,6 +288,8 @@ package struct SupervisorRecord: Codable, Sendable, Equatable {
     /// The generation that served when the stop began, and its exit once it came (`--init`).
     package var servingAtStop: Int?
     package var servingAtStopExit: ExitStatus?
+    /// `--adopt`: the running server `up` took the sockets of, until it is gone.
+    package var adopted: AdoptedRecord?
 
     package init() {}
 
@@ -325,4 +327,25 @@ package struct ReloadRecord: Codable, Sendable, Equatable {
         self.reason = reason
         self.seconds = seconds
     }
+}
+
+/// The server `up --adopt` took the sockets of. It serves on until a generation is ready, then drains as an old
+/// generation does, in the same stages: its stop signal now, or (`--stop-when-idle`) at a moment it holds no
+/// connection (``GenerationStage/waitingForIdle(stopBy:)``), then `--grace` to finish
+/// (``GenerationStage/draining(killAt:)``), then SIGKILL.
+package struct AdoptedRecord: Codable, Sendable, Equatable {
+    package var pid: Int32
+    /// Its command's name, for the log.
+    package var name: String
+    /// Its drain once a generation took over from it; nil while it serves.
+    package var stage: GenerationStage?
+    /// Whether `up` killed it when its grace ran out.
+    package var killed = false
+
+    package init(pid: Int32, name: String) {
+        self.pid = pid
+        self.name = name
+    }
+
+    package var label: String { "adopted pid \(pid) (\(name))" }
 }
