@@ -1,15 +1,10 @@
 // The tiny HTTP server behind `Examples/hello` and `portreuse demo-worker`: one accepting thread, a few
 // serving threads, an answer per request, and a graceful drain on SIGTERM or SIGINT (stop accepting, answer
-// the connections already accepted, return). Written over pthreads so that the CLI does not load Foundation.
+// the connections already accepted, return). Written over the system layer's threads and condition lock, so that
+// the CLI does not load Foundation.
 import PortReuse
 import PortReuseSystem
 import Synchronization
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// Set by SIGTERM and SIGINT; the accept loop checks it after every interrupted accept.
 private let stopRequested = Atomic<Bool>(false)
@@ -37,17 +32,17 @@ public final class DemoServer: Sendable {
         self.queue = queue
         // The serving threads start with SIGTERM and SIGINT blocked, so that the signals interrupt the accept
         // of this thread (no SA_RESTART), which then looks at the flag.
-        Signals.setBlocked([SIGTERM, SIGINT], true)
+        Signals.setBlocked([Signal.terminate, Signal.interrupt], true)
         for _ in 0..<max(1, threads) { _ = try? SystemThread.start(detached: true) { queue.serve() } }
-        Signals.handle([SIGTERM, SIGINT], restart: false, with: requestStop)
-        Signals.setBlocked([SIGTERM, SIGINT], false)
+        Signals.handle([Signal.terminate, Signal.interrupt], restart: false, with: requestStop)
+        Signals.setBlocked([Signal.terminate, Signal.interrupt], false)
     }
 
     /// Accepts connections until SIGTERM or SIGINT, then says STOPPING=1, closes this process's reference to
     /// the listener (other processes that share it keep serving), answers what it accepted (at most 30 s)
     /// and returns.
     public func serve(_ listener: Listener) throws(PortReuseError) {
-        log("pid \(getpid()) serving on \(listener.localAddress)")
+        log("pid \(Processes.currentID) serving on \(listener.localAddress)")
         while !stopRequested.load(ordering: .relaxed) {
             let connection: Connection
             do {
@@ -63,7 +58,7 @@ public final class DemoServer: Sendable {
         _ = try? Readiness.notify(.stopping)
         listener.close()
         queue.finish()
-        log("pid \(getpid()) drained and stopped")
+        log("pid \(Processes.currentID) drained and stopped")
     }
 
     /// Writes `LABEL: TEXT` on stderr.
@@ -72,10 +67,9 @@ public final class DemoServer: Sendable {
     }
 }
 
-/// Accepted connections waiting for a serving thread (a mutex and a condition variable).
+/// Accepted connections waiting for a serving thread (a lock and its condition).
 private final class ConnectionQueue: @unchecked Sendable {
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private let lock = ConditionLock()
     private var waiting: [Connection] = []
     private var busy = 0
     private var finished = false
@@ -85,44 +79,42 @@ private final class ConnectionQueue: @unchecked Sendable {
     init(requestMilliseconds: Int, answer: @escaping @Sendable () -> String) {
         self.requestMilliseconds = requestMilliseconds
         self.answer = answer
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(condition, nil)
     }
 
     func push(_ connection: Connection) {
-        pthread_mutex_lock(mutex)
-        waiting.append(connection)
-        pthread_cond_broadcast(condition)
-        pthread_mutex_unlock(mutex)
+        lock.withLock {
+            waiting.append(connection)
+            lock.broadcast()
+        }
     }
 
     /// Waits (at most 30 s) until every accepted connection has been answered.
     func finish() {
-        pthread_mutex_lock(mutex)
-        finished = true
-        pthread_cond_broadcast(condition)
-        var deadline = timespec()
-        clock_gettime(CLOCK_REALTIME, &deadline)
-        deadline.tv_sec += 30
-        while !waiting.isEmpty || busy > 0 {
-            if pthread_cond_timedwait(condition, mutex, &deadline) == ETIMEDOUT { break }
+        let deadline = ContinuousClock.now + .seconds(30)
+        lock.withLock {
+            finished = true
+            lock.broadcast()
+            while !waiting.isEmpty || busy > 0 {
+                let left = deadline - ContinuousClock.now
+                guard left > .zero, lock.wait(seconds: Double(left.components.seconds) + Double(left.components.attoseconds) / 1e18) else { break }
+            }
         }
-        pthread_mutex_unlock(mutex)
     }
 
     func serve() {
         while true {
-            pthread_mutex_lock(mutex)
-            while waiting.isEmpty && !finished { pthread_cond_wait(condition, mutex) }
-            if waiting.isEmpty { pthread_mutex_unlock(mutex); return }
-            let connection = waiting.removeFirst()
-            busy += 1
-            pthread_mutex_unlock(mutex)
+            let next: Connection? = lock.withLock {
+                while waiting.isEmpty && !finished { lock.wait() }
+                guard !waiting.isEmpty else { return nil }
+                busy += 1
+                return waiting.removeFirst()
+            }
+            guard let connection = next else { return }
             respond(connection)
-            pthread_mutex_lock(mutex)
-            busy -= 1
-            pthread_cond_broadcast(condition)
-            pthread_mutex_unlock(mutex)
+            lock.withLock {
+                busy -= 1
+                lock.broadcast()
+            }
         }
     }
 
@@ -133,7 +125,7 @@ private final class ConnectionQueue: @unchecked Sendable {
             guard let chunk = try? connection.receive(timeout: .seconds(10)), !chunk.isEmpty else { return }
             request += chunk
         }
-        if requestMilliseconds > 0 { usleep(useconds_t(requestMilliseconds) * 1000) }
+        if requestMilliseconds > 0 { Processes.sleep(microseconds: UInt32(requestMilliseconds) * 1000) }
         let body = answer()
         try? connection.send("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
     }

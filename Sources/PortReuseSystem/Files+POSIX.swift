@@ -15,7 +15,7 @@ package enum Files {
 
     /// The whole content of a file (a /proc file too), at most `limit` bytes; `nil` when it cannot be read.
     package static func read(_ path: String, limit: Int = 1 << 26) -> [UInt8]? {
-        guard let fd = try? systemCall("open", { open(path, O_RDONLY | O_CLOEXEC) }) else { return nil }
+        guard let fd = try? systemCall("open", { systemOpen(path, O_RDONLY | O_CLOEXEC, 0) }) else { return nil }
         defer { close(fd) }
         return read(descriptor: fd, limit: limit)
     }
@@ -23,7 +23,7 @@ package enum Files {
     /// Reads `count` bytes at `offset` (fewer when the file ends first, unless `exactly`); `nil` when the file
     /// cannot be read, or is short and `exactly` is set. The corresponding C function is `pread`.
     package static func read(_ path: String, offset: Int, count: Int, exactly: Bool = false) -> [UInt8]? {
-        guard let fd = try? systemCall("open", { open(path, O_RDONLY | O_CLOEXEC) }) else { return nil }
+        guard let fd = try? systemCall("open", { systemOpen(path, O_RDONLY | O_CLOEXEC, 0) }) else { return nil }
         defer { close(fd) }
         var bytes = [UInt8](repeating: 0, count: count)
         guard let read = try? systemCall("pread", { bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) } }),
@@ -83,8 +83,138 @@ package enum Files {
     }
     #endif
 
+    /// What a file is, and whose: the parts of `stat` the tools read.
+    package struct Status: Sendable, Equatable {
+        package enum Kind: Sendable, Equatable { case regular, directory, symbolicLink, socket, other }
+        package var kind: Kind
+        /// The permission bits, set-user-ID, set-group-ID and sticky included (`st_mode & 07777`).
+        package var permissions: UInt32
+        package var owner: UInt32
+        package var group: UInt32
+        /// The device and inode: together, the file's identity.
+        package var device: UInt64
+        package var inode: UInt64
+        package var size: Int64
+
+        init(_ info: stat) {
+            switch info.st_mode & S_IFMT {
+            case S_IFREG: kind = .regular
+            case S_IFDIR: kind = .directory
+            case S_IFLNK: kind = .symbolicLink
+            case S_IFSOCK: kind = .socket
+            default: kind = .other
+            }
+            permissions = UInt32(info.st_mode & 0o7777)
+            owner = info.st_uid
+            group = info.st_gid
+            device = UInt64(info.st_dev)
+            inode = UInt64(info.st_ino)
+            size = Int64(info.st_size)
+        }
+    }
+
+    /// What is at `path` (a symbolic link itself unless `following`), or `nil`. The corresponding C functions are
+    /// `stat` and `lstat`.
+    package static func status(of path: String, following: Bool) -> Status? {
+        var info = stat()
+        return (following ? stat(path, &info) : lstat(path, &info)) == 0 ? Status(info) : nil
+    }
+
+    /// What `descriptor` names, or `nil` when it is not open. The corresponding C function is `fstat`.
+    package static func status(of descriptor: Int32) -> Status? {
+        var info = stat()
+        return fstat(descriptor, &info) == 0 ? Status(info) : nil
+    }
+
+    /// Removes the file (or link) at `path`; whether it did. The corresponding C function is `unlink`.
+    @discardableResult
+    package static func remove(_ path: String) -> Bool { unlink(path) == 0 }
+
+    /// Removes the folder at `path` if it is empty; whether it did. The corresponding C function is `rmdir`.
+    @discardableResult
+    package static func removeFolder(_ path: String) -> Bool { rmdir(path) == 0 }
+
+    /// A new folder `prefix` + six random characters in `folder`, mode 0700. The corresponding C function is `mkdtemp`.
+    package static func makeTemporaryFolder(in folder: String, prefix: String) throws(SystemError) -> String {
+        var template = Array("\(folder)/\(prefix)XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw SystemError("mkdtemp \(folder)", Errno(rawValue: errno)) }
+        return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// How ``open(_:_:permissions:)`` opens a file.
+    package enum OpenMode: Sendable {
+        /// For reading, never through a symbolic link.
+        case readingWithoutFollowing
+        /// A new file for writing, never an existing one nor through a symbolic link (O_CREAT|O_EXCL|O_NOFOLLOW).
+        case creatingNew
+        /// For appending, created if missing.
+        case appending
+    }
+
+    /// Opens `path`; close-on-exec unless `inherited` (a descriptor an exec keeps, as an `flock` that must outlive
+    /// it). The corresponding C function is `open`.
+    package static func open(_ path: String, _ mode: OpenMode, permissions: UInt32 = 0o600, inherited: Bool = false) throws(SystemError) -> Int32 {
+        let flags = switch mode {
+        case .readingWithoutFollowing: O_RDONLY | O_NOFOLLOW
+        case .creatingNew: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW
+        case .appending: O_WRONLY | O_CREAT | O_APPEND
+        }
+        return try systemCall("open \(path)") { systemOpen(path, flags | (inherited ? 0 : O_CLOEXEC), mode_t(permissions)) }
+    }
+
+    /// Takes an exclusive `flock` on `descriptor`; with `waiting` false, only if nobody holds one (whether it got
+    /// it). The corresponding C function is `flock`.
+    @discardableResult
+    package static func lock(_ descriptor: Int32, waiting: Bool) -> Bool { flock(descriptor, LOCK_EX | (waiting ? 0 : LOCK_NB)) == 0 }
+
+    /// A close-on-exec duplicate of `descriptor` at `floor` or above. The corresponding C function is
+    /// `fcntl(F_DUPFD_CLOEXEC)`.
+    package static func duplicate(_ descriptor: Int32, atLeast floor: Int32) throws(SystemError) -> Int32 {
+        try systemCall("fcntl(F_DUPFD_CLOEXEC)") { fcntl(descriptor, F_DUPFD_CLOEXEC, floor) }
+    }
+
+    /// Puts `descriptor` under the number `target` too (closing what was there). The corresponding C function is `dup2`.
+    package static func duplicate(_ descriptor: Int32, onto target: Int32) throws(SystemError) {
+        _ = try systemCall("dup2") { dup2(descriptor, target) }
+    }
+
+    /// Whether this process may run the file at `path`. The corresponding C function is `access(X_OK)`.
+    package static func isExecutable(_ path: String) -> Bool { access(path, X_OK) == 0 }
+
+    /// Whether this process may read the file at `path`. The corresponding C function is `access(R_OK)`.
+    package static func isReadable(_ path: String) -> Bool { access(path, R_OK) == 0 }
+
+    /// Sets the permission bits of `path` (following a link). The corresponding C function is `chmod`.
+    package static func setPermissions(_ path: String, _ permissions: UInt32) throws(SystemError) {
+        _ = try systemCall("chmod \(path)") { chmod(path, mode_t(permissions)) }
+    }
+
+    /// Whether `descriptor` is a terminal. The corresponding C function is `isatty`.
+    package static func isTerminal(_ descriptor: Int32) -> Bool { isatty(descriptor) == 1 }
+
+    /// Whether the file system holding `path` is mounted nosuid (set-user-ID bits do nothing there). The
+    /// corresponding C function is `statvfs`.
+    package static func isOnNoSUIDMount(_ path: String) -> Bool {
+        var info = statvfs()
+        return statvfs(path, &info) == 0 && UInt(info.f_flag) & UInt(ST_NOSUID) != 0
+    }
+
+    /// Flushes what `print` buffered for stdout. The corresponding C function is `fflush`.
+    package static func flushStandardOutput() { fflush(nil) }  // nil: every output stream, stdout among them
+
+    /// `poll`'s POLLIN: the event a `struct pollfd` asks for to wait for input (as another process's array holds it).
+    package static let pollInput = Int16(POLLIN)
+
+    /// Which of `descriptors` are readable (or hung up), waiting at most `milliseconds` (-1: for ever) for one to
+    /// be; a signal ends the wait early. The corresponding C function is `poll`.
+    package static func readable(_ descriptors: [Int32], milliseconds: Int32) -> [Bool] {
+        var entries = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        guard poll(&entries, nfds_t(entries.count), milliseconds) > 0 else { return descriptors.map { _ in false } }
+        return entries.map { $0.revents != 0 }
+    }
+
     /// `stat` of a path (following symlinks), or `nil`.
-    package static func status(_ path: String) -> stat? {
+    static func status(_ path: String) -> stat? {
         var info = stat()
         return stat(path, &info) == 0 ? info : nil
     }
@@ -123,7 +253,7 @@ package enum Files {
         for _ in 0..<8 {
             temporary = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
             do {
-                descriptor = try systemCall("open \(temporary)") { open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode) }
+                descriptor = try systemCall("open \(temporary)") { systemOpen(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode) }
                 break
             } catch where error.errno == .fileExists {
                 continue
@@ -218,6 +348,7 @@ package enum Files {
 
 // The C functions under names that Files' own `read`, `write` and `close` do not shadow.
 @inline(__always) private func systemClose(_ fd: Int32) -> Int32 { close(fd) }
+@inline(__always) private func systemOpen(_ path: String, _ flags: Int32, _ mode: mode_t) -> Int32 { open(path, flags, mode) }
 @inline(__always) private func systemRead(_ fd: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int { read(fd, buffer, count) }
 @inline(__always) private func systemWrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: Int) -> Int { write(fd, buffer, count) }
 #endif

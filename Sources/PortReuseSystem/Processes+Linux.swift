@@ -256,6 +256,56 @@ package enum Processes {
         return found == 0 ? nil : (found, ExitStatus(raw: status))
     }
 
+    /// This process's id. The corresponding C function is `getpid`.
+    package static var currentID: pid_t { getpid() }
+
+    /// This process's effective user id (what the kernel checks). The corresponding C function is `geteuid`.
+    package static var effectiveUserID: UInt32 { geteuid() }
+
+    /// This process's real user and group ids (who started it). The corresponding C functions are `getuid`, `getgid`.
+    package static var realUserID: UInt32 { getuid() }
+    package static var realGroupID: UInt32 { getgid() }
+
+    /// The name of user `uid`, or `nil`. The corresponding C function is `getpwuid_r`.
+    package static func userName(_ uid: UInt32) -> String? {
+        var entry = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 16_384)
+        guard getpwuid_r(uid, &entry, &buffer, buffer.count, &result) == 0, result != nil, let name = entry.pw_name else { return nil }
+        return String(cString: name)
+    }
+
+    /// The name of group `gid`, or `nil`. The corresponding C function is `getgrgid_r`.
+    package static func groupName(_ gid: UInt32) -> String? {
+        var entry = group()
+        var result: UnsafeMutablePointer<group>?
+        var buffer = [CChar](repeating: 0, count: 65_536)
+        guard getgrgid_r(gid, &entry, &buffer, buffer.count, &result) == 0, result != nil, let name = entry.gr_name else { return nil }
+        return String(cString: name)
+    }
+
+    /// The process group of `pid`, or `nil` when it is gone. The corresponding C function is `getpgid`.
+    package static func processGroup(of pid: pid_t) -> pid_t? {
+        let group = getpgid(pid)
+        return group < 0 ? nil : group
+    }
+
+    /// Sleeps the calling thread for `microseconds` (a signal may end it early). The corresponding C function is `usleep`.
+    package static func sleep(microseconds: UInt32) { usleep(microseconds) }
+
+    /// Ends this process with `code`, flushing stdio. The corresponding C function is `exit`.
+    package static func exit(_ code: Int32) -> Never { Glibc.exit(code) }
+
+    /// The local time of day now: hour, minute, second and millisecond (for log lines).
+    package static var localTimeOfDay: (hour: Int, minute: Int, second: Int, millisecond: Int) {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        var parts = tm()
+        var seconds = time.tv_sec
+        localtime_r(&seconds, &parts)
+        return (Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), time.tv_nsec / 1_000_000)
+    }
+
     /// The monotonic clock in nanoseconds (CLOCK_MONOTONIC: it carries on across execve, never jumps).
     package static var monotonicNanoseconds: UInt64 {
         var time = timespec()

@@ -65,3 +65,10 @@ package func systemCallReturningCode(_ name: String, _ body: () -> Int32) throws
     if code != 0 { throw SystemError(name, Errno(rawValue: code)) }
 }
 #endif
+
+#if canImport(Glibc) || canImport(Darwin)
+extension Errno {
+    /// What the last failed C call of this thread left in errno.
+    package static var current: Errno { Errno(rawValue: errno) }
+}
+#endif

@@ -67,6 +67,9 @@ package enum Signals {
     /// Ignores `signal` (SIGPIPE: a peer that went away is an error, not a death).
     package static func ignore(_ signal: Int32) { install(SIG_IGN, on: [signal], flags: 0) }
 
+    /// Sends `signal` to the calling thread. The corresponding C function is `raise`.
+    package static func raise(_ signal: Int32) { _ = Glibc.raise(signal) }
+
     /// Back to the default action (a process that ends itself by the signal a child ended by).
     package static func restoreDefault(_ signal: Int32) { install(SIG_DFL, on: [signal], flags: 0) }
 
@@ -97,5 +100,85 @@ package enum Signals {
         sigemptyset(&none)
         pthread_sigmask(SIG_SETMASK, &none, nil)
     }
+
+    #if os(Linux)
+    /// Signals a thread takes one by one (``next(timeout:)``) instead of by a handler: blocked for the calling
+    /// thread (and the threads it starts from then on) until ``restore()``. The corresponding C functions are
+    /// `pthread_sigmask` and `sigtimedwait`.
+    package struct Waited {
+        private var set = sigset_t()
+        private var previous = sigset_t()
+
+        /// Blocks `signals` for the calling thread, keeping its mask to restore.
+        package init(_ signals: [Int32]) {
+            sigemptyset(&set)
+            for signal in signals { sigaddset(&set, signal) }
+            pthread_sigmask(SIG_BLOCK, &set, &previous)
+        }
+
+        /// The next of the signals within `timeout` seconds, and whether the kernel sent it (a terminal's signal,
+        /// SI_KERNEL, which went to the whole foreground process group); `nil` when none came.
+        package mutating func next(timeout seconds: Int) -> (signal: Int32, fromKernel: Bool)? {
+            var info = siginfo_t()
+            var timeout = timespec(tv_sec: seconds, tv_nsec: 0)
+            let number = sigtimedwait(&set, &info, &timeout)
+            return number > 0 ? (number, info.si_code == 0x80) : nil
+        }
+
+        /// The calling thread's mask as it was.
+        package mutating func restore() { pthread_sigmask(SIG_SETMASK, &previous, nil) }
+    }
+
+    /// Ignores SIGPIPE until the returned closure runs, which puts back what was there.
+    package static func ignoringBrokenPipes() -> () -> Void {
+        let previous = signal(SIGPIPE, SIG_IGN)
+        return { _ = signal(SIGPIPE, previous) }
+    }
+    #endif
+}
+
+/// A lock with a condition threads wait on: a pthread mutex and condition variable, allocated so that they never
+/// move. `withLock` runs a body under the lock; `wait` (under the lock) sleeps until another thread signals.
+package final class ConditionLock: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    package init() {
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Runs `body` holding the lock.
+    package func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body()
+    }
+
+    /// Under the lock: sleeps until ``signal()`` or ``broadcast()`` (or a spurious wake-up: check again), at most
+    /// `seconds` when given. Whether it was woken rather than timed out.
+    @discardableResult
+    package func wait(seconds: Double? = nil) -> Bool {
+        guard let seconds else { return pthread_cond_wait(condition, mutex) == 0 }
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        let nanoseconds = Int(deadline.tv_nsec) + Int(seconds * 1e9)
+        deadline.tv_sec += nanoseconds / 1_000_000_000
+        deadline.tv_nsec = nanoseconds % 1_000_000_000
+        return pthread_cond_timedwait(condition, mutex, &deadline) == 0
+    }
+
+    /// Wakes one waiting thread.
+    package func signal() { pthread_cond_signal(condition) }
+
+    /// Wakes every waiting thread.
+    package func broadcast() { pthread_cond_broadcast(condition) }
 }
 #endif

@@ -1,6 +1,6 @@
 import ArgumentParser
-import Glibc
 import PortReuse
+import PortReuseSystem
 import PortReuseTools
 
 /// `portreuse listen`: joins a multicast group (or binds a broadcast address) on a port shared with the group's
@@ -181,6 +181,6 @@ struct Listen: ParsableCommand {
     /// One line on stdout, at once (a pipe would otherwise hold it until the buffer fills).
     private func emit(_ line: String) {
         print(line)
-        fflush(nil)
+        Files.flushStandardOutput()
     }
 }

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Glibc
 import PortReuse
 import PortReuseInterception
 import PortReuseTools
@@ -123,7 +122,7 @@ struct Run: ParsableCommand {
                 print(library.path)
                 return
             }
-            let searchPath = getenv("PATH").map { String(cString: $0) }
+            let searchPath = Environment.value("PATH")
             let program = try Program.find(command[0], searchPath: searchPath)
             let inspection = try program.inspect(searchPath: searchPath)
             try program.checkABI(searchPath: searchPath)

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Glibc
 import PortReuse
 import PortReuseSystem
 import PortReuseTools
@@ -93,10 +92,10 @@ struct Send: ParsableCommand {
                     how = " (broadcast)"
                 }
                 for index in 0..<count {
-                    if index > 0 && interval > 0 { usleep(UInt32(interval * 1_000_000)) }
+                    if index > 0 && interval > 0 { Processes.sleep(microseconds: UInt32(interval * 1_000_000)) }
                     try socket.send(payload, to: target)
                     print("sent \(payload.count) byte\(payload.count == 1 ? "" : "s") to \(target) from port \(socket.localAddress.port)\(how)")
-                    fflush(nil)
+                    Files.flushStandardOutput()
                 }
             } catch {
                 throw CommandFailure(error.description)

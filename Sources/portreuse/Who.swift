@@ -1,9 +1,9 @@
 import ArgumentParser
 import PortReuse
+import PortReuseSystem
 import PortReuseTools
 
 #if canImport(Glibc)
-import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif

@@ -55,7 +55,7 @@ struct UpSecurityTests {
         let log = upFolder.path + "/up.log"
         let pid = try spawn([portreuse, "up", "--listen", "127.0.0.1:0", "--pid-file", shared + "/app.pid", "--", "/bin/sleep", "30"], log: log)
         defer { killAndReap(pid) }
-        #expect(waitUntil(timeout: 30) { Files.status(shared + "/app.pid.status") != nil }, "\(Self.content(log) ?? "")")
+        #expect(waitUntil(timeout: 30) { Files.status(of: shared + "/app.pid.status", following: true) != nil }, "\(Self.content(log) ?? "")")
         #expect(Self.content(victim) == "secret\n", "root's file was overwritten")
         var info = stat()
         #expect(lstat(shared + "/app.pid", &info) == 0 && info.st_mode & S_IFMT == S_IFREG, "the pid file is a file of up's now")

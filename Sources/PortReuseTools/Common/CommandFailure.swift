@@ -1,6 +1,5 @@
 import PortReuse
 import ArgumentParser
-import Glibc
 import PortReuseSystem
 
 /// A failure a subcommand explains in one message, with the exit status it ends with.

@@ -1,4 +1,3 @@
-import Glibc
 import PortReuseSystem
 import SystemPackage
 
@@ -15,7 +14,7 @@ package enum Spawner {
     /// nothing running unnoticed). Returns its pid. With `output`, its stdout and stderr go there instead.
     package static func spawn(
         _ arguments: [String], environment: [String], descriptors: [Int32], setListenPID: Bool, output: Int32? = nil
-    ) throws(CommandFailure) -> pid_t {
+    ) throws(CommandFailure) -> Int32 {
         switch try start(arguments, environment: environment, descriptors: descriptors, setListenPID: setListenPID, output: output) {
         case .started(let pid, _): return pid
         case .refused(let code): throw CommandFailure("cannot start \(arguments[0]): \(code)")
@@ -41,7 +40,7 @@ package enum Spawner {
     /// How a start went.
     package enum SupervisedStart {
         /// Started; under a filter, the caller holds the notification descriptor of its seccomp filter.
-        case started(pid: pid_t, notification: Int32?)
+        case started(pid: Int32, notification: Int32?)
         /// The kernel refused the filter (this errno): nothing was started.
         case refused(Errno)
         /// Nothing runs (why).
@@ -82,7 +81,7 @@ package enum Spawner {
         spawn.descriptors = descriptors
         spawn.setsListenPID = setListenPID
         spawn.interceptedCalls = filter
-        spawn.deathSignal = SIGTERM
+        spawn.deathSignal = Signal.terminate
         switch attachment {
         case .supervised:
             spawn.newProcessGroup = true

@@ -1,10 +1,5 @@
-#if canImport(Glibc)
 import PortReuse
 import PortReuseSystem
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// Colours and emphasis for text on a terminal: only when standard output is a terminal, `NO_COLOR` is
 /// unset or empty (https://no-color.org) and `TERM` is not `dumb`; otherwise every function returns its
@@ -13,11 +8,11 @@ package struct Style {
     package let enabled: Bool
 
     /// The style for standard output.
-    package static let standardOutput = Style(enabled: isatty(1) == 1 && Style.environmentAllowsColour)
+    package static let standardOutput = Style(enabled: Files.isTerminal(1) && Style.environmentAllowsColour)
 
     package static var environmentAllowsColour: Bool {
-        let noColour = getenv("NO_COLOR").map { String(cString: $0) } ?? ""
-        let term = getenv("TERM").map { String(cString: $0) } ?? ""
+        let noColour = Environment.value("NO_COLOR") ?? ""
+        let term = Environment.value("TERM") ?? ""
         return noColour.isEmpty && term != "dumb"
     }
 

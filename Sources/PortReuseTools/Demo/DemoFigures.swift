@@ -1,5 +1,5 @@
-import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// What `portreuse demo` was asked to do (checked by the command before it runs).
 package struct DemoOptions: Sendable {
@@ -37,7 +37,7 @@ package struct DemoFigures {
     package struct Sharing {
         package var port: UInt16
         package var load: DemoLoad.Figures
-        package var workers: [(name: String, pid: pid_t, connections: Int)]
+        package var workers: [(name: String, pid: Int32, connections: Int)]
         package var maxOverMin: Double
         package var whoText: String
         /// Whether two copies of a program that sets no reuse option shared a port under `portreuse run`

@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import Synchronization
 import PortReuseSystem
@@ -68,7 +67,7 @@ package final class DemoLoad: @unchecked Sendable {
                 failed.add(1, ordering: .relaxed)
                 figures.errors[(error as? PortReuseError)?.errno?.symbol ?? "bad answer", default: 0] += 1
             }
-            usleep(1_000)  // a client, not a benchmark: about a request per millisecond each
+            Processes.sleep(microseconds: 1_000)  // a client, not a benchmark: about a request per millisecond each
         }
         self.figures.withLock { total in
             total.sent += figures.sent
@@ -94,7 +93,7 @@ package final class DemoLoad: @unchecked Sendable {
             let text = "  \(label): \(String(format1: elapsed)) of \(String(format1: planned)) s, \(clients) clients, "
                 + "\(sent.load(ordering: .relaxed)) requests, \(failedNow) failed" + note.withLock { $0.isEmpty ? "" : ", \($0)" }
             printError("\r\u{1B}[K" + text, newline: false)
-            usleep(100_000)
+            Processes.sleep(microseconds: 100_000)
         }
         printError("\r\u{1B}[K", newline: false)
     }

@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import Synchronization
 import PortReuseSystem
@@ -26,27 +25,28 @@ package final class DemoProcesses {
     private let log: Int32
     private let environment: [String]
     /// Started and not yet reaped: pid and what it is.
-    private(set) var running: [(pid: pid_t, what: String)] = []
+    private(set) var running: [(pid: Int32, what: String)] = []
     /// Process groups to kill if their parent (`up`) had to be killed.
-    package var orphanGroups: Set<pid_t> = []
+    package var orphanGroups: Set<Int32> = []
     private var stopped = false
 
     package init() throws(CommandFailure) {
         executable = try CommandFailure.executable()
-        let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
-        var template = Array("\(base)/portreuse-demo.XXXXXX".utf8CString)
-        guard mkdtemp(&template) != nil else { throw CommandFailure("cannot create a folder in \(base): \(Files.errorText())") }
-        folder = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let base = Environment.value("TMPDIR") ?? "/tmp"
+        do { folder = try Files.makeTemporaryFolder(in: base, prefix: "portreuse-demo.") } catch {
+            throw CommandFailure("cannot create a folder in \(base): \(error.errno.description)")
+        }
         logPath = folder + "/processes.log"
-        log = open(logPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-        guard log >= 0 else { throw CommandFailure("cannot create \(logPath): \(Files.errorText())") }
-        notify = try NotifyReceiver(path: folder + "/notify.sock")
+        do { log = try Files.open(logPath, .appending, permissions: 0o644) } catch {
+            throw CommandFailure("cannot create \(logPath): \(error.errno.description)")
+        }
+        notify = try NotifyReceiver.make(path: folder + "/notify.sock")
         // The children get our environment without anything that would make them someone else's service.
         let dropped = ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", UpgradeHandover.variable]
         environment = ProcessSpawn.currentEnvironment().filter { entry in !dropped.contains { entry.hasPrefix($0 + "=") } }
-        Signals.handle([SIGINT, SIGTERM, SIGHUP], restart: true, with: requestInterrupt)
-        Signals.setBlocked([SIGINT, SIGTERM, SIGHUP], false)  // a parent (a test runner's thread) may have blocked them
-        Signals.ignore(SIGPIPE)
+        Signals.handle([Signal.interrupt, Signal.terminate, Signal.hangUp], restart: true, with: requestInterrupt)
+        Signals.setBlocked([Signal.interrupt, Signal.terminate, Signal.hangUp], false)  // a parent (a test runner's thread) may have blocked them
+        Signals.ignore(Signal.pipe)
     }
 
     /// Throws ``DemoInterrupted`` once Ctrl-C (SIGINT), SIGTERM or SIGHUP arrived.
@@ -60,14 +60,14 @@ package final class DemoProcesses {
         let deadline = Processes.monotonicNanoseconds + UInt64(max(0, seconds) * 1e9)
         while Processes.monotonicNanoseconds < deadline {
             try checkInterrupted()
-            usleep(useconds_t(min(20_000, (deadline - min(deadline, Processes.monotonicNanoseconds)) / 1000 + 1)))
+            Processes.sleep(microseconds: UInt32(min(20_000, (deadline - min(deadline, Processes.monotonicNanoseconds)) / 1000 + 1)))
         }
         try checkInterrupted()
     }
 
     /// Starts this executable with `arguments` (in a process group of its own, stdout and stderr to the
     /// log); with `notifying`, NOTIFY_SOCKET names the demo's receiver.
-    package func start(_ arguments: [String], what: String, notifying: Bool) throws(CommandFailure) -> pid_t {
+    package func start(_ arguments: [String], what: String, notifying: Bool) throws(CommandFailure) -> Int32 {
         let environment = environment + (notifying ? ["NOTIFY_SOCKET=\(notify.path)"] : [])
         let pid = try Spawner.spawn([executable] + arguments, environment: environment, descriptors: [], setListenPID: false, output: log)
         running.append((pid, what))
@@ -75,14 +75,14 @@ package final class DemoProcesses {
     }
 
     /// The exit status of `pid` if it has exited (and reaps it), else `nil`.
-    package func exited(_ pid: pid_t) -> ExitStatus? {
+    package func exited(_ pid: Int32) -> ExitStatus? {
         guard let (_, status) = (try? Processes.wait(pid, noHang: true)) ?? nil else { return nil }
         running.removeAll { $0.pid == pid }
         return status
     }
 
     /// Waits until `count` READY=1 messages came, at most `timeout` seconds; fails when one of `pids` exits.
-    package func waitForReady(count: Int, of pids: [pid_t], timeout: Double) throws -> Void {
+    package func waitForReady(count: Int, of pids: [Int32], timeout: Double) throws -> Void {
         var ready = 0
         let deadline = Processes.monotonicNanoseconds + UInt64(timeout * 1e9)
         while ready < count {
@@ -97,25 +97,24 @@ package final class DemoProcesses {
             guard Processes.monotonicNanoseconds < deadline else {
                 throw CommandFailure("\(count - ready) of \(count) workers were not ready within \(Int(timeout)) s.\n\(logTail())")
             }
-            var entry = pollfd(fd: notify.descriptor, events: Int16(POLLIN), revents: 0)
-            _ = poll(&entry, 1, 20)
+            _ = Files.readable([notify.descriptor], milliseconds: 20)
         }
     }
 
     /// Asks `pid`'s process group to stop (`signal`), waits at most `timeout` seconds, then kills the group
     /// and reaps it. Returns the exit status, and whether it had to be killed.
     @discardableResult
-    package func stop(_ pid: pid_t, signal: Int32 = SIGTERM, timeout: Double) -> (status: ExitStatus, killed: Bool) {
+    package func stop(_ pid: Int32, signal: Int32 = Signal.terminate, timeout: Double) -> (status: ExitStatus, killed: Bool) {
         Processes.kill(-pid, signal)
         Processes.kill(pid, signal)  // in case it left its group
         let deadline = Processes.monotonicNanoseconds + UInt64(timeout * 1e9)
         while Processes.monotonicNanoseconds < deadline {
             if let status = exited(pid) { return (status, false) }
-            usleep(5_000)
+            Processes.sleep(microseconds: 5_000)
         }
-        Processes.kill(-pid, SIGKILL)
-        Processes.kill(pid, SIGKILL)
-        let status = (try? Processes.wait(pid, noHang: false))??.status ?? ExitStatus(raw: SIGKILL)
+        Processes.kill(-pid, Signal.kill)
+        Processes.kill(pid, Signal.kill)
+        let status = (try? Processes.wait(pid, noHang: false))??.status ?? ExitStatus(raw: Signal.kill)
         running.removeAll { $0.pid == pid }
         return (status, true)
     }
@@ -127,18 +126,17 @@ package final class DemoProcesses {
         stopped = true
         for (pid, _) in running.reversed() {
             if stop(pid, timeout: 8).killed {
-                for group in orphanGroups { Processes.kill(-group, SIGKILL) }
+                for group in orphanGroups { Processes.kill(-group, Signal.kill) }
             }
         }
-        close(log)
-        unlink(notify.path)
-        close(notify.descriptor)
+        Files.close(log)
+        notify.close()
         let pidFiles = Files.list(folder)
         if keepingLog {
-            for name in pidFiles where name != "processes.log" { unlink(folder + "/" + name) }
+            for name in pidFiles where name != "processes.log" { Files.remove(folder + "/" + name) }
         } else {
-            for name in pidFiles { unlink(folder + "/" + name) }
-            rmdir(folder)
+            for name in pidFiles { Files.remove(folder + "/" + name) }
+            Files.removeFolder(folder)
         }
     }
 

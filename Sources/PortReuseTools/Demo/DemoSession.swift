@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 
@@ -7,7 +6,7 @@ package struct DemoSession {
     package let options: DemoOptions
     package let processes: DemoProcesses
     package let style = Style.standardOutput
-    package let progress = isatty(2) == 1
+    package let progress = Files.isTerminal(2)
     package let started = Processes.monotonicNanoseconds
 
     package init(options: DemoOptions, processes: DemoProcesses) {
@@ -19,7 +18,7 @@ package struct DemoSession {
     package func say(_ text: String = "") {
         guard !options.json else { return }
         print(text)
-        fflush(nil)
+        Files.flushStandardOutput()
     }
 
     package func heading(_ text: String) {
@@ -104,7 +103,7 @@ package struct DemoSession {
         heading("2. Sharing: \(options.workers) worker processes on one port (policy shared: SO_REUSEADDR + SO_REUSEPORT)")
         let port = try freePort()
         let address = SocketAddress(ip: .loopbackIPv4, port: port)
-        var pids: [pid_t] = []
+        var pids: [Int32] = []
         for number in 1...options.workers {
             pids.append(try processes.start(
                 ["demo-worker", "--listen", "127.0.0.1:\(port)", "--policy", "shared", "--name", "\(number)"],
@@ -124,7 +123,7 @@ package struct DemoSession {
         let whoText = who(port: port)
         for pid in pids { processes.stop(pid, timeout: 5) }
 
-        var workers: [(name: String, pid: pid_t, connections: Int)] = []
+        var workers: [(name: String, pid: Int32, connections: Int)] = []
         for (number, pid) in zip(1...options.workers, pids) {
             let connections = figures.answers["worker \(number) pid \(pid)"] ?? 0
             workers.append(("\(number)", pid, connections))
@@ -235,7 +234,7 @@ package struct DemoSession {
                 load.note.withLock { $0 = "reload \(round) of \(options.restarts)" }
                 let before = status
                 for generation in status.generations { processes.orphanGroups.insert(generation.pid) }
-                Processes.kill(up, SIGHUP)
+                Processes.kill(up, Signal.hangUp)
                 let outcome = try waitForStatus(statusPath, up: up, timeout: 20, what: "reload \(round)") { $0.outcome(ofReloadAskedAt: before) }
                 if outcome.result == .ready { times.append(outcome.seconds * 1000) } else { failedReloads += 1 }
                 status = UpStatus.read(from: statusPath) ?? status
@@ -279,7 +278,7 @@ package struct DemoSession {
     }
 
     /// Reads up's status file every 20 ms until `done` gives a value; fails when up exits or after `timeout`.
-    private func waitForStatus<T>(_ path: String, up: pid_t, timeout: Double, what: String, until done: (UpStatus) -> T?) throws -> T {
+    private func waitForStatus<T>(_ path: String, up: Int32, timeout: Double, what: String, until done: (UpStatus) -> T?) throws -> T {
         let deadline = Processes.monotonicNanoseconds + UInt64(timeout * 1e9)
         while Processes.monotonicNanoseconds < deadline {
             try DemoProcesses.checkInterrupted()
@@ -287,7 +286,7 @@ package struct DemoSession {
             if let exit = processes.exited(up) {
                 throw CommandFailure("portreuse up ended (\(exit)) while the demo waited for \(what).\n\(processes.logTail())")
             }
-            usleep(20_000)
+            Processes.sleep(microseconds: 20_000)
         }
         throw CommandFailure("portreuse up did not report \(what) within \(Int(timeout)) s.\n\(processes.logTail())")
     }

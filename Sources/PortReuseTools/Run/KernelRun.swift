@@ -1,5 +1,4 @@
 #if os(Linux)
-import Glibc
 import PortReuse
 import SystemPackage
 import PortReuseSystem
@@ -65,12 +64,12 @@ package enum KernelRun {
     }
 
     /// The signals forwarded to the program.
-    package static let forwardedSignals = [SIGTERM, SIGINT, SIGHUP, SIGQUIT]
+    package static let forwardedSignals = [Signal.terminate, Signal.interrupt, Signal.hangUp, Signal.quit]
 
     /// Why this kernel cannot run the kernel path, or `nil`: pidfd_getfd (Linux 5.6) is probed on ourselves.
     package static func unsupportedReason() -> String? {
         do {
-            let copy = try Processes.duplicate(STDERR_FILENO, ofProcess: getpid())
+            let copy = try Processes.duplicate(2, ofProcess: Processes.currentID)  // stderr
             Files.close(copy)
             return nil
         } catch let error where error.errno == .noFunction || error.errno == .invalidArgument {
@@ -85,24 +84,20 @@ package enum KernelRun {
     package static func run(_ arguments: [String], path: String, rules: InterceptionRules, announce: (String) -> Void) throws(CommandFailure) -> Outcome {
         // Every thread of ours blocks the forwarded signals and SIGCHLD (the interceptor's thread inherits this
         // mask); this thread takes them with sigtimedwait. The child gets an empty mask (Spawner).
-        var waited = sigset_t()
-        sigemptyset(&waited)
-        for signal in forwardedSignals + [SIGCHLD] { sigaddset(&waited, signal) }
-        var previousMask = sigset_t()
-        pthread_sigmask(SIG_BLOCK, &waited, &previousMask)
-        let previousPipe = signal(SIGPIPE, SIG_IGN)  // a closed stderr must not kill the supervisor of the program's binds
+        var waited = Signals.Waited(forwardedSignals + [Signal.child])
+        let restorePipe = Signals.ignoringBrokenPipes()  // a closed stderr must not kill the supervisor of the program's binds
         let restore = {
             // The shim may run next, by execve: it must not inherit a blocked mask or an ignored SIGPIPE.
-            signal(SIGPIPE, previousPipe)
-            pthread_sigmask(SIG_SETMASK, &previousMask, nil)
+            restorePipe()
+            waited.restore()
         }
 
-        let pid: pid_t, notification: Int32
+        let pid: Int32, notification: Int32
         switch try Spawner.start(arguments, path: path, environment: ProcessSpawn.currentEnvironment(), filter: rules.systemCalls, attachment: .foreground) {
         case .started(let started, let descriptor?):
             (pid, notification) = (started, descriptor)
         case .started(let started, nil):
-            Processes.kill(started, SIGKILL)
+            Processes.kill(started, Signal.kill)
             _ = waitForever(started)
             throw CommandFailure("\(path) started without handing over its seccomp descriptor", exitCode: 126)
         case .refused(let code):
@@ -117,36 +112,32 @@ package enum KernelRun {
             interceptor = try SocketCallInterceptor(notificationDescriptor: notification, rules: rules)
             try interceptor.start()
         } catch {
-            Processes.kill(pid, SIGKILL)
+            Processes.kill(pid, Signal.kill)
             _ = waitForever(pid)
             throw CommandFailure("cannot answer the program's system calls: \(error)")
         }
 
-        let status = supervise(pid, signals: waited)
+        let status = supervise(pid, signals: &waited)
         if !interceptor.stop(timeout: 2) { announce("the interceptor did not stop within 2 s") }
         return .exited(status)
     }
 
     /// Forwards signals to `pid` until it ends; its shell status.
-    private static func supervise(_ pid: pid_t, signals: sigset_t) -> Int32 {
-        var signals = signals
+    private static func supervise(_ pid: Int32, signals: inout Signals.Waited) -> Int32 {
         while true {
             do {
                 if let (_, status) = try Processes.wait(pid, noHang: true) { return status.shellStatus }
             } catch {
                 return 1  // not our child any more: nothing left to wait for
             }
-            var info = siginfo_t()
-            var timeout = timespec(tv_sec: 1, tv_nsec: 0)
-            let number = sigtimedwait(&signals, &info, &timeout)
-            guard number > 0, number != SIGCHLD else { continue }
+            guard let (number, fromKernel) = signals.next(timeout: 1), number != Signal.child else { continue }
             // A terminal's signal (SI_KERNEL) went to the whole foreground process group, the program included.
-            if info.si_code == 0x80 { continue }
+            if fromKernel { continue }
             Processes.kill(pid, number)
         }
     }
 
-    private static func waitForever(_ pid: pid_t) -> Int32 {
+    private static func waitForever(_ pid: Int32) -> Int32 {
         while true {
             do {
                 if let (_, status) = try Processes.wait(pid, noHang: false) { return status.shellStatus }

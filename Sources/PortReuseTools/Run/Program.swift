@@ -1,5 +1,4 @@
 import PortReuse
-import Glibc
 import PortReuseSystem
 
 /// A program to start with the shim preloaded: found through PATH as a shell finds it, and checked for
@@ -15,8 +14,8 @@ package struct Program {
     /// not executable 126, as in shells.
     package static func find(_ name: String, searchPath: String?) throws(CommandFailure) -> Program {
         if name.contains("/") {
-            guard Files.status(name) != nil else { throw CommandFailure("\(name): no such file", exitCode: 127) }
-            guard Files.isRegularFile(name), access(name, X_OK) == 0 else {
+            guard Files.status(of: name, following: true) != nil else { throw CommandFailure("\(name): no such file", exitCode: 127) }
+            guard Files.isRegularFile(name), Files.isExecutable(name) else {
                 throw CommandFailure("\(name) is not an executable file (check its mode: chmod +x \(name))", exitCode: 126)
             }
             return Program(name: name, path: name)
@@ -27,7 +26,7 @@ package struct Program {
         for folder in folders {
             let candidate = (folder.isEmpty ? "." : String(folder)) + "/" + name
             guard Files.isRegularFile(candidate) else { continue }
-            if access(candidate, X_OK) == 0 { return Program(name: name, path: candidate) }
+            if Files.isExecutable(candidate) { return Program(name: name, path: candidate) }
             notExecutable = notExecutable ?? candidate
         }
         if let notExecutable {
@@ -71,7 +70,7 @@ package struct Program {
     /// a socket of its own beside up's (made shareable by run), where up's steering does not reach, unserved.
     package func checkNotUp(arguments: [String]) throws(CommandFailure) {
         guard arguments.count > 1, arguments[1] == "up" || arguments[1] == "serve", let own = try? Processes.currentExecutable(),
-            let mine = Files.status(own), let theirs = Files.status(path), mine.st_dev == theirs.st_dev, mine.st_ino == theirs.st_ino
+            let mine = Files.status(of: own, following: true), let theirs = Files.status(of: path, following: true), mine.device == theirs.device, mine.inode == theirs.inode
         else { return }
         throw CommandFailure(
             "portreuse run would wrap portreuse up: up shares its port itself (each generation gets a socket up steers, or up's own socket "
@@ -147,30 +146,22 @@ package struct Program {
     /// another user, set-group-ID to another group, or file capabilities for a user other than root; not
     /// on a file system mounted nosuid, where the bits do nothing.
     private static func secureExecution(_ path: String) -> String? {
-        guard let info = Files.status(path) else { return nil }
-        var volume = statvfs()
-        if statvfs(path, &volume) == 0 && volume.f_flag & UInt(ST_NOSUID) != 0 { return nil }
-        if info.st_mode & S_ISUID != 0 && info.st_uid != getuid() {
-            return "is set-user-ID to \(userName(info.st_uid))"
+        guard let info = Files.status(of: path, following: true), !Files.isOnNoSUIDMount(path) else { return nil }
+        if info.permissions & 0o4000 != 0 && info.owner != Processes.realUserID {  // S_ISUID
+            return "is set-user-ID to \(userName(info.owner))"
         }
-        if info.st_mode & S_ISGID != 0 && info.st_gid != getgid() {
-            return "is set-group-ID to \(groupName(info.st_gid))"
+        if info.permissions & 0o2000 != 0 && info.group != Processes.realGroupID {  // S_ISGID
+            return "is set-group-ID to \(groupName(info.group))"
         }
-        if getuid() != 0 && Processes.hasFileCapabilities(path) {
+        if Processes.realUserID != 0 && Processes.hasFileCapabilities(path) {
             return "has file capabilities (getcap \(path))"
         }
         return nil
     }
 
-    private static func userName(_ uid: uid_t) -> String {
-        guard let entry = getpwuid(uid), let name = entry.pointee.pw_name else { return "uid \(uid)" }
-        return "\(String(cString: name)) (uid \(uid))"
-    }
+    private static func userName(_ uid: UInt32) -> String { Processes.userName(uid).map { "\($0) (uid \(uid))" } ?? "uid \(uid)" }
 
-    private static func groupName(_ gid: gid_t) -> String {
-        guard let entry = getgrgid(gid), let name = entry.pointee.gr_name else { return "gid \(gid)" }
-        return "\(String(cString: name)) (gid \(gid))"
-    }
+    private static func groupName(_ gid: UInt32) -> String { Processes.groupName(gid).map { "\($0) (gid \(gid))" } ?? "gid \(gid)" }
 }
 
 /// What kind of executable a file is, read from its first bytes and, for ELF, its program headers.

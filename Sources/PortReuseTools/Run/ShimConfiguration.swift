@@ -1,5 +1,5 @@
-import Glibc
 import PortReuse
+import PortReuseSystem
 import PortReuseInterception
 
 /// What the shim does inside a program, and the environment that says it. The shim reads environment

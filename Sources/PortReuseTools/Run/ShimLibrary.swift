@@ -1,5 +1,5 @@
 import PortReuse
-import Glibc
+import SystemPackage
 import PortReuseSystem
 
 /// The LD_PRELOAD shim (`libCReuseShim.so`, the C target `CReuseShim`) that `portreuse run` loads into a
@@ -42,7 +42,7 @@ package struct ShimLibrary: Sendable {
         let installFolder = Files.parent(of: folder)
         let candidates = [besideExecutable, installFolder + "/lib/portreuse/" + fileName, installFolder + "/lib/" + fileName]
         guard let found = candidates.first(where: Files.isRegularFile) else {
-            if let blocked = candidates.first(where: { access($0, F_OK) != 0 && errno == EACCES }) {
+            if let blocked = candidates.first(where: { Files.status(of: $0, following: true) == nil && Errno.current == .permissionDenied }) {
                 throw unreadable(blocked)
             }
             throw CommandFailure(
@@ -58,13 +58,13 @@ package struct ShimLibrary: Sendable {
 
     /// The program runs as this user: ld.so must be able to read the shim, or it only says "ignored".
     private static func readable(_ path: String) throws(CommandFailure) -> ShimLibrary {
-        guard access(path, R_OK) == 0 else { throw unreadable(path) }
+        guard Files.isReadable(path) else { throw unreadable(path) }
         return ShimLibrary(path: path)
     }
 
     private static func unreadable(_ path: String) -> CommandFailure {
         CommandFailure(
-            "this user (uid \(getuid())) cannot read the LD_PRELOAD shim \(path): \(Files.errorText()). Make it and "
+            "this user (uid \(Processes.realUserID)) cannot read the LD_PRELOAD shim \(path): \(Files.errorText()). Make it and "
                 + "the folders above it readable (chmod a+rx), or install portreuse and \(fileName) where every user can read them")
     }
 }

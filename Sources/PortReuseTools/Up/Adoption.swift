@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 
@@ -8,7 +7,7 @@ import PortReuseSystem
 /// queue; generation 1 starts on it, and once it is ready the adopted process gets its stop signal. Nothing
 /// queued is lost: the connections wait in the queue that `up` keeps.
 package struct Adoption {
-    package let pid: pid_t
+    package let pid: Int32
     /// A pidfd of the adopted process: its signals and its exit go through it (no pid reuse can misdirect them).
     package let pidfd: Int32
     /// Its name and its command line, for the log.
@@ -18,20 +17,20 @@ package struct Adoption {
     /// Finds `pid`'s socket on each of `listen` (by address, in the kernel's tables as `who` reads them) and
     /// takes a duplicate of it, held at `floor` or above. Throws, with exit status 3, what is wrong: no such
     /// process, no socket of it on the address, a TCP socket that is not listening, or no right to take it.
-    package static func take(from pid: pid_t, listen: [ListenSpec], floor: Int32, anyUser: Bool = false) throws(CommandFailure) -> (Adoption, [HeldSocket]) {
+    package static func take(from pid: Int32, listen: [ListenSpec], floor: Int32, anyUser: Bool = false) throws(CommandFailure) -> (Adoption, [HeldSocket]) {
         guard pid > 0, let pidfd = try? Processes.open(pid) else {
             throw CommandFailure("--adopt \(pid): no such process (give the pid of the running server, as `portreuse who PORT` shows it)", exitCode: 3)
         }
         let info = KernelTables.processInfo(pid: pid)
-        if (try? Processes.readLink("/proc/\(pid)/exe")) == nil, Processes.exists(pid), info.commandLine.isEmpty, geteuid() == 0 {
+        if (try? Processes.readLink("/proc/\(pid)/exe")) == nil, Processes.exists(pid), info.commandLine.isEmpty, Processes.effectiveUserID == 0 {
             Files.close(pidfd)
             throw CommandFailure("--adopt \(pid) (\(info.name)) is a kernel thread: it holds no socket", exitCode: 3)
         }
         // The generations run as up's user: adopting another user's server would run its next versions as this one.
-        if let uid = info.uid, uid != geteuid(), geteuid() == 0, !anyUser {
+        if let uid = info.uid, uid != Processes.effectiveUserID, Processes.effectiveUserID == 0, !anyUser {
             Files.close(pidfd)
             throw CommandFailure(
-                "--adopt \(pid) (\(info.name)) runs as uid \(uid), and up runs as uid \(geteuid()): its next generations would run as uid \(geteuid()), "
+                "--adopt \(pid) (\(info.name)) runs as uid \(uid), and up runs as uid \(Processes.effectiveUserID): its next generations would run as uid \(Processes.effectiveUserID), "
                     + "not as the server's user. Run up as that user, or say --adopt-any-user to run them as up's user anyway", exitCode: 3)
         }
         let adoption = Adoption(
@@ -93,11 +92,11 @@ package struct Adoption {
 
     /// Why pidfd_getfd may be denied, in words, and what to do.
     private func rightsAdvice(uid: UInt32?) -> String {
-        if let uid, uid != geteuid(), geteuid() != 0 {
-            return "It runs as uid \(uid), not as you (uid \(geteuid())): run up as root or as that user"
+        if let uid, uid != Processes.effectiveUserID, Processes.effectiveUserID != 0 {
+            return "It runs as uid \(uid), not as you (uid \(Processes.effectiveUserID)): run up as root or as that user"
         }
         let scope = Files.read("/proc/sys/kernel/yama/ptrace_scope", limit: 8).map { String(decoding: $0, as: UTF8.self).filter(\.isNumber) }
-        if let scope, scope != "0", geteuid() != 0 {
+        if let scope, scope != "0", Processes.effectiveUserID != 0 {
             return "kernel.yama.ptrace_scope=\(scope) lets only a parent or CAP_SYS_PTRACE take another process's descriptors: run up as root "
                 + "(or with CAP_SYS_PTRACE), or sysctl -w kernel.yama.ptrace_scope=0"
         }

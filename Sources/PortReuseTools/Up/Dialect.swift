@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 
@@ -17,7 +16,7 @@ package struct Dialect: Sendable, CustomStringConvertible {
         /// The generation's number (1 for the first).
         package var generation: Int
         /// `up`'s own pid: the generation's parent.
-        package var supervisorPID: pid_t
+        package var supervisorPID: Int32
     }
 
     /// The `--protocol` name.
@@ -85,7 +84,7 @@ package struct Dialect: Sendable, CustomStringConvertible {
     package static let all: [Dialect] = [
         Dialect(
             name: "systemd", supervisor: "systemd socket activation (the default)",
-            variables: ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "LISTEN_PIDFDID"], stopSignal: SIGTERM,
+            variables: ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID", "LISTEN_PIDFDID"], stopSignal: Signal.terminate,
             maximumSockets: nil, carriesUDP: true, setsListenPID: true,
             testedWith: "gunicorn, Swift (PortReuse), SwiftNIO, Python `socket.fromfd`, systemd-socket-activate",
             notes: "LISTEN_PID and LISTEN_PIDFDID (the inode number of the program's pidfd, as systemd 254+ sets it; none where pidfds are not on pidfs) are set in the program's own process before it execs",
@@ -93,13 +92,13 @@ package struct Dialect: Sendable, CustomStringConvertible {
                 [("LISTEN_FDS", "\(context.sockets.count)"), ("LISTEN_FDNAMES", context.sockets.map(\.name).joined(separator: ":"))]
             }),
         Dialect(
-            name: "nginx", supervisor: "nginx's binary upgrade", variables: ["NGINX"], stopSignal: SIGQUIT,
+            name: "nginx", supervisor: "nginx's binary upgrade", variables: ["NGINX"], stopSignal: Signal.quit,
             maximumSockets: nil, carriesUDP: true, setsListenPID: false, testedWith: "nginx 1.22 (nginx-light)",
             notes: "nginx matches each inherited socket to a `listen` directive by address and acts as already daemonised; run it with `-g 'daemon off;'`",
             assignments: { context in [("NGINX", context.sockets.map { "\($0.number);" }.joined())] }, nonBlockingSockets: true),
         Dialect(
             name: "server-starter", supervisor: "Server::Starter (`start_server`)",
-            variables: ["SERVER_STARTER_PORT", "SERVER_STARTER_GENERATION"], stopSignal: SIGTERM,
+            variables: ["SERVER_STARTER_PORT", "SERVER_STARTER_GENERATION"], stopSignal: Signal.terminate,
             maximumSockets: nil, carriesUDP: true, setsListenPID: false, testedWith: "Starlet (`plackup -s Starlet`)",
             notes: "keys as `start_server` writes them: `8000` for an IPv4 wildcard, `host:port`, `[v6]:port`",
             assignments: { context in
@@ -111,7 +110,7 @@ package struct Dialect: Sendable, CustomStringConvertible {
         Dialect(
             name: "einhorn", supervisor: "einhorn",
             variables: ["EINHORN_FD_COUNT", "EINHORN_FD_*", "EINHORN_FDS", "EINHORN_MASTER_PID", "EINHORN_SOCK_PATH", "EINHORN_SOCK_FD"],
-            stopSignal: SIGUSR2, maximumSockets: nil, carriesUDP: true, setsListenPID: false,
+            stopSignal: Signal.user2, maximumSockets: nil, carriesUDP: true, setsListenPID: false,
             testedWith: "a test program that reads them as einhorn's Go and Ruby clients do",
             notes: "EINHORN_MASTER_PID is up's pid, the program's parent, as `Einhorn::Worker.ensure_worker!` checks; no command socket, so no `worker:ack` (readiness: probe)",
             assignments: { context in
@@ -121,20 +120,20 @@ package struct Dialect: Sendable, CustomStringConvertible {
             }),
         Dialect(
             name: "gunicorn", supervisor: "gunicorn's re-exec (USR2)", variables: ["GUNICORN_FD", "GUNICORN_PID"],
-            stopSignal: SIGTERM, maximumSockets: nil, carriesUDP: false, setsListenPID: false,
+            stopSignal: Signal.terminate, maximumSockets: nil, carriesUDP: false, setsListenPID: false,
             testedWith: "gunicorn (PyPI)",
             notes: "gunicorn reads GUNICORN_FD only beside GUNICORN_PID (its old master; here up, its parent): it then ignores its own USR2 (\"Parent exists\") and writes its `--pid` file as PATH.2",
             assignments: { context in
                 [("GUNICORN_FD", context.sockets.map { "\($0.number)" }.joined(separator: ",")), ("GUNICORN_PID", "\(context.supervisorPID)")]
             }),
         Dialect(
-            name: "unicorn", supervisor: "unicorn's re-exec (USR2)", variables: ["UNICORN_FD"], stopSignal: SIGQUIT,
+            name: "unicorn", supervisor: "unicorn's re-exec (USR2)", variables: ["UNICORN_FD"], stopSignal: Signal.quit,
             maximumSockets: nil, carriesUDP: false, setsListenPID: false,
             testedWith: "a test program that reads it as unicorn's `HttpServer#start` does",
             notes: "QUIT is unicorn's graceful stop (TERM stops at once)",
             assignments: { context in [("UNICORN_FD", context.sockets.map { "\($0.number)" }.joined(separator: ","))] }),
         Dialect(
-            name: "puma", supervisor: "puma's hot restart", variables: ["PUMA_INHERIT_*"], stopSignal: SIGTERM,
+            name: "puma", supervisor: "puma's hot restart", variables: ["PUMA_INHERIT_*"], stopSignal: Signal.terminate,
             maximumSockets: nil, carriesUDP: false, setsListenPID: false,
             testedWith: "a test program that reads them as puma's `Binder#create_inherited_fds` does",
             notes: "puma uses an inherited socket for the `--bind` whose URL is the same (`tcp://127.0.0.1:8080`)",
@@ -142,7 +141,7 @@ package struct Dialect: Sendable, CustomStringConvertible {
                 context.sockets.enumerated().map { ("PUMA_INHERIT_\($0.offset)", "\($0.element.number):\(pumaURL($0.element.endpoint))") }
             }),
         Dialect(
-            name: "catflap", supervisor: "catflap and systemfd's `LISTEN_FD`", variables: ["LISTEN_FD"], stopSignal: SIGTERM,
+            name: "catflap", supervisor: "catflap and systemfd's `LISTEN_FD`", variables: ["LISTEN_FD"], stopSignal: Signal.terminate,
             maximumSockets: 1, carriesUDP: true, setsListenPID: false,
             testedWith: "a test program that reads it as catflap's clients do",
             notes: "one socket only",

@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 
@@ -48,9 +47,9 @@ package enum GenerationProbe {
     /// The processes of a process group (a generation: its leader and every worker it forked). One `getpgid`
     /// per process of the host, not a read of its stat: the readiness probe asks every 10 ms while a
     /// generation starts.
-    package static func processes(inGroup group: pid_t) -> [pid_t] {
-        Files.list("/proc").compactMap { entry -> pid_t? in
-            guard let pid = pid_t(entry), getpgid(pid) == group else { return nil }
+    package static func processes(inGroup group: Int32) -> [Int32] {
+        Files.list("/proc").compactMap { entry -> Int32? in
+            guard let pid = Int32(entry), Processes.processGroup(of: pid) == group else { return nil }
             return pid
         }
     }
@@ -59,12 +58,12 @@ package enum GenerationProbe {
     package static var canLook: Bool { Files.read("/proc/self/syscall", limit: 16) != nil }
 
     /// Whether a thread of a process in `group` is blocked waiting for the socket with inode `inode`.
-    package static func isWaiting(group: pid_t, on inode: UInt64) -> Bool {
+    package static func isWaiting(group: Int32, on inode: UInt64) -> Bool {
         isWaiting(processes: processes(inGroup: group), on: inode)
     }
 
     /// Whether a thread of one of `processes` is blocked waiting for the socket with inode `inode`.
-    package static func isWaiting(processes: [pid_t], on inode: UInt64) -> Bool {
+    package static func isWaiting(processes: [Int32], on inode: UInt64) -> Bool {
         processes.contains { pid in
             Files.list("/proc/\(pid)/task").contains { task in
                 guard let wait = wait(readingSyscallFile: "/proc/\(pid)/task/\(task)/syscall") else { return false }
@@ -73,7 +72,7 @@ package enum GenerationProbe {
         }
     }
 
-    private static func isWaiting(pid: pid_t, _ wait: Wait, on inode: UInt64) -> Bool {
+    private static func isWaiting(pid: Int32, _ wait: Wait, on inode: UInt64) -> Bool {
         switch wait {
         case .accept(let descriptor), .receive(let descriptor):
             return Processes.socketInode(of: pid, descriptor: descriptor) == inode
@@ -90,7 +89,7 @@ package enum GenerationProbe {
                 let entry = bytes[(index * 8)..<(index * 8 + 8)]
                 let descriptor = entry.prefix(4).reversed().reduce(Int32(0)) { $0 << 8 | Int32($1) }
                 let events = Int16(entry[entry.startIndex + 4]) | Int16(entry[entry.startIndex + 5]) << 8
-                return events & Int16(POLLIN) != 0 && Processes.socketInode(of: pid, descriptor: descriptor) == inode
+                return events & Files.pollInput != 0 && Processes.socketInode(of: pid, descriptor: descriptor) == inode
             }
         case .select(let count, let readSet):
             guard count > 0, count <= 65_536, readSet != 0, let bits = readMemory(pid: pid, at: readSet, count: (count + 7) / 8) else { return false }
@@ -102,12 +101,9 @@ package enum GenerationProbe {
     }
 
     /// The inode of one of our own sockets.
-    package static func inode(of descriptor: Int32) -> UInt64 {
-        var info = stat()
-        return fstat(descriptor, &info) == 0 ? UInt64(info.st_ino) : 0
-    }
+    package static func inode(of descriptor: Int32) -> UInt64 { Files.status(of: descriptor)?.inode ?? 0 }
 
-    private static func readMemory(pid: pid_t, at address: UInt64, count: Int) -> [UInt8]? {
+    private static func readMemory(pid: Int32, at address: UInt64, count: Int) -> [UInt8]? {
         Files.read("/proc/\(pid)/mem", offset: Int(bitPattern: UInt(address)), count: count, exactly: true)
     }
 
@@ -117,14 +113,14 @@ package enum GenerationProbe {
     /// The `pause` groups are stopped first, and only once every one of their processes is seen stopped
     /// (SIGSTOP is asynchronous: a generation idle in `accept` would otherwise take the probe itself) does the
     /// probe connect; they are always continued.
-    package static func connectionIsAccepted(listener: SocketAddress, pausing groups: [pid_t], timeout: UInt64) -> Bool {
-        for group in groups { Processes.kill(-group, SIGSTOP) }
-        defer { for group in groups { Processes.kill(-group, SIGCONT) } }
+    package static func connectionIsAccepted(listener: SocketAddress, pausing groups: [Int32], timeout: UInt64) -> Bool {
+        for group in groups { Processes.kill(-group, Signal.stop) }
+        defer { for group in groups { Processes.kill(-group, Signal.continue) } }
         let stopDeadline = Processes.monotonicNanoseconds + timeout
         let paused = groups.flatMap { processes(inGroup: $0) }
         while !paused.allSatisfy(Processes.isStopped) {
             guard Processes.monotonicNanoseconds < stopDeadline else { return false }
-            usleep(200)
+            Processes.sleep(microseconds: 200)
         }
         let target = SocketAddress(ip: listener.ip.isUnspecified ? (listener.family == .ipv4 ? .loopbackIPv4 : .loopbackIPv6) : listener.ip, port: listener.port)
         guard let probe = try? Connection.dial(to: target, timeout: .milliseconds(Int(timeout / 1_000_000))) else { return false }
@@ -142,13 +138,13 @@ package enum GenerationProbe {
                 if paused.contains(where: { holds($0, socketInode: serverSide.inode) }) { return false }
                 return true
             }
-            usleep(500)
+            Processes.sleep(microseconds: 500)
         }
         return false
     }
 
     /// Whether process `pid` has a descriptor for the socket with inode `inode`.
-    static func holds(_ pid: pid_t, socketInode inode: UInt64) -> Bool {
+    static func holds(_ pid: Int32, socketInode inode: UInt64) -> Bool {
         Processes.socketInodes(of: pid).contains(inode)
     }
 }
@@ -161,9 +157,9 @@ extension GenerationProbe {
     /// connections that arrive meanwhile wait in the shared queue for the new generation. A signal the program
     /// does not handle ends it on SIGCONT before any of its code runs (so nothing more is accepted); a handled one
     /// may let a thread accept a connection it had just seen. Always continues them; whether it was sent.
-    package static func signalWhenIdle(pausing target: pid_t, main: pid_t, signal: Int32) -> Bool {
-        guard Processes.kill(target, SIGSTOP) else { return false }
-        defer { Processes.kill(target, SIGCONT) }
+    package static func signalWhenIdle(pausing target: Int32, main: Int32, signal: Int32) -> Bool {
+        guard Processes.kill(target, Signal.stop) else { return false }
+        defer { Processes.kill(target, Signal.continue) }
         let members = target < 0 ? processes(inGroup: -target) : [target]
         let stopped = waitForStop(members)
         guard stopped else { return false }
@@ -172,11 +168,11 @@ extension GenerationProbe {
         return Processes.kill(main, signal)
     }
 
-    private static func waitForStop(_ members: [pid_t]) -> Bool {
+    private static func waitForStop(_ members: [Int32]) -> Bool {
         let deadline = Processes.monotonicNanoseconds + 50_000_000
         while Processes.monotonicNanoseconds < deadline {
             if members.allSatisfy(Processes.isStopped) { return true }
-            usleep(200)
+            Processes.sleep(microseconds: 200)
         }
         return false
     }

@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 
@@ -60,11 +59,11 @@ package struct HeldSocket {
     /// Takes `descriptor` over: a close-on-exec duplicate at `floor` or above replaces it. A `backlog` says that
     /// `up` opened it, and listens with that length (TCP).
     package static func hold(_ descriptor: Int32, name: String, floor: Int32, backlog: Int32?) throws(CommandFailure) -> HeldSocket {
-        let moved = fcntl(descriptor, F_DUPFD_CLOEXEC, floor)
-        guard moved >= 0 else {
-            throw CommandFailure("cannot keep socket descriptor \(descriptor) at \(floor) or above: \(Files.errorText()) (see ulimit -n)", exitCode: 3)
+        let moved: Int32
+        do { moved = try Files.duplicate(descriptor, atLeast: floor) } catch {
+            throw CommandFailure("cannot keep socket descriptor \(descriptor) at \(floor) or above: \(error.errno.description) (see ulimit -n)", exitCode: 3)
         }
-        close(descriptor)
+        Files.close(descriptor)
         var held = try describe(moved, name: name)
         held.backlog = held.transport == .tcp ? backlog : nil
         held.openedByUp = backlog != nil
@@ -88,9 +87,8 @@ package struct HeldSocket {
     /// names this file).
     package var unixFile: UnixListener? {
         guard case .unix(let path) = endpoint, !path.hasPrefix("@") else { return nil }
-        let copy = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
-        guard copy >= 0 else { return nil }
-        defer { close(copy) }
+        guard let copy = try? Files.duplicate(descriptor, atLeast: 0) else { return nil }
+        defer { Files.close(copy) }
         let file = try? UnixListener(adopting: copy)
         _ = file?.takeDescriptor()  // it knows its path and file; the copy closes here
         return file
@@ -123,8 +121,10 @@ package struct HeldSocket {
         do {
             let fresh = try Listener(address: address, policy: .restartable, backlog: backlog, dualStack: Self.isDualStack(descriptor, address))
             guard let new = fresh.takeDescriptor() else { return "\(name) \(address) stopped listening, and no new socket could be made" }
-            defer { close(new) }
-            guard dup2(new, descriptor) >= 0 else { return "\(name) \(address) stopped listening; cannot put a new socket in its place: \(Files.errorText())" }
+            defer { Files.close(new) }
+            do { try Files.duplicate(new, onto: descriptor) } catch {
+                return "\(name) \(address) stopped listening; cannot put a new socket in its place: \(error.errno.description)"
+            }
             Files.setCloseOnExec(descriptor)
             inode = GenerationProbe.inode(of: descriptor)
             return "\(name) \(address) stopped listening (a generation shut it down): opened it again for the next generation"

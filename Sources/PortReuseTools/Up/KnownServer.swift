@@ -1,4 +1,3 @@
-import Glibc
 import PortReuseSystem
 
 /// Servers whose graceful stop, readiness and hand-over `up` knows, matched by the executable's name (and, for an
@@ -34,26 +33,26 @@ package struct KnownServer: Sendable, CustomStringConvertible {
 
     package static let all: [KnownServer] = [
         KnownServer(
-            name: "haproxy", executables: ["haproxy"], arguments: [], stopSignal: SIGUSR1, readiness: .probe, dialect: .systemd,
+            name: "haproxy", executables: ["haproxy"], arguments: [], stopSignal: Signal.user1, readiness: .probe, dialect: .systemd,
             why: "SIGTERM is its hard stop (every connection closed at once); SIGUSR1, its soft stop, stops listening and finishes what it has"),
         KnownServer(
-            name: "nginx", executables: ["nginx"], arguments: [], stopSignal: SIGQUIT, forksWorkers: true, readiness: .probe, dialect: Dialect.named("nginx")!,
+            name: "nginx", executables: ["nginx"], arguments: [], stopSignal: Signal.quit, forksWorkers: true, readiness: .probe, dialect: Dialect.named("nginx")!,
             why: "SIGTERM and SIGINT are its fast shutdown; SIGQUIT is its graceful one; it takes inherited sockets from NGINX"),
         KnownServer(
-            name: "unicorn", executables: ["unicorn", "unicorn_rails"], arguments: [], stopSignal: SIGQUIT, forksWorkers: true, readiness: .probe,
+            name: "unicorn", executables: ["unicorn", "unicorn_rails"], arguments: [], stopSignal: Signal.quit, forksWorkers: true, readiness: .probe,
             dialect: Dialect.named("unicorn")!,
             why: "SIGTERM and SIGINT stop it at once; SIGQUIT lets each worker finish its request; it takes inherited sockets from UNICORN_FD"),
         KnownServer(
-            name: "lighttpd", executables: ["lighttpd"], arguments: [], stopSignal: SIGINT, readiness: .probe, dialect: .systemd,
+            name: "lighttpd", executables: ["lighttpd"], arguments: [], stopSignal: Signal.interrupt, readiness: .probe, dialect: .systemd,
             why: "SIGTERM stops it at once (connections reset); SIGINT is its graceful shutdown"),
         KnownServer(
-            name: "gunicorn", executables: ["gunicorn"], arguments: [], stopSignal: SIGTERM, forksWorkers: true, readiness: .auto, dialect: .systemd,
+            name: "gunicorn", executables: ["gunicorn"], arguments: [], stopSignal: Signal.terminate, forksWorkers: true, readiness: .auto, dialect: .systemd,
             why: "SIGTERM is its graceful stop (SIGQUIT and SIGINT are quick: a request in flight gets a 500); it reads LISTEN_FDS and sends READY=1"),
         KnownServer(
-            name: "php -S", executables: ["php"], arguments: ["-S"], stopSignal: SIGTERM, stopsAtOnce: true, readiness: .probe, dialect: .systemd,
+            name: "php -S", executables: ["php"], arguments: ["-S"], stopSignal: Signal.terminate, stopsAtOnce: true, readiness: .probe, dialect: .systemd,
             why: "it stops at once whatever the signal: up's steering keeps reloads whole (the old generation's stop waits until it holds no connection)"),
         KnownServer(
-            name: "python3 -m http.server", executables: ["python3", "python"], arguments: ["-m", "http.server"], stopSignal: SIGTERM,
+            name: "python3 -m http.server", executables: ["python3", "python"], arguments: ["-m", "http.server"], stopSignal: Signal.terminate,
             stopsAtOnce: true, readiness: .probe, dialect: .systemd,
             why: "it stops at once whatever the signal: up's steering keeps reloads whole (the old generation's stop waits until it holds no connection)"),
     ]

@@ -1,5 +1,5 @@
-import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// What one reload did to the listeners, for its report (``ReloadRecord``): the kernel's listen overflow and
 /// drop counters from its start to its outcome, and the longest accept queue seen meanwhile.

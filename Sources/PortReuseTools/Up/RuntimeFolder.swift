@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 
@@ -12,7 +11,7 @@ package enum RuntimeFolder {
     static let ownerFile = "owner"
 
     /// Where the folders go: $TMPDIR, else /tmp.
-    static var base: String { getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp" }
+    static var base: String { Environment.value("TMPDIR") ?? "/tmp" }
 
     /// A new folder owned by this process (the stale folders of this user's killed `up`s are removed first).
     package static func make() throws(CommandFailure) -> String {
@@ -23,18 +22,17 @@ package enum RuntimeFolder {
         }
         sweep()
         for _ in 0..<4 {
-            var template = Array("\(base)/\(prefix)XXXXXX".utf8CString)
-            guard mkdtemp(&template) != nil else {
-                throw CommandFailure("cannot create a private folder in \(base) for the notify sockets: \(Files.errorText())")
+            let folder: String
+            do { folder = try Files.makeTemporaryFolder(in: base, prefix: prefix) } catch {
+                throw CommandFailure("cannot create a private folder in \(base) for the notify sockets: \(error.errno.description)")
             }
-            let folder = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
             // Not close-on-exec: the lock lives as long as this up, its in-place upgrades included. Generations do
             // not inherit it (a spawn closes every descriptor it does not hand over).
-            let owner = open(folder + "/" + ownerFile, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)
-            guard owner >= 0 else { continue }  // another up's sweep took the folder while it was empty: again
+            // Failing: another up's sweep took the folder while it was empty: again.
+            guard let owner = try? Files.open(folder + "/" + ownerFile, .creatingNew, permissions: 0o600, inherited: true) else { continue }
             // Blocking: a sweep that opened the new file first holds the lock a moment, sees it empty, lets go.
-            _ = flock(owner, LOCK_EX)
-            try? Files.write(Array("\(getpid())\n".utf8), to: owner)
+            Files.lock(owner, waiting: true)
+            try? Files.write(Array("\(Processes.currentID)\n".utf8), to: owner)
             return folder
         }
         throw CommandFailure("cannot create a private folder in \(base) for the notify sockets: it vanished four times")
@@ -42,8 +40,8 @@ package enum RuntimeFolder {
 
     /// Removes `folder` at `up`'s exit: its owner file, then the folder if nothing else is left in it.
     package static func remove(_ folder: String) {
-        unlink(folder + "/" + ownerFile)
-        rmdir(folder)
+        Files.remove(folder + "/" + ownerFile)
+        Files.removeFolder(folder)
     }
 
     /// Removes the folders in ``base`` that belong to this user and whose owner is not running any more (or, for
@@ -53,19 +51,16 @@ package enum RuntimeFolder {
         var removed: [String] = []
         for name in Files.list(base) where name.hasPrefix(prefix) {
             let folder = base + "/" + name
-            var info = stat()
-            guard lstat(folder, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == geteuid() else { continue }
-            let owner = open(folder + "/" + ownerFile, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-            guard owner >= 0 else {
-                if rmdir(folder) == 0 { removed.append(folder) }  // only an empty one
+            guard let info = Files.status(of: folder, following: false), info.kind == .directory, info.owner == Processes.effectiveUserID else { continue }
+            guard let owner = try? Files.open(folder + "/" + ownerFile, .readingWithoutFollowing) else {
+                if Files.removeFolder(folder) { removed.append(folder) }  // only an empty one
                 continue
             }
-            defer { close(owner) }
-            guard flock(owner, LOCK_EX | LOCK_NB) == 0 else { continue }  // its up holds it: alive
-            var written = stat()
-            guard fstat(owner, &written) == 0, written.st_size > 0 else { continue }  // an up making it right now
-            for entry in Files.list(folder) { unlink(folder + "/" + entry) }  // unlink never follows a link
-            if rmdir(folder) == 0 { removed.append(folder) }
+            defer { Files.close(owner) }
+            guard Files.lock(owner, waiting: false) else { continue }  // its up holds it: alive
+            guard let written = Files.status(of: owner), written.size > 0 else { continue }  // an up making it right now
+            for entry in Files.list(folder) { Files.remove(folder + "/" + entry) }  // unlink never follows a link
+            if Files.removeFolder(folder) { removed.append(folder) }
         }
         return removed
     }

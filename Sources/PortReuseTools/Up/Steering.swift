@@ -1,6 +1,6 @@
-import CPortReuseSystem
-import Glibc
 import PortReuse
+import SystemPackage
+import PortReuseSystem
 
 // Steered generations (shared/DESIGN.md, "Steered generations"): every generation gets a listening socket of
 // its own for each TCP `--listen`, all of them in one SO_REUSEPORT group that `up` creates and holds, and a
@@ -39,7 +39,7 @@ package struct ReuseportGroup: Codable, Equatable, Sendable {
 
 /// The classic BPF programs `up` attaches to a group (`SO_ATTACH_REUSEPORT_CBPF`), as data.
 package enum SteeringProgram {
-    package typealias Instruction = csystem_bpf_instruction
+    package typealias Instruction = ReuseportPrograms.Instruction
 
     /// Where the network header starts, for loads relative to it (`SKF_NET_OFF`, -0x100000).
     static let networkOffset = UInt32(bitPattern: -0x100000)
@@ -90,19 +90,13 @@ package enum SteeringProgram {
     }
 
     /// Attaches `program` to the group of the socket `descriptor`; 0, or the errno.
-    package static func attach(_ program: [Instruction], to descriptor: Int32) -> Int32 {
-        program.withUnsafeBufferPointer { csystem_attach_reuseport_cbpf(descriptor, $0.baseAddress, UInt16($0.count)) } == 0 ? 0 : errno
-    }
-}
-
-extension SteeringProgram.Instruction: @retroactive Equatable {
-    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code && lhs.jt == rhs.jt && lhs.jf == rhs.jf && lhs.k == rhs.k }
+    package static func attach(_ program: [Instruction], to descriptor: Int32) -> Int32 { ReuseportPrograms.attachClassic(program, to: descriptor) }
 }
 
 /// A listening socket's own view of itself, read through `up`'s descriptor (TCP_INFO).
 package enum ListenerState {
     /// Whether the socket still listens (a `shutdown()` by any holder ends that for good).
-    package static func isListening(_ descriptor: Int32) -> Bool { KernelReadings.tcpInfo(of: descriptor)?.tcpi_state == 10 }  // TCP_LISTEN
+    package static func isListening(_ descriptor: Int32) -> Bool { SocketReadings.tcp(descriptor)?.state == SocketReadings.listening }
 
     /// Connections waiting in its accept queue.
     package static func queued(_ descriptor: Int32) -> Int { KernelReadings.acceptQueue(of: descriptor)?.depth ?? 0 }
@@ -119,27 +113,17 @@ package enum ListenerState {
             let count = queued(descriptor)
             return count > 0 ? "\(count) connection(s) queued" : nil
         case .udp:
-            var memory = [UInt32](repeating: 0, count: 16)
-            var length = socklen_t(memory.count * MemoryLayout<UInt32>.size)
-            guard getsockopt(descriptor, SOL_SOCKET, SO_MEMINFO, &memory, &length) == 0, memory[0] > 0 else { return nil }  // SK_MEMINFO_RMEM_ALLOC
-            return "datagrams queued (\(memory[0]) bytes of receive memory)"
+            guard let memory = SocketReadings.receiveMemory(descriptor), memory > 0 else { return nil }
+            return "datagrams queued (\(memory) bytes of receive memory)"
         }
     }
 
     /// Whether TCP_DEFER_ACCEPT is set on it (unicorn and Starlet set it): a connection is queued only once data
     /// arrives, so a probe that sends nothing is never accepted.
-    package static func defersAccept(_ descriptor: Int32) -> Bool {
-        var seconds: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        return getsockopt(descriptor, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, &seconds, &length) == 0 && seconds > 0
-    }
+    package static func defersAccept(_ descriptor: Int32) -> Bool { SocketReadings.defersAccept(descriptor) }
 
     /// Whether SO_REUSEPORT is set on it: only then can siblings join its group.
-    package static func reusesPort(_ descriptor: Int32) -> Bool {
-        var value: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        return getsockopt(descriptor, SOL_SOCKET, SO_REUSEPORT, &value, &length) == 0 && value != 0
-    }
+    package static func reusesPort(_ descriptor: Int32) -> Bool { SocketReadings.reusesPort(descriptor) }
 }
 
 /// The source of up's readiness probes for one listener: a few ports, each reserved by a socket bound to it that
@@ -167,14 +151,14 @@ package final class ProbeSource {
                 reservations.append(handle.takeDescriptor()!)
             }
         } catch {
-            for descriptor in reservations { close(descriptor) }
+            for descriptor in reservations { Files.close(descriptor) }
             throw error
         }
         self.ports = ports
         self.reservations = reservations
     }
 
-    deinit { for descriptor in reservations { close(descriptor) } }
+    deinit { for descriptor in reservations { Files.close(descriptor) } }
 
     /// Connects from the next free reserved port to `listener` (a wildcard as its loopback address), each
     /// attempt within `timeout`; `nil` when none connects.
@@ -210,8 +194,8 @@ package struct SteeringMap: Codable, Equatable, Sendable {
 
     /// A new map, or nil with the errno when the kernel refuses (EPERM without CAP_BPF).
     package static func make() -> (map: SteeringMap?, errno: Int32) {
-        let descriptor = csystem_reuseport_map_create(capacity)
-        return descriptor >= 0 ? (SteeringMap(descriptor: descriptor), 0) : (nil, errno)
+        let (descriptor, code) = ReuseportPrograms.makeMap(capacity: capacity)
+        return (descriptor.map(SteeringMap.init(descriptor:)), code)
     }
 
     private init(descriptor: Int32) { self.descriptor = descriptor }
@@ -219,8 +203,9 @@ package struct SteeringMap: Codable, Equatable, Sendable {
     /// Puts `socket` in the map under the lowest free key; 0, or the errno.
     package mutating func add(_ socket: Int32) -> Int32 {
         let used = Set(keys.values)
-        guard let key = (0..<Self.capacity).first(where: { !used.contains($0) }) else { return ENOSPC }
-        guard csystem_reuseport_map_set(descriptor, key, socket) == 0 else { return errno }
+        guard let key = (0..<Self.capacity).first(where: { !used.contains($0) }) else { return Errno.noSpace.rawValue }
+        let code = ReuseportPrograms.setMapEntry(descriptor, key: key, socket: socket)
+        guard code == 0 else { return code }
         keys[socket] = key
         return 0
     }
@@ -244,16 +229,7 @@ package struct SteeringMap: Codable, Equatable, Sendable {
 
     /// Loads the program for `choice` and attaches it to the group of `socket`; 0, or the errno, with the verifier's words.
     package func attach(_ choice: Choice, to socket: Int32) -> (errno: Int32, log: String) {
-        let ports = choice.probe?.ports ?? []
-        var log = [CChar](repeating: 0, count: 4096)
-        let result = ports.withUnsafeBufferPointer { pointer in
-            choice.serving.withUnsafeBufferPointer { serving in
-                csystem_attach_reuseport_ebpf(
-                    socket, descriptor, serving.baseAddress, UInt32(serving.count), choice.probe.map { Int32($0.key) } ?? -1, pointer.baseAddress,
-                    UInt32(ports.count), &log, UInt32(log.count))
-            }
-        }
-        let code = result == 0 ? 0 : errno
-        return (code, code == 0 ? "" : String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        ReuseportPrograms.attachExtended(
+            to: socket, map: descriptor, serving: choice.serving, probe: choice.probe.map { Int32($0.key) } ?? -1, ports: choice.probe?.ports ?? [])
     }
 }

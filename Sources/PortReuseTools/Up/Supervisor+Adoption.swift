@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 
@@ -13,12 +12,11 @@ package final class AdoptedProcess {
 
     /// Whether it has exited (its pidfd is readable then).
     var hasExited: Bool {
-        var entry = pollfd(fd: adoption.pidfd, events: Int16(POLLIN), revents: 0)
-        return poll(&entry, 1, 0) > 0
+        Files.readable([adoption.pidfd], milliseconds: 0)[0]
     }
 
     /// What pause and look at for --stop-when-idle: its process group when it leads one, else itself.
-    var pauseTarget: pid_t { Processes.stat(of: adoption.pid)?.processGroup == adoption.pid ? -adoption.pid : adoption.pid }
+    var pauseTarget: Int32 { Processes.stat(of: adoption.pid)?.processGroup == adoption.pid ? -adoption.pid : adoption.pid }
 }
 
 extension Supervisor {

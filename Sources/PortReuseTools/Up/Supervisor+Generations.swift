@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 import PortReuseInterception
@@ -15,7 +14,7 @@ extension Supervisor {
         }
         let descriptors = groups.isEmpty ? sockets.map(\.descriptor) : socketsForNewGeneration(number: number)
         do throws(CommandFailure) {
-            let notify = try NotifyReceiver(path: "\(runtimeFolder)/notify-\(number).sock")
+            let notify = try NotifyReceiver.make(path: "\(runtimeFolder)/notify-\(number).sock")
             let (pid, interceptor) = try spawn(number: number, descriptors: descriptors, environment: environment(number: number, notifyPath: notify.path))
             let held = Resources(notify: notify)
             held.interceptor = interceptor
@@ -38,7 +37,7 @@ extension Supervisor {
 
     /// Starts the program (with `--workers`, its pool, which starts the workers): under the bind filter when it
     /// can, else with LISTEN_FDS only (as before the filter).
-    private func spawn(number: Int, descriptors: [Int32], environment: [String]) throws(CommandFailure) -> (pid_t, SocketCallInterceptor?) {
+    private func spawn(number: Int, descriptors: [Int32], environment: [String]) throws(CommandFailure) -> (Int32, SocketCallInterceptor?) {
         var setListenPID = configuration.reusePortEnvironment == nil && configuration.dialect.setsListenPID
         var command = configuration.command
         if configuration.workers > 1 {
@@ -58,12 +57,12 @@ extension Supervisor {
                     return (pid, interceptor)
                 } catch {
                     // Without an answer its binds would wait for ever: this generation cannot run.
-                    Processes.kill(-pid, SIGKILL)
+                    Processes.kill(-pid, Signal.kill)
                     _ = try? Processes.wait(pid, noHang: false)
                     throw CommandFailure("cannot answer the binds of generation \(number): \(error)")
                 }
             case .started(let pid, nil):
-                Processes.kill(-pid, SIGKILL)
+                Processes.kill(-pid, Signal.kill)
                 _ = try? Processes.wait(pid, noHang: false)
                 throw CommandFailure("generation \(number) started without handing over its seccomp descriptor")
             case .failed(let reason):
@@ -113,7 +112,7 @@ extension Supervisor {
         }
         if configuration.reusePortEnvironment == nil {
             let numbered = sockets.enumerated().map { (number: Int32(3 + $0.offset), name: $0.element.name, transport: $0.element.transport, endpoint: $0.element.endpoint) }
-            entries += configuration.dialect.environment(Dialect.Context(sockets: numbered, generation: number, supervisorPID: getpid()))
+            entries += configuration.dialect.environment(Dialect.Context(sockets: numbered, generation: number, supervisorPID: Processes.currentID))
         }
         entries.append("NOTIFY_SOCKET=\(notifyPath)")
         return entries

@@ -1,5 +1,5 @@
-import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// How `up` sees that a starting generation serves (`--ready auto` and `probe`): ``UpMachine/Action/lookForReadiness(_:)``.
 extension Supervisor {

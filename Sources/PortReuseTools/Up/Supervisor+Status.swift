@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 
@@ -7,7 +6,7 @@ import PortReuseSystem
 extension Supervisor {
     package var status: UpStatus {
         var status = UpStatus(
-            pid: getpid(), processStartTime: ownStartTime, command: configuration.command, startedAt: startedWall,
+            pid: Processes.currentID, processStartTime: ownStartTime, command: configuration.command, startedAt: startedWall,
             sockets: sockets.map { socket in
                 switch socket.endpoint {
                 case .ip(let address): UpStatus.Socket(name: socket.name, address: "\(address)", transport: socket.transport.rawValue)

@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import SystemPackage
 import PortReuseSystem
@@ -10,7 +9,7 @@ extension Supervisor {
     /// that way; systemd's only with `ReusePort=yes`); says once which cannot, and why.
     func startSteering() {
         guard configuration.steers, groups.isEmpty else { return }
-        var classic = getenv("PORTREUSE_UP_STEERING").map { String(cString: $0) == "classic" } ?? false
+        var classic = Environment.value("PORTREUSE_UP_STEERING") == "classic"
         if classic { logger.info("PORTREUSE_UP_STEERING=classic: steered by classic BPF; connections queued on a retired socket are reset, not moved") }
         for (index, socket) in sockets.enumerated() {
             if socket.address != nil, ListenerState.reusesPort(socket.descriptor) {
@@ -21,9 +20,9 @@ extension Supervisor {
                 if var map = made, map.add(socket.descriptor) == 0 {
                     steeringMaps[index] = map
                 } else {
-                    if let map = made { close(map.descriptor) }
+                    if let map = made { Files.close(map.descriptor) }
                     classic = true
-                    logger.info("no eBPF steering (\(Errno(rawValue: code == 0 ? errno : code)); it needs CAP_BPF): steered by classic BPF; connections queued on a retired socket are reset, not moved")
+                    logger.info("no eBPF steering (\(code == 0 ? Errno.current : Errno(rawValue: code)); it needs CAP_BPF): steered by classic BPF; connections queued on a retired socket are reset, not moved")
                 }
             } else if socket.address == nil {
                 logger.info(.init(stringLiteral: "\(ListenSpec.label(name: socket.name, socket.label)): every generation shares a Unix-domain socket (no reuseport group "
@@ -80,9 +79,11 @@ extension Supervisor {
         case .udp: try DatagramSocket(address: address, policy: .shared, dualStack: dualStack).takeDescriptor()
         }
         guard let fresh = made else { throw CommandFailure("the new socket is gone") }
-        let moved = fcntl(fresh, F_DUPFD_CLOEXEC, try HeldSocket.firstDescriptor(holding: sockets.count))
-        close(fresh)
-        guard moved >= 0 else { throw CommandFailure(Files.errorText()) }
+        defer { Files.close(fresh) }
+        let moved: Int32
+        do { moved = try Files.duplicate(fresh, atLeast: try HeldSocket.firstDescriptor(holding: sockets.count)) } catch let error as SystemError {
+            throw CommandFailure(error.errno.description)
+        }
         if configuration.dialect.nonBlockingSockets, template.transport == .tcp { Files.setNonBlocking(moved, true) }
         groups[index]?.join(moved)
         steeredDescriptors.insert(moved)
@@ -260,7 +261,7 @@ extension Supervisor {
         for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor >= 0 && !used.contains(descriptor) {
             guard let index = groups.keys.first(where: { groups[$0]!.members.contains(descriptor) }) else {
                 steeredDescriptors.remove(descriptor)
-                close(descriptor)
+                Files.close(descriptor)
                 continue
             }
             let transport = sockets[index].transport
@@ -285,12 +286,12 @@ extension Supervisor {
                     }
                 }
                 // A TCP listener leaves its group at once, whoever else holds it (a helper left behind).
-                if transport == .tcp { _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
+                if transport == .tcp { SocketReadings.shutDown(descriptor) }
                 groups[index]?.leave(descriptor)
             } else {
                 groups[index]?.forget(descriptor)
             }
-            close(descriptor)
+            Files.close(descriptor)
             changed = true
         }
         if changed {
@@ -305,7 +306,7 @@ extension Supervisor {
     /// Classic BPF for group `index` from now on: where eBPF failed for it.
     private func dropSteeringMap(_ index: Int) {
         guard let map = steeringMaps.removeValue(forKey: index) else { return }
-        close(map.descriptor)
+        Files.close(map.descriptor)
         attachedChoices[index] = nil
         attachedPrograms[index] = nil
     }
@@ -313,7 +314,7 @@ extension Supervisor {
     /// Whether a process other than `up` holds the socket `descriptor` names.
     private func heldElsewhere(_ descriptor: Int32) -> Bool {
         let inode = GenerationProbe.inode(of: descriptor)
-        let me = getpid()
+        let me = Processes.currentID
         return processTree().all.contains { $0.pid != me && Processes.socketInodes(of: $0.pid).contains(inode) }
     }
 
@@ -326,7 +327,7 @@ extension Supervisor {
         // Only sockets up opened: systemd keeps its own, and is no member of anything.
         let inodes = Set(steeredSockets(of: generation).map(\.descriptor).filter { !others.contains($0) && steeredDescriptors.contains($0) }.map(GenerationProbe.inode(of:)))
         guard !inodes.isEmpty else { return [] }
-        let known = Set(generation.members.map(\.pid) + [generation.pid, getpid()])
+        let known = Set(generation.members.map(\.pid) + [generation.pid, Processes.currentID])
         // A process the generation made started after its first one: older ones are not read (a pass over every
         // process's descriptors is the dearest look of a reload).
         let since = tree.all.first { $0.pid == generation.pid }?.startTime ?? generation.members.map(\.startTime).min() ?? 0
@@ -336,6 +337,6 @@ extension Supervisor {
 
     /// At up's exit: its own steered sockets stop listening, so that no process left behind keeps the port.
     func shutDownSteeredSockets() {
-        for descriptor in steeredDescriptors { _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
+        for descriptor in steeredDescriptors { SocketReadings.shutDown(descriptor) }
     }
 }

@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 import PortReuseInterception
@@ -24,12 +23,12 @@ extension Supervisor {
         // are in place), and those already in the signal pipe, which does not survive exec, are raised again:
         // blocked, they stay pending across execve and reach the new up's handlers.
         Signals.setBlocked(SignalPipe.handled, true)
-        for signal in Set(signals.take()) where signal != SIGCHLD && signal != SIGUSR2 { raise(signal) }
+        for signal in Set(signals.take()) where signal != Signal.child && signal != Signal.user2 { Signals.raise(signal) }
         do throws(CommandFailure) {
             let state = handover(upgrades: record.upgrades + 1)
             let path = try state.write()
             if let refusal = UpgradeHandover.preflight(binary: binary, path: path) {
-                unlink(path)
+                Files.remove(path)
                 throw CommandFailure("\(binary) cannot take over: \(refusal)")
             }
             logger.info("upgrading to \(version) with \(generations.count) generation(s) and \(sockets.count) socket(s) kept")
@@ -67,8 +66,7 @@ extension Supervisor {
         #if os(Linux)
         for generation in generations {
             guard let held = resources[generation.number], let old = held.interceptor else { continue }
-            let copy = fcntl(old.notificationDescriptor, F_DUPFD_CLOEXEC, 0)
-            guard copy >= 0, let fresh = try? SocketCallInterceptor(notificationDescriptor: copy, rules: interceptionRules(number: generation.number, sockets: generation.sockets ?? sockets.map(\.descriptor))),
+            guard let copy = try? Files.duplicate(old.notificationDescriptor, atLeast: 0), let fresh = try? SocketCallInterceptor(notificationDescriptor: copy, rules: interceptionRules(number: generation.number, sockets: generation.sockets ?? sockets.map(\.descriptor))),
                 (try? fresh.start()) != nil
             else {
                 logger.error("\(generation.label): cannot answer its binds again after the failed upgrade")

@@ -1,4 +1,3 @@
-import Glibc
 import Logging
 import PortReuse
 import PortReuseSystem
@@ -114,7 +113,7 @@ package final class Supervisor {
     private var turnTree: Processes.Tree?
     let canLook = GenerationProbe.canLook
     /// This process's start time (/proc/self/stat), written into the status file for ``UpIdentity``.
-    let ownStartTime = Processes.stat(of: getpid())?.startTime
+    let ownStartTime = Processes.stat(of: Processes.currentID)?.startTime
     /// Whether the last status write failed (said once in the log, not at every change).
     var statusWriteFailed = false
     /// Why generations start without the bind filter, once that is known (said once in the log).
@@ -211,14 +210,12 @@ package final class Supervisor {
     /// One turn of the loop: waits for a signal, a notify message or the next tick, then hands all that happened
     /// to the machine.
     package func step() {
-        var descriptors = [pollfd(fd: signals.readEnd, events: Int16(POLLIN), revents: 0)]
-        descriptors += resources.values.compactMap { $0.notify.map { pollfd(fd: $0.descriptor, events: Int16(POLLIN), revents: 0) } }
-        _ = poll(&descriptors, nfds_t(descriptors.count), pollTimeout())
+        _ = Files.readable([signals.readEnd] + resources.values.compactMap { $0.notify?.descriptor }, milliseconds: pollTimeout())
         turnTree = nil
         // An upgrade replaces this program: every other signal of the batch is handled first.
         let batch = signals.take()
-        for signal in batch where signal != SIGUSR2 { handle(.signal(signal)) }
-        if batch.contains(SIGUSR2) { handle(.signal(SIGUSR2)) }
+        for signal in batch where signal != Signal.user2 { handle(.signal(signal)) }
+        if batch.contains(Signal.user2) { handle(.signal(Signal.user2)) }
         reap()
         for generation in generations { readMessages(of: generation.number, exited: false) }
         for generation in generations where generation.phase == .starting { resources[generation.number]?.reloadWatch?.sample(sockets) }
@@ -236,7 +233,7 @@ package final class Supervisor {
     /// any orphaned descendant. A supervisor driven by `step` alone (a test) waits only for its own children,
     /// so that it never takes another child of the same process.
     private func reap() {
-        var exits: [(pid_t, ExitStatus)] = []
+        var exits: [(Int32, ExitStatus)] = []
         if isSubreaper {
             while let exit = (try? Processes.wait(noHang: true)) ?? nil { exits.append(exit) }
         } else {
@@ -325,8 +322,8 @@ package final class Supervisor {
         guard let generation = generation(number) else { return nil }
         let outside = generation.membersOutsideGroup
         let any = Processes.groupExists(generation.pid) || !outside.isEmpty
-        Processes.kill(-generation.pid, SIGKILL)
-        for member in outside { Processes.kill(member.pid, SIGKILL) }
+        Processes.kill(-generation.pid, Signal.kill)
+        for member in outside { Processes.kill(member.pid, Signal.kill) }
         return .killed(number: number, any: any, outside: outside.count)
     }
 

@@ -1,6 +1,5 @@
 import PortReuse
 import FoundationEssentials
-import Glibc
 import PortReuseSystem
 
 /// The `--reload`, `--status` and `--upgrade` side of `portreuse up`: talks to a running `up` through its
@@ -15,9 +14,9 @@ package struct UpClient {
         self.timeout = timeout
     }
 
-    package static func readPID(_ path: String) -> pid_t? {
+    package static func readPID(_ path: String) -> Int32? {
         guard let bytes = Files.read(path, limit: 64) else { return nil }
-        return pid_t(String(decoding: bytes, as: UTF8.self).split(separator: "\n").first?.trimmingBlanks() ?? "")
+        return Int32(String(decoding: bytes, as: UTF8.self).split(separator: "\n").first?.trimmingBlanks() ?? "")
     }
 
     /// What to ask of the running `up`.
@@ -56,7 +55,7 @@ package struct UpClient {
     private func reload(_ up: UpIdentity, before: UpStatus, statusPath: String, json: Bool) throws(CommandFailure) {
         let pid = up.pid
         guard !before.stopping else { throw CommandFailure("portreuse up (pid \(pid)) is stopping: it takes no reload") }
-        try up.signal(SIGHUP)
+        try up.signal(Signal.hangUp)
         let outcome = try wait(statusPath, pid: pid) { $0.outcome(ofReloadAskedAt: before) }
         if json {
             // The record of exactly this reload, as the status file keeps it; the exit status says its result too.
@@ -81,7 +80,7 @@ package struct UpClient {
 
     private func upgrade(_ up: UpIdentity, before: UpStatus, statusPath: String) throws(CommandFailure) {
         let pid = up.pid
-        try up.signal(SIGUSR2)
+        try up.signal(Signal.user2)
         let after: UpStatus = try wait(statusPath, pid: pid) { status in
             status.upgrades > before.upgrades || status.upgradeFailures > before.upgradeFailures ? status : nil
         }
@@ -93,7 +92,7 @@ package struct UpClient {
 
     /// Reads the status file every 20 ms until `done` gives a value, at most `timeout` (the client's own: up
     /// goes on with what it was asked); fails at once when `up` stops or exits meanwhile.
-    private func wait<T>(_ path: String, pid: pid_t, until done: (UpStatus) -> T?) throws(CommandFailure) -> T {
+    private func wait<T>(_ path: String, pid: Int32, until done: (UpStatus) -> T?) throws(CommandFailure) -> T {
         let deadline = Processes.monotonicNanoseconds + UInt64(timeout * 1e9)
         while Processes.monotonicNanoseconds < deadline {
             if let status = UpStatus.read(from: path) {
@@ -101,7 +100,7 @@ package struct UpClient {
                 if status.stopping { throw CommandFailure("portreuse up (pid \(pid)) is stopping: the request will not complete") }
             }
             guard Processes.exists(pid) else { throw CommandFailure("portreuse up (pid \(pid)) exited before it answered (see its log)") }
-            usleep(20_000)
+            Processes.sleep(microseconds: 20_000)
         }
         throw CommandFailure("no outcome within \(Seconds(timeout)): portreuse up (pid \(pid)) goes on with it; `portreuse up status` shows how it ends",
                              exitCode: 124)
@@ -111,10 +110,9 @@ package struct UpClient {
     /// `nil`: it must be a regular file (not a symbolic link), belong to this user or root, and sit in a folder
     /// ``Files/unsafeFolderReason(_:)`` accepts. A missing file is left to the reads that follow.
     package static func untrustedReason(_ path: String) -> String? {
-        var info = stat()
-        guard lstat(path, &info) == 0 else { return nil }
-        if info.st_mode & S_IFMT != S_IFREG { return "is not a regular file (a symbolic link, or another kind)" }
-        if info.st_uid != geteuid() && info.st_uid != 0 { return "belongs to uid \(info.st_uid), not to you (uid \(geteuid())) or root" }
+        guard let info = Files.status(of: path, following: false) else { return nil }
+        if info.kind != .regular { return "is not a regular file (a symbolic link, or another kind)" }
+        if info.owner != Processes.effectiveUserID && info.owner != 0 { return "belongs to uid \(info.owner), not to you (uid \(Processes.effectiveUserID)) or root" }
         if let folder = Files.unsafeFolderReason(Files.parent(of: path)) { return "sits in a folder where \(folder)" }
         return nil
     }

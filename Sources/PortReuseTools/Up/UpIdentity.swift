@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 
@@ -11,11 +10,11 @@ import PortReuseSystem
 package struct UpIdentity {
     /// The pidfd of the proven process (close it with ``close()``).
     package let pidfd: Int32
-    package let pid: pid_t
+    package let pid: Int32
 
     /// Proves that `pid` is a running `portreuse up` of this user that started at `startTime` (from its status
     /// file; `nil` when the file predates start times). Throws what is wrong, in words.
-    package static func prove(_ pid: pid_t, startTime: UInt64?, pidFile: String) throws(CommandFailure) -> UpIdentity {
+    package static func prove(_ pid: Int32, startTime: UInt64?, pidFile: String) throws(CommandFailure) -> UpIdentity {
         guard pid > 0, let pidfd = try? Processes.open(pid) else {
             throw CommandFailure("\(pidFile) names pid \(pid), which is not running (a stale pid file: portreuse up is not running)")
         }
@@ -27,11 +26,11 @@ package struct UpIdentity {
     }
 
     /// Why `pid` is not the `up` that started at `startTime`, or `nil` when it is.
-    package static func reasonNotUp(_ pid: pid_t, startTime: UInt64?) -> String? {
+    package static func reasonNotUp(_ pid: Int32, startTime: UInt64?) -> String? {
         guard let stat = Processes.stat(of: pid), stat.state != "Z" else { return "is not running" }
         if let startTime, stat.startTime != startTime { return "started after the up that wrote the pid file (the pid was reused)" }
         let info = KernelTables.processInfo(pid: pid)
-        if let uid = info.uid, uid != geteuid() { return "runs as uid \(uid), not as this user (uid \(geteuid()))" }
+        if let uid = info.uid, uid != Processes.effectiveUserID { return "runs as uid \(uid), not as this user (uid \(Processes.effectiveUserID))" }
         guard info.commandLine.count > 1, info.commandLine[1] == "up" || info.commandLine[1] == "serve" else {
             return "is not portreuse up (its command line: \(info.commandLine.prefix(4).joined(separator: " ")))"
         }

@@ -1,5 +1,4 @@
 import PortReuse
-import Glibc
 import Logging
 import PortReuseSystem
 
@@ -15,17 +14,13 @@ package struct UpLogHandler: LogHandler {
     }
 
     package func log(event: LogEvent) {
-        var time = timespec()
-        clock_gettime(CLOCK_REALTIME, &time)
-        var parts = tm()
-        var seconds = time.tv_sec
-        localtime_r(&seconds, &parts)
-        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        let milliseconds = String(1000 + time.tv_nsec / 1_000_000).dropFirst()
+        let now = Processes.localTimeOfDay
+        func two(_ value: Int) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        let milliseconds = String(1000 + now.millisecond).dropFirst()
         let level = event.level >= .warning ? " \(event.level)" : ""
         let fields = metadata.merging(event.metadata ?? [:]) { $1 }.sorted { $0.key < $1.key }.map { " \($0.key)=\($0.value)" }.joined()
         LogWriter.standardError.write(
-            "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(milliseconds) portreuse up[\(getpid())]\(level): \(event.message)\(fields)")
+            "\(two(now.hour)):\(two(now.minute)):\(two(now.second)).\(milliseconds) portreuse up[\(Processes.currentID)]\(level): \(event.message)\(fields)")
     }
 }
 
@@ -38,9 +33,7 @@ package final class LogWriter: @unchecked Sendable {
     package static let capacity = 1 << 20
 
     private let descriptor: Int32
-    // Allocated, not stored inline: a pthread mutex must not move, and `&property` promises no fixed address.
-    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private let lock = ConditionLock()
     private var waiting: [UInt8] = []
     private var dropped = 0
     private var writing = false
@@ -48,55 +41,49 @@ package final class LogWriter: @unchecked Sendable {
 
     private init(descriptor: Int32) {
         self.descriptor = descriptor
-        pthread_mutex_init(lock, nil)
-        pthread_cond_init(changed, nil)
     }
 
     /// Queues one line (a newline is added); never blocks for longer than taking a lock.
     package func write(_ line: String) {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        if !started {
-            started = true
-            _ = try? SystemThread.start(detached: true) { [self] in run() }
+        lock.withLock {
+            if !started {
+                started = true
+                _ = try? SystemThread.start(detached: true) { [self] in run() }
+            }
+            let bytes = Array((line + "\n").utf8)
+            if waiting.count + bytes.count > Self.capacity {
+                dropped += 1
+            } else {
+                waiting += bytes
+            }
+            lock.signal()
         }
-        let bytes = Array((line + "\n").utf8)
-        if waiting.count + bytes.count > Self.capacity {
-            dropped += 1
-        } else {
-            waiting += bytes
-        }
-        pthread_cond_signal(changed)
     }
 
     /// Waits until what is queued was written, at most `timeout` seconds (before an exit or an exec).
     package func flush(timeout: Double) {
         let deadline = Processes.monotonicNanoseconds + UInt64(timeout * 1e9)
         while Processes.monotonicNanoseconds < deadline {
-            pthread_mutex_lock(lock)
-            let done = waiting.isEmpty && !writing
-            pthread_mutex_unlock(lock)
-            if done { return }
-            usleep(1_000)
+            if lock.withLock({ waiting.isEmpty && !writing }) { return }
+            Processes.sleep(microseconds: 1_000)
         }
     }
 
     private func run() {
         while true {
-            pthread_mutex_lock(lock)
-            while waiting.isEmpty { pthread_cond_wait(changed, lock) }
-            var chunk = waiting
-            waiting = []
-            if dropped > 0 {
-                chunk += Array("portreuse up: \(dropped) log line\(dropped == 1 ? "" : "s") dropped while stderr was not read\n".utf8)
-                dropped = 0
+            let chunk: [UInt8] = lock.withLock {
+                while waiting.isEmpty { lock.wait() }
+                var chunk = waiting
+                waiting = []
+                if dropped > 0 {
+                    chunk += Array("portreuse up: \(dropped) log line\(dropped == 1 ? "" : "s") dropped while stderr was not read\n".utf8)
+                    dropped = 0
+                }
+                writing = true
+                return chunk
             }
-            writing = true
-            pthread_mutex_unlock(lock)
             try? Files.write(chunk, to: descriptor)  // may block: only this thread waits
-            pthread_mutex_lock(lock)
-            writing = false
-            pthread_mutex_unlock(lock)
+            lock.withLock { writing = false }
         }
     }
 }

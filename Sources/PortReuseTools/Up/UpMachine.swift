@@ -1,4 +1,3 @@
-import Glibc
 import Logging
 import PortReuse
 import PortReuseSystem
@@ -233,12 +232,12 @@ package struct UpMachine {
     private mutating func onSignal(_ signal: Int32, now: UInt64, _ actions: inout [Action]) {
         let name = SignalName(signal)
         switch signal {
-        case SIGHUP: requestReload(now: now, &actions)
-        case SIGTERM, SIGINT: stopAfterDelay(because: "received \(name)", now: now, &actions)
-        case SIGQUIT: stop(because: "received \(name)", now: now, &actions)
-        case SIGUSR2:
+        case Signal.hangUp: requestReload(now: now, &actions)
+        case Signal.terminate, Signal.interrupt: stopAfterDelay(because: "received \(name)", now: now, &actions)
+        case Signal.quit: stop(because: "received \(name)", now: now, &actions)
+        case Signal.user2:
             if record.state.isStopping { actions.append(.log(.info, "upgrade ignored: stopping")) } else { actions.append(.upgrade) }
-        case SIGUSR1, SIGWINCH:
+        case Signal.user1, Signal.windowChange:
             // The program's signals (log reopening, and the like): to every generation that serves or starts, never to draining ones.
             let targets = record.generations.filter(\.phase.isLive)
             actions += targets.map { .signal($0.mainProcess, signal) }
@@ -582,7 +581,7 @@ package struct UpMachine {
             }
         case .draining(let killAt)? where now >= killAt && !adopted.killed:
             record.adopted?.killed = true
-            actions += [.signalAdopted(SIGKILL), .log(.warning, "\(adopted.label) still running \(Seconds(settings.grace)) after \(stopName): killed")]
+            actions += [.signalAdopted(Signal.kill), .log(.warning, "\(adopted.label) still running \(Seconds(settings.grace)) after \(stopName): killed")]
         default:
             break
         }

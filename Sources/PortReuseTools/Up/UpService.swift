@@ -1,4 +1,3 @@
-import Glibc
 import Logging
 import PortReuse
 import PortReuseSystem
@@ -37,7 +36,7 @@ package struct UpOptions {
     /// `--init`: exit with the serving generation's status after a stop (always so when `up` is PID 1).
     package var exitsWithProgram = false
     /// `--adopt PID`: take the --listen sockets from this running process, and stop it once generation 1 is ready.
-    package var adopt: pid_t?
+    package var adopt: Int32?
     /// `--adopt-any-user`: adopt a server of another user, its next generations running as `up`'s user.
     package var adoptAnyUser = false
     /// How generations are told which descriptors are their sockets (`--protocol`).
@@ -80,7 +79,7 @@ package struct UpOptions {
     /// returns `up`'s exit status.
     package func serve() throws(CommandFailure) -> Int32 {
         let inherited = try UpgradeHandover.inherited()
-        let searchPath = getenv("PATH").map { String(cString: $0) }
+        let searchPath = Environment.value("PATH")
         let program = try Program.find(command[0], searchPath: searchPath)
         var reusePortEnvironment: [String]?
         if reuseport {
@@ -126,14 +125,14 @@ package struct UpOptions {
             }
         }
         let interceptionOff = interceptionRefusal()
-        let signals = try SignalPipe()
+        let signals = try SignalPipe.make()
         var configuration = Supervisor.Configuration(
             command: [program.path] + command.dropFirst(), readiness: readiness, readyTimeout: readyTimeout, grace: grace,
             stopSignal: stopSignal, statusPath: pidFile.map(UpStatus.path(forPIDFile:)),
             reusePortEnvironment: reusePortEnvironment, reusePortListens: reuseport ? listen : [], arguments: CommandLine.arguments,
             intercepts: interceptionOff == nil)
         configuration.stopWhenIdle = stopWhenIdle
-        configuration.exitsWithProgram = exitsWithProgram || getpid() == 1
+        configuration.exitsWithProgram = exitsWithProgram || Processes.currentID == 1
         configuration.dialect = dialect
         configuration.serverNote = serverNote
         configuration.stopDelay = stopDelay
@@ -145,7 +144,7 @@ package struct UpOptions {
         do {
             health = try startHealth(listeners: HealthListener.of(sockets), logger: logger, afterUpgrade: inherited != nil)
         } catch {
-            if let pidFile, inherited == nil { unlink(pidFile) }
+            if let pidFile, inherited == nil { Files.remove(pidFile) }
             RuntimeFolder.remove(runtimeFolder)
             throw error
         }
@@ -168,8 +167,8 @@ package struct UpOptions {
         let code = supervisor.run(startFirst: inherited == nil)
         health?.server.shutDown()
         if let pidFile {
-            unlink(pidFile)
-            unlink(UpStatus.path(forPIDFile: pidFile))
+            Files.remove(pidFile)
+            Files.remove(UpStatus.path(forPIDFile: pidFile))
         }
         for file in unixFiles { file.removeFile() }  // (an in-place upgrade execs before this: the next up removes them)
         RuntimeFolder.remove(runtimeFolder)
@@ -290,7 +289,7 @@ package struct UpOptions {
     /// Writes our pid (never through a symbolic link, never in a folder others may write); refuses when the
     /// file names another running `up` of this user, and replaces a stale one.
     private static func claim(pidFile: String) throws(CommandFailure) {
-        if let other = UpClient.readPID(pidFile), other != getpid() {
+        if let other = UpClient.readPID(pidFile), other != Processes.currentID {
             let startTime = UpStatus.read(from: UpStatus.path(forPIDFile: pidFile)).flatMap { $0.pid == other ? $0.processStartTime : nil }
             if let stale = UpIdentity.reasonNotUp(other, startTime: startTime) {
                 printError("portreuse up: replacing the stale pid file \(pidFile) (pid \(other) \(stale))")
@@ -299,7 +298,7 @@ package struct UpOptions {
             }
         }
         do {
-            try Files.replace(pidFile, with: Array("\(getpid())\n".utf8))
+            try Files.replace(pidFile, with: Array("\(Processes.currentID)\n".utf8))
         } catch {
             throw CommandFailure("cannot write the pid file \(pidFile): \(error); choose a folder of your own, as in --pid-file /run/app/app.pid")
         }

@@ -1,5 +1,4 @@
 import FoundationEssentials
-import Glibc
 import PortReuse
 import PortReuseSystem
 
@@ -13,7 +12,7 @@ package struct UpStatus: Codable {
     }
 
     package var schema = "portreuse.up/1"
-    package var pid: pid_t
+    package var pid: Int32
     /// `up`'s start time in clock ticks since boot (/proc/PID/stat): with the pid, it proves which process
     /// wrote this file before a client signals it (``UpIdentity``).
     package var processStartTime: UInt64?
@@ -36,7 +35,7 @@ package struct UpStatus: Codable {
 
     /// The status of a supervisor whose record is `record`.
     package init(
-        pid: pid_t, processStartTime: UInt64?, command: [String], startedAt: Double, sockets: [Socket], record: SupervisorRecord, writtenAt: Double
+        pid: Int32, processStartTime: UInt64?, command: [String], startedAt: Double, sockets: [Socket], record: SupervisorRecord, writtenAt: Double
     ) {
         self.pid = pid
         self.processStartTime = processStartTime

@@ -1,91 +1,22 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 
-/// The write end of the signal pipe, set once before any handler is installed.
-nonisolated(unsafe) private var signalPipeWriteEnd: Int32 = -1
-
-/// The handler of every signal `up` takes: one byte, the signal's number, into the pipe (async-signal-safe).
-private func forwardSignal(_ signal: Int32) {
-    let saved = errno
-    var byte = UInt8(truncatingIfNeeded: signal)
-    _ = write(signalPipeWriteEnd, &byte, 1)
-    errno = saved
-}
-
-/// Signals as bytes in a pipe that the supervisor's poll loop reads: the self-pipe trick.
-package struct SignalPipe {
-    package let readEnd: Int32
-    private let writeEnd: Int32
-
-    /// The signals `up` handles; children start with their default actions and an empty mask.
-    package static let handled: [Int32] = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGUSR2, SIGUSR1, SIGWINCH]
-
-    /// The pipe, with `up`'s handlers installed for ``handled`` (`installingHandlers` false: a pipe nothing
-    /// writes to, for a supervisor driven by a test, which must not take the test process's signals).
-    package init(installingHandlers: Bool = true) throws(CommandFailure) {
-        guard let ends = try? Files.pipe(nonBlocking: true) else { throw CommandFailure("cannot create a pipe: \(Files.errorText())") }
-        readEnd = ends.read
-        writeEnd = ends.write
-        guard installingHandlers else { return }
-        signalPipeWriteEnd = ends.write
-        Signals.handle(Self.handled, restart: true, with: forwardSignal)  // SA_NOCLDSTOP: no SIGCHLD when the probe pauses a generation
-        Signals.ignore(SIGPIPE)
-        Signals.unblockAll()  // a parent (a test runner's thread) may have blocked some
-    }
-
-    /// Puts `signal` into the pipe as the handler does: a test drives a supervisor's real signal path with it.
-    package func deliver(_ signal: Int32) {
-        var byte = UInt8(truncatingIfNeeded: signal)
-        _ = write(writeEnd, &byte, 1)
-    }
-
-    /// The signals that arrived since the last call, in order.
-    package func take() -> [Int32] {
-        var buffer = [UInt8](repeating: 0, count: 64)
-        var signals: [Int32] = []
-        while true {
-            let count = read(readEnd, &buffer, buffer.count)
-            guard count > 0 else { return signals }
-            signals += buffer[0..<count].map { Int32($0) }
-        }
-    }
-}
-
-/// A unix datagram socket that receives one generation's sd_notify messages (`NOTIFY_SOCKET`).
-package final class NotifyReceiver {
-    package let path: String
-    package let descriptor: Int32
-
-    package init(descriptor: Int32, path: String) {
-        self.descriptor = descriptor
-        self.path = path
-    }
-
-    /// A new socket at `path` (a stale file there is replaced).
-    package convenience init(path: String) throws(CommandFailure) {
+extension NotifyReceiver {
+    /// A new notify socket at `path` for a generation (or a worker): its failure in the words `up` says.
+    package static func make(path: String) throws(CommandFailure) -> NotifyReceiver {
         do {
-            self.init(descriptor: try Sys.unixDatagramReceiver(at: path), path: path)
+            return try NotifyReceiver(path: path)
         } catch where error.errno == .fileNameTooLong {
             throw CommandFailure("the notify socket path \(path) is too long; set TMPDIR to a shorter folder")
         } catch {
             throw CommandFailure("cannot create the notify socket \(path): \(error)")
         }
     }
+}
 
-    /// The assignments received since the last call (`READY=1`, `STATUS=…`), in order.
-    package func take() -> [String] {
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        var lines: [String] = []
-        while true {
-            let count = recv(descriptor, &buffer, buffer.count, Int32(MSG_DONTWAIT))
-            guard count > 0 else { return lines }
-            lines += String(decoding: buffer[0..<count], as: UTF8.self).split(separator: "\n").map(String.init)
-        }
-    }
-
-    deinit {
-        close(descriptor)
-        unlink(path)
+extension SignalPipe {
+    /// The signal pipe of `up` (or of a worker pool), its handlers installed: its failure in `up`'s words.
+    package static func make() throws(CommandFailure) -> SignalPipe {
+        do { return try SignalPipe() } catch { throw CommandFailure("cannot create the signal pipe: \(error)") }
     }
 }

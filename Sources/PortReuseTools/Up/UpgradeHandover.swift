@@ -1,5 +1,4 @@
 import FoundationEssentials
-import Glibc
 import PortReuse
 import PortReuseSystem
 
@@ -79,9 +78,9 @@ package struct UpgradeHandover: Codable {
             + generations.flatMap { $0.sockets ?? [] } + (groups ?? [:]).values.flatMap(\.members).filter { $0 >= 0 } + (steeringMaps ?? [:]).values.map(\.descriptor)
         for descriptor in kept { Files.setCloseOnExec(descriptor, false) }
         Self.closeOnExecLibraryDescriptors(keeping: Set(kept))
-        setenv(Self.variable, path, 1)
+        Environment.set(Self.variable, path)
         let code = Processes.replaceImage(with: binary, arguments: [binary] + arguments.dropFirst())
-        unsetenv(Self.variable)
+        Environment.unset(Self.variable)
         for descriptor in kept { Files.setCloseOnExec(descriptor) }
         throw CommandFailure("cannot execute \(binary): \(code.description)")
     }
@@ -99,13 +98,13 @@ package struct UpgradeHandover: Codable {
 
     /// The state the previous `up` of this process left, if this process is an upgrade; unsets the variable.
     package static func inherited() throws(CommandFailure) -> UpgradeHandover? {
-        guard let path = getenv(variable).map({ String(cString: $0) }) else { return nil }
-        unsetenv(variable)
+        guard let path = Environment.value(variable) else { return nil }
+        Environment.unset(variable)
         // Deleted only once read: a path that names something else (a mistake, or someone's file) is left alone.
         guard let state = try? read(from: path) else {
             throw CommandFailure("\(variable)=\(path): cannot read the state of the previous portreuse up (the file is left as it is)")
         }
-        unlink(path)
+        Files.remove(path)
         return state
     }
 }

@@ -1,4 +1,3 @@
-import Glibc
 import Logging
 import PortReuse
 import PortReuseSystem
@@ -62,7 +61,7 @@ package final class WorkerPool {
         let sockets: [Int32]
         let inodes: [UInt64]
         let notify: NotifyReceiver
-        var pid: pid_t?
+        var pid: Int32?
         var startedAt: UInt64 = 0
         var ready = false
         /// Quick crashes in a row (within a second of the start), for the backoff of its replacement.
@@ -93,19 +92,19 @@ package final class WorkerPool {
         var held: [Int32] = []
         for offset in 0..<total {
             let inherited = Int32(3 + offset)
-            let moved = fcntl(inherited, F_DUPFD_CLOEXEC, floor)
-            guard moved >= 0 else { throw CommandFailure("up-workers: descriptor \(inherited) (socket \(offset + 1) of \(total)): \(Files.errorText())") }
-            close(inherited)
-            held.append(moved)
+            do { held.append(try Files.duplicate(inherited, atLeast: floor)) } catch {
+                throw CommandFailure("up-workers: descriptor \(inherited) (socket \(offset + 1) of \(total)): \(error.errno.description)")
+            }
+            Files.close(inherited)
         }
         let upNotify = Readiness.socketPath
         let folder = upNotify.map { String($0[..<($0.lastIndex(of: "/") ?? $0.startIndex)]) }.flatMap { $0.isEmpty ? nil : $0 }
         guard let folder else { throw CommandFailure("up-workers runs under portreuse up only (NOTIFY_SOCKET names up's runtime folder)") }
         environment = ProcessSpawn.currentEnvironment().filter { !$0.hasPrefix("NOTIFY_SOCKET=") }
-        signals = try SignalPipe()
+        signals = try SignalPipe.make()
         for index in 0..<options.count {
             let sockets = Array(held[(index * options.socketsPerWorker)..<((index + 1) * options.socketsPerWorker)])
-            let notify = try NotifyReceiver(path: "\(folder)/notify-\(options.generation)-worker-\(index).sock")
+            let notify = try NotifyReceiver.make(path: "\(folder)/notify-\(options.generation)-worker-\(index).sock")
             workers.append(Worker(index: index, sockets: sockets, inodes: sockets.map(GenerationProbe.inode(of:)), notify: notify))
         }
     }
@@ -115,10 +114,8 @@ package final class WorkerPool {
     package func run() -> Never {
         for index in workers.indices { start(index) }
         while true {
-            var descriptors = [pollfd(fd: signals.readEnd, events: Int16(POLLIN), revents: 0)]
-            descriptors += workers.map { pollfd(fd: $0.notify.descriptor, events: Int16(POLLIN), revents: 0) }
-            _ = poll(&descriptors, nfds_t(descriptors.count), announced ? 250 : 10)
-            for signal in signals.take() where signal != SIGCHLD { forward(signal) }
+            _ = Files.readable([signals.readEnd] + workers.map(\.notify.descriptor), milliseconds: announced ? 250 : 10)
+            for signal in signals.take() where signal != Signal.child { forward(signal) }
             reap()
             if stopping {
                 if workers.allSatisfy({ $0.pid == nil }) { finish() }
@@ -200,7 +197,7 @@ package final class WorkerPool {
     private func failStart(because index: Int) {
         if !stopping { failed = index }
         stopping = true
-        for worker in workers { if let pid = worker.pid { Processes.kill(pid, SIGKILL) } }
+        for worker in workers { if let pid = worker.pid { Processes.kill(pid, Signal.kill) } }
     }
 
     // MARK: Readiness
@@ -264,7 +261,7 @@ package final class WorkerPool {
     /// `up`'s stop signal (or TERM, INT, QUIT: `up` dies, or a person stops the pool) stops the pool: no worker is
     /// replaced from then on. Every signal goes on to every worker.
     private func forward(_ signal: Int32) {
-        if [options.stopSignal, SIGTERM, SIGINT, SIGQUIT].contains(signal) { stopping = true }
+        if [options.stopSignal, Signal.terminate, Signal.interrupt, Signal.quit].contains(signal) { stopping = true }
         for worker in workers { if let pid = worker.pid { Processes.kill(pid, signal) } }
     }
 
@@ -274,12 +271,12 @@ package final class WorkerPool {
         let exits = workers.compactMap(\.lastExit)
         let clean: (ExitStatus) -> Bool = { $0.isSuccess || $0.signal == self.options.stopSignal }
         let status = failed.flatMap { workers[$0].lastExit } ?? exits.first { !clean($0) } ?? exits.first ?? ExitStatus(raw: 0)
-        for worker in workers { unlink(worker.notify.path) }
-        if let signal = status.signal, signal != SIGSEGV, signal != SIGABRT, signal != SIGBUS {
+        for worker in workers { Files.remove(worker.notify.path) }
+        if let signal = status.signal, signal != Signal.segmentationFault, signal != Signal.abort, signal != Signal.bus {
             Signals.restoreDefault(signal)
-            Processes.kill(getpid(), signal)
+            Processes.kill(Processes.currentID, signal)
         }
-        exit(status.shellStatus)
+        Processes.exit(status.shellStatus)
     }
 
     private func log(_ level: Logger.Level, _ text: String) {

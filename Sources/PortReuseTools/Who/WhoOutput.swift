@@ -1,5 +1,5 @@
-import Glibc
 import PortReuse
+import PortReuseSystem
 
 /// What `portreuse who` was asked: a port (with a transport, family and addresses) or every port.
 package struct WhoQuery {
@@ -25,7 +25,7 @@ package struct WhoOutput {
     package let query: WhoQuery
     package let reports: [PortReport]
     package let probeUDP: Bool
-    package let ownUID = geteuid()
+    package let ownUID = Processes.effectiveUserID
 
     package init(query: WhoQuery, reports: [PortReport], probeUDP: Bool) {
         self.query = query

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Glibc
 import PortReuse
 import PortReuseTools
 import PortReuseSystem
@@ -99,7 +98,7 @@ struct Demo: ParsableCommand {
                 } else {
                     session.say(session.summary(figures))
                 }
-                fflush(nil)
+                Files.flushStandardOutput()
                 if !figures.passed { throw ExitCode(1) }
             } catch let interrupted as DemoInterrupted {
                 finished = true

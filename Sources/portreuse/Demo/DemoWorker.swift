@@ -1,7 +1,7 @@
 import ArgumentParser
 import DemoServer
-import Glibc
 import PortReuse
+import PortReuseSystem
 import PortReuseTools
 
 /// `portreuse demo-worker` (hidden): the worker processes of `portreuse demo`, a tiny HTTP server that
@@ -35,7 +35,7 @@ struct DemoWorker: ParsableCommand {
 
     func run() throws {
         // Before any other thread: the server starts its threads with SIGTERM and SIGINT blocked.
-        let server = DemoServer(label: "portreuse demo-worker \(name)", threads: threads) { [name] in "worker \(name) pid \(getpid())\n" }
+        let server = DemoServer(label: "portreuse demo-worker \(name)", threads: threads) { [name] in "worker \(name) pid \(Processes.currentID)\n" }
         let listener = bindItself ? try Listener(tcp: listen, policy: policy) : try Listener.activated(orBind: listen, policy: policy)
         try Readiness.notify(.ready, .status("worker \(name) serving on \(listener.localAddress)"))
         try server.serve(listener)

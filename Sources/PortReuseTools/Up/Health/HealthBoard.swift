@@ -1,5 +1,5 @@
-import Glibc
 import PortReuse
+import PortReuseSystem
 import Synchronization
 
 /// What `/metrics` counts over the life of one `up` process (an in-place upgrade starts again from 0, which
@@ -115,9 +115,8 @@ package struct HealthListener: Sendable, Equatable {
     /// The TCP sockets among `sockets` (a UDP socket has no accept queue; a Unix-domain one no TCP_INFO nor port).
     package static func of(_ sockets: [HeldSocket]) -> [HealthListener] {
         sockets.filter { $0.transport == .tcp }.compactMap { socket in
-            var status = stat()
-            guard let address = socket.address, fstat(socket.descriptor, &status) == 0 else { return nil }
-            return HealthListener(name: socket.name, address: address, inode: UInt64(status.st_ino), descriptor: socket.descriptor)
+            guard let address = socket.address, let status = Files.status(of: socket.descriptor) else { return nil }
+            return HealthListener(name: socket.name, address: address, inode: status.inode, descriptor: socket.descriptor)
         }
     }
 }

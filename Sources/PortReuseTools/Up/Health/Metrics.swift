@@ -1,4 +1,3 @@
-import Glibc
 import PortReuse
 import PortReuseSystem
 
@@ -58,14 +57,7 @@ package struct KernelReadings: Sendable {
     /// The accept queue of a listening TCP socket of ours: TCP_INFO gives the connections waiting in it
     /// (tcpi_unacked) and its limit, the listen backlog (tcpi_sacked), in one system call.
     static func acceptQueue(of descriptor: Int32) -> (depth: Int, backlog: Int)? {
-        tcpInfo(of: descriptor).map { (Int($0.tcpi_unacked), Int($0.tcpi_sacked)) }
-    }
-
-    /// TCP_INFO of a socket of ours (a duplicate of a program's included); `nil` for any socket but TCP.
-    static func tcpInfo(of descriptor: Int32) -> tcp_info? {
-        var info = tcp_info()
-        var length = socklen_t(MemoryLayout<tcp_info>.size)
-        return getsockopt(descriptor, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 ? info : nil
+        SocketReadings.tcp(descriptor).map { ($0.queued, $0.backlog) }
     }
 
     /// TcpExt ListenOverflows and ListenDrops of this network namespace, from /proc/net/netstat (the kernel sums
@@ -79,7 +71,7 @@ package struct KernelReadings: Sendable {
     /// The inodes of the sockets of `pid` that are established TCP connections on one of `endpoints` (a held
     /// listener's port, with its family's any-address), each seen through a duplicate that is closed at once: five
     /// system calls a socket. `nil` when the kernel refuses a duplicate (no ptrace rights over `pid`, or Linux before 5.6).
-    static func acceptedConnections(of pid: pid_t, on endpoints: Set<SocketAddress>, skipping held: Set<UInt64>) -> Set<UInt64>? {
+    static func acceptedConnections(of pid: Int32, on endpoints: Set<SocketAddress>, skipping held: Set<UInt64>) -> Set<UInt64>? {
         guard let pidfd = try? Processes.open(pid) else { return [] }  // gone
         defer { Files.close(pidfd) }
         var found = Set<UInt64>()
@@ -95,7 +87,7 @@ package struct KernelReadings: Sendable {
             let handle = SocketHandle(adopting: duplicate)
             defer { handle.close() }
             // The inode check skips a descriptor number reused meanwhile.
-            guard GenerationProbe.inode(of: duplicate) == inode, tcpInfo(of: duplicate)?.tcpi_state == UInt8(TCP_ESTABLISHED),
+            guard GenerationProbe.inode(of: duplicate) == inode, SocketReadings.tcp(duplicate)?.state == SocketReadings.established,
                 let local = try? handle.localAddress(), endpoints.contains(endpoint(local))
             else { continue }
             found.insert(inode)
