@@ -137,14 +137,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// Waits at most `timeout` seconds for the thread to end (every program gone, or ``stop(timeout:)``).
     package func waitUntilEnded(timeout: Double) -> Bool {
         guard started.load(ordering: .acquiring) else { return true }
-        var entry = pollfd(fd: ended.read, events: Int16(POLLIN), revents: 0)
-        let deadline = Processes.monotonicNanoseconds + UInt64(max(0, timeout) * 1e9)
-        while true {
-            let now = Processes.monotonicNanoseconds
-            let ready = poll(&entry, 1, Int32(now >= deadline ? 0 : (deadline - now) / 1_000_000))
-            if ready < 0 && errno == EINTR { continue }
-            return ready > 0
-        }
+        return Files.readable([ended.read], milliseconds: Int32(max(0, timeout) * 1000))[0]
     }
 
     /// Answers notifications until the notification descriptor fails or hangs up (every process under the

@@ -206,10 +206,12 @@ package enum Files {
     package static let pollInput = Int16(POLLIN)
 
     /// Which of `descriptors` are readable (or hung up), waiting at most `milliseconds` (-1: for ever) for one to
-    /// be; a signal ends the wait early. The corresponding C function is `poll`.
+    /// be (a signal starts the wait again, from the whole timeout). The corresponding C function is `poll`.
     package static func readable(_ descriptors: [Int32], milliseconds: Int32) -> [Bool] {
         var entries = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        guard poll(&entries, nfds_t(entries.count), milliseconds) > 0 else { return descriptors.map { _ in false } }
+        guard let ready = try? systemCall("poll", { poll(&entries, nfds_t(entries.count), milliseconds) }), ready > 0 else {
+            return descriptors.map { _ in false }
+        }
         return entries.map { $0.revents != 0 }
     }
 

@@ -82,13 +82,10 @@ extension Sys {
     /// function is `poll`.
     package static func waitReadable(_ s: Descriptor, orWake wake: Descriptor) -> Wakeup {
         var entries = [pollfd(fd: s, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
-        while true {
-            let result = poll(&entries, 2, -1)
-            if result < 0 && errno == EINTR { continue }
-            if result < 0 || entries[0].revents & Int16(POLLNVAL | POLLERR) != 0 { return .failed }
-            if entries[1].revents != 0 { return .wake }
-            return entries[0].revents & Int16(POLLIN) == 0 && entries[0].revents & Int16(POLLHUP) != 0 ? .hungUp : .readable
-        }
+        let (result, _) = retryingInterrupts { poll(&entries, 2, -1) }
+        if result < 0 || entries[0].revents & Int16(POLLNVAL | POLLERR) != 0 { return .failed }
+        if entries[1].revents != 0 { return .wake }
+        return entries[0].revents & Int16(POLLIN) == 0 && entries[0].revents & Int16(POLLHUP) != 0 ? .hungUp : .readable
     }
 
     /// Whether a failed accept should be tried again at once (a signal, a connection reset while queued);

@@ -147,13 +147,8 @@ public final class SocketHandle: Sendable {
     ) throws(PortReuseError) -> Bool {
         let descriptor = try live(operation)
         let milliseconds = timeout.map { Int32(clamping: $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) } ?? -1
-        while true {
-            let result = Sys.wait(descriptor, forWriting: forWriting, milliseconds: milliseconds)
-            if result > 0 { return true }
-            if result == 0 { return false }
-            let code = Sys.lastError()
-            if code != Sys.interrupted || !retryOnInterrupt { throw PortReuseError(operation, errno: Errno(rawValue: code)) }
-        }
+        // A signal that interrupts the wait starts it again from the whole timeout.
+        return try retryingInterrupts(operation, nil, retry: retryOnInterrupt) { Sys.wait(descriptor, forWriting: forWriting, milliseconds: milliseconds) } > 0
     }
 }
 
