@@ -3,11 +3,6 @@ import PortReuse
 import PortReuseSystem
 import PortReuseTools
 
-#if canImport(Glibc)
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// `portreuse who`: who holds a port, how it is shared, and whether another process or user could bind it.
 /// The library's `PortReport` does the work; this file parses the question and prints the answer.
 struct Who: ParsableCommand {

@@ -100,6 +100,24 @@ struct DocumentationTests {
         }
     }
 
+    @Test("no file above the system layer imports libc or the C module: the tools reach the kernel through PortReuseSystem and the library")
+    func layers() throws {
+        let above = ["Sources/PortReuseTools", "Sources/portreuse", "Sources/DemoServer"]
+        var offenders: [String] = []
+        for folder in above {
+            let enumerator = try #require(FileManager.default.enumerator(atPath: packageRoot + "/" + folder))
+            for case let file as String in enumerator where file.hasSuffix(".swift") {
+                let text = try String(contentsOfFile: packageRoot + "/\(folder)/\(file)", encoding: .utf8)
+                let imports = text.split(separator: "\n").filter { line in
+                    ["import Glibc", "import Darwin", "import Musl", "import CPortReuseSystem"].contains { line.hasSuffix($0) }
+                }
+                if !imports.isEmpty { offenders.append("\(folder)/\(file): \(imports.joined(separator: ", "))") }
+            }
+        }
+        #expect(offenders.isEmpty, "\(offenders)")
+        #expect(above.allSatisfy { FileManager.default.fileExists(atPath: packageRoot + "/" + $0) })
+    }
+
     @Test("portreuse --help and --version work")
     func help() throws {
         let (status, output) = try run([productsFolder + "/portreuse", "--help"])

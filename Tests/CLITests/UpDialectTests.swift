@@ -286,7 +286,7 @@ struct UpDialectTests {
         var environment = ProcessInfo.processInfo.environment
         environment["NOTIFY_SOCKET"] = folder.path + "/notify.sock"
         let up = try UpProcess(["--listen", "127.0.0.1:0", "--ready", "delay:1", "--", hello], environment: environment, folder: folder)
-        #expect(up.waitForLog("generation 1 (pid"), "\(up.logText)")
+        #expect(up.waitForStatus { $0.generations.contains { $0.number == 1 } } != nil, "\(up.logText)")
         up.signal(SIGHUP)
         #expect(up.waitForLog("reload requested while generation 1"), "\(up.logText)")
         #expect(receiver.next()?.hasPrefix("READY=1\nSTATUS=serving: generation 1 ") == true)

@@ -32,8 +32,7 @@ struct UpTests {
         let address = try up.servingAddress()
         let first = try httpGet(address)
         #expect(first.hasPrefix("hello from A pid"))
-        #expect(up.waitForLog("ready after"), "\(up.logText)")
-        #expect(up.waitForLog("(READY=1)", timeout: 10), "hello sends READY=1, so auto readiness uses it")
+        #expect(up.waitForLog("(READY=1)", timeout: 10), "hello sends READY=1, so auto readiness uses it: \(up.logText)")
 
         let reload = try capture([portreuse, "up", "reload", "--pid-file", up.pidFile], timeout: 60)
         #expect(reload.status == 0, "\(reload.stderr)")
@@ -209,8 +208,8 @@ struct UpReusePortTests {
             ["--reuseport", "--listen", "127.0.0.1:\(port)", "--", systemPython, "-u", "-m", "http.server", String(port), "--bind", "127.0.0.1",
              "--directory", folder.path],
             folder: folder)
-        #expect(up.waitForLog("ready after"), "\(up.logText)")
-        #expect(up.waitForLog("(listening)", timeout: 10))
+        #expect(up.waitForStatus { !$0.serving.isEmpty } != nil, "\(up.logText)")
+        #expect(up.waitForLog("(listening)", timeout: 10), "ready because it listens: \(up.logText)")
         let address = SocketAddress(ip: .loopbackIPv4, port: port)
         _ = try httpGet(address)  // a directory listing
         up.signal(SIGHUP)  // the second generation binds beside the first: without the shim it could not
