@@ -75,6 +75,28 @@ struct UpUnixTests {
         #expect(mode(socket) == nil)
     }
 
+    @Test("up upgrade keeps a Unix socket: the program serves on, a reload works, and the upgraded up removes the file at its stop")
+    func upgradeKeepsTheSocket() throws {
+        let folder = try TemporaryFolder()
+        let socket = folder.path + "/app.sock"
+        let server = "import os, socket\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept(); c.recv(1024); c.sendall(str(os.getpid()).encode()); c.close()\n"
+        let up = try UpProcess(["--listen", "unix:" + socket, "--", systemPython, "-c", server], folder: folder)
+        let first = try #require(up.waitForStatus { !$0.serving.isEmpty }?.serving.first?.pid, "\(up.logText)")
+        let ask = "import socket, sys\nc = socket.socket(socket.AF_UNIX)\nc.connect(sys.argv[1])\nc.sendall(b'?')\nprint(c.recv(64).decode(), flush=True)\n"
+        func answer() throws -> String? { try Child([systemPython, "-c", ask, socket]).line(timeout: 20) }
+        #expect(try answer() == "\(first)")
+        let upgrade = try capture([portreuse, "up", "upgrade", "--pid-file", up.pidFile], timeout: 60)
+        #expect(upgrade.status == 0, "\(upgrade.stderr)\n\(up.logText)")
+        #expect(up.waitForStatus { $0.upgrades == 1 && $0.sockets.first?.transport == "unix" } != nil, "\(up.logText)")
+        #expect(try answer() == "\(first)", "the program serves on across the upgrade")
+        let reload = try capture([portreuse, "up", "reload", "--pid-file", up.pidFile], timeout: 60)
+        #expect(reload.status == 0, "\(reload.stderr)")
+        let second = try #require(up.waitForStatus { $0.generations.count == 1 && $0.serving.first?.number == 2 }?.serving.first?.pid, "\(up.logText)")
+        #expect(try answer() == "\(second)", "the new generation answers on the same socket")
+        #expect(up.stop() == 0, "\(up.logText)")
+        #expect(mode(socket) == nil, "the upgraded up removed the file it inherited")
+    }
+
     @Test("an abstract name (unix:@NAME): held and handed over as a file would be, nothing to remove")
     func abstractName() throws {
         let name = "@portreuse-up-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"

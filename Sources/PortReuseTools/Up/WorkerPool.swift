@@ -271,7 +271,7 @@ package final class WorkerPool {
         let exits = workers.compactMap(\.lastExit)
         let clean: (ExitStatus) -> Bool = { $0.isSuccess || $0.signal == self.options.stopSignal }
         let status = failed.flatMap { workers[$0].lastExit } ?? exits.first { !clean($0) } ?? exits.first ?? ExitStatus(raw: 0)
-        for worker in workers { Files.remove(worker.notify.path) }
+        for worker in workers { worker.notify.close() }  // no deinit runs past exit
         if let signal = status.signal, signal != Signal.segmentationFault, signal != Signal.abort, signal != Signal.bus {
             Signals.restoreDefault(signal)
             Processes.kill(Processes.currentID, signal)

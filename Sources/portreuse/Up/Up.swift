@@ -58,7 +58,7 @@ struct Up: ParsableCommand {
               A single-process server on both cores: 2 workers, each on a socket of its own:
                 portreuse up --listen 127.0.0.1:8080 --workers 2 -- python3 -m http.server 8080 --bind 127.0.0.1
               A Unix-domain socket for a proxy (a stale file is replaced, a live one refused):
-                portreuse up --listen unix:/run/app/app.sock --unix-mode 660 --unix-group www-data -- gunicorn app:app
+                portreuse up --listen unix:/tmp/app.sock --unix-mode 660 -- gunicorn app:app
               What runs now:
                 portreuse up status --pid-file /tmp/app.pid
               Move a running server (pid 4242, started by hand) under up with no failed connection:
