@@ -267,13 +267,7 @@ package enum KernelTables {
         return Int(String(decoding: text, as: UTF8.self).filter(\.isNumber)) ?? 1024
     }
 
-    static func userName(_ uid: UInt32) -> String? {
-        var entry = passwd()
-        var result: UnsafeMutablePointer<passwd>?
-        var buffer = [CChar](repeating: 0, count: 1024)
-        guard getpwuid_r(uid, &entry, &buffer, buffer.count, &result) == 0, result != nil, let name = entry.pw_name else { return nil }
-        return String(cString: name)
-    }
+    static func userName(_ uid: UInt32) -> String? { Processes.userName(uid) }
 }
 
 #else
