@@ -29,8 +29,9 @@ public func stopAndWait(_ pid: pid_t) {
 // MARK: Load
 
 /// HTTP clients on threads of their own, each sending GET / on a new connection (or, `keepAlive`, HTTP/1.1 on one
-/// kept connection) until stopped; they count requests sent and failed, latencies, errors by name, and (on new
-/// connections) the answers by body, for servers that answer with their pid.
+/// kept connection) until stopped; they count requests sent and failed, latencies, errors by name, and, with
+/// `countingBodies` (on new connections), the answers by body, for servers that answer with their pid (a cost of
+/// the client's that the other benchmarks do not pay).
 public final class HTTPLoad: @unchecked Sendable {
     let address: SocketAddress
     let clients: Int
@@ -40,11 +41,13 @@ public final class HTTPLoad: @unchecked Sendable {
 
     /// Keep-alive clients: HTTP/1.1 requests on one connection for as long as the server keeps it.
     let keepAlive: Bool
+    let countingBodies: Bool
 
-    public init(_ address: SocketAddress, clients: Int, keepAlive: Bool = false) {
+    public init(_ address: SocketAddress, clients: Int, keepAlive: Bool = false, countingBodies: Bool = false) {
         self.address = address
         self.clients = clients
         self.keepAlive = keepAlive
+        self.countingBodies = countingBodies
     }
 
     /// One response on a kept connection: the head, then Content-Length bytes. Whether the server keeps it.
@@ -119,7 +122,7 @@ public final class HTTPLoad: @unchecked Sendable {
                 guard response.starts(with: Array("HTTP/1.".utf8)), response.count > 12, Array(response[9..<12]) == Array("200".utf8)
                 else { throw PortReuseError(.receive, diagnosis: .other("empty or bad response")) }
                 latencies.append(now() - started)
-                if let end = response.firstRange(of: Array("\r\n\r\n".utf8)), response.count - end.upperBound <= 32 {
+                if countingBodies, let end = response.firstRange(of: Array("\r\n\r\n".utf8)), response.count - end.upperBound <= 32 {
                     bodies[String(decoding: response[end.upperBound...], as: UTF8.self), default: 0] += 1
                 }
             } catch {

@@ -143,7 +143,7 @@ func measure(_ program: Program, _ variant: Variant) -> (rps: Double, balance: D
     usleep(300_000)
     _ = warmup.stop()
     let cpuBefore = workers.map(cpuMilliseconds)
-    let load = HTTPLoad(address, clients: clients)
+    let load = HTTPLoad(address, clients: clients, countingBodies: program.answersPID)
     let began = now()
     load.start()
     usleep(useconds_t(seconds) * 1_000_000)
