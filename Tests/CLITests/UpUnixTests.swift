@@ -97,6 +97,23 @@ struct UpUnixTests {
         #expect(mode(socket) == nil, "the upgraded up removed the file it inherited")
     }
 
+    @Test("a Unix socket from systemd (systemd-socket-activate -l PATH) is matched by its path, served, and left to systemd at the stop",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-socket-activate"), "systemd-socket-activate is not installed"))
+    func socketFromSystemd() throws {
+        let folder = try TemporaryFolder()
+        let socket = folder.path + "/app.sock"
+        let server = "import os, socket\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept(); c.recv(1024); c.sendall(b'systemd'); c.close()\n"
+        let up = try UpProcess(["--listen", "unix:" + socket, "--", systemPython, "-c", server], folder: folder,
+                               launcher: ["/usr/bin/systemd-socket-activate", "-l", socket])
+        #expect(waitUntil(timeout: 10) { mode(socket) != nil }, "systemd-socket-activate made the socket")
+        // systemd-socket-activate starts up on the first connection.
+        let ask = "import socket, sys\nc = socket.socket(socket.AF_UNIX)\nc.connect(sys.argv[1])\nc.sendall(b'?')\nprint(c.recv(64).decode(), flush=True)\n"
+        #expect(try Child([systemPython, "-c", ask, socket]).line(timeout: 20) == "systemd", "\(up.logText)")
+        #expect(up.waitForStatus { !$0.serving.isEmpty && $0.sockets.first?.address == socket } != nil, "\(up.logText)")
+        #expect(up.stop() == 0, "\(up.logText)")
+        #expect(mode(socket) != nil, "systemd's file stays systemd's")
+    }
+
     @Test("an abstract name (unix:@NAME): held and handed over as a file would be, nothing to remove")
     func abstractName() throws {
         let name = "@portreuse-up-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
