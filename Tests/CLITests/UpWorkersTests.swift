@@ -188,6 +188,27 @@ struct UpWorkersTests {
         #expect(up.stop() == 0, "\(up.logText)")
     }
 
+    @Test("unsteered, the workers share the held socket: --shared-socket and a unix: socket; all ready, every request answered",
+          arguments: ["shared-socket", "unix"])
+    func sharedSocketWorkers(_ kind: String) throws {
+        let folder = try TemporaryFolder()
+        let socket = folder.path + "/app.sock"
+        let server = "import os, socket\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept(); c.recv(1024); c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\n' + str(os.getpid()).encode()); c.close()\n"
+        let listen = kind == "unix" ? ["--listen", "unix:" + socket] : ["--listen", "127.0.0.1:0", "--shared-socket"]
+        let up = try UpProcess(listen + ["--workers", "2", "--", systemPython, "-c", server], folder: folder)
+        #expect(up.waitForStatus { $0.serving.first?.workers?.ready == 2 } != nil, "\(up.logText)")
+        let pids = workers(of: up)
+        #expect(pids.count == 2, "\(pids)")
+        // Both hold the one socket up holds.
+        let inodes = pids.map { Processes.socketInodes(of: $0) }
+        #expect(inodes.count == 2 && !inodes[0].isDisjoint(with: inodes[1]), "\(inodes)")
+        if kind != "unix" {
+            let address = try up.servingAddress()
+            #expect(try (0..<20).allSatisfy { _ in pids.map(String.init).contains(try httpGet(address)) })
+        }
+        #expect(up.stop() == 0, "\(up.logText)")
+    }
+
     @Test("a worker that fails at its start fails the generation with that worker's exit status")
     func failingWorker() throws {
         let up = try UpProcess(["--listen", "127.0.0.1:0", "--workers", "2", "--ready-timeout", "10", "--", "/bin/sh", "-c", "exit 3"])

@@ -12,7 +12,9 @@ extension Supervisor {
             if groups[index] == nil, let repaired = sockets[index].refresh() { logger.warning("\(repaired)") }
             if configuration.dialect.nonBlockingSockets, sockets[index].transport == .tcp { Files.setNonBlocking(sockets[index].descriptor, true) }
         }
-        let descriptors = groups.isEmpty ? sockets.map(\.descriptor) : socketsForNewGeneration(number: number)
+        // Unsteered, every worker shares the held sockets: the same set for each.
+        let descriptors = groups.isEmpty ? Array(repeating: sockets.map(\.descriptor), count: configuration.workers).flatMap { $0 }
+            : socketsForNewGeneration(number: number)
         do throws(CommandFailure) {
             let notify = try NotifyReceiver.make(path: "\(runtimeFolder)/notify-\(number).sock")
             let (pid, interceptor) = try spawn(number: number, descriptors: descriptors, environment: environment(number: number, notifyPath: notify.path))

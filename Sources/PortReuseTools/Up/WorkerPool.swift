@@ -92,6 +92,9 @@ package final class WorkerPool {
         var held: [Int32] = []
         for offset in 0..<total {
             let inherited = Int32(3 + offset)
+            guard Files.status(of: inherited) != nil else {
+                throw CommandFailure("up-workers: descriptor \(inherited) (socket \(offset + 1) of \(total)) is not open; portreuse up --workers starts it with its sockets")
+            }
             do { held.append(try Files.duplicate(inherited, atLeast: floor)) } catch {
                 throw CommandFailure("up-workers: descriptor \(inherited) (socket \(offset + 1) of \(total)): \(error.errno.description)")
             }
