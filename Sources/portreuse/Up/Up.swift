@@ -280,7 +280,7 @@ struct UpServe: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Run each generation as N copies of the program, each on a socket of its own that up steers to (default: 1).",
+            "Run each generation as N copies of the program, each on a socket of its own that up steers to.",
             discussion: "New connections are spread over the serving generation's workers by their hash; a worker that exits is replaced alone. For single-process servers (python3 -m http.server, node without cluster): a program that forks its own workers (gunicorn -w, nginx) would run N times over.",
             valueName: "n"))
     var workers = 1
