@@ -7,6 +7,19 @@ import Testing
 /// The built example server.
 let hello = productsFolder + "/hello"
 
+/// A Python server for `up`'s tests: it accepts on descriptor 3 (a TCP or a Unix-domain listener, from up), reads
+/// the request and answers each connection with `answer`, a Python bytes expression (`os` is imported).
+func descriptor3Server(answering answer: String) -> String {
+    "import os, socket\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept(); c.recv(1024); c.sendall(\(answer)); c.close()\n"
+}
+
+/// What the server at the Unix-domain socket `path` (`@name`: an abstract one) answers to one connection, or nil.
+func unixAnswer(_ path: String) throws -> String? {
+    let client = "import socket, sys\nc = socket.socket(socket.AF_UNIX)\nname = sys.argv[1]\n"
+        + "c.connect('\\0' + name[1:] if name.startswith('@') else name)\nc.sendall(b'?')\nprint(c.recv(64).decode(), flush=True)\n"
+    return try Child([systemPython, "-c", client, path]).line(timeout: 20)
+}
+
 /// What the status file says (the parts the tests read).
 struct UpSnapshot: Decodable {
     struct Socket: Decodable { var name: String; var address: String; var transport: String }

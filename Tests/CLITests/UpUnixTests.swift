@@ -53,8 +53,7 @@ struct UpUnixTests {
         let folder = try TemporaryFolder()
         try folder.write("app.py", Self.app)
         let socket = folder.path + "/app.sock"
-        let server = "import os, socket\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept(); c.recv(1024); c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nok'); c.close()\n"
-        try folder.write("server.py", server)
+        try folder.write("server.py", descriptor3Server(answering: "b'HTTP/1.0 200 OK\\r\\n\\r\\nok'"))
         let first = try UpProcess(["--listen", "unix:" + socket, "--", systemPython, folder.path + "/server.py"], folder: folder)
         #expect(first.waitForStatus { !$0.serving.isEmpty } != nil, "\(first.logText)")
         let refused = try capture([portreuse, "up", "--listen", "unix:" + socket, "--", "/bin/true"], timeout: 30)
@@ -79,11 +78,10 @@ struct UpUnixTests {
     func upgradeKeepsTheSocket() throws {
         let folder = try TemporaryFolder()
         let socket = folder.path + "/app.sock"
-        let server = "import os, socket\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept(); c.recv(1024); c.sendall(str(os.getpid()).encode()); c.close()\n"
+        let server = descriptor3Server(answering: "str(os.getpid()).encode()")
         let up = try UpProcess(["--listen", "unix:" + socket, "--", systemPython, "-c", server], folder: folder)
         let first = try #require(up.waitForStatus { !$0.serving.isEmpty }?.serving.first?.pid, "\(up.logText)")
-        let ask = "import socket, sys\nc = socket.socket(socket.AF_UNIX)\nc.connect(sys.argv[1])\nc.sendall(b'?')\nprint(c.recv(64).decode(), flush=True)\n"
-        func answer() throws -> String? { try Child([systemPython, "-c", ask, socket]).line(timeout: 20) }
+        func answer() throws -> String? { try unixAnswer(socket) }
         #expect(try answer() == "\(first)")
         let upgrade = try capture([portreuse, "up", "upgrade", "--pid-file", up.pidFile], timeout: 60)
         #expect(upgrade.status == 0, "\(upgrade.stderr)\n\(up.logText)")
@@ -102,13 +100,11 @@ struct UpUnixTests {
     func socketFromSystemd() throws {
         let folder = try TemporaryFolder()
         let socket = folder.path + "/app.sock"
-        let server = "import os, socket\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept(); c.recv(1024); c.sendall(b'systemd'); c.close()\n"
-        let up = try UpProcess(["--listen", "unix:" + socket, "--", systemPython, "-c", server], folder: folder,
+        let up = try UpProcess(["--listen", "unix:" + socket, "--", systemPython, "-c", descriptor3Server(answering: "b'systemd'")], folder: folder,
                                launcher: ["/usr/bin/systemd-socket-activate", "-l", socket])
         #expect(waitUntil(timeout: 10) { mode(socket) != nil }, "systemd-socket-activate made the socket")
         // systemd-socket-activate starts up on the first connection.
-        let ask = "import socket, sys\nc = socket.socket(socket.AF_UNIX)\nc.connect(sys.argv[1])\nc.sendall(b'?')\nprint(c.recv(64).decode(), flush=True)\n"
-        #expect(try Child([systemPython, "-c", ask, socket]).line(timeout: 20) == "systemd", "\(up.logText)")
+        #expect(try unixAnswer(socket) == "systemd", "\(up.logText)")
         #expect(up.waitForStatus { !$0.serving.isEmpty && $0.sockets.first?.address == socket } != nil, "\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")
         #expect(mode(socket) != nil, "systemd's file stays systemd's")
@@ -118,12 +114,10 @@ struct UpUnixTests {
     func abstractName() throws {
         let name = "@portreuse-up-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let folder = try TemporaryFolder()
-        let server = "import socket\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept(); c.recv(1024); c.sendall(b'abstract'); c.close()\n"
-        let up = try UpProcess(["--listen", "unix:" + name, "--", systemPython, "-c", server], folder: folder)
+        let up = try UpProcess(["--listen", "unix:" + name, "--", systemPython, "-c", descriptor3Server(answering: "b'abstract'")], folder: folder)
         #expect(up.waitForStatus { !$0.serving.isEmpty } != nil, "\(up.logText)")
         #expect(UnixSocketFile.inspect(name).state == .live)
-        let client = try Child(python: "import socket\nc = socket.socket(socket.AF_UNIX)\nc.connect('\\0\(name.dropFirst())')\nc.sendall(b'?')\nprint(c.recv(64).decode(), flush=True)\n")
-        #expect(client.line(timeout: 20) == "abstract")
+        #expect(try unixAnswer(name) == "abstract")
         #expect(up.stop() == 0, "\(up.logText)")
         #expect(UnixSocketFile.inspect(name).state == .free, "gone with its last socket")
     }

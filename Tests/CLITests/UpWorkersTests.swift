@@ -193,7 +193,7 @@ struct UpWorkersTests {
     func sharedSocketWorkers(_ kind: String) throws {
         let folder = try TemporaryFolder()
         let socket = folder.path + "/app.sock"
-        let server = "import os, socket\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept(); c.recv(1024); c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\n' + str(os.getpid()).encode()); c.close()\n"
+        let server = descriptor3Server(answering: "b'HTTP/1.0 200 OK\\r\\n\\r\\n' + str(os.getpid()).encode()")
         let listen = kind == "unix" ? ["--listen", "unix:" + socket] : ["--listen", "127.0.0.1:0", "--shared-socket"]
         let up = try UpProcess(listen + ["--workers", "2", "--", systemPython, "-c", server], folder: folder)
         #expect(up.waitForStatus { $0.serving.first?.workers?.ready == 2 } != nil, "\(up.logText)")

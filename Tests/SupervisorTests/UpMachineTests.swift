@@ -42,12 +42,17 @@ struct UpMachineTests {
                 number: number, reason: reason, pid: Int32(number * 100), startedAt: 0, notifyPath: nil, sockets: steered ? [Int32(10 + number)] : nil)))
         }
 
-        /// Generation 1 started and ready.
-        mutating func serving(steered: Bool = true) {
+        /// Generation 1 started (not yet ready).
+        mutating func starting(steered: Bool = true) {
             var start: [Action] = []
             machine.start(.start, &start)
             #expect(start == [.start(1, reason: .start)])
             started(1, reason: .start, steered: steered)
+        }
+
+        /// Generation 1 started and ready.
+        mutating func serving(steered: Bool = true) {
+            starting(steered: steered)
             #expect(send(.tick).contains(.lookForReadiness(1)))
             send(.probed(number: 1, how: nil))
             #expect(stage(1) == .ready)
@@ -124,9 +129,7 @@ struct UpMachineTests {
     @Test("at the ready timeout a generation that holds connections is ready (seen serving); one that holds none fails")
     func readyTimeout() {
         var up = Driver(readiness: .notify)
-        var start: [Action] = []
-        up.machine.start(.start, &start)
-        up.started(1, reason: .start)
+        up.starting()
         #expect(!up.send(.tick).contains(.countConnections(1)))
         up.advance(seconds: 60)
         #expect(up.send(.tick).contains(.countConnections(1)))
@@ -135,8 +138,7 @@ struct UpMachineTests {
         #expect(up.signals.isEmpty, "never stopped for want of a readiness signal while it serves")
 
         var silent = Driver(readiness: .notify)
-        silent.machine.start(.start, &start)
-        silent.started(1, reason: .start)
+        silent.starting()
         silent.advance(seconds: 60)
         silent.send(.connectionsAtReadyTimeout(number: 1, count: 0))
         #expect(silent.stage(1) == .failed(killAt: silent.now + 5_000_000_000))
@@ -147,9 +149,7 @@ struct UpMachineTests {
     @Test("READY=1 makes a generation ready under auto, not once its process exited, and a probe's answer is then ignored")
     func notifyReadiness() {
         var up = Driver(readiness: .auto)
-        var start: [Action] = []
-        up.machine.start(.start, &start)
-        up.started(1, reason: .start)
+        up.starting()
         up.send(.notified(number: 1, messages: ["STATUS=warming up"], exited: false))
         #expect(!up.send(.tick).contains(.lookForReadiness(1)), "a program that speaks the protocol is not probed")
         up.send(.probed(number: 1, how: nil))
@@ -303,9 +303,7 @@ struct UpAdoptedDrainTests {
     @Test("it serves until generation 1 is ready, then gets its stop signal, and SIGKILL once its grace is over")
     func handsOverAtReady() {
         var up = Driver(adopting: true)
-        var start: [UpMachine.Action] = []
-        up.machine.start(.start, &start)
-        up.started(1, reason: .start)
+        up.starting()
         #expect(!up.send(.tick).contains(.signalAdopted(SIGTERM)), "it serves while generation 1 starts")
         #expect(up.send(.probed(number: 1, how: nil)).contains(.signalAdopted(SIGTERM)))
         #expect(up.machine.record.adopted?.stage == .draining(killAt: up.now + 5_000_000_000))
@@ -337,9 +335,7 @@ struct UpAdoptedDrainTests {
     @Test("up stops before any generation took over: the adopted server keeps serving and is let go")
     func releasedWhenNobodyTookOver() {
         var up = Driver(adopting: true)
-        var start: [UpMachine.Action] = []
-        up.machine.start(.start, &start)
-        up.started(1, reason: .start)
+        up.starting()
         let actions = up.send(.signal(SIGTERM))
         #expect(actions.contains(.releaseAdopted) && !actions.contains(.signalAdopted(SIGTERM)))
         #expect(up.machine.record.adopted == nil)
@@ -358,9 +354,7 @@ struct UpWorkerMessagesTests {
     @Test("the pool's counts go into the generation's record and /metrics; its READY=1 once all are ready makes it ready")
     func poolMessages() {
         var up = UpMachineTests.Driver(readiness: .notify)
-        var start: [UpMachine.Action] = []
-        up.machine.start(.start, &start)
-        up.started(1, reason: .start)
+        up.starting()
         up.send(.notified(number: 1, messages: ["X_PORTREUSE_WORKERS_READY=1/2", "X_PORTREUSE_WORKERS_REPLACED=0"], exited: false))
         #expect(up.machine.record.generation(1)?.workers == GenerationRecord.WorkerCounts(total: 2, ready: 1))
         #expect(up.stage(1) != .ready)
