@@ -42,7 +42,7 @@ let package = Package(
         // applies to a caller's socket calls, the caller's privileges, the socket swap. Only the tools use it.
         .target(
             name: "PortReuseInterception",
-            dependencies: ["PortReuse", "PortReuseSystem", "CPortReuseSystem", "CReuseRules", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["PortReuse", "PortReuseSystem", "CReuseRules", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // The rules both paths of `portreuse run` apply to a program's socket calls (the endpoint rewrite of --bind
         // and --source, IP_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT), written once in C: the shim links it, the

@@ -1,5 +1,4 @@
 #if os(Linux)
-import Glibc
 import PortReuseSystem
 import PortReuse
 
@@ -39,8 +38,8 @@ struct CallerPrivileges: Equatable {
     }
 
     /// The privileges of thread `tid` for a socket whose network namespace is `socketNamespace` (an inode, from
-    /// ``namespaceInode(ofSocket:)``), or `nil` when its status cannot be read (then nothing is done for it).
-    static func of(thread tid: pid_t, socketNamespace: UInt64?) -> CallerPrivileges? {
+    /// `SocketReadings.networkNamespace`), or `nil` when its status cannot be read (then nothing is done for it).
+    static func of(thread tid: Int32, socketNamespace: UInt64?) -> CallerPrivileges? {
         guard let status = Files.read("/proc/\(tid)/status", limit: 8192) else { return nil }
         var capabilities: UInt64?
         for line in String(decoding: status, as: UTF8.self).split(separator: "\n") where line.hasPrefix("CapEff:") {
@@ -54,19 +53,7 @@ struct CallerPrivileges: Equatable {
         return CallerPrivileges(capabilities: capabilities, unprivilegedPortStart: 1024, portStartIsAssumed: true)
     }
 
-    /// The inode of the network namespace a socket lives in (SIOCGSKNS), or `nil`.
-    static func namespaceInode(ofSocket descriptor: Int32) -> UInt64? {
-        let namespace = ioctl(descriptor, 0x894C)  // SIOCGSKNS: a descriptor of the socket's network namespace
-        guard namespace >= 0 else { return nil }
-        defer { Files.close(namespace) }
-        var info = stat()
-        return fstat(namespace, &info) == 0 ? UInt64(info.st_ino) : nil
-    }
-
-    private static func namespaceInode(_ path: String) -> UInt64? {
-        var info = stat()
-        return stat(path, &info) == 0 ? UInt64(info.st_ino) : nil
-    }
+    private static func namespaceInode(_ path: String) -> UInt64? { Files.status(of: path, following: true)?.inode }
 
     private static let ownUserNamespace = namespaceInode("/proc/self/ns/user")
     private static let ownNetworkNamespace = namespaceInode("/proc/self/ns/net")

@@ -1,7 +1,5 @@
 #if os(Linux)
-import CPortReuseSystem
 import CReuseRules
-import Glibc
 import Synchronization
 import SystemPackage
 import PortReuseSystem
@@ -67,8 +65,8 @@ package struct InterceptionRules: Sendable {
 /// pointer it cannot read, a socket that is not AF_INET/AF_INET6 stream or datagram, a descriptor that is not
 /// a socket: the call goes on untouched, and the program gets what the kernel says without us.
 package final class SocketCallInterceptor: @unchecked Sendable {
-    /// The notification descriptor (of the filter `csystem_seccomp_listen` installs in the program's process as it
-    /// starts, in PortReuseTools' Spawner); closed with the interceptor.
+    /// The notification descriptor (of the filter ``ProcessSpawn`` installs in the program's process as it
+    /// starts); closed with the interceptor.
     package let notificationDescriptor: Int32
     package let rules: InterceptionRules
     private let wake: (read: Int32, write: Int32)
@@ -77,7 +75,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// pidfds of the threads that called lately, by thread id (used by the serving thread only): saves a
     /// pidfd_open and a close per call. Each names exactly its thread (``callerPidfd(_:)``), so a reused id never
     /// reaches another process through it: pidfd_getfd then fails (ESRCH) and the id is opened again.
-    private var pidfds: [pid_t: Int32] = [:]
+    private var pidfds: [Int32: Int32] = [:]
     /// The first address a --bind moved (``noteMoved(_:to:)``), and whether a second one was said.
     private var firstMoved: SocketAddress?
     private var saidMerged = false
@@ -92,7 +90,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         self.notificationDescriptor = notificationDescriptor
         self.rules = rules
         // Linux 6.6+: the notifying thread and this one hand the CPU to each other; older kernels say EINVAL.
-        _ = csystem_seccomp_sync_wakeup(notificationDescriptor)
+        Seccomp.synchronizeWakeUps(notificationDescriptor)
         wake = try Files.pipe()
         do { ended = try Files.pipe() } catch {
             Files.close(wake.read)
@@ -129,8 +127,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// bounded (no call made on the program's behalf blocks), so the wait is one answer at most.
     @discardableResult
     package func stop(timeout: Double = 2) -> Bool {
-        var byte: UInt8 = 1
-        _ = write(wake.write, &byte, 1)
+        try? Files.write([1], to: wake.write)
         return waitUntilEnded(timeout: timeout)
     }
 
@@ -144,54 +141,46 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// filter is gone) or ``stop(timeout:)`` is called.
     package func serve() {
         while Sys.waitReadable(notificationDescriptor, orWake: wake.read) == .readable {
-            // The receive ioctl blocks whatever O_NONBLOCK says: it runs only once poll saw a notification, so
-            // that stop() is seen.
-            var notification = csystem_notification()
-            if csystem_seccomp_receive(notificationDescriptor, &notification) == 0 {
-                answer(notification)
-            } else if errno != ENOENT && errno != EINTR {
-                return  // ENOENT: the caller went away (killed) between poll and receive
+            // The receive blocks whatever O_NONBLOCK says: it runs only once poll saw a notification, so that
+            // stop() is seen.
+            do {
+                if let notification = try Seccomp.receive(notificationDescriptor) { answer(notification) }
+            } catch {
+                return
             }
         }
     }
 
     // MARK: - Answers
 
-    private enum Answer {
-        /// The call runs as the program made it.
-        case proceed
-        /// The call does not run; it returns 0, or fails with this errno.
-        case result(errno: Int32)
-        /// The notification is gone (the process died, or its call was interrupted): nothing to answer.
-        case none
-    }
+    /// ``Seccomp/Answer``, or `none`: the notification is gone (the process died, or its call was interrupted),
+    /// nothing to answer.
+    private typealias Answer = Seccomp.Answer?
 
     private static let bindCall = SocketCall.bind
     private static let connectCall = SocketCall.connect
     private static let sendtoCall = SocketCall.sendto
     private static let sendmsgCall = SocketCall.sendmsg
-    private static let fastOpen: Int32 = 0x2000_0000  // MSG_FASTOPEN
-    private static let storageSize = MemoryLayout<sockaddr_storage>.size
 
-    private func answer(_ notification: csystem_notification) {
-        let args = notification.args
+    private func answer(_ notification: SeccompNotification) {
+        let args = notification.arguments
         let decision: Answer
-        guard notification.arch == csystem_audit_arch() else { return respond(notification.id, .proceed) }
-        switch notification.syscall {
+        guard notification.isNativeArchitecture else { return respond(notification.id, .proceed) }
+        switch notification.call {
         case Self.bindCall:
-            decision = bind(notification, fd: Int32(truncatingIfNeeded: args.0), pointer: args.1, length: args.2)
+            decision = bind(notification, fd: Int32(truncatingIfNeeded: args[0]), pointer: args[1], length: args[2])
         case Self.connectCall:
-            decision = source("connect", notification, fd: Int32(truncatingIfNeeded: args.0), pointer: args.1, length: args.2, sendFlags: nil)
+            decision = source("connect", notification, fd: Int32(truncatingIfNeeded: args[0]), pointer: args[1], length: args[2], sendFlags: nil)
         case Self.sendtoCall:
-            decision = source("sendto", notification, fd: Int32(truncatingIfNeeded: args.0), pointer: args.4, length: args.5,
-                              sendFlags: Int32(truncatingIfNeeded: args.3))
+            decision = source("sendto", notification, fd: Int32(truncatingIfNeeded: args[0]), pointer: args[4], length: args[5],
+                              sendFlags: Int32(truncatingIfNeeded: args[3]))
         case Self.sendmsgCall:
             // struct msghdr starts with msg_name (a pointer) and msg_namelen (a socklen_t).
-            guard let header = read(notification.pid, at: args.1, count: 16) else { decision = .proceed; break }
+            guard let header = read(notification.thread, at: args[1], count: 16) else { decision = .proceed; break }
             let name = header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self) }
             let nameLength = header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self) }
-            decision = source("sendmsg", notification, fd: Int32(truncatingIfNeeded: args.0), pointer: name, length: UInt64(nameLength),
-                              sendFlags: Int32(truncatingIfNeeded: args.2))
+            decision = source("sendmsg", notification, fd: Int32(truncatingIfNeeded: args[0]), pointer: name, length: UInt64(nameLength),
+                              sendFlags: Int32(truncatingIfNeeded: args[2]))
         default:
             decision = .proceed
         }
@@ -199,36 +188,25 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     }
 
     private func respond(_ id: UInt64, _ answer: Answer) {
-        switch answer {
-        case .none: return
-        case .proceed: _ = csystem_seccomp_respond(notificationDescriptor, id, 1, 0, 0)
-        case .result(let code): _ = csystem_seccomp_respond(notificationDescriptor, id, 0, 0, code)
-        }
-        // ENOENT here: the process died or its call was interrupted meanwhile; nothing more to do.
+        guard let answer else { return }
+        // Not delivered: the process died or its call was interrupted meanwhile; nothing more to do.
+        Seccomp.answer(id, answer, on: notificationDescriptor)
         answered.add(1, ordering: .relaxed)
     }
 
     /// `count` bytes of process `pid` at `address`, or `nil` when they cannot all be read.
-    private func read(_ pid: UInt32, at address: UInt64, count: Int) -> [UInt8]? {
-        guard address != 0, let bytes = try? Processes.readMemory(of: pid_t(bitPattern: pid), at: address, count: count),
+    private func read(_ pid: Int32, at address: UInt64, count: Int) -> [UInt8]? {
+        guard address != 0, let bytes = try? Processes.readMemory(of: pid, at: address, count: count),
             bytes.count == count
         else { return nil }
         return bytes
     }
 
-    /// The socket address a call passes: read (at most sizeof(sockaddr_storage)), whole for its family
-    /// (AF_INET 16 bytes, AF_INET6 24: the kernel takes one without sin6_scope_id), or `nil`.
-    private func address(_ pid: UInt32, at pointer: UInt64, length: UInt64) -> SocketAddress? {
+    /// The socket address a call passes (``SocketAddress/init(passed:)``), or `nil`.
+    private func address(_ pid: Int32, at pointer: UInt64, length: UInt64) -> SocketAddress? {
         let length = Int(truncatingIfNeeded: Int32(truncatingIfNeeded: length))  // the kernel's int addrlen
-        guard length >= 2, length <= Self.storageSize, let bytes = read(pid, at: pointer, count: length) else { return nil }
-        var storage = sockaddr_storage()
-        withUnsafeMutableBytes(of: &storage) { $0.copyBytes(from: bytes) }
-        switch Int32(storage.ss_family) {
-        case AF_INET where length >= MemoryLayout<sockaddr_in>.size: break
-        case AF_INET6 where length >= 24: break
-        default: return nil
-        }
-        return SocketAddress(storage)
+        guard length >= 2, length <= SocketAddress.largestPassedLength, let bytes = read(pid, at: pointer, count: length) else { return nil }
+        return SocketAddress(passed: bytes)
     }
 
     private enum Target {
@@ -242,22 +220,22 @@ package final class SocketCallInterceptor: @unchecked Sendable {
 
     /// The program's socket, duplicated, when it is an AF_INET/AF_INET6 stream or datagram socket of one of
     /// `families` (``duplicate(_:of:)`` proves the caller first).
-    private func target(_ notification: csystem_notification, fd: Int32, families: [AddressFamily]) -> Target {
+    private func target(_ notification: SeccompNotification, fd: Int32, families: [AddressFamily]) -> Target {
         let handle: SocketHandle
         switch duplicate(fd, of: notification) {
         case .descriptor(let duplicate): handle = SocketHandle(adopting: duplicate)
         case .unavailable: return .skip
         case .gone: return .gone
         }
-        guard let domain = try? handle.option(SOL_SOCKET, SO_DOMAIN, label: "SO_DOMAIN"),
-            families.contains(where: { Sys.family($0) == domain }), let transport = try? handle.transport()
+        guard let descriptor = handle.descriptor, let family = SocketReadings.family(descriptor), families.contains(family),
+            let transport = try? handle.transport()
         else { return .skip }
         return .socket(handle, transport)
     }
 
-    private func bind(_ notification: csystem_notification, fd: Int32, pointer: UInt64, length: UInt64) -> Answer {
+    private func bind(_ notification: SeccompNotification, fd: Int32, pointer: UInt64, length: UInt64) -> Answer {
         if rules.onlySetsOptions { return setOptionsAndProceed(notification, fd: fd) }
-        guard let requested = address(notification.pid, at: pointer, length: length) else { return .proceed }
+        guard let requested = address(notification.thread, at: pointer, length: length) else { return .proceed }
         if let swap = rules.swap { return swapBind(swap, notification, fd: fd, requested: requested) }
         let socket: SocketHandle, transport: Transport
         switch target(notification, fd: fd, families: [requested.family]) {
@@ -296,20 +274,20 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             guard let read = callerPrivileges(notification, socket: socket) else { return .none }
             privileges = read
         }
-        let (options, transparent) = setOptions(socket, transport, caller: notification.pid, privileges: privileges)
+        let (options, transparent) = setOptions(socket, transport, caller: notification.thread, privileges: privileges)
         var code: Int32?
         if let target = rewritten {
             if let privileges, !privileges.mayBind(port: target.port) {
-                code = EACCES
-                sayOnce("bind of \(target) for \(who(notification.pid)) (asked for \(requested)) refused with EACCES, as the kernel would refuse "
+                code = Errno.permissionDenied.rawValue
+                sayOnce("bind of \(target) for \(who(notification.thread)) (asked for \(requested)) refused with EACCES, as the kernel would refuse "
                     + "the program: \(privileges.refusal(port: target.port))")
             } else {
-                code = bindDuplicate(socket, to: target)
+                code = bindDuplicate(socket, to: target, transport)
             }
         }
         if let log = rules.log {
             let outcome = code.map { $0 == 0 ? "" : ": \(Errno(rawValue: $0))" } ?? ""
-            log("bind fd \(fd) (\(transport == .tcp ? "TCP" : "UDP")) \(requested)\(rewritten.map { " -> \($0)" } ?? "") of \(who(notification.pid)), "
+            log("bind fd \(fd) (\(transport == .tcp ? "TCP" : "UDP")) \(requested)\(rewritten.map { " -> \($0)" } ?? "") of \(who(notification.thread)), "
                 + "options \(options)\(transparent ? ", IP_TRANSPARENT" : "")\(outcome)\(note)")
         }
         return code.map { .result(errno: $0) } ?? .proceed
@@ -318,10 +296,10 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// The caller's privileges (``CallerPrivileges``), or `nil` when its call is no longer pending: the
     /// notification is proven pending after /proc was read, so that they are the caller's own and not those of
     /// a thread that took its id since.
-    private func callerPrivileges(_ notification: csystem_notification, socket: SocketHandle) -> CallerPrivileges? {
-        let namespace = socket.descriptor.flatMap(CallerPrivileges.namespaceInode(ofSocket:))
-        let read = CallerPrivileges.of(thread: pid_t(bitPattern: notification.pid), socketNamespace: namespace)
-        guard csystem_seccomp_id_valid(notificationDescriptor, notification.id) == 0 else { return nil }
+    private func callerPrivileges(_ notification: SeccompNotification, socket: SocketHandle) -> CallerPrivileges? {
+        let namespace = socket.descriptor.flatMap(SocketReadings.networkNamespace)
+        let read = CallerPrivileges.of(thread: notification.thread, socketNamespace: namespace)
+        guard Seccomp.isPending(notification.id, on: notificationDescriptor) else { return nil }
         return read ?? CallerPrivileges(capabilities: 0, unprivilegedPortStart: 1024, portStartIsAssumed: true)
     }
 
@@ -349,7 +327,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// time): the program's socket gets the policy's options whatever address it binds, without reading the
     /// program's memory; its protocol (SO_PROTOCOL: TCP or UDP, 0 for a Unix socket) says which options, in one
     /// call. A bind the kernel then refuses (a bad pointer: EFAULT) fails as it would have.
-    private func setOptionsAndProceed(_ notification: csystem_notification, fd: Int32) -> Answer {
+    private func setOptionsAndProceed(_ notification: SeccompNotification, fd: Int32) -> Answer {
         let duplicate: Int32
         switch self.duplicate(fd, of: notification) {
         case .descriptor(let descriptor): duplicate = descriptor
@@ -357,23 +335,16 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         case .gone: return .none
         }
         let socket = SocketHandle(adopting: duplicate)
-        var protocolNumber: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        guard Sys.getsockopt(duplicate, SOL_SOCKET, SO_PROTOCOL, &protocolNumber, &length) == 0 else { return .proceed }
-        switch protocolNumber {
-        case Int32(IPPROTO_TCP), Int32(IPPROTO_MPTCP): _ = setOptions(socket, .tcp)
-        case Int32(IPPROTO_UDP): _ = setOptions(socket, .udp)
-        default: break
-        }
+        if let transport = SocketReadings.transport(duplicate) { _ = setOptions(socket, transport) }
         return .proceed
     }
 
     /// `portreuse up`'s bind: the held socket under the program's descriptor, or the call untouched.
-    private func swapBind(_ swap: SocketSwap, _ notification: csystem_notification, fd: Int32, requested: SocketAddress) -> Answer {
+    private func swapBind(_ swap: SocketSwap, _ notification: SeccompNotification, fd: Int32, requested: SocketAddress) -> Answer {
         guard swap.holds(port: requested.port) else {  // the common case: no duplicate, nothing read
             // A listener the program makes beside up's (a wrong port in its configuration?) is said once.
             if requested.port != 0 {
-                sayOnce("bind of \(requested) by \(who(notification.pid)): not an address up holds (up holds "
+                sayOnce("bind of \(requested) by \(who(notification.thread)): not an address up holds (up holds "
                     + swap.held.map { "\($0.address)" }.joined(separator: ", ") + "): the program serves it by itself, outside up's reloads")
             }
             return .proceed
@@ -385,16 +356,16 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         case .gone: return .none
         }
         guard let descriptor = socket.descriptor else { return .proceed }
-        let pid = Int32(bitPattern: notification.pid)
+        let pid = notification.thread
         // A call that comes back after our answer (interrupted, restarted): the descriptor is ours already.
         let inode = Self.inode(descriptor)
         if let already = swap.held.first(where: { $0.workers.contains { Self.inode($0) == inode } }) {
-            rules.log?("bind fd \(fd) \(requested) of \(who(notification.pid)): already \(already.name) \(already.address)")
+            rules.log?("bind fd \(fd) \(requested) of \(who(notification.thread)): already \(already.name) \(already.address)")
             return .result(errno: 0)
         }
         // A socket bound already: the kernel says EINVAL itself.
         if let local = try? socket.localAddress(), local.port != 0 { return .proceed }
-        let family: AddressFamily = (try? socket.option(SOL_SOCKET, SO_DOMAIN, label: "SO_DOMAIN")) == AF_INET6 ? .ipv6 : .ipv4
+        let family = SocketReadings.family(descriptor) ?? .ipv4
         // An address of the other family (an AF_INET one on an AF_INET6 socket): the kernel says EAFNOSUPPORT or
         // EINVAL itself, as it would without up.
         guard requested.family == family else { return .proceed }
@@ -402,22 +373,25 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         let kind = transport == .tcp ? "TCP" : "UDP"
         switch SocketSwap.decide(requested: requested, programFamily: family, programIPv6Only: v6Only, transport: transport, held: swap.held) {
         case .passThrough(let note):
-            if let note { rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.pid)) runs as it is: \(note)") }
+            if let note { rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.thread)) runs as it is: \(note)") }
             return .proceed
         case .refuse(let code, let reason):
-            rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.pid)) fails with \(Errno(rawValue: code)): \(reason)")
+            rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.thread)) fails with \(Errno(rawValue: code)): \(reason)")
             return .result(errno: code)
         case .swap(let index, let note):
             let held = swap.held[index].forWorker(swap.hasWorkers ? SocketSwap.workerIndex(of: pid) : nil)
             let nonBlocking = Files.isNonBlocking(descriptor)
             let modeWarning = nonBlocking.flatMap { swap.adoptMode(of: held, nonBlocking: $0, pid: pid) }
             if let modeWarning { rules.log?(modeWarning) }
-            let closeOnExec = Self.closeOnExec(pid: notification.pid, fd: fd)
-            guard csystem_seccomp_add_fd(notificationDescriptor, notification.id, held.descriptor, fd, closeOnExec ? 1 : 0) >= 0 else {
-                let code = errno
-                if code == ENOENT { return .none }  // the call is gone (interrupted, the process died)
-                rules.log?("bind fd \(fd) \(requested) of \(who(notification.pid)): cannot put \(held.name) \(held.address) in its place "
-                    + "(SECCOMP_IOCTL_NOTIF_ADDFD: \(Errno(rawValue: code))): the kernel answers the bind")
+            // Close-on-exec when it cannot be read, as almost every server opens its sockets.
+            let closeOnExec = Processes.isCloseOnExec(fd, of: pid) ?? true
+            do {
+                try Seccomp.install(held.descriptor, as: fd, closeOnExec: closeOnExec, for: notification.id, on: notificationDescriptor)
+            } catch where error.errno == .noSuchFileOrDirectory {
+                return .none  // the call is gone (interrupted, the process died)
+            } catch {
+                rules.log?("bind fd \(fd) \(requested) of \(who(notification.thread)): cannot put \(held.name) \(held.address) in its place "
+                    + "(SECCOMP_IOCTL_NOTIF_ADDFD: \(error.errno)): the kernel answers the bind")
                 return .proceed
             }
             // One line for each of the first swaps, then one at each power of ten: a program that binds in a loop
@@ -425,7 +399,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
             swapped += 1
             if swapped <= 3 || swapped.isPowerOfTen {
                 // "unknown" is the name systemd gives a socket without one (LISTEN_FDNAMES): not worth a word.
-                rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.pid)): got up's socket \(held.address)"
+                rules.log?("bind fd \(fd) (\(kind)) \(requested) of \(who(notification.thread)): got up's socket \(held.address)"
                     + (held.name == "unknown" ? "" : " (\(held.name))")
                     + (nonBlocking == true ? ", non-blocking" : "") + (note.map { "; \($0)" } ?? "")
                     + (swapped > 3 ? " (bind \(swapped) given up's socket; the ones between are not logged)" : ""))
@@ -434,26 +408,12 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         }
     }
 
-    private static func inode(_ descriptor: Int32) -> UInt64 {
-        var info = stat()
-        return fstat(descriptor, &info) == 0 ? UInt64(info.st_ino) : 0
-    }
-
-    /// Whether the program's descriptor is close-on-exec (the `flags:` line of /proc/PID/fdinfo/FD has O_CLOEXEC);
-    /// close-on-exec when it cannot be read, as almost every server opens its sockets.
-    private static func closeOnExec(pid: UInt32, fd: Int32) -> Bool {
-        guard let info = Files.read("/proc/\(pid)/fdinfo/\(fd)", limit: 4096) else { return true }
-        for line in String(decoding: info, as: UTF8.self).split(separator: "\n") where line.hasPrefix("flags:") {
-            guard let flags = Int(line.dropFirst(6).filter { $0 != " " && $0 != "\t" }, radix: 8) else { return true }
-            return flags & Int(O_CLOEXEC) != 0
-        }
-        return true
-    }
+    private static func inode(_ descriptor: Int32) -> UInt64 { Files.status(of: descriptor)?.inode ?? 0 }
 
     /// Binds an unbound socket to the source before it first talks to `peer`; `sendFlags` nil for connect().
-    private func source(_ call: String, _ notification: csystem_notification, fd: Int32, pointer: UInt64, length: UInt64,
+    private func source(_ call: String, _ notification: SeccompNotification, fd: Int32, pointer: UInt64, length: UInt64,
                         sendFlags: Int32?) -> Answer {
-        guard let sourceRule = rules.source, let peer = address(notification.pid, at: pointer, length: length) else { return .proceed }
+        guard let sourceRule = rules.source, let peer = address(notification.thread, at: pointer, length: length) else { return .proceed }
         let socket: SocketHandle, transport: Transport
         switch target(notification, fd: fd, families: [.ipv4, .ipv6]) {
         case .socket(let handle, let kind): (socket, transport) = (handle, kind)
@@ -463,24 +423,24 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         // Bound already (by the program, by a connect in progress, or by us): left alone.
         guard let local = try? socket.localAddress(), local.port == 0, local.ip.isUnspecified else { return .proceed }
         // sendto/sendmsg on a stream socket only connects with TCP Fast Open.
-        if transport == .tcp, let flags = sendFlags, flags & Self.fastOpen == 0 { return .proceed }
+        if transport == .tcp, let flags = sendFlags, flags & SocketReadings.fastOpenFlag == 0 { return .proceed }
         let target: SocketAddress
         switch apply(sourceRule, to: local, socket: socket, peer: peer) {
         case .success(let address): target = address
         case .failure(let reason):
-            rules.log?("\(call) fd \(fd) to \(peer) of \(who(notification.pid)): --source \(sourceRule) not applied: \(reason.text)")
+            rules.log?("\(call) fd \(fd) to \(peer) of \(who(notification.thread)): --source \(sourceRule) not applied: \(reason.text)")
             return .proceed
         }
         guard let privileges = callerPrivileges(notification, socket: socket) else { return .none }
         guard privileges.mayBind(port: target.port) else {
-            sayOnce("\(call) of \(who(notification.pid)) from --source \(target) refused with EACCES, as the kernel would refuse the program's own bind: "
+            sayOnce("\(call) of \(who(notification.thread)) from --source \(target) refused with EACCES, as the kernel would refuse the program's own bind: "
                 + privileges.refusal(port: target.port))
-            return .result(errno: EACCES)
+            return .result(errno: Errno.permissionDenied.rawValue)
         }
-        let (options, _) = setOptions(socket, transport, caller: notification.pid, privileges: privileges)
+        let (options, _) = setOptions(socket, transport, caller: notification.thread, privileges: privileges)
         if transport == .tcp && sourceRule.port == nil, let descriptor = socket.descriptor { _ = portreuse_rules_set_bind_address_no_port(descriptor) }
-        let code = bindDuplicate(socket, to: target)
-        rules.log?("\(call) fd \(fd) to \(peer) of \(who(notification.pid)) from \(target), options \(options)"
+        let code = bindDuplicate(socket, to: target, transport)
+        rules.log?("\(call) fd \(fd) to \(peer) of \(who(notification.thread)) from \(target), options \(options)"
             + (code == 0 ? "" : ": the source could not be bound: \(Errno(rawValue: code))"))
         return code == 0 ? .proceed : .result(errno: code)
     }
@@ -488,18 +448,18 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// Sets the policy's options for the transport, and IP_TRANSPARENT where the caller may set it itself
     /// (`privileges`, read when the rules ask for it); returns the options asked for and whether IP_TRANSPARENT
     /// was set. SO_REUSEPORT needs no privilege: the kernel checks its same-user rule against the socket's creator.
-    private func setOptions(_ socket: SocketHandle, _ transport: Transport, caller: UInt32 = 0, privileges: CallerPrivileges? = nil)
+    private func setOptions(_ socket: SocketHandle, _ transport: Transport, caller: Int32 = 0, privileges: CallerPrivileges? = nil)
         -> (ReuseOptions, transparent: Bool)
     {
         let options = SharingTable.linux.options(rules.policy, transport)
         for (option, _) in ReuseOptions.all where options.contains(option) { try? socket.enable(option) }
-        guard rules.transparent, let family = try? socket.option(SOL_SOCKET, SO_DOMAIN, label: "SO_DOMAIN") else { return (options, false) }
+        guard rules.transparent, let descriptor = socket.descriptor, let family = SocketReadings.family(descriptor) else { return (options, false) }
         guard privileges?.maySetTransparent == true else {
             sayOnce("--transparent: IP_TRANSPARENT not set on a socket of \(who(caller)): it needs CAP_NET_RAW or CAP_NET_ADMIN, "
                 + "which the program does not have; portreuse does not set it on the program's behalf (its bind of a non-local address fails as it would alone)")
             return (options, false)
         }
-        return (options, socket.descriptor.map { portreuse_rules_set_transparent($0, family) == 0 } ?? false)
+        return (options, portreuse_rules_set_transparent(descriptor, Sys.family(family)) == 0)
     }
 
     private enum Duplicate {
@@ -514,14 +474,14 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// thread id, which is reused as soon as that thread is gone: the pidfd is opened (or taken from the cache)
     /// first and the notification proven pending after, so that the pidfd names the caller itself and not a
     /// process that took its id since.
-    private func duplicate(_ fd: Int32, of notification: csystem_notification) -> Duplicate {
-        let tid = pid_t(bitPattern: notification.pid)
+    private func duplicate(_ fd: Int32, of notification: SeccompNotification) -> Duplicate {
+        let tid = notification.thread
         for attempt in 0..<2 {
             guard let (pidfd, cached) = callerPidfd(tid) else {
-                return csystem_seccomp_id_valid(notificationDescriptor, notification.id) == 0 ? .unavailable : .gone
+                return Seccomp.isPending(notification.id, on: notificationDescriptor) ? .unavailable : .gone
             }
             defer { if !cached { Files.close(pidfd) } }
-            guard csystem_seccomp_id_valid(notificationDescriptor, notification.id) == 0 else { return .gone }
+            guard Seccomp.isPending(notification.id, on: notificationDescriptor) else { return .gone }
             do {
                 return .descriptor(try Processes.duplicate(fd, of: pidfd))
             } catch where error.errno == .noSuchProcess && cached && attempt == 0 {
@@ -540,7 +500,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// once the thread is gone it names nothing, so a reused id can never reach the thread's process through it.
     /// On older kernels, a thread that is not its process's first gets a pidfd of its process (Tgid in
     /// /proc/TID/status), used for this call only.
-    private func callerPidfd(_ tid: pid_t) -> (pidfd: Int32, cached: Bool)? {
+    private func callerPidfd(_ tid: Int32) -> (pidfd: Int32, cached: Bool)? {
         if let cached = pidfds[tid] { return (cached, true) }
         if let exact = (try? Processes.openThread(tid)) ?? (try? Processes.open(tid)) {
             if pidfds.count >= 64, let (oldest, old) = pidfds.first {  // a bound: any entry will do
@@ -554,23 +514,23 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     }
 
     /// The process (Tgid in /proc/TID/status) of thread `tid`, when it is not that process itself.
-    private static func threadGroup(of tid: pid_t) -> pid_t? {
+    private static func threadGroup(of tid: Int32) -> Int32? {
         guard let status = Files.read("/proc/\(tid)/status", limit: 4096) else { return nil }
         for line in String(decoding: status, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Tgid:") {
-            guard let tgid = pid_t(line.dropFirst(5).filter { $0 != " " && $0 != "\t" }), tgid != tid else { return nil }
+            guard let tgid = Int32(line.dropFirst(5).filter { $0 != " " && $0 != "\t" }), tgid != tid else { return nil }
             return tgid
         }
         return nil
     }
 
     /// 0, or the errno of bind() on the duplicate.
-    private func bindDuplicate(_ socket: SocketHandle, to address: SocketAddress) -> Int32 {
-        guard let fd = socket.descriptor else { return EBADF }
-        var (storage, length) = Sys.makeSockAddr(address)
-        let result = withUnsafePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, length) }
+    private func bindDuplicate(_ socket: SocketHandle, to address: SocketAddress, _ transport: Transport) -> Int32 {
+        do {
+            try socket.bind(to: address, transport: transport)
+            return 0
+        } catch {
+            return (error.errno ?? .invalidArgument).rawValue
         }
-        return result == 0 ? 0 : errno
     }
 
     private struct Skipped: Error { let text: String }
@@ -582,7 +542,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         var rule = portreuse_rules_endpoint()
         if let ip = endpoint.ip {
             rule.has_address = 1
-            rule.family = ip.family == .ipv4 ? AF_INET : AF_INET6
+            rule.family = Sys.family(ip.family)
             withUnsafeMutableBytes(of: &rule.address) { $0.copyBytes(from: ip.bytes) }
             rule.scope = ip.scope
         }
@@ -604,7 +564,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     }
 
     /// `name[pid]`, from /proc/PID/comm (only for log lines).
-    private func who(_ pid: UInt32) -> String {
+    private func who(_ pid: Int32) -> String {
         let name = Files.read("/proc/\(pid)/comm", limit: 64).map { String(decoding: $0.prefix { $0 != 10 }, as: UTF8.self) } ?? "?"
         return "\(name)[\(pid)]"
     }

@@ -1,5 +1,5 @@
 #if os(Linux)
-import Glibc
+import SystemPackage
 import Synchronization
 import PortReuse
 import PortReuseSystem
@@ -102,7 +102,7 @@ package final class SocketSwap: Sendable {
             if programFamily == .ipv4 {
                 if let v4 { return .swap(index: v4, note: nil) }
                 if v6 != nil {
-                    return .refuse(errno: EAFNOSUPPORT, reason: "the program's IPv4 socket binds 0.0.0.0:\(port) and up holds [::]:\(port), an IPv6 socket "
+                    return .refuse(errno: Errno.addressFamilyNotSupported.rawValue, reason: "the program's IPv4 socket binds 0.0.0.0:\(port) and up holds [::]:\(port), an IPv6 socket "
                         + "(its accept() would return IPv6 addresses): give up --listen 0.0.0.0:\(port)")
                 }
             } else if ip.family == .ipv4 {  // ::ffff:0.0.0.0 on an IPv6 socket
@@ -115,7 +115,7 @@ package final class SocketSwap: Sendable {
                 }
                 if let v4 {
                     if programIPv6Only {
-                        return .refuse(errno: EAFNOSUPPORT, reason: "the program binds [::]:\(port) IPv6-only and up holds 0.0.0.0:\(port), an IPv4 socket: "
+                        return .refuse(errno: Errno.addressFamilyNotSupported.rawValue, reason: "the program binds [::]:\(port) IPv6-only and up holds 0.0.0.0:\(port), an IPv4 socket: "
                             + "give up --listen [::]:\(port)")
                     }
                     return .swap(index: v4, note: "the program's dual-stack [::]:\(port) gets up's IPv4 socket 0.0.0.0:\(port): IPv6 clients are not served")
@@ -129,7 +129,7 @@ package final class SocketSwap: Sendable {
         let heldFamily = held[index].address.family
         if heldFamily == programFamily { return .swap(index: index, note: nil) }
         if programFamily == .ipv6 && heldFamily == .ipv4 && wantsIPv4 { return .swap(index: index, note: nil) }
-        return .refuse(errno: EAFNOSUPPORT, reason: "the program's \(programFamily) socket binds \(requested) and up holds \(held[index].address), an "
+        return .refuse(errno: Errno.addressFamilyNotSupported.rawValue, reason: "the program's \(programFamily) socket binds \(requested) and up holds \(held[index].address), an "
             + "\(heldFamily) socket: give up --listen with the program's family")
     }
 

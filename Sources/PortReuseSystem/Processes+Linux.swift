@@ -243,6 +243,16 @@ package enum Processes {
         return UInt64(text.dropFirst(8).dropLast())
     }
 
+    /// Whether descriptor `descriptor` of process `pid` is close-on-exec (O_CLOEXEC in the `flags:` line of
+    /// /proc/PID/fdinfo/FD), or `nil` when that cannot be read.
+    package static func isCloseOnExec(_ descriptor: Int32, of pid: pid_t) -> Bool? {
+        guard let info = Files.read("/proc/\(pid)/fdinfo/\(descriptor)", limit: 4096) else { return nil }
+        for line in String(decoding: info, as: UTF8.self).split(separator: "\n") where line.hasPrefix("flags:") {
+            return Int(line.dropFirst(6).filter { $0 != " " && $0 != "\t" }, radix: 8).map { $0 & Int(O_CLOEXEC) != 0 }
+        }
+        return nil
+    }
+
     /// The inodes of the sockets process `pid` has open; empty when the process is gone or unreadable.
     package static func socketInodes(of pid: pid_t) -> Set<UInt64> {
         Set(Files.list("/proc/\(pid)/fd").compactMap { entry in Int32(entry).flatMap { socketInode(of: pid, descriptor: $0) } })

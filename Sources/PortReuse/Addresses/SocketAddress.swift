@@ -42,4 +42,21 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         guard let address = Sys.readSockAddr(storage) else { return nil }
         self = address
     }
+
+    /// The most bytes of a socket address a program can pass (sizeof(struct sockaddr_storage)).
+    package static let largestPassedLength = MemoryLayout<sockaddr_storage>.size
+
+    /// The address a program passed to bind, connect or sendto, as read from its memory: whole for its family
+    /// (AF_INET 16 bytes, AF_INET6 24: the kernel takes one without sin6_scope_id); `nil` for any other.
+    package init?(passed bytes: [UInt8]) {
+        guard bytes.count >= 2, bytes.count <= Self.largestPassedLength else { return nil }
+        var storage = sockaddr_storage()
+        withUnsafeMutableBytes(of: &storage) { $0.copyBytes(from: bytes) }
+        switch Int32(storage.ss_family) {
+        case Sys.family(.ipv4) where bytes.count >= MemoryLayout<sockaddr_in>.size: break
+        case Sys.family(.ipv6) where bytes.count >= 24: break
+        default: return nil
+        }
+        self.init(storage)
+    }
 }

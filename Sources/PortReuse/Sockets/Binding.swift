@@ -20,13 +20,19 @@ extension SocketHandle {
         }
         try prepare(handle)
         do {
-            try address.withSockAddr { (pointer, length) throws(PortReuseError) in
-                _ = try retryingInterrupts(.bind, address.label(transport)) { Sys.bind(descriptor, pointer, length) }
-            }
+            try handle.bind(to: address, transport: transport)
         } catch {
             throw error.diagnosingBind(address, transport: transport, policy: policy)
         }
         return handle
+    }
+
+    /// bind() alone: no option set, no diagnosis (`transport` only names the address in the error).
+    package func bind(to address: SocketAddress, transport: Transport) throws(PortReuseError) {
+        let descriptor = try live(.bind)
+        try address.withSockAddr { (pointer, length) throws(PortReuseError) in
+            _ = try retryingInterrupts(.bind, address.label(transport)) { Sys.bind(descriptor, pointer, length) }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 #if os(Linux)
 import Glibc
+import PortReuseSystem
 
 /// What a socket of this process says of itself (a duplicate of another process's included): the looks
 /// `portreuse up` takes at its listeners and at the connections of its generations. Linux only.
@@ -34,6 +35,36 @@ package enum SocketReadings {
     /// Shuts the socket down both ways: a listener stops listening (and leaves its SO_REUSEPORT group) for every
     /// process that holds it. The corresponding C function is `shutdown(SHUT_RDWR)`.
     package static func shutDown(_ descriptor: Int32) { _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
+
+    /// The socket's address family (SO_DOMAIN), when it is an IP socket; `nil` for any other (a Unix socket).
+    package static func family(_ descriptor: Int32) -> AddressFamily? {
+        switch integerOption(descriptor, SOL_SOCKET, SO_DOMAIN) {
+        case AF_INET?: .ipv4
+        case AF_INET6?: .ipv6
+        default: nil
+        }
+    }
+
+    /// The socket's transport by its protocol (SO_PROTOCOL: MPTCP counts as TCP), in one call; `nil` for a socket
+    /// of any other protocol (a Unix socket says 0).
+    package static func transport(_ descriptor: Int32) -> Transport? {
+        switch integerOption(descriptor, SOL_SOCKET, SO_PROTOCOL) {
+        case Int32(IPPROTO_TCP)?, Int32(IPPROTO_MPTCP)?: .tcp
+        case Int32(IPPROTO_UDP)?: .udp
+        default: nil
+        }
+    }
+
+    /// MSG_FASTOPEN: with it, sendto and sendmsg on an unconnected TCP socket connect it (TCP Fast Open).
+    package static let fastOpenFlag = Int32(MSG_FASTOPEN)
+
+    /// The inode of the network namespace the socket lives in (SIOCGSKNS gives a descriptor of it), or `nil`.
+    package static func networkNamespace(_ descriptor: Int32) -> UInt64? {
+        let namespace = ioctl(descriptor, 0x894C)  // SIOCGSKNS
+        guard namespace >= 0 else { return nil }
+        defer { Files.close(namespace) }
+        return Files.status(of: namespace)?.inode
+    }
 
     private static func integerOption(_ descriptor: Int32, _ level: Int32, _ name: Int32) -> Int32? {
         var value: Int32 = 0
