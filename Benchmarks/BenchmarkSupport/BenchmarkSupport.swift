@@ -82,7 +82,7 @@ public let executableFolder: String = {
 /// number it prints on its first line: nanoseconds per cycle. A worker that fails stops the benchmark, naming `name`.
 public func workerNanoseconds(_ argv: [String], environment: [String], name: String) -> Double {
     var spawn = ProcessSpawn(argv, environment: environment)
-    spawn.standardError = .descriptor(STDERR_FILENO)
+    spawn.standardError = .descriptor(.standardError)
     guard let finished = try? spawn.run(timeout: 600) else { fatalError("cannot start a worker") }
     let text = String(decoding: finished.standardOutput, as: UTF8.self).split(separator: "\n").first ?? ""
     guard finished.status.raw == 0, let nanoseconds = Double(text) else { fatalError("worker failed (\(name)): \(text)") }

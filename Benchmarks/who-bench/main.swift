@@ -77,14 +77,14 @@ let script = """
 /// the child's end), so that a child never holds the other end open.
 func makePipe(_ ends: inout [Int32]) {
     guard let made = try? Files.pipe() else { fail("pipe: errno \(errno)") }
-    ends = [made.read, made.write]
+    ends = [made.read.rawValue, made.write.rawValue]
 }
 
 /// Starts a program with stdin and stdout as given (-1: /dev/null); returns its pid.
 func spawn(_ arguments: [String], stdin: Int32 = -1, stdout: Int32 = -1, newGroup: Bool = false) -> pid_t {
     var spawn = ProcessSpawn(arguments)
-    spawn.standardInput = stdin >= 0 ? .descriptor(stdin) : .null
-    spawn.standardOutput = stdout >= 0 ? .descriptor(stdout) : .null
+    spawn.standardInput = stdin >= 0 ? .descriptor(Descriptor(stdin)) : .null
+    spawn.standardOutput = stdout >= 0 ? .descriptor(Descriptor(stdout)) : .null
     spawn.newProcessGroup = newGroup
     do { return try spawn.start() } catch { fail("cannot start \(arguments[0]): \(error)") }
 }

@@ -63,7 +63,7 @@ public final class DemoServer: Sendable {
 
     /// Writes `LABEL: TEXT` on stderr.
     public func log(_ text: String) {
-        try? Files.write(Array("\(label): \(text)\n".utf8), to: 2)
+        try? Files.write(Array("\(label): \(text)\n".utf8), to: .standardError)
     }
 }
 

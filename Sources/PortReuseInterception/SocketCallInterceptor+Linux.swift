@@ -67,15 +67,15 @@ package struct InterceptionRules: Sendable {
 package final class SocketCallInterceptor: @unchecked Sendable {
     /// The notification descriptor (of the filter ``ProcessSpawn`` installs in the program's process as it
     /// starts); closed with the interceptor.
-    package let notificationDescriptor: Int32
+    package let notificationDescriptor: Descriptor
     package let rules: InterceptionRules
-    private let wake: (read: Int32, write: Int32)
-    private let ended: (read: Int32, write: Int32)
+    private let wake: (read: Descriptor, write: Descriptor)
+    private let ended: (read: Descriptor, write: Descriptor)
     private let started = Atomic<Bool>(false)
     /// pidfds of the threads that called lately, by thread id (used by the serving thread only): saves a
     /// pidfd_open and a close per call. Each names exactly its thread (``callerPidfd(_:)``), so a reused id never
     /// reaches another process through it: pidfd_getfd then fails (ESRCH) and the id is opened again.
-    private var pidfds: [Int32: Int32] = [:]
+    private var pidfds: [Int32: Descriptor] = [:]
     /// The first address a --bind moved (``noteMoved(_:to:)``), and whether a second one was said.
     private var firstMoved: SocketAddress?
     private var saidMerged = false
@@ -86,7 +86,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     private let answered = Atomic<Int>(0)
 
     /// Takes ownership of `notificationDescriptor`.
-    package init(notificationDescriptor: Int32, rules: InterceptionRules) throws(SystemError) {
+    package init(notificationDescriptor: Descriptor, rules: InterceptionRules) throws(SystemError) {
         self.notificationDescriptor = notificationDescriptor
         self.rules = rules
         // Linux 6.6+: the notifying thread and this one hand the CPU to each other; older kernels say EINVAL.
@@ -140,7 +140,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// Answers notifications until the notification descriptor fails or hangs up (every process under the
     /// filter is gone) or ``stop(timeout:)`` is called.
     package func serve() {
-        while Sys.waitReadable(notificationDescriptor, orWake: wake.read) == .readable {
+        while Sys.waitReadable(notificationDescriptor.rawValue, orWake: wake.read.rawValue) == .readable {
             // The receive blocks whatever O_NONBLOCK says: it runs only once poll saw a notification, so that
             // stop() is seen.
             do {
@@ -168,18 +168,18 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         guard notification.isNativeArchitecture else { return respond(notification.id, .proceed) }
         switch notification.call {
         case Self.bindCall:
-            decision = bind(notification, fd: Int32(truncatingIfNeeded: args[0]), pointer: args[1], length: args[2])
+            decision = bind(notification, fd: Descriptor(Int32(truncatingIfNeeded: args[0])), pointer: args[1], length: args[2])
         case Self.connectCall:
-            decision = source("connect", notification, fd: Int32(truncatingIfNeeded: args[0]), pointer: args[1], length: args[2], sendFlags: nil)
+            decision = source("connect", notification, fd: Descriptor(Int32(truncatingIfNeeded: args[0])), pointer: args[1], length: args[2], sendFlags: nil)
         case Self.sendtoCall:
-            decision = source("sendto", notification, fd: Int32(truncatingIfNeeded: args[0]), pointer: args[4], length: args[5],
+            decision = source("sendto", notification, fd: Descriptor(Int32(truncatingIfNeeded: args[0])), pointer: args[4], length: args[5],
                               sendFlags: Int32(truncatingIfNeeded: args[3]))
         case Self.sendmsgCall:
             // struct msghdr starts with msg_name (a pointer) and msg_namelen (a socklen_t).
             guard let header = read(notification.thread, at: args[1], count: 16) else { decision = .proceed; break }
             let name = header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self) }
             let nameLength = header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self) }
-            decision = source("sendmsg", notification, fd: Int32(truncatingIfNeeded: args[0]), pointer: name, length: UInt64(nameLength),
+            decision = source("sendmsg", notification, fd: Descriptor(Int32(truncatingIfNeeded: args[0])), pointer: name, length: UInt64(nameLength),
                               sendFlags: Int32(truncatingIfNeeded: args[2]))
         default:
             decision = .proceed
@@ -220,20 +220,20 @@ package final class SocketCallInterceptor: @unchecked Sendable {
 
     /// The program's socket, duplicated, when it is an AF_INET/AF_INET6 stream or datagram socket of one of
     /// `families` (``duplicate(_:of:)`` proves the caller first).
-    private func target(_ notification: SeccompNotification, fd: Int32, families: [AddressFamily]) -> Target {
+    private func target(_ notification: SeccompNotification, fd: Descriptor, families: [AddressFamily]) -> Target {
         let handle: SocketHandle
         switch duplicate(fd, of: notification) {
         case .descriptor(let duplicate): handle = SocketHandle(adopting: duplicate)
         case .unavailable: return .skip
         case .gone: return .gone
         }
-        guard let descriptor = handle.descriptor, let family = SocketReadings.family(descriptor), families.contains(family),
+        guard let descriptor = handle.systemDescriptor, let family = SocketReadings.family(descriptor), families.contains(family),
             let transport = try? handle.transport()
         else { return .skip }
         return .socket(handle, transport)
     }
 
-    private func bind(_ notification: SeccompNotification, fd: Int32, pointer: UInt64, length: UInt64) -> Answer {
+    private func bind(_ notification: SeccompNotification, fd: Descriptor, pointer: UInt64, length: UInt64) -> Answer {
         if rules.onlySetsOptions { return setOptionsAndProceed(notification, fd: fd) }
         guard let requested = address(notification.thread, at: pointer, length: length) else { return .proceed }
         if let swap = rules.swap { return swapBind(swap, notification, fd: fd, requested: requested) }
@@ -297,7 +297,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// notification is proven pending after /proc was read, so that they are the caller's own and not those of
     /// a thread that took its id since.
     private func callerPrivileges(_ notification: SeccompNotification, socket: SocketHandle) -> CallerPrivileges? {
-        let namespace = socket.descriptor.flatMap(SocketReadings.networkNamespace)
+        let namespace = socket.systemDescriptor.flatMap(SocketReadings.networkNamespace)
         let read = CallerPrivileges.of(thread: notification.thread, socketNamespace: namespace)
         guard Seccomp.isPending(notification.id, on: notificationDescriptor) else { return nil }
         return read ?? CallerPrivileges(capabilities: 0, unprivilegedPortStart: 1024, portStartIsAssumed: true)
@@ -327,8 +327,8 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// time): the program's socket gets the policy's options whatever address it binds, without reading the
     /// program's memory; its protocol (SO_PROTOCOL: TCP or UDP, 0 for a Unix socket) says which options, in one
     /// call. A bind the kernel then refuses (a bad pointer: EFAULT) fails as it would have.
-    private func setOptionsAndProceed(_ notification: SeccompNotification, fd: Int32) -> Answer {
-        let duplicate: Int32
+    private func setOptionsAndProceed(_ notification: SeccompNotification, fd: Descriptor) -> Answer {
+        let duplicate: Descriptor
         switch self.duplicate(fd, of: notification) {
         case .descriptor(let descriptor): duplicate = descriptor
         case .unavailable: return .proceed
@@ -340,7 +340,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     }
 
     /// `portreuse up`'s bind: the held socket under the program's descriptor, or the call untouched.
-    private func swapBind(_ swap: SocketSwap, _ notification: SeccompNotification, fd: Int32, requested: SocketAddress) -> Answer {
+    private func swapBind(_ swap: SocketSwap, _ notification: SeccompNotification, fd: Descriptor, requested: SocketAddress) -> Answer {
         guard swap.holds(port: requested.port) else {  // the common case: no duplicate, nothing read
             // A listener the program makes beside up's (a wrong port in its configuration?) is said once.
             if requested.port != 0 {
@@ -355,7 +355,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         case .skip: return .proceed
         case .gone: return .none
         }
-        guard let descriptor = socket.descriptor else { return .proceed }
+        guard let descriptor = socket.systemDescriptor else { return .proceed }
         let pid = notification.thread
         // A call that comes back after our answer (interrupted, restarted): the descriptor is ours already.
         let inode = Self.inode(descriptor)
@@ -408,10 +408,10 @@ package final class SocketCallInterceptor: @unchecked Sendable {
         }
     }
 
-    private static func inode(_ descriptor: Int32) -> UInt64 { Files.status(of: descriptor)?.inode ?? 0 }
+    private static func inode(_ descriptor: Descriptor) -> UInt64 { Files.status(of: descriptor)?.inode ?? 0 }
 
     /// Binds an unbound socket to the source before it first talks to `peer`; `sendFlags` nil for connect().
-    private func source(_ call: String, _ notification: SeccompNotification, fd: Int32, pointer: UInt64, length: UInt64,
+    private func source(_ call: String, _ notification: SeccompNotification, fd: Descriptor, pointer: UInt64, length: UInt64,
                         sendFlags: Int32?) -> Answer {
         guard let sourceRule = rules.source, let peer = address(notification.thread, at: pointer, length: length) else { return .proceed }
         let socket: SocketHandle, transport: Transport
@@ -453,17 +453,17 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     {
         let options = SharingTable.linux.options(rules.policy, transport)
         for (option, _) in ReuseOptions.all where options.contains(option) { try? socket.enable(option) }
-        guard rules.transparent, let descriptor = socket.descriptor, let family = SocketReadings.family(descriptor) else { return (options, false) }
+        guard rules.transparent, let descriptor = socket.systemDescriptor, let family = SocketReadings.family(descriptor) else { return (options, false) }
         guard privileges?.maySetTransparent == true else {
             sayOnce("--transparent: IP_TRANSPARENT not set on a socket of \(who(caller)): it needs CAP_NET_RAW or CAP_NET_ADMIN, "
                 + "which the program does not have; portreuse does not set it on the program's behalf (its bind of a non-local address fails as it would alone)")
             return (options, false)
         }
-        return (options, portreuse_rules_set_transparent(descriptor, Sys.family(family)) == 0)
+        return (options, portreuse_rules_set_transparent(descriptor.rawValue, Sys.family(family)) == 0)
     }
 
     private enum Duplicate {
-        case descriptor(Int32)
+        case descriptor(Descriptor)
         /// The caller's descriptor cannot be had (not open, no ptrace rights): the call goes on untouched.
         case unavailable
         /// The notification is no longer pending (the caller died, or its call was interrupted).
@@ -474,7 +474,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// thread id, which is reused as soon as that thread is gone: the pidfd is opened (or taken from the cache)
     /// first and the notification proven pending after, so that the pidfd names the caller itself and not a
     /// process that took its id since.
-    private func duplicate(_ fd: Int32, of notification: SeccompNotification) -> Duplicate {
+    private func duplicate(_ fd: Descriptor, of notification: SeccompNotification) -> Duplicate {
         let tid = notification.thread
         for attempt in 0..<2 {
             guard let (pidfd, cached) = callerPidfd(tid) else {
@@ -500,7 +500,7 @@ package final class SocketCallInterceptor: @unchecked Sendable {
     /// once the thread is gone it names nothing, so a reused id can never reach the thread's process through it.
     /// On older kernels, a thread that is not its process's first gets a pidfd of its process (Tgid in
     /// /proc/TID/status), used for this call only.
-    private func callerPidfd(_ tid: Int32) -> (pidfd: Int32, cached: Bool)? {
+    private func callerPidfd(_ tid: Int32) -> (pidfd: Descriptor, cached: Bool)? {
         if let cached = pidfds[tid] { return (cached, true) }
         if let exact = (try? Processes.openThread(tid)) ?? (try? Processes.open(tid)) {
             if pidfds.count >= 64, let (oldest, old) = pidfds.first {  // a bound: any entry will do

@@ -21,7 +21,7 @@ package final class SocketSwap: Sendable {
     /// A socket the supervisor holds. The descriptor number never changes while the supervisor runs (a socket
     /// opened again is put under the same number), so the interceptor reads it as it is at each bind.
     package struct Held: Sendable, Equatable {
-        package var descriptor: Int32
+        package var descriptor: Descriptor
         package var name: String
         package var transport: Transport
         package var address: SocketAddress
@@ -29,9 +29,9 @@ package final class SocketSwap: Sendable {
         package var dualStack: Bool
         /// `up --workers`: each worker's socket for this address, by worker index (the first is ``descriptor``); a
         /// process gets its worker's (PORTREUSE_WORKER in its environment).
-        package var workers: [Int32]
+        package var workers: [Descriptor]
 
-        package init(descriptor: Int32, name: String, transport: Transport, address: SocketAddress, dualStack: Bool, workers: [Int32] = []) {
+        package init(descriptor: Descriptor, name: String, transport: Transport, address: SocketAddress, dualStack: Bool, workers: [Descriptor] = []) {
             self.descriptor = descriptor
             self.name = name
             self.transport = transport
@@ -60,7 +60,7 @@ package final class SocketSwap: Sendable {
 
     package let held: [Held]
     /// O_NONBLOCK of each held socket's file description as the last swap set it, and for which process.
-    private let modes = Mutex<[Int32: (nonBlocking: Bool, pid: Int32)]>([:])
+    private let modes = Mutex<[Descriptor: (nonBlocking: Bool, pid: Int32)]>([:])
 
     package init(held: [Held]) {
         self.held = held

@@ -18,7 +18,7 @@ final class SharedSocketAcceptor: Sendable {
     /// Completes when the loop has stopped and closed this process's descriptor of the socket, and every
     /// connection it accepted has its channel (its initializer ran): a drain that starts then sees them all.
     let closeFuture: EventLoopFuture<Void>
-    private let wake: (read: Int32, write: Int32)
+    private let wake: (read: Descriptor, write: Descriptor)
     /// Set by the first ``close()``: later ones do nothing (the pipe's descriptor number may belong to
     /// something else by then).
     private let closed = Mutex(false)
@@ -30,7 +30,7 @@ final class SharedSocketAcceptor: Sendable {
     ) throws(PortReuseError) {
         localAddress = listener.localAddress
         let label = "tcp:\(listener.localAddress)"
-        let pipe: (read: Int32, write: Int32)
+        let pipe: (read: Descriptor, write: Descriptor)
         do {
             pipe = try Files.pipe()
         } catch {
@@ -50,7 +50,7 @@ final class SharedSocketAcceptor: Sendable {
         DispatchQueue(label: "PortReuseNIO acceptor \(label)").async {
             let handedOver = DispatchGroup()
             Self.run(descriptor, wake: pipe.read, loops: loops, handedOver: handedOver, childChannelInitializer: childChannelInitializer)
-            Files.close(descriptor)
+            Files.close(Descriptor(descriptor))
             Files.close(pipe.read)
             // A connection accepted just before the stop may still be registering with its loop: a drain that
             // began meanwhile would not see it, and close it unanswered (the NIO reload test lost one request so).
@@ -71,12 +71,12 @@ final class SharedSocketAcceptor: Sendable {
     }
 
     private static func run(
-        _ descriptor: Int32, wake: Int32, loops: [any EventLoop], handedOver: DispatchGroup,
+        _ descriptor: Int32, wake: Descriptor, loops: [any EventLoop], handedOver: DispatchGroup,
         childChannelInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) {
         var next = 0
         while true {
-            switch Sys.waitReadable(descriptor, orWake: wake) {
+            switch Sys.waitReadable(descriptor, orWake: wake.rawValue) {
             case .wake, .failed:
                 return
             case .readable, .hungUp:

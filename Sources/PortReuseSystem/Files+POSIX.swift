@@ -15,7 +15,7 @@ package enum Files {
 
     /// The whole content of a file (a /proc file too), at most `limit` bytes; `nil` when it cannot be read.
     package static func read(_ path: String, limit: Int = 1 << 26) -> [UInt8]? {
-        guard let fd = try? systemCall("open", { systemOpen(path, O_RDONLY | O_CLOEXEC, 0) }) else { return nil }
+        guard let fd = (try? systemCall("open", { systemOpen(path, O_RDONLY | O_CLOEXEC, 0) })).map(Descriptor.init(_:)) else { return nil }
         defer { close(fd) }
         return read(descriptor: fd, limit: limit)
     }
@@ -23,23 +23,23 @@ package enum Files {
     /// Reads `count` bytes at `offset` (fewer when the file ends first, unless `exactly`); `nil` when the file
     /// cannot be read, or is short and `exactly` is set. The corresponding C function is `pread`.
     package static func read(_ path: String, offset: Int, count: Int, exactly: Bool = false) -> [UInt8]? {
-        guard let fd = try? systemCall("open", { systemOpen(path, O_RDONLY | O_CLOEXEC, 0) }) else { return nil }
+        guard let fd = (try? systemCall("open", { systemOpen(path, O_RDONLY | O_CLOEXEC, 0) })).map(Descriptor.init(_:)) else { return nil }
         defer { close(fd) }
         var bytes = [UInt8](repeating: 0, count: count)
-        guard let read = try? systemCall("pread", { bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) } }),
+        guard let read = try? systemCall("pread", { bytes.withUnsafeMutableBytes { pread(fd.rawValue, $0.baseAddress, count, off_t(offset)) } }),
             !exactly || read == count
         else { return nil }
         return Array(bytes[0..<read])
     }
 
     /// Reads from `descriptor` until end of file or `limit` bytes; `nil` on an error before any byte.
-    package static func read(descriptor: Int32, limit: Int) -> [UInt8]? {
+    package static func read(descriptor: Descriptor, limit: Int) -> [UInt8]? {
         var content: [UInt8] = []
         // No bigger than the limit: most reads are of small /proc files, many times a second in `up`.
         var chunk = [UInt8](repeating: 0, count: min(65_536, max(limit, 1)))
         while content.count < limit {
             let wanted = min(chunk.count, limit - content.count)
-            let read = { chunk.withUnsafeMutableBytes { systemRead(descriptor, $0.baseAddress, wanted) } }
+            let read = { chunk.withUnsafeMutableBytes { systemRead(descriptor.rawValue, $0.baseAddress, wanted) } }
             guard let count = try? systemCall("read", unacceptable: Self.unacceptable(descriptor), read) else {
                 return content.isEmpty ? nil : content
             }
@@ -51,14 +51,14 @@ package enum Files {
 
     /// What a call on `descriptor` may not get: a standard stream (0, 1, 2) may have been closed by whoever started
     /// this process, which is no bug of its own.
-    static func unacceptable(_ descriptor: Int32) -> Set<Errno> { descriptor <= 2 ? [.badAddress] : programmerErrors }
+    static func unacceptable(_ descriptor: Descriptor) -> Set<Errno> { descriptor.isStandardStream ? [.badAddress] : programmerErrors }
 
     /// Writes all of `bytes` to `descriptor`. The corresponding C function is `write`.
-    package static func write(_ bytes: some Collection<UInt8>, to descriptor: Int32) throws(SystemError) {
+    package static func write(_ bytes: some Collection<UInt8>, to descriptor: Descriptor) throws(SystemError) {
         var rest = Array(bytes)[...]
         while !rest.isEmpty {
             let written = try systemCall("write", unacceptable: Self.unacceptable(descriptor)) {
-                rest.withUnsafeBytes { systemWrite(descriptor, $0.baseAddress, $0.count) }
+                rest.withUnsafeBytes { systemWrite(descriptor.rawValue, $0.baseAddress, $0.count) }
             }
             rest = rest.dropFirst(written)
         }
@@ -67,7 +67,7 @@ package enum Files {
     #if os(Linux)  // Darwin has no sigtimedwait
     /// Writes to a pipe whose reader may be gone: EPIPE, never a SIGPIPE that kills this process. SIGPIPE is
     /// blocked on this thread for the write and a pending one taken, so the process's own disposition stays.
-    package static func writeWithoutSIGPIPE(_ bytes: [UInt8], to descriptor: Int32) {
+    package static func writeWithoutSIGPIPE(_ bytes: [UInt8], to descriptor: Descriptor) {
         var pipeSignal = sigset_t(), previous = sigset_t()
         sigemptyset(&pipeSignal)
         sigaddset(&pipeSignal, SIGPIPE)
@@ -121,9 +121,9 @@ package enum Files {
     }
 
     /// What `descriptor` names, or `nil` when it is not open. The corresponding C function is `fstat`.
-    package static func status(of descriptor: Int32) -> Status? {
+    package static func status(of descriptor: Descriptor) -> Status? {
         var info = stat()
-        return fstat(descriptor, &info) == 0 ? Status(info) : nil
+        return fstat(descriptor.rawValue, &info) == 0 ? Status(info) : nil
     }
 
     /// Removes the file (or link) at `path`; whether it did. The corresponding C function is `unlink`.
@@ -153,29 +153,29 @@ package enum Files {
 
     /// Opens `path`; close-on-exec unless `inherited` (a descriptor an exec keeps, as an `flock` that must outlive
     /// it). The corresponding C function is `open`.
-    package static func open(_ path: String, _ mode: OpenMode, permissions: UInt32 = 0o600, inherited: Bool = false) throws(SystemError) -> Int32 {
+    package static func open(_ path: String, _ mode: OpenMode, permissions: UInt32 = 0o600, inherited: Bool = false) throws(SystemError) -> Descriptor {
         let flags = switch mode {
         case .readingWithoutFollowing: O_RDONLY | O_NOFOLLOW
         case .creatingNew: O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW
         case .appending: O_WRONLY | O_CREAT | O_APPEND
         }
-        return try systemCall("open \(path)") { systemOpen(path, flags | (inherited ? 0 : O_CLOEXEC), mode_t(permissions)) }
+        return Descriptor(try systemCall("open \(path)") { systemOpen(path, flags | (inherited ? 0 : O_CLOEXEC), mode_t(permissions)) })
     }
 
     /// Takes an exclusive `flock` on `descriptor`; with `waiting` false, only if nobody holds one (whether it got
     /// it). The corresponding C function is `flock`.
     @discardableResult
-    package static func lock(_ descriptor: Int32, waiting: Bool) -> Bool { flock(descriptor, LOCK_EX | (waiting ? 0 : LOCK_NB)) == 0 }
+    package static func lock(_ descriptor: Descriptor, waiting: Bool) -> Bool { flock(descriptor.rawValue, LOCK_EX | (waiting ? 0 : LOCK_NB)) == 0 }
 
     /// A close-on-exec duplicate of `descriptor` at `floor` or above. The corresponding C function is
     /// `fcntl(F_DUPFD_CLOEXEC)`.
-    package static func duplicate(_ descriptor: Int32, atLeast floor: Int32) throws(SystemError) -> Int32 {
-        try systemCall("fcntl(F_DUPFD_CLOEXEC)") { fcntl(descriptor, F_DUPFD_CLOEXEC, floor) }
+    package static func duplicate(_ descriptor: Descriptor, atLeast floor: Descriptor) throws(SystemError) -> Descriptor {
+        Descriptor(try systemCall("fcntl(F_DUPFD_CLOEXEC)") { fcntl(descriptor.rawValue, F_DUPFD_CLOEXEC, floor.rawValue) })
     }
 
     /// Puts `descriptor` under the number `target` too (closing what was there). The corresponding C function is `dup2`.
-    package static func duplicate(_ descriptor: Int32, onto target: Int32) throws(SystemError) {
-        _ = try systemCall("dup2") { dup2(descriptor, target) }
+    package static func duplicate(_ descriptor: Descriptor, onto target: Descriptor) throws(SystemError) {
+        _ = try systemCall("dup2") { dup2(descriptor.rawValue, target.rawValue) }
     }
 
     /// Whether this process may run the file at `path`. The corresponding C function is `access(X_OK)`.
@@ -190,7 +190,7 @@ package enum Files {
     }
 
     /// Whether `descriptor` is a terminal. The corresponding C function is `isatty`.
-    package static func isTerminal(_ descriptor: Int32) -> Bool { isatty(descriptor) == 1 }
+    package static func isTerminal(_ descriptor: Descriptor) -> Bool { isatty(descriptor.rawValue) == 1 }
 
     /// Whether the file system holding `path` is mounted nosuid (set-user-ID bits do nothing there). The
     /// corresponding C function is `statvfs`.
@@ -207,8 +207,8 @@ package enum Files {
 
     /// Which of `descriptors` are readable (or hung up), waiting at most `milliseconds` (-1: for ever) for one to
     /// be (a signal starts the wait again, from the whole timeout). The corresponding C function is `poll`.
-    package static func readable(_ descriptors: [Int32], milliseconds: Int32) -> [Bool] {
-        var entries = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+    package static func readable(_ descriptors: [Descriptor], milliseconds: Int32) -> [Bool] {
+        var entries = descriptors.map { pollfd(fd: $0.rawValue, events: Int16(POLLIN), revents: 0) }
         guard let ready = try? systemCall("poll", { poll(&entries, nfds_t(entries.count), milliseconds) }), ready > 0 else {
             return descriptors.map { _ in false }
         }
@@ -251,17 +251,17 @@ package enum Files {
         let folder = parent(of: path)
         if let reason = unsafeFolderReason(folder) { throw SystemError("refusing to write in \(folder): \(reason)", .permissionDenied) }
         var temporary = ""
-        var descriptor: Int32 = -1
+        var descriptor: Descriptor?
         for _ in 0..<8 {
             temporary = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
             do {
-                descriptor = try systemCall("open \(temporary)") { systemOpen(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode) }
+                descriptor = Descriptor(try systemCall("open \(temporary)") { systemOpen(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode) })
                 break
             } catch where error.errno == .fileExists {
                 continue
             }
         }
-        guard descriptor >= 0 else { throw SystemError("open \(path).tmp-…", .fileExists) }
+        guard let descriptor else { throw SystemError("open \(path).tmp-…", .fileExists) }
         defer { close(descriptor) }
         do {
             try write(bytes, to: descriptor)
@@ -297,47 +297,47 @@ package enum Files {
 
     /// A pipe with both ends close-on-exec (and non-blocking if asked), set atomically where the system can.
     /// The corresponding C function is `pipe2`.
-    package static func pipe(nonBlocking: Bool = false) throws(SystemError) -> (read: Int32, write: Int32) {
+    package static func pipe(nonBlocking: Bool = false) throws(SystemError) -> (read: Descriptor, write: Descriptor) {
         var ends: [Int32] = [-1, -1]
         #if os(Linux)
         _ = try systemCall("pipe2") { ends.withUnsafeMutableBufferPointer { csystem_pipe2($0.baseAddress!, O_CLOEXEC | (nonBlocking ? O_NONBLOCK : 0)) } }
         #else
         _ = try systemCall("pipe") { Darwin.pipe(&ends) }
         for end in ends {
-            setCloseOnExec(end)
-            if nonBlocking { setNonBlocking(end, true) }
+            setCloseOnExec(Descriptor(end))
+            if nonBlocking { setNonBlocking(Descriptor(end), true) }
         }
         #endif
-        return (ends[0], ends[1])
+        return (Descriptor(ends[0]), Descriptor(ends[1]))
     }
 
     /// Closes a descriptor, once; EINTR is not retried (the descriptor is gone either way on Linux). A descriptor
     /// that is not open (closed twice) is a bug: it stops the process (``programmerErrors``).
-    package static func close(_ descriptor: Int32) {
-        if systemClose(descriptor) != 0 { preconditionAcceptable(Errno(rawValue: errno), from: "close(\(descriptor))") }
+    package static func close(_ descriptor: Descriptor) {
+        if systemClose(descriptor.rawValue) != 0 { preconditionAcceptable(Errno(rawValue: errno), from: "close(\(descriptor))") }
     }
 
     /// Whether a descriptor is in non-blocking mode (O_NONBLOCK), or `nil` if it is not open.
-    package static func isNonBlocking(_ descriptor: Int32) -> Bool? {
-        let flags = fcntl(descriptor, F_GETFL)
+    package static func isNonBlocking(_ descriptor: Descriptor) -> Bool? {
+        let flags = fcntl(descriptor.rawValue, F_GETFL)
         return flags < 0 ? nil : flags & O_NONBLOCK != 0
     }
 
     /// Sets or clears O_NONBLOCK, leaving the other status flags as they are; false if the descriptor is not open.
     @discardableResult
-    package static func setNonBlocking(_ descriptor: Int32, _ on: Bool) -> Bool {
-        let flags = fcntl(descriptor, F_GETFL)
+    package static func setNonBlocking(_ descriptor: Descriptor, _ on: Bool) -> Bool {
+        let flags = fcntl(descriptor.rawValue, F_GETFL)
         guard flags >= 0 else { return false }
         let wanted = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
-        return wanted == flags || fcntl(descriptor, F_SETFL, wanted) == 0
+        return wanted == flags || fcntl(descriptor.rawValue, F_SETFL, wanted) == 0
     }
 
     /// Marks a descriptor close-on-exec (FD_CLOEXEC), or clears the mark; false if the descriptor is not open.
     @discardableResult
-    package static func setCloseOnExec(_ descriptor: Int32, _ on: Bool = true) -> Bool {
-        let flags = fcntl(descriptor, F_GETFD)
+    package static func setCloseOnExec(_ descriptor: Descriptor, _ on: Bool = true) -> Bool {
+        let flags = fcntl(descriptor.rawValue, F_GETFD)
         guard flags >= 0 else { return false }
-        return fcntl(descriptor, F_SETFD, on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC) == 0
+        return fcntl(descriptor.rawValue, F_SETFD, on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC) == 0
     }
 
     /// Calls `body` with a NULL-terminated array of C strings (for `execve` and the spawn).

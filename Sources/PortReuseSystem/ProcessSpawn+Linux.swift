@@ -17,13 +17,13 @@ package struct ProcessSpawn {
     /// Where the child's standard input comes from.
     package enum Input: Sendable {
         case null, inherit
-        case descriptor(Int32)
+        case descriptor(Descriptor)
     }
 
     /// Where one of the child's standard outputs goes.
     package enum Output: Sendable {
         case inherit, null
-        case descriptor(Int32)
+        case descriptor(Descriptor)
         /// Appended to a file, created 0644 if missing.
         case appending(toFile: String)
         /// Wherever the child's other output goes (stdout for stderr, stderr for stdout).
@@ -38,7 +38,7 @@ package struct ProcessSpawn {
     package var environment: [String]?
     /// Our descriptors that the child gets as 3, 4, …; each must be 3 + `descriptors.count` or above, so that
     /// no mapping overwrites a descriptor still to be mapped.
-    package var descriptors: [Int32] = []
+    package var descriptors: [Descriptor] = []
     package var standardInput = Input.null
     package var standardOutput = Output.inherit
     package var standardError = Output.inherit
@@ -99,20 +99,20 @@ package struct ProcessSpawn {
 
     /// Starts the program; returns its pid and, under a filter, the filter's notification descriptor
     /// (close-on-exec; `nil` if the child was killed before it could hand it over).
-    package func launch() throws(Failure) -> (pid: pid_t, notification: Int32?) {
+    package func launch() throws(Failure) -> (pid: pid_t, notification: Descriptor?) {
         guard !arguments.isEmpty else { throw Failure(step: .setup, errno: .invalidArgument, reason: "no program") }
         guard interceptedCalls.count <= 8 else { throw Failure(step: .setup, errno: .invalidArgument, reason: "more than 8 system calls to intercept") }
-        let firstFree = 3 + Int32(descriptors.count)
+        let firstFree = Descriptor(3 + Int32(descriptors.count))
         if let low = descriptors.first(where: { $0 < firstFree }) {
             throw Failure(step: .setup, errno: .invalidArgument, reason: "descriptor \(low) is below \(firstFree): mapping 3, 4, … would overwrite it")
         }
         // Files the streams open are opened here (close-on-exec: the child's dup2 keeps only its copy).
-        var opened: [Int32] = []
+        var opened: [Descriptor] = []
         defer { opened.forEach(Files.close) }
         func stream(_ input: Input) throws(Failure) -> Int32 {
             switch input {
             case .inherit: return Int32(CSYSTEM_SPAWN_INHERIT)
-            case .descriptor(let fd): return fd
+            case .descriptor(let fd): return fd.rawValue
             case .null: return try open("/dev/null", O_RDONLY)
             }
         }
@@ -120,7 +120,7 @@ package struct ProcessSpawn {
             switch output {
             case .inherit: return Int32(CSYSTEM_SPAWN_INHERIT)
             case .other: return Int32(CSYSTEM_SPAWN_OTHER)
-            case .descriptor(let fd): return fd
+            case .descriptor(let fd): return fd.rawValue
             case .null: return try open("/dev/null", O_WRONLY)
             case .appending(let path): return try open(path, O_WRONLY | O_CREAT | O_APPEND)
             }
@@ -128,7 +128,7 @@ package struct ProcessSpawn {
         func open(_ path: String, _ flags: Int32) throws(Failure) -> Int32 {
             let fd = Glibc.open(path, flags | O_CLOEXEC, 0o644)
             guard fd >= 0 else { throw Failure(step: .setup, errno: Errno(rawValue: errno), reason: "cannot open \(path)") }
-            opened.append(fd)
+            opened.append(Descriptor(fd))
             return fd
         }
         let (input, output, error) = (try stream(standardInput), try stream(standardOutput), try stream(standardError))
@@ -144,7 +144,7 @@ package struct ProcessSpawn {
                 Files.withCStrings(entries) { envp in
                     argv.withUnsafeBufferPointer { argv in
                         envp.withUnsafeBufferPointer { envp in
-                            descriptors.withUnsafeBufferPointer { mapped in
+                            descriptors.map(\.rawValue).withUnsafeBufferPointer { mapped in
                                 interceptedCalls.withUnsafeBufferPointer { calls in
                                     var request = csystem_spawn_request(
                                         path: path, argv: argv.baseAddress, envp: envp.baseAddress,
@@ -162,7 +162,7 @@ package struct ProcessSpawn {
                 }
             }
         }
-        guard pid < 0 else { return (pid, notification >= 0 ? notification : nil) }
+        guard pid < 0 else { return (pid, notification >= 0 ? Descriptor(notification) : nil) }
         let failed: Failure.Step = switch Int(step) {
         case CSYSTEM_SPAWN_FILTER: .filter
         case CSYSTEM_SPAWN_PARENT_GONE: .parentGone
@@ -214,21 +214,19 @@ package struct ProcessSpawn {
         Files.close(stdin.write)
 
         let deadline = Processes.monotonicNanoseconds + UInt64(max(0, timeout) * 1e9)
-        var collected: [Int32: [UInt8]] = [:]
+        var collected: [Descriptor: [UInt8]] = [:]
         var open = [stdout.read, stderr.read]
         var timedOut = false
         while !open.isEmpty {
             let now = Processes.monotonicNanoseconds
             guard now < deadline else { timedOut = true; break }
-            var polled = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
             let waitMilliseconds = Int32(min(1000, max(1, (deadline - now) / 1_000_000)))
-            guard poll(&polled, nfds_t(polled.count), waitMilliseconds) > 0 else { continue }
-            for entry in polled where entry.revents != 0 {
+            for (fd, readable) in zip(open, Files.readable(open, milliseconds: waitMilliseconds)) where readable {
                 var chunk = [UInt8](repeating: 0, count: 65_536)
-                if let count = try? systemCall("read", { read(entry.fd, &chunk, chunk.count) }), count > 0 {
-                    collected[entry.fd, default: []] += chunk[0..<count]
+                if let count = try? systemCall("read", { read(fd.rawValue, &chunk, chunk.count) }), count > 0 {
+                    collected[fd, default: []] += chunk[0..<count]
                 } else {
-                    open.removeAll { $0 == entry.fd }  // the end, or an error: nothing more comes
+                    open.removeAll { $0 == fd }  // the end, or an error: nothing more comes
                 }
             }
         }

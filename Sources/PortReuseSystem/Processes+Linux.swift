@@ -8,26 +8,27 @@ import SystemPackage
 package enum Processes {
     /// A descriptor naming the process `pid` and no other, ever. The corresponding C call is `pidfd_open`
     /// (Linux 5.3+).
-    package static func open(_ pid: pid_t) throws(SystemError) -> Int32 {
-        try systemCall("pidfd_open") { csystem_pidfd_open(pid) }
+    package static func open(_ pid: pid_t) throws(SystemError) -> Descriptor {
+        Descriptor(try systemCall("pidfd_open") { csystem_pidfd_open(pid) })
     }
 
     /// A descriptor naming the thread `tid` and no other, ever: once the thread is gone it names nothing, even
     /// when its id is reused. The corresponding C call is `pidfd_open` with `PIDFD_THREAD` (Linux 6.9+; EINVAL
     /// before).
-    package static func openThread(_ tid: pid_t) throws(SystemError) -> Int32 {
-        try systemCall("pidfd_open") { csystem_pidfd_open_thread(tid) }
+    package static func openThread(_ tid: pid_t) throws(SystemError) -> Descriptor {
+        Descriptor(try systemCall("pidfd_open") { csystem_pidfd_open_thread(tid) })
     }
 
     /// A duplicate of descriptor `target` of the process `pidfd` names (close-on-exec): the very socket or file,
     /// shared with that process. Needs ptrace rights over it. The corresponding C call is `pidfd_getfd` (5.6+).
-    package static func duplicate(_ target: Int32, of pidfd: Int32) throws(SystemError) -> Int32 {
+    /// `target` is the other process's number.
+    package static func duplicate(_ target: Descriptor, of pidfd: Descriptor) throws(SystemError) -> Descriptor {
         // EBADF: the process no longer holds `target` (it closed it meanwhile), not a bug here.
-        try systemCall("pidfd_getfd", unacceptable: [.badAddress]) { csystem_pidfd_getfd(pidfd, target) }
+        Descriptor(try systemCall("pidfd_getfd", unacceptable: [.badAddress]) { csystem_pidfd_getfd(pidfd.rawValue, target.rawValue) })
     }
 
     /// A duplicate of descriptor `target` of process `pid`; see ``duplicate(_:of:)``.
-    package static func duplicate(_ target: Int32, ofProcess pid: pid_t) throws(SystemError) -> Int32 {
+    package static func duplicate(_ target: Descriptor, ofProcess pid: pid_t) throws(SystemError) -> Descriptor {
         let pidfd = try open(pid)
         defer { Files.close(pidfd) }
         return try duplicate(target, of: pidfd)
@@ -35,8 +36,8 @@ package enum Processes {
 
     /// Sends `signal` to exactly the process `pidfd` names, even if its pid was reused since. The corresponding
     /// C call is `pidfd_send_signal`.
-    package static func signal(_ pidfd: Int32, _ signal: Int32) throws(SystemError) {
-        _ = try systemCall("pidfd_send_signal") { csystem_pidfd_send_signal(pidfd, signal) }
+    package static func signal(_ pidfd: Descriptor, _ signal: Int32) throws(SystemError) {
+        _ = try systemCall("pidfd_send_signal") { csystem_pidfd_send_signal(pidfd.rawValue, signal) }
     }
 
     /// Sends `signal` to a process (pid > 0) or a process group (pid < 0); whether it was sent. A process that
@@ -181,8 +182,8 @@ package enum Processes {
 
     /// Moves the calling thread into the network namespace `descriptor` names. The corresponding C call is
     /// `setns(fd, CLONE_NEWNET)`.
-    package static func enterNetworkNamespace(_ descriptor: Int32) throws(SystemError) {
-        _ = try systemCall("setns") { csystem_setns(descriptor, csystem_clone_newnet()) }
+    package static func enterNetworkNamespace(_ descriptor: Descriptor) throws(SystemError) {
+        _ = try systemCall("setns") { csystem_setns(descriptor.rawValue, csystem_clone_newnet()) }
     }
 
     /// Reads `count` bytes at `address` in process `pid` (ptrace rights needed); fewer when the range ends in an
@@ -238,14 +239,14 @@ package enum Processes {
 
     /// The inode of the socket process `pid` has at `descriptor`, from its `socket:[INODE]` link in /proc/PID/fd;
     /// `nil` for anything else, or when the process is gone or unreadable.
-    package static func socketInode(of pid: pid_t, descriptor: Int32) -> UInt64? {
+    package static func socketInode(of pid: pid_t, descriptor: Descriptor) -> UInt64? {
         guard let text = try? readLink("/proc/\(pid)/fd/\(descriptor)"), text.hasPrefix("socket:["), text.hasSuffix("]") else { return nil }
         return UInt64(text.dropFirst(8).dropLast())
     }
 
     /// Whether descriptor `descriptor` of process `pid` is close-on-exec (O_CLOEXEC in the `flags:` line of
     /// /proc/PID/fdinfo/FD), or `nil` when that cannot be read.
-    package static func isCloseOnExec(_ descriptor: Int32, of pid: pid_t) -> Bool? {
+    package static func isCloseOnExec(_ descriptor: Descriptor, of pid: pid_t) -> Bool? {
         guard let info = Files.read("/proc/\(pid)/fdinfo/\(descriptor)", limit: 4096) else { return nil }
         for line in String(decoding: info, as: UTF8.self).split(separator: "\n") where line.hasPrefix("flags:") {
             return Int(line.dropFirst(6).filter { $0 != " " && $0 != "\t" }, radix: 8).map { $0 & Int(O_CLOEXEC) != 0 }
@@ -255,7 +256,7 @@ package enum Processes {
 
     /// The inodes of the sockets process `pid` has open; empty when the process is gone or unreadable.
     package static func socketInodes(of pid: pid_t) -> Set<UInt64> {
-        Set(Files.list("/proc/\(pid)/fd").compactMap { entry in Int32(entry).flatMap { socketInode(of: pid, descriptor: $0) } })
+        Set(Files.list("/proc/\(pid)/fd").compactMap { entry in Int32(entry).flatMap { socketInode(of: pid, descriptor: Descriptor($0)) } })
     }
 
     /// Waits for a child to change state: its pid and wait status, or `nil` with `noHang` when none has.

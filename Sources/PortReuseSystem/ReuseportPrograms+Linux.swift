@@ -21,31 +21,31 @@ package enum ReuseportPrograms {
     }
 
     /// Attaches a classic program to the group of `descriptor` (`SO_ATTACH_REUSEPORT_CBPF`); 0, or the errno.
-    package static func attachClassic(_ program: [Instruction], to descriptor: Int32) -> Int32 {
+    package static func attachClassic(_ program: [Instruction], to descriptor: Descriptor) -> Int32 {
         let instructions = program.map { csystem_bpf_instruction(code: $0.code, jt: $0.jt, jf: $0.jf, k: $0.k) }
-        return instructions.withUnsafeBufferPointer { csystem_attach_reuseport_cbpf(descriptor, $0.baseAddress, UInt16($0.count)) } == 0 ? 0 : errno
+        return instructions.withUnsafeBufferPointer { csystem_attach_reuseport_cbpf(descriptor.rawValue, $0.baseAddress, UInt16($0.count)) } == 0 ? 0 : errno
     }
 
     /// A new `REUSEPORT_SOCKARRAY` map of `capacity` sockets (close-on-exec), or the errno (EPERM without CAP_BPF).
-    package static func makeMap(capacity: UInt32) -> (descriptor: Int32?, errno: Int32) {
+    package static func makeMap(capacity: UInt32) -> (descriptor: Descriptor?, errno: Int32) {
         let descriptor = csystem_reuseport_map_create(capacity)
-        return descriptor >= 0 ? (descriptor, 0) : (nil, errno)
+        return descriptor >= 0 ? (Descriptor(descriptor), 0) : (nil, errno)
     }
 
     /// Puts `socket` in `map` under `key`; 0, or the errno.
-    package static func setMapEntry(_ map: Int32, key: UInt32, socket: Int32) -> Int32 {
-        csystem_reuseport_map_set(map, key, socket) == 0 ? 0 : errno
+    package static func setMapEntry(_ map: Descriptor, key: UInt32, socket: Descriptor) -> Int32 {
+        csystem_reuseport_map_set(map.rawValue, key, socket.rawValue) == 0 ? 0 : errno
     }
 
     /// Loads the `SK_REUSEPORT` program that picks the socket at one of the `serving` keys of `map` (by the
     /// connection's hash), or at `probe` (>= 0) for connections from one of `ports`, and attaches it to the group of
     /// `socket`; 0, or the errno with the verifier's words.
-    package static func attachExtended(to socket: Int32, map: Int32, serving: [UInt32], probe: Int32, ports: [UInt16]) -> (errno: Int32, log: String) {
+    package static func attachExtended(to socket: Descriptor, map: Descriptor, serving: [UInt32], probe: Int32, ports: [UInt16]) -> (errno: Int32, log: String) {
         var log = [CChar](repeating: 0, count: 4096)
         let result = ports.withUnsafeBufferPointer { ports in
             serving.withUnsafeBufferPointer { serving in
                 csystem_attach_reuseport_ebpf(
-                    socket, map, serving.baseAddress, UInt32(serving.count), probe, ports.baseAddress, UInt32(ports.count), &log, UInt32(log.count))
+                    socket.rawValue, map.rawValue, serving.baseAddress, UInt32(serving.count), probe, ports.baseAddress, UInt32(ports.count), &log, UInt32(log.count))
             }
         }
         let code = result == 0 ? 0 : errno

@@ -25,15 +25,15 @@ package enum Seccomp {
     /// Asks the kernel to hand the CPU straight between a notifying thread and the supervisor
     /// (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, Linux 6.6+); whether it took it (older kernels say EINVAL).
     @discardableResult
-    package static func synchronizeWakeUps(_ notifications: Int32) -> Bool { csystem_seccomp_sync_wakeup(notifications) == 0 }
+    package static func synchronizeWakeUps(_ notifications: Descriptor) -> Bool { csystem_seccomp_sync_wakeup(notifications.rawValue) == 0 }
 
     /// The next notification, or `nil` when the one that woke the caller is gone (its caller died between poll
     /// and receive, or a signal interrupted the wait). Blocks until one comes, whatever O_NONBLOCK says: call it
     /// once poll saw the descriptor readable.
-    package static func receive(_ notifications: Int32) throws(SystemError) -> SeccompNotification? {
+    package static func receive(_ notifications: Descriptor) throws(SystemError) -> SeccompNotification? {
         var raw = csystem_notification()
         do {
-            _ = try systemCall("SECCOMP_IOCTL_NOTIF_RECV", retryOnInterrupt: false) { csystem_seccomp_receive(notifications, &raw) }
+            _ = try systemCall("SECCOMP_IOCTL_NOTIF_RECV", retryOnInterrupt: false) { csystem_seccomp_receive(notifications.rawValue, &raw) }
         } catch where error.errno == .noSuchFileOrDirectory || error.errno == .interrupted {
             return nil
         }
@@ -44,8 +44,8 @@ package enum Seccomp {
 
     /// Whether call `id` still waits for its answer. Proven after reading anything about the caller by its thread
     /// id (/proc, a pidfd): then what was read is the caller's, not that of a thread that took the id since.
-    package static func isPending(_ id: UInt64, on notifications: Int32) -> Bool {
-        csystem_seccomp_id_valid(notifications, id) == 0
+    package static func isPending(_ id: UInt64, on notifications: Descriptor) -> Bool {
+        csystem_seccomp_id_valid(notifications.rawValue, id) == 0
     }
 
     /// How a call is answered.
@@ -58,21 +58,21 @@ package enum Seccomp {
 
     /// Answers call `id`; whether the answer reached it (false: the call is gone, nothing more to do).
     @discardableResult
-    package static func answer(_ id: UInt64, _ answer: Answer, on notifications: Int32) -> Bool {
+    package static func answer(_ id: UInt64, _ answer: Answer, on notifications: Descriptor) -> Bool {
         switch answer {
-        case .proceed: csystem_seccomp_respond(notifications, id, 1, 0, 0) == 0
-        case .result(let code): csystem_seccomp_respond(notifications, id, 0, 0, code) == 0
+        case .proceed: csystem_seccomp_respond(notifications.rawValue, id, 1, 0, 0) == 0
+        case .result(let code): csystem_seccomp_respond(notifications.rawValue, id, 0, 0, code) == 0
         }
     }
 
     /// Puts `descriptor` into the calling process of `id` under the number `target`, replacing what was there
     /// (SECCOMP_IOCTL_NOTIF_ADDFD), close-on-exec when asked. Throws ENOENT when the call is gone.
-    package static func install(_ descriptor: Int32, as target: Int32, closeOnExec: Bool, for id: UInt64, on notifications: Int32)
+    package static func install(_ descriptor: Descriptor, as target: Descriptor, closeOnExec: Bool, for id: UInt64, on notifications: Descriptor)
         throws(SystemError)
     {
         // EBADF: `target` is the other process's number, not a descriptor of this one.
         _ = try systemCall("SECCOMP_IOCTL_NOTIF_ADDFD", unacceptable: [.badAddress]) {
-            csystem_seccomp_add_fd(notifications, id, descriptor, target, closeOnExec ? 1 : 0)
+            csystem_seccomp_add_fd(notifications.rawValue, id, descriptor.rawValue, target.rawValue, closeOnExec ? 1 : 0)
         }
     }
 }

@@ -18,8 +18,8 @@ private func forwardSignal(_ signal: Int32) {
 
 /// Signals as bytes in a pipe that the supervisor's poll loop reads: the self-pipe trick.
 package struct SignalPipe {
-    package let readEnd: Int32
-    private let writeEnd: Int32
+    package let readEnd: Descriptor
+    private let writeEnd: Descriptor
 
     /// The signals `up` handles; children start with their default actions and an empty mask.
     package static let handled: [Int32] = [SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGUSR2, SIGUSR1, SIGWINCH]
@@ -31,7 +31,7 @@ package struct SignalPipe {
         readEnd = ends.read
         writeEnd = ends.write
         guard installingHandlers else { return }
-        signalPipeWriteEnd = ends.write
+        signalPipeWriteEnd = ends.write.rawValue
         Signals.handle(Self.handled, restart: true, with: forwardSignal)  // SA_NOCLDSTOP: no SIGCHLD when the probe pauses a generation
         Signals.ignore(SIGPIPE)
         Signals.unblockAll()  // a parent (a test runner's thread) may have blocked some
@@ -39,8 +39,7 @@ package struct SignalPipe {
 
     /// Puts `signal` into the pipe as the handler does: a test drives a supervisor's real signal path with it.
     package func deliver(_ signal: Int32) {
-        var byte = UInt8(truncatingIfNeeded: signal)
-        _ = write(writeEnd, &byte, 1)
+        try? Files.write([UInt8(truncatingIfNeeded: signal)], to: writeEnd)  // EAGAIN: the pipe is full
     }
 
     /// The signals that arrived since the last call, in order.
@@ -48,7 +47,7 @@ package struct SignalPipe {
         var buffer = [UInt8](repeating: 0, count: 64)
         var signals: [Int32] = []
         while true {
-            let count = read(readEnd, &buffer, buffer.count)
+            let count = read(readEnd.rawValue, &buffer, buffer.count)
             guard count > 0 else { return signals }
             signals += buffer[0..<count].map { Int32($0) }
         }

@@ -104,5 +104,5 @@ struct Send: ParsableCommand {
     }
 
     /// Standard input, up to one byte more than a datagram holds (so that a longer message is refused).
-    private func readStandardInput() -> [UInt8] { Files.read(descriptor: 0, limit: 65_508) ?? [] }
+    private func readStandardInput() -> [UInt8] { Files.read(descriptor: .standardInput, limit: 65_508) ?? [] }
 }

@@ -27,12 +27,12 @@ struct SpawnerTests {
         print("seccomp", status["Seccomp"].strip())
         """
 
-    func run(filter: Bool) throws -> (fields: [String: String], notification: Int32?) {
+    func run(filter: Bool) throws -> (fields: [String: String], notification: Descriptor?) {
         let pipe = try Files.pipe()
         defer { Files.close(pipe.read) }
         // A socket of ours at a high number, as up keeps them; the program must get it as 3 and nothing else.
         let listener = try Listener(tcp: "127.0.0.1:0", policy: .exclusive)
-        let held = fcntl(try #require(listener.descriptor), F_DUPFD_CLOEXEC, 200)
+        let held = Descriptor(fcntl(try #require(listener.descriptor), F_DUPFD_CLOEXEC, 200))
         defer { Files.close(held) }
         // SIGHUP ignored and SIGUSR1 blocked here: the program must not inherit either. (Python itself ignores
         // SIGPIPE and SIGXFSZ, so the test looks at SIGHUP alone.)
@@ -45,7 +45,7 @@ struct SpawnerTests {
         defer { pthread_sigmask(SIG_SETMASK, &old, nil) }
         let environment = ["PATH=/usr/bin:/bin", "LISTEN_PID=1", "STALE=kept"]
         let pid: pid_t
-        var notification: Int32?
+        var notification: Descriptor?
         if filter {
             switch try Spawner.spawnIntercepted(
                 [systemPython, "-c", Self.reporter], environment: environment, descriptors: [held], setListenPID: true, output: pipe.write)
@@ -99,7 +99,7 @@ struct SpawnerTests {
         let (fields, notification) = try run(filter: true)
         let descriptor = try #require(notification)
         defer { Files.close(descriptor) }
-        #expect(fcntl(descriptor, F_GETFD) & FD_CLOEXEC != 0)
+        #expect(fcntl(descriptor.rawValue, F_GETFD) & FD_CLOEXEC != 0)
         #expect(fields["seccomp"] == "2", "\(fields)")
         #expect(fields["listen_pid"] == fields["pid"] && fields["pid"] != nil, "\(fields)")
         #expect(fields["descriptors"] == "0,1,2,3", "the report socket and the notification descriptor must not reach the program: \(fields)")
@@ -112,7 +112,7 @@ struct SpawnerTests {
         defer { Files.close(pipe.read) }
         let ours = try Files.pipe()  // both close-on-exec
         defer { Files.close(ours.read); Files.close(ours.write) }
-        let inherited = fcntl(ours.read, F_DUPFD, 300)  // not close-on-exec: it passes on, as through an exec
+        let inherited = Descriptor(fcntl(ours.read.rawValue, F_DUPFD, 300))  // not close-on-exec: it passes on, as through an exec
         defer { Files.close(inherited) }
         let script = """
             import os
@@ -154,7 +154,7 @@ struct SpawnerTests {
             #expect(error.message.contains("/nonexistent/program") && error.message.contains("No such file"), "\(error.message)")
         }
         do {
-            let pid = try Spawner.spawn(["/bin/true"], environment: [], descriptors: [1], setListenPID: false)
+            let pid = try Spawner.spawn(["/bin/true"], environment: [], descriptors: [.standardOutput], setListenPID: false)
             Issue.record("started \(pid)")
         } catch {
             #expect(error.message.contains("below 4"), "\(error.message)")

@@ -1,4 +1,5 @@
 import PortReuse
+import PortReuseSystem
 import PortReuseTools
 import TestSupport
 import Testing
@@ -20,7 +21,7 @@ struct GenerationProbeTests {
             print(s.fileno(), flush=True); s.accept()
             """)
         let acceptingDescriptor = try #require(accepting.line().flatMap { Int32($0) })
-        #expect(Self.blocked(accepting) == .accept(descriptor: acceptingDescriptor))
+        #expect(Self.blocked(accepting) == .accept(descriptor: Descriptor(acceptingDescriptor)))
 
         let polling = try Child(python: """
             import select, socket
@@ -38,6 +39,6 @@ struct GenerationProbeTests {
             print(s.fileno(), flush=True); s.recvfrom(100)
             """)
         let receivingDescriptor = try #require(receiving.line().flatMap { Int32($0) })
-        #expect(Self.blocked(receiving) == .receive(descriptor: receivingDescriptor))
+        #expect(Self.blocked(receiving) == .receive(descriptor: Descriptor(receivingDescriptor)))
     }
 }

@@ -39,7 +39,7 @@ struct UpMachineTests {
         /// Starts generation `number` (pid number × 100) with its own socket 10 + number, or sharing (`steered: false`).
         mutating func started(_ number: Int, reason: StartReason, steered: Bool = true) {
             send(.started(UpMachine.Spawned(
-                number: number, reason: reason, pid: Int32(number * 100), startedAt: 0, notifyPath: nil, sockets: steered ? [Int32(10 + number)] : nil)))
+                number: number, reason: reason, pid: Int32(number * 100), startedAt: 0, notifyPath: nil, sockets: steered ? [Descriptor(Int32(10 + number))] : nil)))
         }
 
         /// Generation 1 started (not yet ready).

@@ -88,7 +88,7 @@ public func capture(_ arguments: [String], environment: [String: String]? = nil,
 /// that killed it) and stdout without its final newline; its stderr goes to the test's.
 public func run(_ arguments: [String], timeout: Double = 60, environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
     var spawn = ProcessSpawn(arguments, environment: environmentEntries(environment))
-    spawn.standardError = .descriptor(STDERR_FILENO)
+    spawn.standardError = .descriptor(.standardError)
     let finished = try spawn.run(timeout: timeout)
     var output = String(decoding: finished.standardOutput, as: UTF8.self)
     if output.hasSuffix("\n") { output.removeLast() }
@@ -124,8 +124,8 @@ public func killAndReap(_ pid: pid_t, timeout: Double = 10) {
 public final class Child: @unchecked Sendable {
     /// Its pid.
     public let pid: pid_t
-    private let output: Int32
-    private var input: Int32
+    private let output: Descriptor
+    private var input: Descriptor?
     private var buffer: [UInt8] = []
     private let lock = NSLock()
     private var ended: PortReuseSystem.ExitStatus?
@@ -135,7 +135,7 @@ public final class Child: @unchecked Sendable {
     /// (servers that log every request).
     public init(_ arguments: [String], environment: [String: String]? = nil, discardingStandardError: Bool = false) throws {
         let stdin = try Files.pipe()
-        let stdout: (read: Int32, write: Int32)
+        let stdout: (read: Descriptor, write: Descriptor)
         do { stdout = try Files.pipe() } catch {
             Files.close(stdin.read); Files.close(stdin.write)
             throw error
@@ -172,12 +172,12 @@ public final class Child: @unchecked Sendable {
             }
             let now = Processes.monotonicNanoseconds
             guard now < deadline else { return nil }
-            var entry = pollfd(fd: output, events: Int16(POLLIN), revents: 0)
+            var entry = pollfd(fd: output.rawValue, events: Int16(POLLIN), revents: 0)
             let ready = poll(&entry, 1, Int32(max(1, (deadline - now) / 1_000_000)))
             if ready < 0 && errno == EINTR { continue }
             guard ready > 0 else { return nil }
             var chunk = [UInt8](repeating: 0, count: 4096)
-            let count = read(output, &chunk, chunk.count)
+            let count = read(output.rawValue, &chunk, chunk.count)
             if count < 0 && errno == EINTR { continue }
             guard count > 0 else { return nil }
             buffer += chunk[0..<count]
@@ -191,15 +191,14 @@ public final class Child: @unchecked Sendable {
 
     /// Writes a line to the child's stdin (nothing once it closed its end).
     public func send(_ text: String) {
-        let fd = lock.withLock { input }
-        guard fd >= 0 else { return }
+        guard let fd = lock.withLock({ input }) else { return }
         Files.writeWithoutSIGPIPE(Array((text + "\n").utf8), to: fd)  // EPIPE rather than SIGPIPE if the child is gone
     }
 
     /// Closes the child's stdin (it reads end of file).
     public func closeInput() {
-        let fd = lock.withLock { () -> Int32 in defer { input = -1 }; return input }
-        if fd >= 0 { Files.close(fd) }
+        let fd = lock.withLock { () -> Descriptor? in defer { input = nil }; return input }
+        if let fd { Files.close(fd) }
     }
 
     /// Sends a signal to the child (not once it was reaped).
@@ -276,7 +275,7 @@ public final class PortReservation: @unchecked Sendable {
             }
             guard bound6 else {
                 let text = Files.errorText()
-                Files.close(v6)
+                Files.close(Descriptor(v6))
                 throw ReservationError(message: "bind [::1]:0: \(text)")
             }
             let port = UInt16(bigEndian: address6.sin6_port)
@@ -291,8 +290,8 @@ public final class PortReservation: @unchecked Sendable {
             }
             if !bound4 {
                 lastError = errno
-                Files.close(v4)
-                Files.close(v6)
+                Files.close(Descriptor(v4))
+                Files.close(Descriptor(v6))
                 continue  // taken on IPv4 (a listener, a connection, a TIME-WAIT): another port
             }
             if transport == .tcp {
@@ -313,7 +312,7 @@ public final class PortReservation: @unchecked Sendable {
     /// Gives the port up (both sockets closed); again is harmless.
     public func release() {
         let closing = lock.withLock { () -> [Int32] in defer { descriptors = [] }; return descriptors }
-        closing.forEach(Files.close)
+        closing.forEach { Files.close(Descriptor($0)) }
     }
 
     deinit { release() }
@@ -451,7 +450,7 @@ public final class NetworkNamespace: @unchecked Sendable {
             let fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { box.result = .failure(NamespaceError(message: "open \(path): errno \(errno)")); return }
             defer { close(fd) }
-            do { try Processes.enterNetworkNamespace(fd) } catch { box.result = .failure(error); return }
+            do { try Processes.enterNetworkNamespace(Descriptor(fd)) } catch { box.result = .failure(error); return }
             box.result = Result { try body() }
         }
         thread.start()

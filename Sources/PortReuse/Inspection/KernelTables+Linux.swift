@@ -252,8 +252,8 @@ package enum KernelTables {
     /// Reads SO_REUSEADDR and SO_REUSEPORT, and for IPv6 IPV6_V6ONLY, from another process's socket through a
     /// duplicate of it; `nil`s when not allowed (no ptrace rights) or not supported (Linux before 5.6).
     static func readOptions(pid: Int32, descriptor: Int32) -> (ReuseOptions?, dualStack: Bool?) {
-        guard let duplicate = try? Processes.duplicate(descriptor, ofProcess: pid) else { return (nil, nil) }
-        let handle = SocketHandle(adopting: duplicate)
+        guard let duplicate = try? Processes.duplicate(Descriptor(descriptor), ofProcess: pid) else { return (nil, nil) }
+        let handle = SocketHandle(adopting: duplicate.rawValue)
         let options = try? handle.reuseOptions()
         let dualStack = (try? handle.localAddress())?.family == .ipv6 ? try? handle.isDualStack() : nil
         return (options, dualStack)

@@ -61,7 +61,7 @@ extension Sys {
         }
     }
 
-    package static func setBlocking(_ s: Descriptor, _ blocking: Bool) -> Int32 { Files.setNonBlocking(s, !blocking) ? 0 : -1 }
+    package static func setBlocking(_ s: Descriptor, _ blocking: Bool) -> Int32 { Files.setNonBlocking(PortReuseSystem.Descriptor(s), !blocking) ? 0 : -1 }
 
     /// Waits until the socket is readable (`forWriting` false) or writable, or `milliseconds` pass
     /// (-1: no limit). Returns 1 when ready, 0 on timeout, -1 on error.
@@ -337,7 +337,7 @@ extension Sys {
     }
 
     /// Marks a descriptor close-on-exec. The corresponding C function is `fcntl(F_SETFD)`.
-    static func setCloseOnExec(_ descriptor: Descriptor) -> Int32 { Files.setCloseOnExec(descriptor) ? 0 : -1 }
+    static func setCloseOnExec(_ descriptor: Descriptor) -> Int32 { Files.setCloseOnExec(PortReuseSystem.Descriptor(descriptor)) ? 0 : -1 }
 
     static func processID() -> Int32 { getpid() }
 

@@ -195,3 +195,15 @@ extension SocketOwner {
     /// The reuse options set on the socket, read back from the kernel.
     public func reuseOptions() throws(PortReuseError) -> ReuseOptions { try handle.reuseOptions() }
 }
+
+#if canImport(Glibc) || canImport(Darwin)
+import PortReuseSystem
+
+extension SocketHandle {
+    /// Takes ownership of `descriptor`, a socket the system layer gave (a duplicate of another process's, say).
+    package convenience init(adopting descriptor: Descriptor) { self.init(adopting: descriptor.rawValue) }
+
+    /// The descriptor as the system layer's type; `nil` once closed or taken.
+    package var systemDescriptor: Descriptor? { descriptor.map(Descriptor.init(_:)) }
+}
+#endif

@@ -13,7 +13,7 @@ package enum Spawner {
     /// actions and an empty signal mask; it gets SIGTERM when the calling thread dies (a killed parent leaves
     /// nothing running unnoticed). Returns its pid. With `output`, its stdout and stderr go there instead.
     package static func spawn(
-        _ arguments: [String], environment: [String], descriptors: [Int32], setListenPID: Bool, output: Int32? = nil
+        _ arguments: [String], environment: [String], descriptors: [Descriptor], setListenPID: Bool, output: Descriptor? = nil
     ) throws(CommandFailure) -> Int32 {
         switch try start(arguments, environment: environment, descriptors: descriptors, setListenPID: setListenPID, output: output) {
         case .started(let pid, _): return pid
@@ -40,7 +40,7 @@ package enum Spawner {
     /// How a start went.
     package enum SupervisedStart {
         /// Started; under a filter, the caller holds the notification descriptor of its seccomp filter.
-        case started(pid: Int32, notification: Int32?)
+        case started(pid: Int32, notification: Descriptor?)
         /// The kernel refused the filter (this errno): nothing was started.
         case refused(Errno)
         /// Nothing runs (why).
@@ -50,7 +50,7 @@ package enum Spawner {
     /// Starts the program as ``spawn(_:environment:descriptors:setListenPID:output:)`` does, under the bind filter,
     /// whose notification descriptor `up` gets back before the program runs.
     package static func spawnIntercepted(
-        _ arguments: [String], environment: [String], descriptors: [Int32], setListenPID: Bool, output: Int32? = nil
+        _ arguments: [String], environment: [String], descriptors: [Descriptor], setListenPID: Bool, output: Descriptor? = nil
     ) throws(CommandFailure) -> SupervisedStart {
         try start(arguments, environment: environment, descriptors: descriptors, setListenPID: setListenPID, output: output, filter: [SocketCall.bind])
     }
@@ -72,8 +72,8 @@ package enum Spawner {
     /// (and, supervised, nothing else above 2), default signal actions and an empty mask, under a seccomp filter
     /// for `filter` (system call numbers, at most 8) when it names any.
     package static func start(
-        _ arguments: [String], path: String? = nil, environment: [String], descriptors: [Int32] = [], setListenPID: Bool = false,
-        output: Int32? = nil, filter: [Int32] = [], attachment: Attachment = .supervised
+        _ arguments: [String], path: String? = nil, environment: [String], descriptors: [Descriptor] = [], setListenPID: Bool = false,
+        output: Descriptor? = nil, filter: [Int32] = [], attachment: Attachment = .supervised
     ) throws(CommandFailure) -> SupervisedStart {
         guard let program = arguments.first else { throw CommandFailure("nothing to start") }
         var spawn = ProcessSpawn(arguments, environment: environment)

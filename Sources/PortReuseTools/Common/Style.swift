@@ -8,7 +8,7 @@ package struct Style {
     package let enabled: Bool
 
     /// The style for standard output.
-    package static let standardOutput = Style(enabled: Files.isTerminal(1) && Style.environmentAllowsColour)
+    package static let standardOutput = Style(enabled: Files.isTerminal(.standardOutput) && Style.environmentAllowsColour)
 
     package static var environmentAllowsColour: Bool {
         let noColour = Environment.value("NO_COLOR") ?? ""
@@ -27,7 +27,7 @@ package struct Style {
 
 /// Writes `text` (and a newline) to standard error, whole; a closed or failing stderr loses it, nothing else.
 package func printError(_ text: String, newline: Bool = true) {
-    try? Files.write(Array((newline ? text + "\n" : text).utf8), to: 2)
+    try? Files.write(Array((newline ? text + "\n" : text).utf8), to: .standardError)
 }
 
 extension String {

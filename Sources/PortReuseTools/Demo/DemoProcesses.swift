@@ -22,7 +22,7 @@ package final class DemoProcesses {
     package let logPath: String
     package let executable: String
     package let notify: NotifyReceiver
-    private let log: Int32
+    private let log: Descriptor
     private let environment: [String]
     /// Started and not yet reaped: pid and what it is.
     private(set) var running: [(pid: Int32, what: String)] = []

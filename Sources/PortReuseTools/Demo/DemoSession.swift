@@ -6,7 +6,7 @@ package struct DemoSession {
     package let options: DemoOptions
     package let processes: DemoProcesses
     package let style = Style.standardOutput
-    package let progress = Files.isTerminal(2)
+    package let progress = Files.isTerminal(.standardError)
     package let started = Processes.monotonicNanoseconds
 
     package init(options: DemoOptions, processes: DemoProcesses) {

@@ -69,7 +69,7 @@ package enum KernelRun {
     /// Why this kernel cannot run the kernel path, or `nil`: pidfd_getfd (Linux 5.6) is probed on ourselves.
     package static func unsupportedReason() -> String? {
         do {
-            let copy = try Processes.duplicate(2, ofProcess: Processes.currentID)  // stderr
+            let copy = try Processes.duplicate(.standardError, ofProcess: Processes.currentID)
             Files.close(copy)
             return nil
         } catch let error where error.errno == .noFunction || error.errno == .invalidArgument {
@@ -92,7 +92,7 @@ package enum KernelRun {
             waited.restore()
         }
 
-        let pid: Int32, notification: Int32
+        let pid: Int32, notification: Descriptor
         switch try Spawner.start(arguments, path: path, environment: ProcessSpawn.currentEnvironment(), filter: rules.systemCalls, attachment: .foreground) {
         case .started(let started, let descriptor?):
             (pid, notification) = (started, descriptor)

@@ -9,7 +9,7 @@ import PortReuseSystem
 package struct Adoption {
     package let pid: Int32
     /// A pidfd of the adopted process: its signals and its exit go through it (no pid reuse can misdirect them).
-    package let pidfd: Int32
+    package let pidfd: Descriptor
     /// Its name and its command line, for the log.
     package let name: String
     package let command: String
@@ -17,7 +17,7 @@ package struct Adoption {
     /// Finds `pid`'s socket on each of `listen` (by address, in the kernel's tables as `who` reads them) and
     /// takes a duplicate of it, held at `floor` or above. Throws, with exit status 3, what is wrong: no such
     /// process, no socket of it on the address, a TCP socket that is not listening, or no right to take it.
-    package static func take(from pid: Int32, listen: [ListenSpec], floor: Int32, anyUser: Bool = false) throws(CommandFailure) -> (Adoption, [HeldSocket]) {
+    package static func take(from pid: Int32, listen: [ListenSpec], floor: Descriptor, anyUser: Bool = false) throws(CommandFailure) -> (Adoption, [HeldSocket]) {
         guard pid > 0, let pidfd = try? Processes.open(pid) else {
             throw CommandFailure("--adopt \(pid): no such process (give the pid of the running server, as `portreuse who PORT` shows it)", exitCode: 3)
         }
@@ -39,7 +39,7 @@ package struct Adoption {
         do throws(CommandFailure) {
             for spec in listen {
                 let descriptor = try adoption.descriptor(for: spec)
-                let copy: Int32
+                let copy: Descriptor
                 do { copy = try Processes.duplicate(descriptor, of: pidfd) } catch {
                     if error.errno == .noSuchProcess || !Processes.exists(pid) {
                         throw CommandFailure("--adopt \(pid): it exited while up took its sockets; nothing was adopted", exitCode: 3)
@@ -58,7 +58,7 @@ package struct Adoption {
     }
 
     /// The descriptor number under which the process holds its socket on `spec`.
-    private func descriptor(for spec: ListenSpec) throws(CommandFailure) -> Int32 {
+    private func descriptor(for spec: ListenSpec) throws(CommandFailure) -> Descriptor {
         let wanted: SocketAddress
         guard let address = spec.address else { throw CommandFailure("--adopt takes TCP and UDP sockets, not --listen \(spec)", exitCode: 64) }
         do { wanted = try address.checked(for: spec.transport, operation: .bind).resolveForBinding(spec.transport) } catch {
@@ -77,7 +77,7 @@ package struct Adoption {
             throw CommandFailure("--adopt \(pid): cannot read /proc/\(pid)/fd: \(Files.errorText()) (\(rightsAdvice(uid: KernelTables.processInfo(pid: pid).uid)))", exitCode: 3)
         }
         for entry in entries {
-            guard let descriptor = Int32(entry), let inode = Processes.socketInode(of: pid, descriptor: descriptor),
+            guard let descriptor = Descriptor(entry), let inode = Processes.socketInode(of: pid, descriptor: descriptor),
                 let holder = onPort.first(where: { $0.inode == inode })
             else { continue }
             guard spec.transport == .udp || holder.state == .listen else {

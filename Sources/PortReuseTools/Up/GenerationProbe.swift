@@ -13,11 +13,11 @@ import PortReuseSystem
 package enum GenerationProbe {
     /// The system calls a serving process waits in, by number on this architecture.
     package enum Wait: Equatable {
-        case accept(descriptor: Int32)
-        case epoll(descriptor: Int32)
+        case accept(descriptor: Descriptor)
+        case epoll(descriptor: Descriptor)
         case poll(array: UInt64, count: Int)
         case select(count: Int, readSet: UInt64)
-        case receive(descriptor: Int32)
+        case receive(descriptor: Descriptor)
     }
 
     /// What a thread waits for, read from its syscall file (`/proc/PID/task/TID/syscall`; `/proc/PID/syscall` for
@@ -32,7 +32,7 @@ package enum GenerationProbe {
 
     /// What a thread waits for, from its system call number and arguments.
     package static func wait(_ number: Int, _ arguments: [UInt64]) -> Wait? {
-        let descriptor = Int32(truncatingIfNeeded: arguments[0])
+        let descriptor = Descriptor(Int32(truncatingIfNeeded: arguments[0]))
         switch BlockingCall(number: number) {
         case .accept: return .accept(descriptor: descriptor)
         case .epoll: return .epoll(descriptor: descriptor)
@@ -87,7 +87,7 @@ package enum GenerationProbe {
             guard count > 0, count <= 65_536, let bytes = readMemory(pid: pid, at: array, count: count * 8) else { return false }
             return (0..<count).contains { index in
                 let entry = bytes[(index * 8)..<(index * 8 + 8)]
-                let descriptor = entry.prefix(4).reversed().reduce(Int32(0)) { $0 << 8 | Int32($1) }
+                let descriptor = Descriptor(entry.prefix(4).reversed().reduce(Int32(0)) { $0 << 8 | Int32($1) })
                 let events = Int16(entry[entry.startIndex + 4]) | Int16(entry[entry.startIndex + 5]) << 8
                 return events & Files.pollInput != 0 && Processes.socketInode(of: pid, descriptor: descriptor) == inode
             }
@@ -95,13 +95,13 @@ package enum GenerationProbe {
             guard count > 0, count <= 65_536, readSet != 0, let bits = readMemory(pid: pid, at: readSet, count: (count + 7) / 8) else { return false }
             return (0..<count).contains { (descriptor: Int) -> Bool in
                 let isSet = bits[descriptor / 8] & UInt8(1 << (descriptor % 8)) != 0
-                return isSet && Processes.socketInode(of: pid, descriptor: Int32(descriptor)) == inode
+                return isSet && Processes.socketInode(of: pid, descriptor: Descriptor(Int32(descriptor))) == inode
             }
         }
     }
 
     /// The inode of one of our own sockets.
-    package static func inode(of descriptor: Int32) -> UInt64 { Files.status(of: descriptor)?.inode ?? 0 }
+    package static func inode(of descriptor: Descriptor) -> UInt64 { Files.status(of: descriptor)?.inode ?? 0 }
 
     private static func readMemory(pid: Int32, at address: UInt64, count: Int) -> [UInt8]? {
         Files.read("/proc/\(pid)/mem", offset: Int(bitPattern: UInt(address)), count: count, exactly: true)

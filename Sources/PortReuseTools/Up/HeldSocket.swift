@@ -19,7 +19,7 @@ package enum Endpoint: Hashable, Sendable, CustomStringConvertible {
 package struct HeldSocket {
     /// `up`'s own descriptor (moved to 100 or above, close-on-exec; a generation gets it as 3, 4, …). Where
     /// generations are steered, the socket new connections go to now (the serving generation's own).
-    package internal(set) var descriptor: Int32
+    package internal(set) var descriptor: Descriptor
     package let name: String
     /// TCP or UDP; a Unix-domain stream socket is `.tcp` (a stream, with an accept queue).
     package let transport: Transport
@@ -41,11 +41,11 @@ package struct HeldSocket {
     /// Where `up` keeps its sockets: from descriptor 100 up where the limit on descriptors allows (the soft limit
     /// is raised toward the hard one if needed), else just above 3 + `count` + 1 (the spawn's report socket), so that the spawn's dup2 to
     /// 3, 4, … never lands on one of its own. Throws (exit 3) when even that does not fit.
-    package static func firstDescriptor(holding count: Int) throws(CommandFailure) -> Int32 {
+    package static func firstDescriptor(holding count: Int) throws(CommandFailure) -> Descriptor {
         let spare = 32  // for notify sockets, pipes and the probe's connections
         let wanted = UInt64(100 + count + spare)
         let soft = Processes.raiseDescriptorLimit(to: wanted)
-        if soft >= wanted { return 100 }
+        if soft >= wanted { return Descriptor(100) }
         let lowest = UInt64(4 + count)  // 3 + count: where the spawn puts its report socket
         guard lowest + UInt64(count + spare) <= soft else {
             let hard = Processes.descriptorLimits().hard
@@ -53,13 +53,13 @@ package struct HeldSocket {
                 "the limit on open descriptors (ulimit -n: \(soft), hard limit \(hard)) is too low to hold \(count) socket(s) and hand them over: "
                     + "raise it to \(lowest + UInt64(count + spare)) or more (ulimit -n \(wanted))", exitCode: 3)
         }
-        return Int32(lowest)
+        return Descriptor(Int32(lowest))
     }
 
     /// Takes `descriptor` over: a close-on-exec duplicate at `floor` or above replaces it. A `backlog` says that
     /// `up` opened it, and listens with that length (TCP).
-    package static func hold(_ descriptor: Int32, name: String, floor: Int32, backlog: Int32?) throws(CommandFailure) -> HeldSocket {
-        let moved: Int32
+    package static func hold(_ descriptor: Descriptor, name: String, floor: Descriptor, backlog: Int32?) throws(CommandFailure) -> HeldSocket {
+        let moved: Descriptor
         do { moved = try Files.duplicate(descriptor, atLeast: floor) } catch {
             throw CommandFailure("cannot keep socket descriptor \(descriptor) at \(floor) or above: \(error.errno.description) (see ulimit -n)", exitCode: 3)
         }
@@ -71,12 +71,12 @@ package struct HeldSocket {
     }
 
     /// A descriptor that is already ours (after an upgrade in place).
-    package static func describe(_ descriptor: Int32, name: String) throws(CommandFailure) -> HeldSocket {
+    package static func describe(_ descriptor: Descriptor, name: String) throws(CommandFailure) -> HeldSocket {
         let inode = GenerationProbe.inode(of: descriptor)
-        if let path = Sys.unixSocketName(descriptor), Sys.isListeningStream(descriptor) {
+        if let path = Sys.unixSocketName(descriptor.rawValue), Sys.isListeningStream(descriptor.rawValue) {
             return HeldSocket(descriptor: descriptor, name: name, transport: .tcp, endpoint: .unix(path), inode: inode, backlog: nil)
         }
-        let found = ActivatedSocket(describing: descriptor, name: name)
+        let found = ActivatedSocket(describing: descriptor.rawValue, name: name)
         guard let transport = found.transport, let address = found.localAddress, transport == .udp || found.isListening else {
             throw CommandFailure("descriptor \(descriptor) (\(name)) is not a listening TCP or Unix-domain stream socket nor a bound UDP socket")
         }
@@ -87,15 +87,15 @@ package struct HeldSocket {
     /// names this file).
     package var unixFile: UnixListener? {
         guard case .unix(let path) = endpoint, !path.hasPrefix("@") else { return nil }
-        guard let copy = try? Files.duplicate(descriptor, atLeast: 0) else { return nil }
+        guard let copy = try? Files.duplicate(descriptor, atLeast: .standardInput) else { return nil }
         defer { Files.close(copy) }
-        let file = try? UnixListener(adopting: copy)
+        let file = try? UnixListener(adopting: copy.rawValue)
         _ = file?.takeDescriptor()  // it knows its path and file; the copy closes here
         return file
     }
 
     /// Whether the IPv6 socket `descriptor` (bound to `address`) takes IPv4 too (IPV6_V6ONLY 0); read, not taken.
-    static func isDualStack(_ descriptor: Int32, _ address: SocketAddress?) -> Bool {
+    static func isDualStack(_ descriptor: Descriptor, _ address: SocketAddress?) -> Bool {
         guard let address, address.family == .ipv6 else { return false }
         let borrowed = SocketHandle(adopting: descriptor)
         defer { _ = borrowed.takeDescriptor() }  // still ours: only read
@@ -110,17 +110,17 @@ package struct HeldSocket {
         guard transport == .tcp else { return nil }
         guard let address else {
             // A Unix-domain socket is not opened again at its path (a program's shutdown() of it is its own doing).
-            if let backlog, Sys.isListeningStream(descriptor) { _ = Sys.listen(descriptor, backlog) }
+            if let backlog, Sys.isListeningStream(descriptor.rawValue) { _ = Sys.listen(descriptor.rawValue, backlog) }
             return nil
         }
-        let current = ActivatedSocket(describing: descriptor, name: name)
+        let current = ActivatedSocket(describing: descriptor.rawValue, name: name)
         if current.isListening {
-            if let backlog { _ = Sys.listen(descriptor, backlog) }
+            if let backlog { _ = Sys.listen(descriptor.rawValue, backlog) }
             return nil
         }
         do {
             let fresh = try Listener(address: address, policy: .restartable, backlog: backlog, dualStack: Self.isDualStack(descriptor, address))
-            guard let new = fresh.takeDescriptor() else { return "\(name) \(address) stopped listening, and no new socket could be made" }
+            guard let new = fresh.takeDescriptor().map(Descriptor.init(_:)) else { return "\(name) \(address) stopped listening, and no new socket could be made" }
             defer { Files.close(new) }
             do { try Files.duplicate(new, onto: descriptor) } catch {
                 return "\(name) \(address) stopped listening; cannot put a new socket in its place: \(error.errno.description)"
@@ -136,7 +136,7 @@ package struct HeldSocket {
 
 extension NotifyReceiver {
     /// The receiver of a generation started by the previous `up` of this process.
-    package convenience init(adopting descriptor: Int32, path: String) throws(CommandFailure) {
+    package convenience init(adopting descriptor: Descriptor, path: String) throws(CommandFailure) {
         guard Files.setCloseOnExec(descriptor) else { throw CommandFailure("notify socket \(descriptor) is gone") }
         self.init(descriptor: descriptor, path: path)
     }

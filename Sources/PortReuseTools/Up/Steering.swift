@@ -14,27 +14,27 @@ import PortReuseSystem
 /// (`reuseport_detach_sock`). The BPF program returns these indices, so `up` keeps this model of the kernel's
 /// array and re-attaches the program whenever it changes.
 package struct ReuseportGroup: Codable, Equatable, Sendable {
-    /// `up`'s descriptors of the group's sockets, in the kernel's index order (-1: one `up` no longer holds).
-    package private(set) var members: [Int32]
+    /// `up`'s descriptors of the group's sockets, in the kernel's index order (``Descriptor/none``: one `up` no longer holds).
+    package private(set) var members: [Descriptor]
 
-    package init(members: [Int32]) { self.members = members }
+    package init(members: [Descriptor]) { self.members = members }
 
-    package mutating func join(_ descriptor: Int32) { members.append(descriptor) }
+    package mutating func join(_ descriptor: Descriptor) { members.append(descriptor) }
 
-    package mutating func leave(_ descriptor: Int32) {
+    package mutating func leave(_ descriptor: Descriptor) {
         guard let index = members.firstIndex(of: descriptor) else { return }
         members[index] = members[members.count - 1]
         members.removeLast()
     }
 
     /// A member closed by `up` that stays in the kernel's group (another process, systemd, holds it): its slot
-    /// keeps its place, under a descriptor that names nothing (-1).
-    package mutating func forget(_ descriptor: Int32) {
+    /// keeps its place, under a descriptor that names nothing (``Descriptor/none``).
+    package mutating func forget(_ descriptor: Descriptor) {
         guard let index = members.firstIndex(of: descriptor) else { return }
-        members[index] = -1
+        members[index] = .none
     }
 
-    package func index(of descriptor: Int32) -> UInt32? { members.firstIndex(of: descriptor).map { UInt32($0) } }
+    package func index(of descriptor: Descriptor) -> UInt32? { members.firstIndex(of: descriptor).map { UInt32($0) } }
 }
 
 /// The classic BPF programs `up` attaches to a group (`SO_ATTACH_REUSEPORT_CBPF`), as data.
@@ -90,24 +90,24 @@ package enum SteeringProgram {
     }
 
     /// Attaches `program` to the group of the socket `descriptor`; 0, or the errno.
-    package static func attach(_ program: [Instruction], to descriptor: Int32) -> Int32 { ReuseportPrograms.attachClassic(program, to: descriptor) }
+    package static func attach(_ program: [Instruction], to descriptor: Descriptor) -> Int32 { ReuseportPrograms.attachClassic(program, to: descriptor) }
 }
 
 /// A listening socket's own view of itself, read through `up`'s descriptor (TCP_INFO).
 package enum ListenerState {
     /// Whether the socket still listens (a `shutdown()` by any holder ends that for good).
-    package static func isListening(_ descriptor: Int32) -> Bool { SocketReadings.tcp(descriptor)?.state == SocketReadings.listening }
+    package static func isListening(_ descriptor: Descriptor) -> Bool { SocketReadings.tcp(descriptor)?.state == SocketReadings.listening }
 
     /// Connections waiting in its accept queue.
-    package static func queued(_ descriptor: Int32) -> Int { KernelReadings.acceptQueue(of: descriptor)?.depth ?? 0 }
+    package static func queued(_ descriptor: Descriptor) -> Int { KernelReadings.acceptQueue(of: descriptor)?.depth ?? 0 }
 
     /// Whether it is still a member of its SO_REUSEPORT group: a TCP listener leaves when it stops listening (a
     /// `shutdown()` does that, whoever holds it); a UDP socket stays until its last descriptor closes.
-    package static func isInGroup(_ descriptor: Int32, _ transport: Transport) -> Bool { transport == .udp || isListening(descriptor) }
+    package static func isInGroup(_ descriptor: Descriptor, _ transport: Transport) -> Bool { transport == .udp || isListening(descriptor) }
 
     /// What waits on it, in words, or nil: TCP connections in its accept queue; UDP datagrams in its receive
     /// queue (SO_MEMINFO's receive memory, so that an empty datagram counts too).
-    package static func waiting(_ descriptor: Int32, _ transport: Transport) -> String? {
+    package static func waiting(_ descriptor: Descriptor, _ transport: Transport) -> String? {
         switch transport {
         case .tcp:
             let count = queued(descriptor)
@@ -120,10 +120,10 @@ package enum ListenerState {
 
     /// Whether TCP_DEFER_ACCEPT is set on it (unicorn and Starlet set it): a connection is queued only once data
     /// arrives, so a probe that sends nothing is never accepted.
-    package static func defersAccept(_ descriptor: Int32) -> Bool { SocketReadings.defersAccept(descriptor) }
+    package static func defersAccept(_ descriptor: Descriptor) -> Bool { SocketReadings.defersAccept(descriptor) }
 
     /// Whether SO_REUSEPORT is set on it: only then can siblings join its group.
-    package static func reusesPort(_ descriptor: Int32) -> Bool { SocketReadings.reusesPort(descriptor) }
+    package static func reusesPort(_ descriptor: Descriptor) -> Bool { SocketReadings.reusesPort(descriptor) }
 }
 
 /// The source of up's readiness probes for one listener: a few ports, each reserved by a socket bound to it that
@@ -135,7 +135,7 @@ package final class ProbeSource {
     package static let portCount = 16
     package let ip: IPAddress
     package let ports: [UInt16]
-    private let reservations: [Int32]
+    private let reservations: [Descriptor]
     private var next = 0
 
     /// Ports reserved on the address a probe of `listener` comes from: the listener's own IP, or the loopback
@@ -143,12 +143,12 @@ package final class ProbeSource {
     package init(for listener: SocketAddress) throws(PortReuseError) {
         ip = listener.ip.isUnspecified ? (listener.family == .ipv4 ? IPAddress.loopbackIPv4 : .loopbackIPv6) : listener.ip
         var ports: [UInt16] = []
-        var reservations: [Int32] = []
+        var reservations: [Descriptor] = []
         do {
             for _ in 0..<Self.portCount {
                 let handle = try SocketHandle.bound(to: SocketAddress(ip: ip, port: 0), transport: .tcp, policy: .restartable, dualStack: false)
                 ports.append(try handle.localAddress().port)
-                reservations.append(handle.takeDescriptor()!)
+                reservations.append(Descriptor(handle.takeDescriptor()!))
             }
         } catch {
             for descriptor in reservations { Files.close(descriptor) }
@@ -186,9 +186,9 @@ package final class ProbeSource {
 /// to the serving socket instead of being reset.
 package struct SteeringMap: Codable, Equatable, Sendable {
     /// The map's descriptor (close-on-exec; kept open across an in-place upgrade).
-    package let descriptor: Int32
+    package let descriptor: Descriptor
     /// `up`'s descriptor of each socket in the map, and its key.
-    package private(set) var keys: [Int32: UInt32] = [:]
+    package private(set) var keys: [Descriptor: UInt32] = [:]
     /// Keys this many and more are never used: more sockets than this at once fall back to the serving one.
     package static let capacity: UInt32 = 256
 
@@ -198,10 +198,10 @@ package struct SteeringMap: Codable, Equatable, Sendable {
         return (descriptor.map(SteeringMap.init(descriptor:)), code)
     }
 
-    private init(descriptor: Int32) { self.descriptor = descriptor }
+    private init(descriptor: Descriptor) { self.descriptor = descriptor }
 
     /// Puts `socket` in the map under the lowest free key; 0, or the errno.
-    package mutating func add(_ socket: Int32) -> Int32 {
+    package mutating func add(_ socket: Descriptor) -> Int32 {
         let used = Set(keys.values)
         guard let key = (0..<Self.capacity).first(where: { !used.contains($0) }) else { return Errno.noSpace.rawValue }
         let code = ReuseportPrograms.setMapEntry(descriptor, key: key, socket: socket)
@@ -211,7 +211,7 @@ package struct SteeringMap: Codable, Equatable, Sendable {
     }
 
     /// Forgets `socket`'s key (the kernel drops the entry itself when the socket closes or stops listening).
-    package mutating func remove(_ socket: Int32) { keys[socket] = nil }
+    package mutating func remove(_ socket: Descriptor) { keys[socket] = nil }
 
     /// What the program picks: the serving sockets' keys (one per worker, picked by the connection's hash), and
     /// the probe's source ports with its socket's key.
@@ -228,7 +228,7 @@ package struct SteeringMap: Codable, Equatable, Sendable {
     }
 
     /// Loads the program for `choice` and attaches it to the group of `socket`; 0, or the errno, with the verifier's words.
-    package func attach(_ choice: Choice, to socket: Int32) -> (errno: Int32, log: String) {
+    package func attach(_ choice: Choice, to socket: Descriptor) -> (errno: Int32, log: String) {
         ReuseportPrograms.attachExtended(
             to: socket, map: descriptor, serving: choice.serving, probe: choice.probe.map { Int32($0.key) } ?? -1, ports: choice.probe?.ports ?? [])
     }

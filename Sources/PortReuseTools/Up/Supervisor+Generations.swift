@@ -39,7 +39,7 @@ extension Supervisor {
 
     /// Starts the program (with `--workers`, its pool, which starts the workers): under the bind filter when it
     /// can, else with LISTEN_FDS only (as before the filter).
-    private func spawn(number: Int, descriptors: [Int32], environment: [String]) throws(CommandFailure) -> (Int32, SocketCallInterceptor?) {
+    private func spawn(number: Int, descriptors: [Descriptor], environment: [String]) throws(CommandFailure) -> (Int32, SocketCallInterceptor?) {
         var setListenPID = configuration.reusePortEnvironment == nil && configuration.dialect.setsListenPID
         var command = configuration.command
         if configuration.workers > 1 {
@@ -87,7 +87,7 @@ extension Supervisor {
     #if os(Linux)
     /// The rules for generation `number`: swap its sockets (`sockets`, one per held socket) in; every line goes to
     /// the log.
-    func interceptionRules(number: Int, sockets descriptors: [Int32]) -> InterceptionRules {
+    func interceptionRules(number: Int, sockets descriptors: [Descriptor]) -> InterceptionRules {
         let logger = self.logger
         // Generations that share sockets share their swap, which tracks the sockets' blocking mode between them. With
         // --workers, each worker's own (worker by worker in `descriptors`).

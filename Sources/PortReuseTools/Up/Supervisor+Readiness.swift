@@ -69,7 +69,7 @@ extension Supervisor {
     /// generation's own socket and nowhere else, made once and kept until a process accepts it: the kernel's
     /// socket for its server side then has an inode (one sock_diag request for that socket a turn; no look at
     /// /proc, no pause of any other generation, and whatever other traffic the socket gets does not matter).
-    private func probe(_ generation: GenerationRecord, ownSocket own: Int32, index: Int) -> Bool {
+    private func probe(_ generation: GenerationRecord, ownSocket own: Descriptor, index: Int) -> Bool {
         guard ListenerState.isListening(own), let held = resources[generation.number] else { return false }  // lookAtSteeredSockets fails it
         if held.probe == nil {
             // Without probe ports, waiting on its own socket is as far as one can see.

@@ -39,9 +39,9 @@ extension Supervisor {
     /// worker): the held one where nothing is steered (a socket without SO_REUSEPORT); where it is steered, a new
     /// socket of its own when another generation serves (a reload), else the socket traffic goes to now, with
     /// whatever waits in its queue (a restart after a crash).
-    func socketsForNewGeneration(number: Int) -> [Int32] {
+    func socketsForNewGeneration(number: Int) -> [Descriptor] {
         let anotherServes = generations.contains { $0.phase == .ready }
-        var descriptors: [Int32] = []
+        var descriptors: [Descriptor] = []
         for worker in 0..<configuration.workers {
             var set = sockets.map(\.descriptor)
             for index in groups.keys.sorted() {
@@ -70,7 +70,7 @@ extension Supervisor {
 
     /// A new listening socket on held socket `index`'s address, in its group (it joins at the end), kept by `up`
     /// at a high descriptor number.
-    private func openSibling(_ index: Int) throws -> Int32 {
+    private func openSibling(_ index: Int) throws -> Descriptor {
         let template = sockets[index]
         guard let address = template.address else { throw CommandFailure("\(template.label) is not steered") }
         let dualStack = HeldSocket.isDualStack(template.descriptor, address)
@@ -78,9 +78,9 @@ extension Supervisor {
         case .tcp: try Listener(address: address, policy: .shared, backlog: template.backlog ?? Sys.defaultBacklog, dualStack: dualStack).takeDescriptor()
         case .udp: try DatagramSocket(address: address, policy: .shared, dualStack: dualStack).takeDescriptor()
         }
-        guard let fresh = made else { throw CommandFailure("the new socket is gone") }
+        guard let fresh = made.map(Descriptor.init(_:)) else { throw CommandFailure("the new socket is gone") }
         defer { Files.close(fresh) }
-        let moved: Int32
+        let moved: Descriptor
         do { moved = try Files.duplicate(fresh, atLeast: try HeldSocket.firstDescriptor(holding: sockets.count)) } catch let error as SystemError {
             throw CommandFailure(error.errno.description)
         }
@@ -152,7 +152,7 @@ extension Supervisor {
 
     /// The descriptors of held socket `index` in a generation's `own` sockets, one per worker (they are worker by
     /// worker, `held` each).
-    static func perWorker(_ own: [Int32], index: Int, held: Int) -> [Int32] {
+    static func perWorker(_ own: [Descriptor], index: Int, held: Int) -> [Descriptor] {
         Array(stride(from: index, to: own.count, by: held).map { own[$0] })
     }
 
@@ -172,7 +172,7 @@ extension Supervisor {
     }
 
     /// The steered sockets of `generation` (its own, in groups), by held index (every worker's, worker by worker).
-    func steeredSockets(of generation: GenerationRecord) -> [(index: Int, descriptor: Int32)] {
+    func steeredSockets(of generation: GenerationRecord) -> [(index: Int, descriptor: Descriptor)] {
         guard let own = generation.sockets, !sockets.isEmpty else { return [] }
         return own.indices.compactMap { position in
             let index = position % sockets.count
@@ -190,7 +190,7 @@ extension Supervisor {
         let report = record.history.last.flatMap { $0.generation == generations.last(where: { $0.phase == .ready })?.number ? $0 : nil }
         resources[number]?.stragglers = (dropsAtCut: KernelReadings.listenCounters().drops, dropsBefore: report?.listenDrops.map { $0 > 0 } ?? true)
         for (index, descriptor) in steeredSockets(of: generation) where sockets[index].transport == .tcp {
-            _ = Sys.listen(descriptor, sockets[index].backlog ?? Sys.defaultBacklog)
+            _ = Sys.listen(descriptor.rawValue, sockets[index].backlog ?? Sys.defaultBacklog)
         }
     }
 
@@ -258,7 +258,7 @@ extension Supervisor {
         let targets = Set(generations.filter { $0.phase == .ready || $0.phase == .starting }.flatMap { $0.sockets ?? [] } + sockets.map(\.descriptor))
         var changed = false
         var reset = 0
-        for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor >= 0 && !used.contains(descriptor) {
+        for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor != .none && !used.contains(descriptor) {
             guard let index = groups.keys.first(where: { groups[$0]!.members.contains(descriptor) }) else {
                 steeredDescriptors.remove(descriptor)
                 Files.close(descriptor)
@@ -312,7 +312,7 @@ extension Supervisor {
     }
 
     /// Whether a process other than `up` holds the socket `descriptor` names.
-    private func heldElsewhere(_ descriptor: Int32) -> Bool {
+    private func heldElsewhere(_ descriptor: Descriptor) -> Bool {
         let inode = GenerationProbe.inode(of: descriptor)
         let me = Processes.currentID
         return processTree().all.contains { $0.pid != me && Processes.socketInodes(of: $0.pid).contains(inode) }

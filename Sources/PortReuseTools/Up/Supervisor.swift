@@ -116,6 +116,8 @@ package final class Supervisor {
     let ownStartTime = Processes.stat(of: Processes.currentID)?.startTime
     /// Whether the last status write failed (said once in the log, not at every change).
     var statusWriteFailed = false
+    /// The binary an in-place upgrade checks and becomes, while it runs (the status file says so).
+    var upgradingTo: String?
     /// Why generations start without the bind filter, once that is known (said once in the log).
     var interceptionOff: String?
     /// `--adopt`: the running server whose sockets `up` took, until it is gone (Supervisor+Adoption).
@@ -127,23 +129,23 @@ package final class Supervisor {
     /// the held sockets.
     package internal(set) var groups: [Int: ReuseportGroup] = [:]
     /// The steered sockets `up` opened itself (shut down when retired and at exit).
-    var steeredDescriptors: Set<Int32> = []
+    var steeredDescriptors: Set<Descriptor> = []
     /// Members of each group that no generation has yet (made so that a retired socket never moves a target's
     /// slot): the next generation's sockets, by held index.
-    var spares: [Int: [Int32]] = [:]
+    var spares: [Int: [Descriptor]] = [:]
     /// The reserved source ports of up's probes, by held index (nil: they could not be reserved); the program
     /// attached to each group.
     var probeSources: [Int: ProbeSource?] = [:]
     var attachedPrograms: [Int: [SteeringProgram.Instruction]] = [:]
     /// The sockets each group's program sends new connections to, by held index: the serving generation's, one
     /// per worker (the first is that held socket's ``HeldSocket/descriptor``).
-    var servingTargets: [Int: [Int32]] = [:]
+    var servingTargets: [Int: [Descriptor]] = [:]
     /// Steered by eBPF (where `up` may load it): each group's map of sockets by key, and the choice attached.
     var steeringMaps: [Int: SteeringMap] = [:]
     var attachedChoices: [Int: SteeringMap.Choice] = [:]
     #if os(Linux)
     /// The interceptors' view of each set of sockets generations got (``interceptionRules(number:sockets:)``).
-    var swaps: [[Int32]: SocketSwap] = [:]
+    var swaps: [[Descriptor]: SocketSwap] = [:]
     #endif
     /// Whether orphans of the generations come to this process (set by `run`).
     private var isSubreaper = false

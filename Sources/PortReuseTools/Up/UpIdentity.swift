@@ -9,7 +9,7 @@ import PortReuseSystem
 /// goes through a pidfd opened before the checks, so that it reaches exactly the process that was checked.
 package struct UpIdentity {
     /// The pidfd of the proven process (close it with ``close()``).
-    package let pidfd: Int32
+    package let pidfd: Descriptor
     package let pid: Int32
 
     /// Proves that `pid` is a running `portreuse up` of this user that started at `startTime` (from its status

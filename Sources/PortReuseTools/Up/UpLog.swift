@@ -29,17 +29,17 @@ package struct UpLogHandler: LogHandler {
 /// At most ``capacity`` bytes wait; beyond that lines are dropped and counted, and the count is said once
 /// writing goes on. (stderr's O_NONBLOCK cannot be set instead: the generations share its open file description.)
 package final class LogWriter: @unchecked Sendable {
-    package static let standardError = LogWriter(descriptor: 2)
+    package static let standardError = LogWriter(descriptor: .standardError)
     package static let capacity = 1 << 20
 
-    private let descriptor: Int32
+    private let descriptor: Descriptor
     private let lock = ConditionLock()
     private var waiting: [UInt8] = []
     private var dropped = 0
     private var writing = false
     private var started = false
 
-    private init(descriptor: Int32) {
+    private init(descriptor: Descriptor) {
         self.descriptor = descriptor
     }
 

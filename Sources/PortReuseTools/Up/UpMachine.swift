@@ -77,9 +77,9 @@ package struct UpMachine {
         package var startedAt: Double
         package var notifyPath: String?
         /// Its own sockets, one per held socket; nil: it shares the held ones.
-        package var sockets: [Int32]?
+        package var sockets: [Descriptor]?
 
-        package init(number: Int, reason: StartReason, pid: Int32, startedAt: Double, notifyPath: String?, sockets: [Int32]?) {
+        package init(number: Int, reason: StartReason, pid: Int32, startedAt: Double, notifyPath: String?, sockets: [Descriptor]?) {
             self.number = number
             self.reason = reason
             self.pid = pid

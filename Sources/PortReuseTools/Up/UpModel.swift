@@ -164,13 +164,13 @@ package struct GenerationRecord: Codable, Sendable, Equatable {
     /// group (setsid) is still stopped with it.
     package var members: [Member] = []
     /// Its notify socket: `up`'s descriptor (kept open across an upgrade) and path.
-    package var notifyDescriptor: Int32?
+    package var notifyDescriptor: Descriptor?
     package var notifyPath: String?
     /// The notification descriptor of its bind filter (kept open across an upgrade), when it has one.
-    package var interceptDescriptor: Int32?
+    package var interceptDescriptor: Descriptor?
     /// `up`'s descriptors of the sockets this generation got, one per held socket (its own where steered, kept
     /// open across an upgrade); `nil` when every generation shares the held ones.
-    package var sockets: [Int32]?
+    package var sockets: [Descriptor]?
     /// Whether one of its own steered sockets stopped listening (it called `shutdown()` on it).
     package var socketsDown = false
     /// `--workers`: its workers as its pool last said (``WorkerPool``); nil for a generation of one process.
@@ -225,10 +225,10 @@ package struct GenerationRecord: Codable, Sendable, Equatable {
         killed = try values.decodeIfPresent(Bool.self, forKey: .killed) ?? false
         exit = try values.decodeIfPresent(ExitStatus.self, forKey: .exit)
         members = try values.decodeIfPresent([Member].self, forKey: .members) ?? []
-        notifyDescriptor = try values.decodeIfPresent(Int32.self, forKey: .notifyDescriptor)
+        notifyDescriptor = try values.decodeIfPresent(Descriptor.self, forKey: .notifyDescriptor)
         notifyPath = try values.decodeIfPresent(String.self, forKey: .notifyPath)
-        interceptDescriptor = try values.decodeIfPresent(Int32.self, forKey: .interceptDescriptor)
-        sockets = try values.decodeIfPresent([Int32].self, forKey: .sockets)
+        interceptDescriptor = try values.decodeIfPresent(Descriptor.self, forKey: .interceptDescriptor)
+        sockets = try values.decodeIfPresent([Descriptor].self, forKey: .sockets)
         socketsDown = try values.decodeIfPresent(Bool.self, forKey: .socketsDown) ?? false
         workers = try values.decodeIfPresent(WorkerCounts.self, forKey: .workers)
     }

@@ -214,13 +214,13 @@ package struct UpOptions {
             guard !unused.isEmpty else {
                 throw CommandFailure("give at least one --listen address (as in --listen 127.0.0.1:8080), or start up with sockets from systemd", exitCode: 64)
             }
-            return (try unused.map { (socket) throws(CommandFailure) in try HeldSocket.hold(socket.descriptor, name: socket.name, floor: floor, backlog: nil) }, [])
+            return (try unused.map { (socket) throws(CommandFailure) in try HeldSocket.hold(Descriptor(socket.descriptor), name: socket.name, floor: floor, backlog: nil) }, [])
         }
         var held: [HeldSocket] = []
         for spec in listen {
             if let index = unused.firstIndex(where: { Self.matches(spec, $0) }) {
                 let socket = unused.remove(at: index)
-                held.append(try HeldSocket.hold(socket.descriptor, name: spec.name == ListenSpec.defaultName ? socket.name : spec.name, floor: floor, backlog: nil))
+                held.append(try HeldSocket.hold(Descriptor(socket.descriptor), name: spec.name == ListenSpec.defaultName ? socket.name : spec.name, floor: floor, backlog: nil))
                 continue
             }
             if case .unix(let path) = spec.target {
@@ -229,7 +229,7 @@ package struct UpOptions {
                         path: path, backlog: Sys.defaultBacklog, permissions: unixFiles.permissions,
                         owner: unixFiles.owner == nil && unixFiles.group == nil ? nil : (unixFiles.owner, unixFiles.group))
                     files.append(file)
-                    held.append(try HeldSocket.hold(file.takeDescriptor()!, name: spec.name, floor: floor, backlog: Sys.defaultBacklog))
+                    held.append(try HeldSocket.hold(Descriptor(file.takeDescriptor()!), name: spec.name, floor: floor, backlog: Sys.defaultBacklog))
                 } catch let failure as CommandFailure {
                     for file in files { file.removeFile() }
                     throw failure
@@ -240,7 +240,7 @@ package struct UpOptions {
                 continue
             }
             do {
-                let descriptor: Int32?
+                let descriptor: SocketDescriptor?
                 // What Listener(Address) and DatagramSocket(Address) bind: a host name's first IPv4 address if it has one.
                 let first = try spec.address!.checked(for: spec.transport, operation: .bind).resolveForBinding(spec.transport)
                 let dual = dualStack && first.family == .ipv6
@@ -254,7 +254,7 @@ package struct UpOptions {
                     if steers && first.port != 0 { _ = try DatagramSocket(address: first, policy: .restartable, dualStack: dual) }
                     descriptor = try DatagramSocket(address: first, policy: steers ? .shared : .restartable, dualStack: dual).takeDescriptor()
                 }
-                held.append(try HeldSocket.hold(descriptor!, name: spec.name, floor: floor, backlog: Sys.defaultBacklog))
+                held.append(try HeldSocket.hold(Descriptor(descriptor!), name: spec.name, floor: floor, backlog: Sys.defaultBacklog))
             } catch let failure as CommandFailure {
                 throw failure
             } catch let error as PortReuseError {
@@ -272,7 +272,7 @@ package struct UpOptions {
             }
         }
         for socket in unused {
-            held.append(try HeldSocket.hold(socket.descriptor, name: socket.name, floor: floor, backlog: nil))  // systemd's extra sockets go on too
+            held.append(try HeldSocket.hold(Descriptor(socket.descriptor), name: socket.name, floor: floor, backlog: nil))  // systemd's extra sockets go on too
         }
         return (held, files)
     }

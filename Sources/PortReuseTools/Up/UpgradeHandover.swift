@@ -10,7 +10,7 @@ package struct UpgradeHandover: Codable {
     package static let variable = "PORTREUSE_UP_STATE"
 
     package struct Socket: Codable {
-        package var descriptor: Int32
+        package var descriptor: Descriptor
         package var name: String
         package var backlog: Int32?
     }
@@ -23,8 +23,8 @@ package struct UpgradeHandover: Codable {
     /// Steered generations: each group's members in the kernel's order, by held index, and the steered sockets
     /// `up` opened itself (the attached programs stay with the groups in the kernel).
     package var groups: [Int: ReuseportGroup]?
-    package var steeredDescriptors: [Int32]?
-    package var spares: [Int: [Int32]]?
+    package var steeredDescriptors: [Descriptor]?
+    package var spares: [Int: [Descriptor]]?
     /// Steered by eBPF: each group's map (its descriptor kept open across exec) and the keys in it.
     package var steeringMaps: [Int: SteeringMap]?
 
@@ -75,7 +75,7 @@ package struct UpgradeHandover: Codable {
     package func execute(binary: String, arguments: [String], path: String) throws(CommandFailure) {
         let generations = record.generations
         let kept = sockets.map(\.descriptor) + generations.compactMap(\.notifyDescriptor) + generations.compactMap(\.interceptDescriptor)
-            + generations.flatMap { $0.sockets ?? [] } + (groups ?? [:]).values.flatMap(\.members).filter { $0 >= 0 } + (steeringMaps ?? [:]).values.map(\.descriptor)
+            + generations.flatMap { $0.sockets ?? [] } + (groups ?? [:]).values.flatMap(\.members).filter { $0 != .none } + (steeringMaps ?? [:]).values.map(\.descriptor)
         for descriptor in kept { Files.setCloseOnExec(descriptor, false) }
         Self.closeOnExecLibraryDescriptors(keeping: Set(kept))
         Environment.set(Self.variable, path)
@@ -88,9 +88,9 @@ package struct UpgradeHandover: Codable {
     /// Makes close-on-exec the kernel objects a library opened without it (SwiftNIO's epoll, eventfd and timerfd
     /// of `--health`): each upgrade would otherwise hand one more to the next `up` (19 -> 29 descriptors over 10
     /// upgrades). Descriptors meant to cross the exec (`kept`, and the runtime folder's lock, a file) stay as they are.
-    private static func closeOnExecLibraryDescriptors(keeping kept: Set<Int32>) {
+    private static func closeOnExecLibraryDescriptors(keeping kept: Set<Descriptor>) {
         for entry in Files.list("/proc/self/fd") {
-            guard let descriptor = Int32(entry), descriptor > 2, !kept.contains(descriptor) else { continue }
+            guard let descriptor = Descriptor(entry), !descriptor.isStandardStream, !kept.contains(descriptor) else { continue }
             guard let target = try? Processes.readLink("/proc/self/fd/\(descriptor)"), target.hasPrefix("anon_inode:") else { continue }
             Files.setCloseOnExec(descriptor)
         }

@@ -58,7 +58,7 @@ package final class WorkerPool {
     struct Worker {
         let index: Int
         /// The pool's descriptors of its sockets, as it gets them at 3, 4, …
-        let sockets: [Int32]
+        let sockets: [Descriptor]
         let inodes: [UInt64]
         let notify: NotifyReceiver
         var pid: Int32?
@@ -89,9 +89,9 @@ package final class WorkerPool {
         self.options = options
         let total = options.count * options.socketsPerWorker
         let floor = try HeldSocket.firstDescriptor(holding: total)
-        var held: [Int32] = []
+        var held: [Descriptor] = []
         for offset in 0..<total {
-            let inherited = Int32(3 + offset)
+            let inherited = Descriptor(Int32(3 + offset))
             guard Files.status(of: inherited) != nil else {
                 throw CommandFailure("up-workers: descriptor \(inherited) (socket \(offset + 1) of \(total)) is not open; portreuse up --workers starts it with its sockets")
             }

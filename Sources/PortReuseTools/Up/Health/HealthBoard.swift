@@ -110,7 +110,7 @@ package struct HealthListener: Sendable, Equatable {
     package var address: SocketAddress
     package var inode: UInt64
     /// `up`'s own descriptor of it, for TCP_INFO.
-    package var descriptor: Int32
+    package var descriptor: Descriptor
 
     /// The TCP sockets among `sockets` (a UDP socket has no accept queue; a Unix-domain one no TCP_INFO nor port).
     package static func of(_ sockets: [HeldSocket]) -> [HealthListener] {

@@ -56,7 +56,7 @@ package struct KernelReadings: Sendable {
 
     /// The accept queue of a listening TCP socket of ours: TCP_INFO gives the connections waiting in it
     /// (tcpi_unacked) and its limit, the listen backlog (tcpi_sacked), in one system call.
-    static func acceptQueue(of descriptor: Int32) -> (depth: Int, backlog: Int)? {
+    static func acceptQueue(of descriptor: Descriptor) -> (depth: Int, backlog: Int)? {
         SocketReadings.tcp(descriptor).map { ($0.queued, $0.backlog) }
     }
 
@@ -76,8 +76,8 @@ package struct KernelReadings: Sendable {
         defer { Files.close(pidfd) }
         var found = Set<UInt64>()
         for entry in Files.list("/proc/\(pid)/fd") {
-            guard let descriptor = Int32(entry), let inode = Processes.socketInode(of: pid, descriptor: descriptor), !held.contains(inode) else { continue }
-            let duplicate: Int32
+            guard let descriptor = Descriptor(entry), let inode = Processes.socketInode(of: pid, descriptor: descriptor), !held.contains(inode) else { continue }
+            let duplicate: Descriptor
             do throws(SystemError) {
                 duplicate = try Processes.duplicate(descriptor, of: pidfd)
             } catch {
