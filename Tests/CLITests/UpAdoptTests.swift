@@ -28,6 +28,8 @@ struct UpAdoptTests {
         let up = try UpProcess(
             ["--adopt", "\(old.pid)", "--listen", "127.0.0.1:\(port)", "--stop-when-idle", "--grace", "10s", "--",
              systemPython, "-m", "http.server", "\(port)", "--bind", "127.0.0.1", "--directory", folder.path])
+        #expect(up.waitForStatus { $0.serving.map(\.number) == [1] } != nil, "\(up.logText)")
+        #expect(waitUntil(timeout: 30) { !old.isRunning }, "the adopted server handed over and exited: \(up.logText)")
         #expect(up.waitForLog("adopted pid \(old.pid) (python3) exited"), "\(up.logText)")
         #expect(up.waitForLog("got up's socket", timeout: 10), "generation 1 bound the adopted socket: \(up.logText)")
         let before = load.count

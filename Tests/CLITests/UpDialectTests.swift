@@ -146,6 +146,7 @@ struct UpDialectTests {
             .first { $0.hasPrefix("flags:") }.flatMap { Int($0.dropFirst(6).trimmingCharacters(in: .whitespaces), radix: 8) }
         #expect(flags.map { $0 & Int(O_NONBLOCK) != 0 } == true, "nginx's descriptor 3 is blocking: flags \(String(describing: flags))")
         Self.expectTenReloads(up, address, "nginx (nginx)", context: { up.logText + "\n" + errors() })
+        #expect(up.waitForStatus { !$0.generations.contains(where: \.signalWaits) } != nil, "every old generation got its stop signal: \(up.logText)")
         #expect(up.waitForLog("sent SIGQUIT", timeout: 10), "QUIT is nginx's graceful stop: \(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)\n\(errors())")
         #expect(errors().components(separatedBy: "gracefully shutting down").count > 10, "every generation stopped gracefully:\n\(errors())")
@@ -288,6 +289,7 @@ struct UpDialectTests {
         let up = try UpProcess(["--listen", "127.0.0.1:0", "--ready", "delay:1", "--", hello], environment: environment, folder: folder)
         #expect(up.waitForStatus { $0.generations.contains { $0.number == 1 } } != nil, "\(up.logText)")
         up.signal(SIGHUP)
+        #expect(up.waitForStatus { $0.reloadPending || $0.nextGeneration > 2 } != nil, "the SIGHUP is a reload: \(up.logText)")
         #expect(up.waitForLog("reload requested while generation 1"), "\(up.logText)")
         #expect(receiver.next()?.hasPrefix("READY=1\nSTATUS=serving: generation 1 ") == true)
         #expect(receiver.next()?.hasPrefix("RELOADING=1\n") == true)

@@ -132,6 +132,7 @@ struct UpInterceptTests {
         #expect(up.waitForStatus { _ in load.count > 50 } != nil)
         let (answered, failures) = load.stop()
         #expect(failures.isEmpty, "\(failures.count) failed of \(answered + failures.count): \(failures.prefix(3))\n\(up.logText)")
+        #expect(up.waitForLog("got up's socket", count: 6, timeout: 10), "\(up.logText)")
         #expect(count("got up's socket", in: up.logText) == 6, "\(up.logText)")
         #expect(!up.logText.contains("Address already in use"), "\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")
@@ -157,6 +158,7 @@ struct UpInterceptTests {
         let (answered, failures) = load.stop()
         #expect(answered > 200)
         #expect(failures.isEmpty, "\(failures.count) failed of \(answered + failures.count): \(failures.prefix(3))\n\(up.logText)")
+        #expect(up.waitForLog("got up's socket", count: 11, timeout: 10), "\(up.logText)")
         #expect(count("got up's socket", in: up.logText) == 11, "\(up.logText)")
         #expect(!up.logText.contains("error:"), "\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")
@@ -173,9 +175,11 @@ struct UpInterceptTests {
         let other = try freePort()
         let up = try UpProcess(["--listen", "127.0.0.1:\(port)", "--", server, "127.0.0.1:\(port)", "main", "127.0.0.1:\(other)"])
         let address = try up.servingAddress()
-        #expect(up.waitForLog("extra listening 127.0.0.1:\(other)"), "\(up.logText)")
+        #expect(waitUntil(timeout: 10) { !PortHolder.find(port: other, transport: .tcp, states: [.listen], processes: false, options: false).isEmpty },
+                "the program listens on 127.0.0.1:\(other) itself: \(up.logText)")
         #expect(try httpGet(address) == "main")
         #expect(try httpGet(SocketAddress(ip: .loopbackIPv4, port: other)) == "extra main")
+        #expect(up.waitForLog("got up's socket", count: 1, timeout: 10), "\(up.logText)")
         #expect(count("got up's socket", in: up.logText) == 1, "\(up.logText)")
         #expect(!up.logText.contains(":\(other) of"), "the bind of the unrelated port was answered by up:\n\(up.logText)")
         // Not one of up's: the program's own socket, without the options of any policy.
@@ -190,9 +194,10 @@ struct UpInterceptTests {
         let server = try #require(try goServers.get()["static"])
         let port = try freePort()
         let up = try UpProcess(["--listen", "127.0.0.1:\(port)", "--", server, "127.0.0.1:\(port)", "again", "rebind"])
+        // Ready only once it accepts, which it does after its second bind.
         let address = try up.servingAddress()
-        #expect(up.waitForLog("bound again 127.0.0.1:\(port)"), "\(up.logText)")
         #expect(try httpGet(address) == "again")
+        #expect(up.waitForLog("got up's socket", count: 2), "both binds got up's socket: \(up.logText)")
         #expect(count("got up's socket", in: up.logText) == 2, "\(up.logText)")
         let load = HTTPLoad(address, clients: 4)
         up.signal(SIGHUP)
@@ -200,6 +205,7 @@ struct UpInterceptTests {
         #expect(up.waitForStatus { _ in load.count > 50 } != nil)
         let (answered, failures) = load.stop()
         #expect(failures.isEmpty, "\(failures.count) failed of \(answered + failures.count): \(failures.prefix(3))")
+        #expect(up.waitForLog("got up's socket", count: 4, timeout: 10), "\(up.logText)")
         #expect(count("got up's socket", in: up.logText) == 4, "\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")
     }
@@ -215,6 +221,7 @@ extension UpInterceptTests {
         let address = try up.servingAddress()
         let upgrade = try capture([portreuse, "up", "upgrade", "--pid-file", up.pidFile], timeout: 30)
         #expect(upgrade.status == 0, "\(upgrade.stderr)\n\(up.logText)")
+        #expect(up.waitForStatus { $0.upgrades == 1 } != nil, "\(up.logText)")
         #expect(up.waitForLog("bound late 127.0.0.1:\(port)", timeout: 10), "\(up.logText)")
         let log = up.logText
         let upgraded = try #require(log.range(of: "upgraded:"), "\(log)")
@@ -237,8 +244,6 @@ extension UpInterceptTests {
             """
         let up = try UpProcess(["--listen", "udp:127.0.0.1:\(port)", "--ready", "delay:300ms", "--", python!, "-c", echo])
         #expect(up.waitForStatus { !$0.serving.isEmpty } != nil, "\(up.logText)")
-        #expect(up.waitForLog("(UDP) 127.0.0.1:\(port) of python3"), "\(up.logText)")
-        #expect(up.waitForLog("got up's socket", timeout: 10), "\(up.logText)")
         let client = try DatagramSocket(udp: "127.0.0.1:0")
         let target = SocketAddress(ip: .loopbackIPv4, port: port)
         let answer = waitFor(timeout: 5, interval: 0.1) { () -> String? in
@@ -247,6 +252,8 @@ extension UpInterceptTests {
             return String(decoding: got.bytes, as: UTF8.self)
         }
         #expect(answer == "echo ping", "\(up.logText)")
+        #expect(up.waitForLog("(UDP) 127.0.0.1:\(port) of python3"), "\(up.logText)")
+        #expect(up.waitForLog("got up's socket", timeout: 10), "\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")
     }
 
@@ -255,7 +262,7 @@ extension UpInterceptTests {
         func held(_ text: String, dualStack: Bool = false, transport: Transport = .tcp) -> SocketSwap.Held {
             let colon = text.lastIndex(of: ":")!
             let ip = IPAddress(String(text[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")))!
-            return .init(descriptor: 100, name: "x", transport: transport, address: SocketAddress(ip: ip, port: UInt16(text[text.index(after: colon)...])!),
+            return .init(descriptor: Descriptor(100), name: "x", transport: transport, address: SocketAddress(ip: ip, port: UInt16(text[text.index(after: colon)...])!),
                          dualStack: dualStack)
         }
         func decide(_ ip: String, _ family: AddressFamily, v6Only: Bool = false, _ list: [SocketSwap.Held], transport: Transport = .tcp) -> String {

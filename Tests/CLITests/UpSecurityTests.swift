@@ -102,8 +102,8 @@ struct UpSecurityTests {
         defer { killAndReap(sleeper) }
         _ = try Self.forgedPIDFile(naming: sleeper, in: folder)
         let up = try UpProcess(["--listen", "127.0.0.1:0", "--", "/bin/sleep", "30"], folder: folder)
-        #expect(up.waitForLog("replacing the stale pid file"), "\(up.logText)")
         #expect(up.waitForStatus { $0.pid == up.pid } != nil, "\(up.logText)")
+        #expect(up.waitForLog("replacing the stale pid file"), "\(up.logText)")
         #expect(Self.content(up.pidFile) == "\(up.pid)\n")
         #expect(up.stop() == 0, "\(up.logText)")
     }

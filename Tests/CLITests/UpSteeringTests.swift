@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import PortReuse
+import PortReuseSystem
 import Synchronization
 import PortReuseTools
 import TestSupport
@@ -14,16 +15,17 @@ import Testing
 struct SteeringProgramTests {
     @Test("the group model follows the kernel: a socket joins at the end; one that leaves gets the last one in its slot")
     func groupModel() {
-        var group = ReuseportGroup(members: [10])
-        group.join(11)
-        group.join(12)
-        #expect(group.index(of: 12) == 2)
-        group.leave(10)
-        #expect(group.members == [12, 11])
-        group.join(13)
-        group.forget(11)
-        #expect(group.members == [12, -1, 13])
-        #expect(group.index(of: 13) == 2)
+        let (ten, eleven, twelve, thirteen) = (Descriptor(10), Descriptor(11), Descriptor(12), Descriptor(13))
+        var group = ReuseportGroup(members: [ten])
+        group.join(eleven)
+        group.join(twelve)
+        #expect(group.index(of: twelve) == 2)
+        group.leave(ten)
+        #expect(group.members == [twelve, eleven])
+        group.join(thirteen)
+        group.forget(eleven)
+        #expect(group.members == [twelve, .none, thirteen])
+        #expect(group.index(of: thirteen) == 2)
     }
 
     @Test("the programs as data: one instruction without a probe; with one, a jump per probe port to the probe's socket")
@@ -43,7 +45,7 @@ struct SteeringProgramTests {
         return (first, second)
     }
 
-    private func queued(_ listener: Listener) -> Int { ListenerState.queued(listener.handle.descriptor!) }
+    private func queued(_ listener: Listener) -> Int { ListenerState.queued(listener.handle.systemDescriptor!) }
 
     @Test("ret #1 sends every connection to the socket that joined second; the probe's ports reach the probe's socket alone")
     func steersByIndexAndSourcePort() throws {
@@ -81,7 +83,7 @@ struct SteeringProgramTests {
         let first = try DatagramSocket(udp: "127.0.0.1:0", policy: .shared)
         let (second, third) = (try DatagramSocket(address: first.localAddress, policy: .shared), try DatagramSocket(address: first.localAddress, policy: .shared))
         let sender = try DatagramSocket(udp: "127.0.0.1:0")
-        let descriptors = [first, second, third].map { $0.handle.descriptor! }
+        let descriptors = [first, second, third].map { $0.handle.systemDescriptor! }
         #expect(SteeringProgram.attach(SteeringProgram.instructions(serving: [1], probe: nil), to: descriptors[0]) == 0)
         for _ in 0..<10 { try sender.send([1], to: first.localAddress) }
         #expect(waitUntil(timeout: 5) { ListenerState.waiting(descriptors[1], .udp) != nil })
@@ -96,9 +98,9 @@ struct SteeringProgramTests {
           .needsRoot("CAP_BPF for a SK_REUSEPORT program"))
     func ebpfSelectsAndMigrates() throws {
         let (first, second) = try pair()
-        let (a, b) = (first.handle.descriptor!, second.handle.descriptor!)
+        let (a, b) = (first.handle.systemDescriptor!, second.handle.systemDescriptor!)
         var map = try #require(SteeringMap.make().map)
-        defer { close(map.descriptor) }
+        defer { Files.close(map.descriptor) }
         #expect(map.add(a) == 0 && map.add(b) == 0)
         #expect(map.keys == [a: 0, b: 1])
         #expect(map.attach(.init(serving: [1]), to: a).errno == 0)
@@ -111,7 +113,7 @@ struct SteeringProgramTests {
         #expect(waitUntil(timeout: 5) { queued(first) == 5 }, "\(queued(first)) / \(queued(second))")
         // The first stops listening while 5 wait in its queue: they move to the serving second, not reset.
         #expect(map.attach(.init(serving: [1]), to: b).errno == 0)
-        #expect(shutdown(a, Int32(SHUT_RDWR)) == 0)
+        #expect(shutdown(a.rawValue, Int32(SHUT_RDWR)) == 0)
         #expect(waitUntil(timeout: 5) { queued(second) == 15 }, "\(queued(second)) queued on the second after the first shut down")
         withExtendedLifetime(clients) {}
     }
@@ -120,10 +122,10 @@ struct SteeringProgramTests {
     func ebpfProbe() throws {
         let (serving, starting) = try pair()
         var map = try #require(SteeringMap.make().map)
-        defer { close(map.descriptor) }
-        #expect(map.add(serving.handle.descriptor!) == 0 && map.add(starting.handle.descriptor!) == 0)
+        defer { Files.close(map.descriptor) }
+        #expect(map.add(serving.handle.systemDescriptor!) == 0 && map.add(starting.handle.systemDescriptor!) == 0)
         let source = try ProbeSource(for: serving.localAddress)
-        let attached = map.attach(.init(serving: [0], probe: (source.ports, 1)), to: serving.handle.descriptor!)
+        let attached = map.attach(.init(serving: [0], probe: (source.ports, 1)), to: serving.handle.systemDescriptor!)
         #expect(attached.errno == 0, "\(attached.log)")
         let load = try (0..<20).map { _ in try Connection.dial(to: serving.localAddress, timeout: .seconds(5)) }
         let probes = (0..<3).compactMap { _ in source.connect(to: serving.localAddress, timeout: .seconds(5)) }
@@ -132,7 +134,7 @@ struct SteeringProgramTests {
     }
 
     static func attach(_ program: [SteeringProgram.Instruction], to listener: Listener) -> Int32 {
-        SteeringProgram.attach(program, to: listener.handle.descriptor!)
+        SteeringProgram.attach(program, to: listener.handle.systemDescriptor!)
     }
 }
 
@@ -209,6 +211,7 @@ struct UpSteeringTests {
         print("measured: sloppy stop, steered (\(steering)): \(outcome.answered) answered, \(outcome.failures.count) failed over \(outcome.reloads) reloads")
         #expect(outcome.reloads == 5, "\(up.logText)")
         #expect(outcome.failures.isEmpty, "\(outcome.failures.count) failed: \(outcome.failures.prefix(3))\n\(up.logText)")
+        #expect(up.waitForStatus(timeout: 20) { !$0.generations.contains(where: \.signalWaits) } != nil, "every old generation got its stop signal: \(up.logText)")
         #expect(up.waitForLog("is idle (its queue is empty, it holds no connection): sent SIGTERM", count: 4, timeout: 20), "\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")
     }
@@ -225,7 +228,7 @@ struct UpSteeringTests {
         let (answered, failures) = load.stop()
         #expect(reload.status == 1, "the reload failed and says so: \(reload.output)\(reload.stderr)")
         #expect(failures.isEmpty, "\(failures.count) failed of \(answered): \(failures.prefix(3))\n\(up.logText)")
-        #expect(up.logText.contains("shut its socket"), "\(up.logText)")
+        #expect(up.waitForLog("shut its socket", timeout: 10), "\(up.logText)")
         #expect(up.status?.serving.map(\.number) == [1], "\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")
     }
@@ -282,6 +285,7 @@ struct UpSteeringTests {
     func hungGenerationQueueMigrates() throws {
         let (answers, up) = try requestsQueuedOnAHungGeneration()
         #expect(answers.count == 5 && answers.allSatisfy { $0.contains("gen ") }, "\(answers)\n\(up.logText)")
+        #expect(up.waitForStatus { $0.generations.map(\.number) == [2] } != nil, "generation 1 is gone, its socket retired: \(up.logText)")
         #expect(up.waitForLog("connection(s) queued on a retired generation's socket: moved to the serving generation's socket (eBPF)", timeout: 10), "\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")
     }
@@ -290,6 +294,7 @@ struct UpSteeringTests {
     func hungGenerationQueueResetWithClassicBPF() throws {
         let (answers, up) = try requestsQueuedOnAHungGeneration(environment: ProcessInfo.processInfo.environment.merging(["PORTREUSE_UP_STEERING": "classic"]) { $1 })
         #expect(answers.isEmpty, "\(answers)\n\(up.logText)")
+        #expect(up.waitForStatus { $0.generations.map(\.number) == [2] } != nil, "generation 1 is gone, its socket retired: \(up.logText)")
         #expect(up.waitForLog("connection(s) queued on a retired generation's socket: reset by the kernel", timeout: 10), "\(up.logText)")
         let status = try capture([portreuse, "up", "status", "--json", "--pid-file", up.pidFile], timeout: 30)
         let object = try JSONSerialization.jsonObject(with: Data(status.output.utf8)) as? [String: Any]
@@ -337,6 +342,7 @@ struct UpSteeringTests {
         let fromOld = answers.filter { $0 == "\(first)" }.count
         #expect(fromOld == 0, "\(fromOld) of 100 datagrams sent after the reload reached the old generation\n\(up.logText)")
         #expect(answers.allSatisfy { $0 == "\(second)" }, "\(Set(answers.map { $0 ?? "none" }))")
+        #expect(up.waitForStatus { !$0.generations.contains { $0.number == 1 && $0.signalWaits } } != nil, "generation 1 got its stop signal: \(up.logText)")
         #expect(up.waitForLog("generation 1 (pid \(first)) is idle (its queue is empty, it holds no connection): sent SIGTERM", timeout: 10), "\(up.logText)")
         #expect(up.stop() == 0, "\(up.logText)")
     }

@@ -22,17 +22,60 @@ func unixAnswer(_ path: String) throws -> String? {
 
 /// What the status file says (the parts the tests read).
 struct UpSnapshot: Decodable {
+    /// A case of one of up's enums as Swift's synthesized coding writes it, `{"backingOff":{"until":…}}`: its name
+    /// and its values (monotonic nanoseconds, exit codes).
+    struct Case: Decodable {
+        var name: String
+        var values: [String: Int64]
+
+        init(from decoder: any Decoder) throws {
+            let coded = try decoder.singleValueContainer().decode([String: [String: Int64]].self)
+            name = coded.keys.first ?? ""
+            values = coded.values.first ?? [:]
+        }
+    }
     struct Socket: Decodable { var name: String; var address: String; var transport: String }
     struct Workers: Decodable { var total: Int; var ready: Int; var replaced: Int }
-    struct Generation: Decodable { var number: Int; var pid: Int32; var state: String; var status: String?; var workers: Workers? }
-    struct Reload: Decodable { var generation: Int; var result: String; var seconds: Double }
+    struct Generation: Decodable {
+        var number: Int
+        var pid: Int32
+        /// Its phase: starting, ready, draining, exiting, failed.
+        var state: String
+        /// Why it started: start, reload, restart.
+        var reason: String
+        /// Its stage, with its times: `starting`, `ready`, `outOfRotation`, `waitingForIdle`, `draining`, `exiting`, `failed`.
+        var stage: Case
+        var status: String?
+        /// Whether it sent anything on its notify socket.
+        var heardFrom: Bool?
+        /// `up`'s descriptors of its own sockets where generations are steered; nil where every generation shares the held ones.
+        var sockets: [Int32]?
+        var workers: Workers?
+
+        /// Whether its stop signal still waits (out of rotation, or for a moment without connections).
+        var signalWaits: Bool { stage.name == "outOfRotation" || stage.name == "waitingForIdle" }
+    }
+    struct Reload: Decodable {
+        var generation: Int
+        var result: String
+        var reason: String?
+        var seconds: Double
+        var resetOnRetiredSockets: Int?
+    }
     var pid: Int32
     var knownServer: String?
     var sockets: [Socket]
     var generations: [Generation]
+    /// `running`, `backingOff`, `delayingStop` or `stopping`.
+    var state: Case
     var reloads: [Reload]
     var upgrades: Int
+    var upgradeFailures: Int
+    /// The binary an in-place upgrade is checking or becoming, while it does.
+    var upgrading: String?
     var reloadPending: Bool
+    /// The number the next generation will get.
+    var nextGeneration: Int
 
     var serving: [Generation] { generations.filter { $0.state == "ready" } }
 }

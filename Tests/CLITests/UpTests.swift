@@ -32,6 +32,7 @@ struct UpTests {
         let address = try up.servingAddress()
         let first = try httpGet(address)
         #expect(first.hasPrefix("hello from A pid"))
+        #expect(up.waitForStatus { $0.serving.first?.heardFrom == true } != nil, "hello sends READY=1 on its notify socket: \(up.logText)")
         #expect(up.waitForLog("(READY=1)", timeout: 10), "hello sends READY=1, so auto readiness uses it: \(up.logText)")
 
         let reload = try capture([portreuse, "up", "reload", "--pid-file", up.pidFile], timeout: 60)
@@ -124,14 +125,16 @@ struct UpTests {
         let broken = folder.path + "/broken"
         let up = try UpProcess(["--listen", "127.0.0.1:0", "--", hello, "--fail-if-exists", broken], folder: folder)
         let address = try up.servingAddress()
+        let firstPID = try #require(up.status?.serving.first?.pid)
         let before = try httpGet(address)
         try folder.write("broken", "")
         let reload = try capture([portreuse, "up", "--reload", "--pid-file", up.pidFile], timeout: 60)
         #expect(reload.status == 1)
         #expect(reload.stderr.contains("reload failed: generation 2 exited before it was ready (exit status 3)"), "\(reload.stderr)")
         #expect(try httpGet(address) == before, "generation 1 still answers")
-        #expect(up.waitForLog("generation 1 (pid", timeout: 10), "\(up.logText)")
-        #expect(up.waitForLog("keeps serving", timeout: 10))
+        let failed = up.waitForStatus { status in status.reloads.contains { $0.generation == 2 && $0.result == "failed" } && status.serving.map(\.number) == [1] }
+        #expect(failed?.reloads.first { $0.generation == 2 }?.reason == "exited before it was ready (exit status 3)", "\(up.logText)")
+        #expect(up.waitForLog("generation 1 (pid \(firstPID)) keeps serving", timeout: 10), "\(up.logText)")
         #expect(up.status?.serving.map(\.number) == [1])
         #expect(up.stop() == 0)
     }
@@ -150,9 +153,12 @@ struct UpTests {
         let address = try up.servingAddress()
         let pid = try #require(up.status?.serving.first?.pid)
         kill(pid, SIGKILL)
-        #expect(up.waitForLog("exited unexpectedly (killed by SIGKILL)"), "\(up.logText)")
+        #expect(up.waitForStatus { !$0.serving.contains { $0.pid == pid } } != nil, "up saw generation 1 die: \(up.logText)")
         let answer = try httpGet(address)  // queued until generation 2 accepts
         #expect(answer.hasPrefix("hello from hello pid") && !answer.contains("pid \(pid)\n"))
+        let restarted = up.waitForStatus { $0.serving.map(\.number) == [2] }
+        #expect(restarted?.serving.first?.reason == "restart", "\(up.logText)")
+        #expect(up.waitForLog("exited unexpectedly (killed by SIGKILL)"), "\(up.logText)")
         #expect(up.stop() == 0)
     }
 

@@ -28,11 +28,11 @@ struct WorkerSteeringTests {
     }
 
     /// Three listeners in one group on a fresh port, and how many of `count` connections queue on each.
-    private func spread(count: Int, attach: ([Int32]) -> Int32) throws -> [Int] {
+    private func spread(count: Int, attach: ([Descriptor]) -> Int32) throws -> [Int] {
         let first = try Listener(tcp: "127.0.0.1:0", policy: .shared)
         let others = try (0..<2).map { _ in try Listener(address: first.localAddress, policy: .shared) }
         let listeners = [first] + others
-        let descriptors = listeners.map { $0.handle.descriptor! }
+        let descriptors = listeners.map { $0.handle.systemDescriptor! }
         #expect(attach(descriptors) == 0)
         let clients = try (0..<count).map { _ in try Connection.dial(to: first.localAddress, timeout: .seconds(5)) }
         let queued = { descriptors.map(ListenerState.queued) }
@@ -50,7 +50,7 @@ struct WorkerSteeringTests {
     @Test("eBPF: the kernel's hash of each connection, modulo the workers, picks the key", .needsRoot("CAP_BPF for a SK_REUSEPORT program"))
     func ebpfSpreads() throws {
         var map = try #require(SteeringMap.make().map)
-        defer { close(map.descriptor) }
+        defer { Files.close(map.descriptor) }
         let counts = try spread(count: 90) { descriptors in
             for descriptor in descriptors { #expect(map.add(descriptor) == 0) }
             return map.attach(.init(serving: [0, 1, 2]), to: descriptors[0]).errno

@@ -120,5 +120,18 @@ struct SupervisorStateTests {
         let decoded = try JSONDecoder().decode(UpStatus.self, from: JSONEncoder().encode(status))
         #expect(decoded.state == .backingOff(until: 7))
         #expect(decoded.generations.first?.phase == .exiting)
+        #expect(object["adopted"] == nil && object["upgrading"] == nil, "absent when there is none")
+    }
+
+    @Test("the status file says which server was adopted and whether it drains, and which binary an upgrade becomes")
+    func statusAdoptedAndUpgrading() throws {
+        var record = SupervisorRecord()
+        record.adopted = AdoptedRecord(pid: 77, name: "python3")
+        var status = UpStatus(pid: 1, processStartTime: nil, command: ["x"], startedAt: 0, sockets: [], record: record, writtenAt: 0)
+        status.upgrading = "/usr/bin/portreuse"
+        let object = try #require(try JSONSerialization.jsonObject(with: JSONEncoder().encode(status)) as? [String: Any])
+        let adopted = try #require(object["adopted"] as? [String: Any])
+        #expect(adopted["pid"] as? Int == 77 && adopted["name"] as? String == "python3")
+        #expect(object["upgrading"] as? String == "/usr/bin/portreuse")
     }
 }

@@ -15,6 +15,7 @@ extension Supervisor {
             },
             record: record, writtenAt: Processes.wallClockSeconds)
         status.knownServer = configuration.serverNote
+        status.upgrading = upgradingTo
         return status
     }
 

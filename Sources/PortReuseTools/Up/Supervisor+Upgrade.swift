@@ -14,6 +14,12 @@ extension Supervisor {
         }
         let binary = UpgradeHandover.executablePath
         logger.info("upgrading: checking \(binary)")
+        upgradingTo = binary
+        writeStatus()
+        defer {  // reached only when the upgrade failed
+            upgradingTo = nil
+            writeStatus()
+        }
         guard let version = UpgradeHandover.check(binary: binary) else {
             logger.error("upgrade failed: \(binary) --version did not succeed within 5 s; this process keeps running")
             return false
@@ -66,7 +72,7 @@ extension Supervisor {
         #if os(Linux)
         for generation in generations {
             guard let held = resources[generation.number], let old = held.interceptor else { continue }
-            guard let copy = try? Files.duplicate(old.notificationDescriptor, atLeast: 0), let fresh = try? SocketCallInterceptor(notificationDescriptor: copy, rules: interceptionRules(number: generation.number, sockets: generation.sockets ?? sockets.map(\.descriptor))),
+            guard let copy = try? Files.duplicate(old.notificationDescriptor, atLeast: .standardInput), let fresh = try? SocketCallInterceptor(notificationDescriptor: copy, rules: interceptionRules(number: generation.number, sockets: generation.sockets ?? sockets.map(\.descriptor))),
                 (try? fresh.start()) != nil
             else {
                 logger.error("\(generation.label): cannot answer its binds again after the failed upgrade")
@@ -84,7 +90,7 @@ extension Supervisor {
         steeredDescriptors = Set(handover.steeredDescriptors ?? [])
         spares = handover.spares ?? [:]
         steeringMaps = handover.steeringMaps ?? [:]
-        for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)).union(steeringMaps.values.map(\.descriptor)) where descriptor >= 0 {
+        for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)).union(steeringMaps.values.map(\.descriptor)) where descriptor != .none {
             Files.setCloseOnExec(descriptor)
         }
         for record in handover.record.generations {

@@ -148,6 +148,8 @@ package struct UpClient {
         let draining = status.generations.filter { $0.phase == .draining }.count
         if draining > 0 { lines.append("\(draining) generation(s) draining") }
         if status.reloadPending { lines.append("a reload is pending (requested while a generation was starting)") }
+        if let binary = status.upgrading { lines.append("upgrading in place to \(binary)") }
+        if let adopted = status.adopted { lines.append("\(adopted.label): " + (adopted.stage == nil ? "serves" : "drains, a generation took over")) }
         let failed = status.reloads.filter { $0.result == .failed }.count
         if let last = status.reloads.last {
             lines.append("reloads: \(status.reloads.count) recorded, \(failed) failed; last: generation \(last.generation) \(last.result.rawValue) after \(seconds(last.seconds))")

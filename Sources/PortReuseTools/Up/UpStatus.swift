@@ -28,6 +28,11 @@ package struct UpStatus: Codable {
     package var reloads: [ReloadRecord]
     package var upgrades: Int
     package var upgradeFailures: Int
+    /// The binary an in-place upgrade (SIGUSR2, `up upgrade`) is checking or becoming, while it does; absent otherwise.
+    package var upgrading: String?
+    /// The server taken over with `--adopt`, while `up` still knows it (it serves, or drains after the first
+    /// generation took over); absent otherwise.
+    package var adopted: AdoptedRecord?
     /// The number the next generation will get: a reload asked now starts this one or a later one.
     package var nextGeneration: Int
     /// When `up` wrote this (wall clock).
@@ -49,6 +54,7 @@ package struct UpStatus: Codable {
         self.reloads = record.history
         self.upgrades = record.upgrades
         self.upgradeFailures = record.upgradeFailures
+        self.adopted = record.adopted
         self.nextGeneration = record.nextNumber
         self.writtenAt = writtenAt
     }
