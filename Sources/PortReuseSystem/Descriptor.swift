@@ -19,13 +19,13 @@ package struct Descriptor: RawRepresentable, Hashable, Comparable, Sendable, Cod
     }
 
     /// A number that names nothing (-1), where a slot must keep its place.
-    package static let none = Descriptor(-1)
+    package static let invalid = Descriptor(-1)
     package static let standardInput = Descriptor(0)
     package static let standardOutput = Descriptor(1)
     package static let standardError = Descriptor(2)
 
     /// Whether it is one of the three standard streams.
-    package var isStandardStream: Bool { rawValue <= 2 }
+    package var isStandardStream: Bool { (0...2).contains(rawValue) }
 
     /// The number, as `fd 5` in a log line shows it.
     package var description: String { "\(rawValue)" }

@@ -24,7 +24,7 @@ struct SteeringProgramTests {
         #expect(group.members == [twelve, eleven])
         group.join(thirteen)
         group.forget(eleven)
-        #expect(group.members == [twelve, .none, thirteen])
+        #expect(group.members == [twelve, .invalid, thirteen])
         #expect(group.index(of: thirteen) == 2)
     }
 

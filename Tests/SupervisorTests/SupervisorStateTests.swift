@@ -104,6 +104,7 @@ struct SupervisorStateTests {
     func statusJSON() throws {
         var generation = GenerationRecord(number: 2, pid: 42, reason: .reload, startedAt: 1, startedMonotonic: 5, readyBy: 9)
         generation.stage = .exiting(killAt: 9)
+        generation.sockets = [Descriptor(11), Descriptor(12)]
         let failed = ReloadRecord(generation: 2, startedAt: 1, result: .failed, reason: "was not ready within 60s", seconds: 60)
         var status = Self.status(next: 3, reloads: [failed], generations: [generation])
         status.state = .backingOff(until: 7)
@@ -113,6 +114,7 @@ struct SupervisorStateTests {
         #expect(generations.first?["state"] as? String == "exiting")
         #expect(generations.first?["reason"] as? String == "reload")
         #expect(generations.first?["ageSeconds"] == nil)
+        #expect(generations.first?["sockets"] as? [Int] == [11, 12], "a descriptor is written as its number")
         let reload = try #require((object["reloads"] as? [[String: Any]])?.first)
         #expect(reload["result"] as? String == "failed")
         #expect(reload["reason"] as? String == "was not ready within 60s")
@@ -120,6 +122,7 @@ struct SupervisorStateTests {
         let decoded = try JSONDecoder().decode(UpStatus.self, from: JSONEncoder().encode(status))
         #expect(decoded.state == .backingOff(until: 7))
         #expect(decoded.generations.first?.phase == .exiting)
+        #expect(decoded.generations.first?.sockets == [Descriptor(11), Descriptor(12)])
         #expect(object["adopted"] == nil && object["upgrading"] == nil, "absent when there is none")
     }
 

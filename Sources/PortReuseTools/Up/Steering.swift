@@ -14,7 +14,7 @@ import PortReuseSystem
 /// (`reuseport_detach_sock`). The BPF program returns these indices, so `up` keeps this model of the kernel's
 /// array and re-attaches the program whenever it changes.
 package struct ReuseportGroup: Codable, Equatable, Sendable {
-    /// `up`'s descriptors of the group's sockets, in the kernel's index order (``Descriptor/none``: one `up` no longer holds).
+    /// `up`'s descriptors of the group's sockets, in the kernel's index order (``Descriptor/invalid``: one `up` no longer holds).
     package private(set) var members: [Descriptor]
 
     package init(members: [Descriptor]) { self.members = members }
@@ -28,10 +28,10 @@ package struct ReuseportGroup: Codable, Equatable, Sendable {
     }
 
     /// A member closed by `up` that stays in the kernel's group (another process, systemd, holds it): its slot
-    /// keeps its place, under a descriptor that names nothing (``Descriptor/none``).
+    /// keeps its place, under a descriptor that names nothing (``Descriptor/invalid``).
     package mutating func forget(_ descriptor: Descriptor) {
         guard let index = members.firstIndex(of: descriptor) else { return }
-        members[index] = .none
+        members[index] = .invalid
     }
 
     package func index(of descriptor: Descriptor) -> UInt32? { members.firstIndex(of: descriptor).map { UInt32($0) } }

@@ -258,7 +258,7 @@ extension Supervisor {
         let targets = Set(generations.filter { $0.phase == .ready || $0.phase == .starting }.flatMap { $0.sockets ?? [] } + sockets.map(\.descriptor))
         var changed = false
         var reset = 0
-        for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor != .none && !used.contains(descriptor) {
+        for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)) where descriptor != .invalid && !used.contains(descriptor) {
             guard let index = groups.keys.first(where: { groups[$0]!.members.contains(descriptor) }) else {
                 steeredDescriptors.remove(descriptor)
                 Files.close(descriptor)

@@ -90,7 +90,7 @@ extension Supervisor {
         steeredDescriptors = Set(handover.steeredDescriptors ?? [])
         spares = handover.spares ?? [:]
         steeringMaps = handover.steeringMaps ?? [:]
-        for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)).union(steeringMaps.values.map(\.descriptor)) where descriptor != .none {
+        for descriptor in steeredDescriptors.union(groups.values.flatMap(\.members)).union(steeringMaps.values.map(\.descriptor)) where descriptor != .invalid {
             Files.setCloseOnExec(descriptor)
         }
         for record in handover.record.generations {

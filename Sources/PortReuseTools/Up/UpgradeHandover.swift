@@ -75,7 +75,7 @@ package struct UpgradeHandover: Codable {
     package func execute(binary: String, arguments: [String], path: String) throws(CommandFailure) {
         let generations = record.generations
         let kept = sockets.map(\.descriptor) + generations.compactMap(\.notifyDescriptor) + generations.compactMap(\.interceptDescriptor)
-            + generations.flatMap { $0.sockets ?? [] } + (groups ?? [:]).values.flatMap(\.members).filter { $0 != .none } + (steeringMaps ?? [:]).values.map(\.descriptor)
+            + generations.flatMap { $0.sockets ?? [] } + (groups ?? [:]).values.flatMap(\.members).filter { $0 != .invalid } + (steeringMaps ?? [:]).values.map(\.descriptor)
         for descriptor in kept { Files.setCloseOnExec(descriptor, false) }
         Self.closeOnExecLibraryDescriptors(keeping: Set(kept))
         Environment.set(Self.variable, path)
