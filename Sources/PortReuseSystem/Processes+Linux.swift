@@ -256,7 +256,7 @@ package enum Processes {
 
     /// The inodes of the sockets process `pid` has open; empty when the process is gone or unreadable.
     package static func socketInodes(of pid: pid_t) -> Set<UInt64> {
-        Set(Files.list("/proc/\(pid)/fd").compactMap { entry in Int32(entry).flatMap { socketInode(of: pid, descriptor: Descriptor($0)) } })
+        Set(Files.list("/proc/\(pid)/fd").compactMap { entry in Descriptor(entry).flatMap { socketInode(of: pid, descriptor: $0) } })
     }
 
     /// Waits for a child to change state: its pid and wait status, or `nil` with `noHang` when none has.

@@ -5,6 +5,7 @@ import Darwin
 #elseif os(Windows)
 import WinSDK
 #endif
+import PortReuseSystem
 import Synchronization
 import SystemPackage
 
@@ -197,8 +198,6 @@ extension SocketOwner {
 }
 
 #if canImport(Glibc) || canImport(Darwin)
-import PortReuseSystem
-
 extension SocketHandle {
     /// Takes ownership of `descriptor`, a socket the system layer gave (a duplicate of another process's, say).
     package convenience init(adopting descriptor: Descriptor) { self.init(adopting: descriptor.rawValue) }

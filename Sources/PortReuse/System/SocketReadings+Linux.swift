@@ -60,8 +60,9 @@ package enum SocketReadings {
 
     /// The inode of the network namespace the socket lives in (SIOCGSKNS gives a descriptor of it), or `nil`.
     package static func networkNamespace(_ descriptor: Descriptor) -> UInt64? {
-        let namespace = Descriptor(ioctl(descriptor.rawValue, 0x894C))  // SIOCGSKNS
-        guard namespace.rawValue >= 0 else { return nil }
+        let opened = ioctl(descriptor.rawValue, 0x894C)  // SIOCGSKNS
+        guard opened >= 0 else { return nil }
+        let namespace = Descriptor(opened)
         defer { Files.close(namespace) }
         return Files.status(of: namespace)?.inode
     }
