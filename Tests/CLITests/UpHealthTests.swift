@@ -12,7 +12,7 @@ import PortReuseSystem
 struct UpHealthTests {
     /// The health listener's address, from up's log line `health: http://ADDR/readyz, …`.
     static func healthAddress(_ up: UpProcess) throws -> SocketAddress {
-        // The line comes before up's first status: a status and no line is a missing line, not a slow start.
+        // First up itself, then its line: a failure says which of the two is missing.
         try #require(up.waitForStatus { $0.pid == up.pid } != nil, "up did not start:\n\(up.logText)")
         try #require(up.waitForLog("health: http://"), "no health line:\n\(up.logText)")
         let line = try #require(up.logText.components(separatedBy: "\n").first { $0.contains("health: http://") })
