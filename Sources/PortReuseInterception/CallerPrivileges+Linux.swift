@@ -40,12 +40,7 @@ struct CallerPrivileges: Equatable {
     /// The privileges of thread `tid` for a socket whose network namespace is `socketNamespace` (an inode, from
     /// `SocketReadings.networkNamespace`), or `nil` when its status cannot be read (then nothing is done for it).
     static func of(thread tid: Int32, socketNamespace: UInt64?) -> CallerPrivileges? {
-        guard let status = Files.read("/proc/\(tid)/status", limit: 8192) else { return nil }
-        var capabilities: UInt64?
-        for line in String(decoding: status, as: UTF8.self).split(separator: "\n") where line.hasPrefix("CapEff:") {
-            capabilities = UInt64(line.dropFirst(7).filter { !$0.isWhitespace }, radix: 16)
-        }
-        guard var capabilities else { return nil }
+        guard var capabilities = Processes.field("CapEff", in: "/proc/\(tid)/status").flatMap({ UInt64($0, radix: 16) }) else { return nil }
         if namespaceInode("/proc/\(tid)/ns/user") != ownUserNamespace { capabilities = 0 }
         if let socketNamespace, socketNamespace == ownNetworkNamespace, let start = ownUnprivilegedPortStart() {
             return CallerPrivileges(capabilities: capabilities, unprivilegedPortStart: start, portStartIsAssumed: false)

@@ -515,12 +515,8 @@ package final class SocketCallInterceptor: @unchecked Sendable {
 
     /// The process (Tgid in /proc/TID/status) of thread `tid`, when it is not that process itself.
     private static func threadGroup(of tid: Int32) -> Int32? {
-        guard let status = Files.read("/proc/\(tid)/status", limit: 4096) else { return nil }
-        for line in String(decoding: status, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Tgid:") {
-            guard let tgid = Int32(line.dropFirst(5).filter { $0 != " " && $0 != "\t" }), tgid != tid else { return nil }
-            return tgid
-        }
-        return nil
+        guard let tgid = Processes.field("Tgid", in: "/proc/\(tid)/status").flatMap({ Int32($0) }), tgid != tid else { return nil }
+        return tgid
     }
 
     /// 0, or the errno of bind() on the duplicate.

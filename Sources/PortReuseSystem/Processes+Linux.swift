@@ -247,9 +247,16 @@ package enum Processes {
     /// Whether descriptor `descriptor` of process `pid` is close-on-exec (O_CLOEXEC in the `flags:` line of
     /// /proc/PID/fdinfo/FD), or `nil` when that cannot be read.
     package static func isCloseOnExec(_ descriptor: Descriptor, of pid: pid_t) -> Bool? {
-        guard let info = Files.read("/proc/\(pid)/fdinfo/\(descriptor)", limit: 4096) else { return nil }
-        for line in String(decoding: info, as: UTF8.self).split(separator: "\n") where line.hasPrefix("flags:") {
-            return Int(line.dropFirst(6).filter { $0 != " " && $0 != "\t" }, radix: 8).map { $0 & Int(O_CLOEXEC) != 0 }
+        field("flags", in: "/proc/\(pid)/fdinfo/\(descriptor)").flatMap { Int($0, radix: 8) }.map { $0 & Int(O_CLOEXEC) != 0 }
+    }
+
+    /// The value of the `key:` line of a small /proc file (/proc/PID/status, /proc/PID/fdinfo/FD), its blanks
+    /// removed (`CapEff:\t000001ff` gives `000001ff`); `nil` when the file cannot be read or has no such line.
+    package static func field(_ key: String, in path: String) -> String? {
+        guard let bytes = Files.read(path, limit: 8192) else { return nil }
+        let prefix = key + ":"
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix(prefix) {
+            return String(line.dropFirst(prefix.count).filter { $0 != " " && $0 != "\t" })
         }
         return nil
     }

@@ -171,9 +171,7 @@ struct Run: ParsableCommand {
 
     /// Whether CAP_NET_ADMIN (bit 12) is in this process's effective set, read from /proc/self/status.
     static func hasNetAdmin() -> Bool {
-        guard let status = Files.read("/proc/self/status", limit: 8192) else { return false }
-        let line = String(decoding: status, as: UTF8.self).split(separator: "\n").first { $0.hasPrefix("CapEff:") }
-        guard let hex = line?.split(separator: "\t").last, let mask = UInt64(hex, radix: 16) else { return false }
+        guard let mask = Processes.field("CapEff", in: "/proc/self/status").flatMap({ UInt64($0, radix: 16) }) else { return false }
         return mask & (1 << 12) != 0
     }
 
